@@ -1,0 +1,681 @@
+//! The coordinator of centralized 2PC as a sans-IO state machine.
+//!
+//! States per transaction (SPEC §1): WAIT (PREPARE sent, collecting votes)
+//! → COMMIT (decision record being forced, then sent, collecting ACKs) → END.
+//! ABORT is decided on the first VOTE ABORT or when the WAIT timer fires;
+//! with presumed abort the ABORT record is not forced, ABORTs are not ACKed
+//! and the transaction is forgotten at once: an INQUIRE about an xid the
+//! coordinator does not know is answered ABORTED.
+//!
+//! The driver feeds events (`begin`, `on_message`, `on_timer`, `on_durable`)
+//! with the current time and drains [`CoordinatorAction`]s with
+//! `drain_actions`. The timeouts come in from outside (`begin`'s
+//! `prepare_timeout_ms`, the resend bounds in the config) so a driver can
+//! compute them from measured latency.
+
+use crate::gate::{Durability, Gate, PersistTicket};
+use crate::ids::{Epoch, PeerAddr, Time, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX};
+use crate::message::{Body, Decision, Message, TxnState, Vote};
+use crate::record::CoordinatorRecord;
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// This coordinator's address, sent as `from` and as the address
+    /// participants inquire at.
+    pub addr: PeerAddr,
+    /// First delay before re-sending an un-ACKed COMMIT; doubles after each
+    /// resend up to `resend_ms_max`, and resending never stops.
+    pub resend_ms_initial: u64,
+    pub resend_ms_max: u64,
+}
+
+/// What the driver must do. Actions are returned in the order they must be
+/// carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorAction {
+    /// Append `record` to the log; for `Durability::Forced(t)`, sync and then
+    /// call `on_durable(t)`.
+    Persist {
+        record: CoordinatorRecord,
+        durability: Durability,
+    },
+    Send {
+        to: PeerAddr,
+        message: Message,
+    },
+    /// Call `on_timer(xid)` at `at` (or later). Setting a timer for an xid
+    /// replaces the earlier one; a stale firing is ignored by the core.
+    SetTimer { xid: Xid, at: Time },
+    /// The outcome of a transaction a client began: tell the client. A
+    /// commit is reported only once the COMMIT record is durable.
+    Outcome { xid: Xid, outcome: TxnOutcome },
+    /// Something worth a log line.
+    Notice(CoordinatorNotice),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed,
+    Aborted { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorNotice {
+    /// A phase timer fired. `timeout_ms` is the value that was in force.
+    TimeoutFired {
+        xid: Xid,
+        phase: &'static str,
+        timeout_ms: u64,
+        waiting_for: Vec<PeerAddr>,
+    },
+    Decided {
+        xid: Xid,
+        decision: Decision,
+        reason: Option<String>,
+    },
+    Ended {
+        xid: Xid,
+    },
+    /// A message was ignored (stale epoch, unknown xid, wrong state).
+    Ignored {
+        xid: Xid,
+        kind: &'static str,
+        from: PeerAddr,
+        why: &'static str,
+    },
+    Recovered {
+        epoch: Epoch,
+        committing: usize,
+        aborted: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BeginError {
+    #[error("transaction {0} already exists")]
+    DuplicateXid(Xid),
+    #[error("a transaction needs at least one branch")]
+    NoBranches,
+    #[error("{count} participants is more than the limit of {max}")]
+    TooManyParticipants { count: usize, max: usize },
+    #[error("participant {0} appears twice; merge its work into one branch")]
+    DuplicateParticipant(PeerAddr),
+    #[error("work for {participant} is {len} bytes, more than the limit of {max}")]
+    WorkTooLarge {
+        participant: PeerAddr,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// A snapshot of one in-flight transaction for `concord status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnStatus {
+    pub xid: Xid,
+    pub state: &'static str,
+    pub age_ms: u64,
+    pub resends: u32,
+    pub branches: Vec<BranchStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchStatus {
+    pub participant: PeerAddr,
+    pub voted_ready: bool,
+    pub acked: bool,
+}
+
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    epoch: Epoch,
+    txns: HashMap<Xid, Txn>,
+    gate: Gate<Resume>,
+    actions: Vec<CoordinatorAction>,
+}
+
+/// What a durable forced write lets the coordinator go on with.
+#[derive(Debug)]
+enum Resume {
+    /// The COMMIT decision record of this xid is durable.
+    CommitDecided(Xid),
+    /// This instance's epoch record is durable: recovered decisions may be
+    /// re-sent.
+    EpochRecorded,
+}
+
+#[derive(Debug)]
+struct Txn {
+    participants: Vec<PeerAddr>,
+    phase: Phase,
+    /// Per participant, in `participants` order.
+    ready: Vec<bool>,
+    acked: Vec<bool>,
+    timer_at: Option<Time>,
+    /// The timeout in force, for the log line when it fires.
+    timeout_ms: u64,
+    began_at: Time,
+    /// A client waits for the outcome (false for recovered transactions).
+    client_waits: bool,
+    resends: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// PREPARE sent, collecting votes.
+    Wait,
+    /// Every vote was READY; the COMMIT record is being forced.
+    CommitPending,
+    /// COMMIT is durable and sent; collecting ACKs.
+    Committed,
+    /// Recovered COMMIT, waiting for this instance's epoch record.
+    RecoveredCommit,
+}
+
+impl Coordinator {
+    /// A fresh coordinator with an empty log. The driver should prefer
+    /// [`Coordinator::recover`] with whatever the log holds (possibly
+    /// nothing), which also records the epoch.
+    pub fn new(config: CoordinatorConfig, now: Time) -> Coordinator {
+        Coordinator::recover(config, std::iter::empty(), now)
+    }
+
+    /// Rebuild from the log after a (re)start: the epoch goes up by one and
+    /// is forced; transactions with a durable COMMIT and no END get their
+    /// COMMIT re-sent (site failure 4); transactions with a begin record and
+    /// no decision are aborted (presumed abort, site failure 3), and their
+    /// participants are told so.
+    pub fn recover(
+        config: CoordinatorConfig,
+        records: impl IntoIterator<Item = CoordinatorRecord>,
+        now: Time,
+    ) -> Coordinator {
+        let mut last_epoch = 0;
+        let mut begun: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
+        let mut committed: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
+        // Replay order matters: a later record supersedes an earlier one.
+        let mut order: Vec<Xid> = Vec::new();
+        for record in records {
+            match record {
+                CoordinatorRecord::Epoch { epoch } => last_epoch = last_epoch.max(epoch),
+                CoordinatorRecord::Begin { xid, participants } => {
+                    order.push(xid);
+                    begun.insert(xid, participants);
+                }
+                CoordinatorRecord::Decision {
+                    xid,
+                    decision,
+                    participants,
+                } => {
+                    begun.remove(&xid);
+                    if decision == Decision::Commit {
+                        order.push(xid);
+                        committed.insert(xid, participants);
+                    }
+                }
+                CoordinatorRecord::End { xid } => {
+                    committed.remove(&xid);
+                }
+            }
+        }
+        let epoch = last_epoch + 1;
+        let mut coordinator = Coordinator {
+            config,
+            epoch,
+            txns: HashMap::new(),
+            gate: Gate::default(),
+            actions: Vec::new(),
+        };
+        let ticket = coordinator.gate.park(Resume::EpochRecorded);
+        coordinator.actions.push(CoordinatorAction::Persist {
+            record: CoordinatorRecord::Epoch { epoch },
+            durability: Durability::Forced(ticket),
+        });
+        let aborted = begun.len();
+        let committing = committed.len();
+        // Deterministic order for the simulator: the order records appeared.
+        order.dedup();
+        for xid in order {
+            if let Some(participants) = begun.remove(&xid) {
+                coordinator.record_and_send_abort(xid, &participants);
+                coordinator.push_notice(CoordinatorNotice::Decided {
+                    xid,
+                    decision: Decision::Abort,
+                    reason: Some("coordinator restarted before deciding (presumed abort)".into()),
+                });
+            } else if let Some(participants) = committed.remove(&xid) {
+                let n = participants.len();
+                coordinator.txns.insert(
+                    xid,
+                    Txn {
+                        participants,
+                        phase: Phase::RecoveredCommit,
+                        ready: vec![true; n],
+                        acked: vec![false; n],
+                        timer_at: None,
+                        timeout_ms: coordinator.config.resend_ms_initial,
+                        began_at: now,
+                        client_waits: false,
+                        resends: 0,
+                    },
+                );
+            }
+        }
+        coordinator.push_notice(CoordinatorNotice::Recovered {
+            epoch,
+            committing,
+            aborted,
+        });
+        coordinator
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn addr(&self) -> &PeerAddr {
+        &self.config.addr
+    }
+
+    /// Transactions not yet ended (WAIT or COMMIT).
+    pub fn in_flight(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Start a global transaction: PREPARE goes to every participant with
+    /// its work and `prepare_timeout_ms` as its deadline; the WAIT timer is
+    /// set to the same value.
+    pub fn begin(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        branches: Vec<(PeerAddr, Vec<u8>)>,
+        prepare_timeout_ms: u64,
+    ) -> Result<(), BeginError> {
+        if self.txns.contains_key(&xid) {
+            return Err(BeginError::DuplicateXid(xid));
+        }
+        if branches.is_empty() {
+            return Err(BeginError::NoBranches);
+        }
+        if branches.len() > PARTICIPANTS_MAX {
+            return Err(BeginError::TooManyParticipants {
+                count: branches.len(),
+                max: PARTICIPANTS_MAX,
+            });
+        }
+        for (i, (participant, work)) in branches.iter().enumerate() {
+            if branches[..i].iter().any(|(p, _)| p == participant) {
+                return Err(BeginError::DuplicateParticipant(participant.clone()));
+            }
+            if work.len() > WORK_BYTES_MAX {
+                return Err(BeginError::WorkTooLarge {
+                    participant: participant.clone(),
+                    len: work.len(),
+                    max: WORK_BYTES_MAX,
+                });
+            }
+        }
+        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
+        self.actions.push(CoordinatorAction::Persist {
+            record: CoordinatorRecord::Begin {
+                xid,
+                participants: participants.clone(),
+            },
+            durability: Durability::Lazy,
+        });
+        for (to, work) in branches {
+            let message = self.message(
+                xid,
+                Body::Prepare {
+                    participants: participants.clone(),
+                    work,
+                    deadline_ms: prepare_timeout_ms,
+                },
+            );
+            self.actions.push(CoordinatorAction::Send { to, message });
+        }
+        let n = participants.len();
+        let at = now.plus_ms(prepare_timeout_ms);
+        self.txns.insert(
+            xid,
+            Txn {
+                participants,
+                phase: Phase::Wait,
+                ready: vec![false; n],
+                acked: vec![false; n],
+                timer_at: Some(at),
+                timeout_ms: prepare_timeout_ms,
+                began_at: now,
+                client_waits: true,
+                resends: 0,
+            },
+        );
+        self.actions.push(CoordinatorAction::SetTimer { xid, at });
+        Ok(())
+    }
+
+    /// A message from a participant.
+    pub fn on_message(&mut self, _now: Time, message: Message) {
+        let Message {
+            xid,
+            epoch,
+            from,
+            body,
+        } = message;
+        let kind = body.kind();
+        if let Body::Inquire = body {
+            // Answered whatever the epoch: the answer is the truth as this
+            // instance knows it, and presumed abort covers unknown xids.
+            self.answer_inquire(xid, from);
+            return;
+        }
+        if epoch != self.epoch {
+            self.ignored(xid, kind, from, "epoch is not this coordinator's");
+            return;
+        }
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            self.ignored(xid, kind, from, "unknown or finished transaction");
+            return;
+        };
+        let Some(index) = txn.participants.iter().position(|p| *p == from) else {
+            self.ignored(xid, kind, from, "sender is not a participant");
+            return;
+        };
+        match body {
+            Body::Vote(Vote::Ready) => {
+                if txn.phase != Phase::Wait {
+                    return; // duplicate or late vote: harmless
+                }
+                txn.ready[index] = true;
+                if txn.ready.iter().all(|r| *r) {
+                    self.decide_commit(xid);
+                }
+            }
+            Body::Vote(Vote::Abort { reason }) => {
+                if txn.phase != Phase::Wait {
+                    // A VOTE ABORT after every vote was READY would mean a
+                    // participant broke its promise; keep the commit.
+                    self.ignored(xid, kind, from, "vote after the decision");
+                    return;
+                }
+                let reason = format!("participant {from} voted ABORT: {reason}");
+                self.decide_abort(xid, reason);
+            }
+            Body::Ack => {
+                if txn.phase != Phase::Committed {
+                    return;
+                }
+                txn.acked[index] = true;
+                if txn.acked.iter().all(|a| *a) {
+                    self.txns.remove(&xid);
+                    self.actions.push(CoordinatorAction::Persist {
+                        record: CoordinatorRecord::End { xid },
+                        durability: Durability::Lazy,
+                    });
+                    self.push_notice(CoordinatorNotice::Ended { xid });
+                }
+            }
+            _ => self.ignored(xid, kind, from, "not a message a coordinator handles"),
+        }
+    }
+
+    /// A timer set with `SetTimer` is due.
+    pub fn on_timer(&mut self, now: Time, xid: Xid) {
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            return;
+        };
+        match txn.timer_at {
+            Some(at) if now >= at => {}
+            _ => return, // stale timer: a later one replaced it
+        }
+        txn.timer_at = None;
+        match txn.phase {
+            Phase::Wait => {
+                let waiting_for: Vec<PeerAddr> = txn
+                    .participants
+                    .iter()
+                    .zip(&txn.ready)
+                    .filter(|(_, r)| !**r)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                let timeout_ms = txn.timeout_ms;
+                let reason = format!(
+                    "no vote within {timeout_ms} ms from {}",
+                    waiting_for.join(", ")
+                );
+                self.push_notice(CoordinatorNotice::TimeoutFired {
+                    xid,
+                    phase: "WAIT (votes)",
+                    timeout_ms,
+                    waiting_for,
+                });
+                self.decide_abort(xid, reason);
+            }
+            Phase::Committed => {
+                let waiting_for: Vec<PeerAddr> = txn
+                    .participants
+                    .iter()
+                    .zip(&txn.acked)
+                    .filter(|(_, a)| !**a)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                let timeout_ms = txn.timeout_ms;
+                txn.resends += 1;
+                txn.timeout_ms = (timeout_ms.saturating_mul(2)).min(self.config.resend_ms_max);
+                let at = now.plus_ms(txn.timeout_ms);
+                txn.timer_at = Some(at);
+                for to in &waiting_for {
+                    let message = self.message(xid, Body::Decision(Decision::Commit));
+                    self.actions.push(CoordinatorAction::Send {
+                        to: to.clone(),
+                        message,
+                    });
+                }
+                self.actions.push(CoordinatorAction::SetTimer { xid, at });
+                self.push_notice(CoordinatorNotice::TimeoutFired {
+                    xid,
+                    phase: "COMMIT (acks)",
+                    timeout_ms,
+                    waiting_for,
+                });
+            }
+            Phase::CommitPending | Phase::RecoveredCommit => {}
+        }
+    }
+
+    /// The forced write named by `ticket` is on stable storage.
+    pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        match self.gate.release(ticket) {
+            Some(Resume::CommitDecided(xid)) => {
+                let Some(txn) = self.txns.get_mut(&xid) else {
+                    return;
+                };
+                if txn.phase != Phase::CommitPending {
+                    return;
+                }
+                let client_waits = txn.client_waits;
+                self.start_commit_delivery(now, xid);
+                if client_waits {
+                    self.actions.push(CoordinatorAction::Outcome {
+                        xid,
+                        outcome: TxnOutcome::Committed,
+                    });
+                }
+            }
+            Some(Resume::EpochRecorded) => {
+                let mut recovered: Vec<Xid> = self
+                    .txns
+                    .iter()
+                    .filter(|(_, t)| t.phase == Phase::RecoveredCommit)
+                    .map(|(x, _)| *x)
+                    .collect();
+                recovered.sort();
+                for xid in recovered {
+                    self.start_commit_delivery(now, xid);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Take the actions produced so far, in order.
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, CoordinatorAction> {
+        self.actions.drain(..)
+    }
+
+    /// Status of an in-flight transaction; `None` once it ended or was
+    /// aborted (the driver keeps recent outcomes for `concord status`).
+    pub fn status(&self, now: Time, xid: Xid) -> Option<TxnStatus> {
+        let txn = self.txns.get(&xid)?;
+        Some(TxnStatus {
+            xid,
+            state: match txn.phase {
+                Phase::Wait => "WAIT",
+                Phase::CommitPending => "COMMIT (forcing decision record)",
+                Phase::Committed | Phase::RecoveredCommit => "COMMIT (waiting for ACKs)",
+            },
+            age_ms: now.ms_since(txn.began_at),
+            resends: txn.resends,
+            branches: txn
+                .participants
+                .iter()
+                .enumerate()
+                .map(|(i, p)| BranchStatus {
+                    participant: p.clone(),
+                    voted_ready: txn.ready[i],
+                    acked: txn.acked[i],
+                })
+                .collect(),
+        })
+    }
+
+    /// Xids of every transaction not yet ended, oldest first.
+    pub fn in_flight_xids(&self) -> Vec<Xid> {
+        let mut xids: Vec<(Time, Xid)> = self.txns.iter().map(|(x, t)| (t.began_at, *x)).collect();
+        xids.sort();
+        xids.into_iter().map(|(_, x)| x).collect()
+    }
+
+    fn decide_commit(&mut self, xid: Xid) {
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            return;
+        };
+        txn.phase = Phase::CommitPending;
+        txn.timer_at = None;
+        let participants = txn.participants.clone();
+        let ticket = self.gate.park(Resume::CommitDecided(xid));
+        self.actions.push(CoordinatorAction::Persist {
+            record: CoordinatorRecord::Decision {
+                xid,
+                decision: Decision::Commit,
+                participants,
+            },
+            durability: Durability::Forced(ticket),
+        });
+        self.push_notice(CoordinatorNotice::Decided {
+            xid,
+            decision: Decision::Commit,
+            reason: None,
+        });
+    }
+
+    /// Send COMMIT to every participant that has not ACKed and arm the
+    /// resend timer. Runs only once the COMMIT record is durable.
+    fn start_commit_delivery(&mut self, now: Time, xid: Xid) {
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            return;
+        };
+        txn.phase = Phase::Committed;
+        txn.timeout_ms = self.config.resend_ms_initial;
+        let at = now.plus_ms(txn.timeout_ms);
+        txn.timer_at = Some(at);
+        let targets: Vec<PeerAddr> = txn
+            .participants
+            .iter()
+            .zip(&txn.acked)
+            .filter(|(_, a)| !**a)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for to in targets {
+            let message = self.message(xid, Body::Decision(Decision::Commit));
+            self.actions.push(CoordinatorAction::Send { to, message });
+        }
+        self.actions.push(CoordinatorAction::SetTimer { xid, at });
+    }
+
+    fn decide_abort(&mut self, xid: Xid, reason: String) {
+        let Some(txn) = self.txns.remove(&xid) else {
+            return;
+        };
+        debug_assert_eq!(txn.phase, Phase::Wait, "abort is decided only in WAIT");
+        self.record_and_send_abort(xid, &txn.participants);
+        self.push_notice(CoordinatorNotice::Decided {
+            xid,
+            decision: Decision::Abort,
+            reason: Some(reason.clone()),
+        });
+        if txn.client_waits {
+            self.actions.push(CoordinatorAction::Outcome {
+                xid,
+                outcome: TxnOutcome::Aborted { reason },
+            });
+        }
+    }
+
+    /// Presumed abort: the ABORT record is lazy and ABORTs are not ACKed; a
+    /// participant that misses this ABORT learns it by inquiry.
+    fn record_and_send_abort(&mut self, xid: Xid, participants: &[PeerAddr]) {
+        self.actions.push(CoordinatorAction::Persist {
+            record: CoordinatorRecord::Decision {
+                xid,
+                decision: Decision::Abort,
+                participants: participants.to_vec(),
+            },
+            durability: Durability::Lazy,
+        });
+        for to in participants {
+            let message = self.message(xid, Body::Decision(Decision::Abort));
+            self.actions.push(CoordinatorAction::Send {
+                to: to.clone(),
+                message,
+            });
+        }
+    }
+
+    fn answer_inquire(&mut self, xid: Xid, from: PeerAddr) {
+        let state = match self.txns.get(&xid).map(|t| t.phase) {
+            Some(Phase::Committed) | Some(Phase::RecoveredCommit) => TxnState::Committed,
+            // Not decided, or the COMMIT record is not durable yet: saying
+            // COMMITTED now could be undone by a crash.
+            Some(Phase::Wait) | Some(Phase::CommitPending) => TxnState::Unknown,
+            // Presumed abort: no record means aborted.
+            None => TxnState::Aborted,
+        };
+        let message = self.message(xid, Body::State(state));
+        self.actions
+            .push(CoordinatorAction::Send { to: from, message });
+    }
+
+    fn message(&self, xid: Xid, body: Body) -> Message {
+        Message {
+            xid,
+            epoch: self.epoch,
+            from: self.config.addr.clone(),
+            body,
+        }
+    }
+
+    fn ignored(&mut self, xid: Xid, kind: &'static str, from: PeerAddr, why: &'static str) {
+        self.push_notice(CoordinatorNotice::Ignored {
+            xid,
+            kind,
+            from,
+            why,
+        });
+    }
+
+    fn push_notice(&mut self, notice: CoordinatorNotice) {
+        self.actions.push(CoordinatorAction::Notice(notice));
+    }
+}

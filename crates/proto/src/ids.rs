@@ -1,0 +1,67 @@
+//! Identifiers, time and named limits shared by every part of the protocol.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Most participants one global transaction may have; checked where a
+/// transaction enters the coordinator.
+pub const PARTICIPANTS_MAX: usize = 64;
+/// Largest opaque work payload one branch may carry.
+pub const WORK_BYTES_MAX: usize = 64 * 1024;
+
+/// Global transaction id. Chosen by the driver (random, or seeded in the
+/// simulator) so the core stays deterministic.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Xid(pub u128);
+
+impl fmt::Display for Xid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for Xid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short form keeps simulator traces readable; Display gives the full id.
+        write!(f, "xid:{:08x}", self.0 as u32)
+    }
+}
+
+impl std::str::FromStr for Xid {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 32 {
+            return Err(format!("xid must be 1 to 32 hex digits, got {s:?}"));
+        }
+        u128::from_str_radix(s, 16)
+            .map(Xid)
+            .map_err(|e| format!("xid {s:?} is not hex: {e}"))
+    }
+}
+
+/// Fencing number of the coordinator instance that owns a transaction.
+/// Participants reject messages carrying an epoch older than the one they
+/// have seen for that transaction.
+pub type Epoch = u64;
+
+/// Network address of a process ("127.0.0.1:7101"). Participants are named
+/// by address inside the protocol; names for humans live in the driver.
+pub type PeerAddr = String;
+
+/// Monotonic time in microseconds since an arbitrary origin chosen by the
+/// driver (process start, or 0 in the simulator).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub fn plus_ms(self, ms: u64) -> Time {
+        Time(self.0.saturating_add(ms.saturating_mul(1000)))
+    }
+    pub fn ms_since(self, earlier: Time) -> u64 {
+        self.0.saturating_sub(earlier.0) / 1000
+    }
+    pub fn us_since(self, earlier: Time) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}

@@ -1,0 +1,33 @@
+//! concord-proto: the two-phase-commit protocol without any IO.
+//!
+//! This crate holds the protocol messages, the durable log records and the
+//! sans-IO [`Coordinator`] and [`Participant`] state machines. They take
+//! events (a message, a timer, "this record is durable", a resource's answer)
+//! with the current time passed in, and return [`CoordinatorAction`]s /
+//! [`ParticipantAction`]s for a driver to carry out.
+//!
+//! It must never touch sockets, files, threads, the clock or randomness: the
+//! same code runs under the tokio driver and under the deterministic
+//! simulator, and a simulated seed must replay exactly.
+//!
+//! Persist-then-send holds by construction: a message that depends on a
+//! forced write (VOTE READY, a COMMIT decision, an ACK) is kept inside the
+//! state machine (see [`gate`]) and only comes out of `on_durable` for the
+//! ticket of that write.
+
+pub mod codec;
+pub mod coordinator;
+pub mod gate;
+pub mod ids;
+pub mod message;
+pub mod participant;
+pub mod record;
+
+pub use coordinator::{
+    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, TxnOutcome, TxnStatus,
+};
+pub use gate::{Durability, PersistTicket};
+pub use ids::{Epoch, PeerAddr, Time, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX};
+pub use message::{Body, Decision, Message, TxnState, Vote};
+pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
+pub use record::{CoordinatorRecord, ParticipantRecord};

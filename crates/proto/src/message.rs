@@ -1,0 +1,93 @@
+//! The 2PC messages of SPEC §1 exchanged between coordinator and participants.
+//!
+//! Every message carries the xid, the coordinator's epoch and the sender's
+//! address (so a reply never depends on which connection a message came in
+//! on). The vote is `Vote::Ready` / `Vote::Abort` and the decision
+//! `Decision::Commit` / `Decision::Abort`: two types on purpose, so a vote can
+//! never be mistaken for a decision.
+
+use crate::ids::{Epoch, PeerAddr, Xid};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub xid: Xid,
+    pub epoch: Epoch,
+    pub from: PeerAddr,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Phase 1, coordinator → participant: can you commit `work`? The
+    /// participant list goes along (cooperative termination needs it).
+    /// `deadline_ms` is the time left to vote; the participant never takes
+    /// longer than that.
+    Prepare {
+        participants: Vec<PeerAddr>,
+        work: Vec<u8>,
+        deadline_ms: u64,
+    },
+    /// Participant → coordinator: the vote on phase 1.
+    Vote(Vote),
+    /// Phase 2, coordinator → participant: the global decision.
+    Decision(Decision),
+    /// Participant → coordinator: the decision is carried out and its
+    /// outcome record is durable.
+    Ack,
+    /// "What was decided?" — from a READY participant after a timeout or a
+    /// restart, to the coordinator or (cooperative termination) to a peer.
+    Inquire,
+    /// The answer to INQUIRE.
+    State(TxnState),
+}
+
+impl Message {
+    /// Short name for logs and metrics ("VOTE READY", "COMMIT", ...).
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Prepare { .. } => "PREPARE",
+            Body::Vote(Vote::Ready) => "VOTE READY",
+            Body::Vote(Vote::Abort { .. }) => "VOTE ABORT",
+            Body::Decision(Decision::Commit) => "COMMIT",
+            Body::Decision(Decision::Abort) => "ABORT",
+            Body::Ack => "ACK",
+            Body::Inquire => "INQUIRE",
+            Body::State(_) => "STATE",
+        }
+    }
+}
+
+/// A participant's phase-1 vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Vote {
+    /// My part is durable and I will commit if told to.
+    Ready,
+    /// I cannot commit; the reason is shown to the client.
+    Abort { reason: String },
+}
+
+/// The coordinator's global decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Decision {
+    Commit,
+    Abort,
+}
+
+/// What a process knows about a transaction, as answered to INQUIRE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    Initial,
+    Ready,
+    Committed,
+    Aborted,
+    /// Not decided yet (votes still being collected, or the decision is not
+    /// durable yet): keep waiting, never guess.
+    Unknown,
+}

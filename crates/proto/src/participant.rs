@@ -1,0 +1,622 @@
+//! The participant of 2PC as a sans-IO state machine.
+//!
+//! States per branch (SPEC §1): INITIAL → (resource prepares) → READY
+//! (READY record forced, then VOTE READY) → COMMITTED (outcome forced, then
+//! ACK) or ABORTED. The resource (the actual data: the key-value store, a
+//! database) sits outside: the core asks it to prepare, commit or abort with
+//! actions and hears back with `on_prepared`.
+//!
+//! A READY participant never decides on its own: when its timer fires it
+//! sends INQUIRE to the coordinator, with backoff, until it learns the
+//! outcome. Finished branches are remembered (bounded by
+//! `finished_max`) so that duplicates and late messages get the same answer:
+//! a late PREPARE after an ABORT gets VOTE ABORT, a repeated COMMIT gets the
+//! ACK again.
+
+use crate::gate::{Durability, Gate, PersistTicket};
+use crate::ids::{Epoch, PeerAddr, Time, Xid, WORK_BYTES_MAX};
+use crate::message::{Body, Decision, Message, TxnState, Vote};
+use crate::record::ParticipantRecord;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Clone, Debug)]
+pub struct ParticipantConfig {
+    /// This participant's address: sent as `from`, and how the coordinator
+    /// names it in participant lists.
+    pub addr: PeerAddr,
+    /// Time in READY past the PREPARE deadline before the first INQUIRE;
+    /// doubles after each one up to `inquire_ms_max`, and never stops.
+    pub inquire_ms_initial: u64,
+    pub inquire_ms_max: u64,
+    /// How many finished branches are remembered for answering duplicates.
+    pub finished_max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantAction {
+    /// Append `record`; for `Durability::Forced(t)` sync, then call
+    /// `on_durable(t)`.
+    Persist {
+        record: ParticipantRecord,
+        durability: Durability,
+    },
+    Send {
+        to: PeerAddr,
+        message: Message,
+    },
+    /// Call `on_timer(xid)` at `at` (or later); a stale firing is ignored.
+    SetTimer { xid: Xid, at: Time },
+    /// Resource: check `work` and take what it needs (locks, reservations)
+    /// so that a later commit cannot fail; answer with `on_prepared`. On
+    /// failure the resource must hold nothing for `xid`.
+    Prepare { xid: Xid, work: Vec<u8> },
+    /// Resource: make the prepared work of `xid` visible and release it.
+    /// Runs before the outcome record is persisted; it must be idempotent
+    /// with respect to replay (it is redone after a crash from the log).
+    Commit { xid: Xid },
+    /// Resource: drop the prepared work of `xid` (no-op if it holds none).
+    Abort { xid: Xid },
+    /// Resource, at recovery: `xid` is in doubt; take again what its
+    /// prepare took (locks), from the work in the READY record.
+    Restore { xid: Xid, work: Vec<u8> },
+    Notice(ParticipantNotice),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantNotice {
+    TimeoutFired {
+        xid: Xid,
+        phase: &'static str,
+        timeout_ms: u64,
+        attempt: u32,
+    },
+    Outcome {
+        xid: Xid,
+        decision: Decision,
+    },
+    Ignored {
+        xid: Xid,
+        kind: &'static str,
+        from: PeerAddr,
+        why: &'static str,
+    },
+    /// A message that only a broken coordinator could send (COMMIT after we
+    /// aborted, ABORT after we committed). Never acted upon.
+    Violation {
+        xid: Xid,
+        detail: String,
+    },
+    Recovered {
+        in_doubt: usize,
+        finished: usize,
+    },
+}
+
+/// One branch the participant is working on (not yet finished).
+#[derive(Debug)]
+struct Branch {
+    state: BranchState,
+    epoch: Epoch,
+    coordinator: PeerAddr,
+    participants: Vec<PeerAddr>,
+    work: Vec<u8>,
+    /// Absolute time by which the vote must be cast.
+    deadline: Time,
+    timer_at: Option<Time>,
+    inquire_ms: u64,
+    inquiries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BranchState {
+    /// The resource is preparing. `abort_requested`: an ABORT came first.
+    Preparing { abort_requested: bool },
+    /// The READY record is being forced.
+    ReadyPending,
+    Ready,
+    /// The COMMITTED record is being forced.
+    Committing,
+}
+
+#[derive(Debug)]
+enum Resume {
+    ReadyRecorded(Xid),
+    CommitRecorded(Xid),
+}
+
+pub struct Participant {
+    config: ParticipantConfig,
+    branches: HashMap<Xid, Branch>,
+    finished: HashMap<Xid, Decision>,
+    finished_order: VecDeque<Xid>,
+    gate: Gate<Resume>,
+    actions: Vec<ParticipantAction>,
+}
+
+impl Participant {
+    pub fn new(config: ParticipantConfig) -> Participant {
+        Participant {
+            config,
+            branches: HashMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            gate: Gate::default(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Rebuild from the log after a (re)start (site failures 1 and 2). A
+    /// READY record without an outcome is in doubt: the resource is asked to
+    /// restore its locks and the coordinator is asked at once. A branch
+    /// with no READY record is simply unknown: presumed abort.
+    pub fn recover(
+        config: ParticipantConfig,
+        records: impl IntoIterator<Item = ParticipantRecord>,
+        now: Time,
+    ) -> Participant {
+        let mut participant = Participant::new(config);
+        let mut ready: HashMap<Xid, (Epoch, PeerAddr, Vec<PeerAddr>, Vec<u8>)> = HashMap::new();
+        let mut order: Vec<Xid> = Vec::new();
+        for record in records {
+            match record {
+                ParticipantRecord::Ready {
+                    xid,
+                    coordinator,
+                    epoch,
+                    participants,
+                    work,
+                } => {
+                    if !ready.contains_key(&xid) {
+                        order.push(xid);
+                    }
+                    ready.insert(xid, (epoch, coordinator, participants, work));
+                }
+                ParticipantRecord::Outcome { xid, decision } => {
+                    ready.remove(&xid);
+                    participant.remember(xid, decision);
+                }
+                ParticipantRecord::Resource { .. } => {}
+            }
+        }
+        let in_doubt = ready.len();
+        for xid in order {
+            let Some((epoch, coordinator, participants, work)) = ready.remove(&xid) else {
+                continue;
+            };
+            participant.actions.push(ParticipantAction::Restore {
+                xid,
+                work: work.clone(),
+            });
+            let inquire_ms = participant.config.inquire_ms_initial;
+            participant.branches.insert(
+                xid,
+                Branch {
+                    state: BranchState::Ready,
+                    epoch,
+                    coordinator,
+                    participants,
+                    work,
+                    deadline: now,
+                    timer_at: Some(now),
+                    inquire_ms,
+                    inquiries: 0,
+                },
+            );
+            participant
+                .actions
+                .push(ParticipantAction::SetTimer { xid, at: now });
+        }
+        let finished = participant.finished.len();
+        participant
+            .actions
+            .push(ParticipantAction::Notice(ParticipantNotice::Recovered {
+                in_doubt,
+                finished,
+            }));
+        participant
+    }
+
+    pub fn addr(&self) -> &PeerAddr {
+        &self.config.addr
+    }
+
+    /// Branches that voted READY and do not know the outcome yet.
+    pub fn in_doubt(&self) -> Vec<Xid> {
+        let mut xids: Vec<Xid> = self
+            .branches
+            .iter()
+            .filter(|(_, b)| matches!(b.state, BranchState::Ready))
+            .map(|(x, _)| *x)
+            .collect();
+        xids.sort();
+        xids
+    }
+
+    /// What this participant knows of `xid`, as it would answer INQUIRE.
+    pub fn state_of(&self, xid: Xid) -> TxnState {
+        if let Some(decision) = self.finished.get(&xid) {
+            return match decision {
+                Decision::Commit => TxnState::Committed,
+                Decision::Abort => TxnState::Aborted,
+            };
+        }
+        match self.branches.get(&xid).map(|b| b.state) {
+            Some(BranchState::Ready) | Some(BranchState::Committing) => TxnState::Ready,
+            Some(BranchState::Preparing { .. }) | Some(BranchState::ReadyPending) => {
+                TxnState::Initial
+            }
+            None => TxnState::Unknown,
+        }
+    }
+
+    pub fn on_message(&mut self, now: Time, message: Message) {
+        let Message {
+            xid,
+            epoch,
+            from,
+            body,
+        } = message;
+        let kind = body.kind();
+        if let Some(branch) = self.branches.get_mut(&xid) {
+            if epoch < branch.epoch && !matches!(body, Body::Inquire) {
+                self.ignored(xid, kind, from, "older epoch than this branch has seen");
+                return;
+            }
+            if epoch > branch.epoch && from == branch.coordinator {
+                // A newer coordinator instance took the transaction over.
+                branch.epoch = epoch;
+            }
+        }
+        match body {
+            Body::Prepare {
+                participants,
+                work,
+                deadline_ms,
+            } => self.on_prepare(now, xid, epoch, from, participants, work, deadline_ms),
+            Body::Decision(decision) => self.on_decision(xid, epoch, from, decision),
+            // An answer to our INQUIRE. Only a branch still in doubt acts on
+            // it: for a finished branch a late answer says nothing new (an
+            // ABORTED may just be presumed abort after the coordinator
+            // forgot a transaction we long since committed).
+            Body::State(state) if self.branches.contains_key(&xid) => match state {
+                TxnState::Committed => self.on_decision(xid, epoch, from, Decision::Commit),
+                TxnState::Aborted => self.on_decision(xid, epoch, from, Decision::Abort),
+                // Not decided yet: keep waiting, never guess.
+                _ => {}
+            },
+            Body::State(_) => {}
+            Body::Inquire => self.on_inquire(xid, epoch, from),
+            Body::Vote(_) | Body::Ack => {
+                self.ignored(xid, kind, from, "not a message a participant handles")
+            }
+        }
+    }
+
+    /// The resource's answer to `ParticipantAction::Prepare`.
+    pub fn on_prepared(&mut self, now: Time, xid: Xid, result: Result<(), String>) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        let BranchState::Preparing { abort_requested } = branch.state else {
+            return;
+        };
+        let failure = match result {
+            _ if abort_requested => Some(None),
+            Err(reason) => Some(Some(reason)),
+            Ok(()) if now > branch.deadline => {
+                self.actions.push(ParticipantAction::Abort { xid });
+                Some(Some(format!(
+                    "prepare finished {} ms after the deadline",
+                    now.ms_since(branch.deadline)
+                )))
+            }
+            Ok(()) => None,
+        };
+        match failure {
+            None => {
+                branch.state = BranchState::ReadyPending;
+                let record = ParticipantRecord::Ready {
+                    xid,
+                    coordinator: branch.coordinator.clone(),
+                    epoch: branch.epoch,
+                    participants: branch.participants.clone(),
+                    work: branch.work.clone(),
+                };
+                let ticket = self.gate.park(Resume::ReadyRecorded(xid));
+                self.actions.push(ParticipantAction::Persist {
+                    record,
+                    durability: Durability::Forced(ticket),
+                });
+            }
+            Some(reason) => {
+                let Some(branch) = self.branches.remove(&xid) else {
+                    return;
+                };
+                if abort_requested {
+                    // An ABORT arrived while preparing: release what the
+                    // prepare took; the coordinator needs no vote.
+                    self.actions.push(ParticipantAction::Abort { xid });
+                }
+                self.remember(xid, Decision::Abort);
+                if let Some(reason) = reason {
+                    let message =
+                        self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
+                    self.actions.push(ParticipantAction::Send {
+                        to: branch.coordinator,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        match self.gate.release(ticket) {
+            Some(Resume::ReadyRecorded(xid)) => {
+                let Some(branch) = self.branches.get_mut(&xid) else {
+                    return; // aborted while the READY record was forced
+                };
+                if branch.state != BranchState::ReadyPending {
+                    return;
+                }
+                branch.state = BranchState::Ready;
+                // No point asking before the coordinator's own deadline.
+                let at = branch.deadline.max(now).plus_ms(branch.inquire_ms);
+                branch.timer_at = Some(at);
+                let to = branch.coordinator.clone();
+                let epoch = branch.epoch;
+                let message = self.message(xid, epoch, Body::Vote(Vote::Ready));
+                self.actions.push(ParticipantAction::Send { to, message });
+                self.actions.push(ParticipantAction::SetTimer { xid, at });
+            }
+            Some(Resume::CommitRecorded(xid)) => {
+                let Some(branch) = self.branches.remove(&xid) else {
+                    return;
+                };
+                self.remember(xid, Decision::Commit);
+                let message = self.message(xid, branch.epoch, Body::Ack);
+                self.actions.push(ParticipantAction::Send {
+                    to: branch.coordinator,
+                    message,
+                });
+                self.actions
+                    .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    }));
+            }
+            None => {}
+        }
+    }
+
+    pub fn on_timer(&mut self, now: Time, xid: Xid) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        match branch.timer_at {
+            Some(at) if now >= at => {}
+            _ => return,
+        }
+        branch.timer_at = None;
+        if branch.state != BranchState::Ready {
+            return;
+        }
+        // Never decide alone: ask the coordinator, again and again.
+        let timeout_ms = branch.inquire_ms;
+        branch.inquiries += 1;
+        let attempt = branch.inquiries;
+        branch.inquire_ms = branch
+            .inquire_ms
+            .saturating_mul(2)
+            .min(self.config.inquire_ms_max);
+        let at = now.plus_ms(branch.inquire_ms);
+        branch.timer_at = Some(at);
+        let to = branch.coordinator.clone();
+        let epoch = branch.epoch;
+        let message = self.message(xid, epoch, Body::Inquire);
+        self.actions.push(ParticipantAction::Send { to, message });
+        self.actions.push(ParticipantAction::SetTimer { xid, at });
+        self.actions
+            .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
+                xid,
+                phase: "READY (waiting for the decision)",
+                timeout_ms,
+                attempt,
+            }));
+    }
+
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, ParticipantAction> {
+        self.actions.drain(..)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_prepare(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        epoch: Epoch,
+        from: PeerAddr,
+        participants: Vec<PeerAddr>,
+        work: Vec<u8>,
+        deadline_ms: u64,
+    ) {
+        if let Some(decision) = self.finished.get(&xid).copied() {
+            // Duplicate or late PREPARE: repeat the vote we gave.
+            let vote = match decision {
+                Decision::Commit => Vote::Ready,
+                Decision::Abort => Vote::Abort {
+                    reason: "branch already aborted".into(),
+                },
+            };
+            let message = self.message(xid, epoch, Body::Vote(vote));
+            self.actions
+                .push(ParticipantAction::Send { to: from, message });
+            return;
+        }
+        if let Some(branch) = self.branches.get(&xid) {
+            if branch.state == BranchState::Ready {
+                let message = self.message(xid, branch.epoch, Body::Vote(Vote::Ready));
+                let to = branch.coordinator.clone();
+                self.actions.push(ParticipantAction::Send { to, message });
+            }
+            // Preparing / ReadyPending: the vote goes out when ready.
+            return;
+        }
+        if work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.addr) {
+            let reason = if work.len() > WORK_BYTES_MAX {
+                format!("work of {} bytes is over the limit", work.len())
+            } else {
+                format!("{} is not in the participant list", self.config.addr)
+            };
+            self.remember(xid, Decision::Abort);
+            let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
+            self.actions
+                .push(ParticipantAction::Send { to: from, message });
+            return;
+        }
+        self.branches.insert(
+            xid,
+            Branch {
+                state: BranchState::Preparing {
+                    abort_requested: false,
+                },
+                epoch,
+                coordinator: from,
+                participants,
+                work: work.clone(),
+                deadline: now.plus_ms(deadline_ms),
+                timer_at: None,
+                inquire_ms: self.config.inquire_ms_initial,
+                inquiries: 0,
+            },
+        );
+        self.actions.push(ParticipantAction::Prepare { xid, work });
+    }
+
+    fn on_decision(&mut self, xid: Xid, epoch: Epoch, from: PeerAddr, decision: Decision) {
+        if let Some(done) = self.finished.get(&xid).copied() {
+            if done != decision {
+                self.violation(xid, format!("{decision:?} from {from} after we {done:?}ed"));
+            } else if decision == Decision::Commit {
+                // ACK lost or decision repeated: ACK again (message loss 4).
+                let message = self.message(xid, epoch, Body::Ack);
+                self.actions
+                    .push(ParticipantAction::Send { to: from, message });
+            }
+            return;
+        }
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            match decision {
+                // We never voted READY on it or forgot it long after
+                // finishing: either way its outcome record is durable.
+                Decision::Commit => {
+                    let message = self.message(xid, epoch, Body::Ack);
+                    self.actions
+                        .push(ParticipantAction::Send { to: from, message });
+                }
+                // ABORT before PREPARE (reordering): remember, so a late
+                // PREPARE gets VOTE ABORT.
+                Decision::Abort => self.remember(xid, Decision::Abort),
+            }
+            return;
+        };
+        match (decision, branch.state) {
+            (Decision::Commit, BranchState::Ready) => {
+                branch.state = BranchState::Committing;
+                branch.timer_at = None;
+                self.actions.push(ParticipantAction::Commit { xid });
+                let ticket = self.gate.park(Resume::CommitRecorded(xid));
+                self.actions.push(ParticipantAction::Persist {
+                    record: ParticipantRecord::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    },
+                    durability: Durability::Forced(ticket),
+                });
+            }
+            (Decision::Commit, BranchState::Committing) => {} // ACK follows
+            (Decision::Commit, _) => {
+                self.violation(xid, format!("COMMIT from {from} before our READY was durable"));
+            }
+            (Decision::Abort, BranchState::Preparing { .. }) => {
+                branch.state = BranchState::Preparing {
+                    abort_requested: true,
+                };
+            }
+            (Decision::Abort, BranchState::Ready | BranchState::ReadyPending) => {
+                self.branches.remove(&xid);
+                self.actions.push(ParticipantAction::Abort { xid });
+                // Presumed abort: not forced. If lost, recovery finds the
+                // READY record, inquires, and hears ABORTED again.
+                self.actions.push(ParticipantAction::Persist {
+                    record: ParticipantRecord::Outcome {
+                        xid,
+                        decision: Decision::Abort,
+                    },
+                    durability: Durability::Lazy,
+                });
+                self.remember(xid, Decision::Abort);
+                self.actions
+                    .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
+                        xid,
+                        decision: Decision::Abort,
+                    }));
+            }
+            (Decision::Abort, BranchState::Committing) => {
+                self.violation(xid, format!("ABORT from {from} after COMMIT"));
+            }
+        }
+    }
+
+    /// A peer (cooperative termination) or anyone asks what we know.
+    fn on_inquire(&mut self, xid: Xid, epoch: Epoch, from: PeerAddr) {
+        let mut state = self.state_of(xid);
+        if state == TxnState::Unknown {
+            // We never voted on it: abort unilaterally so that we never
+            // will (SPEC §1.6), and say so.
+            self.remember(xid, Decision::Abort);
+            state = TxnState::Aborted;
+        }
+        let message = self.message(xid, epoch, Body::State(state));
+        self.actions
+            .push(ParticipantAction::Send { to: from, message });
+    }
+
+    fn remember(&mut self, xid: Xid, decision: Decision) {
+        if self.finished.insert(xid, decision).is_none() {
+            self.finished_order.push_back(xid);
+            while self.finished_order.len() > self.config.finished_max {
+                if let Some(old) = self.finished_order.pop_front() {
+                    self.finished.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn message(&self, xid: Xid, epoch: Epoch, body: Body) -> Message {
+        Message {
+            xid,
+            epoch,
+            from: self.config.addr.clone(),
+            body,
+        }
+    }
+
+    fn ignored(&mut self, xid: Xid, kind: &'static str, from: PeerAddr, why: &'static str) {
+        self.actions
+            .push(ParticipantAction::Notice(ParticipantNotice::Ignored {
+                xid,
+                kind,
+                from,
+                why,
+            }));
+    }
+
+    fn violation(&mut self, xid: Xid, detail: String) {
+        self.actions
+            .push(ParticipantAction::Notice(ParticipantNotice::Violation {
+                xid,
+                detail,
+            }));
+    }
+}
