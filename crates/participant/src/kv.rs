@@ -1,0 +1,295 @@
+//! The built-in key-value resource: named accounts with integer balances.
+//!
+//! A branch's work is a list of [`KvOp`]s (add `delta` to `account`).
+//! Prepare checks every account exists, is not locked by another
+//! transaction and would not go negative, then locks the accounts until
+//! the decision (VOTE ABORT otherwise, with the reason). The store keeps no
+//! files of its own: its state is derived from the participant's log —
+//! the seed record, and the work of every READY record whose outcome is
+//! COMMIT — so it is exactly as durable as the protocol's forced writes.
+
+use crate::resource::Resource;
+use concord_proto::codec::{decode, encode};
+use concord_proto::{Decision, ParticipantRecord, Xid};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest account name accepted.
+pub const ACCOUNT_NAME_BYTES_MAX: usize = 128;
+
+/// One change in a branch: add `delta` (may be negative) to `account`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvOp {
+    pub account: String,
+    pub delta: i64,
+}
+
+/// The key-value resource's own log records, carried in
+/// `ParticipantRecord::Resource`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvRecord {
+    /// Accounts created on first start.
+    Seed { accounts: Vec<(String, i64)> },
+}
+
+pub fn encode_work(ops: &[KvOp]) -> Vec<u8> {
+    encode(&ops)
+}
+
+pub fn decode_work(work: &[u8]) -> Result<Vec<KvOp>, String> {
+    decode::<Vec<KvOp>>("key-value work", work).map_err(|e| e.to_string())
+}
+
+/// The seed record for `--seed-accounts N --balance B`: `acct-0` …
+/// `acct-{N-1}`, each with balance B.
+pub fn seed_record(count: usize, balance: i64) -> ParticipantRecord {
+    let accounts = (0..count).map(|i| (format!("acct-{i}"), balance)).collect();
+    ParticipantRecord::Resource {
+        body: encode(&KvRecord::Seed { accounts }),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct KvStore {
+    balances: BTreeMap<String, i64>,
+    /// account → the transaction holding its lock (from READY to decision).
+    locks: HashMap<String, Xid>,
+    prepared: HashMap<Xid, Vec<KvOp>>,
+    seeded: bool,
+}
+
+impl KvStore {
+    /// Rebuild committed balances from the participant's log. Locks of
+    /// in-doubt branches are taken back later through `Resource::restore`.
+    pub fn replay<'a>(
+        records: impl IntoIterator<Item = &'a ParticipantRecord>,
+    ) -> Result<KvStore, String> {
+        let mut store = KvStore::default();
+        let mut ready_work: HashMap<Xid, &'a [u8]> = HashMap::new();
+        for record in records {
+            match record {
+                ParticipantRecord::Resource { body } => {
+                    let KvRecord::Seed { accounts } = decode("key-value record", body)
+                        .map_err(|e| format!("key-value log record: {e}"))?;
+                    for (account, balance) in accounts {
+                        store.balances.entry(account).or_insert(balance);
+                    }
+                    store.seeded = true;
+                }
+                ParticipantRecord::Ready { xid, work, .. } => {
+                    ready_work.insert(*xid, work);
+                }
+                ParticipantRecord::Outcome { xid, decision } => {
+                    let work = ready_work.remove(xid);
+                    if *decision == Decision::Commit {
+                        let work = work.ok_or_else(|| {
+                            format!("log has COMMIT for {xid} without its READY record")
+                        })?;
+                        for op in decode_work(work)? {
+                            *store.balances.entry(op.account).or_insert(0) += op.delta;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Whether the log already holds a seed record (seeding happens once).
+    pub fn is_seeded(&self) -> bool {
+        self.seeded
+    }
+
+    /// Committed balances.
+    pub fn balances(&self) -> &BTreeMap<String, i64> {
+        &self.balances
+    }
+
+    /// Accounts locked right now, with the transaction holding each.
+    pub fn locks(&self) -> &HashMap<String, Xid> {
+        &self.locks
+    }
+
+    pub fn total(&self) -> i64 {
+        self.balances.values().sum()
+    }
+
+    fn check(&self, xid: Xid, ops: &[KvOp]) -> Result<(), String> {
+        if ops.is_empty() {
+            return Err("branch has no operations".into());
+        }
+        let mut needed: BTreeMap<&str, i64> = BTreeMap::new();
+        for op in ops {
+            if op.account.len() > ACCOUNT_NAME_BYTES_MAX {
+                return Err(format!(
+                    "account name of {} bytes is over the limit",
+                    op.account.len()
+                ));
+            }
+            if !self.balances.contains_key(&op.account) {
+                return Err(format!("unknown account {}", op.account));
+            }
+            if let Some(holder) = self.locks.get(&op.account) {
+                if *holder != xid {
+                    return Err(format!(
+                        "account {} is locked by transaction {holder}",
+                        op.account
+                    ));
+                }
+            }
+            let sum = needed.entry(&op.account).or_insert(0);
+            *sum = sum
+                .checked_add(op.delta)
+                .ok_or_else(|| format!("amount overflow on {}", op.account))?;
+        }
+        for (account, delta) in needed {
+            let balance = self.balances.get(account).copied().unwrap_or(0);
+            match balance.checked_add(delta) {
+                Some(after) if after >= 0 => {}
+                Some(_) => {
+                    return Err(format!(
+                        "insufficient funds in {account}: balance {balance}, change {delta}"
+                    ))
+                }
+                None => return Err(format!("amount overflow on {account}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&mut self, xid: Xid, ops: Vec<KvOp>) {
+        for op in &ops {
+            self.locks.insert(op.account.clone(), xid);
+        }
+        self.prepared.insert(xid, ops);
+    }
+
+    fn release(&mut self, xid: Xid) -> Option<Vec<KvOp>> {
+        let ops = self.prepared.remove(&xid)?;
+        for op in &ops {
+            if self.locks.get(&op.account) == Some(&xid) {
+                self.locks.remove(&op.account);
+            }
+        }
+        Some(ops)
+    }
+}
+
+impl Resource for KvStore {
+    fn prepare(&mut self, xid: Xid, work: &[u8]) -> Result<(), String> {
+        let ops = decode_work(work)?;
+        self.check(xid, &ops)?;
+        self.lock(xid, ops);
+        Ok(())
+    }
+
+    fn commit(&mut self, xid: Xid) {
+        if let Some(ops) = self.release(xid) {
+            for op in ops {
+                *self.balances.entry(op.account).or_insert(0) += op.delta;
+            }
+        }
+    }
+
+    fn abort(&mut self, xid: Xid) {
+        self.release(xid);
+    }
+
+    fn restore(&mut self, xid: Xid, work: &[u8]) {
+        // The READY record was written only after prepare succeeded, so
+        // its work decodes; if it did not, holding nothing is the only
+        // choice, and the commit (if any) would apply nothing.
+        if let Ok(ops) = decode_work(work) {
+            self.lock(xid, ops);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(account: &str, delta: i64) -> KvOp {
+        KvOp {
+            account: account.into(),
+            delta,
+        }
+    }
+
+    fn seeded() -> KvStore {
+        KvStore::replay(&[seed_record(3, 100)]).expect("seed replays")
+    }
+
+    #[test]
+    fn vote_abort_on_unknown_account() {
+        let mut kv = seeded();
+        let err = kv
+            .prepare(Xid(1), &encode_work(&[op("nope", 1)]))
+            .unwrap_err();
+        assert!(err.contains("unknown account nope"), "{err}");
+        assert!(kv.locks().is_empty());
+    }
+
+    #[test]
+    fn vote_abort_on_insufficient_funds() {
+        let mut kv = seeded();
+        let err = kv
+            .prepare(Xid(1), &encode_work(&[op("acct-0", -101)]))
+            .unwrap_err();
+        assert!(err.contains("insufficient funds in acct-0"), "{err}");
+    }
+
+    #[test]
+    fn vote_abort_on_lock_conflict_until_decision() {
+        let mut kv = seeded();
+        kv.prepare(Xid(1), &encode_work(&[op("acct-0", -10)]))
+            .expect("first prepare");
+        let err = kv
+            .prepare(Xid(2), &encode_work(&[op("acct-0", 5)]))
+            .unwrap_err();
+        assert!(err.contains("locked by transaction"), "{err}");
+        kv.commit(Xid(1));
+        assert_eq!(kv.balances()["acct-0"], 90);
+        kv.prepare(Xid(2), &encode_work(&[op("acct-0", 5)]))
+            .expect("lock released by commit");
+        kv.abort(Xid(2));
+        assert!(kv.locks().is_empty());
+        assert_eq!(kv.total(), 290);
+    }
+
+    #[test]
+    fn garbage_work_votes_abort() {
+        let mut kv = seeded();
+        assert!(kv.prepare(Xid(1), &[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn replay_applies_only_committed_work() {
+        let ready = |x: u128, delta: i64| ParticipantRecord::Ready {
+            xid: Xid(x),
+            coordinator: "c".into(),
+            epoch: 1,
+            participants: vec!["p".into()],
+            work: encode_work(&[op("acct-1", delta)]),
+        };
+        let log = vec![
+            seed_record(2, 50),
+            ready(1, 7),
+            ready(2, 9),
+            ParticipantRecord::Outcome {
+                xid: Xid(1),
+                decision: Decision::Commit,
+            },
+            ParticipantRecord::Outcome {
+                xid: Xid(2),
+                decision: Decision::Abort,
+            },
+            ready(3, 11),        // in doubt: not applied
+            seed_record(2, 999), // a second seed never overwrites
+        ];
+        let kv = KvStore::replay(&log).expect("replays");
+        assert_eq!(kv.balances()["acct-1"], 57);
+        assert_eq!(kv.balances()["acct-0"], 50);
+        assert!(kv.is_seeded());
+    }
+}

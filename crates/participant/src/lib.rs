@@ -1,0 +1,16 @@
+//! concord-participant: how a resource takes part in concord's 2PC.
+//!
+//! Implement [`Resource`] (prepare / commit / abort / restore) for your data
+//! and wrap it in a [`ParticipantNode`]: durable READY records, duplicate
+//! handling, inquiry and recovery come from the protocol core. The built-in
+//! [`kv::KvStore`] (named accounts with balances) is the example resource.
+//!
+//! Nothing here does IO: the node returns log writes, messages and timers
+//! for a driver (the tokio server, or the simulator) to carry out.
+
+pub mod kv;
+pub mod node;
+pub mod resource;
+
+pub use node::ParticipantNode;
+pub use resource::Resource;

@@ -1,0 +1,89 @@
+//! A participant node: the protocol core and a resource, wired together.
+//!
+//! The core's resource actions (prepare, commit, abort, restore) are
+//! carried out here, synchronously, in the order the core emits them; only
+//! IO actions (persist, send, set timer, notices) reach the driver. Both the
+//! tokio driver and the simulator use this, so the simulator tests the same
+//! wiring that ships.
+
+use crate::resource::Resource;
+use concord_proto::{
+    Message, Participant, ParticipantAction, ParticipantConfig, ParticipantRecord, PersistTicket,
+    Time, Xid,
+};
+
+pub struct ParticipantNode<R: Resource> {
+    core: Participant,
+    resource: R,
+    io: Vec<ParticipantAction>,
+}
+
+impl<R: Resource> ParticipantNode<R> {
+    /// Rebuild from the log: `resource` must already reflect the committed
+    /// history (see `KvStore::replay`); in-doubt branches are restored here.
+    pub fn recover(
+        config: ParticipantConfig,
+        records: impl IntoIterator<Item = ParticipantRecord>,
+        resource: R,
+        now: Time,
+    ) -> Self {
+        let mut node = ParticipantNode {
+            core: Participant::recover(config, records, now),
+            resource,
+            io: Vec::new(),
+        };
+        node.pump(now);
+        node
+    }
+
+    pub fn on_message(&mut self, now: Time, message: Message) {
+        self.core.on_message(now, message);
+        self.pump(now);
+    }
+
+    pub fn on_timer(&mut self, now: Time, xid: Xid) {
+        self.core.on_timer(now, xid);
+        self.pump(now);
+    }
+
+    pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        self.core.on_durable(now, ticket);
+        self.pump(now);
+    }
+
+    /// The IO actions produced so far, in order.
+    pub fn drain_io(&mut self) -> std::vec::Drain<'_, ParticipantAction> {
+        self.io.drain(..)
+    }
+
+    pub fn core(&self) -> &Participant {
+        &self.core
+    }
+
+    pub fn resource(&self) -> &R {
+        &self.resource
+    }
+
+    /// Run resource actions until the core has nothing more for the
+    /// resource; a prepare's answer can produce further actions.
+    fn pump(&mut self, now: Time) {
+        loop {
+            let actions: Vec<ParticipantAction> = self.core.drain_actions().collect();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                match action {
+                    ParticipantAction::Prepare { xid, work } => {
+                        let result = self.resource.prepare(xid, &work);
+                        self.core.on_prepared(now, xid, result);
+                    }
+                    ParticipantAction::Commit { xid } => self.resource.commit(xid),
+                    ParticipantAction::Abort { xid } => self.resource.abort(xid),
+                    ParticipantAction::Restore { xid, work } => self.resource.restore(xid, &work),
+                    io => self.io.push(io),
+                }
+            }
+        }
+    }
+}
