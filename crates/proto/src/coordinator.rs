@@ -46,10 +46,16 @@ pub enum CoordinatorAction {
     },
     /// Call `on_timer(xid)` at `at` (or later). Setting a timer for an xid
     /// replaces the earlier one; a stale firing is ignored by the core.
-    SetTimer { xid: Xid, at: Time },
+    SetTimer {
+        xid: Xid,
+        at: Time,
+    },
     /// The outcome of a transaction a client began: tell the client. A
     /// commit is reported only once the COMMIT record is durable.
-    Outcome { xid: Xid, outcome: TxnOutcome },
+    Outcome {
+        xid: Xid,
+        outcome: TxnOutcome,
+    },
     /// Something worth a log line.
     Notice(CoordinatorNotice),
 }

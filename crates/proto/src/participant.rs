@@ -45,20 +45,33 @@ pub enum ParticipantAction {
         message: Message,
     },
     /// Call `on_timer(xid)` at `at` (or later); a stale firing is ignored.
-    SetTimer { xid: Xid, at: Time },
+    SetTimer {
+        xid: Xid,
+        at: Time,
+    },
     /// Resource: check `work` and take what it needs (locks, reservations)
     /// so that a later commit cannot fail; answer with `on_prepared`. On
     /// failure the resource must hold nothing for `xid`.
-    Prepare { xid: Xid, work: Vec<u8> },
+    Prepare {
+        xid: Xid,
+        work: Vec<u8>,
+    },
     /// Resource: make the prepared work of `xid` visible and release it.
     /// Runs before the outcome record is persisted; it must be idempotent
     /// with respect to replay (it is redone after a crash from the log).
-    Commit { xid: Xid },
+    Commit {
+        xid: Xid,
+    },
     /// Resource: drop the prepared work of `xid` (no-op if it holds none).
-    Abort { xid: Xid },
+    Abort {
+        xid: Xid,
+    },
     /// Resource, at recovery: `xid` is in doubt; take again what its
     /// prepare took (locks), from the work in the READY record.
-    Restore { xid: Xid, work: Vec<u8> },
+    Restore {
+        xid: Xid,
+        work: Vec<u8>,
+    },
     Notice(ParticipantNotice),
 }
 
@@ -110,7 +123,9 @@ struct Branch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BranchState {
     /// The resource is preparing. `abort_requested`: an ABORT came first.
-    Preparing { abort_requested: bool },
+    Preparing {
+        abort_requested: bool,
+    },
     /// The READY record is being forced.
     ReadyPending,
     Ready,
@@ -536,7 +551,10 @@ impl Participant {
             }
             (Decision::Commit, BranchState::Committing) => {} // ACK follows
             (Decision::Commit, _) => {
-                self.violation(xid, format!("COMMIT from {from} before our READY was durable"));
+                self.violation(
+                    xid,
+                    format!("COMMIT from {from} before our READY was durable"),
+                );
             }
             (Decision::Abort, BranchState::Preparing { .. }) => {
                 branch.state = BranchState::Preparing {
