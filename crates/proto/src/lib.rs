@@ -24,7 +24,8 @@ pub mod participant;
 pub mod record;
 
 pub use coordinator::{
-    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, TxnOutcome, TxnStatus,
+    BeginError, BranchStatus, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice,
+    TxnOutcome, TxnStatus,
 };
 pub use gate::{Durability, PersistTicket};
 pub use ids::{Epoch, PeerAddr, Time, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX};

@@ -1,0 +1,376 @@
+//! Engine tests of the participant: feed events, assert the exact actions.
+//! Each test names the SPEC §1 rule it checks.
+
+use concord_proto::*;
+
+const C: &str = "coord:1";
+const P1: &str = "p1:1";
+const P2: &str = "p2:1";
+
+fn config() -> ParticipantConfig {
+    ParticipantConfig {
+        addr: P1.into(),
+        inquire_ms_initial: 10,
+        inquire_ms_max: 40,
+        finished_max: 1000,
+    }
+}
+
+fn ms(v: u64) -> Time {
+    Time(v * 1000)
+}
+
+fn from_coordinator(xid: Xid, epoch: Epoch, body: Body) -> Message {
+    Message {
+        xid,
+        epoch,
+        from: C.into(),
+        body,
+    }
+}
+
+fn prepare(xid: Xid) -> Message {
+    from_coordinator(
+        xid,
+        1,
+        Body::Prepare {
+            participants: vec![P1.into(), P2.into()],
+            work: vec![42],
+            deadline_ms: 100,
+        },
+    )
+}
+
+fn decision(xid: Xid, d: Decision) -> Message {
+    from_coordinator(xid, 1, Body::Decision(d))
+}
+
+fn sent(actions: &[ParticipantAction]) -> Vec<(String, Body)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            ParticipantAction::Send { to, message } => Some((to.clone(), message.body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn forced(actions: &[ParticipantAction]) -> Option<(PersistTicket, ParticipantRecord)> {
+    actions.iter().find_map(|a| match a {
+        ParticipantAction::Persist {
+            record,
+            durability: Durability::Forced(t),
+        } => Some((*t, record.clone())),
+        _ => None,
+    })
+}
+
+/// Prepare xid and make its READY record durable; returns the actions of
+/// the durable step.
+fn ready(p: &mut Participant, xid: Xid) -> Vec<ParticipantAction> {
+    p.on_message(ms(0), prepare(xid));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(
+        actions,
+        vec![ParticipantAction::Prepare {
+            xid,
+            work: vec![42]
+        }]
+    );
+    p.on_prepared(ms(1), xid, Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    let (ticket, record) = forced(&actions).expect("READY record is forced");
+    assert!(matches!(record, ParticipantRecord::Ready { epoch: 1, .. }));
+    assert!(sent(&actions).is_empty(), "no vote before READY is durable");
+    p.on_durable(ms(2), ticket);
+    p.drain_actions().collect()
+}
+
+#[test]
+fn persist_then_send_vote_ready_only_after_ready_record_is_durable() {
+    let mut p = Participant::new(config());
+    let actions = ready(&mut p, Xid(5));
+    assert_eq!(sent(&actions), vec![(C.into(), Body::Vote(Vote::Ready))]);
+    // First inquiry no earlier than the PREPARE deadline + inquire delay.
+    assert!(actions.contains(&ParticipantAction::SetTimer {
+        xid: Xid(5),
+        at: ms(110)
+    }));
+    assert_eq!(p.in_doubt(), vec![Xid(5)]);
+}
+
+#[test]
+fn resource_failure_votes_abort_with_the_reason_and_is_remembered() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), prepare(Xid(5)));
+    p.drain_actions().for_each(drop);
+    p.on_prepared(ms(1), Xid(5), Err("unknown account x".into()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(
+        sent(&actions),
+        vec![(
+            C.into(),
+            Body::Vote(Vote::Abort {
+                reason: "unknown account x".into()
+            })
+        )]
+    );
+    assert!(forced(&actions).is_none());
+    // A duplicate PREPARE gets the same vote, without preparing again.
+    p.on_message(ms(2), prepare(Xid(5)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(matches!(
+        &sent(&actions)[..],
+        [(_, Body::Vote(Vote::Abort { .. }))]
+    ));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Prepare { .. })));
+}
+
+#[test]
+fn prepare_finished_after_the_deadline_votes_abort_and_releases() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), prepare(Xid(5)));
+    p.drain_actions().for_each(drop);
+    p.on_prepared(ms(101), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Abort { xid: Xid(5) }));
+    assert!(
+        matches!(&sent(&actions)[..], [(_, Body::Vote(Vote::Abort { reason }))] if reason.contains("deadline"))
+    );
+}
+
+#[test]
+fn duplicate_prepare_while_ready_repeats_vote_ready() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), prepare(Xid(5)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(sent(&actions), vec![(C.into(), Body::Vote(Vote::Ready))]);
+}
+
+#[test]
+fn commit_applies_then_forces_outcome_then_acks_and_duplicate_commit_is_reacked() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(actions[0], ParticipantAction::Commit { xid: Xid(5) });
+    let (ticket, record) = forced(&actions).expect("COMMITTED is forced");
+    assert_eq!(
+        record,
+        ParticipantRecord::Outcome {
+            xid: Xid(5),
+            decision: Decision::Commit
+        }
+    );
+    assert!(sent(&actions).is_empty(), "no ACK before durable");
+    // A duplicate COMMIT while the record is being forced: nothing twice.
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    assert!(p.drain_actions().next().is_none());
+    p.on_durable(ms(4), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Ack)]
+    );
+    // Message loss 4: the ACK was lost, the coordinator re-sends COMMIT.
+    p.on_message(ms(50), decision(Xid(5), Decision::Commit));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(actions.len(), 1);
+    assert_eq!(sent(&actions), vec![(C.into(), Body::Ack)]);
+    assert!(p.in_doubt().is_empty());
+}
+
+#[test]
+fn message_loss_3_decision_lost_ready_participant_inquires_with_backoff_and_never_decides() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    let mut now = 110;
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        p.on_timer(ms(now), Xid(5));
+        let actions: Vec<_> = p.drain_actions().collect();
+        assert_eq!(sent(&actions), vec![(C.into(), Body::Inquire)]);
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            ParticipantAction::Commit { .. } | ParticipantAction::Abort { .. }
+        )));
+        let at = actions
+            .iter()
+            .find_map(|a| match a {
+                ParticipantAction::SetTimer { at, .. } => Some(*at),
+                _ => None,
+            })
+            .expect("re-armed");
+        waits.push(at.ms_since(ms(now)));
+        now = at.0 / 1000;
+        // "Not decided yet" changes nothing.
+        p.on_message(
+            ms(now),
+            from_coordinator(Xid(5), 1, Body::State(TxnState::Unknown)),
+        );
+        assert!(p.drain_actions().next().is_none());
+    }
+    assert_eq!(waits, vec![20, 40, 40, 40]);
+    p.on_message(
+        ms(now),
+        from_coordinator(Xid(5), 1, Body::State(TxnState::Aborted)),
+    );
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Abort { xid: Xid(5) }));
+    assert!(p.in_doubt().is_empty());
+}
+
+#[test]
+fn abort_before_prepare_reordered_makes_late_prepare_vote_abort() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), decision(Xid(5), Decision::Abort));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(1), prepare(Xid(5)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(matches!(
+        &sent(&actions)[..],
+        [(_, Body::Vote(Vote::Abort { .. }))]
+    ));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Prepare { .. })));
+}
+
+#[test]
+fn abort_while_preparing_releases_once_prepare_returns_and_sends_no_ready() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), prepare(Xid(5)));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(1), decision(Xid(5), Decision::Abort));
+    p.on_prepared(ms(2), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Abort { xid: Xid(5) }));
+    assert!(sent(&actions).is_empty());
+    assert!(forced(&actions).is_none());
+}
+
+#[test]
+fn stale_epoch_decision_is_rejected() {
+    let mut p = Participant::new(config());
+    p.on_message(
+        ms(0),
+        from_coordinator(
+            Xid(5),
+            3,
+            Body::Prepare {
+                participants: vec![P1.into()],
+                work: vec![],
+                deadline_ms: 100,
+            },
+        ),
+    );
+    p.drain_actions().for_each(drop);
+    p.on_prepared(ms(0), Xid(5), Ok(()));
+    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    p.on_durable(ms(0), t);
+    p.drain_actions().for_each(drop);
+    p.on_message(
+        ms(1),
+        from_coordinator(Xid(5), 2, Body::Decision(Decision::Abort)),
+    );
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(matches!(
+        &actions[..],
+        [ParticipantAction::Notice(ParticipantNotice::Ignored { .. })]
+    ));
+    assert_eq!(p.in_doubt(), vec![Xid(5)]);
+}
+
+#[test]
+fn site_failure_2_restart_with_ready_record_restores_locks_and_inquires_at_once() {
+    let records = vec![
+        ParticipantRecord::Ready {
+            xid: Xid(5),
+            coordinator: C.into(),
+            epoch: 1,
+            participants: vec![P1.into(), P2.into()],
+            work: vec![42],
+        },
+        ParticipantRecord::Ready {
+            xid: Xid(6),
+            coordinator: C.into(),
+            epoch: 1,
+            participants: vec![P1.into(), P2.into()],
+            work: vec![43],
+        },
+        ParticipantRecord::Outcome {
+            xid: Xid(6),
+            decision: Decision::Commit,
+        },
+    ];
+    let mut p = Participant::recover(config(), records, ms(0));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Restore {
+        xid: Xid(5),
+        work: vec![42]
+    }));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Restore { xid: Xid(6), .. })));
+    assert_eq!(p.in_doubt(), vec![Xid(5)]);
+    p.on_timer(ms(0), Xid(5));
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Inquire)]
+    );
+    // The finished branch answers duplicates from memory rebuilt from the log.
+    p.on_message(ms(1), decision(Xid(6), Decision::Commit));
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Ack)]
+    );
+}
+
+#[test]
+fn site_failure_1_restart_without_ready_record_knows_nothing_presumed_abort() {
+    let mut p = Participant::recover(config(), vec![], ms(0));
+    p.drain_actions().for_each(drop);
+    assert!(p.in_doubt().is_empty());
+    assert_eq!(p.state_of(Xid(5)), TxnState::Unknown);
+}
+
+#[test]
+fn cooperative_termination_seam_peer_inquiry_of_unknown_xid_aborts_it_unilaterally() {
+    let mut p = Participant::new(config());
+    p.on_message(
+        ms(0),
+        Message {
+            xid: Xid(5),
+            epoch: 1,
+            from: P2.into(),
+            body: Body::Inquire,
+        },
+    );
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(P2.into(), Body::State(TxnState::Aborted))]
+    );
+    p.on_message(ms(1), prepare(Xid(5)));
+    assert!(matches!(
+        &sent(&p.drain_actions().collect::<Vec<_>>())[..],
+        [(_, Body::Vote(Vote::Abort { .. }))]
+    ));
+}
+
+#[test]
+fn late_state_aborted_for_a_committed_branch_is_ignored() {
+    let mut p = Participant::new(config());
+    let _ = ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    p.on_durable(ms(4), t);
+    p.drain_actions().for_each(drop);
+    p.on_message(
+        ms(5),
+        from_coordinator(Xid(5), 1, Body::State(TxnState::Aborted)),
+    );
+    assert!(p.drain_actions().next().is_none());
+    assert_eq!(p.state_of(Xid(5)), TxnState::Committed);
+}
