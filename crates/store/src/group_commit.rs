@@ -1,0 +1,351 @@
+//! `GroupCommit`: one writer thread per log that turns many submissions into
+//! one write and one fsync.
+//!
+//! The writer blocks for the first submission, then takes everything already
+//! queued (no artificial wait: under light load a lone record is written at
+//! once), appends it all with one [`LogStore::append`], calls
+//! [`LogStore::sync`] once if any of it was forced, and then runs every
+//! completion in submission order. Submissions that arrive while it is
+//! fsyncing queue up and form the next batch: that is the group commit, and
+//! it is why the fsync count stays well below the forced-record count under
+//! load.
+//!
+//! Failures are fail-stop: once a write or sync fails, every affected
+//! completion gets the error and every later submission gets
+//! [`StoreError::Poisoned`], even if the store would now succeed. A failed
+//! fsync may have dropped dirty pages, so later "successful" writes could sit
+//! on a hole (the PostgreSQL fsync-gate lesson). The owner must restart and
+//! recover.
+//!
+//! The queue is unbounded: callers bound it by bounding transactions in
+//! flight. This module must never block a submitter (they may be async
+//! drivers) and never depend on tokio.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+
+use crate::{LogStore, StoreError};
+
+/// Completion of a submission, run on the writer thread with the outcome.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Stop draining the queue into one batch once it holds this many payload
+/// bytes, so one burst cannot build an unbounded write buffer.
+const BATCH_BYTES_MAX: usize = 8 << 20;
+
+/// Counters since `start`, for benchmarks (e.g. fsyncs per transaction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Append submissions written (or failed).
+    pub submissions: u64,
+    /// Of those, how many were forced.
+    pub forced: u64,
+    /// `LogStore::append` calls: one per batch.
+    pub batches: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Payload bytes appended (framing not included).
+    pub bytes: u64,
+    /// `LogStore::sync` calls.
+    pub syncs: u64,
+    /// Completed `LogStore::rewrite` calls.
+    pub rewrites: u64,
+}
+
+/// Handle to a log's writer thread. Dropping it is the same as [`shutdown`](Self::shutdown).
+///
+/// Completions run on the writer thread: they must be quick (hand the
+/// outcome to another thread or task), may submit more work, and must never
+/// block on the writer or drop the last `GroupCommit` (that would join the
+/// writer from itself).
+pub struct GroupCommit {
+    name: String,
+    sender: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl GroupCommit {
+    /// Start the writer thread (named `log-{name}`) that owns `store`.
+    ///
+    /// # Panics
+    /// If the OS cannot create a thread, like `std::thread::spawn`.
+    pub fn start(store: Box<dyn LogStore>, name: &str) -> GroupCommit {
+        let (sender, receiver) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            name: name.to_string(),
+            store,
+            receiver,
+            counters: Arc::clone(&counters),
+            unsynced: false,
+            failed: None,
+        };
+        let handle = thread::Builder::new()
+            .name(format!("log-{name}"))
+            .spawn(move || writer.run())
+            .expect("failed to spawn the group commit writer thread");
+        GroupCommit {
+            name: name.to_string(),
+            sender: Some(sender),
+            writer: Some(handle),
+            counters,
+        }
+    }
+
+    /// Queue a batch. `forced` = must be durable before `done` runs. `done`
+    /// runs on the writer thread after the batch is written (and, if any
+    /// queued batch was forced, fsynced). Batches are written in submission
+    /// order. If the writer has stopped, `done` runs at once on the calling
+    /// thread with [`StoreError::WriterStopped`].
+    pub fn submit(&self, records: Vec<Vec<u8>>, forced: bool, done: Done) {
+        self.send(Request::Append(Append {
+            records,
+            forced,
+            done,
+        }));
+    }
+
+    /// Queue a compaction: replace the whole log with `records` (see
+    /// [`LogStore::rewrite`]), ordered with appends: everything submitted
+    /// before it is written (and synced if forced) first, everything after
+    /// it lands after the new content. `done` gets the outcome; the new
+    /// content is durable when it gets `Ok`.
+    pub fn submit_rewrite(&self, records: Vec<Vec<u8>>, done: Done) {
+        self.send(Request::Rewrite { records, done });
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> GroupCommitStats {
+        let c = &self.counters;
+        GroupCommitStats {
+            submissions: c.submissions.load(Ordering::Relaxed),
+            forced: c.forced.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            rewrites: c.rewrites.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop accepting work, write out everything queued, sync the log once
+    /// more (so unforced records are durable too) and join the writer.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn send(&self, request: Request) {
+        let request = match &self.sender {
+            Some(sender) => match sender.send(request) {
+                Ok(()) => return,
+                Err(mpsc::SendError(request)) => request,
+            },
+            None => request,
+        };
+        let error = StoreError::WriterStopped {
+            name: self.name.clone(),
+        };
+        finish(&self.name, request.into_done(), Err(error));
+    }
+
+    fn stop(&mut self) {
+        // Dropping the sender ends the writer's loop once the queue is empty.
+        self.sender = None;
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("group commit writer {:?} panicked", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Append {
+    records: Vec<Vec<u8>>,
+    forced: bool,
+    done: Done,
+}
+
+enum Request {
+    Append(Append),
+    Rewrite { records: Vec<Vec<u8>>, done: Done },
+}
+
+impl Request {
+    fn into_done(self) -> Done {
+        match self {
+            Request::Append(append) => append.done,
+            Request::Rewrite { done, .. } => done,
+        }
+    }
+
+    fn payload_bytes(&self) -> usize {
+        let records = match self {
+            Request::Append(append) => &append.records,
+            Request::Rewrite { records, .. } => records,
+        };
+        records.iter().map(Vec::len).sum()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    submissions: AtomicU64,
+    forced: AtomicU64,
+    batches: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    syncs: AtomicU64,
+    rewrites: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: usize) {
+    counter.fetch_add(by as u64, Ordering::Relaxed);
+}
+
+/// Run a completion; a panicking completion is logged and must not take the
+/// writer (and every later completion) down with it.
+fn finish(name: &str, done: Done, result: Result<(), StoreError>) {
+    if panic::catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+        tracing::error!("group commit {name:?}: a completion callback panicked");
+    }
+}
+
+struct Writer {
+    name: String,
+    store: Box<dyn LogStore>,
+    receiver: mpsc::Receiver<Request>,
+    counters: Arc<Counters>,
+    /// Records were appended since the last sync or rewrite.
+    unsynced: bool,
+    /// First failure: fail-stop from then on.
+    failed: Option<StoreError>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // recv fails only when every sender is gone and the queue is empty.
+        while let Ok(first) = self.receiver.recv() {
+            let mut batch_bytes = first.payload_bytes();
+            let mut batch = vec![first];
+            while batch_bytes < BATCH_BYTES_MAX {
+                match self.receiver.try_recv() {
+                    Ok(request) => {
+                        batch_bytes += request.payload_bytes();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(batch);
+        }
+        if self.unsynced && self.failed.is_none() {
+            match self.store.sync() {
+                Ok(()) => bump(&self.counters.syncs, 1),
+                Err(e) => tracing::error!("group commit {:?}: final sync failed: {e}", self.name),
+            }
+        }
+    }
+
+    /// Write a drained batch. A rewrite splits it: the appends before it are
+    /// written (and synced, if forced) and completed first.
+    fn process(&mut self, batch: Vec<Request>) {
+        let mut appends = Vec::new();
+        for request in batch {
+            match request {
+                Request::Append(append) => {
+                    bump(&self.counters.submissions, 1);
+                    bump(&self.counters.forced, usize::from(append.forced));
+                    appends.push(append);
+                }
+                Request::Rewrite { records, done } => {
+                    self.write_appends(std::mem::take(&mut appends));
+                    let result = self.rewrite(&records);
+                    finish(&self.name, done, result);
+                }
+            }
+        }
+        self.write_appends(appends);
+    }
+
+    fn write_appends(&mut self, appends: Vec<Append>) {
+        if appends.is_empty() {
+            return;
+        }
+        match self.append_and_sync(&appends) {
+            // The store wrote nothing (see the LogStore contract); redo the
+            // batch one submission at a time so only the oversized one fails.
+            Err(StoreError::RecordTooLarge { .. }) if appends.len() > 1 => {
+                for append in appends {
+                    let result = self.append_and_sync(std::slice::from_ref(&append));
+                    finish(&self.name, append.done, result);
+                }
+            }
+            result => {
+                for append in appends {
+                    finish(&self.name, append.done, result.clone());
+                }
+            }
+        }
+    }
+
+    fn append_and_sync(&mut self, appends: &[Append]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let records: Vec<&[u8]> = appends
+            .iter()
+            .flat_map(|a| a.records.iter().map(Vec::as_slice))
+            .collect();
+        if !records.is_empty() {
+            if let Err(e) = self.store.append(&records) {
+                return Err(self.fail(e));
+            }
+            self.unsynced = true;
+            bump(&self.counters.batches, 1);
+            bump(&self.counters.records, records.len());
+            bump(&self.counters.bytes, records.iter().map(|r| r.len()).sum());
+        }
+        if self.unsynced && appends.iter().any(|a| a.forced) {
+            if let Err(e) = self.store.sync() {
+                return Err(self.fail(e));
+            }
+            self.unsynced = false;
+            bump(&self.counters.syncs, 1);
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        if let Err(e) = self.store.rewrite(&records) {
+            return Err(self.fail(e));
+        }
+        self.unsynced = false;
+        bump(&self.counters.rewrites, 1);
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(first) => Err(first.poisoned(&self.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Record a failure; everything but an oversized record is fail-stop.
+    fn fail(&mut self, error: StoreError) -> StoreError {
+        if !matches!(error, StoreError::RecordTooLarge { .. }) {
+            tracing::error!("group commit {:?} is now fail-stop: {error}", self.name);
+            self.failed = Some(error.clone());
+        }
+        error
+    }
+}

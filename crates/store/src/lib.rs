@@ -1,0 +1,149 @@
+//! concord-store: the durable log every concord process (coordinator,
+//! participant) writes, behind one trait with a written contract.
+//!
+//! - [`LogStore`]: the contract (what is durable when a call returns).
+//! - [`FileLog`]: the embedded default, an append-only file with checksummed
+//!   records and crash recovery.
+//! - [`MemLog`]: an in-memory log for the deterministic simulator, with a
+//!   seeded-crash hook that drops unsynced records.
+//! - [`GroupCommit`]: a writer thread that batches many submissions into one
+//!   write and one fsync.
+//! - [`conformance`]: the suite every implementation must pass.
+//!
+//! Records are opaque byte strings: this crate knows nothing of the protocol
+//! and must never interpret a record's content.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub mod conformance;
+pub mod file_log;
+pub mod group_commit;
+pub mod mem_log;
+
+pub use file_log::{FileLog, FileLogOptions, Recovered};
+pub use group_commit::{Done, GroupCommit, GroupCommitStats};
+pub use mem_log::MemLog;
+
+/// A durable, append-only log of opaque records.
+///
+/// # Durability contract
+///
+/// - **Order**: records come back from recovery in the order they were
+///   appended, across calls.
+/// - **After a machine crash** (power loss, kernel panic), recovery returns
+///   every record appended before the last successful [`sync`](Self::sync)
+///   or [`rewrite`](Self::rewrite), followed by some prefix (possibly empty)
+///   of the records appended after it. It never returns a gap, a reordered
+///   record or a record that was never appended; if it cannot guarantee that
+///   (media damage before the tail), opening fails with an error instead of
+///   silently losing records.
+/// - **After a process crash** (the machine stays up), every record whose
+///   `append` returned `Ok` is recovered: the kernel holds it.
+/// - **Fail-stop**: after any `Err` from `append`, `sync` or `rewrite`, the
+///   store refuses all later calls with [`StoreError::Poisoned`]. The owner
+///   must reopen the log and run recovery. A failed fsync may already have
+///   dropped dirty pages, so retrying it could "succeed" without the data
+///   ever reaching the disk (the PostgreSQL "fsync-gate" lesson, 2018).
+///   Exception: [`StoreError::RecordTooLarge`] is checked before anything is
+///   written and leaves the store usable.
+pub trait LogStore: Send + 'static {
+    /// Append records in order. After Ok, they will be returned by a later open/recovery
+    /// unless the machine crashes before a successful `sync`. Not durable yet.
+    ///
+    /// Empty records are allowed. Either every record of the call is
+    /// accepted or, for an oversized record, none is.
+    fn append(&mut self, records: &[&[u8]]) -> Result<(), StoreError>;
+
+    /// Make every record appended so far durable (fdatasync). After Ok they survive any crash.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Replace the whole log with `records` atomically (write new file, fsync, rename, fsync dir):
+    /// after Ok, recovery returns exactly these records (used to compact away finished transactions).
+    ///
+    /// The new content is durable when this returns Ok (no `sync` needed).
+    /// After a crash during the call, recovery returns either the old log
+    /// or exactly `records`, never a mix.
+    fn rewrite(&mut self, records: &[&[u8]]) -> Result<(), StoreError>;
+}
+
+/// Everything that can go wrong in a log store. Each variant says what
+/// happened and where (path, byte offset), so an operator can act on it.
+///
+/// `Clone` so that group commit can hand the same failure to every caller
+/// whose batch it affected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A system call failed.
+    #[error("{}: {op} failed: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        /// The operation, e.g. "write", "fdatasync", "rename".
+        op: &'static str,
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// The log's content is damaged somewhere recovery cannot treat as a torn
+    /// tail; opening refuses rather than dropping records that may have been
+    /// durable.
+    #[error("{}: corrupt log at byte offset {offset}: {detail}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+
+    /// A record is longer than the store's `record_bytes_max`. Checked before
+    /// anything is written: the store stays usable.
+    #[error(
+        "{}: record of {len} bytes exceeds record_bytes_max ({max} bytes); nothing was written",
+        .path.display()
+    )]
+    RecordTooLarge {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+
+    /// Another open `FileLog` (in this or another process) holds the log's lock.
+    #[error("{}: log is locked by another open FileLog (is another process using this directory?)", .path.display())]
+    Locked { path: PathBuf },
+
+    /// The store failed earlier and is fail-stop (see [`LogStore`]).
+    #[error("{store}: refusing writes after an earlier failure; reopen the log to recover (first failure: {first})")]
+    Poisoned {
+        /// The store's path or group-commit name.
+        store: String,
+        first: Box<StoreError>,
+    },
+
+    /// The group-commit writer thread is gone (it was shut down or panicked).
+    #[error("group commit writer {name:?} has stopped")]
+    WriterStopped { name: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            op,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Wrap `self` as the cause of a fail-stop refusal by `store`.
+    pub(crate) fn poisoned(&self, store: impl fmt::Display) -> Self {
+        let first = match self {
+            // Keep the original cause, not a chain of refusals.
+            StoreError::Poisoned { first, .. } => first.clone(),
+            other => Box::new(other.clone()),
+        };
+        StoreError::Poisoned {
+            store: store.to_string(),
+            first,
+        }
+    }
+}
