@@ -5,6 +5,17 @@
 //! knows nothing about two-phase commit: a frame is a message-type byte and
 //! an opaque body; interpreting either is the caller's job.
 
+pub mod config;
+pub mod conn;
+pub mod error;
 pub mod frame;
+pub mod limits;
+pub mod server;
+mod session;
 
+pub use config::{ConfigError, NetConfig};
+pub use conn::{NetStats, Network, Peer};
+pub use error::{ConnectError, ConnectErrorKind, SendError};
 pub use frame::{encode_frame, Frame, FrameCodec, FrameError, KIND_HEARTBEAT};
+pub use limits::{raise_fd_limit, FdLimit};
+pub use server::{bind_listener, listen, Server};
