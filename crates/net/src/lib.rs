@@ -10,6 +10,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod proxy;
 pub mod server;
 mod session;
 
