@@ -1,0 +1,765 @@
+//! The coordinator server (`concord serve`): the tokio driver around the
+//! sans-IO [`Coordinator`].
+//!
+//! Start-up order matters and is fixed here: open the log, decode every
+//! record (one that does not decode stops start-up, naming it), run
+//! [`Coordinator::recover`], start group commit, and only then bind the
+//! listener. An INQUIRE answered before recovery could say ABORTED
+//! (presumed abort) for a transaction whose COMMIT is in the log.
+//!
+//! The driver is one task that owns the core. Events arrive on channels
+//! (peer messages and client requests from the connection tasks, durable
+//! tickets from the log writer thread, timer firings from its own timer
+//! table); after each event it drains the core's actions: records go into
+//! one group-commit batch per loop iteration, messages to the [`Outbox`],
+//! timers into the table, outcomes to the waiting client. Participants are
+//! named for humans (`--participant NAME=ADDR`); inside the protocol they
+//! are their addresses.
+
+use crate::conn::{self, Inbound, ReplyTx};
+use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
+use crate::failpoint;
+use crate::outbox::{Outbox, OutboxOptions};
+use crate::wire::{
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
+    IN_FLIGHT_LISTED_MAX,
+};
+use anyhow::{anyhow, bail, Context};
+use concord_participant::kv::{decode_work, encode_work};
+use concord_proto::codec::{decode, encode};
+use concord_proto::{
+    Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorRecord,
+    Decision, PeerAddr, TxnOutcome, Xid,
+};
+use concord_store::{FileLog, FileLogOptions, GroupCommit};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `concord serve` needs.
+#[derive(Clone, Debug)]
+pub struct CoordinatorServerConfig {
+    /// Address to listen on; it is also this coordinator's protocol address
+    /// (participants send votes, ACKs and INQUIREs there).
+    pub listen: String,
+    /// Directory of the coordinator's durable log.
+    pub data_dir: PathBuf,
+    /// Participants by name: `(name, address)`.
+    pub participants: Vec<(String, PeerAddr)>,
+    /// Default phase-1 timeout: no vote within it means ABORT.
+    pub prepare_timeout_ms: u64,
+    /// Largest phase-1 timeout a client may ask for.
+    pub prepare_timeout_ms_max: u64,
+    /// First and largest delay between resends of an un-ACKed COMMIT.
+    pub resend_ms_initial: u64,
+    pub resend_ms_max: u64,
+    /// Bound on a frame's body on incoming connections.
+    pub frame_bytes_max: usize,
+    /// Begin requests beyond this many transactions in flight are refused.
+    pub transactions_in_flight_max: usize,
+    /// Finished transactions remembered for `status`.
+    pub recent_outcomes_max: usize,
+    pub listen_backlog: u32,
+    pub outbox: OutboxOptions,
+}
+
+impl CoordinatorServerConfig {
+    /// A config with the defaults of `concord serve`.
+    pub fn new(
+        listen: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        participants: Vec<(String, PeerAddr)>,
+    ) -> Self {
+        CoordinatorServerConfig {
+            listen: listen.into(),
+            data_dir: data_dir.into(),
+            participants,
+            prepare_timeout_ms: 1000,
+            prepare_timeout_ms_max: 60_000,
+            resend_ms_initial: 100,
+            resend_ms_max: 5000,
+            frame_bytes_max: concord_net::frame::FRAME_BYTES_MAX_DEFAULT,
+            transactions_in_flight_max: 100_000,
+            recent_outcomes_max: 100_000,
+            listen_backlog: 1024,
+            outbox: OutboxOptions::default(),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.participants.is_empty() {
+            bail!("no participants configured: give at least one --participant NAME=ADDR");
+        }
+        for (i, (name, addr)) in self.participants.iter().enumerate() {
+            if name.is_empty() || addr.is_empty() {
+                bail!("participant {i} has an empty name or address: use NAME=ADDR");
+            }
+            if let Some((other, _)) = self.participants[..i].iter().find(|(n, _)| n == name) {
+                bail!("participant name {other:?} is given twice");
+            }
+            if let Some((other, _)) = self.participants[..i].iter().find(|(_, a)| a == addr) {
+                bail!("participants {other:?} and {name:?} have the same address {addr}");
+            }
+            if *addr == self.listen {
+                bail!("participant {name:?} has the coordinator's own address {addr}");
+            }
+        }
+        if self.prepare_timeout_ms == 0 || self.resend_ms_initial == 0 {
+            bail!("timeouts must be at least 1 ms");
+        }
+        if self.resend_ms_max < self.resend_ms_initial {
+            bail!(
+                "--resend-ms-max ({}) is below --resend-ms-initial ({})",
+                self.resend_ms_max,
+                self.resend_ms_initial
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Run a coordinator until SIGINT or SIGTERM.
+pub async fn run_coordinator(config: CoordinatorServerConfig) -> anyhow::Result<()> {
+    run_coordinator_until(config, crate::shutdown_signal()).await
+}
+
+/// Run a coordinator until `shutdown` completes, then stop accepting,
+/// write out the log and return. Returns an error if start-up fails or the
+/// log fails (fail-stop: restart to recover).
+pub async fn run_coordinator_until(
+    config: CoordinatorServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let clock = Clock::start();
+    let (log, recovered) = FileLog::open(&config.data_dir, FileLogOptions::default())
+        .with_context(|| {
+            format!(
+                "cannot open the coordinator log in {}",
+                config.data_dir.display()
+            )
+        })?;
+    for warning in &recovered.warnings {
+        tracing::warn!("coordinator log recovery: {warning}");
+    }
+    let mut records = Vec::with_capacity(recovered.records.len());
+    for (index, bytes) in recovered.records.iter().enumerate() {
+        let record: CoordinatorRecord = decode("coordinator log record", bytes).map_err(|e| {
+            anyhow!(
+                "coordinator log in {}: record #{index} ({} bytes) does not decode: {e}; \
+                     refusing to start rather than lose it",
+                config.data_dir.display(),
+                bytes.len()
+            )
+        })?;
+        records.push(record);
+    }
+    let recent = RecentOutcomes::from_log(&records, config.recent_outcomes_max);
+    let core = Coordinator::recover(
+        CoordinatorConfig {
+            addr: config.listen.clone(),
+            resend_ms_initial: config.resend_ms_initial,
+            resend_ms_max: config.resend_ms_max,
+        },
+        records,
+        clock.now(),
+    );
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        records = recovered.records.len(),
+        epoch = core.epoch(),
+        "coordinator log recovered"
+    );
+    let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let log = LogWriter::new(GroupCommit::start(Box::new(log), "coordinator"), log_tx);
+
+    // Recovery is loaded: now it is safe to answer INQUIREs.
+    let listener = conn::bind(&config.listen, config.listen_backlog).await?;
+    tracing::info!(
+        listen = %config.listen,
+        participants = %config
+            .participants
+            .iter()
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "coordinator serving"
+    );
+    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
+    let stop = CancellationToken::new();
+    let acceptor = tokio::spawn(conn::accept_loop(
+        listener,
+        inbound_tx,
+        config.frame_bytes_max,
+        stop.clone(),
+    ));
+    let mut driver = CoordinatorDriver {
+        names: config.participants.iter().cloned().collect(),
+        addr_names: config
+            .participants
+            .iter()
+            .map(|(n, a)| (a.clone(), n.clone()))
+            .collect(),
+        participants: config.participants.clone(),
+        prepare_timeout_ms: config.prepare_timeout_ms,
+        prepare_timeout_ms_max: config.prepare_timeout_ms_max.max(1),
+        transactions_in_flight_max: config.transactions_in_flight_max,
+        core,
+        clock,
+        timers: Timers::default(),
+        log,
+        outbox: Outbox::new(config.outbox.clone()),
+        waiting: HashMap::new(),
+        recent,
+    };
+    let result = driver.run(inbound_rx, log_rx, shutdown).await;
+    stop.cancel();
+    acceptor.abort();
+    driver.log.shutdown();
+    match &result {
+        Ok(()) => tracing::info!("coordinator stopped"),
+        Err(e) => tracing::error!("coordinator stopping: {e:#}"),
+    }
+    result
+}
+
+/// A client waiting for the outcome of a transaction it began.
+struct Waiter {
+    reply: ReplyTx,
+    request_id: u64,
+    participants: Vec<PeerAddr>,
+}
+
+struct CoordinatorDriver {
+    core: Coordinator,
+    clock: Clock,
+    timers: Timers,
+    log: LogWriter,
+    outbox: Outbox,
+    /// name → address, and back.
+    names: HashMap<String, PeerAddr>,
+    addr_names: HashMap<PeerAddr, String>,
+    participants: Vec<(String, PeerAddr)>,
+    prepare_timeout_ms: u64,
+    prepare_timeout_ms_max: u64,
+    transactions_in_flight_max: usize,
+    waiting: HashMap<Xid, Waiter>,
+    recent: RecentOutcomes,
+}
+
+/// Events handled per loop iteration before the log batch is submitted:
+/// bounds latency while letting a burst share one fsync.
+const EVENTS_PER_BATCH_MAX: usize = 256;
+
+impl CoordinatorDriver {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut log_events: mpsc::UnboundedReceiver<LogEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        // Recovery's own actions (the epoch record, ABORTs for undecided
+        // transactions) go first.
+        self.drain_actions();
+        self.log.flush();
+        loop {
+            let next_timer = self.timers.next_due().map(|at| self.clock.instant(at));
+            tokio::select! {
+                biased;
+                event = log_events.recv() => match event {
+                    Some(LogEvent::Durable(tickets)) => {
+                        let now = self.clock.now();
+                        for ticket in tickets {
+                            self.core.on_durable(now, ticket);
+                            self.drain_actions();
+                        }
+                    }
+                    Some(LogEvent::Failed(error)) => {
+                        return Err(anyhow!("the coordinator log failed: {error}; stopping (restart to recover)"));
+                    }
+                    None => return Err(anyhow!("the coordinator log writer stopped")),
+                },
+                _ = sleep_until(next_timer) => {
+                    let now = self.clock.now();
+                    for xid in self.timers.pop_due(now) {
+                        self.core.on_timer(now, xid);
+                        self.drain_actions();
+                    }
+                }
+                event = inbound.recv() => {
+                    let Some(event) = event else { return Ok(()) };
+                    self.on_inbound(event);
+                    for _ in 1..EVENTS_PER_BATCH_MAX {
+                        match inbound.try_recv() {
+                            Ok(event) => self.on_inbound(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = &mut shutdown => {
+                    tracing::info!("coordinator shutting down: {} transactions in flight", self.core.in_flight());
+                    return Ok(());
+                }
+            }
+            self.log.flush();
+        }
+    }
+
+    fn on_inbound(&mut self, event: Inbound) {
+        match event {
+            Inbound::Peer(message) => {
+                let now = self.clock.now();
+                self.core.on_message(now, message);
+            }
+            Inbound::Request { request, reply } => self.on_request(request, reply),
+        }
+        self.drain_actions();
+    }
+
+    fn on_request(&mut self, request: Request, reply: ReplyTx) {
+        match request {
+            Request::Begin {
+                request_id,
+                branches,
+                prepare_timeout_ms,
+            } => {
+                if let Err(message) = self.begin(request_id, branches, prepare_timeout_ms, &reply) {
+                    tracing::debug!(request_id, "begin refused: {message}");
+                    reply.error(request_id, message);
+                }
+            }
+            Request::Status { request_id, xid } => {
+                let status = self.status(xid);
+                reply.send(&Reply::Status { request_id, status });
+            }
+            Request::ListInFlight { request_id } => {
+                let mut xids = self.core.in_flight_xids();
+                let truncated = xids.len() > IN_FLIGHT_LISTED_MAX;
+                xids.truncate(IN_FLIGHT_LISTED_MAX);
+                reply.send(&Reply::InFlight {
+                    request_id,
+                    xids,
+                    truncated,
+                });
+            }
+            other @ (Request::Accounts { .. } | Request::BranchState { .. }) => reply.error(
+                other.request_id(),
+                format!(
+                    "{} is a participant request, and this is the coordinator; ask a participant",
+                    other.kind()
+                ),
+            ),
+        }
+    }
+
+    fn begin(
+        &mut self,
+        request_id: u64,
+        branches: Vec<BranchRequest>,
+        prepare_timeout_ms: Option<u64>,
+        reply: &ReplyTx,
+    ) -> Result<(), String> {
+        if branches.is_empty() {
+            return Err("a transaction needs at least one branch".into());
+        }
+        let branches = self.resolve_branches(branches)?;
+        if self.core.in_flight() >= self.transactions_in_flight_max {
+            return Err(format!(
+                "too many transactions in flight (limit {}); retry later",
+                self.transactions_in_flight_max
+            ));
+        }
+        let timeout_ms = prepare_timeout_ms
+            .unwrap_or(self.prepare_timeout_ms)
+            .clamp(1, self.prepare_timeout_ms_max);
+        let xid = self.new_xid();
+        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
+        self.core
+            .begin(self.clock.now(), xid, branches, timeout_ms)
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(%xid, request_id, timeout_ms, "transaction begun");
+        reply.send(&Reply::Begun { request_id, xid });
+        self.waiting.insert(
+            xid,
+            Waiter {
+                reply: reply.clone(),
+                request_id,
+                participants,
+            },
+        );
+        Ok(())
+    }
+
+    /// Names (or addresses) to protocol addresses, merging branches that
+    /// name the same participant (the core takes one branch per
+    /// participant).
+    fn resolve_branches(
+        &self,
+        branches: Vec<BranchRequest>,
+    ) -> Result<Vec<(PeerAddr, Vec<u8>)>, String> {
+        let mut resolved: Vec<(PeerAddr, Vec<Vec<u8>>)> = Vec::new();
+        for branch in branches {
+            let addr = match self.names.get(&branch.participant) {
+                Some(addr) => addr.clone(),
+                None if self.addr_names.contains_key(&branch.participant) => branch.participant,
+                None => {
+                    return Err(format!(
+                        "unknown participant {} (known: {})",
+                        branch.participant,
+                        self.participants
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            };
+            match resolved.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, works)) => works.push(branch.work),
+                None => resolved.push((addr, vec![branch.work])),
+            }
+        }
+        resolved
+            .into_iter()
+            .map(|(addr, mut works)| {
+                if works.len() == 1 {
+                    return Ok((addr, works.pop().unwrap_or_default()));
+                }
+                // Several branches for one participant: only key-value work
+                // has a known way to merge.
+                let mut ops = Vec::new();
+                for work in &works {
+                    ops.extend(decode_work(work).map_err(|e| {
+                        format!(
+                            "participant {} is named by several branches and their work cannot \
+                             be merged (not key-value work: {e}); send one branch per participant",
+                            self.display_name(&addr)
+                        )
+                    })?);
+                }
+                Ok((addr, encode_work(&ops)))
+            })
+            .collect()
+    }
+
+    fn new_xid(&self) -> Xid {
+        loop {
+            let xid = Xid(rand::random::<u128>());
+            if xid.0 != 0 && !self.waiting.contains_key(&xid) && !self.recent.contains(xid) {
+                return xid;
+            }
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
+        for action in actions {
+            match action {
+                CoordinatorAction::Persist { record, durability } => {
+                    match &record {
+                        CoordinatorRecord::Decision { .. } => {
+                            failpoint::hit(failpoint::COORDINATOR_AFTER_BEGIN)
+                        }
+                        CoordinatorRecord::End { .. }
+                            if failpoint::is_armed(failpoint::COORDINATOR_AFTER_END) =>
+                        {
+                            self.log.fail_after_write(failpoint::COORDINATOR_AFTER_END)
+                        }
+                        _ => {}
+                    }
+                    self.log.push(encode(&record), durability);
+                }
+                CoordinatorAction::Send { to, message } => {
+                    if matches!(message.body, Body::Decision(Decision::Commit)) {
+                        failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
+                    }
+                    self.outbox.send(&to, message);
+                }
+                CoordinatorAction::SetTimer { xid, at } => self.timers.set(xid, at),
+                CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
+                CoordinatorAction::Notice(notice) => self.on_notice(notice),
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
+        let waiter = self.waiting.remove(&xid);
+        let outcome = match outcome {
+            TxnOutcome::Committed => Outcome::Committed,
+            TxnOutcome::Aborted { reason } => Outcome::Aborted {
+                reason: self.name_addresses(&reason),
+            },
+        };
+        let participants = waiter
+            .as_ref()
+            .map(|w| w.participants.clone())
+            .unwrap_or_default();
+        let (decision, reason) = match &outcome {
+            Outcome::Committed => (Decision::Commit, None),
+            Outcome::Aborted { reason } => (Decision::Abort, Some(reason.clone())),
+        };
+        self.recent.insert(
+            xid,
+            RecentTxn {
+                decision,
+                reason,
+                participants,
+                ended: false,
+            },
+        );
+        if let Some(waiter) = waiter {
+            waiter.reply.send(&Reply::Outcome {
+                request_id: waiter.request_id,
+                xid,
+                outcome,
+            });
+        }
+    }
+
+    fn on_notice(&mut self, notice: CoordinatorNotice) {
+        match notice {
+            CoordinatorNotice::TimeoutFired {
+                xid,
+                phase,
+                timeout_ms,
+                waiting_for,
+            } => {
+                let waiting_for: Vec<String> =
+                    waiting_for.iter().map(|a| self.display_name(a)).collect();
+                tracing::info!(
+                    %xid,
+                    phase,
+                    timeout_ms,
+                    waiting_for = %waiting_for.join(", "),
+                    "timeout fired in {phase} after {timeout_ms} ms"
+                );
+            }
+            CoordinatorNotice::Decided {
+                xid,
+                decision,
+                reason,
+            } => {
+                let reason = reason.map(|r| self.name_addresses(&r));
+                tracing::debug!(%xid, ?decision, reason = reason.as_deref().unwrap_or(""), "decided");
+            }
+            CoordinatorNotice::Ended { xid } => {
+                self.recent.mark_ended(xid);
+                tracing::debug!(%xid, "ended: every participant acknowledged COMMIT");
+            }
+            CoordinatorNotice::Ignored {
+                xid,
+                kind,
+                from,
+                why,
+            } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
+            CoordinatorNotice::Recovered {
+                epoch,
+                committing,
+                aborted,
+            } => tracing::info!(
+                epoch,
+                committing,
+                aborted,
+                "recovery: {committing} committed transactions to finish (COMMIT re-sent), \
+                 {aborted} undecided transactions aborted (presumed abort)"
+            ),
+        }
+    }
+
+    fn status(&self, xid: Xid) -> CoordinatorStatus {
+        let now = self.clock.now();
+        if let Some(status) = self.core.status(now, xid) {
+            let state = match status.state {
+                "WAIT" => CoordinatorState::Wait,
+                s if s.contains("forcing") => CoordinatorState::Committing,
+                _ => CoordinatorState::CommittedWaitingForAcks,
+            };
+            return CoordinatorStatus {
+                xid,
+                state,
+                detail: format!(
+                    "in flight for {} ms; {} resends of the decision",
+                    status.age_ms, status.resends
+                ),
+                branches: status
+                    .branches
+                    .iter()
+                    .map(|b| BranchView {
+                        name: self.display_name(&b.participant),
+                        addr: b.participant.clone(),
+                        voted_ready: Some(b.voted_ready),
+                        acked: Some(b.acked),
+                    })
+                    .collect(),
+            };
+        }
+        if let Some(txn) = self.recent.get(xid) {
+            let (state, detail) = match (txn.decision, txn.ended) {
+                (Decision::Commit, true) => (
+                    CoordinatorState::Committed,
+                    "every participant acknowledged".to_string(),
+                ),
+                (Decision::Commit, false) => (
+                    CoordinatorState::CommittedWaitingForAcks,
+                    "decision durable".to_string(),
+                ),
+                (Decision::Abort, _) => (
+                    CoordinatorState::Aborted,
+                    txn.reason.clone().unwrap_or_default(),
+                ),
+            };
+            return CoordinatorStatus {
+                xid,
+                state,
+                detail,
+                branches: txn
+                    .participants
+                    .iter()
+                    .map(|a| self.branch_view(a))
+                    .collect(),
+            };
+        }
+        CoordinatorStatus {
+            xid,
+            state: CoordinatorState::NoRecord,
+            detail: "no record of this xid: if it ever existed it is ABORTED (presumed abort)"
+                .into(),
+            branches: self
+                .participants
+                .iter()
+                .map(|(_, a)| self.branch_view(a))
+                .collect(),
+        }
+    }
+
+    fn branch_view(&self, addr: &PeerAddr) -> BranchView {
+        BranchView {
+            name: self.display_name(addr),
+            addr: addr.clone(),
+            voted_ready: None,
+            acked: None,
+        }
+    }
+
+    fn display_name(&self, addr: &PeerAddr) -> String {
+        match self.addr_names.get(addr) {
+            Some(name) => format!("{name} ({addr})"),
+            None => addr.clone(),
+        }
+    }
+
+    /// Replace participant addresses in a core message with "name (addr)".
+    fn name_addresses(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut token = String::new();
+        for c in text.chars().chain(std::iter::once(' ')) {
+            if c == ' ' || c == ',' {
+                match self.addr_names.get(&token) {
+                    Some(name) => out.push_str(&format!("{name} ({token})")),
+                    None => out.push_str(&token),
+                }
+                token.clear();
+                out.push(c);
+            } else {
+                token.push(c);
+            }
+        }
+        out.pop(); // the sentinel space
+        out
+    }
+}
+
+/// Outcome of a finished (or deciding) transaction, kept for `status`.
+#[derive(Clone, Debug)]
+struct RecentTxn {
+    decision: Decision,
+    reason: Option<String>,
+    participants: Vec<PeerAddr>,
+    ended: bool,
+}
+
+/// A bounded memory of recent outcomes, oldest forgotten first. Filled
+/// from the log at start-up so that `status` survives restarts.
+struct RecentOutcomes {
+    txns: HashMap<Xid, RecentTxn>,
+    order: VecDeque<Xid>,
+    max: usize,
+}
+
+impl RecentOutcomes {
+    fn from_log(records: &[CoordinatorRecord], max: usize) -> RecentOutcomes {
+        let mut recent = RecentOutcomes {
+            txns: HashMap::new(),
+            order: VecDeque::new(),
+            max: max.max(1),
+        };
+        let mut begun: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
+        for record in records {
+            match record {
+                CoordinatorRecord::Epoch { .. } => {}
+                CoordinatorRecord::Begin { xid, participants } => {
+                    begun.insert(*xid, participants.clone());
+                }
+                CoordinatorRecord::Decision {
+                    xid,
+                    decision,
+                    participants,
+                } => {
+                    begun.remove(xid);
+                    recent.insert(
+                        *xid,
+                        RecentTxn {
+                            decision: *decision,
+                            reason: (*decision == Decision::Abort)
+                                .then(|| "aborted before the coordinator's last restart".into()),
+                            participants: participants.clone(),
+                            ended: false,
+                        },
+                    );
+                }
+                CoordinatorRecord::End { xid } => recent.mark_ended(*xid),
+            }
+        }
+        // Begun and never decided: recovery aborts these now.
+        for (xid, participants) in begun {
+            recent.insert(
+                xid,
+                RecentTxn {
+                    decision: Decision::Abort,
+                    reason: Some("coordinator restarted before deciding (presumed abort)".into()),
+                    participants,
+                    ended: false,
+                },
+            );
+        }
+        recent
+    }
+
+    fn insert(&mut self, xid: Xid, txn: RecentTxn) {
+        if self.txns.insert(xid, txn).is_none() {
+            self.order.push_back(xid);
+            while self.order.len() > self.max {
+                if let Some(old) = self.order.pop_front() {
+                    self.txns.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn mark_ended(&mut self, xid: Xid) {
+        if let Some(txn) = self.txns.get_mut(&xid) {
+            txn.ended = true;
+        }
+    }
+
+    fn get(&self, xid: Xid) -> Option<&RecentTxn> {
+        self.txns.get(&xid)
+    }
+
+    fn contains(&self, xid: Xid) -> bool {
+        self.txns.contains_key(&xid)
+    }
+}

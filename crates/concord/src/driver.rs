@@ -1,0 +1,188 @@
+//! Pieces both server drivers (coordinator and participant) share: the
+//! clock that turns tokio time into the core's [`Time`], the timer table,
+//! and the log writer that batches the records of one loop iteration into
+//! one group-commit submission.
+//!
+//! A driver is one tokio task that owns its protocol core. Everything that
+//! happens to the core arrives as an event on a channel (a peer message, a
+//! client request, "these tickets are durable", a timer); after each event
+//! the driver drains the core's actions and carries them out. Nothing here
+//! may block the driver: log writes happen on the group-commit writer
+//! thread, which reports back through a channel.
+
+use concord_proto::{Durability, PersistTicket, Time, Xid};
+use concord_store::{GroupCommit, StoreError};
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Turns tokio's monotonic clock into the core's microsecond [`Time`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Time {
+        Time(self.origin.elapsed().as_micros().min(u64::MAX as u128) as u64)
+    }
+
+    pub fn instant(&self, at: Time) -> Instant {
+        self.origin + std::time::Duration::from_micros(at.0)
+    }
+}
+
+/// One timer per xid; setting a new one replaces the old (the core ignores
+/// stale firings anyway, this only keeps the table small).
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    by_time: BTreeSet<(Time, Xid)>,
+    by_xid: HashMap<Xid, Time>,
+}
+
+impl Timers {
+    pub fn set(&mut self, xid: Xid, at: Time) {
+        if let Some(old) = self.by_xid.insert(xid, at) {
+            self.by_time.remove(&(old, xid));
+        }
+        self.by_time.insert((at, xid));
+    }
+
+    /// When the earliest timer is due.
+    pub fn next_due(&self) -> Option<Time> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// Remove and return every timer due at `now`.
+    pub fn pop_due(&mut self, now: Time) -> Vec<Xid> {
+        let mut due = Vec::new();
+        while let Some(&(at, xid)) = self.by_time.first() {
+            if at > now {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_xid.remove(&xid);
+            due.push(xid);
+        }
+        due
+    }
+}
+
+/// What the log writer thread reports back to the driver.
+#[derive(Debug)]
+pub(crate) enum LogEvent {
+    /// These forced writes are on stable storage.
+    Durable(Vec<PersistTicket>),
+    /// A write or fsync failed: the log is fail-stop and the process must
+    /// stop (a restart runs recovery).
+    Failed(StoreError),
+}
+
+/// Collects the records of one driver loop iteration and submits them as
+/// one group-commit batch, forced if any of them is forced.
+pub(crate) struct LogWriter {
+    group: GroupCommit,
+    events: mpsc::UnboundedSender<LogEvent>,
+    records: Vec<Vec<u8>>,
+    tickets: Vec<PersistTicket>,
+    forced: bool,
+    after_write: Option<&'static str>,
+}
+
+impl LogWriter {
+    pub fn new(group: GroupCommit, events: mpsc::UnboundedSender<LogEvent>) -> LogWriter {
+        LogWriter {
+            group,
+            events,
+            records: Vec::new(),
+            tickets: Vec::new(),
+            forced: false,
+            after_write: None,
+        }
+    }
+
+    pub fn push(&mut self, record: Vec<u8>, durability: Durability) {
+        self.records.push(record);
+        if let Durability::Forced(ticket) = durability {
+            self.forced = true;
+            self.tickets.push(ticket);
+        }
+    }
+
+    /// Fire fail-point `name` once the current batch has been written.
+    pub fn fail_after_write(&mut self, name: &'static str) {
+        self.after_write = Some(name);
+    }
+
+    /// Submit what was pushed since the last flush (nothing if empty).
+    pub fn flush(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.records);
+        let tickets = std::mem::take(&mut self.tickets);
+        let forced = std::mem::replace(&mut self.forced, false);
+        let after_write = self.after_write.take();
+        let events = self.events.clone();
+        self.group.submit(
+            records,
+            forced,
+            Box::new(move |result| {
+                // A send error means the driver is gone (shutting down):
+                // nothing left to tell.
+                match result {
+                    Ok(()) => {
+                        if let Some(name) = after_write {
+                            crate::failpoint::hit(name);
+                        }
+                        if !tickets.is_empty() {
+                            let _ = events.send(LogEvent::Durable(tickets));
+                        }
+                    }
+                    Err(error) => {
+                        let _ = events.send(LogEvent::Failed(error));
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Flush, then stop the writer thread after it has written and synced
+    /// everything queued.
+    pub fn shutdown(mut self) {
+        self.flush();
+        self.group.shutdown();
+    }
+}
+
+/// Sleep until `at`, or forever when there is no timer.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_replace_and_pop_in_order() {
+        let mut timers = Timers::default();
+        timers.set(Xid(1), Time(50));
+        timers.set(Xid(2), Time(20));
+        timers.set(Xid(1), Time(10)); // replaces 50
+        assert_eq!(timers.by_xid.len(), 2);
+        assert_eq!(timers.next_due(), Some(Time(10)));
+        assert_eq!(timers.pop_due(Time(15)), vec![Xid(1)]);
+        assert_eq!(timers.pop_due(Time(100)), vec![Xid(2)]);
+        assert_eq!(timers.next_due(), None);
+    }
+}

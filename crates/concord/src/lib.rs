@@ -1,0 +1,96 @@
+//! concord: the processes of the distributed two-phase-commit coordinator.
+//!
+//! This crate connects the sans-IO protocol core (`concord-proto`), the
+//! durable log (`concord-store`), the framing (`concord-net`) and the
+//! participant SDK (`concord-participant`) into running servers, and holds
+//! the client library and the `concord` command line.
+//!
+//! - [`coordinator`]: `concord serve` ([`run_coordinator`]).
+//! - [`participant`]: `concord participant` with the key-value resource
+//!   ([`run_participant`]).
+//! - [`client`]: the Rust client ([`client::Client`]).
+//! - [`wire`]: what travels inside frames (peer messages, client requests
+//!   and replies).
+//! - [`outbox`]: outgoing peer connections (one per peer, reconnecting).
+//! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
+//!
+//! The servers are library functions so that tests, `concord demo` and
+//! benchmarks start them the same way the binary does (usually as separate
+//! processes of the same binary). Nothing that arrives from the network,
+//! the log or the user is unwrapped: it is validated and refused with a
+//! message saying why.
+
+pub mod client;
+mod conn;
+pub mod coordinator;
+mod driver;
+pub mod failpoint;
+pub mod outbox;
+pub mod participant;
+pub mod wire;
+
+pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};
+pub use participant::{run_participant, run_participant_until, ParticipantServerConfig};
+
+/// Bound on events queued from connections to a driver; a full queue makes
+/// the connection readers wait (backpressure on the senders).
+pub(crate) const INBOUND_QUEUE_MAX: usize = 65_536;
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit, so a server can
+/// hold thousands of connections. Returns a message saying what happened.
+pub fn raise_fd_limit() -> Result<String, String> {
+    // SAFETY: getrlimit/setrlimit write only into the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(format!(
+                "cannot read the open-files limit: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return Ok(format!("open-files limit is {}", limit.rlim_cur));
+        }
+        let old = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(format!(
+                "cannot raise the open-files limit from {old} to {}: {}",
+                limit.rlim_max,
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(format!(
+            "open-files limit raised from {old} to {}",
+            limit.rlim_max
+        ))
+    }
+}

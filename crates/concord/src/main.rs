@@ -1,0 +1,558 @@
+//! The `concord` command line: servers (`serve`, `participant`) and client
+//! commands (`transfer`, `txn`, `status`, `accounts`).
+//!
+//! Exit codes of the client commands: 0 success (committed), 1 aborted,
+//! 2 error (including an unknown outcome).
+
+use clap::{Args, Parser, Subcommand};
+use concord::client::{self, Client, ClientError};
+use concord::outbox::OutboxOptions;
+use concord::wire::{AccountsReport, Outcome};
+use concord::{CoordinatorServerConfig, ParticipantServerConfig};
+use concord_proto::Xid;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "concord",
+    version,
+    about = "concord: a distributed two-phase-commit transaction coordinator",
+    long_about = "concord makes a change that spans several services atomic: every participant \
+commits its part, or none does.\n\nRun a coordinator with `concord serve`, participants with \
+`concord participant`, and transactions with `concord transfer` or `concord txn`."
+)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace, or a tracing filter
+    /// such as "concord=debug"). RUST_LOG, when set, takes precedence.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a coordinator: decides commit or abort for global transactions.
+    Serve(ServeArgs),
+    /// Run a participant with the built-in durable key-value resource
+    /// (named accounts with balances).
+    Participant(ParticipantArgs),
+    /// Move an amount between two accounts as one global transaction.
+    Transfer(TransferArgs),
+    /// Run a global transaction of any number of key-value operations.
+    Txn(TxnArgs),
+    /// Show a transaction's state at the coordinator and at each participant.
+    Status(StatusArgs),
+    /// Show a participant's committed balances, in-doubt transactions and
+    /// locks.
+    Accounts(AccountsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (host:port). It is also the coordinator's
+    /// protocol address: participants send votes, ACKs and INQUIREs there,
+    /// so use an address they can reach and keep it across restarts.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Directory of the coordinator's durable log (created if missing). A
+    /// restart with the same directory recovers every transaction.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// A participant as NAME=ADDR (repeat for each). ADDR must be exactly
+    /// the participant's own --listen address; clients name participants by
+    /// NAME.
+    #[arg(long = "participant", value_name = "NAME=ADDR", value_parser = parse_participant, required = true)]
+    participants: Vec<(String, String)>,
+    /// Phase-1 timeout: a participant that has not voted within it makes
+    /// the decision ABORT. Clients may ask for their own, up to
+    /// --prepare-timeout-ms-max.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    prepare_timeout_ms: u64,
+    /// Largest phase-1 timeout a client may ask for.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    prepare_timeout_ms_max: u64,
+    /// First delay before re-sending COMMIT to a participant that has not
+    /// ACKed; doubles after each resend up to --resend-ms-max. Resending
+    /// never stops (a decided transaction cannot be undone).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    resend_ms_initial: u64,
+    /// Largest delay between resends of COMMIT.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    resend_ms_max: u64,
+    /// Begin requests are refused while this many transactions are in
+    /// flight.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    transactions_in_flight_max: usize,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+struct ParticipantArgs {
+    /// Address to listen on (host:port). It is also this participant's
+    /// protocol address: the coordinator's --participant NAME=ADDR must use
+    /// exactly this string.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Directory of the participant's durable log (created if missing).
+    /// Balances, READY branches and locks are rebuilt from it on restart.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// On first start, create accounts acct-0 … acct-{N-1} with --balance
+    /// each. Ignored when the log already holds accounts (a restart).
+    #[arg(long, value_name = "N", requires = "balance")]
+    seed_accounts: Option<usize>,
+    /// Starting balance of each seeded account.
+    #[arg(long, value_name = "B", requires = "seed_accounts")]
+    balance: Option<i64>,
+    /// A READY branch that has not heard the decision asks the coordinator
+    /// (INQUIRE) this long after the prepare deadline; the delay doubles
+    /// after each attempt up to --inquire-ms-max. It never decides alone.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    inquire_ms_initial: u64,
+    /// Largest delay between INQUIREs.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    inquire_ms_max: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+struct NetArgs {
+    /// Largest frame body accepted on incoming connections; a bigger frame
+    /// is a protocol error that closes that connection.
+    #[arg(long, default_value_t = concord_net::frame::FRAME_BYTES_MAX_DEFAULT, value_name = "BYTES")]
+    frame_bytes_max: usize,
+    /// Listen backlog (pending connections the kernel queues).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    listen_backlog: u32,
+    /// First delay before reconnecting to an unreachable peer; doubles per
+    /// failure up to --reconnect-ms-max, with jitter.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    reconnect_ms_initial: u64,
+    /// Largest delay between reconnect attempts.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    reconnect_ms_max: u64,
+}
+
+impl NetArgs {
+    fn outbox(&self) -> OutboxOptions {
+        OutboxOptions {
+            reconnect_ms_initial: self.reconnect_ms_initial,
+            reconnect_ms_max: self.reconnect_ms_max,
+            ..OutboxOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// The coordinator's address (its --listen).
+    #[arg(long, value_name = "ADDR")]
+    coordinator: String,
+    /// Give up waiting for the outcome after this long (the transaction
+    /// may still finish; the exit code is then 2).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Phase-1 timeout for this transaction (the coordinator's default when
+    /// not given).
+    #[arg(long, value_name = "MS")]
+    prepare_timeout_ms: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Account to take the amount from, as PARTICIPANT:ACCOUNT (the
+    /// participant's name at the coordinator).
+    #[arg(long, value_name = "P:ACCT", value_parser = parse_account)]
+    from: (String, String),
+    /// Account to give the amount to, as PARTICIPANT:ACCOUNT.
+    #[arg(long, value_name = "P:ACCT", value_parser = parse_account)]
+    to: (String, String),
+    /// Amount to move (positive).
+    #[arg(long, value_name = "N")]
+    amount: i64,
+}
+
+#[derive(Args, Debug)]
+struct TxnArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// One operation as PARTICIPANT:ACCOUNT:DELTA (DELTA may be negative);
+    /// repeat for each. Operations on one participant form one branch.
+    #[arg(long = "op", value_name = "P:ACCT:DELTA", value_parser = parse_op, required = true, allow_hyphen_values = true)]
+    ops: Vec<(String, String, i64)>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The coordinator's address.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: String,
+    /// The transaction id (hex, as printed by transfer/txn).
+    #[arg(value_name = "XID", value_parser = parse_xid)]
+    xid: Xid,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct AccountsArgs {
+    /// The participant's address (its --listen).
+    #[arg(long, value_name = "ADDR")]
+    participant: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_participant(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, addr)) if !name.trim().is_empty() && !addr.trim().is_empty() => {
+            Ok((name.trim().to_string(), addr.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME=ADDR, got {s:?}")),
+    }
+}
+
+/// `P:ACCT`; split at the last ':' so a participant may be named by its
+/// address ("127.0.0.1:7101:acct-0").
+fn parse_account(s: &str) -> Result<(String, String), String> {
+    match s.rsplit_once(':') {
+        Some((p, a)) if !p.is_empty() && !a.is_empty() => Ok((p.to_string(), a.to_string())),
+        _ => Err(format!("expected PARTICIPANT:ACCOUNT, got {s:?}")),
+    }
+}
+
+fn parse_op(s: &str) -> Result<(String, String, i64), String> {
+    let (rest, delta) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected PARTICIPANT:ACCOUNT:DELTA, got {s:?}"))?;
+    let delta: i64 = delta
+        .parse()
+        .map_err(|e| format!("DELTA in {s:?} is not an integer: {e}"))?;
+    let (p, a) = parse_account(rest)
+        .map_err(|_| format!("expected PARTICIPANT:ACCOUNT:DELTA, got {s:?}"))?;
+    Ok((p, a, delta))
+}
+
+fn parse_xid(s: &str) -> Result<Xid, String> {
+    s.parse()
+}
+
+fn init_logging(level: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => tracing_subscriber::EnvFilter::new(env),
+        _ => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("concord: --log-level {level:?} is not a valid filter ({e}); using info");
+            tracing_subscriber::EnvFilter::new("info")
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let server = matches!(cli.command, Command::Serve(_) | Command::Participant(_));
+    let runtime = if server {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("concord: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if server {
+        if let Err(e) = concord::failpoint::init_from_env() {
+            eprintln!("concord: {e}");
+            return ExitCode::from(2);
+        }
+        match concord::raise_fd_limit() {
+            Ok(msg) => tracing::debug!("{msg}"),
+            Err(msg) => tracing::warn!("{msg}; thousands of connections may fail"),
+        }
+    }
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(args) => server_exit(concord::run_coordinator(serve_config(args)).await),
+        Command::Participant(args) => {
+            server_exit(concord::run_participant(participant_config(args)).await)
+        }
+        Command::Transfer(args) => {
+            let from = (args.from.0.as_str(), args.from.1.as_str());
+            let to = (args.to.0.as_str(), args.to.1.as_str());
+            let timeout = args.client.prepare_timeout_ms;
+            let result = with_client(&args.client, |client| async move {
+                client
+                    .transfer_with_timeout(from, to, args.amount, timeout)
+                    .await
+            })
+            .await;
+            print_txn_result(result)
+        }
+        Command::Txn(args) => {
+            let branches = client::kv_branches(&args.ops);
+            let timeout = args.client.prepare_timeout_ms;
+            let result = with_client(&args.client, |client| async move {
+                client.transact_with_timeout(branches, timeout).await
+            })
+            .await;
+            print_txn_result(result)
+        }
+        Command::Status(args) => status(args).await,
+        Command::Accounts(args) => accounts(args).await,
+    }
+}
+
+fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
+    let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
+    config.prepare_timeout_ms = args.prepare_timeout_ms;
+    config.prepare_timeout_ms_max = args.prepare_timeout_ms_max;
+    config.resend_ms_initial = args.resend_ms_initial;
+    config.resend_ms_max = args.resend_ms_max;
+    config.transactions_in_flight_max = args.transactions_in_flight_max;
+    config.frame_bytes_max = args.net.frame_bytes_max;
+    config.listen_backlog = args.net.listen_backlog;
+    config.outbox = args.net.outbox();
+    config
+}
+
+fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
+    let mut config = ParticipantServerConfig::new(args.listen, args.data_dir);
+    config.seed = args.seed_accounts.zip(args.balance);
+    config.inquire_ms_initial = args.inquire_ms_initial;
+    config.inquire_ms_max = args.inquire_ms_max;
+    config.frame_bytes_max = args.net.frame_bytes_max;
+    config.listen_backlog = args.net.listen_backlog;
+    config.outbox = args.net.outbox();
+    config
+}
+
+fn server_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("concord: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Connect, run `f`, and bound the whole thing by `--timeout-ms`.
+async fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<client::TxnResult, String>
+where
+    F: FnOnce(std::sync::Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<client::TxnResult, ClientError>>,
+{
+    let work = async {
+        let client = std::sync::Arc::new(Client::connect(&args.coordinator).await?);
+        f(client).await
+    };
+    match tokio::time::timeout(Duration::from_millis(args.timeout_ms), work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no outcome within {} ms (the transaction may still finish; check `concord status`)",
+            args.timeout_ms
+        )),
+    }
+}
+
+fn print_txn_result(result: Result<client::TxnResult, String>) -> ExitCode {
+    match result {
+        Ok(result) => {
+            println!("xid {}", result.xid);
+            match result.outcome {
+                Outcome::Committed => {
+                    println!("committed");
+                    ExitCode::SUCCESS
+                }
+                Outcome::Aborted { reason } => {
+                    println!("aborted: {reason}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("concord: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn status(args: StatusArgs) -> ExitCode {
+    let query = async {
+        let client = Client::connect(&args.coordinator).await?;
+        client.status(args.xid).await
+    };
+    let status = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            eprintln!("concord: error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(_) => {
+            eprintln!(
+                "concord: error: no answer from the coordinator at {} within {} s",
+                args.coordinator,
+                QUERY_TIMEOUT.as_secs()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // Ask every participant concurrently.
+    let asks = status.branches.iter().map(|b| {
+        let addr = b.addr.clone();
+        async move {
+            match tokio::time::timeout(QUERY_TIMEOUT, client::branch_state(&addr, args.xid)).await {
+                Ok(Ok(state)) => Ok(state),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", QUERY_TIMEOUT.as_secs())),
+            }
+        }
+    });
+    let states = futures::future::join_all(asks).await;
+    if args.json {
+        let branches: Vec<serde_json::Value> = status
+            .branches
+            .iter()
+            .zip(&states)
+            .map(|(b, s)| {
+                serde_json::json!({
+                    "name": b.name,
+                    "addr": b.addr,
+                    "voted_ready": b.voted_ready,
+                    "acked": b.acked,
+                    "participant_state": s.as_ref().map(|s| format!("{s:?}").to_uppercase()).ok(),
+                    "error": s.as_ref().err(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "xid": status.xid.to_string(),
+            "coordinator_state": status.state.to_string(),
+            "detail": status.detail,
+            "branches": branches,
+        });
+        println!("{out:#}");
+        return ExitCode::SUCCESS;
+    }
+    println!("xid {}", status.xid);
+    println!("coordinator: {} — {}", status.state, status.detail);
+    for (branch, state) in status.branches.iter().zip(states) {
+        let mut line = format!("  {}: ", branch.name);
+        match state {
+            Ok(state) => line.push_str(&format!("{state:?}").to_uppercase()),
+            Err(e) => line.push_str(&format!("unreachable ({e})")),
+        }
+        if let (Some(ready), Some(acked)) = (branch.voted_ready, branch.acked) {
+            line.push_str(&format!(
+                " [coordinator: voted READY {}, ACKed {}]",
+                yes_no(ready),
+                yes_no(acked)
+            ));
+        }
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+async fn accounts(args: AccountsArgs) -> ExitCode {
+    let report =
+        match tokio::time::timeout(QUERY_TIMEOUT, client::accounts(&args.participant)).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                eprintln!("concord: error: {e}");
+                return ExitCode::from(2);
+            }
+            Err(_) => {
+                eprintln!(
+                    "concord: error: no answer from the participant at {} within {} s",
+                    args.participant,
+                    QUERY_TIMEOUT.as_secs()
+                );
+                return ExitCode::from(2);
+            }
+        };
+    if args.json {
+        println!("{}", accounts_json(&report));
+    } else {
+        for (account, balance) in &report.balances {
+            println!("{account} {balance}");
+        }
+        if report.in_doubt.is_empty() {
+            println!("in doubt: none");
+        } else {
+            println!("in doubt: {}", report.in_doubt.len());
+            for xid in &report.in_doubt {
+                let locked: Vec<&str> = report
+                    .locks
+                    .iter()
+                    .filter(|(_, x)| x == xid)
+                    .map(|(a, _)| a.as_str())
+                    .collect();
+                println!("  {xid} (locks: {})", locked.join(", "));
+            }
+        }
+        let in_doubt_locks = report
+            .locks
+            .iter()
+            .filter(|(_, x)| !report.in_doubt.contains(x))
+            .count();
+        if in_doubt_locks > 0 {
+            println!("locks held by transactions being prepared or committed: {in_doubt_locks}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn accounts_json(report: &AccountsReport) -> serde_json::Value {
+    let balances: serde_json::Map<String, serde_json::Value> = report
+        .balances
+        .iter()
+        .map(|(a, b)| (a.clone(), serde_json::Value::from(*b)))
+        .collect();
+    let locks: serde_json::Map<String, serde_json::Value> = report
+        .locks
+        .iter()
+        .map(|(a, x)| (a.clone(), serde_json::Value::from(x.to_string())))
+        .collect();
+    serde_json::json!({
+        "balances": balances,
+        "total": report.total(),
+        "in_doubt": report.in_doubt.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+        "locks": locks,
+    })
+}

@@ -1,0 +1,389 @@
+//! The participant server (`concord participant`): the tokio driver around
+//! a [`ParticipantNode`] with the built-in key-value resource.
+//!
+//! Start-up: open the log, decode every record (one that does not decode
+//! stops start-up, naming it), write the seed record (forced) if the log has
+//! none and seeding was asked for, rebuild the balances with
+//! [`KvStore::replay`], run [`ParticipantNode::recover`] (in-doubt branches
+//! take their locks back and inquire at once), start group commit, and only
+//! then bind the listener.
+//!
+//! The `--listen` address is this participant's protocol address: the
+//! coordinator must name it with the same string. Replies to peer messages
+//! go to `message.from` through the [`Outbox`], never back on the
+//! connection the message came in on.
+
+use crate::conn::{self, Inbound, ReplyTx};
+use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
+use crate::failpoint;
+use crate::outbox::{Outbox, OutboxOptions};
+use crate::wire::{AccountsReport, Reply, Request};
+use anyhow::{anyhow, bail, Context};
+use concord_participant::kv::{seed_record, KvStore};
+use concord_participant::ParticipantNode;
+use concord_proto::codec::{decode, encode};
+use concord_proto::{
+    Body, Decision, ParticipantAction, ParticipantConfig, ParticipantNotice, ParticipantRecord,
+    PeerAddr, Vote,
+};
+use concord_store::{FileLog, FileLogOptions, GroupCommit, LogStore};
+use std::future::Future;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `concord participant` needs.
+#[derive(Clone, Debug)]
+pub struct ParticipantServerConfig {
+    /// Address to listen on; also this participant's protocol address.
+    pub listen: PeerAddr,
+    /// Directory of the participant's durable log.
+    pub data_dir: PathBuf,
+    /// On first start (no seed record in the log): create `acct-0` …
+    /// `acct-{N-1}`, each with the given balance. Ignored on restart.
+    pub seed: Option<(usize, i64)>,
+    /// First and largest delay between INQUIREs of a READY branch.
+    pub inquire_ms_initial: u64,
+    pub inquire_ms_max: u64,
+    /// Finished branches remembered for answering duplicates.
+    pub finished_max: usize,
+    pub frame_bytes_max: usize,
+    pub listen_backlog: u32,
+    pub outbox: OutboxOptions,
+}
+
+/// Most accounts `--seed-accounts` may create.
+pub const SEED_ACCOUNTS_MAX: usize = 1_000_000;
+
+impl ParticipantServerConfig {
+    /// A config with the defaults of `concord participant`.
+    pub fn new(listen: impl Into<PeerAddr>, data_dir: impl Into<PathBuf>) -> Self {
+        ParticipantServerConfig {
+            listen: listen.into(),
+            data_dir: data_dir.into(),
+            seed: None,
+            inquire_ms_initial: 200,
+            inquire_ms_max: 5000,
+            finished_max: 100_000,
+            frame_bytes_max: concord_net::frame::FRAME_BYTES_MAX_DEFAULT,
+            listen_backlog: 1024,
+            outbox: OutboxOptions::default(),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.inquire_ms_initial == 0 {
+            bail!("--inquire-ms-initial must be at least 1 ms");
+        }
+        if self.inquire_ms_max < self.inquire_ms_initial {
+            bail!(
+                "--inquire-ms-max ({}) is below --inquire-ms-initial ({})",
+                self.inquire_ms_max,
+                self.inquire_ms_initial
+            );
+        }
+        if let Some((count, balance)) = self.seed {
+            if count > SEED_ACCOUNTS_MAX {
+                bail!("--seed-accounts {count} is above the limit of {SEED_ACCOUNTS_MAX}");
+            }
+            if balance < 0 {
+                bail!("--balance must not be negative, got {balance}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run a participant until SIGINT or SIGTERM.
+pub async fn run_participant(config: ParticipantServerConfig) -> anyhow::Result<()> {
+    run_participant_until(config, crate::shutdown_signal()).await
+}
+
+/// Run a participant until `shutdown` completes.
+pub async fn run_participant_until(
+    config: ParticipantServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let clock = Clock::start();
+    let dir = config.data_dir.display().to_string();
+    let (mut log, recovered) = FileLog::open(&config.data_dir, FileLogOptions::default())
+        .with_context(|| format!("cannot open the participant log in {dir}"))?;
+    for warning in &recovered.warnings {
+        tracing::warn!("participant log recovery: {warning}");
+    }
+    let mut records = Vec::with_capacity(recovered.records.len() + 1);
+    for (index, bytes) in recovered.records.iter().enumerate() {
+        let record: ParticipantRecord = decode("participant log record", bytes).map_err(|e| {
+            anyhow!(
+                "participant log in {dir}: record #{index} ({} bytes) does not decode: {e}; \
+                 refusing to start rather than lose it",
+                bytes.len()
+            )
+        })?;
+        records.push(record);
+    }
+    let mut kv = KvStore::replay(&records)
+        .map_err(|e| anyhow!("participant log in {dir} cannot be replayed: {e}"))?;
+    if let Some((count, balance)) = config.seed {
+        if kv.is_seeded() {
+            tracing::info!("log already holds the seed accounts: --seed-accounts ignored");
+        } else {
+            let seed = seed_record(count, balance);
+            let bytes = encode(&seed);
+            log.append(&[&bytes])
+                .and_then(|()| log.sync())
+                .with_context(|| format!("cannot write the seed record to the log in {dir}"))?;
+            records.push(seed);
+            kv = KvStore::replay(&records)
+                .map_err(|e| anyhow!("seed record cannot be replayed: {e}"))?;
+            tracing::info!(
+                accounts = count,
+                balance,
+                "seeded accounts acct-0 … acct-{}",
+                count.saturating_sub(1)
+            );
+        }
+    }
+    let record_count = records.len();
+    let node = ParticipantNode::recover(
+        ParticipantConfig {
+            addr: config.listen.clone(),
+            inquire_ms_initial: config.inquire_ms_initial,
+            inquire_ms_max: config.inquire_ms_max,
+            finished_max: config.finished_max,
+        },
+        records,
+        kv,
+        clock.now(),
+    );
+    tracing::info!(
+        data_dir = %dir,
+        records = record_count,
+        accounts = node.resource().balances().len(),
+        total = node.resource().total(),
+        in_doubt = node.core().in_doubt().len(),
+        "participant log recovered"
+    );
+    let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let log = LogWriter::new(GroupCommit::start(Box::new(log), "participant"), log_tx);
+
+    // Recovery is loaded (locks of in-doubt branches are held again): now
+    // it is safe to take PREPAREs and answer INQUIREs.
+    let listener = conn::bind(&config.listen, config.listen_backlog).await?;
+    tracing::info!(listen = %config.listen, "participant serving");
+    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
+    let stop = CancellationToken::new();
+    let acceptor = tokio::spawn(conn::accept_loop(
+        listener,
+        inbound_tx,
+        config.frame_bytes_max,
+        stop.clone(),
+    ));
+    let mut driver = ParticipantDriver {
+        node,
+        clock,
+        timers: Timers::default(),
+        log,
+        outbox: Outbox::new(config.outbox.clone()),
+    };
+    let result = driver.run(inbound_rx, log_rx, shutdown).await;
+    stop.cancel();
+    acceptor.abort();
+    driver.log.shutdown();
+    match &result {
+        Ok(()) => tracing::info!("participant stopped"),
+        Err(e) => tracing::error!("participant stopping: {e:#}"),
+    }
+    result
+}
+
+struct ParticipantDriver {
+    node: ParticipantNode<KvStore>,
+    clock: Clock,
+    timers: Timers,
+    log: LogWriter,
+    outbox: Outbox,
+}
+
+const EVENTS_PER_BATCH_MAX: usize = 256;
+
+impl ParticipantDriver {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut log_events: mpsc::UnboundedReceiver<LogEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        // Recovery's actions: INQUIRE timers for in-doubt branches.
+        self.drain_io();
+        self.log.flush();
+        loop {
+            let next_timer = self.timers.next_due().map(|at| self.clock.instant(at));
+            tokio::select! {
+                biased;
+                event = log_events.recv() => match event {
+                    Some(LogEvent::Durable(tickets)) => {
+                        let now = self.clock.now();
+                        for ticket in tickets {
+                            self.node.on_durable(now, ticket);
+                            self.drain_io();
+                        }
+                    }
+                    Some(LogEvent::Failed(error)) => {
+                        return Err(anyhow!("the participant log failed: {error}; stopping (restart to recover)"));
+                    }
+                    None => return Err(anyhow!("the participant log writer stopped")),
+                },
+                _ = sleep_until(next_timer) => {
+                    let now = self.clock.now();
+                    for xid in self.timers.pop_due(now) {
+                        self.node.on_timer(now, xid);
+                        self.drain_io();
+                    }
+                }
+                event = inbound.recv() => {
+                    let Some(event) = event else { return Ok(()) };
+                    self.on_inbound(event);
+                    for _ in 1..EVENTS_PER_BATCH_MAX {
+                        match inbound.try_recv() {
+                            Ok(event) => self.on_inbound(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = &mut shutdown => {
+                    tracing::info!(
+                        in_doubt = self.node.core().in_doubt().len(),
+                        "participant shutting down"
+                    );
+                    return Ok(());
+                }
+            }
+            self.log.flush();
+        }
+    }
+
+    fn on_inbound(&mut self, event: Inbound) {
+        match event {
+            Inbound::Peer(message) => {
+                let now = self.clock.now();
+                self.node.on_message(now, message);
+                self.drain_io();
+            }
+            Inbound::Request { request, reply } => self.on_request(request, reply),
+        }
+    }
+
+    fn on_request(&mut self, request: Request, reply: ReplyTx) {
+        match request {
+            Request::Accounts { request_id } => {
+                let kv = self.node.resource();
+                let mut locks: Vec<(String, concord_proto::Xid)> =
+                    kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
+                locks.sort();
+                let accounts = AccountsReport {
+                    balances: kv.balances().iter().map(|(a, b)| (a.clone(), *b)).collect(),
+                    in_doubt: self.node.core().in_doubt(),
+                    locks,
+                };
+                reply.send(&Reply::Accounts {
+                    request_id,
+                    accounts,
+                });
+            }
+            Request::BranchState { request_id, xid } => {
+                let state = self.node.core().state_of(xid);
+                reply.send(&Reply::BranchState {
+                    request_id,
+                    xid,
+                    state,
+                });
+            }
+            other => reply.error(
+                other.request_id(),
+                format!(
+                    "{} is a coordinator request, and this is a participant; send it to the coordinator",
+                    other.kind()
+                ),
+            ),
+        }
+    }
+
+    fn drain_io(&mut self) {
+        let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
+        for action in actions {
+            match action {
+                ParticipantAction::Persist { record, durability } => {
+                    match &record {
+                        ParticipantRecord::Ready { .. } => {
+                            failpoint::hit(failpoint::PARTICIPANT_BEFORE_READY_WRITE)
+                        }
+                        ParticipantRecord::Outcome {
+                            decision: Decision::Commit,
+                            ..
+                        } => failpoint::hit(failpoint::PARTICIPANT_BEFORE_COMMIT_WRITE),
+                        _ => {}
+                    }
+                    self.log.push(encode(&record), durability);
+                }
+                ParticipantAction::Send { to, message } => {
+                    match message.body {
+                        Body::Vote(Vote::Ready) => {
+                            failpoint::hit(failpoint::PARTICIPANT_AFTER_READY_DURABLE)
+                        }
+                        Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
+                        _ => {}
+                    }
+                    self.outbox.send(&to, message);
+                }
+                ParticipantAction::SetTimer { xid, at } => self.timers.set(xid, at),
+                ParticipantAction::Notice(notice) => log_notice(notice),
+                // Resource actions are carried out inside ParticipantNode;
+                // they never reach the driver.
+                ParticipantAction::Prepare { xid, .. }
+                | ParticipantAction::Commit { xid }
+                | ParticipantAction::Abort { xid }
+                | ParticipantAction::Restore { xid, .. } => {
+                    tracing::error!(%xid, "resource action leaked to the driver; ignored");
+                }
+            }
+        }
+    }
+}
+
+fn log_notice(notice: ParticipantNotice) {
+    match notice {
+        ParticipantNotice::TimeoutFired {
+            xid,
+            phase,
+            timeout_ms,
+            attempt,
+        } => tracing::info!(
+            %xid,
+            phase,
+            timeout_ms,
+            attempt,
+            "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE (attempt {attempt})"
+        ),
+        ParticipantNotice::Outcome { xid, decision } => {
+            tracing::debug!(%xid, ?decision, "branch finished")
+        }
+        ParticipantNotice::Ignored {
+            xid,
+            kind,
+            from,
+            why,
+        } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
+        ParticipantNotice::Violation { xid, detail } => {
+            tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
+        }
+        ParticipantNotice::Recovered { in_doubt, finished } => tracing::info!(
+            in_doubt,
+            finished,
+            "recovery: {in_doubt} branches in doubt (locks taken back, asking the coordinator), \
+             {finished} finished branches remembered"
+        ),
+    }
+}
