@@ -215,6 +215,15 @@ impl Network {
         (Network { ctx }, rx)
     }
 
+    /// [`Network::new`] after checking that the settings fit together
+    /// (see [`NetConfig::validate`]).
+    pub fn try_new(
+        config: NetConfig,
+    ) -> Result<(Network, mpsc::Receiver<(Peer, Frame)>), crate::config::ConfigError> {
+        config.validate()?;
+        Ok(Network::new(config))
+    }
+
     pub fn config(&self) -> &NetConfig {
         &self.ctx.config
     }
@@ -558,7 +567,16 @@ async fn peer_task(
         ctx.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
         match &out.end {
             SessionEnd::Shutdown | SessionEnd::QueueClosed => break,
-            SessionEnd::PeerClosed | SessionEnd::ClientIdle | SessionEnd::ServerIdle => {
+            SessionEnd::ClientIdle => {
+                // Idle by our own timeout: give the task back too. Leave the
+                // map so new sends start a fresh task, then finish whatever
+                // was queued in the meantime (recv yields it, then None).
+                debug!(peer = %addr, "idle connection closed (client_idle_timeout)");
+                failures = 0;
+                remove_entry(&ctx, addr, generation);
+                rx.close();
+            }
+            SessionEnd::PeerClosed | SessionEnd::ServerIdle => {
                 debug!(peer = %addr, reason = %out.end, pending = carry.len(), "connection closed");
                 failures = 0;
             }
@@ -594,6 +612,12 @@ async fn peer_task(
     if !carry.is_empty() {
         ctx.hand_back(peer, carry);
     }
+    remove_entry(&ctx, addr, generation);
+}
+
+/// Remove the map entry for `addr` if it still belongs to this task (a newer
+/// task may have replaced it).
+fn remove_entry(ctx: &Ctx, addr: SocketAddr, generation: u64) {
     let mut peers = lock(&ctx.peers);
     if peers.get(&addr).is_some_and(|e| e.generation == generation) {
         peers.remove(&addr);

@@ -417,6 +417,7 @@ async fn client_idle_timeout_closes_and_next_send_reconnects() {
     recv(&mut srv.incoming).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(srv.network.connection_counts().1, 0, "client closed it");
+    assert_eq!(client.connection_counts().0, 0, "peer task released");
     within("send", client.send(srv.local_addr, frame(1, "y")))
         .await
         .expect("send");
@@ -569,4 +570,66 @@ async fn connections_max_is_enforced() {
     .await;
     assert!(matches!(n, Ok(0) | Err(_)), "third connection closed");
     assert_eq!(srv.network.stats().rejected_over_limit, 1);
+}
+
+/// SPEC §2 scale: well over 1024 descriptors. 1200 raw clients (2400 fds in
+/// this process) each send one frame and get a reply over their own
+/// accepted connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_more_than_1024_connections() {
+    let limit = concord_net::raise_fd_limit().expect("fd limit");
+    let clients = 1200usize;
+    if limit.soft < (clients as u64) * 2 + 100 {
+        eprintln!("skipping: fd soft limit {} too low", limit.soft);
+        return;
+    }
+    let mut srv = listen(local(), 4096, NetConfig::default()).expect("listen");
+    let server_net = srv.network.clone();
+    let stats_net = srv.network.clone();
+    tokio::spawn(async move {
+        while let Some((peer, f)) = srv.incoming.recv().await {
+            let net = server_net.clone();
+            tokio::spawn(async move {
+                let _ = net.send_to(peer, f).await;
+            });
+        }
+    });
+    let addr = srv.local_addr;
+    let mut streams = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        streams.push(
+            within("connect", tokio::net::TcpStream::connect(addr))
+                .await
+                .expect("connect"),
+        );
+    }
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            tokio::spawn(async move {
+                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::default());
+                let body = i.to_string();
+                futures::SinkExt::send(&mut framed, frame(9, &body)).await?;
+                loop {
+                    match framed.next().await {
+                        Some(Ok(f)) if f.kind == 9 => {
+                            assert_eq!(f.body, body.as_bytes());
+                            return Ok::<_, concord_net::FrameError>(framed);
+                        }
+                        Some(Ok(_)) => continue, // heartbeat
+                        Some(Err(e)) => return Err(e),
+                        None => panic!("closed before reply"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(within("reply", t).await.expect("join").expect("reply"));
+    }
+    assert_eq!(open.len(), clients);
+    assert_eq!(stats_net.stats().accepted, clients as u64);
+    assert_eq!(stats_net.connection_counts().1, clients);
 }
