@@ -23,6 +23,7 @@
 pub mod client;
 mod conn;
 pub mod coordinator;
+pub mod demo;
 mod driver;
 pub mod failpoint;
 pub mod outbox;

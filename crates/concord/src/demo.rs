@@ -1,0 +1,718 @@
+//! `concord demo`: the main job, end to end, with no set-up.
+//!
+//! Starts a coordinator and three participants as separate processes of this
+//! same binary on 127.0.0.1, with their logs in a temporary directory; runs
+//! thousands of random transfers from concurrent clients; kills -9 and
+//! restarts one participant and then the coordinator in the middle of the
+//! run; waits until nothing is in doubt; stops the processes and checks
+//! atomicity, validity, durability, termination and conservation of money
+//! from the participants' own durable logs (not from what the processes
+//! say). It must never report a check as passed that it did not make.
+
+use crate::client::{Client, ClientError};
+use crate::wire::Outcome;
+use anyhow::{bail, Context};
+use concord_participant::kv::KvStore;
+use concord_proto::codec::decode;
+use concord_proto::{Decision, ParticipantRecord, Xid};
+use concord_store::{FileLog, FileLogOptions};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Transfers to run in all.
+    pub transfers: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Accounts per participant.
+    pub accounts: usize,
+    /// Starting balance of every account.
+    pub balance: i64,
+    /// Keep the processes' data here instead of a temporary directory.
+    pub data_dir: Option<PathBuf>,
+    /// Seed of the random workload.
+    pub seed: u64,
+    /// The concord binary to start the processes from.
+    pub exe: PathBuf,
+}
+
+/// Names of the participants the demo starts.
+const PARTICIPANTS: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
+/// The participant that is killed -9 during the run.
+const VICTIM: usize = 1;
+/// How long a killed process stays down before it is restarted.
+const DOWN_MS: u64 = 400;
+/// How long the demo waits for in-doubt branches to resolve at the end.
+const QUIESCE_TIMEOUT_S: u64 = 60;
+
+/// One process of the demo, with the command that (re)starts it.
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    exe: PathBuf,
+    child: Child,
+    starts: usize,
+}
+
+impl Proc {
+    fn start(exe: &Path, name: &str, args: Vec<String>, log: PathBuf) -> anyhow::Result<Proc> {
+        let child = spawn(exe, &args, &log)?;
+        Ok(Proc {
+            name: name.to_string(),
+            args,
+            log,
+            exe: exe.to_path_buf(),
+            child,
+            starts: 1,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGKILL: no shutdown code runs, unsynced writes in the process are
+    /// gone (the kernel keeps what was written to the file).
+    async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child
+            .start_kill()
+            .with_context(|| format!("kill -9 {}", self.name))?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = spawn(&self.exe, &self.args, &self.log)?;
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM), then SIGKILL if it does not exit in time.
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// The "recovery:" lines this process logged, most recent start last.
+    fn recovery_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("recovery:"))
+            .map(strip_ansi)
+            .collect()
+    }
+}
+
+fn spawn(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(exe)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {} {}", exe.display(), args.join(" ")))
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+async fn wait_listening(addr: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not start listening on {addr} within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    committed: Vec<Xid>,
+    aborted: BTreeMap<String, usize>,
+    unknown: Vec<Xid>,
+    not_started: usize,
+}
+
+/// Group abort reasons for the summary ("account acct-3 is locked by …" →
+/// "lock conflict").
+fn reason_class(reason: &str) -> String {
+    for (needle, class) in [
+        ("locked", "lock conflict"),
+        ("insufficient funds", "insufficient funds"),
+        ("no vote", "vote timeout"),
+        ("restarted", "coordinator restarted"),
+        ("deadline", "prepare past deadline"),
+    ] {
+        if reason.contains(needle) {
+            return class.to_string();
+        }
+    }
+    reason.chars().take(60).collect()
+}
+
+/// Run the demo; `Ok(true)` when every check passed.
+pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
+    let temp;
+    let root = match &options.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("concord-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let exe = &options.exe;
+    let coordinator_addr = format!("127.0.0.1:{}", free_port()?);
+    let participant_addrs: Vec<String> = PARTICIPANTS
+        .iter()
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_, _>>()?;
+
+    println!("concord demo");
+    println!(
+        "  coordinator + {} participants as separate processes on 127.0.0.1, data in {}",
+        PARTICIPANTS.len(),
+        root.display()
+    );
+    println!(
+        "  each participant: {} accounts x {} = {}; every forced write is fsynced",
+        options.accounts,
+        options.balance,
+        options.accounts as i64 * options.balance
+    );
+
+    let mut participants = Vec::new();
+    for (name, addr) in PARTICIPANTS.iter().zip(&participant_addrs) {
+        let dir = root.join(name);
+        let args = vec![
+            "participant".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--seed-accounts".into(),
+            options.accounts.to_string(),
+            "--balance".into(),
+            options.balance.to_string(),
+            "--inquire-ms-initial".into(),
+            "50".into(),
+            "--inquire-ms-max".into(),
+            "500".into(),
+        ];
+        participants.push(Proc::start(
+            exe,
+            name,
+            args,
+            root.join(format!("{name}.log")),
+        )?);
+    }
+    let mut coordinator_args = vec![
+        "serve".to_string(),
+        "--listen".into(),
+        coordinator_addr.clone(),
+        "--data-dir".into(),
+        root.join("coordinator").display().to_string(),
+        "--prepare-timeout-ms".into(),
+        "1000".into(),
+        "--resend-ms-initial".into(),
+        "50".into(),
+        "--resend-ms-max".into(),
+        "500".into(),
+    ];
+    for (name, addr) in PARTICIPANTS.iter().zip(&participant_addrs) {
+        coordinator_args.push("--participant".into());
+        coordinator_args.push(format!("{name}={addr}"));
+    }
+    let mut coordinator = Proc::start(
+        exe,
+        "coordinator",
+        coordinator_args,
+        root.join("coordinator.log"),
+    )?;
+    for (name, addr) in PARTICIPANTS.iter().zip(&participant_addrs) {
+        wait_listening(addr, name).await?;
+    }
+    wait_listening(&coordinator_addr, "coordinator").await?;
+
+    println!(
+        "  workload: {} random transfers from {} concurrent clients",
+        options.transfers, options.clients
+    );
+    let issued = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..options.clients {
+        let issued = issued.clone();
+        let tally = tally.clone();
+        let addr = coordinator_addr.clone();
+        let total = options.transfers;
+        let accounts = options.accounts;
+        let seed = options.seed.wrapping_add(c as u64);
+        clients.push(tokio::spawn(async move {
+            client_loop(addr, issued, total, accounts, seed, tally).await
+        }));
+    }
+
+    // Chaos: kill -9 a participant at a third of the run, the coordinator
+    // at two thirds; each comes back after DOWN_MS from its data dir.
+    let mut events = Vec::new();
+    for (fraction, target) in [(3, Some(VICTIM)), (3, None)] {
+        let at = if target.is_some() {
+            options.transfers / fraction
+        } else {
+            options.transfers * 2 / fraction
+        };
+        while issued.load(Ordering::Relaxed) < at && !clients.iter().all(|c| c.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let proc = match target {
+            Some(i) => &mut participants[i],
+            None => &mut coordinator,
+        };
+        let pid = proc.pid();
+        let when = started.elapsed();
+        proc.kill9().await?;
+        tokio::time::sleep(Duration::from_millis(DOWN_MS)).await;
+        proc.restart().await?;
+        events.push(format!(
+            "  [{:>5.2}s] kill -9 {} (pid {pid}) after {} transfers issued; restarted from its data dir {} ms later",
+            when.as_secs_f64(),
+            proc.name,
+            issued.load(Ordering::Relaxed),
+            DOWN_MS
+        ));
+        println!("{}", events.last().map(String::as_str).unwrap_or(""));
+    }
+    for client in clients {
+        client.await.context("client task")??;
+    }
+    let workload_time = started.elapsed();
+
+    // Let every in-doubt branch resolve (INQUIRE / COMMIT re-sends).
+    let quiesced = quiesce(&participant_addrs, &coordinator_addr).await;
+    let live_totals: Vec<i64> = {
+        let mut totals = Vec::new();
+        for addr in &participant_addrs {
+            totals.push(match crate::client::accounts(addr).await {
+                Ok(report) => report.total(),
+                Err(_) => i64::MIN,
+            });
+        }
+        totals
+    };
+
+    for p in participants.iter_mut() {
+        p.stop().await;
+    }
+    coordinator.stop().await;
+
+    let tally = std::mem::take(&mut *lock(&tally));
+    let aborted: usize = tally.aborted.values().sum();
+    println!();
+    println!("results");
+    println!(
+        "  committed {}, aborted {}, outcome unknown to the client {}, not started (coordinator down) {}",
+        tally.committed.len(),
+        aborted,
+        tally.unknown.len(),
+        tally.not_started
+    );
+    for (class, n) in &tally.aborted {
+        println!("    aborted because of {class}: {n}");
+    }
+    let secs = workload_time.as_secs_f64();
+    println!(
+        "  throughput: {:.0} transactions/s finished ({:.0} committed/s) over {:.2} s, including both outages",
+        (tally.committed.len() + aborted) as f64 / secs,
+        tally.committed.len() as f64 / secs,
+        secs
+    );
+    println!();
+    println!("recovery (from each restarted process's own log)");
+    for proc in participants.iter().chain(std::iter::once(&coordinator)) {
+        if proc.starts > 1 {
+            let lines = proc.recovery_lines();
+            match lines.last() {
+                Some(line) => println!("  {}: {}", proc.name, after_marker(line)),
+                None => println!(
+                    "  {}: (no recovery line in {})",
+                    proc.name,
+                    proc.log.display()
+                ),
+            }
+        }
+    }
+
+    println!();
+    println!("checks (from the participants' durable logs, after the processes stopped)");
+    let seeded_total = options.accounts as i64 * options.balance * PARTICIPANTS.len() as i64;
+    let checks = check_durable_state(&root, &tally, seeded_total, quiesced)?;
+    let mut passed = true;
+    for (name, result) in &checks {
+        match result {
+            Ok(detail) => println!("  {name}: PASS ({detail})"),
+            Err(detail) => {
+                passed = false;
+                println!("  {name}: FAIL ({detail})");
+            }
+        }
+    }
+    let live_sum: i64 = live_totals.iter().sum();
+    if live_sum != seeded_total {
+        passed = false;
+        println!(
+            "  live balances: FAIL (participants reported {live_totals:?}, seeded {seeded_total})"
+        );
+    }
+    println!();
+    if passed {
+        println!("demo PASSED");
+    } else {
+        println!("demo FAILED; process logs are in {}", root.display());
+        // Keep the evidence.
+        if options.data_dir.is_none() {
+            let kept =
+                std::env::temp_dir().join(format!("concord-demo-failed-{}", std::process::id()));
+            let _ = std::fs::rename(&root, &kept);
+            println!("kept in {}", kept.display());
+        }
+    }
+    Ok(passed)
+}
+
+fn after_marker(line: &str) -> &str {
+    line.find("recovery:").map(|i| &line[i..]).unwrap_or(line)
+}
+
+async fn client_loop(
+    addr: String,
+    issued: Arc<AtomicUsize>,
+    total: usize,
+    accounts: usize,
+    seed: u64,
+    tally: Arc<Mutex<Tally>>,
+) -> anyhow::Result<()> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut client: Option<Client> = None;
+    loop {
+        if issued.fetch_add(1, Ordering::Relaxed) >= total {
+            return Ok(());
+        }
+        let from_p = rng.gen_range(0..PARTICIPANTS.len());
+        let mut to_p = rng.gen_range(0..PARTICIPANTS.len());
+        if to_p == from_p {
+            to_p = (to_p + 1) % PARTICIPANTS.len();
+        }
+        let from_a = format!("acct-{}", rng.gen_range(0..accounts));
+        let to_a = format!("acct-{}", rng.gen_range(0..accounts));
+        let amount = rng.gen_range(1..=100);
+        if client.is_none() {
+            client = connect_with_retry(&addr).await;
+        }
+        let Some(c) = client.as_ref() else {
+            lock(&tally).not_started += 1;
+            continue;
+        };
+        let result = c
+            .transfer(
+                (PARTICIPANTS[from_p], &from_a),
+                (PARTICIPANTS[to_p], &to_a),
+                amount,
+            )
+            .await;
+        let mut t = lock(&tally);
+        match result {
+            Ok(r) => match r.outcome {
+                Outcome::Committed => t.committed.push(r.xid),
+                Outcome::Aborted { reason } => {
+                    *t.aborted.entry(reason_class(&reason)).or_insert(0) += 1
+                }
+            },
+            Err(ClientError::OutcomeUnknown { xid, .. }) => {
+                t.unknown.push(xid);
+                client = None;
+            }
+            Err(ClientError::Rejected(message)) => {
+                bail!("the coordinator rejected a well-formed transfer: {message}")
+            }
+            Err(_) => {
+                t.not_started += 1;
+                client = None;
+            }
+        }
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connect, retrying while the coordinator is down (it is being restarted).
+async fn connect_with_retry(addr: &str) -> Option<Client> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = Client::connect(addr).await {
+            return Some(c);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Wait until no participant has a branch in doubt or a lock held and the
+/// coordinator has nothing in flight. Returns whether that happened.
+async fn quiesce(participants: &[String], coordinator: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(QUIESCE_TIMEOUT_S);
+    loop {
+        let mut quiet = true;
+        for addr in participants {
+            match crate::client::accounts(addr).await {
+                Ok(r) if r.in_doubt.is_empty() && r.locks.is_empty() => {}
+                _ => quiet = false,
+            }
+        }
+        match Client::connect(coordinator).await {
+            Ok(c) => match c.in_flight().await {
+                Ok(xids) if xids.is_empty() => {}
+                _ => quiet = false,
+            },
+            Err(_) => quiet = false,
+        }
+        if quiet {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Check = (&'static str, Result<String, String>);
+
+/// What one participant's durable log says about each xid.
+#[derive(Default)]
+struct Branches {
+    ready: HashMap<Xid, Vec<String>>,
+    outcome: HashMap<Xid, Decision>,
+}
+
+fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, Branches)> {
+    let (_log, recovered) = FileLog::open(dir, FileLogOptions::default())
+        .with_context(|| format!("open the log in {}", dir.display()))?;
+    let mut records = Vec::with_capacity(recovered.records.len());
+    let mut branches = Branches::default();
+    for (i, bytes) in recovered.records.iter().enumerate() {
+        let record: ParticipantRecord = decode("participant log record", bytes)
+            .with_context(|| format!("record {i} in {}", dir.display()))?;
+        match &record {
+            ParticipantRecord::Ready {
+                xid, participants, ..
+            } => {
+                branches.ready.insert(*xid, participants.clone());
+            }
+            ParticipantRecord::Outcome { xid, decision } => {
+                branches.outcome.insert(*xid, *decision);
+            }
+            ParticipantRecord::Resource { .. } => {}
+        }
+        records.push(record);
+    }
+    Ok((records, branches))
+}
+
+fn check_durable_state(
+    root: &Path,
+    tally: &Tally,
+    seeded_total: i64,
+    quiesced: bool,
+) -> anyhow::Result<Vec<Check>> {
+    let mut logs = Vec::new();
+    let mut total = 0i64;
+    for name in PARTICIPANTS {
+        let (records, branches) = read_participant_log(&root.join(name))?;
+        let kv = KvStore::replay(&records).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        total += kv.total();
+        logs.push((name, branches));
+    }
+    let mut all: HashSet<Xid> = HashSet::new();
+    for (_, b) in &logs {
+        all.extend(b.ready.keys());
+        all.extend(b.outcome.keys());
+    }
+
+    // atomicity: no xid committed at one participant and aborted after
+    // READY at another.
+    let mut split = Vec::new();
+    let mut committed_xids = 0;
+    for xid in &all {
+        let commits = logs
+            .iter()
+            .filter(|(_, b)| b.outcome.get(xid) == Some(&Decision::Commit))
+            .count();
+        let aborts = logs
+            .iter()
+            .filter(|(_, b)| b.outcome.get(xid) == Some(&Decision::Abort))
+            .count();
+        if commits > 0 {
+            committed_xids += 1;
+        }
+        if commits > 0 && aborts > 0 {
+            split.push(*xid);
+        }
+    }
+    let atomicity = if split.is_empty() {
+        Ok(format!(
+            "{} transactions in the logs, {committed_xids} committed, none committed at one participant and aborted at another",
+            all.len()
+        ))
+    } else {
+        Err(format!("split outcome for {split:?}"))
+    };
+
+    // validity: a branch commits only if every participant in the xid's list
+    // has a durable READY record.
+    let mut invalid = Vec::new();
+    for xid in &all {
+        let committed = logs
+            .iter()
+            .any(|(_, b)| b.outcome.get(xid) == Some(&Decision::Commit));
+        if !committed {
+            continue;
+        }
+        let list_len = logs
+            .iter()
+            .find_map(|(_, b)| b.ready.get(xid).map(|l| l.len()))
+            .unwrap_or(0);
+        let readies = logs
+            .iter()
+            .filter(|(_, b)| b.ready.contains_key(xid))
+            .count();
+        if readies != list_len {
+            invalid.push(*xid);
+        }
+    }
+    let validity = if invalid.is_empty() {
+        Ok("every committed transaction has a READY record at each of its participants".into())
+    } else {
+        Err(format!("committed without every READY: {invalid:?}"))
+    };
+
+    // durability: every commit reported to a client is committed at every
+    // participant that took part.
+    let mut lost = Vec::new();
+    for xid in &tally.committed {
+        let takers: Vec<_> = logs
+            .iter()
+            .filter(|(_, b)| b.ready.contains_key(xid))
+            .collect();
+        if takers.is_empty()
+            || takers
+                .iter()
+                .any(|(_, b)| b.outcome.get(xid) != Some(&Decision::Commit))
+        {
+            lost.push(*xid);
+        }
+    }
+    let durability = if lost.is_empty() {
+        Ok(format!(
+            "all {} commits reported to clients are committed at every participant",
+            tally.committed.len()
+        ))
+    } else {
+        Err(format!(
+            "reported committed but not committed everywhere: {lost:?}"
+        ))
+    };
+
+    // termination: nothing in doubt once everyone is up.
+    let in_doubt: Vec<(&str, Xid)> = logs
+        .iter()
+        .flat_map(|(name, b)| {
+            b.ready
+                .keys()
+                .filter(|x| !b.outcome.contains_key(x))
+                .map(move |x| (*name, *x))
+        })
+        .collect();
+    let termination = if in_doubt.is_empty() && quiesced {
+        Ok("no branch in doubt and no lock held after recovery".into())
+    } else if !quiesced {
+        Err(format!(
+            "still in doubt or locked {QUIESCE_TIMEOUT_S} s after the run: {in_doubt:?}"
+        ))
+    } else {
+        Err(format!("READY without outcome in the logs: {in_doubt:?}"))
+    };
+
+    let conservation = if total == seeded_total {
+        Ok(format!("total balance {total} = seeded {seeded_total}"))
+    } else {
+        Err(format!("total balance {total} != seeded {seeded_total}"))
+    };
+
+    Ok(vec![
+        ("atomicity", atomicity),
+        ("validity", validity),
+        ("durability", durability),
+        ("termination", termination),
+        ("conservation", conservation),
+    ])
+}

@@ -1,0 +1,372 @@
+//! Harness for the real-process tests: spawns the `concord` binary as a
+//! coordinator and participants on free 127.0.0.1 ports with temporary data
+//! directories, restarts them from their data dirs, and kills every child
+//! on drop (printing its log if the test failed).
+
+#![allow(dead_code)]
+
+use concord::client::{self, Client};
+use concord::wire::AccountsReport;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_concord");
+
+/// Every test body runs under this bound.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Free ports on 127.0.0.1 (held together while choosing, so they differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// One child process; killed (SIGKILL) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Proc {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open child log");
+        let _ = writeln!(
+            file,
+            "===== start {name}: concord {} (env {env:?})",
+            args.join(" ")
+        );
+        let stderr = file.try_clone().expect("clone log handle");
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env_remove("CONCORD_FAILPOINT")
+            .env_remove("CONCORD_FAILPOINT_SKIP")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn concord");
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for the process to exit by itself (a fail-point), bounded.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("process is running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("----- log of {} ({}) -----", self.name, self.log.display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Assert the process died of SIGKILL (a fired fail-point).
+pub fn assert_killed(status: ExitStatus, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigkill()),
+        "{what}: expected death by SIGKILL, got {status:?}"
+    );
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+pub struct Node {
+    pub name: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+/// A coordinator and participants `p0`, `p1`, … each seeded with
+/// `accounts` accounts of `balance`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Node,
+    pub participants: Vec<Node>,
+    pub accounts: usize,
+    pub balance: i64,
+    /// Extra flags for the coordinator.
+    pub coordinator_flags: Vec<String>,
+}
+
+impl Cluster {
+    /// Start everything and wait until every process listens.
+    pub async fn start(participants: usize, accounts: usize, balance: i64) -> Cluster {
+        let mut cluster = Cluster::new(participants, accounts, balance);
+        for i in 0..participants {
+            cluster.start_participant(i, &[]);
+        }
+        cluster.start_coordinator(&[]);
+        cluster.wait_all_listening().await;
+        cluster
+    }
+
+    /// Lay out names, ports and data dirs without starting anything.
+    pub fn new(participants: usize, accounts: usize, balance: i64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(participants + 1);
+        let node = |name: &str, port: u16| Node {
+            name: name.to_string(),
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: dir.path().join(name),
+            proc: None,
+        };
+        let coordinator = node("coordinator", ports[0]);
+        let participants = (0..participants)
+            .map(|i| node(&format!("p{i}"), ports[i + 1]))
+            .collect();
+        Cluster {
+            dir,
+            coordinator,
+            participants,
+            accounts,
+            balance,
+            coordinator_flags: Vec::new(),
+        }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// (Re)start the coordinator from its data dir.
+    pub fn start_coordinator(&mut self, env: &[(&str, &str)]) {
+        let mut args: Vec<String> = vec![
+            "--log-level".into(),
+            "debug".into(),
+            "serve".into(),
+            "--listen".into(),
+            self.coordinator.addr.clone(),
+            "--data-dir".into(),
+            self.coordinator.data_dir.display().to_string(),
+            "--prepare-timeout-ms".into(),
+            "3000".into(),
+            "--resend-ms-initial".into(),
+            "50".into(),
+            "--resend-ms-max".into(),
+            "200".into(),
+            "--reconnect-ms-initial".into(),
+            "10".into(),
+            "--reconnect-ms-max".into(),
+            "100".into(),
+        ];
+        for p in &self.participants {
+            args.push("--participant".into());
+            args.push(format!("{}={}", p.name, p.addr));
+        }
+        args.extend(self.coordinator_flags.iter().cloned());
+        let log = self.log_path("coordinator");
+        if let Some(mut old) = self.coordinator.proc.take() {
+            old.kill();
+        }
+        self.coordinator.proc = Some(Proc::spawn("coordinator", &args, env, &log));
+    }
+
+    /// (Re)start participant `i` from its data dir (seeding is ignored on
+    /// restart).
+    pub fn start_participant(&mut self, i: usize, env: &[(&str, &str)]) {
+        let p = &self.participants[i];
+        let args: Vec<String> = vec![
+            "--log-level".into(),
+            "debug".into(),
+            "participant".into(),
+            "--listen".into(),
+            p.addr.clone(),
+            "--data-dir".into(),
+            p.data_dir.display().to_string(),
+            "--seed-accounts".into(),
+            self.accounts.to_string(),
+            "--balance".into(),
+            self.balance.to_string(),
+            "--inquire-ms-initial".into(),
+            "50".into(),
+            "--inquire-ms-max".into(),
+            "200".into(),
+            "--reconnect-ms-initial".into(),
+            "10".into(),
+            "--reconnect-ms-max".into(),
+            "100".into(),
+        ];
+        let name = p.name.clone();
+        let log = self.log_path(&name);
+        let p = &mut self.participants[i];
+        if let Some(mut old) = p.proc.take() {
+            old.kill();
+        }
+        p.proc = Some(Proc::spawn(&name, &args, env, &log));
+    }
+
+    pub fn coordinator_proc(&mut self) -> &mut Proc {
+        self.coordinator.proc.as_mut().expect("coordinator started")
+    }
+
+    pub fn participant_proc(&mut self, i: usize) -> &mut Proc {
+        self.participants[i]
+            .proc
+            .as_mut()
+            .expect("participant started")
+    }
+
+    pub async fn wait_all_listening(&self) {
+        wait_listening(&self.coordinator.addr).await;
+        for p in &self.participants {
+            wait_listening(&p.addr).await;
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.coordinator.addr)
+            .await
+            .expect("connect to the coordinator")
+    }
+
+    pub async fn accounts(&self, i: usize) -> AccountsReport {
+        client::accounts(&self.participants[i].addr)
+            .await
+            .expect("accounts from participant")
+    }
+
+    /// Wait until no participant has a branch in doubt or a lock held, and
+    /// return their reports.
+    pub async fn wait_settled(&self, timeout: Duration) -> Vec<AccountsReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut reports = Vec::new();
+            for i in 0..self.participants.len() {
+                if let Ok(report) = client::accounts(&self.participants[i].addr).await {
+                    reports.push(report);
+                }
+            }
+            let settled = reports.len() == self.participants.len()
+                && reports
+                    .iter()
+                    .all(|r| r.in_doubt.is_empty() && r.locks.is_empty());
+            if settled {
+                return reports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "participants did not settle within {timeout:?}: {reports:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Money in the whole system when nothing has moved.
+    pub fn total_seeded(&self) -> i64 {
+        self.participants.len() as i64 * self.accounts as i64 * self.balance
+    }
+}
+
+/// Wait until something accepts connections at `addr` (10 s at most).
+pub async fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens at {addr} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Run the CLI with `args`, bounded by 30 s.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("CONCORD_FAILPOINT")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn concord cli");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("cli output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("concord {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// stdout and stderr of a CLI run, for assertion messages.
+pub fn output_text(output: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
