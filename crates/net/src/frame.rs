@@ -348,6 +348,47 @@ mod tests {
         assert!(buf.is_empty(), "nothing written on error");
     }
 
+    /// Poor man's fuzzing (a cargo-fuzz target needs nightly): random bytes,
+    /// and valid streams with random corruption, fed in random splits, never
+    /// panic, and a decoder that errored is never asked to continue.
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0DC);
+        for _ in 0..5000 {
+            let mut wire = if rng.gen_bool(0.5) {
+                let n = rng.gen_range(0..64);
+                (0..n).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>()
+            } else {
+                let mut b = BytesMut::new();
+                for _ in 0..rng.gen_range(1..4) {
+                    let body: Vec<u8> = (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect();
+                    encode_frame(rng.gen(), &body, &mut b);
+                }
+                b.to_vec()
+            };
+            if !wire.is_empty() && rng.gen_bool(0.5) {
+                let i = rng.gen_range(0..wire.len());
+                wire[i] = rng.gen();
+            }
+            let mut codec = FrameCodec::new(rng.gen_range(0..64));
+            let mut buf = BytesMut::new();
+            let mut rest = &wire[..];
+            'feed: while !rest.is_empty() {
+                let take = rng.gen_range(1..=rest.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(f)) => assert!(f.body.len() <= codec.frame_bytes_max()),
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn truncated_stream_is_an_io_error() {
         let mut wire = BytesMut::new();
