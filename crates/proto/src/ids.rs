@@ -8,6 +8,13 @@ use std::fmt;
 pub const PARTICIPANTS_MAX: usize = 64;
 /// Largest opaque work payload one branch may carry.
 pub const WORK_BYTES_MAX: usize = 64 * 1024;
+/// Shortest time a participant remembers a finished branch, whatever its
+/// `finished_max` says (a TIME_WAIT-style horizon). A duplicate PREPARE
+/// that arrives after the branch was forgotten is taken for a new one and
+/// prepared again; if the coordinator still has the transaction in flight
+/// it answers the participant's INQUIRE with COMMITTED and the branch is
+/// applied twice. Duplicates must therefore not outlive this.
+pub const FINISHED_MS_MIN: u64 = 60_000;
 
 /// Global transaction id. Chosen by the driver (random, or seeded in the
 /// simulator) so the core stays deterministic.

@@ -28,7 +28,7 @@ pub use coordinator::{
     TxnOutcome, TxnStatus,
 };
 pub use gate::{Durability, PersistTicket};
-pub use ids::{Epoch, PeerAddr, Time, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX};
+pub use ids::{Epoch, PeerAddr, Time, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX, WORK_BYTES_MAX};
 pub use message::{Body, Decision, Message, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
 pub use record::{CoordinatorRecord, ParticipantRecord};

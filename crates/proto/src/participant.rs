@@ -9,12 +9,13 @@
 //! A READY participant never decides on its own: when its timer fires it
 //! sends INQUIRE to the coordinator, with backoff, until it learns the
 //! outcome. Finished branches are remembered (bounded by
-//! `finished_max`) so that duplicates and late messages get the same answer:
+//! `finished_max`, but never for less than [`FINISHED_MS_MIN`]) so that
+//! duplicates and late messages get the same answer:
 //! a late PREPARE after an ABORT gets VOTE ABORT, a repeated COMMIT gets the
 //! ACK again.
 
 use crate::gate::{Durability, Gate, PersistTicket};
-use crate::ids::{Epoch, PeerAddr, Time, Xid, WORK_BYTES_MAX};
+use crate::ids::{Epoch, PeerAddr, Time, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX};
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::record::ParticipantRecord;
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,8 @@ pub struct ParticipantConfig {
     pub inquire_ms_initial: u64,
     pub inquire_ms_max: u64,
     /// How many finished branches are remembered for answering duplicates.
+    /// Only branches finished at least [`FINISHED_MS_MIN`] ago are ever
+    /// forgotten, so memory may exceed this under load.
     pub finished_max: usize,
 }
 
@@ -143,7 +146,8 @@ pub struct Participant {
     config: ParticipantConfig,
     branches: HashMap<Xid, Branch>,
     finished: HashMap<Xid, Decision>,
-    finished_order: VecDeque<Xid>,
+    /// Finished xids, oldest first, with when they finished.
+    finished_order: VecDeque<(Xid, Time)>,
     gate: Gate<Resume>,
     actions: Vec<ParticipantAction>,
 }
@@ -188,7 +192,7 @@ impl Participant {
                 }
                 ParticipantRecord::Outcome { xid, decision } => {
                     ready.remove(&xid);
-                    participant.remember(xid, decision);
+                    participant.remember(now, xid, decision);
                 }
                 ParticipantRecord::Resource { .. } => {}
             }
@@ -288,19 +292,19 @@ impl Participant {
                 work,
                 deadline_ms,
             } => self.on_prepare(now, xid, epoch, from, participants, work, deadline_ms),
-            Body::Decision(decision) => self.on_decision(xid, epoch, from, decision),
+            Body::Decision(decision) => self.on_decision(now, xid, epoch, from, decision),
             // An answer to our INQUIRE. Only a branch still in doubt acts on
             // it: for a finished branch a late answer says nothing new (an
             // ABORTED may just be presumed abort after the coordinator
             // forgot a transaction we long since committed).
             Body::State(state) if self.branches.contains_key(&xid) => match state {
-                TxnState::Committed => self.on_decision(xid, epoch, from, Decision::Commit),
-                TxnState::Aborted => self.on_decision(xid, epoch, from, Decision::Abort),
+                TxnState::Committed => self.on_decision(now, xid, epoch, from, Decision::Commit),
+                TxnState::Aborted => self.on_decision(now, xid, epoch, from, Decision::Abort),
                 // Not decided yet: keep waiting, never guess.
                 _ => {}
             },
             Body::State(_) => {}
-            Body::Inquire => self.on_inquire(xid, epoch, from),
+            Body::Inquire => self.on_inquire(now, xid, epoch, from),
             Body::Vote(_) | Body::Ack => {
                 self.ignored(xid, kind, from, "not a message a participant handles")
             }
@@ -352,7 +356,7 @@ impl Participant {
                     // prepare took; the coordinator needs no vote.
                     self.actions.push(ParticipantAction::Abort { xid });
                 }
-                self.remember(xid, Decision::Abort);
+                self.remember(now, xid, Decision::Abort);
                 if let Some(reason) = reason {
                     let message =
                         self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
@@ -388,7 +392,7 @@ impl Participant {
                 let Some(branch) = self.branches.remove(&xid) else {
                     return;
                 };
-                self.remember(xid, Decision::Commit);
+                self.remember(now, xid, Decision::Commit);
                 let message = self.message(xid, branch.epoch, Body::Ack);
                 self.actions.push(ParticipantAction::Send {
                     to: branch.coordinator,
@@ -483,7 +487,7 @@ impl Participant {
             } else {
                 format!("{} is not in the participant list", self.config.addr)
             };
-            self.remember(xid, Decision::Abort);
+            self.remember(now, xid, Decision::Abort);
             let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
             self.actions
                 .push(ParticipantAction::Send { to: from, message });
@@ -508,7 +512,14 @@ impl Participant {
         self.actions.push(ParticipantAction::Prepare { xid, work });
     }
 
-    fn on_decision(&mut self, xid: Xid, epoch: Epoch, from: PeerAddr, decision: Decision) {
+    fn on_decision(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        epoch: Epoch,
+        from: PeerAddr,
+        decision: Decision,
+    ) {
         if let Some(done) = self.finished.get(&xid).copied() {
             if done != decision {
                 self.violation(xid, format!("{decision:?} from {from} after we {done:?}ed"));
@@ -531,7 +542,7 @@ impl Participant {
                 }
                 // ABORT before PREPARE (reordering): remember, so a late
                 // PREPARE gets VOTE ABORT.
-                Decision::Abort => self.remember(xid, Decision::Abort),
+                Decision::Abort => self.remember(now, xid, Decision::Abort),
             }
             return;
         };
@@ -573,7 +584,7 @@ impl Participant {
                     },
                     durability: Durability::Lazy,
                 });
-                self.remember(xid, Decision::Abort);
+                self.remember(now, xid, Decision::Abort);
                 self.actions
                     .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
                         xid,
@@ -587,12 +598,12 @@ impl Participant {
     }
 
     /// A peer (cooperative termination) or anyone asks what we know.
-    fn on_inquire(&mut self, xid: Xid, epoch: Epoch, from: PeerAddr) {
+    fn on_inquire(&mut self, now: Time, xid: Xid, epoch: Epoch, from: PeerAddr) {
         let mut state = self.state_of(xid);
         if state == TxnState::Unknown {
             // We never voted on it: abort unilaterally so that we never
             // will (SPEC §1.6), and say so.
-            self.remember(xid, Decision::Abort);
+            self.remember(now, xid, Decision::Abort);
             state = TxnState::Aborted;
         }
         let message = self.message(xid, epoch, Body::State(state));
@@ -600,13 +611,22 @@ impl Participant {
             .push(ParticipantAction::Send { to: from, message });
     }
 
-    fn remember(&mut self, xid: Xid, decision: Decision) {
+    /// Remember that `xid` finished with `decision`. Past `finished_max`
+    /// the oldest entries are forgotten, but only once they are older than
+    /// `FINISHED_MS_MIN`: forgetting a branch while a duplicate of its
+    /// PREPARE may still arrive would prepare it again (and, if the
+    /// coordinator still has it in flight, commit it twice).
+    fn remember(&mut self, now: Time, xid: Xid, decision: Decision) {
         if self.finished.insert(xid, decision).is_none() {
-            self.finished_order.push_back(xid);
-            while self.finished_order.len() > self.config.finished_max {
-                if let Some(old) = self.finished_order.pop_front() {
+            self.finished_order.push_back((xid, now));
+        }
+        while self.finished_order.len() > self.config.finished_max {
+            match self.finished_order.front() {
+                Some(&(old, at)) if now.ms_since(at) >= FINISHED_MS_MIN => {
+                    self.finished_order.pop_front();
                     self.finished.remove(&old);
                 }
+                _ => break,
             }
         }
     }

@@ -374,3 +374,42 @@ fn late_state_aborted_for_a_committed_branch_is_ignored() {
     assert!(p.drain_actions().next().is_none());
     assert_eq!(p.state_of(Xid(5)), TxnState::Committed);
 }
+
+/// Found by concord-sim (seed 13871): a duplicated PREPARE, delayed in the
+/// network, arrived after the participant had committed the branch and
+/// forgotten it (`finished_max` reached). It prepared the branch again and
+/// voted READY a second time; had the coordinator still had the
+/// transaction in flight, its INQUIRE would have been answered COMMITTED
+/// and the branch applied twice. Finished branches younger than
+/// FINISHED_MS_MIN are therefore never forgotten.
+#[test]
+fn duplicates_harmless_finished_branch_not_forgotten_before_finished_ms_min() {
+    let mut p = Participant::new(ParticipantConfig {
+        finished_max: 1,
+        ..config()
+    });
+    // Commit x = 5, then finish y = 6 (an abort): past finished_max.
+    let _ = ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    p.on_durable(ms(4), t);
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(5), decision(Xid(6), Decision::Abort));
+    p.drain_actions().for_each(drop);
+    assert_eq!(p.state_of(Xid(5)), TxnState::Committed, "still remembered");
+    // The late duplicate PREPARE is answered from memory, not prepared.
+    p.on_message(ms(1_000), prepare(Xid(5)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(sent(&actions), vec![(C.into(), Body::Vote(Vote::Ready))]);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Prepare { .. })));
+    assert!(p.in_doubt().is_empty());
+    // Once FINISHED_MS_MIN has passed, the next finished branch pushes the
+    // old ones out: memory stays bounded by finished_max.
+    p.on_message(ms(5 + FINISHED_MS_MIN), decision(Xid(7), Decision::Abort));
+    p.drain_actions().for_each(drop);
+    assert_eq!(p.state_of(Xid(5)), TxnState::Unknown);
+    assert_eq!(p.state_of(Xid(6)), TxnState::Unknown);
+    assert_eq!(p.state_of(Xid(7)), TxnState::Aborted);
+}
