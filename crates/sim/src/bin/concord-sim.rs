@@ -1,0 +1,199 @@
+//! `concord-sim`: run the deterministic 2PC simulation over many seeds, or
+//! replay one seed with a full event trace.
+//!
+//! Seeds are independent, so several run at once on worker threads; each
+//! run itself is single-threaded and deterministic (the threads only share
+//! out seeds, they never touch a run).
+
+use clap::Parser;
+use concord_sim::{run_seed, SimFailure, SimOptions, SimReport};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Deterministic simulation of concord's two-phase commit (VOPR style).
+///
+/// Every seed builds a cluster (one coordinator, 2–7 participants), a bank
+/// workload and a fault schedule (message loss, duplication, reordering,
+/// partitions, crashes that lose unsynced log records, slow disks), runs a
+/// safety phase with faults and a liveness phase with faults healed, and
+/// checks atomicity, validity, durability, termination and conservation.
+/// A failing seed is printed with the command that replays it.
+#[derive(Parser, Debug)]
+#[command(name = "concord-sim", version)]
+struct Args {
+    /// Run this many seeds: START, START+1, ...
+    #[arg(long, default_value_t = 1000, conflicts_with = "seed")]
+    seeds: u64,
+
+    /// First seed of a `--seeds` run.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+
+    /// Replay exactly one seed (prints its report; add --trace for events).
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// With --seed: print every event of the run.
+    #[arg(long, requires = "seed")]
+    trace: bool,
+
+    /// Most client transactions per seed (the seed picks how many).
+    #[arg(long, default_value_t = SimOptions::default().transactions_max)]
+    transactions_max: usize,
+
+    /// Worker threads for a --seeds run (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+
+    /// Print one line per passing seed too.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let options = SimOptions {
+        trace: args.trace,
+        transactions_max: args.transactions_max,
+        ..SimOptions::default()
+    };
+    match args.seed {
+        Some(seed) => replay(seed, &options),
+        None => sweep(&args, &options),
+    }
+}
+
+fn replay(seed: u64, options: &SimOptions) -> ExitCode {
+    let started = Instant::now();
+    let result = run_seed(seed, options);
+    let wall = started.elapsed().as_secs_f64();
+    let (trace, last, code) = match &result {
+        Ok(report) => (
+            &report.trace,
+            format!("{report}\nok in {wall:.3} s wall"),
+            ExitCode::SUCCESS,
+        ),
+        Err(failure) => (
+            &failure.trace,
+            format!("FAILED: {failure}"),
+            ExitCode::FAILURE,
+        ),
+    };
+    // A closed pipe (`| head`) just ends the output.
+    let mut out = std::io::stdout().lock();
+    for line in trace.iter().chain(std::iter::once(&last)) {
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    code
+}
+
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    transactions: u64,
+    committed: u64,
+    aborted: u64,
+    unknown: u64,
+    messages: u64,
+    dropped: u64,
+    duplicated: u64,
+    crashes: u64,
+    events: u64,
+    virtual_us: u64,
+    failures: Vec<SimFailure>,
+}
+
+impl Totals {
+    fn add(&mut self, report: &SimReport) {
+        self.seeds += 1;
+        self.transactions += report.transactions;
+        self.committed += report.committed;
+        self.aborted += report.aborted;
+        self.unknown += report.unknown;
+        self.messages += report.messages_sent;
+        self.dropped += report.messages_dropped;
+        self.duplicated += report.messages_duplicated;
+        self.crashes += report.crashes;
+        self.events += report.events;
+        self.virtual_us += report.virtual_time.0;
+    }
+}
+
+fn sweep(args: &Args, options: &SimOptions) -> ExitCode {
+    let started = Instant::now();
+    let end = args.start.saturating_add(args.seeds);
+    let next = AtomicU64::new(args.start);
+    let totals = Mutex::new(Totals::default());
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                let result = run_seed(seed, options);
+                let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(report) => {
+                        if args.verbose {
+                            println!("{report}");
+                        }
+                        totals.add(&report);
+                    }
+                    Err(failure) => {
+                        println!("FAILED: {failure}");
+                        totals.seeds += 1;
+                        totals.failures.push(failure);
+                    }
+                }
+            });
+        }
+    });
+    let mut totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    totals.failures.sort_by_key(|f| f.seed);
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "seeds {}..{}: {} run, {} failed, in {wall:.1} s wall ({jobs} jobs)",
+        args.start,
+        end,
+        totals.seeds,
+        totals.failures.len()
+    );
+    println!(
+        "totals: {} txns ({} committed, {} aborted, {} unknown to the client), {} messages \
+         ({} dropped, {} duplicated), {} crashes, {} events, {:.1} s virtual",
+        totals.transactions,
+        totals.committed,
+        totals.aborted,
+        totals.unknown,
+        totals.messages,
+        totals.dropped,
+        totals.duplicated,
+        totals.crashes,
+        totals.events,
+        totals.virtual_us as f64 / 1e6
+    );
+    if totals.failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    println!("failing seeds:");
+    for f in &totals.failures {
+        println!(
+            "  seed {}: {} ({:?})\n    {}",
+            f.seed,
+            f.invariant,
+            f.xid,
+            f.replay_command()
+        );
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,458 @@
+//! The invariants, one function each, named for the rule they check.
+//!
+//! Continuous checks run at the moment something happens (a decision is
+//! applied, a COMMIT decision is logged, a message is sent, an outcome is
+//! reported, a participant raises a violation); final checks run once the
+//! liveness phase has gone quiet. Each one, when broken, names itself,
+//! the seed and the xid through [`World::fail`].
+//!
+//! The checkers read the world; they must never change what the nodes do.
+//! Their memory (the [`Ghost`]) survives crashes, since it is what an
+//! all-seeing observer saw, not what any node remembers.
+
+use crate::disk::RecordKind;
+use crate::ids::NodeId;
+use crate::report::ClientOutcome;
+use crate::world::World;
+use concord_participant::kv::KvStore;
+use concord_proto::{Body, Decision, Message, PeerAddr, TxnState, Vote, Xid};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the all-seeing observer remembers.
+#[derive(Debug, Default)]
+pub struct Ghost {
+    /// Per xid, which participants applied COMMIT and which ABORT (an
+    /// outcome record appended, or the resource told to commit/abort).
+    pub applied: BTreeMap<Xid, Applied>,
+    /// What the coordinator reported to clients, per xid.
+    pub reported: BTreeMap<Xid, ClientOutcome>,
+}
+
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub commit: BTreeSet<usize>,
+    pub abort: BTreeSet<usize>,
+}
+
+impl World {
+    // ----- continuous -----------------------------------------------------
+
+    /// Participant `p` carried out `decision` for `xid`.
+    pub(crate) fn decision_applied(&mut self, p: usize, xid: Xid, decision: Decision) {
+        let applied = self.ghost.applied.entry(xid).or_default();
+        match decision {
+            Decision::Commit => applied.commit.insert(p),
+            Decision::Abort => applied.abort.insert(p),
+        };
+        self.check_atomicity_of(xid);
+        if decision == Decision::Commit
+            && self.ghost.reported.get(&xid) == Some(&ClientOutcome::Aborted)
+        {
+            let detail = format!("p{p} committed a transaction the client was told aborted");
+            self.fail("client_outcomes", Some(xid), detail);
+        }
+    }
+
+    /// Atomicity: the decisions applied for one xid are all of one kind.
+    fn check_atomicity_of(&mut self, xid: Xid) {
+        let Some(applied) = self.ghost.applied.get(&xid) else {
+            return;
+        };
+        if !applied.commit.is_empty() && !applied.abort.is_empty() {
+            let detail = format!(
+                "committed at {:?} but aborted at {:?}",
+                names(&applied.commit),
+                names(&applied.abort)
+            );
+            self.fail("atomicity", Some(xid), detail);
+        }
+    }
+
+    /// The coordinator is about to log a record: a COMMIT decision is
+    /// valid only if every participant's READY record is durable.
+    pub(crate) fn coordinator_record_appended(
+        &mut self,
+        record: &concord_proto::CoordinatorRecord,
+    ) {
+        if let concord_proto::CoordinatorRecord::Decision {
+            xid,
+            decision: Decision::Commit,
+            participants,
+        } = record
+        {
+            self.validity_at_commit_decision(*xid, participants);
+        }
+    }
+
+    /// Validity: COMMIT is decided only if every participant of the xid
+    /// durably voted READY, and the participant list is the one the client
+    /// asked for.
+    fn validity_at_commit_decision(&mut self, xid: Xid, participants: &[PeerAddr]) {
+        let mut asked: Vec<PeerAddr> = match self.client_of.get(&xid) {
+            Some(&c) => self.clients[c]
+                .plan
+                .branches
+                .iter()
+                .map(|(p, _)| NodeId::Participant(*p).addr())
+                .collect(),
+            None => {
+                return self.fail(
+                    "validity",
+                    Some(xid),
+                    "COMMIT decided for an xid no client began".into(),
+                )
+            }
+        };
+        let mut listed = participants.to_vec();
+        asked.sort();
+        listed.sort();
+        if asked != listed {
+            let detail =
+                format!("COMMIT names participants {listed:?}, the client asked {asked:?}");
+            return self.fail("validity", Some(xid), detail);
+        }
+        for addr in participants {
+            let Some(NodeId::Participant(i)) = NodeId::from_addr(addr) else {
+                let detail = format!("COMMIT names {addr}, which is no participant");
+                return self.fail("validity", Some(xid), detail);
+            };
+            if !self.participant_disks[i].has_durable(xid, RecordKind::Ready) {
+                let detail = format!("COMMIT decided but p{i} has no durable READY record");
+                return self.fail("validity", Some(xid), detail);
+            }
+        }
+    }
+
+    /// Persist-then-send (ARCHITECTURE principle 2): a message that promises
+    /// something durable goes out only once that record is durable.
+    pub(crate) fn persist_then_send(&mut self, from: NodeId, message: &Message) {
+        let xid = message.xid;
+        let missing = match (from, &message.body) {
+            (NodeId::Participant(i), Body::Vote(Vote::Ready)) => (!self.participant_disks[i]
+                .has_durable(xid, RecordKind::Ready))
+            .then_some("VOTE READY sent before the READY record was durable"),
+            (NodeId::Participant(i), Body::Ack) => (!self.participant_disks[i]
+                .has_durable(xid, RecordKind::Commit))
+            .then_some("ACK sent before the COMMIT outcome record was durable"),
+            (NodeId::Coordinator, Body::Decision(Decision::Commit)) => {
+                (!self.coordinator_disk.has_durable(xid, RecordKind::Commit))
+                    .then_some("COMMIT sent before the COMMIT decision record was durable")
+            }
+            (NodeId::Coordinator, Body::State(TxnState::Committed)) => {
+                (!self.coordinator_disk.has_durable(xid, RecordKind::Commit))
+                    .then_some("STATE COMMITTED sent before the COMMIT record was durable")
+            }
+            _ => None,
+        };
+        if let Some(what) = missing {
+            self.fail("persist_then_send", Some(xid), format!("{from}: {what}"));
+        }
+    }
+
+    /// The coordinator told a client `told` about `xid`.
+    pub(crate) fn outcome_reported(&mut self, xid: Xid, told: ClientOutcome) {
+        if let Some(earlier) = self.ghost.reported.insert(xid, told) {
+            let detail = format!("reported {told:?} after already reporting {earlier:?}");
+            return self.fail("client_outcomes", Some(xid), detail);
+        }
+        if !self.client_of.contains_key(&xid) {
+            let detail = format!("reported {told:?} for an xid no client began");
+            return self.fail("client_outcomes", Some(xid), detail);
+        }
+        let committed_somewhere = self
+            .ghost
+            .applied
+            .get(&xid)
+            .map(|a| names(&a.commit))
+            .filter(|c| !c.is_empty());
+        if told == ClientOutcome::Committed
+            && !self.coordinator_disk.has_durable(xid, RecordKind::Commit)
+        {
+            let detail = "client told COMMITTED before the COMMIT record was durable";
+            self.fail("durability", Some(xid), detail.into());
+        } else if told == ClientOutcome::Aborted {
+            if let Some(committed) = committed_somewhere {
+                let detail = format!("client told ABORTED but {committed:?} committed");
+                self.fail("client_outcomes", Some(xid), detail);
+            }
+        }
+    }
+
+    /// No participant ever sees a message only a broken coordinator sends.
+    pub(crate) fn no_violation_notice(&mut self, p: usize, xid: Xid, detail: String) {
+        self.fail(
+            "no_violation_notice",
+            Some(xid),
+            format!("p{p} raised a protocol violation: {detail}"),
+        );
+    }
+
+    // ----- at the end -------------------------------------------------------
+
+    /// Every end-of-run invariant, most fundamental first; stops at the
+    /// first one broken.
+    pub(crate) fn check_final(&mut self) {
+        let checks: [fn(&mut World); 7] = [
+            World::check_atomicity,
+            World::check_validity,
+            World::check_client_outcomes,
+            World::check_durability,
+            World::check_termination,
+            World::check_balances,
+            World::check_conservation,
+        ];
+        for check in checks {
+            if self.failure().is_some() {
+                return;
+            }
+            check(self);
+        }
+    }
+
+    /// Atomicity: no xid was committed by one participant and aborted by
+    /// another (or by the same one).
+    pub fn check_atomicity(&mut self) {
+        let xids: Vec<Xid> = self.ghost.applied.keys().copied().collect();
+        for xid in xids {
+            self.check_atomicity_of(xid);
+        }
+    }
+
+    /// Validity: a committed xid has a durable COMMIT decision at the
+    /// coordinator and a durable READY at every one of its participants.
+    pub fn check_validity(&mut self) {
+        let committed: Vec<Xid> = self
+            .ghost
+            .applied
+            .iter()
+            .filter(|(_, a)| !a.commit.is_empty())
+            .map(|(x, _)| *x)
+            .collect();
+        for xid in committed {
+            if !self.coordinator_disk.has_durable(xid, RecordKind::Commit) {
+                let detail = "committed by participants without a durable COMMIT decision";
+                return self.fail("validity", Some(xid), detail.into());
+            }
+            for p in self.branch_participants(xid) {
+                if !self.participant_disks[p].has_durable(xid, RecordKind::Ready) {
+                    let detail = format!("committed, but p{p} has no durable READY record");
+                    return self.fail("validity", Some(xid), detail);
+                }
+            }
+        }
+    }
+
+    /// What clients were told agrees with what happened: told ABORTED
+    /// means committed nowhere; what a client knows is what was reported.
+    pub fn check_client_outcomes(&mut self) {
+        for c in 0..self.clients.len() {
+            let (xid, outcome) = (self.clients[c].xid, self.clients[c].outcome);
+            let reported = self.ghost.reported.get(&xid).copied();
+            let known = matches!(outcome, ClientOutcome::Committed | ClientOutcome::Aborted);
+            if known && reported != Some(outcome) {
+                let detail = format!("client knows {outcome:?}, coordinator reported {reported:?}");
+                return self.fail("client_outcomes", Some(xid), detail);
+            }
+            if reported == Some(ClientOutcome::Aborted) {
+                if let Some(a) = self.ghost.applied.get(&xid) {
+                    if !a.commit.is_empty() {
+                        let detail = format!("told ABORTED but {:?} committed", names(&a.commit));
+                        return self.fail("client_outcomes", Some(xid), detail);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Durability: a transaction reported committed is committed at every
+    /// one of its participants, with a durable COMMIT outcome record.
+    pub fn check_durability(&mut self) {
+        let reported: Vec<Xid> = self
+            .ghost
+            .reported
+            .iter()
+            .filter(|(_, o)| **o == ClientOutcome::Committed)
+            .map(|(x, _)| *x)
+            .collect();
+        for xid in reported {
+            for p in self.branch_participants(xid) {
+                let applied = self
+                    .ghost
+                    .applied
+                    .get(&xid)
+                    .is_some_and(|a| a.commit.contains(&p));
+                if !applied || !self.participant_disks[p].has_durable(xid, RecordKind::Commit) {
+                    let detail = format!("reported committed, but not durably committed at p{p}");
+                    return self.fail("durability", Some(xid), detail);
+                }
+            }
+        }
+    }
+
+    /// Termination: after the liveness phase nothing is left hanging: the
+    /// world went quiet, every node is up, no participant is in doubt or
+    /// holds a lock, the coordinator has nothing in flight, every forced
+    /// write completed, and every transaction is committed at all of its
+    /// participants or at none.
+    pub fn check_termination(&mut self) {
+        if !self.quiescent {
+            let detail = format!(
+                "the world did not go quiet within the liveness bound ({} events queued)",
+                self.queued()
+            );
+            return self.fail("termination", None, detail);
+        }
+        let Some(coordinator) = self.coordinator() else {
+            return self.fail("termination", None, "coordinator is down at the end".into());
+        };
+        if coordinator.in_flight() > 0 {
+            let xids = coordinator.in_flight_xids();
+            let detail = format!("coordinator still has {xids:?} in flight");
+            return self.fail("termination", xids.first().copied(), detail);
+        }
+        for node in std::iter::once(NodeId::Coordinator)
+            .chain((0..self.config.participants).map(NodeId::Participant))
+        {
+            if self.fsyncs_waiting(node) > 0 {
+                let detail = format!("{node} has forced writes that never became durable");
+                return self.fail("termination", None, detail);
+            }
+        }
+        for p in 0..self.config.participants {
+            let Some(node) = self.participant(p) else {
+                return self.fail("termination", None, format!("p{p} is down at the end"));
+            };
+            let in_doubt = node.core().in_doubt();
+            if let Some(xid) = in_doubt.first().copied() {
+                let detail = format!("p{p} is still in doubt about {in_doubt:?}");
+                return self.fail("termination", Some(xid), detail);
+            }
+            let mut locks: Vec<(String, Xid)> = node
+                .resource()
+                .locks()
+                .iter()
+                .map(|(a, x)| (a.clone(), *x))
+                .collect();
+            locks.sort();
+            if let Some((_, xid)) = locks.first().cloned() {
+                let detail = format!("p{p} still holds locks {locks:?}");
+                return self.fail("termination", Some(xid), detail);
+            }
+        }
+        let xids: Vec<Xid> = self
+            .clients
+            .iter()
+            .filter(|c| c.submitted)
+            .map(|c| c.xid)
+            .collect();
+        for xid in xids {
+            let Some(applied) = self.ghost.applied.get(&xid) else {
+                continue;
+            };
+            if applied.commit.is_empty() {
+                continue;
+            }
+            let missing: Vec<usize> = self
+                .branch_participants(xid)
+                .into_iter()
+                .filter(|p| !applied.commit.contains(p))
+                .collect();
+            if !missing.is_empty() {
+                let detail = format!(
+                    "committed at {:?} but never at {:?}",
+                    names(&applied.commit),
+                    missing
+                );
+                return self.fail("termination", Some(xid), detail);
+            }
+        }
+    }
+
+    /// The effect of every committed branch, and nothing else, is in each
+    /// participant's balances, both in memory and as replayed from its
+    /// durable log.
+    pub fn check_balances(&mut self) {
+        for p in 0..self.config.participants {
+            let mut expected = self.initial_balances[p].clone();
+            for (xid, applied) in &self.ghost.applied {
+                if !applied.commit.contains(&p) {
+                    continue;
+                }
+                let c = self.client_of[xid];
+                for (who, ops) in &self.clients[c].plan.branches {
+                    if *who == p {
+                        for op in ops {
+                            *expected.entry(op.account.clone()).or_insert(0) += op.delta;
+                        }
+                    }
+                }
+            }
+            let in_memory = self.balances(p);
+            if in_memory != expected {
+                let detail = format!(
+                    "p{p} balances {} differ from the committed transfers' {}",
+                    show_diff(&in_memory, &expected),
+                    show_diff(&expected, &in_memory)
+                );
+                return self.fail("durability", None, detail);
+            }
+            match KvStore::replay(self.participant_durable_log(p)) {
+                Ok(kv) if kv.balances() == &expected => {}
+                Ok(kv) => {
+                    let detail = format!(
+                        "p{p} durable log replays to {} instead of {}",
+                        show_diff(kv.balances(), &expected),
+                        show_diff(&expected, kv.balances())
+                    );
+                    return self.fail("durability", None, detail);
+                }
+                Err(e) => return self.fail("log_recovery", None, format!("p{p}: {e}")),
+            }
+        }
+    }
+
+    /// Conservation: transfers move money, never create or destroy it.
+    pub fn check_conservation(&mut self) {
+        let seeded: i64 = self.initial_balances.iter().flat_map(|b| b.values()).sum();
+        let now: i64 = (0..self.config.participants)
+            .map(|p| self.balances(p).values().sum::<i64>())
+            .sum();
+        if now != seeded {
+            let detail = format!("the balances add up to {now}, but {seeded} was seeded");
+            self.fail("conservation", None, detail);
+        }
+    }
+
+    /// Participant indexes of `xid`'s branches, as the client asked.
+    fn branch_participants(&self, xid: Xid) -> Vec<usize> {
+        self.client_of
+            .get(&xid)
+            .map(|c| {
+                self.clients[*c]
+                    .plan
+                    .branches
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn queued(&self) -> usize {
+        self.queue_len()
+    }
+}
+
+fn names(set: &BTreeSet<usize>) -> Vec<String> {
+    set.iter().map(|p| format!("p{p}")).collect()
+}
+
+/// The entries of `a` that differ from `b`, for failure messages.
+fn show_diff(a: &BTreeMap<String, i64>, b: &BTreeMap<String, i64>) -> String {
+    let diff: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{{{}}}", diff.join(", "))
+}

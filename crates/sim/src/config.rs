@@ -1,0 +1,277 @@
+//! What a run looks like: the caller's [`SimOptions`] and the seed-derived
+//! [`SimConfig`] (cluster shape, timeouts, fault rates, workload mix).
+//!
+//! [`SimConfig::generate`] draws every parameter from the run's one RNG, in
+//! a fixed order, so the seed alone decides them. Each fault kind is
+//! switched on or off per seed ("swarm testing"): a run with only crashes,
+//! or only loss, finds bugs that a run with everything at once hides.
+//! Nothing here may read the clock or the environment.
+
+use rand::Rng;
+
+/// How the caller wants a random run done; the seed decides the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Record a human-readable line for every event (slow; for replays).
+    pub trace: bool,
+    /// Upper bound on client transactions per seed (the seed picks how many).
+    pub transactions_max: usize,
+    /// Virtual time the liveness phase may take before a run that has not
+    /// gone quiet fails the termination invariant.
+    pub liveness_ms_max: u64,
+    /// Events one run may process before it is declared stuck.
+    pub events_max: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            trace: false,
+            transactions_max: 60,
+            liveness_ms_max: 120_000,
+            events_max: 2_000_000,
+        }
+    }
+}
+
+/// The network's behaviour. Probabilities are in `0.0..=1.0`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetConfig {
+    pub delay_us_min: u64,
+    pub delay_us_max: u64,
+    /// Chance a message takes an extra long detour (reordering).
+    pub reorder_probability: f64,
+    pub reorder_us_max: u64,
+    /// Chance a message is lost (safety phase only).
+    pub loss_probability: f64,
+    /// Chance a message is delivered twice (both phases: it is harmless).
+    pub duplicate_probability: f64,
+}
+
+/// The disks' behaviour: how long one fsync takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskConfig {
+    pub fsync_us_min: u64,
+    pub fsync_us_max: u64,
+    /// Chance an fsync stalls (a slow disk), for up to `stall_us_max` more.
+    pub stall_probability: f64,
+    pub stall_us_max: u64,
+}
+
+/// Crashes and partitions of the safety phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Crashes scheduled at random times, of random nodes.
+    pub crashes: usize,
+    /// Chance, per action a node's driver carries out, that the node
+    /// crashes right after it (a crash "at any step", between a persist
+    /// and the send after it, say).
+    pub crash_in_actions_probability: f64,
+    /// Longest a crashed node stays down before it restarts (some stay
+    /// down until the liveness phase).
+    pub downtime_ms_max: u64,
+    /// Partitions: one node cut off from everyone for a while.
+    pub partitions: usize,
+    pub partition_ms_max: u64,
+}
+
+/// The bank workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadConfig {
+    /// Chance a transfer touches the participant's hot account (acct-0),
+    /// so that transactions collide on locks.
+    pub hot_probability: f64,
+    /// Chance a transaction names an account that does not exist (it must
+    /// abort).
+    pub unknown_account_probability: f64,
+    /// Chance a transaction debits more than exists (it must abort).
+    pub overdraft_probability: f64,
+    /// Largest amount of an ordinary transfer.
+    pub amount_max: i64,
+}
+
+/// Everything about one run that the seed decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub participants: usize,
+    pub accounts_per_participant: usize,
+    pub balance_initial: i64,
+    pub transactions: usize,
+    /// Length of the safety phase: clients submit during it, faults happen
+    /// during it.
+    pub safety_ms: u64,
+    pub prepare_timeout_ms: u64,
+    /// A client that hears nothing for this long gives up (outcome unknown).
+    pub client_timeout_ms: u64,
+    pub resend_ms_initial: u64,
+    pub resend_ms_max: u64,
+    pub inquire_ms_initial: u64,
+    pub inquire_ms_max: u64,
+    /// How many finished branches a participant remembers.
+    pub finished_max: usize,
+    pub net: NetConfig,
+    pub disk: DiskConfig,
+    pub faults: FaultConfig,
+    pub workload: WorkloadConfig,
+}
+
+impl SimConfig {
+    /// Draw a configuration from `rng` (the run's one RNG, just seeded).
+    pub fn generate(seed: u64, options: &SimOptions, rng: &mut impl Rng) -> SimConfig {
+        let participants = rng.gen_range(2..=7);
+        let accounts_per_participant = rng.gen_range(2..=20);
+        let balance_initial = rng.gen_range(100..=1000);
+        let transactions_max = options.transactions_max.max(1);
+        let transactions = rng.gen_range(transactions_max.div_ceil(4)..=transactions_max);
+        let safety_ms = rng.gen_range(100..=5000);
+        let prepare_timeout_ms = rng.gen_range(5..=200);
+        let client_timeout_ms = rng.gen_range(20..=2000);
+        let resend_ms_initial = rng.gen_range(1..=50);
+        let resend_ms_max = rng.gen_range(resend_ms_initial..=1000);
+        let inquire_ms_initial = rng.gen_range(1..=100);
+        let inquire_ms_max = rng.gen_range(inquire_ms_initial..=2000);
+        // Mostly plenty; sometimes a short memory, so that late duplicates
+        // meet a participant that has forgotten the branch.
+        let finished_max = if rng.gen_bool(0.1) {
+            rng.gen_range(1..=16)
+        } else {
+            100_000
+        };
+
+        // Swarm testing: each fault kind on or off for this seed.
+        let loss_on = rng.gen_bool(0.7);
+        let duplicate_on = rng.gen_bool(0.7);
+        let reorder_on = rng.gen_bool(0.7);
+        let stall_on = rng.gen_bool(0.7);
+        let crash_on = rng.gen_bool(0.7);
+        let crash_in_actions_on = rng.gen_bool(0.7);
+        let partition_on = rng.gen_bool(0.7);
+
+        // Delay scales spread evenly over 0.1–50 ms on a log scale, so that
+        // fast networks (where timeouts rarely fire) are as common as slow
+        // ones; integers only, so the draw is the same on every platform.
+        let scale = [100, 300, 1_000, 3_000, 10_000, 30_000, 50_000][rng.gen_range(0..7)];
+        let delay_us_max = rng.gen_range(scale / 2..=scale).max(100);
+        let delay_us_min = rng.gen_range(100..=delay_us_max);
+        let net = NetConfig {
+            delay_us_min,
+            delay_us_max,
+            reorder_probability: if reorder_on {
+                rng.gen_range(0.0..0.2)
+            } else {
+                0.0
+            },
+            reorder_us_max: rng.gen_range(delay_us_max..=delay_us_max * 5 + 100_000),
+            loss_probability: if loss_on {
+                rng.gen_range(0.0..0.2)
+            } else {
+                0.0
+            },
+            duplicate_probability: if duplicate_on {
+                rng.gen_range(0.0..0.2)
+            } else {
+                0.0
+            },
+        };
+        let fsync_us_max = rng.gen_range(10..=20_000);
+        let disk = DiskConfig {
+            fsync_us_min: rng.gen_range(10..=fsync_us_max),
+            fsync_us_max,
+            stall_probability: if stall_on {
+                rng.gen_range(0.0..0.1)
+            } else {
+                0.0
+            },
+            stall_us_max: rng.gen_range(1_000..=300_000),
+        };
+        let faults = FaultConfig {
+            crashes: if crash_on { rng.gen_range(1..=6) } else { 0 },
+            crash_in_actions_probability: if crash_in_actions_on {
+                rng.gen_range(0.0..0.01)
+            } else {
+                0.0
+            },
+            downtime_ms_max: rng.gen_range(1..=1000),
+            partitions: if partition_on {
+                rng.gen_range(1..=4)
+            } else {
+                0
+            },
+            partition_ms_max: rng.gen_range(1..=500),
+        };
+        let workload = WorkloadConfig {
+            hot_probability: rng.gen_range(0.0..0.3),
+            unknown_account_probability: rng.gen_range(0.0..0.08),
+            overdraft_probability: rng.gen_range(0.0..0.08),
+            amount_max: rng.gen_range(1..=balance_initial / 2),
+        };
+        SimConfig {
+            seed,
+            participants,
+            accounts_per_participant,
+            balance_initial,
+            transactions,
+            safety_ms,
+            prepare_timeout_ms,
+            client_timeout_ms,
+            resend_ms_initial,
+            resend_ms_max,
+            inquire_ms_initial,
+            inquire_ms_max,
+            finished_max,
+            net,
+            disk,
+            faults,
+            workload,
+        }
+    }
+
+    /// A quiet cluster for scripted scenarios: no random faults at all,
+    /// every message takes exactly 1 ms and every fsync 0.5 ms. The script
+    /// injects the faults it is about.
+    pub fn scripted(participants: usize) -> SimConfig {
+        SimConfig {
+            seed: 0,
+            participants,
+            accounts_per_participant: 4,
+            balance_initial: 100,
+            transactions: 0,
+            safety_ms: 0,
+            prepare_timeout_ms: 50,
+            client_timeout_ms: 10_000,
+            resend_ms_initial: 20,
+            resend_ms_max: 160,
+            inquire_ms_initial: 30,
+            inquire_ms_max: 240,
+            finished_max: 100_000,
+            net: NetConfig {
+                delay_us_min: 1_000,
+                delay_us_max: 1_000,
+                reorder_probability: 0.0,
+                reorder_us_max: 0,
+                loss_probability: 0.0,
+                duplicate_probability: 0.0,
+            },
+            disk: DiskConfig {
+                fsync_us_min: 500,
+                fsync_us_max: 500,
+                stall_probability: 0.0,
+                stall_us_max: 0,
+            },
+            faults: FaultConfig {
+                crashes: 0,
+                crash_in_actions_probability: 0.0,
+                downtime_ms_max: 0,
+                partitions: 0,
+                partition_ms_max: 0,
+            },
+            workload: WorkloadConfig {
+                hot_probability: 0.0,
+                unknown_account_probability: 0.0,
+                overdraft_probability: 0.0,
+                amount_max: 10,
+            },
+        }
+    }
+}

@@ -1,0 +1,1361 @@
+//! The simulated world: nodes, disks, network, clients and the
+//! discrete-event loop that drives them in virtual time.
+//!
+//! The world is the driver of the sans-IO cores, written to be faithful to
+//! what a real driver may do and no kinder: a node's actions are carried
+//! out in order, and the node may crash between any two of them; a
+//! `Persist` appends to the node's [`SimDisk`] and, when forced, is
+//! reported durable only after an fsync that covers it completes; a lazy
+//! record survives a crash only if a later fsync covered it or the crash
+//! happened to keep it; a `SetTimer` becomes an event at that time (the core
+//! ignores stale ones); a crash throws away the node's memory, its fsync in
+//! flight and its timers. Messages travel through a network that loses,
+//! duplicates, delays, reorders and partitions them as the seed says.
+//!
+//! Everything random comes from one ChaCha8 RNG seeded with the run's seed
+//! and drawn in event order; events at the same virtual time run in the
+//! order they were scheduled. It must never read the clock, spawn a thread
+//! or iterate a `HashMap` to decide anything.
+//!
+//! Two ways in: [`World::random`] (used by [`crate::run_seed`]) plans a
+//! workload and faults from the seed; [`World::scripted`] gives a quiet
+//! cluster that a scenario test drives step by step, injecting exactly the
+//! fault it is about.
+
+use crate::config::{SimConfig, SimOptions};
+use crate::disk::SimDisk;
+use crate::ids::NodeId;
+use crate::net::{Fate, MessageRule, SentMessage};
+use crate::report::{fmt_time, ClientOutcome, SimFailure, SimReport};
+use crate::trace::Trace;
+use crate::workload::{plan_transactions, Intent, TxnPlan};
+use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore};
+use concord_participant::ParticipantNode;
+use concord_proto::{
+    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorRecord, Durability, Message,
+    ParticipantAction, ParticipantConfig, ParticipantNotice, ParticipantRecord, PeerAddr, Time,
+    TxnOutcome, Xid,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Which part of a run the world is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Faults on, clients submitting.
+    Safety,
+    /// Faults healed (no loss, no partitions, no crashes, every node up):
+    /// everything must resolve.
+    Liveness,
+    /// A scripted scenario: no random faults, only what the script does.
+    Scripted,
+}
+
+/// How much of a node's unsynced log tail survives its crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepUnsynced {
+    Nothing,
+    All,
+    /// The first n unsynced records (or all, if fewer).
+    Count(usize),
+    /// A prefix of random length, drawn from the run's RNG.
+    Random,
+}
+
+#[derive(Debug)]
+enum Event {
+    /// A client submits its transaction to the coordinator.
+    Submit {
+        client: usize,
+    },
+    /// A client stops waiting for its answer.
+    ClientGiveUp {
+        client: usize,
+    },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u32,
+        xid: Xid,
+    },
+    FsyncDone {
+        node: NodeId,
+        incarnation: u32,
+        upto: usize,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    /// Cut `node` off from everyone until `until`.
+    Isolate {
+        node: NodeId,
+        until: Time,
+    },
+    /// End of the safety phase.
+    Heal,
+}
+
+impl Event {
+    fn tag(&self) -> u64 {
+        match self {
+            Event::Submit { .. } => 1,
+            Event::ClientGiveUp { .. } => 2,
+            Event::Deliver { .. } => 3,
+            Event::Timer { .. } => 4,
+            Event::FsyncDone { .. } => 5,
+            Event::Crash { .. } => 6,
+            Event::Restart { .. } => 7,
+            Event::Isolate { .. } => 8,
+            Event::Heal => 9,
+        }
+    }
+}
+
+/// An event in the queue. Ordered by time, then by the order it was
+/// scheduled in, so equal times never depend on anything but the run.
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A client transaction and what its client knows.
+#[derive(Clone, Debug)]
+pub(crate) struct Client {
+    pub xid: Xid,
+    pub plan: TxnPlan,
+    pub submitted: bool,
+    pub outcome: ClientOutcome,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stats {
+    transactions: u64,
+    sent: u64,
+    dropped: u64,
+    duplicated: u64,
+    crashes: u64,
+    restarts: u64,
+    fsyncs: u64,
+    events: u64,
+}
+
+pub struct World {
+    pub(crate) config: SimConfig,
+    options: SimOptions,
+    rng: ChaCha8Rng,
+    now: Time,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    phase: Phase,
+    heal_at: Time,
+    pub(crate) coordinator: Option<Coordinator>,
+    pub(crate) coordinator_disk: SimDisk<CoordinatorRecord>,
+    pub(crate) participants: Vec<Option<ParticipantNode<KvStore>>>,
+    pub(crate) participant_disks: Vec<SimDisk<ParticipantRecord>>,
+    /// Per node (by `NodeId::ordinal`): bumped at every crash, so timers
+    /// and fsyncs of an earlier life are recognised as stale.
+    incarnations: Vec<u32>,
+    isolated_until: BTreeMap<NodeId, Time>,
+    rules: Vec<MessageRule>,
+    sent_log: Option<Vec<SentMessage>>,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) client_of: BTreeMap<Xid, usize>,
+    pub(crate) ghost: crate::checks::Ghost,
+    pub(crate) initial_balances: Vec<BTreeMap<String, i64>>,
+    stats: Stats,
+    trace: Trace,
+    failure: Option<SimFailure>,
+    /// The event queue ran dry: nothing more will ever happen.
+    pub(crate) quiescent: bool,
+}
+
+/// Format a trace line only when tracing is on.
+macro_rules! trace {
+    ($world:expr, $node:expr, $($arg:tt)*) => {
+        if $world.trace.enabled() {
+            let now = $world.now;
+            $world.trace.line(now, $node, format!($($arg)*));
+        }
+    };
+}
+
+impl World {
+    /// A run planned entirely from `seed`: cluster, workload, crashes and
+    /// partitions; nodes are started at time 0.
+    pub fn random(seed: u64, options: &SimOptions) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let config = SimConfig::generate(seed, options, &mut rng);
+        let plans = plan_transactions(&config, &mut rng);
+        let mut world = World::build(config, options.clone(), rng, Phase::Safety, false);
+        trace!(world, None, "config {:?}", world.config);
+        for plan in plans {
+            let at = plan.submit_at;
+            let client = world.add_client(plan);
+            world.schedule(at, Event::Submit { client });
+        }
+        world.plan_faults();
+        world.heal_at = Time(world.config.safety_ms * 1000);
+        world.schedule(world.heal_at, Event::Heal);
+        world.start_all();
+        world
+    }
+
+    /// A quiet cluster for a scripted scenario: `config` (normally
+    /// [`SimConfig::scripted`]) with tracing and the sent-message log on.
+    /// No random fault ever happens; the script submits transactions,
+    /// crashes and restarts nodes and adds message rules.
+    pub fn scripted(config: SimConfig) -> World {
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let options = SimOptions {
+            trace: true,
+            ..SimOptions::default()
+        };
+        let mut world = World::build(config, options, rng, Phase::Scripted, true);
+        world.start_all();
+        world
+    }
+
+    fn build(
+        config: SimConfig,
+        options: SimOptions,
+        rng: ChaCha8Rng,
+        phase: Phase,
+        log_sent: bool,
+    ) -> World {
+        let n = config.participants;
+        let seed = seed_record(config.accounts_per_participant, config.balance_initial);
+        let initial = KvStore::replay([&seed])
+            .expect("the seed record replays")
+            .balances()
+            .clone();
+        World {
+            trace: Trace::new(options.trace),
+            options,
+            rng,
+            now: Time(0),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            phase,
+            heal_at: Time(0),
+            coordinator: None,
+            coordinator_disk: SimDisk::with_durable(Vec::new()),
+            participants: (0..n).map(|_| None).collect(),
+            participant_disks: (0..n)
+                .map(|_| SimDisk::with_durable(vec![seed.clone()]))
+                .collect(),
+            incarnations: vec![0; n + 1],
+            isolated_until: BTreeMap::new(),
+            rules: Vec::new(),
+            sent_log: log_sent.then(Vec::new),
+            clients: Vec::new(),
+            client_of: BTreeMap::new(),
+            ghost: Default::default(),
+            initial_balances: vec![initial; n],
+            stats: Stats::default(),
+            failure: None,
+            quiescent: false,
+            config,
+        }
+    }
+
+    fn add_client(&mut self, plan: TxnPlan) -> usize {
+        let client = self.clients.len();
+        // Sequential xids keep traces readable; uniqueness is all the
+        // protocol needs.
+        let xid = Xid(client as u128 + 1);
+        self.clients.push(Client {
+            xid,
+            plan,
+            submitted: false,
+            outcome: ClientOutcome::Pending,
+        });
+        self.client_of.insert(xid, client);
+        client
+    }
+
+    /// Scheduled crashes (with their restarts) and partitions.
+    fn plan_faults(&mut self) {
+        let safety_us = self.config.safety_ms * 1000;
+        for _ in 0..self.config.faults.crashes {
+            let at = Time(self.rng.gen_range(0..=safety_us));
+            let node = self.random_node();
+            self.schedule(at, Event::Crash { node });
+            if let Some(back) = self.random_downtime(node) {
+                self.schedule(Time(at.0 + back), Event::Restart { node });
+            }
+        }
+        for _ in 0..self.config.faults.partitions {
+            let at = Time(self.rng.gen_range(0..=safety_us));
+            let node = self.random_node();
+            let until = at.plus_ms(self.rng.gen_range(1..=self.config.faults.partition_ms_max));
+            self.schedule(at, Event::Isolate { node, until });
+        }
+    }
+
+    /// The coordinator a third of the time, else a random participant.
+    fn random_node(&mut self) -> NodeId {
+        if self.rng.gen_bool(1.0 / 3.0) {
+            NodeId::Coordinator
+        } else {
+            NodeId::Participant(self.rng.gen_range(0..self.config.participants))
+        }
+    }
+
+    /// How long (µs) a crashed node stays down; `None`: until the liveness
+    /// phase (rarely for the coordinator: with it down, nothing commits).
+    fn random_downtime(&mut self, node: NodeId) -> Option<u64> {
+        let until_heal = match node {
+            NodeId::Coordinator => 0.05,
+            NodeId::Participant(_) => 0.2,
+        };
+        if self.rng.gen_bool(until_heal) {
+            None
+        } else {
+            Some(
+                self.rng
+                    .gen_range(1..=self.config.faults.downtime_ms_max.max(1))
+                    * 1000,
+            )
+        }
+    }
+
+    fn start_all(&mut self) {
+        self.start(NodeId::Coordinator);
+        for i in 0..self.config.participants {
+            self.start(NodeId::Participant(i));
+        }
+    }
+
+    // ----- the event loop -------------------------------------------------
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        let at = at.max(self.now);
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Process the next event. Returns false when there is none left or a
+    /// failure has been found.
+    pub fn step(&mut self) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let Some(Reverse(next)) = self.queue.pop() else {
+            self.quiescent = true;
+            return false;
+        };
+        self.now = self.now.max(next.at);
+        self.stats.events += 1;
+        self.trace.mix(&[self.now.0, next.event.tag()]);
+        self.handle(next.event);
+        true
+    }
+
+    /// Run the safety phase and then the liveness phase until the world
+    /// goes quiet (nothing left to happen) or the liveness bound passes.
+    pub fn run_phases(&mut self) {
+        let deadline = self.heal_at.plus_ms(self.options.liveness_ms_max);
+        while self.failure.is_none() {
+            if self.stats.events >= self.options.events_max {
+                let detail = format!(
+                    "still busy after {} events (phase {:?})",
+                    self.stats.events, self.phase
+                );
+                self.fail("termination", None, detail);
+                return;
+            }
+            match self.queue.peek() {
+                None => {
+                    self.quiescent = true;
+                    return;
+                }
+                Some(Reverse(next)) if next.at > deadline => return,
+                Some(_) => {}
+            }
+            self.step();
+        }
+    }
+
+    /// Check every end-of-run invariant and produce the report.
+    pub fn finish(mut self) -> Result<SimReport, SimFailure> {
+        if self.failure.is_none() {
+            self.check_final();
+        }
+        if let Some(mut failure) = self.failure.take() {
+            failure.trace = self.trace.take_lines();
+            return Err(failure);
+        }
+        Ok(self.report())
+    }
+
+    fn report(&mut self) -> SimReport {
+        let count =
+            |o: ClientOutcome| self.clients.iter().filter(|c| c.outcome == o).count() as u64;
+        SimReport {
+            seed: self.config.seed,
+            participants: self.config.participants,
+            transactions: self.stats.transactions,
+            committed: count(ClientOutcome::Committed),
+            aborted: count(ClientOutcome::Aborted),
+            unknown: count(ClientOutcome::Unknown) + count(ClientOutcome::Pending),
+            committed_in_fact: self
+                .ghost
+                .applied
+                .values()
+                .filter(|a| !a.commit.is_empty())
+                .count() as u64,
+            messages_sent: self.stats.sent,
+            messages_dropped: self.stats.dropped,
+            messages_duplicated: self.stats.duplicated,
+            crashes: self.stats.crashes,
+            restarts: self.stats.restarts,
+            fsyncs: self.stats.fsyncs,
+            events: self.stats.events,
+            virtual_time: self.now,
+            liveness_time: Time(self.now.0.saturating_sub(self.heal_at.0)),
+            trace_hash: self.trace.hash(),
+            trace: self.trace.take_lines(),
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit { client } => self.submit_client(client),
+            Event::ClientGiveUp { client } => {
+                let c = &mut self.clients[client];
+                if c.outcome == ClientOutcome::Pending {
+                    c.outcome = ClientOutcome::Unknown;
+                    let xid = c.xid;
+                    trace!(self, None, "client of {xid:?} gives up: outcome unknown");
+                }
+            }
+            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Timer {
+                node,
+                incarnation,
+                xid,
+            } => {
+                self.trace.mix(&[node.ordinal(), xid.0 as u64]);
+                if self.incarnations[node.ordinal() as usize] != incarnation {
+                    return; // a timer of an earlier life
+                }
+                let now = self.now;
+                match node {
+                    NodeId::Coordinator => {
+                        if let Some(c) = self.coordinator.as_mut() {
+                            trace!(self, Some(node), "timer {xid:?}");
+                            c.on_timer(now, xid);
+                            self.run_coordinator();
+                        }
+                    }
+                    NodeId::Participant(i) => {
+                        if let Some(p) = self.participants[i].as_mut() {
+                            trace!(self, Some(node), "timer {xid:?}");
+                            p.on_timer(now, xid);
+                            self.run_participant(i);
+                        }
+                    }
+                }
+            }
+            Event::FsyncDone {
+                node,
+                incarnation,
+                upto,
+            } => self.fsync_done(node, incarnation, upto),
+            Event::Crash { node } => {
+                if self.phase == Phase::Safety {
+                    self.crash(node, KeepUnsynced::Random);
+                }
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::Isolate { node, until } => {
+                if self.phase == Phase::Safety {
+                    trace!(
+                        self,
+                        Some(node),
+                        "partition: cut off until {}",
+                        fmt_time(until)
+                    );
+                    let entry = self.isolated_until.entry(node).or_insert(until);
+                    *entry = (*entry).max(until);
+                }
+            }
+            Event::Heal => self.heal(),
+        }
+    }
+
+    /// End of the safety phase: no more loss, partitions or crashes, and
+    /// every node that is down restarts now.
+    fn heal(&mut self) {
+        trace!(
+            self,
+            None,
+            "=== liveness phase: faults healed, every node restarts ==="
+        );
+        self.phase = Phase::Liveness;
+        self.isolated_until.clear();
+        self.restart(NodeId::Coordinator);
+        for i in 0..self.config.participants {
+            self.restart(NodeId::Participant(i));
+        }
+    }
+
+    // ----- clients ----------------------------------------------------------
+
+    fn submit_client(&mut self, client: usize) {
+        let xid = self.clients[client].xid;
+        if self.coordinator.is_none() {
+            // The client cannot reach a coordinator; it tries again.
+            trace!(self, None, "client of {xid:?}: coordinator down, retrying");
+            self.schedule(self.now.plus_ms(5), Event::Submit { client });
+            return;
+        }
+        let branches: Vec<(PeerAddr, Vec<u8>)> = self.clients[client]
+            .plan
+            .branches
+            .iter()
+            .map(|(p, ops)| (NodeId::Participant(*p).addr(), encode_work(ops)))
+            .collect();
+        trace!(
+            self,
+            None,
+            "client submits {xid:?} ({:?}): {}",
+            self.clients[client].plan.intent,
+            show_branches(&self.clients[client].plan.branches)
+        );
+        let now = self.now;
+        let timeout = self.config.prepare_timeout_ms;
+        let coordinator = self.coordinator.as_mut().expect("checked above");
+        if let Err(e) = coordinator.begin(now, xid, branches, timeout) {
+            self.fail("driver", Some(xid), format!("begin refused: {e}"));
+            return;
+        }
+        self.clients[client].submitted = true;
+        self.stats.transactions += 1;
+        let give_up = now.plus_ms(self.config.client_timeout_ms);
+        self.schedule(give_up, Event::ClientGiveUp { client });
+        self.run_coordinator();
+    }
+
+    fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
+        let told = match &outcome {
+            TxnOutcome::Committed => ClientOutcome::Committed,
+            TxnOutcome::Aborted { .. } => ClientOutcome::Aborted,
+        };
+        trace!(
+            self,
+            Some(NodeId::Coordinator),
+            "outcome {xid:?}: {outcome:?}"
+        );
+        self.outcome_reported(xid, told);
+        if let Some(&client) = self.client_of.get(&xid) {
+            let c = &mut self.clients[client];
+            if c.outcome == ClientOutcome::Pending {
+                c.outcome = told;
+            }
+        }
+    }
+
+    // ----- nodes: start, crash, restart -------------------------------------
+
+    fn coordinator_config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            addr: NodeId::Coordinator.addr(),
+            resend_ms_initial: self.config.resend_ms_initial,
+            resend_ms_max: self.config.resend_ms_max,
+        }
+    }
+
+    fn participant_config(&self, i: usize) -> ParticipantConfig {
+        ParticipantConfig {
+            addr: NodeId::Participant(i).addr(),
+            inquire_ms_initial: self.config.inquire_ms_initial,
+            inquire_ms_max: self.config.inquire_ms_max,
+            finished_max: self.config.finished_max,
+        }
+    }
+
+    /// Whether `node` is running.
+    pub fn is_up(&self, node: NodeId) -> bool {
+        match node {
+            NodeId::Coordinator => self.coordinator.is_some(),
+            NodeId::Participant(i) => self.participants.get(i).is_some_and(|p| p.is_some()),
+        }
+    }
+
+    fn exists(&self, node: NodeId) -> bool {
+        match node {
+            NodeId::Coordinator => true,
+            NodeId::Participant(i) => i < self.config.participants,
+        }
+    }
+
+    /// Bring `node` up from what its disk holds (a first start, or a
+    /// restart): the core's `recover` with the surviving records and, for a
+    /// participant, `KvStore::replay` of them.
+    fn start(&mut self, node: NodeId) {
+        let now = self.now;
+        match node {
+            NodeId::Coordinator => {
+                let records = match self.coordinator_disk.recover() {
+                    Ok(r) => r,
+                    Err(e) => return self.fail("log_recovery", None, format!("{node}: {e}")),
+                };
+                trace!(self, Some(node), "start from {} log records", records.len());
+                let config = self.coordinator_config();
+                self.coordinator = Some(Coordinator::recover(config, records, now));
+                self.run_coordinator();
+            }
+            NodeId::Participant(i) => {
+                let records = match self.participant_disks[i].recover() {
+                    Ok(r) => r,
+                    Err(e) => return self.fail("log_recovery", None, format!("{node}: {e}")),
+                };
+                let kv = match KvStore::replay(records.iter()) {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        return self.fail("log_recovery", None, format!("{node} replay: {e}"))
+                    }
+                };
+                trace!(self, Some(node), "start from {} log records", records.len());
+                let config = self.participant_config(i);
+                self.participants[i] = Some(ParticipantNode::recover(config, records, kv, now));
+                self.run_participant(i);
+            }
+        }
+    }
+
+    /// Crash `node`: its memory, timers and fsync in flight are gone, and
+    /// its log keeps the durable records plus `keep` of the rest. Clients
+    /// waiting on a crashed coordinator will never hear: their outcome is
+    /// unknown. A node that is already down is left alone.
+    pub fn crash(&mut self, node: NodeId, keep: KeepUnsynced) {
+        if !self.is_up(node) {
+            return;
+        }
+        let unsynced = match node {
+            NodeId::Coordinator => self.coordinator_disk.unsynced(),
+            NodeId::Participant(i) => self.participant_disks[i].unsynced(),
+        };
+        let kept = match keep {
+            KeepUnsynced::Nothing => 0,
+            KeepUnsynced::All => unsynced,
+            KeepUnsynced::Count(n) => n.min(unsynced),
+            KeepUnsynced::Random => self.rng.gen_range(0..=unsynced),
+        };
+        match node {
+            NodeId::Coordinator => {
+                self.coordinator_disk.crash(kept);
+                self.coordinator = None;
+                for c in &mut self.clients {
+                    if c.submitted && c.outcome == ClientOutcome::Pending {
+                        c.outcome = ClientOutcome::Unknown;
+                    }
+                }
+            }
+            NodeId::Participant(i) => {
+                self.participant_disks[i].crash(kept);
+                self.participants[i] = None;
+            }
+        }
+        self.incarnations[node.ordinal() as usize] += 1;
+        self.stats.crashes += 1;
+        self.trace
+            .mix(&[node.ordinal(), kept as u64, unsynced as u64]);
+        trace!(
+            self,
+            Some(node),
+            "CRASH (log keeps {kept} of {unsynced} unsynced records)"
+        );
+    }
+
+    /// Restart `node` from its log, if it is down.
+    pub fn restart(&mut self, node: NodeId) {
+        if self.is_up(node) {
+            return;
+        }
+        self.stats.restarts += 1;
+        trace!(self, Some(node), "RESTART");
+        self.start(node);
+    }
+
+    /// Maybe crash `node` right after one of its actions (a crash "at any
+    /// step"); safety phase only. Returns whether it crashed.
+    fn crash_mid_actions(&mut self, node: NodeId) -> bool {
+        let p = self.config.faults.crash_in_actions_probability;
+        if self.phase != Phase::Safety || p <= 0.0 || !self.rng.gen_bool(p) {
+            return false;
+        }
+        trace!(self, Some(node), "crash between two actions");
+        self.crash(node, KeepUnsynced::Random);
+        if let Some(back) = self.random_downtime(node) {
+            self.schedule(Time(self.now.0 + back), Event::Restart { node });
+        }
+        true
+    }
+
+    // ----- drivers: carrying out the cores' actions -------------------------
+
+    /// Carry out the coordinator's actions, in order.
+    fn run_coordinator(&mut self) {
+        let node = NodeId::Coordinator;
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
+        let actions: Vec<CoordinatorAction> = c.drain_actions().collect();
+        for action in actions {
+            if self.failure.is_some() {
+                return;
+            }
+            match action {
+                CoordinatorAction::Persist { record, durability } => {
+                    trace!(
+                        self,
+                        Some(node),
+                        "persist {} {}",
+                        show_coordinator_record(&record),
+                        show_durability(durability)
+                    );
+                    self.coordinator_record_appended(&record);
+                    let index = self.coordinator_disk.append(record);
+                    if let Durability::Forced(ticket) = durability {
+                        self.coordinator_disk.wait_for_fsync(index, ticket);
+                        self.issue_fsync(node);
+                    }
+                }
+                CoordinatorAction::Send { to, message } => self.send(node, &to, message),
+                CoordinatorAction::SetTimer { xid, at } => self.set_timer(node, xid, at),
+                CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
+                CoordinatorAction::Notice(notice) => {
+                    trace!(self, Some(node), "notice {notice:?}");
+                }
+            }
+            if self.crash_mid_actions(node) {
+                return;
+            }
+        }
+    }
+
+    /// Carry out participant `i`'s IO actions, in order.
+    fn run_participant(&mut self, i: usize) {
+        let node = NodeId::Participant(i);
+        let Some(p) = self.participants[i].as_mut() else {
+            return;
+        };
+        let actions: Vec<ParticipantAction> = p.drain_io().collect();
+        for action in actions {
+            if self.failure.is_some() {
+                return;
+            }
+            match action {
+                ParticipantAction::Persist { record, durability } => {
+                    trace!(
+                        self,
+                        Some(node),
+                        "persist {} {}",
+                        show_participant_record(&record),
+                        show_durability(durability)
+                    );
+                    if let ParticipantRecord::Outcome { xid, decision } = &record {
+                        self.decision_applied(i, *xid, *decision);
+                    }
+                    let index = self.participant_disks[i].append(record);
+                    if let Durability::Forced(ticket) = durability {
+                        self.participant_disks[i].wait_for_fsync(index, ticket);
+                        self.issue_fsync(node);
+                    }
+                }
+                ParticipantAction::Send { to, message } => self.send(node, &to, message),
+                ParticipantAction::SetTimer { xid, at } => self.set_timer(node, xid, at),
+                ParticipantAction::Notice(notice) => {
+                    trace!(self, Some(node), "notice {notice:?}");
+                    match notice {
+                        ParticipantNotice::Violation { xid, detail } => {
+                            self.no_violation_notice(i, xid, detail);
+                        }
+                        ParticipantNotice::Outcome { xid, decision } => {
+                            self.decision_applied(i, xid, decision);
+                        }
+                        _ => {}
+                    }
+                }
+                other => {
+                    let detail = format!("resource action reached the driver: {other:?}");
+                    self.fail("driver", None, detail);
+                }
+            }
+            if self.crash_mid_actions(node) {
+                return;
+            }
+        }
+    }
+
+    fn set_timer(&mut self, node: NodeId, xid: Xid, at: Time) {
+        let incarnation = self.incarnations[node.ordinal() as usize];
+        self.schedule(
+            at,
+            Event::Timer {
+                node,
+                incarnation,
+                xid,
+            },
+        );
+    }
+
+    // ----- disks ------------------------------------------------------------
+
+    /// Start an fsync on `node` if forced writes wait and none runs.
+    fn issue_fsync(&mut self, node: NodeId) {
+        let upto = match node {
+            NodeId::Coordinator => self.coordinator_disk.issue_fsync(),
+            NodeId::Participant(i) => self.participant_disks[i].issue_fsync(),
+        };
+        let Some(upto) = upto else {
+            return;
+        };
+        let disk = &self.config.disk;
+        let (min, max, stall_p, stall_max) = (
+            disk.fsync_us_min,
+            disk.fsync_us_max,
+            disk.stall_probability,
+            disk.stall_us_max,
+        );
+        let mut took = self.rng.gen_range(min..=max.max(min));
+        if stall_p > 0.0 && self.rng.gen_bool(stall_p) {
+            took += self.rng.gen_range(0..=stall_max);
+        }
+        self.stats.fsyncs += 1;
+        let incarnation = self.incarnations[node.ordinal() as usize];
+        self.schedule(
+            Time(self.now.0 + took),
+            Event::FsyncDone {
+                node,
+                incarnation,
+                upto,
+            },
+        );
+    }
+
+    fn fsync_done(&mut self, node: NodeId, incarnation: u32, upto: usize) {
+        self.trace.mix(&[node.ordinal(), upto as u64]);
+        if self.incarnations[node.ordinal() as usize] != incarnation {
+            return; // the node crashed while this fsync ran
+        }
+        let tickets = match node {
+            NodeId::Coordinator => self.coordinator_disk.fsync_done(upto),
+            NodeId::Participant(i) => self.participant_disks[i].fsync_done(upto),
+        };
+        trace!(
+            self,
+            Some(node),
+            "fsync done: {upto} records durable, {tickets:?}"
+        );
+        let now = self.now;
+        for ticket in tickets {
+            if self.failure.is_some() || !self.is_up(node) {
+                return;
+            }
+            match node {
+                NodeId::Coordinator => {
+                    if let Some(c) = self.coordinator.as_mut() {
+                        c.on_durable(now, ticket);
+                    }
+                    self.run_coordinator();
+                }
+                NodeId::Participant(i) => {
+                    if let Some(p) = self.participants[i].as_mut() {
+                        p.on_durable(now, ticket);
+                    }
+                    self.run_participant(i);
+                }
+            }
+        }
+        if self.is_up(node) {
+            self.issue_fsync(node);
+        }
+    }
+
+    // ----- network ----------------------------------------------------------
+
+    fn cut_off(&self, node: NodeId) -> bool {
+        self.isolated_until
+            .get(&node)
+            .is_some_and(|until| *until > self.now)
+    }
+
+    fn sample_delay_us(&mut self) -> u64 {
+        let net = &self.config.net;
+        let (min, max, reorder_p, reorder_max) = (
+            net.delay_us_min,
+            net.delay_us_max,
+            net.reorder_probability,
+            net.reorder_us_max,
+        );
+        let mut delay = self.rng.gen_range(min..=max.max(min));
+        if reorder_p > 0.0 && self.rng.gen_bool(reorder_p) {
+            delay += self.rng.gen_range(0..=reorder_max);
+        }
+        delay
+    }
+
+    fn rule_fate(&mut self, from: NodeId, to: NodeId, message: &Message) -> Option<Fate> {
+        let rule = self
+            .rules
+            .iter_mut()
+            .find(|r| r.matches(from, to, message))?;
+        if let Some(times) = rule.times.as_mut() {
+            *times -= 1;
+        }
+        Some(rule.fate)
+    }
+
+    /// A node sends `message` to `to`: the network loses, duplicates,
+    /// delays it as the seed (or a scripted rule) says.
+    fn send(&mut self, from: NodeId, to: &str, message: Message) {
+        self.persist_then_send(from, &message);
+        self.stats.sent += 1;
+        let kind = message.kind();
+        self.trace.mix_str(kind);
+        self.trace.mix(&[from.ordinal(), message.xid.0 as u64]);
+        let Some(to) = NodeId::from_addr(to).filter(|n| self.exists(*n)) else {
+            self.stats.dropped += 1;
+            trace!(
+                self,
+                Some(from),
+                "send {kind} to unknown address {to}: lost"
+            );
+            return;
+        };
+        let mut copies = 1u32;
+        let mut extra_us = 0;
+        let mut lost: Option<&'static str> = None;
+        match self.rule_fate(from, to, &message) {
+            Some(Fate::Drop) => lost = Some("scripted drop"),
+            Some(Fate::Duplicate) => copies = 2,
+            Some(Fate::DelayMs(ms)) => extra_us = ms * 1000,
+            None => {}
+        }
+        if lost.is_none() && (self.cut_off(from) || self.cut_off(to)) {
+            lost = Some("partition");
+        }
+        let loss_p = self.config.net.loss_probability;
+        if lost.is_none()
+            && self.phase == Phase::Safety
+            && loss_p > 0.0
+            && self.rng.gen_bool(loss_p)
+        {
+            lost = Some("loss");
+        }
+        let dup_p = self.config.net.duplicate_probability;
+        if lost.is_some() {
+            copies = 0;
+            self.stats.dropped += 1;
+        } else if dup_p > 0.0 && self.rng.gen_bool(dup_p) {
+            copies += 1;
+        }
+        self.stats.duplicated += u64::from(copies.saturating_sub(1));
+        let mut delays = Vec::with_capacity(copies as usize);
+        for copy in 0..copies {
+            // A scripted duplicate follows its original by 1 ms.
+            let delay = self.sample_delay_us() + extra_us + u64::from(copy) * 1000;
+            delays.push(delay);
+            self.schedule(
+                Time(self.now.0 + delay),
+                Event::Deliver {
+                    from,
+                    to,
+                    message: message.clone(),
+                },
+            );
+        }
+        self.trace.mix(&[to.ordinal(), u64::from(copies)]);
+        if let Some(log) = self.sent_log.as_mut() {
+            log.push(SentMessage {
+                at: self.now,
+                from,
+                to,
+                kind,
+                xid: message.xid,
+                epoch: message.epoch,
+                copies,
+            });
+        }
+        match lost {
+            Some(why) => {
+                trace!(
+                    self,
+                    Some(from),
+                    "send {} to {to}: LOST ({why})",
+                    show(&message)
+                );
+            }
+            None => {
+                let delays: Vec<String> = delays.iter().map(|d| fmt_time(Time(*d))).collect();
+                trace!(
+                    self,
+                    Some(from),
+                    "send {} to {to}, arrives in {}",
+                    show(&message),
+                    delays.join(" and ")
+                );
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
+        self.trace.mix_str(message.kind());
+        self.trace
+            .mix(&[from.ordinal(), to.ordinal(), message.xid.0 as u64]);
+        if self.cut_off(from) || self.cut_off(to) {
+            self.stats.dropped += 1;
+            trace!(
+                self,
+                Some(to),
+                "recv {} from {from}: LOST (partition)",
+                show(&message)
+            );
+            return;
+        }
+        if !self.is_up(to) {
+            self.stats.dropped += 1;
+            trace!(
+                self,
+                Some(to),
+                "recv {} from {from}: LOST (node down)",
+                show(&message)
+            );
+            return;
+        }
+        trace!(self, Some(to), "recv {} from {from}", show(&message));
+        let now = self.now;
+        match to {
+            NodeId::Coordinator => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.on_message(now, message);
+                }
+                self.run_coordinator();
+            }
+            NodeId::Participant(i) => {
+                if let Some(p) = self.participants[i].as_mut() {
+                    p.on_message(now, message);
+                }
+                self.run_participant(i);
+            }
+        }
+    }
+
+    // ----- the scripted scenarios' handles ----------------------------------
+
+    /// Submit a transaction now (scripted scenarios): branches are
+    /// (participant index, operations). Returns its xid.
+    pub fn submit(&mut self, branches: Vec<(usize, Vec<KvOp>)>) -> Xid {
+        let client = self.add_client(TxnPlan {
+            submit_at: self.now,
+            branches,
+            intent: Intent::Transfer,
+        });
+        self.submit_client(client);
+        self.clients[client].xid
+    }
+
+    /// Run events until `done(world)` holds (checked after every event) or
+    /// `ms_max` of virtual time passes; returns whether `done` held.
+    pub fn run_until(&mut self, ms_max: u64, mut done: impl FnMut(&World) -> bool) -> bool {
+        let deadline = self.now.plus_ms(ms_max);
+        loop {
+            if done(self) {
+                return true;
+            }
+            match self.queue.peek() {
+                Some(Reverse(next)) if next.at <= deadline => {}
+                _ => return false,
+            }
+            if !self.step() {
+                return done(self);
+            }
+        }
+    }
+
+    /// Run every event due in the next `ms` of virtual time.
+    pub fn run_for(&mut self, ms: u64) {
+        let deadline = self.now.plus_ms(ms);
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > deadline || !self.step() {
+                break;
+            }
+        }
+        self.now = self.now.max(deadline);
+    }
+
+    /// Run until nothing is left to happen, at most `ms_max`; returns
+    /// whether the world went quiet.
+    pub fn run_until_quiet(&mut self, ms_max: u64) -> bool {
+        let deadline = self.now.plus_ms(ms_max);
+        loop {
+            match self.queue.peek() {
+                None => {
+                    self.quiescent = true;
+                    return true;
+                }
+                Some(Reverse(next)) if next.at > deadline => return false,
+                Some(_) => {
+                    if !self.step() {
+                        return self.quiescent;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Add a scripted message rule (drop, duplicate, delay).
+    pub fn add_rule(&mut self, rule: MessageRule) {
+        self.rules.push(rule);
+    }
+
+    /// Cut `node` off from everyone for `ms` (scripted partitions).
+    pub fn isolate(&mut self, node: NodeId, ms: u64) {
+        let until = self.now.plus_ms(ms);
+        trace!(
+            self,
+            Some(node),
+            "partition: cut off until {}",
+            fmt_time(until)
+        );
+        self.isolated_until.insert(node, until);
+    }
+
+    /// Put a hand-made message on the wire from `from` to `to` (a stale
+    /// message from an earlier coordinator, say). It arrives after the
+    /// usual delay and bypasses the persist-then-send check: no node sent it.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, message: Message) {
+        trace!(self, Some(from), "inject {} to {to}", show(&message));
+        let delay = self.sample_delay_us();
+        self.schedule(
+            Time(self.now.0 + delay),
+            Event::Deliver { from, to, message },
+        );
+    }
+
+    /// Crashes so far (scripted or random).
+    pub fn crashes(&self) -> u64 {
+        self.stats.crashes
+    }
+
+    /// Restarts so far (the first start of a node is not one).
+    pub fn restarts(&self) -> u64 {
+        self.stats.restarts
+    }
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    pub fn coordinator(&self) -> Option<&Coordinator> {
+        self.coordinator.as_ref()
+    }
+
+    pub fn participant(&self, i: usize) -> Option<&ParticipantNode<KvStore>> {
+        self.participants.get(i).and_then(|p| p.as_ref())
+    }
+
+    /// Everything appended to the coordinator's log (durable or not).
+    pub fn coordinator_log(&self) -> &[CoordinatorRecord] {
+        self.coordinator_disk.records()
+    }
+
+    pub fn coordinator_durable_log(&self) -> &[CoordinatorRecord] {
+        self.coordinator_disk.durable_records()
+    }
+
+    /// Everything appended to participant `i`'s log (durable or not).
+    pub fn participant_log(&self, i: usize) -> &[ParticipantRecord] {
+        self.participant_disks[i].records()
+    }
+
+    pub fn participant_durable_log(&self, i: usize) -> &[ParticipantRecord] {
+        self.participant_disks[i].durable_records()
+    }
+
+    /// Forced writes of `node` still waiting for their fsync.
+    pub fn fsyncs_waiting(&self, node: NodeId) -> usize {
+        match node {
+            NodeId::Coordinator => self.coordinator_disk.waiting(),
+            NodeId::Participant(i) => self.participant_disks[i].waiting(),
+        }
+    }
+
+    /// What the client of `xid` knows.
+    pub fn client_outcome(&self, xid: Xid) -> ClientOutcome {
+        self.client_of
+            .get(&xid)
+            .map(|c| self.clients[*c].outcome)
+            .unwrap_or(ClientOutcome::Pending)
+    }
+
+    /// Committed balances of participant `i` (empty if it is down).
+    pub fn balances(&self, i: usize) -> BTreeMap<String, i64> {
+        self.participant(i)
+            .map(|p| p.resource().balances().clone())
+            .unwrap_or_default()
+    }
+
+    /// Every message sent so far (scripted worlds only; empty otherwise).
+    pub fn sent(&self) -> &[SentMessage] {
+        self.sent_log.as_deref().unwrap_or(&[])
+    }
+
+    /// How many messages of `kind` went from `from` to `to` about `xid`.
+    pub fn count_sent(&self, from: NodeId, to: NodeId, kind: &str, xid: Xid) -> usize {
+        self.sent()
+            .iter()
+            .filter(|m| m.from == from && m.to == to && m.kind == kind && m.xid == xid)
+            .count()
+    }
+
+    pub fn trace_lines(&self) -> &[String] {
+        self.trace.lines()
+    }
+
+    /// The first invariant found broken so far, if any.
+    pub fn failure(&self) -> Option<&SimFailure> {
+        self.failure.as_ref()
+    }
+
+    /// Check every end-of-run invariant now (scripted scenarios call this
+    /// once the world is quiet).
+    pub fn check_invariants(&mut self) -> Result<(), SimFailure> {
+        if self.failure.is_none() {
+            self.check_final();
+        }
+        match &self.failure {
+            Some(f) => {
+                let mut f = f.clone();
+                f.trace = self.trace.lines().to_vec();
+                Err(f)
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Record a broken invariant; the first one wins and stops the run.
+    pub(crate) fn fail(&mut self, invariant: &'static str, xid: Option<Xid>, detail: String) {
+        if self.failure.is_some() {
+            return;
+        }
+        trace!(self, None, "INVARIANT {invariant} VIOLATED: {detail}");
+        self.failure = Some(SimFailure {
+            seed: self.config.seed,
+            invariant,
+            xid,
+            at: self.now,
+            detail,
+            trace: Vec::new(),
+        });
+    }
+}
+
+/// A message in a trace line: "PREPARE xid:00000001 e1".
+fn show(message: &Message) -> String {
+    match &message.body {
+        concord_proto::Body::State(state) => {
+            format!("STATE {state:?} {:?} e{}", message.xid, message.epoch)
+        }
+        _ => format!("{} {:?} e{}", message.kind(), message.xid, message.epoch),
+    }
+}
+
+fn show_durability(durability: Durability) -> String {
+    match durability {
+        Durability::Forced(ticket) => format!("forced #{}", ticket.0),
+        Durability::Lazy => "lazy".into(),
+    }
+}
+
+fn show_coordinator_record(record: &CoordinatorRecord) -> String {
+    match record {
+        CoordinatorRecord::Epoch { epoch } => format!("EPOCH {epoch}"),
+        CoordinatorRecord::Begin { xid, participants } => {
+            format!("BEGIN {xid:?} {participants:?}")
+        }
+        CoordinatorRecord::Decision {
+            xid,
+            decision,
+            participants,
+        } => format!("DECISION {decision:?} {xid:?} {participants:?}"),
+        CoordinatorRecord::End { xid } => format!("END {xid:?}"),
+    }
+}
+
+/// A participant record without its work bytes (the submit line shows the
+/// operations).
+fn show_participant_record(record: &ParticipantRecord) -> String {
+    match record {
+        ParticipantRecord::Ready {
+            xid,
+            epoch,
+            participants,
+            ..
+        } => format!("READY {xid:?} e{epoch} {participants:?}"),
+        ParticipantRecord::Outcome { xid, decision } => format!("OUTCOME {decision:?} {xid:?}"),
+        ParticipantRecord::Resource { body } => format!("RESOURCE ({} bytes)", body.len()),
+    }
+}
+
+/// "p1: acct-13 -27, acct-14 -18; p2: acct-1 +27".
+fn show_branches(branches: &[(usize, Vec<KvOp>)]) -> String {
+    let parts: Vec<String> = branches
+        .iter()
+        .map(|(p, ops)| {
+            let ops: Vec<String> = ops
+                .iter()
+                .map(|o| format!("{} {:+}", o.account, o.delta))
+                .collect();
+            format!("p{p}: {}", ops.join(", "))
+        })
+        .collect();
+    parts.join("; ")
+}
