@@ -42,6 +42,10 @@ pub struct OutboxOptions {
     pub reconnect_ms_initial: u64,
     pub reconnect_ms_max: u64,
     pub connect_timeout_ms: u64,
+    /// A peer unreachable for this long has its queued messages dropped
+    /// and its task ended (the next message starts a new one), so that
+    /// messages to a bogus `from` address cannot pile up forever.
+    pub give_up_ms: u64,
 }
 
 impl Default for OutboxOptions {
@@ -51,6 +55,7 @@ impl Default for OutboxOptions {
             reconnect_ms_initial: 20,
             reconnect_ms_max: 1000,
             connect_timeout_ms: 1000,
+            give_up_ms: 60_000,
         }
     }
 }
@@ -58,6 +63,9 @@ impl Default for OutboxOptions {
 /// Pending output above this many bytes is written before more is taken
 /// from the queue.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
+
+/// Above this many links, closed ones are pruned from the table.
+const LINKS_PRUNE_THRESHOLD: usize = 1024;
 
 /// The sending side of a node: `send(addr, message)` and forget.
 pub struct Outbox {
@@ -79,6 +87,9 @@ impl Outbox {
         let link = match self.links.get(to) {
             Some(link) if !link.is_closed() => link,
             _ => {
+                if self.links.len() >= LINKS_PRUNE_THRESHOLD {
+                    self.links.retain(|_, link| !link.is_closed());
+                }
                 let (tx, rx) = mpsc::channel(self.options.queue_messages_max.max(1));
                 tokio::spawn(run_link(to.clone(), rx, self.options.clone()));
                 self.links.insert(to.clone(), tx);
@@ -128,6 +139,7 @@ async fn run_link(to: PeerAddr, mut queue: mpsc::Receiver<Message>, options: Out
     let mut pending: VecDeque<Message> = VecDeque::new();
     let mut backoff_ms = options.reconnect_ms_initial.max(1);
     let mut failures: u32 = 0;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         // Wait for something to send before connecting: an idle peer costs
         // no connection attempts.
@@ -141,7 +153,19 @@ async fn run_link(to: PeerAddr, mut queue: mpsc::Receiver<Message>, options: Out
             Ok(stream) => stream,
             Err(e) => {
                 failures += 1;
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                 let what = connect_error_kind(&e);
+                if since.elapsed() >= Duration::from_millis(options.give_up_ms) {
+                    tracing::warn!(
+                        peer = %to,
+                        attempts = failures,
+                        dropped = pending.len(),
+                        "peer unreachable for {} ms ({what}: {e}): dropping its queued messages; \
+                         timers resend what matters",
+                        options.give_up_ms
+                    );
+                    return;
+                }
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::info!(
                         peer = %to,
@@ -172,6 +196,7 @@ async fn run_link(to: PeerAddr, mut queue: mpsc::Receiver<Message>, options: Out
             tracing::info!(peer = %to, after_attempts = failures, "connected to peer");
         }
         failures = 0;
+        failing_since = None;
         backoff_ms = options.reconnect_ms_initial.max(1);
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(peer = %to, "cannot set TCP_NODELAY: {e}");

@@ -52,8 +52,9 @@ pub struct ParticipantServerConfig {
     pub outbox: OutboxOptions,
 }
 
-/// Most accounts `--seed-accounts` may create.
-pub const SEED_ACCOUNTS_MAX: usize = 1_000_000;
+/// Most accounts `--seed-accounts` may create (an `accounts` reply must
+/// fit in one frame of at most `wire::REPLY_BYTES_MAX`).
+pub const SEED_ACCOUNTS_MAX: usize = 100_000;
 
 impl ParticipantServerConfig {
     /// A config with the defaults of `concord participant`.

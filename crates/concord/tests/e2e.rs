@@ -71,6 +71,9 @@ async fn transfer_commits_and_balances_move() {
         // `status` shows the coordinator's view and each participant's.
         let xid =
             stdout_xid(&output_text(&run_transfer(&cluster, "p1:acct-0", "p0:acct-1", 5).await).0);
+        // (Once the participants have applied it: the client hears COMMIT
+        // as soon as the decision is durable, before the participants.)
+        cluster.wait_settled(Duration::from_secs(5)).await;
         let coordinator = cluster.coordinator.addr.clone();
         let output = tokio::task::spawn_blocking(move || {
             run_cli(&["status", "--coordinator", &coordinator, &xid])
