@@ -196,13 +196,7 @@ pub async fn run_coordinator_until(
         stop.clone(),
     ));
     let mut driver = CoordinatorDriver {
-        names: config.participants.iter().cloned().collect(),
-        addr_names: config
-            .participants
-            .iter()
-            .map(|(n, a)| (a.clone(), n.clone()))
-            .collect(),
-        participants: config.participants.clone(),
+        directory: Directory::new(&config.participants),
         prepare_timeout_ms: config.prepare_timeout_ms,
         prepare_timeout_ms_max: config.prepare_timeout_ms_max.max(1),
         transactions_in_flight_max: config.transactions_in_flight_max,
@@ -238,10 +232,7 @@ struct CoordinatorDriver {
     timers: Timers,
     log: LogWriter,
     outbox: Outbox,
-    /// name → address, and back.
-    names: HashMap<String, PeerAddr>,
-    addr_names: HashMap<PeerAddr, String>,
-    participants: Vec<(String, PeerAddr)>,
+    directory: Directory,
     prepare_timeout_ms: u64,
     prepare_timeout_ms_max: u64,
     transactions_in_flight_max: usize,
@@ -365,7 +356,7 @@ impl CoordinatorDriver {
         if branches.is_empty() {
             return Err("a transaction needs at least one branch".into());
         }
-        let branches = self.resolve_branches(branches)?;
+        let branches = resolve_branches(&self.directory, branches)?;
         if self.core.in_flight() >= self.transactions_in_flight_max {
             return Err(format!(
                 "too many transactions in flight (limit {}); retry later",
@@ -391,58 +382,6 @@ impl CoordinatorDriver {
             },
         );
         Ok(())
-    }
-
-    /// Names (or addresses) to protocol addresses, merging branches that
-    /// name the same participant (the core takes one branch per
-    /// participant).
-    fn resolve_branches(
-        &self,
-        branches: Vec<BranchRequest>,
-    ) -> Result<Vec<(PeerAddr, Vec<u8>)>, String> {
-        let mut resolved: Vec<(PeerAddr, Vec<Vec<u8>>)> = Vec::new();
-        for branch in branches {
-            let addr = match self.names.get(&branch.participant) {
-                Some(addr) => addr.clone(),
-                None if self.addr_names.contains_key(&branch.participant) => branch.participant,
-                None => {
-                    return Err(format!(
-                        "unknown participant {} (known: {})",
-                        branch.participant,
-                        self.participants
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                }
-            };
-            match resolved.iter_mut().find(|(a, _)| *a == addr) {
-                Some((_, works)) => works.push(branch.work),
-                None => resolved.push((addr, vec![branch.work])),
-            }
-        }
-        resolved
-            .into_iter()
-            .map(|(addr, mut works)| {
-                if works.len() == 1 {
-                    return Ok((addr, works.pop().unwrap_or_default()));
-                }
-                // Several branches for one participant: only key-value work
-                // has a known way to merge.
-                let mut ops = Vec::new();
-                for work in &works {
-                    ops.extend(decode_work(work).map_err(|e| {
-                        format!(
-                            "participant {} is named by several branches and their work cannot \
-                             be merged (not key-value work: {e}); send one branch per participant",
-                            self.display_name(&addr)
-                        )
-                    })?);
-                }
-                Ok((addr, encode_work(&ops)))
-            })
-            .collect()
     }
 
     fn new_xid(&self) -> Xid {
@@ -490,7 +429,7 @@ impl CoordinatorDriver {
         let outcome = match outcome {
             TxnOutcome::Committed => Outcome::Committed,
             TxnOutcome::Aborted { reason } => Outcome::Aborted {
-                reason: self.name_addresses(&reason),
+                reason: self.directory.name_addresses(&reason),
             },
         };
         let participants = waiter
@@ -527,8 +466,10 @@ impl CoordinatorDriver {
                 timeout_ms,
                 waiting_for,
             } => {
-                let waiting_for: Vec<String> =
-                    waiting_for.iter().map(|a| self.display_name(a)).collect();
+                let waiting_for: Vec<String> = waiting_for
+                    .iter()
+                    .map(|a| self.directory.display_name(a))
+                    .collect();
                 tracing::info!(
                     %xid,
                     phase,
@@ -542,7 +483,7 @@ impl CoordinatorDriver {
                 decision,
                 reason,
             } => {
-                let reason = reason.map(|r| self.name_addresses(&r));
+                let reason = reason.map(|r| self.directory.name_addresses(&r));
                 tracing::debug!(%xid, ?decision, reason = reason.as_deref().unwrap_or(""), "decided");
             }
             CoordinatorNotice::Ended { xid } => {
@@ -588,7 +529,7 @@ impl CoordinatorDriver {
                     .branches
                     .iter()
                     .map(|b| BranchView {
-                        name: self.display_name(&b.participant),
+                        name: self.directory.display_name(&b.participant),
                         addr: b.participant.clone(),
                         voted_ready: Some(b.voted_ready),
                         acked: Some(b.acked),
@@ -628,6 +569,7 @@ impl CoordinatorDriver {
             detail: "no record of this xid: if it ever existed it is ABORTED (presumed abort)"
                 .into(),
             branches: self
+                .directory
                 .participants
                 .iter()
                 .map(|(_, a)| self.branch_view(a))
@@ -637,15 +579,54 @@ impl CoordinatorDriver {
 
     fn branch_view(&self, addr: &PeerAddr) -> BranchView {
         BranchView {
-            name: self.display_name(addr),
+            name: self.directory.display_name(addr),
             addr: addr.clone(),
             voted_ready: None,
             acked: None,
         }
     }
+}
 
+/// Participants by name for humans, by address inside the protocol.
+struct Directory {
+    participants: Vec<(String, PeerAddr)>,
+    by_name: HashMap<String, PeerAddr>,
+    by_addr: HashMap<PeerAddr, String>,
+}
+
+impl Directory {
+    fn new(participants: &[(String, PeerAddr)]) -> Directory {
+        Directory {
+            participants: participants.to_vec(),
+            by_name: participants.iter().cloned().collect(),
+            by_addr: participants
+                .iter()
+                .map(|(n, a)| (a.clone(), n.clone()))
+                .collect(),
+        }
+    }
+
+    /// A participant's address from its name (or its address).
+    fn resolve(&self, participant: &str) -> Result<PeerAddr, String> {
+        if let Some(addr) = self.by_name.get(participant) {
+            return Ok(addr.clone());
+        }
+        if self.by_addr.contains_key(participant) {
+            return Ok(participant.to_string());
+        }
+        Err(format!(
+            "unknown participant {participant} (known: {})",
+            self.participants
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// "name (addr)" for logs and status; the bare address if unnamed.
     fn display_name(&self, addr: &PeerAddr) -> String {
-        match self.addr_names.get(addr) {
+        match self.by_addr.get(addr) {
             Some(name) => format!("{name} ({addr})"),
             None => addr.clone(),
         }
@@ -657,7 +638,7 @@ impl CoordinatorDriver {
         let mut token = String::new();
         for c in text.chars().chain(std::iter::once(' ')) {
             if c == ' ' || c == ',' {
-                match self.addr_names.get(&token) {
+                match self.by_addr.get(&token) {
                     Some(name) => out.push_str(&format!("{name} ({token})")),
                     None => out.push_str(&token),
                 }
@@ -670,6 +651,44 @@ impl CoordinatorDriver {
         out.pop(); // the sentinel space
         out
     }
+}
+
+/// Names (or addresses) to protocol addresses, merging branches that
+/// name the same participant (the core takes one branch per
+/// participant).
+fn resolve_branches(
+    directory: &Directory,
+    branches: Vec<BranchRequest>,
+) -> Result<Vec<(PeerAddr, Vec<u8>)>, String> {
+    let mut resolved: Vec<(PeerAddr, Vec<Vec<u8>>)> = Vec::new();
+    for branch in branches {
+        let addr = directory.resolve(&branch.participant)?;
+        match resolved.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, works)) => works.push(branch.work),
+            None => resolved.push((addr, vec![branch.work])),
+        }
+    }
+    resolved
+        .into_iter()
+        .map(|(addr, mut works)| {
+            if works.len() == 1 {
+                return Ok((addr, works.pop().unwrap_or_default()));
+            }
+            // Several branches for one participant: only key-value work
+            // has a known way to merge.
+            let mut ops = Vec::new();
+            for work in &works {
+                ops.extend(decode_work(work).map_err(|e| {
+                    format!(
+                        "participant {} is named by several branches and their work cannot \
+                         be merged (not key-value work: {e}); send one branch per participant",
+                        directory.display_name(&addr)
+                    )
+                })?);
+            }
+            Ok((addr, encode_work(&ops)))
+        })
+        .collect()
 }
 
 /// Outcome of a finished (or deciding) transaction, kept for `status`.
@@ -761,5 +780,119 @@ impl RecentOutcomes {
 
     fn contains(&self, xid: Xid) -> bool {
         self.txns.contains_key(&xid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_participant::kv::KvOp;
+
+    fn directory() -> Directory {
+        Directory::new(&[
+            ("bank-a".into(), "127.0.0.1:7101".into()),
+            ("bank-b".into(), "127.0.0.1:710".into()),
+        ])
+    }
+
+    fn kv(account: &str, delta: i64) -> Vec<u8> {
+        encode_work(&[KvOp {
+            account: account.into(),
+            delta,
+        }])
+    }
+
+    fn branch(participant: &str, work: Vec<u8>) -> BranchRequest {
+        BranchRequest {
+            participant: participant.into(),
+            work,
+        }
+    }
+
+    #[test]
+    fn unknown_participant_lists_the_known_ones() {
+        let err = resolve_branches(&directory(), vec![branch("bank-z", kv("x", 1))]).unwrap_err();
+        assert_eq!(err, "unknown participant bank-z (known: bank-a, bank-b)");
+    }
+
+    #[test]
+    fn branches_for_one_participant_are_merged() {
+        let resolved = resolve_branches(
+            &directory(),
+            vec![
+                branch("bank-a", kv("x", -5)),
+                branch("127.0.0.1:710", kv("y", 5)),
+                branch("127.0.0.1:7101", kv("z", 1)),
+            ],
+        )
+        .expect("resolves");
+        assert_eq!(resolved.len(), 2);
+        assert_eq!(resolved[0].0, "127.0.0.1:7101");
+        let ops = decode_work(&resolved[0].1).expect("kv work");
+        assert_eq!(
+            ops.iter().map(|o| o.account.as_str()).collect::<Vec<_>>(),
+            vec!["x", "z"]
+        );
+    }
+
+    #[test]
+    fn non_kv_work_for_one_participant_is_refused() {
+        let err = resolve_branches(
+            &directory(),
+            vec![branch("bank-a", vec![0xff]), branch("bank-a", vec![0xff])],
+        )
+        .unwrap_err();
+        assert!(err.contains("cannot be merged"), "{err}");
+    }
+
+    #[test]
+    fn addresses_in_reasons_get_names_exactly() {
+        let d = directory();
+        assert_eq!(
+            d.name_addresses("no vote within 300 ms from 127.0.0.1:7101, 127.0.0.1:710"),
+            "no vote within 300 ms from bank-a (127.0.0.1:7101), bank-b (127.0.0.1:710)"
+        );
+        assert_eq!(
+            d.name_addresses("participant 127.0.0.1:71011 voted ABORT"),
+            "participant 127.0.0.1:71011 voted ABORT"
+        );
+    }
+
+    #[test]
+    fn recent_outcomes_come_from_the_log_and_stay_bounded() {
+        let p = vec!["a".to_string()];
+        let log = vec![
+            CoordinatorRecord::Epoch { epoch: 1 },
+            CoordinatorRecord::Begin {
+                xid: Xid(1),
+                participants: p.clone(),
+            },
+            CoordinatorRecord::Decision {
+                xid: Xid(1),
+                decision: Decision::Commit,
+                participants: p.clone(),
+            },
+            CoordinatorRecord::End { xid: Xid(1) },
+            CoordinatorRecord::Begin {
+                xid: Xid(2),
+                participants: p.clone(),
+            },
+        ];
+        let mut recent = RecentOutcomes::from_log(&log, 2);
+        let one = recent.get(Xid(1)).expect("xid 1");
+        assert!(one.ended && one.decision == Decision::Commit);
+        let two = recent.get(Xid(2)).expect("xid 2");
+        assert_eq!(two.decision, Decision::Abort, "undecided = presumed abort");
+        recent.insert(
+            Xid(3),
+            RecentTxn {
+                decision: Decision::Commit,
+                reason: None,
+                participants: p,
+                ended: false,
+            },
+        );
+        assert!(!recent.contains(Xid(1)), "oldest forgotten past the bound");
+        assert!(recent.contains(Xid(3)));
     }
 }

@@ -273,6 +273,11 @@ impl Cluster {
             .expect("participant started")
     }
 
+    /// The log of participant `i`, whether or not it is still running.
+    pub fn participant_proc_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(&self.participants[i].name)).unwrap_or_default()
+    }
+
     pub async fn wait_all_listening(&self) {
         wait_listening(&self.coordinator.addr).await;
         for p in &self.participants {
