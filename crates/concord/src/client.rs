@@ -67,7 +67,7 @@ pub enum ClientError {
     Rejected(String),
     /// The transaction began but the connection was lost before its
     /// outcome arrived: it may have committed or aborted.
-    #[error("outcome of transaction {xid} unknown: {why}; ask `concord status {xid}`")]
+    #[error("outcome of transaction {xid} unknown: {why}; the coordinator knows it: `concord status --coordinator ADDR {xid}`")]
     OutcomeUnknown { xid: Xid, why: String },
     #[error("connection to {addr} lost: {why}")]
     ConnectionLost { addr: String, why: String },

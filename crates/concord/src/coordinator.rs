@@ -207,6 +207,7 @@ pub async fn run_coordinator_until(
         outbox: Outbox::new(config.outbox.clone()),
         waiting: HashMap::new(),
         recent,
+        recovering: true,
     };
     let result = driver.run(inbound_rx, log_rx, shutdown).await;
     stop.cancel();
@@ -238,6 +239,9 @@ struct CoordinatorDriver {
     transactions_in_flight_max: usize,
     waiting: HashMap<Xid, Waiter>,
     recent: RecentOutcomes,
+    /// True while the actions of recovery are carried out (decisions made
+    /// then are logged at info level, one line per transaction).
+    recovering: bool,
 }
 
 /// Events handled per loop iteration before the log batch is submitted:
@@ -255,6 +259,7 @@ impl CoordinatorDriver {
         // Recovery's own actions (the epoch record, ABORTs for undecided
         // transactions) go first.
         self.drain_actions();
+        self.recovering = false;
         self.log.flush();
         loop {
             let next_timer = self.timers.next_due().map(|at| self.clock.instant(at));
@@ -484,7 +489,12 @@ impl CoordinatorDriver {
                 reason,
             } => {
                 let reason = reason.map(|r| self.directory.name_addresses(&r));
-                tracing::debug!(%xid, ?decision, reason = reason.as_deref().unwrap_or(""), "decided");
+                let reason = reason.as_deref().unwrap_or("");
+                if self.recovering {
+                    tracing::info!(%xid, ?decision, "recovery decided {decision:?}: {reason}");
+                } else {
+                    tracing::debug!(%xid, ?decision, reason, "decided");
+                }
             }
             CoordinatorNotice::Ended { xid } => {
                 self.recent.mark_ended(xid);
