@@ -49,6 +49,35 @@ enum Command {
     /// Show a participant's committed balances, in-doubt transactions and
     /// locks.
     Accounts(AccountsArgs),
+    /// The main job, no set-up: a coordinator and 3 participants as
+    /// processes on 127.0.0.1, thousands of random transfers, kill -9 and
+    /// restart of a participant and then the coordinator mid-run, and
+    /// atomicity / conservation checks from the durable logs. Exits non-zero
+    /// if a check fails.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Number of transfers to run in all.
+    #[arg(long, default_value_t = 6000)]
+    transfers: usize,
+    /// Number of concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Accounts per participant (fewer accounts = more lock conflicts).
+    #[arg(long, default_value_t = 200)]
+    accounts: usize,
+    /// Starting balance of every account.
+    #[arg(long, default_value_t = 1000)]
+    balance: i64,
+    /// Keep the processes' data and logs in DIR instead of a temporary
+    /// directory that is removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seed of the random workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -266,7 +295,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     let server = matches!(cli.command, Command::Serve(_) | Command::Participant(_));
-    let runtime = if server {
+    let runtime = if server || matches!(cli.command, Command::Demo(_)) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -324,6 +353,7 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Status(args) => status(args).await,
         Command::Accounts(args) => accounts(args).await,
+        Command::Demo(args) => demo(args).await,
     }
 }
 
@@ -555,4 +585,31 @@ fn accounts_json(report: &AccountsReport) -> serde_json::Value {
         "in_doubt": report.in_doubt.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
         "locks": locks,
     })
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("concord demo: cannot find my own executable to start the processes: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = concord::demo::DemoOptions {
+        transfers: args.transfers,
+        clients: args.clients.max(1),
+        accounts: args.accounts.max(2),
+        balance: args.balance,
+        data_dir: args.data_dir,
+        seed: args.seed,
+        exe,
+    };
+    match concord::demo::run_demo(options).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("concord demo: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
