@@ -34,7 +34,7 @@ pub use config::{DiskConfig, FaultConfig, NetConfig, SimConfig, SimOptions, Work
 pub use ids::NodeId;
 pub use net::{Fate, MessageRule, SentMessage};
 pub use report::{ClientOutcome, SimFailure, SimReport};
-pub use world::{KeepUnsynced, Phase, World};
+pub use world::{Cut, KeepUnsynced, Phase, World};
 
 /// Run the simulation for `seed`: build the cluster and the workload from
 /// the seed, run the safety phase and the liveness phase, check every

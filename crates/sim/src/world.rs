@@ -53,6 +53,24 @@ pub enum Phase {
     Scripted,
 }
 
+/// Which of a partitioned node's messages are lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Everything to and from it.
+    Both,
+    /// Only what is sent to it: it still talks, nobody answers it.
+    Inbound,
+    /// Only what it sends: it hears everything, nobody hears it.
+    Outbound,
+}
+
+/// A node's partition: until when, and which way.
+#[derive(Clone, Copy, Debug)]
+struct Partition {
+    until: Time,
+    cut: Cut,
+}
+
 /// How much of a node's unsynced log tail survives its crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeepUnsynced {
@@ -95,9 +113,11 @@ enum Event {
     Restart {
         node: NodeId,
     },
-    /// Cut `node` off from everyone until `until`.
+    /// Cut `node` off (both ways, or only its incoming or outgoing
+    /// messages) until `until`.
     Isolate {
         node: NodeId,
+        cut: Cut,
         until: Time,
     },
     /// End of the safety phase.
@@ -183,7 +203,7 @@ pub struct World {
     /// Per node (by `NodeId::ordinal`): bumped at every crash, so timers
     /// and fsyncs of an earlier life are recognised as stale.
     incarnations: Vec<u32>,
-    isolated_until: BTreeMap<NodeId, Time>,
+    partitions: BTreeMap<NodeId, Partition>,
     rules: Vec<MessageRule>,
     sent_log: Option<Vec<SentMessage>>,
     pub(crate) clients: Vec<Client>,
@@ -272,7 +292,7 @@ impl World {
                 .map(|_| SimDisk::with_durable(vec![seed.clone()]))
                 .collect(),
             incarnations: vec![0; n + 1],
-            isolated_until: BTreeMap::new(),
+            partitions: BTreeMap::new(),
             rules: Vec::new(),
             sent_log: log_sent.then(Vec::new),
             clients: Vec::new(),
@@ -316,7 +336,8 @@ impl World {
             let at = Time(self.rng.gen_range(0..=safety_us));
             let node = self.random_node();
             let until = at.plus_ms(self.rng.gen_range(1..=self.config.faults.partition_ms_max));
-            self.schedule(at, Event::Isolate { node, until });
+            let cut = [Cut::Both, Cut::Inbound, Cut::Outbound][self.rng.gen_range(0..3)];
+            self.schedule(at, Event::Isolate { node, cut, until });
         }
     }
 
@@ -500,16 +521,9 @@ impl World {
                 }
             }
             Event::Restart { node } => self.restart(node),
-            Event::Isolate { node, until } => {
+            Event::Isolate { node, cut, until } => {
                 if self.phase == Phase::Safety {
-                    trace!(
-                        self,
-                        Some(node),
-                        "partition: cut off until {}",
-                        fmt_time(until)
-                    );
-                    let entry = self.isolated_until.entry(node).or_insert(until);
-                    *entry = (*entry).max(until);
+                    self.isolate_until(node, cut, until);
                 }
             }
             Event::Heal => self.heal(),
@@ -525,7 +539,7 @@ impl World {
             "=== liveness phase: faults healed, every node restarts ==="
         );
         self.phase = Phase::Liveness;
-        self.isolated_until.clear();
+        self.partitions.clear();
         self.restart(NodeId::Coordinator);
         for i in 0..self.config.participants {
             self.restart(NodeId::Participant(i));
@@ -909,10 +923,24 @@ impl World {
 
     // ----- network ----------------------------------------------------------
 
-    fn cut_off(&self, node: NodeId) -> bool {
-        self.isolated_until
-            .get(&node)
-            .is_some_and(|until| *until > self.now)
+    /// Whether a partition loses a message from `from` to `to` now.
+    fn cut_off(&self, from: NodeId, to: NodeId) -> bool {
+        let active = |node: NodeId, lost: Cut| {
+            self.partitions
+                .get(&node)
+                .is_some_and(|p| p.until > self.now && (p.cut == Cut::Both || p.cut == lost))
+        };
+        active(from, Cut::Outbound) || active(to, Cut::Inbound)
+    }
+
+    fn isolate_until(&mut self, node: NodeId, cut: Cut, until: Time) {
+        trace!(
+            self,
+            Some(node),
+            "partition: {cut:?} cut until {}",
+            fmt_time(until)
+        );
+        self.partitions.insert(node, Partition { until, cut });
     }
 
     fn sample_delay_us(&mut self) -> u64 {
@@ -967,7 +995,7 @@ impl World {
             Some(Fate::DelayMs(ms)) => extra_us = ms * 1000,
             None => {}
         }
-        if lost.is_none() && (self.cut_off(from) || self.cut_off(to)) {
+        if lost.is_none() && self.cut_off(from, to) {
             lost = Some("partition");
         }
         let loss_p = self.config.net.loss_probability;
@@ -1038,7 +1066,7 @@ impl World {
         self.trace.mix_str(message.kind());
         self.trace
             .mix(&[from.ordinal(), to.ordinal(), message.xid.0 as u64]);
-        if self.cut_off(from) || self.cut_off(to) {
+        if self.cut_off(from, to) {
             self.stats.dropped += 1;
             trace!(
                 self,
@@ -1146,14 +1174,13 @@ impl World {
 
     /// Cut `node` off from everyone for `ms` (scripted partitions).
     pub fn isolate(&mut self, node: NodeId, ms: u64) {
+        self.partition(node, Cut::Both, ms);
+    }
+
+    /// Lose `node`'s messages in the direction `cut` for `ms`.
+    pub fn partition(&mut self, node: NodeId, cut: Cut, ms: u64) {
         let until = self.now.plus_ms(ms);
-        trace!(
-            self,
-            Some(node),
-            "partition: cut off until {}",
-            fmt_time(until)
-        );
-        self.isolated_until.insert(node, until);
+        self.isolate_until(node, cut, until);
     }
 
     /// Put a hand-made message on the wire from `from` to `to` (a stale

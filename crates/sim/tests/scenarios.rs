@@ -9,7 +9,7 @@
 use concord_participant::kv::KvOp;
 use concord_proto::{Body, CoordinatorRecord, Decision, Message, ParticipantRecord, TxnState, Xid};
 use concord_sim::{
-    ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, SimFailure, World,
+    ClientOutcome, Cut, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, SimFailure, World,
 };
 
 const C: NodeId = NodeId::Coordinator;
@@ -419,6 +419,25 @@ fn stale_epoch_message_rejected() {
     settle(&mut w);
     assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
     assert_eq!(state(&w, 0, x), TxnState::Committed);
+    assert_transferred(&w, 10);
+    assert_no_locks(&w);
+}
+
+#[test]
+fn one_way_partition_participant_hears_but_is_not_heard() {
+    let mut w = world();
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(100, |w| w.client_outcome(x) == ClientOutcome::Committed));
+    // p0 receives COMMIT and commits, but nothing it sends gets out for a
+    // while: the coordinator keeps re-sending, p0 keeps re-ACKing.
+    w.partition(P0, Cut::Outbound, 200);
+    w.run_for(150);
+    assert_eq!(state(&w, 0, x), TxnState::Committed);
+    assert_eq!(w.coordinator().expect("up").in_flight(), 1);
+    settle(&mut w);
+    assert!(w.count_sent(C, P0, "COMMIT", x) >= 3);
+    assert!(w.count_sent(P0, C, "ACK", x) >= 3);
+    assert_eq!(w.coordinator().expect("up").in_flight(), 0);
     assert_transferred(&w, 10);
     assert_no_locks(&w);
 }
