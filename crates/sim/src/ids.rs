@@ -3,6 +3,8 @@
 //! The protocol names processes by address ([`PeerAddr`]); the simulator
 //! names them by [`NodeId`]. The mapping is fixed and total for the nodes
 //! of a run; an address that maps to no node is a message into the void.
+//! It must never depend on anything but the node's index: addresses appear
+//! in log records and traces that a replay must reproduce.
 
 use concord_proto::PeerAddr;
 use std::fmt;

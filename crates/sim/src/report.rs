@@ -1,6 +1,8 @@
 //! What a run hands back: a [`SimReport`] with its counts, or a
 //! [`SimFailure`] naming the broken invariant, the seed and the xid, with
-//! the command that replays it.
+//! the command that replays it. These are plain data: they must never hold
+//! anything that differs between two runs of one seed (wall time, pointer
+//! values), or the determinism test could not compare them.
 
 use concord_proto::{Time, Xid};
 use std::fmt;
