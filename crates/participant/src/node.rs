@@ -60,6 +60,11 @@ impl<R: Resource> ParticipantNode<R> {
         &self.core
     }
 
+    /// See [`Participant::set_inquire_ms_initial`].
+    pub fn set_inquire_ms_initial(&mut self, inquire_ms: u64) {
+        self.core.set_inquire_ms_initial(inquire_ms);
+    }
+
     pub fn resource(&self) -> &R {
         &self.resource
     }

@@ -160,6 +160,9 @@ struct Txn {
     timer_at: Option<Time>,
     /// The timeout in force, for the log line when it fires.
     timeout_ms: u64,
+    /// First delay before re-sending an un-ACKed COMMIT (the config's
+    /// value unless `begin_with_resend` gave one).
+    resend_ms_initial: u64,
     began_at: Time,
     /// A client waits for the outcome (false for recovered transactions).
     client_waits: bool,
@@ -260,6 +263,7 @@ impl Coordinator {
                         acked: vec![false; n],
                         timer_at: None,
                         timeout_ms: coordinator.config.resend_ms_initial,
+                        resend_ms_initial: coordinator.config.resend_ms_initial,
                         began_at: now,
                         client_waits: false,
                         resends: 0,
@@ -290,7 +294,8 @@ impl Coordinator {
 
     /// Start a global transaction: PREPARE goes to every participant with
     /// its work and `prepare_timeout_ms` as its deadline; the WAIT timer is
-    /// set to the same value.
+    /// set to the same value. An un-ACKed COMMIT is first re-sent after the
+    /// config's `resend_ms_initial`.
     pub fn begin(
         &mut self,
         now: Time,
@@ -298,6 +303,23 @@ impl Coordinator {
         branches: Vec<(PeerAddr, Vec<u8>)>,
         prepare_timeout_ms: u64,
     ) -> Result<(), BeginError> {
+        let resend_ms_initial = self.config.resend_ms_initial;
+        self.begin_with_resend(now, xid, branches, prepare_timeout_ms, resend_ms_initial)
+    }
+
+    /// [`begin`](Self::begin) with this transaction's own first COMMIT
+    /// resend delay (a driver computes it from the measured COMMIT → ACK
+    /// time of the participants). It is bounded to
+    /// `1..=config.resend_ms_max`; later resends double from it as usual.
+    pub fn begin_with_resend(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        branches: Vec<(PeerAddr, Vec<u8>)>,
+        prepare_timeout_ms: u64,
+        resend_ms_initial: u64,
+    ) -> Result<(), BeginError> {
+        let resend_ms_initial = resend_ms_initial.clamp(1, self.config.resend_ms_max.max(1));
         if self.txns.contains_key(&xid) {
             return Err(BeginError::DuplicateXid(xid));
         }
@@ -352,6 +374,7 @@ impl Coordinator {
                 acked: vec![false; n],
                 timer_at: Some(at),
                 timeout_ms: prepare_timeout_ms,
+                resend_ms_initial,
                 began_at: now,
                 client_waits: true,
                 resends: 0,
@@ -593,7 +616,7 @@ impl Coordinator {
             return;
         };
         txn.phase = Phase::Committed;
-        txn.timeout_ms = self.config.resend_ms_initial;
+        txn.timeout_ms = txn.resend_ms_initial;
         let at = now.plus_ms(txn.timeout_ms);
         txn.timer_at = Some(at);
         let targets: Vec<PeerAddr> = txn

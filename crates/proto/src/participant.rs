@@ -239,6 +239,21 @@ impl Participant {
         &self.config.addr
     }
 
+    /// Change the delay past the PREPARE deadline before a READY branch
+    /// first inquires (a driver computes it from the measured vote →
+    /// decision time). It applies to branches whose PREPARE arrives from
+    /// now on; branches already known keep theirs. Bounded to
+    /// `1..=config.inquire_ms_max`.
+    pub fn set_inquire_ms_initial(&mut self, inquire_ms: u64) {
+        self.config.inquire_ms_initial = inquire_ms.clamp(1, self.config.inquire_ms_max.max(1));
+    }
+
+    /// The delay a branch prepared now would wait past its deadline before
+    /// its first INQUIRE.
+    pub fn inquire_ms_initial(&self) -> u64 {
+        self.config.inquire_ms_initial
+    }
+
     /// Branches that voted READY and do not know the outcome yet.
     pub fn in_doubt(&self) -> Vec<Xid> {
         let mut xids: Vec<Xid> = self

@@ -396,3 +396,74 @@ fn begin_rejects_bad_input_with_clear_errors() {
         Err(BeginError::DuplicateXid(Xid(1)))
     );
 }
+
+fn next_timer(actions: &[CoordinatorAction]) -> Option<Time> {
+    actions.iter().find_map(|a| match a {
+        CoordinatorAction::SetTimer { at, .. } => Some(*at),
+        _ => None,
+    })
+}
+
+/// Timers from measured latency (SPEC §3): a driver may give one
+/// transaction its own first COMMIT resend delay; later resends double from
+/// it and stay capped by the config.
+#[test]
+fn timers_from_measured_latency_per_transaction_resend_delay() {
+    let mut c = started();
+    c.begin_with_resend(
+        ms(0),
+        Xid(8),
+        vec![(P1.into(), vec![1]), (P2.into(), vec![2])],
+        100,
+        3,
+    )
+    .expect("begin");
+    c.drain_actions().for_each(drop);
+    c.on_message(ms(1), msg(&c, Xid(8), P1, Body::Vote(Vote::Ready)));
+    c.on_message(ms(1), msg(&c, Xid(8), P2, Body::Vote(Vote::Ready)));
+    let actions: Vec<_> = c.drain_actions().collect();
+    c.on_durable(ms(2), forced_ticket(&actions).expect("forced"));
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert_eq!(next_timer(&actions), Some(ms(5)), "first resend after 3 ms");
+    c.on_timer(ms(5), Xid(8));
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert_eq!(sends(&actions).len(), 2, "COMMIT re-sent to both");
+    assert_eq!(next_timer(&actions), Some(ms(11)), "then doubles: 6 ms");
+    let fired = actions.iter().find_map(|a| match a {
+        CoordinatorAction::Notice(CoordinatorNotice::TimeoutFired { timeout_ms, .. }) => {
+            Some(*timeout_ms)
+        }
+        _ => None,
+    });
+    assert_eq!(fired, Some(3), "the notice names the delay in force");
+}
+
+#[test]
+fn timers_from_measured_latency_resend_delay_is_bounded_by_the_config() {
+    for (asked, want) in [(0, 1), (1000, 40)] {
+        let mut c = started();
+        c.begin_with_resend(ms(0), Xid(9), vec![(P1.into(), vec![1])], 100, asked)
+            .expect("begin");
+        c.drain_actions().for_each(drop);
+        c.on_message(ms(1), msg(&c, Xid(9), P1, Body::Vote(Vote::Ready)));
+        let actions: Vec<_> = c.drain_actions().collect();
+        c.on_durable(ms(2), forced_ticket(&actions).expect("forced"));
+        let actions: Vec<_> = c.drain_actions().collect();
+        assert_eq!(next_timer(&actions), Some(ms(2 + want)), "asked {asked}");
+    }
+}
+
+#[test]
+fn timers_from_measured_latency_plain_begin_keeps_the_config_resend_delay() {
+    let mut c = started();
+    committed(&mut c, Xid(10));
+    c.on_timer(ms(12), Xid(10));
+    let actions: Vec<_> = c.drain_actions().collect();
+    let fired = actions.iter().find_map(|a| match a {
+        CoordinatorAction::Notice(CoordinatorNotice::TimeoutFired { timeout_ms, .. }) => {
+            Some(*timeout_ms)
+        }
+        _ => None,
+    });
+    assert_eq!(fired, Some(10), "config resend_ms_initial");
+}

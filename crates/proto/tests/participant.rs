@@ -413,3 +413,30 @@ fn duplicates_harmless_finished_branch_not_forgotten_before_finished_ms_min() {
     assert_eq!(p.state_of(Xid(6)), TxnState::Unknown);
     assert_eq!(p.state_of(Xid(7)), TxnState::Aborted);
 }
+
+/// Timers from measured latency (SPEC §3): the driver sets the inquire
+/// delay from what it measured; it applies to branches prepared from then
+/// on, still counted from the PREPARE deadline, and is bounded by the
+/// config's maximum.
+#[test]
+fn timers_from_measured_latency_inquire_delay_set_by_the_driver() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.set_inquire_ms_initial(3);
+    assert_eq!(p.inquire_ms_initial(), 3);
+    let actions = ready(&mut p, Xid(6));
+    assert!(
+        actions.contains(&ParticipantAction::SetTimer {
+            xid: Xid(6),
+            at: ms(103)
+        }),
+        "deadline 100 ms + 3 ms: {actions:?}"
+    );
+    // Xid 5 keeps the delay it was prepared with.
+    p.on_timer(ms(103), Xid(5));
+    assert!(p.drain_actions().next().is_none(), "not due before 110 ms");
+    p.set_inquire_ms_initial(1000);
+    assert_eq!(p.inquire_ms_initial(), 40, "capped at inquire_ms_max");
+    p.set_inquire_ms_initial(0);
+    assert_eq!(p.inquire_ms_initial(), 1, "at least 1 ms");
+}
