@@ -12,19 +12,38 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One [`Client`] is one connection to a coordinator. Requests are
-//! pipelined: many tasks may share a client (`&self` methods) and their
+//! One [`Client`] is one connection to a coordinator at a time. Requests
+//! are pipelined: many tasks may share a client (`&self` methods) and their
 //! replies are matched by request id. If the connection is lost while a
 //! transaction is running, the call fails with
 //! [`ClientError::OutcomeUnknown`] carrying the xid: the transaction may
 //! still commit, and `status(xid)` on a new connection tells. A client never
 //! retries a transaction by itself.
+//!
+//! # Idle connections and heartbeats
+//! Servers close connections that read nothing for their
+//! `--server-idle-timeout-ms`, and declare a connection dead after
+//! `--dead-after-missed` silent heartbeat intervals. A client waiting a long
+//! time for an outcome must not be closed under its pending request, so
+//! the client keeps its connection visibly alive:
+//! * it answers every heartbeat frame ([`KIND_HEARTBEAT`]) the server sends
+//!   (servers heartbeat a connection they wrote nothing to for their
+//!   heartbeat interval), so a heartbeating server always hears from it
+//!   within one of its own intervals;
+//! * it sends its own heartbeat after [`ClientOptions::heartbeat_interval`]
+//!   without writing, for servers with heartbeats off but an idle timeout.
+//!
+//! A connection that is closed while no request is pending on it (the
+//! server restarted, a middlebox, [`ClientOptions::idle_timeout`]) is not
+//! an error: the next request reconnects first. Only requests in flight on
+//! a connection that breaks fail, because only they may have had an
+//! effect.
 
-use crate::conn::write_frames;
 use crate::wire::{
     self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request, KIND_REPLY,
 };
-use concord_net::{Frame, FrameCodec, KIND_HEARTBEAT};
+use bytes::BytesMut;
+use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
 use concord_participant::kv::{encode_work, KvOp};
 use concord_proto::{TxnState, Xid};
 use futures::StreamExt;
@@ -33,12 +52,51 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 
-/// How long [`Client::connect`] waits for the TCP handshake.
+/// How long [`Client::connect`] waits for the TCP handshake by default.
 pub const CONNECT_TIMEOUT_MS: u64 = 3000;
+
+/// Default [`ClientOptions::heartbeat_interval`]: the servers' default
+/// heartbeat interval, well inside their default idle timeout (30 s) and
+/// dead-peer time (5 s).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// Pending output above this many bytes is written before more is taken
+/// from the queue.
+const WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
+
+/// Connection settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// Send a heartbeat after this long without writing (`None`: only
+    /// answer the server's). Keep it below the server's idle timeout and
+    /// dead-peer time.
+    pub heartbeat_interval: Option<Duration>,
+    /// Close the connection after this long with no request pending; the
+    /// next request reconnects. `None` keeps it open.
+    pub idle_timeout: Option<Duration>,
+    /// Fail the requests in flight when nothing (not even a heartbeat) was
+    /// read for this long: the server is presumed dead. Only meaningful
+    /// against servers with heartbeats on; `None` waits forever.
+    pub dead_after: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            heartbeat_interval: Some(Duration::from_millis(HEARTBEAT_INTERVAL_MS)),
+            idle_timeout: None,
+            dead_after: None,
+        }
+    }
+}
 
 /// The result of a global transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,10 +113,13 @@ impl TxnResult {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The TCP connect failed; `kind` tells refused, timed out and
+    /// unreachable apart.
     #[error("cannot connect to {addr}: {what}: {source}")]
     Connect {
         addr: String,
         what: &'static str,
+        kind: ConnectErrorKind,
         #[source]
         source: io::Error,
     },
@@ -78,8 +139,8 @@ pub enum ClientError {
 }
 
 /// Requests waiting for replies, and why the connection closed (once it
-/// has): one lock, so a request can never be registered after the reader
-/// gave up and then wait forever.
+/// has): one lock, so a request can never be registered after the
+/// connection gave up and then wait forever.
 #[derive(Default)]
 struct Shared {
     pending: HashMap<u64, mpsc::UnboundedSender<Reply>>,
@@ -94,69 +155,59 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// One TCP connection of a client: its outgoing queue, its pending
+/// requests, and the task that owns the socket (aborted on drop).
+struct Connection {
+    frames: mpsc::UnboundedSender<Frame>,
+    shared: SharedRef,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Connection {
+    fn is_closed(&self) -> bool {
+        lock(&self.shared).closed.is_some() || self.frames.is_closed()
+    }
+
+    fn closed_why(&self) -> String {
+        lock(&self.shared)
+            .closed
+            .clone()
+            .unwrap_or_else(|| "connection closed".into())
+    }
+}
+
 /// A connection to a coordinator (or, for [`accounts`] and
 /// [`branch_state`], to a participant).
 pub struct Client {
     addr: String,
-    frames: mpsc::UnboundedSender<Frame>,
-    shared: SharedRef,
+    options: ClientOptions,
+    /// The current connection; replaced (under this lock, so concurrent
+    /// callers share one reconnect) when it closed with nothing pending.
+    conn: tokio::sync::Mutex<Arc<Connection>>,
     next_request_id: AtomicU64,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 impl Client {
-    /// Connect to the server at `addr` ("127.0.0.1:7100").
+    /// Connect to the server at `addr` ("127.0.0.1:7100") with the default
+    /// [`ClientOptions`].
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let connect = TcpStream::connect(addr);
-        let stream =
-            match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    let what = match source.kind() {
-                        io::ErrorKind::ConnectionRefused => {
-                            "connection refused (is the server running?)"
-                        }
-                        _ => "connect failed",
-                    };
-                    return Err(ClientError::Connect {
-                        addr: addr.into(),
-                        what,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(ClientError::Connect {
-                        addr: addr.into(),
-                        what: "connect timed out",
-                        source: io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no answer within {CONNECT_TIMEOUT_MS} ms"),
-                        ),
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = stream.into_split();
-        let (frames, frames_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(write_half, frames_rx, addr.to_string()));
-        let shared: SharedRef = Arc::default();
-        let reader = tokio::spawn(read_replies(
-            FramedRead::new(read_half, FrameCodec::new(wire::REPLY_BYTES_MAX)),
-            Arc::clone(&shared),
-            addr.to_string(),
-        ));
+        Client::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connect with explicit options.
+    pub async fn connect_with(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let conn = open(addr, &options).await?;
         Ok(Client {
             addr: addr.into(),
-            frames,
-            shared,
+            options,
+            conn: tokio::sync::Mutex::new(Arc::new(conn)),
             next_request_id: AtomicU64::new(1),
-            reader,
         })
     }
 
@@ -178,11 +229,13 @@ impl Client {
         prepare_timeout_ms: Option<u64>,
     ) -> Result<TxnResult, ClientError> {
         let request_id = self.next_id();
-        let mut replies = self.start(Request::Begin {
-            request_id,
-            branches,
-            prepare_timeout_ms,
-        })?;
+        let (mut replies, conn) = self
+            .start(Request::Begin {
+                request_id,
+                branches,
+                prepare_timeout_ms,
+            })
+            .await?;
         let mut xid = None;
         loop {
             match replies.recv().await {
@@ -191,7 +244,7 @@ impl Client {
                 Some(Reply::Error { message, .. }) => return Err(ClientError::Rejected(message)),
                 Some(other) => return Err(self.unexpected(&other)),
                 None => {
-                    let why = self.closed_why();
+                    let why = conn.closed_why();
                     return Err(match xid {
                         Some(xid) => ClientError::OutcomeUnknown { xid, why },
                         None => ClientError::ConnectionLost {
@@ -284,12 +337,33 @@ impl Client {
         self.next_request_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Send `request` and return the channel its replies arrive on.
-    fn start(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Reply>, ClientError> {
+    /// The current connection, or a new one if it closed while idle.
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_closed() {
+            tracing::debug!(
+                addr = %self.addr,
+                "previous connection closed while idle ({}); reconnecting",
+                conn.closed_why()
+            );
+            *conn = Arc::new(open(&self.addr, &self.options).await?);
+        }
+        Ok(Arc::clone(&conn))
+    }
+
+    /// Send `request` and return the channel its replies arrive on, with the
+    /// connection it went out on (whose close reason explains a lost reply).
+    async fn start(
+        &self,
+        request: Request,
+    ) -> Result<(mpsc::UnboundedReceiver<Reply>, Arc<Connection>), ClientError> {
+        let conn = self.connection().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         {
-            let mut shared = lock(&self.shared);
+            let mut shared = lock(&conn.shared);
             if let Some(why) = &shared.closed {
+                // Closed between the check above and now: nothing was sent,
+                // so this is safe to report (and to retry by the caller).
                 return Err(ClientError::ConnectionLost {
                     addr: self.addr.clone(),
                     why: why.clone(),
@@ -297,34 +371,27 @@ impl Client {
             }
             shared.pending.insert(request.request_id(), tx);
         }
-        if self.frames.send(wire::request_frame(&request)).is_err() {
+        if conn.frames.send(wire::request_frame(&request)).is_err() {
             return Err(ClientError::ConnectionLost {
                 addr: self.addr.clone(),
                 why: "the connection's writer stopped".into(),
             });
         }
-        Ok(rx)
+        Ok((rx, conn))
     }
 
     /// A request with exactly one reply; a `Reply::Error` becomes
     /// `ClientError::Rejected`.
     async fn call(&self, request: Request) -> Result<Reply, ClientError> {
-        let mut replies = self.start(request)?;
+        let (mut replies, conn) = self.start(request).await?;
         match replies.recv().await {
             Some(Reply::Error { message, .. }) => Err(ClientError::Rejected(message)),
             Some(reply) => Ok(reply),
             None => Err(ClientError::ConnectionLost {
                 addr: self.addr.clone(),
-                why: self.closed_why(),
+                why: conn.closed_why(),
             }),
         }
-    }
-
-    fn closed_why(&self) -> String {
-        lock(&self.shared)
-            .closed
-            .clone()
-            .unwrap_or_else(|| "connection closed".into())
     }
 
     fn unexpected(&self, reply: &Reply) -> ClientError {
@@ -335,37 +402,151 @@ impl Client {
     }
 }
 
-async fn read_replies(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+/// Connect to `addr` and start the task that owns the connection.
+async fn open(addr: &str, options: &ClientOptions) -> Result<Connection, ClientError> {
+    let connect_error = |kind: ConnectErrorKind, source: io::Error| ClientError::Connect {
+        addr: addr.into(),
+        what: match kind {
+            ConnectErrorKind::Refused => "connection refused (is the server running?)",
+            ConnectErrorKind::Timeout => "connect timed out",
+            ConnectErrorKind::Unreachable => "network unreachable",
+            ConnectErrorKind::Other => "connect failed",
+        },
+        kind,
+        source,
+    };
+    let stream = match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(connect_error(ConnectErrorKind::classify(&source), source)),
+        Err(_) => {
+            return Err(connect_error(
+                ConnectErrorKind::Timeout,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", options.connect_timeout),
+                ),
+            ))
+        }
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
+    }
+    let (frames, frames_rx) = mpsc::unbounded_channel();
+    let shared: SharedRef = Arc::default();
+    let task = tokio::spawn(run_connection(
+        stream,
+        frames_rx,
+        Arc::clone(&shared),
+        addr.to_string(),
+        options.clone(),
+    ));
+    Ok(Connection {
+        frames,
+        shared,
+        task,
+    })
+}
+
+/// Own one client connection: write queued requests (coalesced), read and
+/// dispatch replies, answer the server's heartbeats, send our own when
+/// idle, and close on the idle timeout. On exit the close reason is
+/// recorded and every pending request is woken ("connection lost").
+async fn run_connection(
+    stream: TcpStream,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
     shared: SharedRef,
     addr: String,
+    options: ClientOptions,
 ) {
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(wire::REPLY_BYTES_MAX));
+    // Check the timers at a quarter of the shortest one.
+    let tick = [
+        options.heartbeat_interval,
+        options.idle_timeout,
+        options.dead_after,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|d| (d / 4).max(Duration::from_millis(1)));
+    let mut ticker = tick.map(|t| {
+        let mut i = tokio::time::interval_at(Instant::now() + t, t);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
+    let mut buffer = BytesMut::new();
+    let mut last_write = Instant::now();
+    let mut last_read = Instant::now();
+    let mut last_busy = Instant::now();
     let why = loop {
-        let frame = match reader.next().await {
-            None => break "the server closed the connection".to_string(),
-            Some(Err(e)) => break e.to_string(),
-            Some(Ok(frame)) => frame,
-        };
-        match frame.kind {
-            KIND_HEARTBEAT => continue,
-            KIND_REPLY => {}
-            other => break format!("protocol error: unexpected frame kind {other}"),
-        }
-        let reply = match wire::decode_reply(&frame.body) {
-            Ok(reply) => reply,
-            Err(e) => break format!("protocol error: {e}"),
-        };
-        let mut shared = lock(&shared);
-        let id = reply.request_id();
-        let is_final = reply.is_final();
-        match shared.pending.get(&id) {
-            Some(tx) => {
-                let _ = tx.send(reply);
-                if is_final {
-                    shared.pending.remove(&id);
+        tokio::select! {
+            frame = frames.recv() => {
+                let Some(frame) = frame else {
+                    let _ = write_half.shutdown().await;
+                    break "client dropped".to_string();
+                };
+                last_busy = Instant::now();
+                encode_frame(frame.kind, &frame.body, &mut buffer);
+                while buffer.len() < WRITE_COALESCE_BYTES_MAX {
+                    match frames.try_recv() {
+                        Ok(frame) => encode_frame(frame.kind, &frame.body, &mut buffer),
+                        Err(_) => break,
+                    }
                 }
             }
-            None => tracing::debug!(%addr, request_id = id, "reply for no pending request"),
+            frame = reader.next() => {
+                last_read = Instant::now();
+                let frame = match frame {
+                    None => break "the server closed the connection".to_string(),
+                    Some(Err(e)) => break e.to_string(),
+                    Some(Ok(frame)) => frame,
+                };
+                match frame.kind {
+                    // Answer at once: a heartbeating server hears from us
+                    // within one of its intervals however long we wait.
+                    KIND_HEARTBEAT => encode_frame(KIND_HEARTBEAT, &[], &mut buffer),
+                    KIND_REPLY => match wire::decode_reply(&frame.body) {
+                        Ok(reply) => {
+                            last_busy = last_read;
+                            dispatch(&shared, reply, &addr);
+                        }
+                        Err(e) => break format!("protocol error: {e}"),
+                    },
+                    other => break format!("protocol error: unexpected frame kind {other}"),
+                }
+            }
+            _ = tick_of(&mut ticker) => {
+                let now = Instant::now();
+                let pending = !lock(&shared).pending.is_empty();
+                if pending {
+                    last_busy = now;
+                }
+                if let Some(dead) = options.dead_after {
+                    if pending && now - last_read >= dead {
+                        break format!("nothing received from the server for {:?} (presumed dead)", now - last_read);
+                    }
+                }
+                if let Some(idle) = options.idle_timeout {
+                    if !pending && now - last_busy >= idle {
+                        let _ = write_half.shutdown().await;
+                        break format!("closed after {idle:?} idle");
+                    }
+                }
+                if let Some(hb) = options.heartbeat_interval {
+                    if buffer.is_empty() && now - last_write >= hb {
+                        encode_frame(KIND_HEARTBEAT, &[], &mut buffer);
+                    }
+                }
+            }
+        }
+        if !buffer.is_empty() {
+            if let Err(e) = write_half.write_all(&buffer).await {
+                break format!("write failed: {e}");
+            }
+            buffer.clear();
+            last_write = Instant::now();
         }
     };
     tracing::debug!(%addr, "client connection ended: {why}");
@@ -373,6 +554,30 @@ async fn read_replies(
     shared.closed = Some(why);
     // Dropping the senders wakes every waiter with "connection lost".
     shared.pending.clear();
+}
+
+fn dispatch(shared: &SharedRef, reply: Reply, addr: &str) {
+    let mut shared = lock(shared);
+    let id = reply.request_id();
+    let is_final = reply.is_final();
+    match shared.pending.get(&id) {
+        Some(tx) => {
+            let _ = tx.send(reply);
+            if is_final {
+                shared.pending.remove(&id);
+            }
+        }
+        None => tracing::debug!(%addr, request_id = id, "reply for no pending request"),
+    }
+}
+
+async fn tick_of(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Key-value branches from `(participant, account, delta)` triples, one

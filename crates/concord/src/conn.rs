@@ -1,31 +1,36 @@
-//! Incoming connections: the listener, one reader task per connection that
-//! turns frames into [`Inbound`] events for the driver, and one writer task
-//! per connection that carries client replies back, coalescing whatever is
-//! queued into one write.
+//! The server side of a concord process's transport: one
+//! [`concord_net::Network`] per process serves incoming connections
+//! (clients and peers) *and* carries the [`Outbox`](crate::outbox::Outbox)'s
+//! outgoing peer connections, so every connection gets the same treatment:
+//! TCP_NODELAY, coalesced writes, heartbeats, dead-peer detection, the
+//! server idle timeout, `connections_max`, the configured listen backlog
+//! and a graceful shutdown that flushes what is queued.
 //!
-//! A connection that sends a malformed frame (bad magic or version, a body
-//! longer than `frame_bytes_max`, an unknown kind, a body that does not
-//! decode) is closed with a warning naming the peer's address; every other
-//! connection is untouched and the server goes on. Nothing read from the
+//! This module turns the network's `(Peer, Frame)` stream into
+//! [`Inbound`] events for the driver. Frames whose *header* is wrong (bad
+//! magic or version, longer than `frame_bytes_max`) are caught by
+//! concord-net, which closes that connection and logs it with the peer's
+//! address. Frames with a good header but a body this process cannot use
+//! (an unknown kind, a reply sent to a server, a body that does not decode)
+//! are caught here: the connection is closed with a warning naming the
+//! peer, and every other connection is untouched. Nothing read from the
 //! network is unwrapped.
+//!
+//! Client replies go back on the connection the request came in on
+//! ([`ReplyTx`]); a client that is gone makes the reply a no-op. Peer
+//! messages are never answered on their incoming connection (the answer is
+//! a new message to `message.from` through the outbox).
 
 use crate::wire::{self, Reply, Request, KIND_PEER, KIND_REPLY, KIND_REQUEST};
-use bytes::BytesMut;
-use concord_net::{encode_frame, Frame, FrameCodec, KIND_HEARTBEAT};
+use concord_net::{Frame, NetConfig, Network, Peer, SendError};
 use concord_proto::Message;
-use futures::StreamExt;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
 
-/// Pending output above this many bytes is written before more is taken
-/// from the queue.
-const WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
+/// How long a graceful shutdown lets connections flush what is queued (the
+/// last replies, COMMITs and ACKs) before they are closed regardless.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Something that arrived on an incoming connection, for the driver.
 #[derive(Debug)]
@@ -35,21 +40,47 @@ pub(crate) enum Inbound {
 }
 
 /// Where replies to one client connection go. Cheap to clone; sending after
-/// the connection closed is a no-op.
+/// the connection closed is a no-op (logged at debug level).
 #[derive(Clone, Debug)]
 pub(crate) struct ReplyTx {
-    frames: mpsc::UnboundedSender<Frame>,
-    peer: SocketAddr,
+    network: Network,
+    peer: Peer,
 }
 
 impl ReplyTx {
     pub fn send(&self, reply: &Reply) {
-        if self.frames.send(wire::reply_frame(reply)).is_err() {
-            tracing::debug!(
+        let frame = wire::reply_frame(reply);
+        match self.network.try_send_to(self.peer, frame) {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => {
+                // The client pipelines faster than it reads. Waiting here
+                // would stall the driver for everyone, dropping the reply
+                // would leave the client waiting forever: wait in a task.
+                let network = self.network.clone();
+                let peer = self.peer;
+                let frame = wire::reply_frame(reply);
+                tokio::spawn(async move {
+                    if let Err(e) = network.send_to(peer, frame).await {
+                        tracing::debug!(%peer, "reply not sent: {e}");
+                    }
+                });
+            }
+            Err(SendError::TooLong { len, max }) => {
+                tracing::warn!(
+                    peer = %self.peer,
+                    request_id = reply.request_id(),
+                    "reply of {len} bytes exceeds --frame-bytes-max {max}; sending an error instead"
+                );
+                self.error(
+                    reply.request_id(),
+                    format!("the reply ({len} bytes) exceeds the server's --frame-bytes-max {max}; raise it"),
+                );
+            }
+            Err(e) => tracing::debug!(
                 peer = %self.peer,
                 request_id = reply.request_id(),
-                "client connection closed before its reply could be sent"
-            );
+                "client connection gone before its reply could be sent: {e}"
+            ),
         }
     }
 
@@ -61,155 +92,114 @@ impl ReplyTx {
     }
 }
 
-/// Bind `listen` with SO_REUSEADDR (so a restarted process gets its port
-/// back at once) and the given accept backlog.
-pub(crate) async fn bind(listen: &str, backlog: u32) -> anyhow::Result<TcpListener> {
-    let addr = tokio::net::lookup_host(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot resolve listen address {listen:?}: {e}"))?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("listen address {listen:?} resolves to nothing"))?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| anyhow::anyhow!("cannot create a socket for {listen}: {e}"))?;
-    socket
-        .set_reuseaddr(true)
-        .map_err(|e| anyhow::anyhow!("cannot set SO_REUSEADDR on {listen}: {e}"))?;
-    socket
-        .bind(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    socket
-        .listen(backlog)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
-}
-
-/// Accept connections until `stop` is cancelled; each gets a reader and a
-/// writer task feeding `inbound`.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    inbound: mpsc::Sender<Inbound>,
-    frame_bytes_max: usize,
-    stop: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-                }
-                let inbound = inbound.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = serve_connection(stream, peer, inbound, frame_bytes_max) => {}
-                    }
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}; retrying in 50 ms");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+/// Check the transport settings of a server before anything starts, with
+/// the relation concord adds to [`NetConfig::validate`]: without heartbeats
+/// the client idle timeout must be shorter than the server idle timeout, so
+/// a pooled connection is closed by its client (which then reconnects
+/// before writing) rather than by the server under a client about to write.
+pub fn validate_net_config(net: &NetConfig) -> anyhow::Result<()> {
+    net.validate()
+        .map_err(|e| anyhow::anyhow!("{e} (see `concord serve --help`, section Network)"))?;
+    if net.heartbeat_interval.is_none() {
+        if let (Some(client), Some(server)) = (net.client_idle_timeout, net.server_idle_timeout) {
+            if client >= server {
+                anyhow::bail!(
+                    "invalid network configuration: with heartbeats off, --client-idle-timeout-ms \
+                     ({} ms) must be below --server-idle-timeout-ms ({} ms) so the client closes \
+                     an idle connection first",
+                    client.as_millis(),
+                    server.as_millis()
+                );
             }
         }
     }
+    Ok(())
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+/// Resolve `listen`, create the process's network with `config`, listen
+/// with `backlog`, and feed decoded frames to `inbound`. Must run inside a
+/// tokio runtime.
+pub(crate) async fn serve(
+    listen: &str,
+    backlog: u32,
+    config: NetConfig,
     inbound: mpsc::Sender<Inbound>,
-    frame_bytes_max: usize,
+) -> anyhow::Result<Network> {
+    validate_net_config(&config)?;
+    let addr = resolve(listen).await?;
+    let (network, incoming) = Network::try_new(config)?;
+    network
+        .listen(addr, backlog)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tokio::spawn(dispatch(network.clone(), incoming, inbound));
+    Ok(network)
+}
+
+/// Graceful end of the transport: stop accepting, write what is queued on
+/// every connection (replies to clients, the last protocol messages), send
+/// FIN, and wait for the peers to close, within [`SHUTDOWN_GRACE`]. Frames
+/// that could not be written are logged; the protocol re-sends them after
+/// restart (COMMITs from the log, INQUIREs from READY branches).
+pub(crate) async fn shutdown(network: &Network) {
+    let handed_back = network.shutdown(SHUTDOWN_GRACE).await;
+    if !handed_back.is_empty() {
+        tracing::info!(
+            frames = handed_back.len(),
+            "shutdown: {} queued frames could not be written before the grace period ended; \
+             the protocol re-sends what matters after restart",
+            handed_back.len()
+        );
+    }
+}
+
+async fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = listen.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve listen address {listen:?}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("listen address {listen:?} resolves to nothing"))
+}
+
+/// Turn `(peer, frame)` into driver events until the network or the driver
+/// stops.
+async fn dispatch(
+    network: Network,
+    mut incoming: mpsc::Receiver<(Peer, Frame)>,
+    inbound: mpsc::Sender<Inbound>,
 ) {
-    let (read_half, write_half) = stream.into_split();
-    let (frames, frames_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(write_half, frames_rx, peer.to_string()));
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(frame_bytes_max));
-    let protocol_error = loop {
-        let frame = match reader.next().await {
-            None => break false,
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) if e.is_protocol_error() => {
-                tracing::warn!(%peer, "closing connection: {e}");
-                break true;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(%peer, "connection failed: {e}");
-                break false;
-            }
-        };
-        let event = match frame.kind {
-            KIND_HEARTBEAT => continue,
-            KIND_PEER => match wire::decode_peer(&frame.body) {
-                Ok(message) => Inbound::Peer(message),
-                Err(e) => {
-                    tracing::warn!(%peer, "closing connection: protocol error: {e}");
-                    break true;
-                }
-            },
-            KIND_REQUEST => match wire::decode_request(&frame.body) {
-                Ok(request) => Inbound::Request {
-                    request,
-                    reply: ReplyTx {
-                        frames: frames.clone(),
-                        peer,
-                    },
-                },
-                Err(e) => {
-                    tracing::warn!(%peer, "closing connection: protocol error: {e}");
-                    break true;
-                }
-            },
-            other => {
-                let what = if other == KIND_REPLY {
-                    "a reply frame, which only clients receive".to_string()
-                } else {
-                    format!("unknown frame kind {other}")
-                };
-                tracing::warn!(%peer, "closing connection: protocol error: {what}");
-                break true;
+    while let Some((peer, frame)) = incoming.recv().await {
+        let event = match decode(&network, peer, frame) {
+            Ok(event) => event,
+            Err(why) => {
+                tracing::warn!(%peer, "closing connection: protocol error: {why}");
+                network.close(peer);
+                continue;
             }
         };
         if inbound.send(event).await.is_err() {
             return; // the driver stopped
         }
-    };
-    drop(frames);
-    if protocol_error {
-        // Close now: dropping both halves closes the socket.
-        writer.abort();
     }
-    // Otherwise the writer finishes once the replies still owed to this
-    // client are written (or the driver drops them).
 }
 
-/// Write queued frames to `write_half`, coalescing everything already
-/// queued into one write. Ends when the queue closes or a write fails.
-pub(crate) async fn write_frames(
-    mut write_half: OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
-    peer: String,
-) {
-    let mut buffer = BytesMut::new();
-    while let Some(frame) = frames.recv().await {
-        encode_frame(frame.kind, &frame.body, &mut buffer);
-        while buffer.len() < WRITE_COALESCE_BYTES_MAX {
-            match frames.try_recv() {
-                Ok(frame) => encode_frame(frame.kind, &frame.body, &mut buffer),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = write_half.write_all(&buffer).await {
-            tracing::debug!(%peer, "write failed, dropping the connection: {e}");
-            return;
-        }
-        buffer.clear();
+fn decode(network: &Network, peer: Peer, frame: Frame) -> Result<Inbound, String> {
+    match frame.kind {
+        KIND_PEER => wire::decode_peer(&frame.body)
+            .map(Inbound::Peer)
+            .map_err(|e| e.to_string()),
+        KIND_REQUEST => wire::decode_request(&frame.body)
+            .map(|request| Inbound::Request {
+                request,
+                reply: ReplyTx {
+                    network: network.clone(),
+                    peer,
+                },
+            })
+            .map_err(|e| e.to_string()),
+        KIND_REPLY => Err("a reply frame, which only clients receive".into()),
+        other => Err(format!("unknown frame kind {other}")),
     }
 }

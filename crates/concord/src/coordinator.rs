@@ -19,12 +19,13 @@
 use crate::conn::{self, Inbound, ReplyTx};
 use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
 use crate::failpoint;
-use crate::outbox::{Outbox, OutboxOptions};
+use crate::outbox::Outbox;
 use crate::wire::{
     BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
     IN_FLIGHT_LISTED_MAX,
 };
 use anyhow::{anyhow, bail, Context};
+use concord_net::NetConfig;
 use concord_participant::kv::{decode_work, encode_work};
 use concord_proto::codec::{decode, encode};
 use concord_proto::{
@@ -36,7 +37,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Everything `concord serve` needs.
 #[derive(Clone, Debug)]
@@ -55,14 +55,14 @@ pub struct CoordinatorServerConfig {
     /// First and largest delay between resends of an un-ACKed COMMIT.
     pub resend_ms_initial: u64,
     pub resend_ms_max: u64,
-    /// Bound on a frame's body on incoming connections.
-    pub frame_bytes_max: usize,
     /// Begin requests beyond this many transactions in flight are refused.
     pub transactions_in_flight_max: usize,
     /// Finished transactions remembered for `status`.
     pub recent_outcomes_max: usize,
     pub listen_backlog: u32,
-    pub outbox: OutboxOptions,
+    /// Transport settings (frame bound, heartbeats, idle timeouts,
+    /// reconnect backoff) for every connection of this process.
+    pub net: NetConfig,
 }
 
 impl CoordinatorServerConfig {
@@ -80,11 +80,10 @@ impl CoordinatorServerConfig {
             prepare_timeout_ms_max: 60_000,
             resend_ms_initial: 100,
             resend_ms_max: 5000,
-            frame_bytes_max: concord_net::frame::FRAME_BYTES_MAX_DEFAULT,
             transactions_in_flight_max: 100_000,
             recent_outcomes_max: 100_000,
             listen_backlog: 1024,
-            outbox: OutboxOptions::default(),
+            net: NetConfig::default(),
         }
     }
 
@@ -109,6 +108,7 @@ impl CoordinatorServerConfig {
         if self.prepare_timeout_ms == 0 || self.resend_ms_initial == 0 {
             bail!("timeouts must be at least 1 ms");
         }
+        crate::conn::validate_net_config(&self.net)?;
         if self.resend_ms_max < self.resend_ms_initial {
             bail!(
                 "--resend-ms-max ({}) is below --resend-ms-initial ({})",
@@ -176,7 +176,14 @@ pub async fn run_coordinator_until(
     let log = LogWriter::new(GroupCommit::start(Box::new(log), "coordinator"), log_tx);
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
-    let listener = conn::bind(&config.listen, config.listen_backlog).await?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
+    let network = conn::serve(
+        &config.listen,
+        config.listen_backlog,
+        config.net.clone(),
+        inbound_tx,
+    )
+    .await?;
     tracing::info!(
         listen = %config.listen,
         participants = %config
@@ -187,14 +194,6 @@ pub async fn run_coordinator_until(
             .join(", "),
         "coordinator serving"
     );
-    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
-    let stop = CancellationToken::new();
-    let acceptor = tokio::spawn(conn::accept_loop(
-        listener,
-        inbound_tx,
-        config.frame_bytes_max,
-        stop.clone(),
-    ));
     let mut driver = CoordinatorDriver {
         directory: Directory::new(&config.participants),
         prepare_timeout_ms: config.prepare_timeout_ms,
@@ -204,15 +203,27 @@ pub async fn run_coordinator_until(
         clock,
         timers: Timers::default(),
         log,
-        outbox: Outbox::new(config.outbox.clone()),
+        outbox: Outbox::new(network.clone()),
         waiting: HashMap::new(),
         recent,
         recovering: true,
     };
     let result = driver.run(inbound_rx, log_rx, shutdown).await;
-    stop.cancel();
-    acceptor.abort();
+    // Graceful stop: the driver takes no more events; write out the log
+    // (every record pushed so far becomes durable), then let the transport
+    // flush queued replies and messages and close. Clients still waiting
+    // for an outcome see their connection close: OutcomeUnknown with the
+    // xid, which `status` answers after the restart.
+    let waiting = driver.waiting.len();
     driver.log.shutdown();
+    conn::shutdown(&network).await;
+    if waiting > 0 {
+        tracing::info!(
+            waiting,
+            "shutdown: {waiting} clients were waiting for an outcome; they see it as unknown \
+             and can ask `concord status` after the restart"
+        );
+    }
     match &result {
         Ok(()) => tracing::info!("coordinator stopped"),
         Err(e) => tracing::error!("coordinator stopping: {e:#}"),

@@ -11,7 +11,10 @@
 //! - [`client`]: the Rust client ([`client::Client`]).
 //! - [`wire`]: what travels inside frames (peer messages, client requests
 //!   and replies).
-//! - [`outbox`]: outgoing peer connections (one per peer, reconnecting).
+//! - [`outbox`]: outgoing peer messages over concord-net (one persistent,
+//!   heartbeating connection per peer, repaired on reset).
+//! - [`timeouts`]: timeouts from measured latency (SPEC §3) for both
+//!   drivers.
 //! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
 //!
 //! The servers are library functions so that tests, `concord demo` and
@@ -28,6 +31,7 @@ mod driver;
 pub mod failpoint;
 pub mod outbox;
 pub mod participant;
+pub mod timeouts;
 pub mod wire;
 
 pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};
@@ -63,35 +67,15 @@ pub async fn shutdown_signal() {
 }
 
 /// Raise the soft limit on open files to the hard limit, so a server can
-/// hold thousands of connections. Returns a message saying what happened.
+/// hold thousands of connections. Returns a message saying what happened
+/// (concord-net's [`concord_net::raise_fd_limit`] also logs it).
 pub fn raise_fd_limit() -> Result<String, String> {
-    // SAFETY: getrlimit/setrlimit write only into the struct we pass.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(format!(
-                "cannot read the open-files limit: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if limit.rlim_cur >= limit.rlim_max {
-            return Ok(format!("open-files limit is {}", limit.rlim_cur));
-        }
-        let old = limit.rlim_cur;
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(format!(
-                "cannot raise the open-files limit from {old} to {}: {}",
-                limit.rlim_max,
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(format!(
-            "open-files limit raised from {old} to {}",
-            limit.rlim_max
-        ))
+    match concord_net::raise_fd_limit() {
+        Ok(l) if l.soft > l.soft_before => Ok(format!(
+            "open-files limit raised from {} to {}",
+            l.soft_before, l.soft
+        )),
+        Ok(l) => Ok(format!("open-files limit is {}", l.soft)),
+        Err(e) => Err(format!("cannot raise the open-files limit: {e}")),
     }
 }

@@ -1,12 +1,12 @@
-//! The `concord` command line: servers (`serve`, `participant`) and client
-//! commands (`transfer`, `txn`, `status`, `accounts`).
+//! The `concord` command line: servers (`serve`, `participant`), client
+//! commands (`transfer`, `txn`, `status`, `accounts`), and `proxy`, the
+//! fault-injecting TCP proxy for tests on one machine.
 //!
 //! Exit codes of the client commands: 0 success (committed), 1 aborted,
 //! 2 error (including an unknown outcome).
 
 use clap::{Args, Parser, Subcommand};
 use concord::client::{self, Client, ClientError};
-use concord::outbox::OutboxOptions;
 use concord::wire::{AccountsReport, Outcome};
 use concord::{CoordinatorServerConfig, ParticipantServerConfig};
 use concord_proto::Xid;
@@ -55,7 +55,51 @@ enum Command {
     /// atomicity / conservation checks from the durable logs. Exits non-zero
     /// if a check fails.
     Demo(DemoArgs),
+    /// A fault-injecting TCP proxy between two concord processes (tests and
+    /// benchmarks on one machine, where netem is not available).
+    Proxy(ProxyArgs),
 }
+
+#[derive(Args, Debug)]
+#[command(after_help = PROXY_COMMANDS_HELP)]
+struct ProxyArgs {
+    /// Address to accept connections on.
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Address every accepted connection is forwarded to.
+    #[arg(long, value_name = "ADDR")]
+    upstream: std::net::SocketAddr,
+    /// Added one-way delay per chunk, each direction.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    latency_ms: u64,
+    /// Extra uniformly random delay 0..=N per chunk (order is kept).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    jitter_ms: u64,
+    /// Bandwidth per direction and connection (unlimited when not given).
+    #[arg(long, value_name = "N")]
+    bandwidth_bytes_per_sec: Option<u64>,
+    /// Forward nothing; new connections are accepted and never connected
+    /// upstream.
+    #[arg(long)]
+    black_hole: bool,
+    /// Stop forwarding one direction: c2s (client to server) or s2c.
+    #[arg(long, value_name = "DIR", value_parser = parse_direction)]
+    half_open: Option<concord_net::proxy::Direction>,
+    /// Close connections that moved no byte for this long (FIN both
+    /// sides), like a load balancer's idle timeout.
+    #[arg(long, value_name = "MS")]
+    close_after_idle_ms: Option<u64>,
+}
+
+const PROXY_COMMANDS_HELP: &str = "\
+Run-time control: one command per line on standard input (faults apply to
+open connections at once):
+  latency MS | jitter MS | bandwidth N|off | black-hole on|off
+  half-open c2s|s2c|off | close-after-idle MS|off
+  reset        close every open connection with RST
+  clear        back to faithful forwarding
+  show         print the faults in force and the counters
+The proxy runs until SIGINT or SIGTERM (end of standard input does not stop it).";
 
 #[derive(Args, Debug)]
 struct DemoArgs {
@@ -146,19 +190,50 @@ struct ParticipantArgs {
     /// Largest delay between INQUIREs.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     inquire_ms_max: u64,
+    /// This participant's protocol address when it differs from --listen
+    /// (behind a proxy or NAT): the coordinator's --participant NAME=ADDR
+    /// and every message's `from` use it.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
     #[command(flatten)]
     net: NetArgs,
 }
 
+/// Transport flags shared by `serve` and `participant`. They are checked
+/// together at start-up (README, section Network, says how they relate).
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Network")]
 struct NetArgs {
-    /// Largest frame body accepted on incoming connections; a bigger frame
-    /// is a protocol error that closes that connection.
+    /// Largest frame body sent or accepted; a bigger incoming frame is a
+    /// protocol error that closes that connection.
     #[arg(long, default_value_t = concord_net::frame::FRAME_BYTES_MAX_DEFAULT, value_name = "BYTES")]
     frame_bytes_max: usize,
-    /// Listen backlog (pending connections the kernel queues).
+    /// Listen backlog (pending connections the kernel queues; capped by
+    /// net.core.somaxconn).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     listen_backlog: u32,
+    /// Send a heartbeat on a connection that wrote nothing for this long
+    /// (0 = no heartbeats and no dead-peer detection). Must be at most half
+    /// of --server-idle-timeout-ms.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    heartbeat_interval_ms: u64,
+    /// A connection that read nothing (heartbeats count) for this many
+    /// heartbeat intervals is declared dead, closed and redialled (>= 2).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    dead_after_missed: u32,
+    /// Close an accepted connection that read nothing for this long
+    /// (0 = never). Heartbeating peers and clients never reach it.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    server_idle_timeout_ms: u64,
+    /// Close an outgoing peer connection that carried no protocol message
+    /// for this long, giving the descriptor back (0 = keep it). The next
+    /// message reconnects. Without heartbeats it must be below the peers'
+    /// --server-idle-timeout-ms.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    client_idle_timeout_ms: u64,
+    /// Bound on one TCP connect attempt to a peer.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    connect_timeout_ms: u64,
     /// First delay before reconnecting to an unreachable peer; doubles per
     /// failure up to --reconnect-ms-max, with jitter.
     #[arg(long, default_value_t = 20, value_name = "MS")]
@@ -169,11 +244,19 @@ struct NetArgs {
 }
 
 impl NetArgs {
-    fn outbox(&self) -> OutboxOptions {
-        OutboxOptions {
-            reconnect_ms_initial: self.reconnect_ms_initial,
-            reconnect_ms_max: self.reconnect_ms_max,
-            ..OutboxOptions::default()
+    fn net_config(&self) -> concord_net::NetConfig {
+        let ms = Duration::from_millis;
+        let optional = |v: u64| (v > 0).then(|| ms(v));
+        concord_net::NetConfig {
+            frame_bytes_max: self.frame_bytes_max,
+            connect_timeout: ms(self.connect_timeout_ms),
+            heartbeat_interval: optional(self.heartbeat_interval_ms),
+            dead_after_missed: self.dead_after_missed,
+            server_idle_timeout: optional(self.server_idle_timeout_ms),
+            client_idle_timeout: optional(self.client_idle_timeout_ms),
+            reconnect_backoff_min: ms(self.reconnect_ms_initial),
+            reconnect_backoff_max: ms(self.reconnect_ms_max),
+            ..concord_net::NetConfig::default()
         }
     }
 }
@@ -294,7 +377,10 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    let server = matches!(cli.command, Command::Serve(_) | Command::Participant(_));
+    let server = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Participant(_) | Command::Proxy(_)
+    );
     let runtime = if server || matches!(cli.command, Command::Demo(_)) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -316,10 +402,9 @@ fn main() -> ExitCode {
             eprintln!("concord: {e}");
             return ExitCode::from(2);
         }
-        match concord::raise_fd_limit() {
-            Ok(msg) => tracing::debug!("{msg}"),
-            Err(msg) => tracing::warn!("{msg}; thousands of connections may fail"),
-        }
+        // Logs what it did; on failure it says so (warning) and the server
+        // goes on with the old limit.
+        let _ = concord_net::raise_fd_limit();
     }
     runtime.block_on(run(cli.command))
 }
@@ -354,7 +439,125 @@ async fn run(command: Command) -> ExitCode {
         Command::Status(args) => status(args).await,
         Command::Accounts(args) => accounts(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Proxy(args) => proxy(args).await,
     }
+}
+
+fn parse_direction(s: &str) -> Result<concord_net::proxy::Direction, String> {
+    use concord_net::proxy::Direction;
+    match s {
+        "c2s" | "client-to-server" => Ok(Direction::ClientToServer),
+        "s2c" | "server-to-client" => Ok(Direction::ServerToClient),
+        _ => Err(format!("expected c2s or s2c, got {s:?}")),
+    }
+}
+
+async fn proxy(args: ProxyArgs) -> ExitCode {
+    use concord_net::proxy::{self, Faults, ProxyHandle};
+    let faults = Faults {
+        latency: Duration::from_millis(args.latency_ms),
+        jitter: Duration::from_millis(args.jitter_ms),
+        bandwidth_bytes_per_sec: args.bandwidth_bytes_per_sec,
+        black_hole: args.black_hole,
+        half_open: args.half_open,
+        close_after_idle: args.close_after_idle_ms.map(Duration::from_millis),
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("concord proxy: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let handle = ProxyHandle::new(faults);
+    tokio::spawn(proxy_commands(handle.clone()));
+    let serving = proxy::serve(listener, args.upstream, handle.clone());
+    tokio::select! {
+        result = serving => {
+            if let Err(e) = result {
+                eprintln!("concord proxy: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        _ = concord::shutdown_signal() => handle.shutdown(),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Read fault commands from standard input (see `concord proxy --help`).
+async fn proxy_commands(handle: concord_net::proxy::ProxyHandle) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match apply_proxy_command(&handle, line) {
+            Ok(()) => println!("ok {:?} {:?}", handle.faults(), handle.stats()),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+}
+
+fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> Result<(), String> {
+    let mut words = line.split_whitespace();
+    let command = words.next().unwrap_or_default();
+    let arg = words.next();
+    let ms = |a: Option<&str>| -> Result<Duration, String> {
+        a.ok_or_else(|| format!("{command} needs a value in ms"))?
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|e| format!("{command}: {e}"))
+    };
+    let off_or = |a: Option<&str>| a == Some("off") || a == Some("0");
+    match command {
+        "latency" => {
+            let d = ms(arg)?;
+            handle.update(|f| f.latency = d);
+        }
+        "jitter" => {
+            let d = ms(arg)?;
+            handle.update(|f| f.jitter = d);
+        }
+        "bandwidth" => {
+            let bw = if off_or(arg) {
+                None
+            } else {
+                Some(
+                    arg.ok_or("bandwidth needs bytes per second or off")?
+                        .parse::<u64>()
+                        .map_err(|e| format!("bandwidth: {e}"))?,
+                )
+            };
+            handle.update(|f| f.bandwidth_bytes_per_sec = bw);
+        }
+        "black-hole" => {
+            let on = matches!(arg, Some("on") | Some("1") | None);
+            handle.update(|f| f.black_hole = on);
+        }
+        "half-open" => {
+            let dir = if off_or(arg) {
+                None
+            } else {
+                Some(parse_direction(arg.unwrap_or_default())?)
+            };
+            handle.update(|f| f.half_open = dir);
+        }
+        "close-after-idle" => {
+            let d = if off_or(arg) { None } else { Some(ms(arg)?) };
+            handle.update(|f| f.close_after_idle = d);
+        }
+        "reset" => handle.reset_all(),
+        "clear" => handle.clear(),
+        "show" => {}
+        other => {
+            return Err(format!(
+                "unknown command {other:?} (see concord proxy --help)"
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
@@ -364,9 +567,8 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     config.resend_ms_initial = args.resend_ms_initial;
     config.resend_ms_max = args.resend_ms_max;
     config.transactions_in_flight_max = args.transactions_in_flight_max;
-    config.frame_bytes_max = args.net.frame_bytes_max;
     config.listen_backlog = args.net.listen_backlog;
-    config.outbox = args.net.outbox();
+    config.net = args.net.net_config();
     config
 }
 
@@ -375,9 +577,9 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.seed = args.seed_accounts.zip(args.balance);
     config.inquire_ms_initial = args.inquire_ms_initial;
     config.inquire_ms_max = args.inquire_ms_max;
-    config.frame_bytes_max = args.net.frame_bytes_max;
+    config.advertise = args.advertise;
     config.listen_backlog = args.net.listen_backlog;
-    config.outbox = args.net.outbox();
+    config.net = args.net.net_config();
     config
 }
 

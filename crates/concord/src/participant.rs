@@ -16,9 +16,10 @@
 use crate::conn::{self, Inbound, ReplyTx};
 use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
 use crate::failpoint;
-use crate::outbox::{Outbox, OutboxOptions};
+use crate::outbox::Outbox;
 use crate::wire::{AccountsReport, Reply, Request};
 use anyhow::{anyhow, bail, Context};
+use concord_net::NetConfig;
 use concord_participant::kv::{seed_record, KvStore};
 use concord_participant::ParticipantNode;
 use concord_proto::codec::{decode, encode};
@@ -30,7 +31,6 @@ use concord_store::{FileLog, FileLogOptions, GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Everything `concord participant` needs.
 #[derive(Clone, Debug)]
@@ -47,9 +47,13 @@ pub struct ParticipantServerConfig {
     pub inquire_ms_max: u64,
     /// Finished branches remembered for answering duplicates.
     pub finished_max: usize,
-    pub frame_bytes_max: usize,
     pub listen_backlog: u32,
-    pub outbox: OutboxOptions,
+    /// Protocol address when it differs from `listen` (behind a proxy or
+    /// NAT); `None` means `listen`.
+    pub advertise: Option<PeerAddr>,
+    /// Transport settings (frame bound, heartbeats, idle timeouts,
+    /// reconnect backoff) for every connection of this process.
+    pub net: NetConfig,
 }
 
 /// Most accounts `--seed-accounts` may create (an `accounts` reply must
@@ -66,9 +70,9 @@ impl ParticipantServerConfig {
             inquire_ms_initial: 200,
             inquire_ms_max: 5000,
             finished_max: 100_000,
-            frame_bytes_max: concord_net::frame::FRAME_BYTES_MAX_DEFAULT,
             listen_backlog: 1024,
-            outbox: OutboxOptions::default(),
+            advertise: None,
+            net: NetConfig::default(),
         }
     }
 
@@ -83,6 +87,7 @@ impl ParticipantServerConfig {
                 self.inquire_ms_initial
             );
         }
+        crate::conn::validate_net_config(&self.net)?;
         if let Some((count, balance)) = self.seed {
             if count > SEED_ACCOUNTS_MAX {
                 bail!("--seed-accounts {count} is above the limit of {SEED_ACCOUNTS_MAX}");
@@ -149,7 +154,10 @@ pub async fn run_participant_until(
     let record_count = records.len();
     let node = ParticipantNode::recover(
         ParticipantConfig {
-            addr: config.listen.clone(),
+            addr: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.listen.clone()),
             inquire_ms_initial: config.inquire_ms_initial,
             inquire_ms_max: config.inquire_ms_max,
             finished_max: config.finished_max,
@@ -171,27 +179,32 @@ pub async fn run_participant_until(
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
-    let listener = conn::bind(&config.listen, config.listen_backlog).await?;
-    tracing::info!(listen = %config.listen, "participant serving");
     let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
-    let stop = CancellationToken::new();
-    let acceptor = tokio::spawn(conn::accept_loop(
-        listener,
+    let network = conn::serve(
+        &config.listen,
+        config.listen_backlog,
+        config.net.clone(),
         inbound_tx,
-        config.frame_bytes_max,
-        stop.clone(),
-    ));
+    )
+    .await?;
+    tracing::info!(
+        listen = %config.listen,
+        advertise = config.advertise.as_deref().unwrap_or(&config.listen),
+        "participant serving"
+    );
     let mut driver = ParticipantDriver {
         node,
         clock,
         timers: Timers::default(),
         log,
-        outbox: Outbox::new(config.outbox.clone()),
+        outbox: Outbox::new(network.clone()),
     };
     let result = driver.run(inbound_rx, log_rx, shutdown).await;
-    stop.cancel();
-    acceptor.abort();
+    // Graceful stop: write out the log, then let the transport flush queued
+    // votes, ACKs and replies and close. READY branches stay in the log and
+    // inquire again after the restart.
     driver.log.shutdown();
+    conn::shutdown(&network).await;
     match &result {
         Ok(()) => tracing::info!("participant stopped"),
         Err(e) => tracing::error!("participant stopping: {e:#}"),

@@ -300,6 +300,47 @@ impl Network {
         }
     }
 
+    /// [`Network::send_to`] without waiting: queue the frame for the peer's
+    /// connection and return. For an accepted connection the frame goes on
+    /// that connection (or fails with [`SendError::ConnectionClosed`]); a
+    /// full queue fails with [`SendError::QueueFull`] and hands nothing back.
+    pub fn try_send_to(&self, peer: Peer, frame: Frame) -> Result<(), SendError> {
+        match peer {
+            Peer::Dialed(addr) => self.try_send(addr, frame),
+            Peer::Accepted { conn, .. } => {
+                self.check(&frame)?;
+                let queue = lock(&self.ctx.accepted).get(&conn).cloned();
+                let Some(queue) = queue else {
+                    return Err(SendError::ConnectionClosed { peer });
+                };
+                queue
+                    .try_send(Outgoing { frame, done: None })
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => SendError::QueueFull { peer },
+                        mpsc::error::TrySendError::Closed(_) => {
+                            SendError::ConnectionClosed { peer }
+                        }
+                    })
+            }
+        }
+    }
+
+    /// Close an accepted connection after writing what is already queued
+    /// for it, e.g. because a frame's *body* broke the application's
+    /// protocol (the framing layer closes on header errors by itself).
+    /// A dialed peer is forgotten instead (see [`Network::forget`]).
+    pub fn close(&self, peer: Peer) {
+        match peer {
+            Peer::Dialed(addr) => self.forget(addr),
+            // Dropping the map's sender ends the session once transient
+            // clones (sends in progress) are gone: it writes what is
+            // queued, sends FIN and stops reading.
+            Peer::Accepted { conn, .. } => {
+                lock(&self.ctx.accepted).remove(&conn);
+            }
+        }
+    }
+
     /// Drop the pooled connection to `addr` (after writing what is queued).
     pub fn forget(&self, addr: SocketAddr) {
         lock(&self.ctx.peers).remove(&addr);

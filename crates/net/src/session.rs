@@ -429,7 +429,7 @@ async fn read_loop(
             }
             Some(Err(e)) if e.is_protocol_error() => {
                 ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(peer = %peer, error = %e, "protocol error; closing this connection");
+                warn!(peer = %peer, error = %e, "protocol error: closing connection");
                 return ReaderEnd::Protocol(e);
             }
             Some(Err(FrameError::Io(e))) => {
