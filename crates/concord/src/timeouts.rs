@@ -1,0 +1,1121 @@
+//! Timeouts from measured latency (SPEC §3) for the two server drivers.
+//!
+//! The protocol core takes its timeouts from outside; this module measures
+//! and computes them. It sees the messages a driver sends and receives (with
+//! the driver's clock) and never touches IO itself.
+//!
+//! # What is measured
+//! Coordinator, per participant:
+//! * **prepare** — PREPARE sent → that participant's VOTE READY received.
+//!   It includes the participant's own work and its forced READY write, so
+//!   it is tracked apart from the decision round trip. VOTE ABORT gives no
+//!   sample: a participant that refuses answers without the fsync, and its
+//!   quick answers would pull the timeout below what a READY needs.
+//! * **decision** — COMMIT sent → ACK received, only for a COMMIT sent
+//!   exactly once (Karn's rule: the ACK of a re-sent COMMIT cannot be
+//!   matched to the send it answers).
+//!
+//! Participant, per coordinator:
+//! * **vote→decision** — VOTE READY sent → COMMIT/ABORT received, only when
+//!   the vote went out once and no INQUIRE was needed (Karn again).
+//!
+//! Network round trips on their own (heartbeats) are not measured here: the
+//! two phases above are what the timers wait for.
+//!
+//! # How a timeout is computed (one (peer, phase))
+//! 1. Fewer than `samples_min` samples: the configured default.
+//! 2. Otherwise `factor × RTO`, with the RFC 6298 `RTO = SRTT + 4·RTTVAR`
+//!    ([`RttEstimator`](concord_net::RttEstimator)).
+//! 3. Multiplied by `2^level`, where the level goes up when a timeout that
+//!    was set at the current level fires and back to 0 with the next sample.
+//!    Many transactions time out together when a participant dies; counting
+//!    only the first of them per level keeps 50 concurrent timeouts from
+//!    backing off 50 times.
+//! 4. Clamped to `min..=max`.
+//!
+//! The **prepare** factor is [`PREPARE_SAFETY_FACTOR`] (2): unlike TCP,
+//! where an early retransmission costs one duplicate segment, an early
+//! phase-1 timeout aborts a transaction that would have committed, so the
+//! costs are asymmetric. Twice the RTO still gives up on a dead participant
+//! in a few round trips instead of the fixed 1–30 s it replaces; the
+//! `--prepare-timeout-ms-min` floor (100 ms by default) absorbs scheduler
+//! and fsync hiccups on loopback, where the RTO alone can be 2 ms. The
+//! decision and inquire timers only cause an idempotent re-send, so they
+//! use the RTO as it is (factor 1).
+//!
+//! The histograms (p50/p99/p999) are for people; timeouts come from the
+//! estimator, which forgets (7/8 per sample) and so comes back down after a
+//! slow spell, which a histogram of all history would not.
+
+use concord_net::latency::PhaseLatency;
+use concord_proto::{Body, Decision, Message, PeerAddr, Time, TxnState, Vote, Xid};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// Coordinator: PREPARE sent → VOTE READY received.
+pub const PHASE_PREPARE: &str = "prepare";
+/// Coordinator: COMMIT sent (once) → ACK received.
+pub const PHASE_DECISION: &str = "decision";
+/// Participant: VOTE READY sent (once) → decision received.
+pub const PHASE_VOTE_TO_DECISION: &str = "vote→decision";
+
+/// Multiplier on the RTO for the phase-1 timeout (see the module docs).
+pub const PREPARE_SAFETY_FACTOR: f64 = 2.0;
+/// Each fired timeout doubles the next one.
+pub const BACKOFF: f64 = 2.0;
+/// Participant: branches tracked at once; beyond it new branches are not
+/// measured (their inquire delay still comes from the estimate).
+pub const BRANCHES_TRACKED_MAX: usize = 100_000;
+/// Participant: a tracked branch older than this is dropped when the table
+/// is full (it never got a decision we could measure).
+const BRANCH_TRACKED_MS_MAX: u64 = 60_000;
+
+/// Bounds and defaults of one phase's timeout, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PhaseSettings {
+    pub min_ms: u64,
+    pub max_ms: u64,
+    /// Used until `samples_min` samples exist.
+    pub default_ms: u64,
+    pub samples_min: u64,
+    /// Multiplier on the RTO.
+    pub factor: f64,
+    /// Flag names for the explanation ("--prepare-timeout-ms").
+    pub flag: &'static str,
+}
+
+/// What a timeout was computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Basis {
+    /// Not enough samples yet.
+    Default { samples: u64, needed: u64 },
+    /// `factor × (srtt + 4·rttvar)`.
+    Estimate {
+        srtt: Duration,
+        rttvar: Duration,
+        rto: Duration,
+        factor: f64,
+        samples: u64,
+    },
+    /// A client asked for this transaction's timeout.
+    Requested,
+}
+
+/// A computed timeout and the estimate behind it; `Display` is the
+/// one-line explanation logged when it fires and shown by `status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeoutChoice {
+    pub timeout_ms: u64,
+    pub phase: &'static str,
+    /// The peer whose estimate set it (the largest, for a max over peers).
+    pub peer: Option<PeerAddr>,
+    pub basis: Basis,
+    pub backoff_level: u32,
+    /// `Some("min")`/`Some("max")` when a bound limited it.
+    pub clamped: Option<&'static str>,
+    pub flag: &'static str,
+}
+
+impl fmt::Display for TimeoutChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} timeout {} ms = ", self.phase, self.timeout_ms)?;
+        match &self.basis {
+            Basis::Default { samples, needed } => {
+                write!(f, "default {} ({samples}/{needed} samples)", self.flag)?
+            }
+            Basis::Estimate {
+                srtt,
+                rttvar,
+                rto,
+                factor,
+                samples,
+            } => {
+                if (*factor - 1.0).abs() > f64::EPSILON {
+                    write!(f, "{factor} × ")?;
+                }
+                write!(
+                    f,
+                    "rto {} (srtt {} + 4·rttvar {}, {samples} samples)",
+                    fmt_ms(*rto),
+                    fmt_ms(*srtt),
+                    fmt_ms(*rttvar)
+                )?
+            }
+            Basis::Requested => write!(f, "requested by the client")?,
+        }
+        if self.backoff_level > 0 {
+            write!(f, " × 2^{} backoff", self.backoff_level)?;
+        }
+        if let Some(peer) = &self.peer {
+            write!(f, " [{peer}]")?;
+        }
+        match self.clamped {
+            Some("min") => write!(f, ", raised to {}-min", self.flag),
+            Some(_) => write!(f, ", capped at {}-max", self.flag),
+            None => Ok(()),
+        }
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn ms_between(from: Time, to: Time) -> Duration {
+    Duration::from_micros(to.0.saturating_sub(from.0))
+}
+
+impl PhaseSettings {
+    /// The timeout for one peer's estimates (`None`: never measured).
+    pub fn choose(
+        &self,
+        phase: &'static str,
+        peer: &PeerAddr,
+        latency: Option<&PhaseLatency>,
+    ) -> TimeoutChoice {
+        let samples = latency.map_or(0, |l| l.rtt.samples());
+        let level = latency.map_or(0, |l| l.backoff_level);
+        let estimate = latency
+            .filter(|_| samples >= self.samples_min.max(1))
+            .and_then(|l| Some((l.rtt.srtt()?, l.rtt.rttvar()?, l.rtt.rto()?)));
+        let (base_ms, basis) = match estimate {
+            Some((srtt, rttvar, rto)) => (
+                rto.as_secs_f64() * 1000.0 * self.factor,
+                Basis::Estimate {
+                    srtt,
+                    rttvar,
+                    rto,
+                    factor: self.factor,
+                    samples,
+                },
+            ),
+            None => (
+                self.default_ms as f64,
+                Basis::Default {
+                    samples,
+                    needed: self.samples_min,
+                },
+            ),
+        };
+        let raw = base_ms * BACKOFF.powi(i32::try_from(level).unwrap_or(i32::MAX));
+        let min = self.min_ms.max(1);
+        let max = self.max_ms.max(min);
+        let (timeout_ms, clamped) = if raw >= max as f64 {
+            (max, (raw > max as f64).then_some("max"))
+        } else if raw <= min as f64 {
+            (min, (raw < min as f64).then_some("min"))
+        } else {
+            (raw.ceil() as u64, None)
+        };
+        TimeoutChoice {
+            timeout_ms,
+            phase,
+            peer: Some(peer.clone()),
+            basis,
+            backoff_level: level,
+            clamped,
+            flag: self.flag,
+        }
+    }
+}
+
+/// Estimates of one (peer, phase) for `status`, in microseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseEstimate {
+    /// Configured name and address of the peer ("p0 (127.0.0.1:7101)").
+    pub peer: String,
+    pub phase: String,
+    pub samples: u64,
+    pub srtt_us: Option<u64>,
+    pub rttvar_us: Option<u64>,
+    pub rto_us: Option<u64>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub backoff_level: u32,
+    /// The timeout a transaction begun now would get from this peer.
+    pub timeout_ms: u64,
+    /// How `timeout_ms` was computed, as logged when a timeout fires.
+    pub basis: String,
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn estimate_of(
+    peer: String,
+    choice: &TimeoutChoice,
+    latency: Option<&PhaseLatency>,
+) -> PhaseEstimate {
+    let summary = latency.map(|l| l.histogram.summary()).unwrap_or_default();
+    PhaseEstimate {
+        peer,
+        phase: choice.phase.to_string(),
+        samples: latency.map_or(0, |l| l.rtt.samples()),
+        srtt_us: latency.and_then(|l| l.rtt.srtt()).map(us),
+        rttvar_us: latency.and_then(|l| l.rtt.rttvar()).map(us),
+        rto_us: latency.and_then(|l| l.rtt.rto()).map(us),
+        p50_us: us(summary.p50),
+        p99_us: us(summary.p99),
+        p999_us: us(summary.p999),
+        max_us: us(summary.max),
+        backoff_level: choice.backoff_level,
+        timeout_ms: choice.timeout_ms,
+        basis: choice.to_string(),
+    }
+}
+
+/// Latency of every (peer, phase) seen so far.
+#[derive(Debug, Default)]
+struct Estimates {
+    phases: HashMap<(PeerAddr, &'static str), PhaseLatency>,
+}
+
+impl Estimates {
+    fn get(&self, peer: &PeerAddr, phase: &'static str) -> Option<&PhaseLatency> {
+        self.phases.get(&(peer.clone(), phase))
+    }
+
+    fn observe(&mut self, peer: &PeerAddr, phase: &'static str, elapsed: Duration) {
+        self.phases
+            .entry((peer.clone(), phase))
+            .or_default()
+            .observe(elapsed);
+    }
+
+    fn level(&self, peer: &PeerAddr, phase: &'static str) -> u32 {
+        self.get(peer, phase).map_or(0, |l| l.backoff_level)
+    }
+
+    /// A timeout set at `level_when_set` fired: back off, unless another
+    /// timeout of the same round already did.
+    fn fired(&mut self, peer: &PeerAddr, phase: &'static str, level_when_set: u32) {
+        let latency = self.phases.entry((peer.clone(), phase)).or_default();
+        if latency.backoff_level == level_when_set {
+            latency.timeout_fired();
+        }
+    }
+}
+
+/// The timeouts the coordinator driver gives one new transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BeginTimeouts {
+    pub prepare: TimeoutChoice,
+    pub resend: TimeoutChoice,
+}
+
+/// One branch of a transaction being timed at the coordinator.
+#[derive(Debug)]
+struct CoordinatorBranch {
+    peer: PeerAddr,
+    prepare_sent_at: Option<Time>,
+    prepare_sends: u32,
+    prepare_level: u32,
+    voted: bool,
+    commit_sent_at: Option<Time>,
+    commit_sends: u32,
+    decision_level: u32,
+    acked: bool,
+}
+
+#[derive(Debug)]
+struct CoordinatorTxn {
+    timeouts: BeginTimeouts,
+    branches: Vec<CoordinatorBranch>,
+}
+
+/// Coordinator side: measures the participants, and computes each new
+/// transaction's phase-1 timeout and first COMMIT resend delay.
+#[derive(Debug)]
+pub struct CoordinatorTimeouts {
+    prepare: PhaseSettings,
+    decision: PhaseSettings,
+    estimates: Estimates,
+    txns: HashMap<Xid, CoordinatorTxn>,
+}
+
+impl CoordinatorTimeouts {
+    pub fn new(prepare: PhaseSettings, decision: PhaseSettings) -> Self {
+        CoordinatorTimeouts {
+            prepare,
+            decision,
+            estimates: Estimates::default(),
+            txns: HashMap::new(),
+        }
+    }
+
+    /// The phase-1 timeout `participant` alone would get now.
+    pub fn prepare_timeout(&self, participant: &PeerAddr) -> TimeoutChoice {
+        self.prepare.choose(
+            PHASE_PREPARE,
+            participant,
+            self.estimates.get(participant, PHASE_PREPARE),
+        )
+    }
+
+    /// The first COMMIT resend delay `participant` alone would get now.
+    pub fn decision_timeout(&self, participant: &PeerAddr) -> TimeoutChoice {
+        self.decision.choose(
+            PHASE_DECISION,
+            participant,
+            self.estimates.get(participant, PHASE_DECISION),
+        )
+    }
+
+    /// Timeouts for a new transaction: the largest over its participants
+    /// (the slowest one must be given time to vote), or the client's own
+    /// phase-1 timeout, bounded by the maximum. Starts timing `xid`.
+    pub fn begin(
+        &mut self,
+        xid: Xid,
+        participants: &[PeerAddr],
+        requested_ms: Option<u64>,
+    ) -> BeginTimeouts {
+        let largest = |choices: Vec<TimeoutChoice>, fallback: TimeoutChoice| {
+            choices
+                .into_iter()
+                .max_by_key(|c| c.timeout_ms)
+                .unwrap_or(fallback)
+        };
+        let none = String::new();
+        let prepare = match requested_ms {
+            Some(ms) => {
+                let max = self.prepare.max_ms.max(1);
+                TimeoutChoice {
+                    timeout_ms: ms.clamp(1, max),
+                    phase: PHASE_PREPARE,
+                    peer: None,
+                    basis: Basis::Requested,
+                    backoff_level: 0,
+                    clamped: (ms > max).then_some("max"),
+                    flag: self.prepare.flag,
+                }
+            }
+            None => largest(
+                participants
+                    .iter()
+                    .map(|p| self.prepare_timeout(p))
+                    .collect(),
+                self.prepare.choose(PHASE_PREPARE, &none, None),
+            ),
+        };
+        let resend = largest(
+            participants
+                .iter()
+                .map(|p| self.decision_timeout(p))
+                .collect(),
+            self.decision.choose(PHASE_DECISION, &none, None),
+        );
+        let branches = participants
+            .iter()
+            .map(|p| CoordinatorBranch {
+                peer: p.clone(),
+                prepare_sent_at: None,
+                prepare_sends: 0,
+                prepare_level: self.estimates.level(p, PHASE_PREPARE),
+                voted: false,
+                commit_sent_at: None,
+                commit_sends: 0,
+                decision_level: self.estimates.level(p, PHASE_DECISION),
+                acked: false,
+            })
+            .collect();
+        let timeouts = BeginTimeouts { prepare, resend };
+        self.txns.insert(
+            xid,
+            CoordinatorTxn {
+                timeouts: timeouts.clone(),
+                branches,
+            },
+        );
+        timeouts
+    }
+
+    /// The driver sends `message` to `to` at `now`.
+    pub fn on_send(&mut self, now: Time, to: &PeerAddr, message: &Message) {
+        let Some(branch) = self.branch(message.xid, to) else {
+            return;
+        };
+        match message.body {
+            Body::Prepare { .. } => {
+                branch.prepare_sends += 1;
+                branch.prepare_sent_at.get_or_insert(now);
+            }
+            Body::Decision(Decision::Commit) => {
+                branch.commit_sends += 1;
+                branch.commit_sent_at.get_or_insert(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from a participant arrives at `now`.
+    pub fn on_receive(&mut self, now: Time, message: &Message) {
+        let from = message.from.clone();
+        let Some(branch) = self.branch(message.xid, &from) else {
+            return;
+        };
+        let sample = match message.body {
+            Body::Vote(Vote::Ready) if !branch.voted => {
+                branch.voted = true;
+                match (branch.prepare_sent_at, branch.prepare_sends) {
+                    (Some(sent), 1) => Some((PHASE_PREPARE, ms_between(sent, now))),
+                    _ => None,
+                }
+            }
+            Body::Vote(Vote::Abort { .. }) => {
+                branch.voted = true;
+                None
+            }
+            Body::Ack if !branch.acked => {
+                branch.acked = true;
+                match (branch.commit_sent_at, branch.commit_sends) {
+                    // Karn: only a COMMIT sent exactly once.
+                    (Some(sent), 1) => Some((PHASE_DECISION, ms_between(sent, now))),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((phase, elapsed)) = sample {
+            self.estimates.observe(&from, phase, elapsed);
+        }
+    }
+
+    /// The phase-1 timer of `xid` fired while waiting for `waiting_for`:
+    /// back those participants off and return the explanation of the
+    /// timeout that fired.
+    pub fn prepare_fired(&mut self, xid: Xid, waiting_for: &[PeerAddr]) -> Option<String> {
+        let txn = self.txns.get(&xid)?;
+        for branch in txn
+            .branches
+            .iter()
+            .filter(|b| waiting_for.contains(&b.peer))
+        {
+            self.estimates
+                .fired(&branch.peer, PHASE_PREPARE, branch.prepare_level);
+        }
+        Some(txn.timeouts.prepare.to_string())
+    }
+
+    /// The COMMIT resend timer of `xid` fired (the core re-sends and
+    /// doubles): back the un-ACKed participants off once and return the
+    /// explanation of the first resend delay.
+    pub fn resend_fired(&mut self, xid: Xid, waiting_for: &[PeerAddr]) -> Option<String> {
+        let txn = self.txns.get(&xid)?;
+        for branch in txn
+            .branches
+            .iter()
+            .filter(|b| waiting_for.contains(&b.peer))
+        {
+            self.estimates
+                .fired(&branch.peer, PHASE_DECISION, branch.decision_level);
+        }
+        Some(format!(
+            "first resend after {} (later resends double)",
+            txn.timeouts.resend
+        ))
+    }
+
+    /// `xid` was decided ABORT or ended: stop timing it.
+    pub fn finish(&mut self, xid: Xid) {
+        self.txns.remove(&xid);
+    }
+
+    /// Transactions being timed (for tests and bounds checks).
+    pub fn tracked(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Estimates for `participants` (name, address), both phases.
+    pub fn report(&self, participants: &[(String, PeerAddr)]) -> Vec<PhaseEstimate> {
+        let mut out = Vec::new();
+        for (name, addr) in participants {
+            let label = format!("{name} ({addr})");
+            for (phase, choice) in [
+                (PHASE_PREPARE, self.prepare_timeout(addr)),
+                (PHASE_DECISION, self.decision_timeout(addr)),
+            ] {
+                out.push(estimate_of(
+                    label.clone(),
+                    &choice,
+                    self.estimates.get(addr, phase),
+                ));
+            }
+        }
+        out
+    }
+
+    fn branch(&mut self, xid: Xid, peer: &PeerAddr) -> Option<&mut CoordinatorBranch> {
+        self.txns
+            .get_mut(&xid)?
+            .branches
+            .iter_mut()
+            .find(|b| b.peer == *peer)
+    }
+}
+
+/// One branch being timed at a participant.
+#[derive(Debug)]
+struct ParticipantBranch {
+    coordinator: PeerAddr,
+    inquire: TimeoutChoice,
+    level: u32,
+    created_at: Time,
+    vote_sent_at: Option<Time>,
+    votes_sent: u32,
+    inquired: bool,
+    /// The inquire timer fired at least once.
+    fired: bool,
+}
+
+/// Participant side: measures vote → decision per coordinator and sets the
+/// READY inquire delay from it.
+#[derive(Debug)]
+pub struct ParticipantTimeouts {
+    inquire: PhaseSettings,
+    estimates: Estimates,
+    branches: HashMap<Xid, ParticipantBranch>,
+}
+
+impl ParticipantTimeouts {
+    pub fn new(inquire: PhaseSettings) -> Self {
+        ParticipantTimeouts {
+            inquire,
+            estimates: Estimates::default(),
+            branches: HashMap::new(),
+        }
+    }
+
+    /// The inquire delay for a branch of `coordinator` prepared now. It is
+    /// counted from the PREPARE deadline (the core never inquires before
+    /// it), and never longer than the deadline the PREPARE carried: a
+    /// coordinator that gave its participants `deadline_ms` to vote
+    /// decides within about that much.
+    pub fn inquire_delay(&self, coordinator: &PeerAddr, deadline_ms: u64) -> TimeoutChoice {
+        let mut choice = self.inquire.choose(
+            PHASE_VOTE_TO_DECISION,
+            coordinator,
+            self.estimates.get(coordinator, PHASE_VOTE_TO_DECISION),
+        );
+        let cap = deadline_ms.max(self.inquire.min_ms).max(1);
+        if choice.timeout_ms > cap {
+            choice.timeout_ms = cap;
+            choice.clamped = Some("deadline");
+        }
+        choice
+    }
+
+    /// A message arrives at `now`. For a new PREPARE, returns the inquire
+    /// delay the driver must give the core before feeding it.
+    pub fn on_receive(&mut self, now: Time, message: &Message) -> Option<u64> {
+        match &message.body {
+            Body::Prepare { deadline_ms, .. } => {
+                if self.branches.contains_key(&message.xid) {
+                    return None; // duplicate PREPARE: already timed
+                }
+                let choice = self.inquire_delay(&message.from, *deadline_ms);
+                let delay = choice.timeout_ms;
+                if self.make_room(now) {
+                    self.branches.insert(
+                        message.xid,
+                        ParticipantBranch {
+                            coordinator: message.from.clone(),
+                            level: self.estimates.level(&message.from, PHASE_VOTE_TO_DECISION),
+                            inquire: choice,
+                            created_at: now,
+                            vote_sent_at: None,
+                            votes_sent: 0,
+                            inquired: false,
+                            fired: false,
+                        },
+                    );
+                }
+                Some(delay)
+            }
+            Body::Decision(_) => {
+                if let Some(branch) = self.branches.remove(&message.xid) {
+                    if let (Some(sent), 1, false) =
+                        (branch.vote_sent_at, branch.votes_sent, branch.inquired)
+                    {
+                        self.estimates.observe(
+                            &branch.coordinator,
+                            PHASE_VOTE_TO_DECISION,
+                            ms_between(sent, now),
+                        );
+                    }
+                }
+                None
+            }
+            // The answer to an INQUIRE: no sample (we asked), stop timing.
+            Body::State(TxnState::Committed | TxnState::Aborted) => {
+                self.branches.remove(&message.xid);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The driver sends `message` at `now`.
+    pub fn on_send(&mut self, now: Time, message: &Message) {
+        match &message.body {
+            Body::Vote(Vote::Ready) => {
+                if let Some(branch) = self.branches.get_mut(&message.xid) {
+                    branch.votes_sent += 1;
+                    branch.vote_sent_at.get_or_insert(now);
+                }
+            }
+            Body::Vote(Vote::Abort { .. }) => {
+                self.branches.remove(&message.xid);
+            }
+            Body::Inquire => {
+                if let Some(branch) = self.branches.get_mut(&message.xid) {
+                    branch.inquired = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The READY timer of `xid` fired (an INQUIRE goes out): back off once
+    /// per round and return the explanation of the delay that was in force.
+    pub fn inquire_fired(&mut self, xid: Xid) -> Option<String> {
+        let branch = self.branches.get_mut(&xid)?;
+        // Later firings of the same branch are the core's own doubling.
+        if !branch.fired {
+            branch.fired = true;
+            self.estimates
+                .fired(&branch.coordinator, PHASE_VOTE_TO_DECISION, branch.level);
+        }
+        Some(format!(
+            "inquire delay past the deadline: {}",
+            branch.inquire
+        ))
+    }
+
+    /// A branch finished (outcome known): stop timing it.
+    pub fn finish(&mut self, xid: Xid) {
+        self.branches.remove(&xid);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.branches.len()
+    }
+
+    /// Estimates for every coordinator measured so far.
+    pub fn report(&self) -> Vec<PhaseEstimate> {
+        let mut coordinators: Vec<&PeerAddr> = self
+            .estimates
+            .phases
+            .keys()
+            .filter(|(_, phase)| *phase == PHASE_VOTE_TO_DECISION)
+            .map(|(peer, _)| peer)
+            .collect();
+        coordinators.sort();
+        coordinators
+            .into_iter()
+            .map(|c| {
+                let latency = self.estimates.get(c, PHASE_VOTE_TO_DECISION);
+                let choice = self.inquire.choose(PHASE_VOTE_TO_DECISION, c, latency);
+                estimate_of(c.clone(), &choice, latency)
+            })
+            .collect()
+    }
+
+    /// Keep the table bounded: when full, drop branches that never got a
+    /// measurable decision within `BRANCH_TRACKED_MS_MAX`. Returns whether
+    /// there is room for one more.
+    fn make_room(&mut self, now: Time) -> bool {
+        if self.branches.len() < BRANCHES_TRACKED_MAX {
+            return true;
+        }
+        self.branches
+            .retain(|_, b| now.ms_since(b.created_at) < BRANCH_TRACKED_MS_MAX);
+        self.branches.len() < BRANCHES_TRACKED_MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+    const C: &str = "127.0.0.1:9";
+
+    fn ms(v: u64) -> Time {
+        Time(v * 1000)
+    }
+
+    fn prepare_settings() -> PhaseSettings {
+        PhaseSettings {
+            min_ms: 10,
+            max_ms: 30_000,
+            default_ms: 1000,
+            samples_min: 4,
+            factor: PREPARE_SAFETY_FACTOR,
+            flag: "--prepare-timeout-ms",
+        }
+    }
+
+    fn decision_settings() -> PhaseSettings {
+        PhaseSettings {
+            min_ms: 5,
+            max_ms: 5000,
+            default_ms: 100,
+            samples_min: 4,
+            factor: 1.0,
+            flag: "--resend-ms",
+        }
+    }
+
+    fn coordinator() -> CoordinatorTimeouts {
+        CoordinatorTimeouts::new(prepare_settings(), decision_settings())
+    }
+
+    fn message(xid: u128, from: &str, body: Body) -> Message {
+        Message {
+            xid: Xid(xid),
+            epoch: 1,
+            from: from.into(),
+            body,
+        }
+    }
+
+    fn prepare(xid: u128) -> Message {
+        message(
+            xid,
+            C,
+            Body::Prepare {
+                participants: vec![A.into(), B.into()],
+                work: vec![],
+                deadline_ms: 1000,
+            },
+        )
+    }
+
+    /// One transaction over `peers` where each votes READY after the given
+    /// ms and ACKs after the given ms (both measured from t0).
+    fn run_txn(
+        t: &mut CoordinatorTimeouts,
+        xid: u128,
+        t0: u64,
+        peers: &[(&str, u64, u64)],
+    ) -> BeginTimeouts {
+        let addrs: Vec<PeerAddr> = peers.iter().map(|(p, _, _)| p.to_string()).collect();
+        let begun = t.begin(Xid(xid), &addrs, None);
+        for (p, _, _) in peers {
+            t.on_send(ms(t0), &p.to_string(), &prepare(xid));
+        }
+        for (p, vote, _) in peers {
+            t.on_receive(ms(t0 + vote), &message(xid, p, Body::Vote(Vote::Ready)));
+        }
+        let commit = message(xid, C, Body::Decision(Decision::Commit));
+        for (p, _, _) in peers {
+            t.on_send(ms(t0), &p.to_string(), &commit);
+        }
+        for (p, _, ack) in peers {
+            t.on_receive(ms(t0 + ack), &message(xid, p, Body::Ack));
+        }
+        t.finish(Xid(xid));
+        begun
+    }
+
+    fn samples(t: &CoordinatorTimeouts, peer: &str, phase: &'static str) -> u64 {
+        t.estimates
+            .get(&peer.to_string(), phase)
+            .map_or(0, |l| l.rtt.samples())
+    }
+
+    #[test]
+    fn default_until_enough_samples_then_from_the_estimate() {
+        let mut t = coordinator();
+        for i in 0..4 {
+            let begun = run_txn(&mut t, i, i as u64 * 100, &[(A, 50, 60)]);
+            assert_eq!(begun.prepare.timeout_ms, 1000, "default before 4 samples");
+            assert_eq!(begun.resend.timeout_ms, 100);
+        }
+        assert_eq!(samples(&t, A, PHASE_PREPARE), 4);
+        let choice = t.prepare_timeout(&A.to_string());
+        // Steady 50 ms: RTO = 50 + 4·rttvar (rttvar 25·(3/4)^3 ≈ 10.5) ≈ 92 ms; × 2.
+        assert!(
+            matches!(choice.basis, Basis::Estimate { samples: 4, .. }),
+            "{choice}"
+        );
+        assert!(
+            (150..=220).contains(&choice.timeout_ms),
+            "2 × rto: {choice}"
+        );
+        let text = choice.to_string();
+        assert!(
+            text.starts_with("prepare timeout ")
+                && text.contains("= 2 × rto")
+                && text.contains("srtt 50.0 ms"),
+            "{text}"
+        );
+        // Decision phase: factor 1, ACK after 60 ms.
+        let resend = t.decision_timeout(&A.to_string());
+        assert!((60..=130).contains(&resend.timeout_ms), "{resend}");
+    }
+
+    #[test]
+    fn prepare_timeout_is_the_max_over_the_participants() {
+        let mut t = coordinator();
+        for i in 0..20 {
+            run_txn(&mut t, i, i as u64 * 1000, &[(A, 5, 6), (B, 200, 210)]);
+        }
+        let a = t.prepare_timeout(&A.to_string()).timeout_ms;
+        let b = t.prepare_timeout(&B.to_string()).timeout_ms;
+        assert!(a < 50 && b > 300, "a {a} b {b}");
+        let begun = t.begin(Xid(99), &[A.into(), B.into()], None);
+        assert_eq!(begun.prepare.timeout_ms, b);
+        assert_eq!(begun.prepare.peer.as_deref(), Some(B));
+        let resend_b = t.decision_timeout(&B.to_string()).timeout_ms;
+        assert_eq!(begun.resend.timeout_ms, resend_b);
+        // A transaction with only the fast participant gets its own.
+        let only_a = t.begin(Xid(100), &[A.into()], None);
+        assert_eq!(only_a.prepare.timeout_ms, a);
+        // A new participant without samples brings the default in.
+        let with_new = t.begin(Xid(101), &[A.into(), "127.0.0.1:3".into()], None);
+        assert_eq!(with_new.prepare.timeout_ms, 1000);
+    }
+
+    #[test]
+    fn client_requested_timeout_wins_bounded_by_the_max() {
+        let mut t = coordinator();
+        for i in 0..10 {
+            run_txn(&mut t, i, i as u64 * 100, &[(A, 5, 6)]);
+        }
+        let begun = t.begin(Xid(50), &[A.into()], Some(7000));
+        assert_eq!(begun.prepare.timeout_ms, 7000);
+        assert_eq!(begun.prepare.basis, Basis::Requested);
+        let begun = t.begin(Xid(51), &[A.into()], Some(90_000));
+        assert_eq!(begun.prepare.timeout_ms, 30_000);
+        assert!(
+            begun.prepare.to_string().contains("capped at"),
+            "{}",
+            begun.prepare
+        );
+    }
+
+    #[test]
+    fn karn_no_decision_sample_from_a_resent_commit() {
+        let mut t = coordinator();
+        let xid = 1;
+        t.begin(Xid(xid), &[A.into()], None);
+        t.on_send(ms(0), &A.to_string(), &prepare(xid));
+        t.on_receive(ms(5), &message(xid, A, Body::Vote(Vote::Ready)));
+        let commit = message(xid, C, Body::Decision(Decision::Commit));
+        t.on_send(ms(6), &A.to_string(), &commit);
+        t.on_send(ms(100), &A.to_string(), &commit); // resent
+        t.on_receive(ms(101), &message(xid, A, Body::Ack));
+        assert_eq!(samples(&t, A, PHASE_PREPARE), 1);
+        assert_eq!(samples(&t, A, PHASE_DECISION), 0, "ACK of a resent COMMIT");
+        // A sent-once COMMIT does give a sample, duplicates of the ACK do not.
+        t.begin(Xid(2), &[A.into()], None);
+        t.on_send(
+            ms(200),
+            &A.to_string(),
+            &message(2, C, Body::Decision(Decision::Commit)),
+        );
+        t.on_receive(ms(203), &message(2, A, Body::Ack));
+        t.on_receive(ms(250), &message(2, A, Body::Ack));
+        assert_eq!(samples(&t, A, PHASE_DECISION), 1);
+        let summary = t
+            .estimates
+            .get(&A.to_string(), PHASE_DECISION)
+            .map(|l| l.histogram.summary());
+        assert_eq!(summary.map(|s| s.max.as_millis()), Some(3));
+    }
+
+    #[test]
+    fn sample_bookkeeping_only_ready_votes_from_known_branches_count() {
+        let mut t = coordinator();
+        t.begin(Xid(1), &[A.into(), B.into()], None);
+        t.on_send(ms(0), &A.to_string(), &prepare(1));
+        t.on_send(ms(0), &B.to_string(), &prepare(1));
+        // VOTE ABORT: no sample. A stranger's vote and an unknown xid: none.
+        t.on_receive(
+            ms(1),
+            &message(
+                1,
+                B,
+                Body::Vote(Vote::Abort {
+                    reason: "no".into(),
+                }),
+            ),
+        );
+        t.on_receive(ms(2), &message(1, "127.0.0.1:3", Body::Vote(Vote::Ready)));
+        t.on_receive(ms(2), &message(77, A, Body::Vote(Vote::Ready)));
+        t.on_receive(ms(9), &message(1, A, Body::Vote(Vote::Ready)));
+        t.on_receive(ms(30), &message(1, A, Body::Vote(Vote::Ready))); // duplicate
+        assert_eq!(samples(&t, A, PHASE_PREPARE), 1);
+        assert_eq!(samples(&t, B, PHASE_PREPARE), 0);
+        let hist = t
+            .estimates
+            .get(&A.to_string(), PHASE_PREPARE)
+            .map(|l| l.histogram.summary());
+        assert_eq!(hist.map(|s| s.max.as_millis()), Some(9));
+        t.finish(Xid(1));
+        assert_eq!(t.tracked(), 0);
+        // After finish, late messages are ignored.
+        t.on_receive(ms(40), &message(1, B, Body::Vote(Vote::Ready)));
+        assert_eq!(samples(&t, B, PHASE_PREPARE), 0);
+    }
+
+    #[test]
+    fn a_round_of_timeouts_backs_off_once_and_fresh_samples_bring_it_back() {
+        let mut t = coordinator();
+        for i in 0..20 {
+            run_txn(&mut t, i, i as u64 * 100, &[(A, 20, 21), (B, 20, 21)]);
+        }
+        let base = t.prepare_timeout(&B.to_string()).timeout_ms;
+        // 50 transactions in flight when B dies; all their timers fire.
+        for x in 100..150 {
+            t.begin(Xid(x), &[A.into(), B.into()], None);
+        }
+        for x in 100..150 {
+            let why = t.prepare_fired(Xid(x), &[B.into()]).expect("timed");
+            assert!(why.contains("prepare timeout"), "{why}");
+            t.finish(Xid(x));
+        }
+        let after = t.prepare_timeout(&B.to_string());
+        assert_eq!(after.backoff_level, 1, "one round, one doubling");
+        assert!(
+            after.timeout_ms >= base * 2 - 1 && after.timeout_ms <= base * 2 + 1,
+            "{after} vs {base}"
+        );
+        assert_eq!(
+            t.prepare_timeout(&A.to_string()).backoff_level,
+            0,
+            "A answered"
+        );
+        // The next round (begun at level 1) doubles again.
+        t.begin(Xid(200), &[B.into()], None);
+        t.prepare_fired(Xid(200), &[B.into()]);
+        assert_eq!(t.prepare_timeout(&B.to_string()).backoff_level, 2);
+        // A fresh sample ends the backoff.
+        run_txn(&mut t, 300, 10_000, &[(B, 20, 21)]);
+        let back = t.prepare_timeout(&B.to_string());
+        assert_eq!(back.backoff_level, 0);
+        assert!(back.timeout_ms <= base + 1, "{back} vs {base}");
+    }
+
+    #[test]
+    fn clamps_to_min_and_max() {
+        let mut t = coordinator();
+        for i in 0..10 {
+            run_txn(&mut t, i, i as u64 * 100, &[(A, 0, 0)]);
+        }
+        let fast = t.prepare_timeout(&A.to_string());
+        assert_eq!((fast.timeout_ms, fast.clamped), (10, Some("min")));
+        assert!(
+            fast.to_string()
+                .ends_with("raised to --prepare-timeout-ms-min"),
+            "{fast}"
+        );
+        for _ in 0..40 {
+            t.begin(Xid(500), &[A.into()], None);
+            t.prepare_fired(Xid(500), &[A.into()]);
+            t.finish(Xid(500));
+        }
+        let slow = t.prepare_timeout(&A.to_string());
+        assert_eq!((slow.timeout_ms, slow.clamped), (30_000, Some("max")));
+    }
+
+    #[test]
+    fn report_lists_every_configured_participant_and_phase() {
+        let mut t = coordinator();
+        for i in 0..10 {
+            run_txn(&mut t, i, i as u64 * 100, &[(A, 30, 31)]);
+        }
+        let report = t.report(&[("a".into(), A.into()), ("b".into(), B.into())]);
+        assert_eq!(report.len(), 4);
+        let a = &report[0];
+        assert_eq!(
+            (a.peer.as_str(), a.phase.as_str()),
+            ("a (127.0.0.1:1)", "prepare")
+        );
+        assert_eq!(a.samples, 10);
+        assert_eq!(a.p50_us / 1000, 30);
+        assert_eq!(a.srtt_us.map(|v| v / 1000), Some(30));
+        assert!(a.basis.contains("srtt"), "{}", a.basis);
+        let b = &report[2];
+        assert_eq!((b.samples, b.timeout_ms, b.srtt_us), (0, 1000, None));
+        assert!(
+            b.basis.contains("default --prepare-timeout-ms (0/4"),
+            "{}",
+            b.basis
+        );
+    }
+
+    fn inquire_settings() -> PhaseSettings {
+        PhaseSettings {
+            min_ms: 5,
+            max_ms: 5000,
+            default_ms: 200,
+            samples_min: 3,
+            factor: 1.0,
+            flag: "--inquire-ms",
+        }
+    }
+
+    /// A participant branch: PREPARE at t0, vote at t0+1, decision at t0+d.
+    fn participant_txn(p: &mut ParticipantTimeouts, xid: u128, t0: u64, d: u64) -> Option<u64> {
+        let delay = p.on_receive(ms(t0), &prepare(xid));
+        p.on_send(ms(t0 + 1), &message(xid, A, Body::Vote(Vote::Ready)));
+        p.on_receive(
+            ms(t0 + d),
+            &message(xid, C, Body::Decision(Decision::Commit)),
+        );
+        delay
+    }
+
+    #[test]
+    fn participant_inquire_delay_follows_vote_to_decision() {
+        let mut p = ParticipantTimeouts::new(inquire_settings());
+        for i in 0..3 {
+            assert_eq!(participant_txn(&mut p, i, i as u64 * 100, 41), Some(200));
+        }
+        let delay = participant_txn(&mut p, 10, 1000, 41).expect("new branch");
+        // 40 ms steady: rto = 40 + 4·rttvar (20·(3/4)^2 = 11.25) = 85.
+        assert!((80..=90).contains(&delay), "{delay}");
+        assert_eq!(p.tracked(), 0, "finished branches are dropped");
+        // Never longer than the deadline PREPARE carried.
+        let capped = p.inquire_delay(&C.to_string(), 30);
+        assert_eq!((capped.timeout_ms, capped.clamped), (30, Some("deadline")));
+        let report = p.report();
+        assert_eq!(report.len(), 1);
+        assert_eq!(report[0].samples, 4);
+    }
+
+    #[test]
+    fn participant_karn_no_sample_after_inquiry_or_repeated_vote() {
+        let mut p = ParticipantTimeouts::new(inquire_settings());
+        // Inquired, then the decision came: no sample.
+        p.on_receive(ms(0), &prepare(1));
+        p.on_send(ms(1), &message(1, A, Body::Vote(Vote::Ready)));
+        p.on_send(ms(500), &message(1, A, Body::Inquire));
+        let why = p.inquire_fired(Xid(1)).expect("tracked");
+        assert!(why.contains("vote→decision timeout 200 ms"), "{why}");
+        p.on_receive(ms(600), &message(1, C, Body::Decision(Decision::Commit)));
+        // Vote sent twice (duplicate PREPARE): no sample.
+        p.on_receive(ms(0), &prepare(2));
+        assert_eq!(p.on_receive(ms(1), &prepare(2)), None, "duplicate PREPARE");
+        p.on_send(ms(1), &message(2, A, Body::Vote(Vote::Ready)));
+        p.on_send(ms(2), &message(2, A, Body::Vote(Vote::Ready)));
+        p.on_receive(ms(9), &message(2, C, Body::Decision(Decision::Commit)));
+        // VOTE ABORT: stop timing.
+        p.on_receive(ms(0), &prepare(3));
+        p.on_send(
+            ms(1),
+            &message(3, A, Body::Vote(Vote::Abort { reason: "x".into() })),
+        );
+        assert_eq!(p.tracked(), 0);
+        assert!(p.report().iter().all(|e| e.samples == 0));
+    }
+}
