@@ -95,6 +95,20 @@ impl Proc {
         }
     }
 
+    /// The child's process id (None once it exited and was reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send SIGTERM (graceful shutdown); does not wait.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => matches!(child.try_wait(), Ok(None)),
@@ -138,7 +152,13 @@ fn libc_sigkill() -> i32 {
 
 pub struct Node {
     pub name: String,
+    /// The protocol address (what the coordinator dials for a participant).
     pub addr: String,
+    /// For a participant behind a proxy: the address it really listens on
+    /// (`addr` is then the proxy's, passed as `--advertise`).
+    pub bind: Option<String>,
+    /// Extra flags for this process.
+    pub extra_flags: Vec<String>,
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
 }
@@ -174,6 +194,8 @@ impl Cluster {
         let node = |name: &str, port: u16| Node {
             name: name.to_string(),
             addr: format!("127.0.0.1:{port}"),
+            bind: None,
+            extra_flags: Vec::new(),
             data_dir: dir.path().join(name),
             proc: None,
         };
@@ -232,12 +254,12 @@ impl Cluster {
     /// restart).
     pub fn start_participant(&mut self, i: usize, env: &[(&str, &str)]) {
         let p = &self.participants[i];
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--log-level".into(),
             "debug".into(),
             "participant".into(),
             "--listen".into(),
-            p.addr.clone(),
+            p.bind.clone().unwrap_or_else(|| p.addr.clone()),
             "--data-dir".into(),
             p.data_dir.display().to_string(),
             "--seed-accounts".into(),
@@ -253,6 +275,11 @@ impl Cluster {
             "--reconnect-ms-max".into(),
             "100".into(),
         ];
+        if p.bind.is_some() {
+            args.push("--advertise".into());
+            args.push(p.addr.clone());
+        }
+        args.extend(p.extra_flags.iter().cloned());
         let name = p.name.clone();
         let log = self.log_path(&name);
         let p = &mut self.participants[i];
@@ -281,8 +308,14 @@ impl Cluster {
     pub async fn wait_all_listening(&self) {
         wait_listening(&self.coordinator.addr).await;
         for p in &self.participants {
-            wait_listening(&p.addr).await;
+            wait_listening(p.bind.as_deref().unwrap_or(&p.addr)).await;
         }
+    }
+
+    /// The address participant `i` really listens on (not its proxy's).
+    pub fn participant_listen_addr(&self, i: usize) -> String {
+        let p = &self.participants[i];
+        p.bind.clone().unwrap_or_else(|| p.addr.clone())
     }
 
     pub async fn client(&self) -> Client {
@@ -292,7 +325,7 @@ impl Cluster {
     }
 
     pub async fn accounts(&self, i: usize) -> AccountsReport {
-        client::accounts(&self.participants[i].addr)
+        client::accounts(&self.participant_listen_addr(i))
             .await
             .expect("accounts from participant")
     }
@@ -304,7 +337,7 @@ impl Cluster {
         loop {
             let mut reports = Vec::new();
             for i in 0..self.participants.len() {
-                if let Ok(report) = client::accounts(&self.participants[i].addr).await {
+                if let Ok(report) = client::accounts(&self.participant_listen_addr(i)).await {
                     reports.push(report);
                 }
             }
