@@ -98,8 +98,13 @@ impl ReplyTx {
 /// a pooled connection is closed by its client (which then reconnects
 /// before writing) rather than by the server under a client about to write.
 pub fn validate_net_config(net: &NetConfig) -> anyhow::Result<()> {
-    net.validate()
-        .map_err(|e| anyhow::anyhow!("{e} (see `concord serve --help`, section Network)"))?;
+    net.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (flags: --heartbeat-interval-ms, --dead-after-missed, \
+                 --server-idle-timeout-ms, --client-idle-timeout-ms, --frame-bytes-max, \
+                 --reconnect-ms-initial/-max; README section Network)"
+        )
+    })?;
     if net.heartbeat_interval.is_none() {
         if let (Some(client), Some(server)) = (net.client_idle_timeout, net.server_idle_timeout) {
             if client >= server {

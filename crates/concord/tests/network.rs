@@ -608,3 +608,175 @@ impl Drop for ChildGuard {
             .status();
     }
 }
+
+/// A client waits 1.5 s for an outcome (p1 is down, so the phase-1 timeout
+/// decides) at a coordinator that declares a connection dead after 300 ms
+/// of silence and idle-closes after 300 ms. The client library answers the
+/// coordinator's heartbeats, so it gets the outcome; a raw connection that
+/// does not answer them is closed before its outcome, which shows the
+/// timers really are short enough to matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let mut cluster = Cluster::new(2, 4, 1000);
+        cluster.start_participant(0, &[]);
+        cluster.coordinator_flags = flags(&[
+            "--heartbeat-interval-ms",
+            "100",
+            "--dead-after-missed",
+            "3",
+            "--server-idle-timeout-ms",
+            "300",
+        ]);
+        cluster.start_coordinator(&[]);
+        common::wait_listening(&cluster.coordinator.addr).await;
+        let prepare_timeout_ms = 1500;
+
+        // A raw client that never answers heartbeats.
+        let mut raw = tokio::net::TcpStream::connect(&cluster.coordinator.addr)
+            .await
+            .expect("connect");
+        let begin = concord::wire::Request::Begin {
+            request_id: 1,
+            branches: concord::client::kv_branches(&[
+                ("p0".into(), "acct-0".into(), -1),
+                ("p1".into(), "acct-0".into(), 1),
+            ]),
+            prepare_timeout_ms: Some(prepare_timeout_ms),
+        };
+        let frame = concord::wire::request_frame(&begin);
+        let mut bytes = bytes::BytesMut::new();
+        concord_net::encode_frame(frame.kind, &frame.body, &mut bytes);
+        raw.write_all(&bytes).await.expect("write begin");
+        let started = Instant::now();
+        let mut frames = tokio_util::codec::FramedRead::new(
+            raw,
+            concord_net::FrameCodec::new(concord::wire::REPLY_BYTES_MAX),
+        );
+        let mut got_outcome = false;
+        while let Some(Ok(frame)) = frames.next().await {
+            if frame.kind == concord::wire::KIND_REPLY {
+                let reply = concord::wire::decode_reply(&frame.body).expect("reply");
+                got_outcome |= matches!(reply, concord::wire::Reply::Outcome { .. });
+            }
+        }
+        let raw_lived = started.elapsed();
+        assert!(
+            !got_outcome && raw_lived < Duration::from_millis(prepare_timeout_ms),
+            "a client that ignores heartbeats should be cut before its outcome \
+             (lived {raw_lived:?}, outcome {got_outcome})"
+        );
+
+        // The client library waits the whole phase-1 timeout and gets it.
+        let client = cluster.client().await;
+        let started = Instant::now();
+        let result = client
+            .transfer_with_timeout(
+                ("p0", "acct-0"),
+                ("p1", "acct-0"),
+                1,
+                Some(prepare_timeout_ms),
+            )
+            .await
+            .expect("the outcome, not a lost connection");
+        let waited = started.elapsed();
+        assert!(!result.committed(), "{result:?}");
+        assert!(
+            waited >= Duration::from_millis(prepare_timeout_ms),
+            "{waited:?}"
+        );
+        eprintln!(
+            "raw client cut after {raw_lived:?}; library client got its outcome after {waited:?}"
+        );
+    })
+    .await;
+}
+
+/// A server with heartbeats off and a 300 ms idle timeout closes an idle
+/// client connection; the client's next request reconnects first and
+/// succeeds (nothing was pending, so nothing was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_the_server_idle_closed_its_connection() {
+    bounded(async {
+        let mut cluster = Cluster::new(1, 2, 100);
+        cluster.start_participant(0, &[]);
+        cluster.coordinator_flags = flags(&[
+            "--heartbeat-interval-ms",
+            "0",
+            "--server-idle-timeout-ms",
+            "300",
+        ]);
+        cluster.start_coordinator(&[]);
+        cluster.wait_all_listening().await;
+        let client = cluster.client().await;
+        for round in 0..3 {
+            client
+                .status(Xid(round + 1))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            // Longer than the server's idle timeout, shorter than the
+            // client's own 1 s heartbeat.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let log = cluster
+            .coordinator
+            .proc
+            .as_ref()
+            .expect("running")
+            .log_text();
+        let closes = log
+            .lines()
+            .filter(|l| l.contains("closing idle connection (server_idle_timeout)"))
+            .count();
+        assert!(
+            closes >= 2,
+            "the coordinator should have idle-closed: {closes}"
+        );
+    })
+    .await;
+}
+
+/// Transport flags that contradict each other stop start-up with a clear
+/// message and exit code 2.
+#[test]
+fn contradictory_network_flags_are_refused_at_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = common::free_ports(1)[0];
+    let data = dir.path().display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let output = common::run_cli(&[
+        "serve",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data,
+        "--participant",
+        "p0=127.0.0.1:9",
+        "--heartbeat-interval-ms",
+        "1000",
+        "--server-idle-timeout-ms",
+        "1500",
+    ]);
+    let (_, stderr) = common::output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("server_idle_timeout") && stderr.contains("--server-idle-timeout-ms"),
+        "{stderr}"
+    );
+    let output = common::run_cli(&[
+        "participant",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data,
+        "--heartbeat-interval-ms",
+        "100",
+        "--dead-after-missed",
+        "1",
+    ]);
+    let (_, stderr) = common::output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("dead_after_missed"), "{stderr}");
+}
