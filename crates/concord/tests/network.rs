@@ -107,12 +107,13 @@ async fn middlebox_idle_close_between_transactions_never_reaches_the_client() {
     .await;
 }
 
-/// The same middlebox, with heartbeats every 80 ms: they keep the pooled
-/// connections busy, so the middlebox never closes them.
+/// A middlebox closing connections idle for 600 ms, with heartbeats every
+/// 80 ms: they keep the pooled connections busy, so the middlebox never
+/// closes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_middlebox_from_closing_pooled_connections() {
     bounded(async {
-        let idle = Duration::from_millis(400);
+        let idle = Duration::from_millis(600);
         let mut cluster = Cluster::new(2, 4, 1000);
         let faults = Faults {
             close_after_idle: Some(idle),
@@ -220,7 +221,7 @@ async fn server_idle_timeout_shorter_than_pool_idle_time() {
 /// 3x the server idle timeout stays connected and receives it. p0 has a
 /// 500 ms server idle timeout; p1 sits behind a proxy adding 1.7 s each
 /// way, so the COMMIT decision (which needs p1's vote) reaches the READY p0
-/// at least 1.7 s after its vote. Heartbeats (150 ms) keep p0's connections
+/// at least 1.7 s after its vote. Heartbeats (100 ms) keep p0's connections
 /// alive the whole time: no idle close, no dead peer, no reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_participant_waits_3x_server_idle_timeout_and_stays_connected() {
@@ -237,18 +238,20 @@ async fn ready_participant_waits_3x_server_idle_timeout_and_stays_connected() {
             },
         )
         .await;
+        // Heartbeats every 100 ms: the 500 ms idle timeout has a 5x
+        // margin even on a loaded machine.
         cluster.participants[0].extra_flags = flags(&[
             "--heartbeat-interval-ms",
-            "150",
+            "100",
             "--dead-after-missed",
-            "4",
+            "10",
             "--server-idle-timeout-ms",
             "500",
         ]);
         // Ends of the slow path must not call 1.7 s of silence death.
         let patient = flags(&[
             "--heartbeat-interval-ms",
-            "150",
+            "100",
             "--dead-after-missed",
             "40",
             "--server-idle-timeout-ms",
@@ -674,8 +677,10 @@ async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
         let started = Instant::now();
         let result = client
             .transfer_with_timeout(
-                ("p0", "acct-0"),
-                ("p1", "acct-0"),
+                // Not acct-0: the raw client's transaction may still hold
+                // its lock at p0 (a conflict would abort at once).
+                ("p0", "acct-1"),
+                ("p1", "acct-1"),
                 1,
                 Some(prepare_timeout_ms),
             )
@@ -685,7 +690,7 @@ async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
         assert!(!result.committed(), "{result:?}");
         assert!(
             waited >= Duration::from_millis(prepare_timeout_ms),
-            "{waited:?}"
+            "outcome after {waited:?}: {result:?}"
         );
         eprintln!(
             "raw client cut after {raw_lived:?}; library client got its outcome after {waited:?}"
