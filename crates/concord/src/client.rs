@@ -40,7 +40,8 @@
 //! effect.
 
 use crate::wire::{
-    self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request, KIND_REPLY,
+    self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request,
+    TimeoutsReport, KIND_REPLY,
 };
 use bytes::BytesMut;
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
@@ -319,6 +320,17 @@ impl Client {
         let request_id = self.next_id();
         match self.call(Request::Accounts { request_id }).await? {
             Reply::Accounts { accounts, .. } => Ok(accounts),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The latency estimates and the timeouts they set (SPEC §3): at a
+    /// coordinator per participant and phase, at a participant per
+    /// coordinator.
+    pub async fn timeouts(&self) -> Result<TimeoutsReport, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Timeouts { request_id }).await? {
+            Reply::Timeouts { report, .. } => Ok(report),
             other => Err(self.unexpected(&other)),
         }
     }

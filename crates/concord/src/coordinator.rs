@@ -20,9 +20,10 @@ use crate::conn::{self, Inbound, ReplyTx};
 use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
 use crate::failpoint;
 use crate::outbox::Outbox;
+use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
 use crate::wire::{
     BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
-    IN_FLIGHT_LISTED_MAX,
+    TimeoutsReport, IN_FLIGHT_LISTED_MAX,
 };
 use anyhow::{anyhow, bail, Context};
 use concord_net::NetConfig;
@@ -48,13 +49,23 @@ pub struct CoordinatorServerConfig {
     pub data_dir: PathBuf,
     /// Participants by name: `(name, address)`.
     pub participants: Vec<(String, PeerAddr)>,
-    /// Default phase-1 timeout: no vote within it means ABORT.
+    /// Phase-1 timeout (no vote within it means ABORT) until
+    /// `timeout_samples_min` samples of a participant exist; after that it
+    /// comes from measured latency (see [`crate::timeouts`]).
     pub prepare_timeout_ms: u64,
-    /// Largest phase-1 timeout a client may ask for.
+    /// Bounds of the measured phase-1 timeout; the maximum also bounds a
+    /// timeout a client asks for.
+    pub prepare_timeout_ms_min: u64,
     pub prepare_timeout_ms_max: u64,
-    /// First and largest delay between resends of an un-ACKed COMMIT.
+    /// First delay before re-sending an un-ACKed COMMIT until enough
+    /// samples exist; then measured, within `resend_ms_min..=resend_ms_max`.
+    /// Resends double up to `resend_ms_max`.
     pub resend_ms_initial: u64,
+    pub resend_ms_min: u64,
     pub resend_ms_max: u64,
+    /// Samples of a (participant, phase) needed before its timeout comes
+    /// from the estimate instead of the default.
+    pub timeout_samples_min: u64,
     /// Begin requests beyond this many transactions in flight are refused.
     pub transactions_in_flight_max: usize,
     /// Finished transactions remembered for `status`.
@@ -77,9 +88,12 @@ impl CoordinatorServerConfig {
             data_dir: data_dir.into(),
             participants,
             prepare_timeout_ms: 1000,
+            prepare_timeout_ms_min: 100,
             prepare_timeout_ms_max: 60_000,
             resend_ms_initial: 100,
+            resend_ms_min: 10,
             resend_ms_max: 5000,
+            timeout_samples_min: 8,
             transactions_in_flight_max: 100_000,
             recent_outcomes_max: 100_000,
             listen_backlog: 1024,
@@ -116,7 +130,48 @@ impl CoordinatorServerConfig {
                 self.resend_ms_initial
             );
         }
+        if self.prepare_timeout_ms_min == 0 || self.resend_ms_min == 0 {
+            bail!("--prepare-timeout-ms-min and --resend-ms-min must be at least 1 ms");
+        }
+        if self.prepare_timeout_ms_min > self.prepare_timeout_ms_max {
+            bail!(
+                "--prepare-timeout-ms-min ({}) is above --prepare-timeout-ms-max ({})",
+                self.prepare_timeout_ms_min,
+                self.prepare_timeout_ms_max
+            );
+        }
+        if self.resend_ms_min > self.resend_ms_max {
+            bail!(
+                "--resend-ms-min ({}) is above --resend-ms-max ({})",
+                self.resend_ms_min,
+                self.resend_ms_max
+            );
+        }
         Ok(())
+    }
+
+    /// How the driver computes timeouts from these settings.
+    fn timeouts(&self) -> CoordinatorTimeouts {
+        CoordinatorTimeouts::new(
+            PhaseSettings {
+                min_ms: self.prepare_timeout_ms_min,
+                max_ms: self.prepare_timeout_ms_max,
+                default_ms: self.prepare_timeout_ms,
+                samples_min: self.timeout_samples_min,
+                factor: PREPARE_SAFETY_FACTOR,
+                flag: "--prepare-timeout-ms",
+                default_flag: "--prepare-timeout-ms",
+            },
+            PhaseSettings {
+                min_ms: self.resend_ms_min,
+                max_ms: self.resend_ms_max,
+                default_ms: self.resend_ms_initial,
+                samples_min: self.timeout_samples_min,
+                factor: 1.0,
+                flag: "--resend-ms",
+                default_flag: "--resend-ms-initial",
+            },
+        )
     }
 }
 
@@ -196,8 +251,7 @@ pub async fn run_coordinator_until(
     );
     let mut driver = CoordinatorDriver {
         directory: Directory::new(&config.participants),
-        prepare_timeout_ms: config.prepare_timeout_ms,
-        prepare_timeout_ms_max: config.prepare_timeout_ms_max.max(1),
+        timeouts: config.timeouts(),
         transactions_in_flight_max: config.transactions_in_flight_max,
         core,
         clock,
@@ -245,8 +299,8 @@ struct CoordinatorDriver {
     log: LogWriter,
     outbox: Outbox,
     directory: Directory,
-    prepare_timeout_ms: u64,
-    prepare_timeout_ms_max: u64,
+    /// Latency estimates per participant and the timeouts from them.
+    timeouts: CoordinatorTimeouts,
     transactions_in_flight_max: usize,
     waiting: HashMap<Xid, Waiter>,
     recent: RecentOutcomes,
@@ -319,6 +373,7 @@ impl CoordinatorDriver {
         match event {
             Inbound::Peer(message) => {
                 let now = self.clock.now();
+                self.timeouts.on_receive(now, &message);
                 self.core.on_message(now, message);
             }
             Inbound::Request { request, reply } => self.on_request(request, reply),
@@ -352,6 +407,13 @@ impl CoordinatorDriver {
                     truncated,
                 });
             }
+            Request::Timeouts { request_id } => {
+                let report = TimeoutsReport {
+                    role: "coordinator".into(),
+                    phases: self.timeouts.report(&self.directory.participants),
+                };
+                reply.send(&Reply::Timeouts { request_id, report });
+            }
             other @ (Request::Accounts { .. } | Request::BranchState { .. }) => reply.error(
                 other.request_id(),
                 format!(
@@ -379,15 +441,29 @@ impl CoordinatorDriver {
                 self.transactions_in_flight_max
             ));
         }
-        let timeout_ms = prepare_timeout_ms
-            .unwrap_or(self.prepare_timeout_ms)
-            .clamp(1, self.prepare_timeout_ms_max);
         let xid = self.new_xid();
         let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
-        self.core
-            .begin(self.clock.now(), xid, branches, timeout_ms)
-            .map_err(|e| e.to_string())?;
-        tracing::debug!(%xid, request_id, timeout_ms, "transaction begun");
+        // Largest measured timeout over the participants, or the client's.
+        let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
+        let timeout_ms = timeouts.prepare.timeout_ms;
+        if let Err(e) = self.core.begin_with_resend(
+            self.clock.now(),
+            xid,
+            branches,
+            timeout_ms,
+            timeouts.resend.timeout_ms,
+        ) {
+            self.timeouts.finish(xid);
+            return Err(e.to_string());
+        }
+        tracing::debug!(
+            %xid,
+            request_id,
+            timeout_ms,
+            resend_ms = timeouts.resend.timeout_ms,
+            "transaction begun: {}",
+            timeouts.prepare
+        );
         reply.send(&Reply::Begun { request_id, xid });
         self.waiting.insert(
             xid,
@@ -411,6 +487,7 @@ impl CoordinatorDriver {
 
     fn drain_actions(&mut self) {
         let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
+        let now = self.clock.now();
         for action in actions {
             match action {
                 CoordinatorAction::Persist { record, durability } => {
@@ -431,6 +508,7 @@ impl CoordinatorDriver {
                     if matches!(message.body, Body::Decision(Decision::Commit)) {
                         failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
                     }
+                    self.timeouts.on_send(now, &to, &message);
                     self.outbox.send(&to, message);
                 }
                 CoordinatorAction::SetTimer { xid, at } => self.timers.set(xid, at),
@@ -482,6 +560,17 @@ impl CoordinatorDriver {
                 timeout_ms,
                 waiting_for,
             } => {
+                // The estimate that set the timeout, and backoff for the
+                // participants that did not answer in time.
+                let basis = if phase.starts_with("WAIT") {
+                    self.timeouts.prepare_fired(xid, &waiting_for)
+                } else {
+                    self.timeouts.resend_fired(xid, &waiting_for)
+                };
+                let basis = basis.unwrap_or_else(|| {
+                    format!("{timeout_ms} ms (configured: recovered transaction)")
+                });
+                let basis = self.directory.name_addresses(&basis);
                 let waiting_for: Vec<String> = waiting_for
                     .iter()
                     .map(|a| self.directory.display_name(a))
@@ -491,7 +580,7 @@ impl CoordinatorDriver {
                     phase,
                     timeout_ms,
                     waiting_for = %waiting_for.join(", "),
-                    "timeout fired in {phase} after {timeout_ms} ms"
+                    "timeout fired in {phase} after {timeout_ms} ms: {basis}"
                 );
             }
             CoordinatorNotice::Decided {
@@ -499,6 +588,10 @@ impl CoordinatorDriver {
                 decision,
                 reason,
             } => {
+                if decision == Decision::Abort {
+                    // Presumed abort: nothing more to wait for or measure.
+                    self.timeouts.finish(xid);
+                }
                 let reason = reason.map(|r| self.directory.name_addresses(&r));
                 let reason = reason.as_deref().unwrap_or("");
                 if self.recovering {
@@ -508,6 +601,7 @@ impl CoordinatorDriver {
                 }
             }
             CoordinatorNotice::Ended { xid } => {
+                self.timeouts.finish(xid);
                 self.recent.mark_ended(xid);
                 tracing::debug!(%xid, "ended: every participant acknowledged COMMIT");
             }

@@ -140,17 +140,33 @@ struct ServeArgs {
     /// NAME.
     #[arg(long = "participant", value_name = "NAME=ADDR", value_parser = parse_participant, required = true)]
     participants: Vec<(String, String)>,
-    /// Phase-1 timeout: a participant that has not voted within it makes
-    /// the decision ABORT. Clients may ask for their own, up to
-    /// --prepare-timeout-ms-max.
+    /// Phase-1 timeout (a participant that has not voted within it makes
+    /// the decision ABORT) until --timeout-samples-min PREPARE → vote
+    /// samples of a participant exist; then it is measured: 2 × (srtt +
+    /// 4·rttvar), doubled after it fires, the largest over the
+    /// transaction's participants (README, Timeouts). Clients may ask for
+    /// their own, up to --prepare-timeout-ms-max.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     prepare_timeout_ms: u64,
-    /// Largest phase-1 timeout a client may ask for.
+    /// Smallest measured phase-1 timeout (absorbs scheduler and fsync
+    /// hiccups that the estimate has not seen).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    prepare_timeout_ms_min: u64,
+    /// Largest phase-1 timeout, measured or asked for by a client.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     prepare_timeout_ms_max: u64,
+    /// Samples of a (participant, phase) needed before its timeout comes
+    /// from the measurements instead of the default.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    timeout_samples_min: u64,
+    /// Smallest measured first COMMIT resend delay.
+    #[arg(long, default_value_t = 10, value_name = "MS")]
+    resend_ms_min: u64,
     /// First delay before re-sending COMMIT to a participant that has not
-    /// ACKed; doubles after each resend up to --resend-ms-max. Resending
-    /// never stops (a decided transaction cannot be undone).
+    /// ACKed, until enough COMMIT → ACK samples exist (then measured:
+    /// srtt + 4·rttvar, at least --resend-ms-min); doubles after each
+    /// resend up to --resend-ms-max. Resending never stops (a decided
+    /// transaction cannot be undone).
     #[arg(long, default_value_t = 100, value_name = "MS")]
     resend_ms_initial: u64,
     /// Largest delay between resends of COMMIT.
@@ -183,10 +199,19 @@ struct ParticipantArgs {
     #[arg(long, value_name = "B", requires = "seed_accounts")]
     balance: Option<i64>,
     /// A READY branch that has not heard the decision asks the coordinator
-    /// (INQUIRE) this long after the prepare deadline; the delay doubles
-    /// after each attempt up to --inquire-ms-max. It never decides alone.
+    /// (INQUIRE) this long after the prepare deadline, until
+    /// --timeout-samples-min vote → decision samples exist (then measured:
+    /// srtt + 4·rttvar, within --inquire-ms-min..--inquire-ms-max and never
+    /// above the deadline PREPARE carried); the delay doubles after each
+    /// attempt up to --inquire-ms-max. It never decides alone.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     inquire_ms_initial: u64,
+    /// Smallest measured inquire delay.
+    #[arg(long, default_value_t = 10, value_name = "MS")]
+    inquire_ms_min: u64,
+    /// Samples needed before the inquire delay is measured.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    timeout_samples_min: u64,
     /// Largest delay between INQUIREs.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     inquire_ms_max: u64,
@@ -308,8 +333,13 @@ struct StatusArgs {
     #[arg(long, value_name = "ADDR")]
     coordinator: String,
     /// The transaction id (hex, as printed by transfer/txn).
-    #[arg(value_name = "XID", value_parser = parse_xid)]
-    xid: Xid,
+    #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present = "timeouts")]
+    xid: Option<Xid>,
+    /// Show the latency estimates per participant and phase and the
+    /// timeouts they set, instead of a transaction (the address may also
+    /// be a participant's: its estimates of the coordinator).
+    #[arg(long, conflicts_with = "xid")]
+    timeouts: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -563,7 +593,10 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
 fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
     config.prepare_timeout_ms = args.prepare_timeout_ms;
+    config.prepare_timeout_ms_min = args.prepare_timeout_ms_min;
     config.prepare_timeout_ms_max = args.prepare_timeout_ms_max;
+    config.timeout_samples_min = args.timeout_samples_min;
+    config.resend_ms_min = args.resend_ms_min;
     config.resend_ms_initial = args.resend_ms_initial;
     config.resend_ms_max = args.resend_ms_max;
     config.transactions_in_flight_max = args.transactions_in_flight_max;
@@ -576,7 +609,9 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     let mut config = ParticipantServerConfig::new(args.listen, args.data_dir);
     config.seed = args.seed_accounts.zip(args.balance);
     config.inquire_ms_initial = args.inquire_ms_initial;
+    config.inquire_ms_min = args.inquire_ms_min;
     config.inquire_ms_max = args.inquire_ms_max;
+    config.timeout_samples_min = args.timeout_samples_min;
     config.advertise = args.advertise;
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
@@ -637,9 +672,13 @@ fn print_txn_result(result: Result<client::TxnResult, String>) -> ExitCode {
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn status(args: StatusArgs) -> ExitCode {
+    let xid = match (args.timeouts, args.xid) {
+        (false, Some(xid)) => xid,
+        _ => return timeouts_status(&args).await,
+    };
     let query = async {
         let client = Client::connect(&args.coordinator).await?;
-        client.status(args.xid).await
+        client.status(xid).await
     };
     let status = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(Ok(status)) => status,
@@ -660,7 +699,7 @@ async fn status(args: StatusArgs) -> ExitCode {
     let asks = status.branches.iter().map(|b| {
         let addr = b.addr.clone();
         async move {
-            match tokio::time::timeout(QUERY_TIMEOUT, client::branch_state(&addr, args.xid)).await {
+            match tokio::time::timeout(QUERY_TIMEOUT, client::branch_state(&addr, xid)).await {
                 Ok(Ok(state)) => Ok(state),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {} s", QUERY_TIMEOUT.as_secs())),
@@ -709,6 +748,81 @@ async fn status(args: StatusArgs) -> ExitCode {
             ));
         }
         println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `concord status --timeouts`: the estimates and the timeouts in force.
+async fn timeouts_status(args: &StatusArgs) -> ExitCode {
+    let query = async {
+        let client = Client::connect(&args.coordinator).await?;
+        client.timeouts().await
+    };
+    let report = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            eprintln!("concord: error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(_) => {
+            eprintln!(
+                "concord: error: no answer from {} within {} s",
+                args.coordinator,
+                QUERY_TIMEOUT.as_secs()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        let phases: Vec<serde_json::Value> = report
+            .phases
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "peer": e.peer,
+                    "phase": e.phase,
+                    "samples": e.samples,
+                    "srtt_us": e.srtt_us,
+                    "rttvar_us": e.rttvar_us,
+                    "rto_us": e.rto_us,
+                    "p50_us": e.p50_us,
+                    "p99_us": e.p99_us,
+                    "p999_us": e.p999_us,
+                    "max_us": e.max_us,
+                    "backoff_level": e.backoff_level,
+                    "timeout_ms": e.timeout_ms,
+                    "basis": e.basis,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "role": report.role, "phases": phases });
+        println!("{out:#}");
+        return ExitCode::SUCCESS;
+    }
+    let ms = |us: Option<u64>| match us {
+        Some(us) => format!("{:.1}", us as f64 / 1000.0),
+        None => "-".to_string(),
+    };
+    println!("{} timeouts (ms)", report.role);
+    println!(
+        "{:<28} {:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "peer", "phase", "samples", "srtt", "rttvar", "rto", "p50", "p99", "p999", "timeout"
+    );
+    for e in &report.phases {
+        println!(
+            "{:<28} {:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            e.peer,
+            e.phase,
+            e.samples,
+            ms(e.srtt_us),
+            ms(e.rttvar_us),
+            ms(e.rto_us),
+            ms((e.samples > 0).then_some(e.p50_us)),
+            ms((e.samples > 0).then_some(e.p99_us)),
+            ms((e.samples > 0).then_some(e.p999_us)),
+            e.timeout_ms
+        );
+        println!("    {}", e.basis);
     }
     ExitCode::SUCCESS
 }

@@ -17,7 +17,8 @@ use crate::conn::{self, Inbound, ReplyTx};
 use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
 use crate::failpoint;
 use crate::outbox::Outbox;
-use crate::wire::{AccountsReport, Reply, Request};
+use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
+use crate::wire::{AccountsReport, Reply, Request, TimeoutsReport};
 use anyhow::{anyhow, bail, Context};
 use concord_net::NetConfig;
 use concord_participant::kv::{seed_record, KvStore};
@@ -42,9 +43,16 @@ pub struct ParticipantServerConfig {
     /// On first start (no seed record in the log): create `acct-0` …
     /// `acct-{N-1}`, each with the given balance. Ignored on restart.
     pub seed: Option<(usize, i64)>,
-    /// First and largest delay between INQUIREs of a READY branch.
+    /// Delay past the PREPARE deadline before a READY branch first
+    /// inquires, until `timeout_samples_min` vote → decision samples of its
+    /// coordinator exist; then measured (see [`crate::timeouts`]), within
+    /// `inquire_ms_min..=inquire_ms_max` and never above the deadline the
+    /// PREPARE carried. Later INQUIREs double up to `inquire_ms_max`.
     pub inquire_ms_initial: u64,
+    pub inquire_ms_min: u64,
     pub inquire_ms_max: u64,
+    /// Samples needed before the inquire delay comes from the estimate.
+    pub timeout_samples_min: u64,
     /// Finished branches remembered for answering duplicates.
     pub finished_max: usize,
     pub listen_backlog: u32,
@@ -68,7 +76,9 @@ impl ParticipantServerConfig {
             data_dir: data_dir.into(),
             seed: None,
             inquire_ms_initial: 200,
+            inquire_ms_min: 10,
             inquire_ms_max: 5000,
+            timeout_samples_min: 8,
             finished_max: 100_000,
             listen_backlog: 1024,
             advertise: None,
@@ -85,6 +95,13 @@ impl ParticipantServerConfig {
                 "--inquire-ms-max ({}) is below --inquire-ms-initial ({})",
                 self.inquire_ms_max,
                 self.inquire_ms_initial
+            );
+        }
+        if self.inquire_ms_min == 0 || self.inquire_ms_min > self.inquire_ms_max {
+            bail!(
+                "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
+                self.inquire_ms_min,
+                self.inquire_ms_max
             );
         }
         crate::conn::validate_net_config(&self.net)?;
@@ -198,6 +215,16 @@ pub async fn run_participant_until(
         timers: Timers::default(),
         log,
         outbox: Outbox::new(network.clone()),
+        timeouts: ParticipantTimeouts::new(PhaseSettings {
+            min_ms: config.inquire_ms_min,
+            max_ms: config.inquire_ms_max,
+            default_ms: config.inquire_ms_initial,
+            samples_min: config.timeout_samples_min,
+            // An INQUIRE is cheap and idempotent: the RTO as it is.
+            factor: 1.0,
+            flag: "--inquire-ms",
+            default_flag: "--inquire-ms-initial",
+        }),
     };
     let result = driver.run(inbound_rx, log_rx, shutdown).await;
     // Graceful stop: write out the log, then let the transport flush queued
@@ -218,6 +245,8 @@ struct ParticipantDriver {
     timers: Timers,
     log: LogWriter,
     outbox: Outbox,
+    /// Vote → decision estimates per coordinator; set the inquire delay.
+    timeouts: ParticipantTimeouts,
 }
 
 const EVENTS_PER_BATCH_MAX: usize = 256;
@@ -283,6 +312,10 @@ impl ParticipantDriver {
         match event {
             Inbound::Peer(message) => {
                 let now = self.clock.now();
+                if let Some(inquire_ms) = self.timeouts.on_receive(now, &message) {
+                    // A new PREPARE: its branch gets the measured delay.
+                    self.node.set_inquire_ms_initial(inquire_ms);
+                }
                 self.node.on_message(now, message);
                 self.drain_io();
             }
@@ -315,6 +348,13 @@ impl ParticipantDriver {
                     state,
                 });
             }
+            Request::Timeouts { request_id } => {
+                let report = TimeoutsReport {
+                    role: "participant".into(),
+                    phases: self.timeouts.report(),
+                };
+                reply.send(&Reply::Timeouts { request_id, report });
+            }
             other => reply.error(
                 other.request_id(),
                 format!(
@@ -327,6 +367,7 @@ impl ParticipantDriver {
 
     fn drain_io(&mut self) {
         let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
+        let now = self.clock.now();
         for action in actions {
             match action {
                 ParticipantAction::Persist { record, durability } => {
@@ -350,10 +391,36 @@ impl ParticipantDriver {
                         Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
                         _ => {}
                     }
+                    self.timeouts.on_send(now, &message);
                     self.outbox.send(&to, message);
                 }
                 ParticipantAction::SetTimer { xid, at } => self.timers.set(xid, at),
-                ParticipantAction::Notice(notice) => log_notice(notice),
+                ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
+                    xid,
+                    phase,
+                    timeout_ms,
+                    attempt,
+                }) => {
+                    // Logged with the estimate that set the delay.
+                    let basis = self.timeouts.inquire_fired(xid).unwrap_or_else(|| {
+                        "not measured (recovered branch): --inquire-ms-initial, doubling"
+                            .to_string()
+                    });
+                    tracing::info!(
+                        %xid,
+                        phase,
+                        timeout_ms,
+                        attempt,
+                        "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE \
+                         (attempt {attempt}); {basis}"
+                    );
+                }
+                ParticipantAction::Notice(notice) => {
+                    if let ParticipantNotice::Outcome { xid, .. } = &notice {
+                        self.timeouts.finish(*xid);
+                    }
+                    log_notice(notice)
+                }
                 // Resource actions are carried out inside ParticipantNode;
                 // they never reach the driver.
                 ParticipantAction::Prepare { xid, .. }

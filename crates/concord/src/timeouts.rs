@@ -82,8 +82,10 @@ pub struct PhaseSettings {
     pub samples_min: u64,
     /// Multiplier on the RTO.
     pub factor: f64,
-    /// Flag names for the explanation ("--prepare-timeout-ms").
+    /// Flag prefix of the bounds in the explanation ("--prepare-timeout-ms"
+    /// for `-min`/`-max`), and the flag of the default.
     pub flag: &'static str,
+    pub default_flag: &'static str,
 }
 
 /// What a timeout was computed from.
@@ -116,15 +118,23 @@ pub struct TimeoutChoice {
     /// `Some("min")`/`Some("max")` when a bound limited it.
     pub clamped: Option<&'static str>,
     pub flag: &'static str,
+    pub default_flag: &'static str,
 }
 
 impl fmt::Display for TimeoutChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} timeout {} ms = ", self.phase, self.timeout_ms)?;
+        write!(f, "{} timeout {} ms", self.phase, self.timeout_ms)?;
+        // "for ADDR =": the driver's log swaps bare addresses for names.
+        if let Some(peer) = self.peer.as_ref().filter(|p| !p.is_empty()) {
+            write!(f, " for {peer}")?;
+        }
+        write!(f, " = ")?;
         match &self.basis {
-            Basis::Default { samples, needed } => {
-                write!(f, "default {} ({samples}/{needed} samples)", self.flag)?
-            }
+            Basis::Default { samples, needed } => write!(
+                f,
+                "default {} ({samples}/{needed} samples)",
+                self.default_flag
+            )?,
             Basis::Estimate {
                 srtt,
                 rttvar,
@@ -148,11 +158,9 @@ impl fmt::Display for TimeoutChoice {
         if self.backoff_level > 0 {
             write!(f, " × 2^{} backoff", self.backoff_level)?;
         }
-        if let Some(peer) = &self.peer {
-            write!(f, " [{peer}]")?;
-        }
         match self.clamped {
             Some("min") => write!(f, ", raised to {}-min", self.flag),
+            Some("deadline") => write!(f, ", capped at the PREPARE deadline"),
             Some(_) => write!(f, ", capped at {}-max", self.flag),
             None => Ok(()),
         }
@@ -217,6 +225,7 @@ impl PhaseSettings {
             backoff_level: level,
             clamped,
             flag: self.flag,
+            default_flag: self.default_flag,
         }
     }
 }
@@ -393,6 +402,7 @@ impl CoordinatorTimeouts {
                     backoff_level: 0,
                     clamped: (ms > max).then_some("max"),
                     flag: self.prepare.flag,
+                    default_flag: self.prepare.default_flag,
                 }
             }
             None => largest(
@@ -759,6 +769,7 @@ mod tests {
             samples_min: 4,
             factor: PREPARE_SAFETY_FACTOR,
             flag: "--prepare-timeout-ms",
+            default_flag: "--prepare-timeout-ms",
         }
     }
 
@@ -770,6 +781,7 @@ mod tests {
             samples_min: 4,
             factor: 1.0,
             flag: "--resend-ms",
+            default_flag: "--resend-ms-initial",
         }
     }
 
@@ -1061,6 +1073,7 @@ mod tests {
             samples_min: 3,
             factor: 1.0,
             flag: "--inquire-ms",
+            default_flag: "--inquire-ms-initial",
         }
     }
 

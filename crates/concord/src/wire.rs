@@ -26,6 +26,8 @@ use concord_proto::codec::{decode, encode, DecodeError};
 use concord_proto::{Message, TxnState, Xid};
 use serde::{Deserialize, Serialize};
 
+pub use crate::timeouts::PhaseEstimate;
+
 /// A 2PC protocol message ([`Message`]).
 pub const KIND_PEER: u8 = 1;
 /// A client request ([`Request`]).
@@ -76,6 +78,9 @@ pub enum Request {
     /// has no side effect (an INQUIRE about an unknown xid makes the
     /// participant abort it unilaterally).
     BranchState { request_id: u64, xid: Xid },
+    /// Coordinator or participant: the latency estimates per peer and
+    /// phase, and the timeouts they set (SPEC §3).
+    Timeouts { request_id: u64 },
 }
 
 impl Request {
@@ -85,7 +90,8 @@ impl Request {
             | Request::Status { request_id, .. }
             | Request::ListInFlight { request_id }
             | Request::Accounts { request_id }
-            | Request::BranchState { request_id, .. } => *request_id,
+            | Request::BranchState { request_id, .. }
+            | Request::Timeouts { request_id } => *request_id,
         }
     }
 
@@ -97,6 +103,7 @@ impl Request {
             Request::ListInFlight { .. } => "ListInFlight",
             Request::Accounts { .. } => "Accounts",
             Request::BranchState { .. } => "BranchState",
+            Request::Timeouts { .. } => "Timeouts",
         }
     }
 }
@@ -134,6 +141,10 @@ pub enum Reply {
     },
     /// The request could not be carried out; `message` says why.
     Error { request_id: u64, message: String },
+    Timeouts {
+        request_id: u64,
+        report: TimeoutsReport,
+    },
 }
 
 impl Reply {
@@ -145,7 +156,8 @@ impl Reply {
             | Reply::InFlight { request_id, .. }
             | Reply::Accounts { request_id, .. }
             | Reply::BranchState { request_id, .. }
-            | Reply::Error { request_id, .. } => *request_id,
+            | Reply::Error { request_id, .. }
+            | Reply::Timeouts { request_id, .. } => *request_id,
         }
     }
 
@@ -224,6 +236,30 @@ pub struct BranchView {
     /// record).
     pub voted_ready: Option<bool>,
     pub acked: Option<bool>,
+}
+
+/// Latency estimates and the timeouts they set (`concord status
+/// --timeouts`): at a coordinator one entry per configured participant and
+/// phase (`prepare`, `decision`); at a participant one per coordinator it
+/// has measured (`vote→decision`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsReport {
+    /// "coordinator" or "participant".
+    pub role: String,
+    pub phases: Vec<PhaseEstimate>,
+}
+
+impl TimeoutsReport {
+    /// The entry of `phase` for `peer`, given by name or address (labels
+    /// are "name (addr)" or a bare address).
+    pub fn find(&self, peer: &str, phase: &str) -> Option<&PhaseEstimate> {
+        self.phases.iter().find(|e| {
+            e.phase == phase
+                && (e.peer == peer
+                    || e.peer.starts_with(&format!("{peer} ("))
+                    || e.peer.ends_with(&format!("({peer})")))
+        })
+    }
 }
 
 /// A participant's resource state (`concord accounts`).
