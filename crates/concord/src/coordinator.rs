@@ -408,9 +408,13 @@ impl CoordinatorDriver {
                 });
             }
             Request::Timeouts { request_id } => {
+                let mut phases = self.timeouts.report(&self.directory.participants);
+                for phase in &mut phases {
+                    phase.basis = self.directory.name_addresses(&phase.basis);
+                }
                 let report = TimeoutsReport {
                     role: "coordinator".into(),
-                    phases: self.timeouts.report(&self.directory.participants),
+                    phases,
                 };
                 reply.send(&Reply::Timeouts { request_id, report });
             }
