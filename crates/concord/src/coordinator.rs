@@ -17,7 +17,7 @@
 //! are their addresses.
 
 use crate::conn::{self, Inbound, ReplyTx};
-use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
+use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter, Timers};
 use crate::failpoint;
 use crate::outbox::Outbox;
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
@@ -309,64 +309,57 @@ struct CoordinatorDriver {
     recovering: bool,
 }
 
-/// Events handled per loop iteration before the log batch is submitted:
-/// bounds latency while letting a burst share one fsync.
-const EVENTS_PER_BATCH_MAX: usize = 256;
+impl DriverNode for CoordinatorDriver {
+    const ROLE: &'static str = "coordinator";
+
+    fn on_durable(&mut self, tickets: Vec<concord_proto::PersistTicket>) {
+        let now = self.clock.now();
+        for ticket in tickets {
+            self.core.on_durable(now, ticket);
+            self.drain_actions();
+        }
+    }
+
+    fn on_timers_due(&mut self) {
+        let now = self.clock.now();
+        for xid in self.timers.pop_due(now) {
+            self.core.on_timer(now, xid);
+            self.drain_actions();
+        }
+    }
+
+    fn on_inbound(&mut self, event: Inbound) {
+        CoordinatorDriver::on_inbound(self, event)
+    }
+
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
+        self.timers.next_due().map(|at| self.clock.instant(at))
+    }
+
+    fn log(&mut self) -> &mut LogWriter {
+        &mut self.log
+    }
+
+    fn on_shutdown(&self) {
+        tracing::info!(
+            "coordinator shutting down: {} transactions in flight",
+            self.core.in_flight()
+        );
+    }
+}
 
 impl CoordinatorDriver {
     async fn run(
         &mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut log_events: mpsc::UnboundedReceiver<LogEvent>,
+        inbound: mpsc::Receiver<Inbound>,
+        log_events: mpsc::UnboundedReceiver<LogEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
         // Recovery's own actions (the epoch record, ABORTs for undecided
         // transactions) go first.
         self.drain_actions();
         self.recovering = false;
-        self.log.flush();
-        loop {
-            let next_timer = self.timers.next_due().map(|at| self.clock.instant(at));
-            tokio::select! {
-                biased;
-                event = log_events.recv() => match event {
-                    Some(LogEvent::Durable(tickets)) => {
-                        let now = self.clock.now();
-                        for ticket in tickets {
-                            self.core.on_durable(now, ticket);
-                            self.drain_actions();
-                        }
-                    }
-                    Some(LogEvent::Failed(error)) => {
-                        return Err(anyhow!("the coordinator log failed: {error}; stopping (restart to recover)"));
-                    }
-                    None => return Err(anyhow!("the coordinator log writer stopped")),
-                },
-                _ = sleep_until(next_timer) => {
-                    let now = self.clock.now();
-                    for xid in self.timers.pop_due(now) {
-                        self.core.on_timer(now, xid);
-                        self.drain_actions();
-                    }
-                }
-                event = inbound.recv() => {
-                    let Some(event) = event else { return Ok(()) };
-                    self.on_inbound(event);
-                    for _ in 1..EVENTS_PER_BATCH_MAX {
-                        match inbound.try_recv() {
-                            Ok(event) => self.on_inbound(event),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = &mut shutdown => {
-                    tracing::info!("coordinator shutting down: {} transactions in flight", self.core.in_flight());
-                    return Ok(());
-                }
-            }
-            self.log.flush();
-        }
+        run_event_loop(self, inbound, log_events, shutdown).await
     }
 
     fn on_inbound(&mut self, event: Inbound) {

@@ -10,11 +10,84 @@
 //! may block the driver: log writes happen on the group-commit writer
 //! thread, which reports back through a channel.
 
+use crate::conn::Inbound;
+use anyhow::anyhow;
 use concord_proto::{Durability, PersistTicket, Time, Xid};
 use concord_store::{GroupCommit, StoreError};
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// Events handled per loop iteration before the log batch is submitted:
+/// bounds latency while letting a burst share one fsync.
+const EVENTS_PER_BATCH_MAX: usize = 256;
+
+/// One server's protocol core as the shared event loop sees it. Each
+/// method feeds one kind of event to the core and carries out the actions
+/// it produced (sends, timers, replies); log records go to the node's
+/// [`LogWriter`], which the loop flushes once per iteration.
+pub(crate) trait DriverNode {
+    /// "coordinator" or "participant", for log lines.
+    const ROLE: &'static str;
+    /// These forced writes are durable.
+    fn on_durable(&mut self, tickets: Vec<PersistTicket>);
+    /// Run every timer that is due.
+    fn on_timers_due(&mut self);
+    /// A peer message or a client request.
+    fn on_inbound(&mut self, event: Inbound);
+    /// When the next timer is due, if any.
+    fn next_timer(&self) -> Option<Instant>;
+    fn log(&mut self) -> &mut LogWriter;
+    /// Say what is left in flight as the loop stops.
+    fn on_shutdown(&self);
+}
+
+/// The driver loop both servers run, until `shutdown` completes or the log
+/// fails. Log completions come first (`biased`) so decisions and votes
+/// leave as soon as they are durable; a burst of inbound events is handled
+/// before one flush so its records share one group-commit batch.
+pub(crate) async fn run_event_loop<N: DriverNode>(
+    node: &mut N,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut log_events: mpsc::UnboundedReceiver<LogEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    node.log().flush();
+    loop {
+        let next_timer = node.next_timer();
+        tokio::select! {
+            biased;
+            event = log_events.recv() => match event {
+                Some(LogEvent::Durable(tickets)) => node.on_durable(tickets),
+                Some(LogEvent::Failed(error)) => {
+                    return Err(anyhow!(
+                        "the {} log failed: {error}; stopping (restart to recover)",
+                        N::ROLE
+                    ));
+                }
+                None => return Err(anyhow!("the {} log writer stopped", N::ROLE)),
+            },
+            _ = sleep_until(next_timer) => node.on_timers_due(),
+            event = inbound.recv() => {
+                let Some(event) = event else { return Ok(()) };
+                node.on_inbound(event);
+                for _ in 1..EVENTS_PER_BATCH_MAX {
+                    match inbound.try_recv() {
+                        Ok(event) => node.on_inbound(event),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = &mut shutdown => {
+                node.on_shutdown();
+                return Ok(());
+            }
+        }
+        node.log().flush();
+    }
+}
 
 /// Turns tokio's monotonic clock into the core's microsecond [`Time`].
 #[derive(Clone, Copy, Debug)]

@@ -14,7 +14,7 @@
 //! connection the message came in on.
 
 use crate::conn::{self, Inbound, ReplyTx};
-use crate::driver::{sleep_until, Clock, LogEvent, LogWriter, Timers};
+use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter, Timers};
 use crate::failpoint;
 use crate::outbox::Outbox;
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
@@ -249,63 +249,55 @@ struct ParticipantDriver {
     timeouts: ParticipantTimeouts,
 }
 
-const EVENTS_PER_BATCH_MAX: usize = 256;
+impl DriverNode for ParticipantDriver {
+    const ROLE: &'static str = "participant";
+
+    fn on_durable(&mut self, tickets: Vec<concord_proto::PersistTicket>) {
+        let now = self.clock.now();
+        for ticket in tickets {
+            self.node.on_durable(now, ticket);
+            self.drain_io();
+        }
+    }
+
+    fn on_timers_due(&mut self) {
+        let now = self.clock.now();
+        for xid in self.timers.pop_due(now) {
+            self.node.on_timer(now, xid);
+            self.drain_io();
+        }
+    }
+
+    fn on_inbound(&mut self, event: Inbound) {
+        ParticipantDriver::on_inbound(self, event)
+    }
+
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
+        self.timers.next_due().map(|at| self.clock.instant(at))
+    }
+
+    fn log(&mut self) -> &mut LogWriter {
+        &mut self.log
+    }
+
+    fn on_shutdown(&self) {
+        tracing::info!(
+            in_doubt = self.node.core().in_doubt().len(),
+            "participant shutting down"
+        );
+    }
+}
 
 impl ParticipantDriver {
     async fn run(
         &mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut log_events: mpsc::UnboundedReceiver<LogEvent>,
+        inbound: mpsc::Receiver<Inbound>,
+        log_events: mpsc::UnboundedReceiver<LogEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
         // Recovery's actions: INQUIRE timers for in-doubt branches.
         self.drain_io();
-        self.log.flush();
-        loop {
-            let next_timer = self.timers.next_due().map(|at| self.clock.instant(at));
-            tokio::select! {
-                biased;
-                event = log_events.recv() => match event {
-                    Some(LogEvent::Durable(tickets)) => {
-                        let now = self.clock.now();
-                        for ticket in tickets {
-                            self.node.on_durable(now, ticket);
-                            self.drain_io();
-                        }
-                    }
-                    Some(LogEvent::Failed(error)) => {
-                        return Err(anyhow!("the participant log failed: {error}; stopping (restart to recover)"));
-                    }
-                    None => return Err(anyhow!("the participant log writer stopped")),
-                },
-                _ = sleep_until(next_timer) => {
-                    let now = self.clock.now();
-                    for xid in self.timers.pop_due(now) {
-                        self.node.on_timer(now, xid);
-                        self.drain_io();
-                    }
-                }
-                event = inbound.recv() => {
-                    let Some(event) = event else { return Ok(()) };
-                    self.on_inbound(event);
-                    for _ in 1..EVENTS_PER_BATCH_MAX {
-                        match inbound.try_recv() {
-                            Ok(event) => self.on_inbound(event),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = &mut shutdown => {
-                    tracing::info!(
-                        in_doubt = self.node.core().in_doubt().len(),
-                        "participant shutting down"
-                    );
-                    return Ok(());
-                }
-            }
-            self.log.flush();
-        }
+        run_event_loop(self, inbound, log_events, shutdown).await
     }
 
     fn on_inbound(&mut self, event: Inbound) {
