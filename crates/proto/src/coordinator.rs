@@ -461,13 +461,7 @@ impl Coordinator {
         txn.timer_at = None;
         match txn.phase {
             Phase::Wait => {
-                let waiting_for: Vec<PeerAddr> = txn
-                    .participants
-                    .iter()
-                    .zip(&txn.ready)
-                    .filter(|(_, r)| !**r)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let waiting_for: Vec<PeerAddr> = missing(&txn.participants, &txn.ready);
                 let timeout_ms = txn.timeout_ms;
                 let reason = format!(
                     "no vote within {timeout_ms} ms from {}",
@@ -482,13 +476,7 @@ impl Coordinator {
                 self.decide_abort(xid, reason);
             }
             Phase::Committed => {
-                let waiting_for: Vec<PeerAddr> = txn
-                    .participants
-                    .iter()
-                    .zip(&txn.acked)
-                    .filter(|(_, a)| !**a)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let waiting_for: Vec<PeerAddr> = missing(&txn.participants, &txn.acked);
                 let timeout_ms = txn.timeout_ms;
                 txn.resends += 1;
                 txn.timeout_ms = (timeout_ms.saturating_mul(2)).min(self.config.resend_ms_max);
@@ -619,13 +607,7 @@ impl Coordinator {
         txn.timeout_ms = txn.resend_ms_initial;
         let at = now.plus_ms(txn.timeout_ms);
         txn.timer_at = Some(at);
-        let targets: Vec<PeerAddr> = txn
-            .participants
-            .iter()
-            .zip(&txn.acked)
-            .filter(|(_, a)| !**a)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let targets: Vec<PeerAddr> = missing(&txn.participants, &txn.acked);
         for to in targets {
             let message = self.message(xid, Body::Decision(Decision::Commit));
             self.actions.push(CoordinatorAction::Send { to, message });
@@ -707,4 +689,15 @@ impl Coordinator {
     fn push_notice(&mut self, notice: CoordinatorNotice) {
         self.actions.push(CoordinatorAction::Notice(notice));
     }
+}
+
+/// The participants whose flag (vote READY received, ACK received) is
+/// still false, in participant-list order.
+fn missing(participants: &[PeerAddr], done: &[bool]) -> Vec<PeerAddr> {
+    participants
+        .iter()
+        .zip(done)
+        .filter(|(_, done)| !**done)
+        .map(|(p, _)| p.clone())
+        .collect()
 }
