@@ -671,29 +671,42 @@ fn print_txn_result(result: Result<client::TxnResult, String>) -> ExitCode {
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Run one query against `who` under [`QUERY_TIMEOUT`]; on failure print
+/// why and give the exit code (2) for the caller to return.
+async fn query<T>(
+    who: &str,
+    query: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ExitCode> {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => {
+            eprintln!("concord: error: {e}");
+            Err(ExitCode::from(2))
+        }
+        Err(_) => {
+            eprintln!(
+                "concord: error: no answer from {who} within {} s",
+                QUERY_TIMEOUT.as_secs()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 async fn status(args: StatusArgs) -> ExitCode {
     let xid = match (args.timeouts, args.xid) {
         (false, Some(xid)) => xid,
         _ => return timeouts_status(&args).await,
     };
-    let query = async {
+    let who = format!("the coordinator at {}", args.coordinator);
+    let status = match query(&who, async {
         let client = Client::connect(&args.coordinator).await?;
         client.status(xid).await
-    };
-    let status = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            eprintln!("concord: error: {e}");
-            return ExitCode::from(2);
-        }
-        Err(_) => {
-            eprintln!(
-                "concord: error: no answer from the coordinator at {} within {} s",
-                args.coordinator,
-                QUERY_TIMEOUT.as_secs()
-            );
-            return ExitCode::from(2);
-        }
+    })
+    .await
+    {
+        Ok(status) => status,
+        Err(code) => return code,
     };
     // Ask every participant concurrently.
     let asks = status.branches.iter().map(|b| {
@@ -754,24 +767,14 @@ async fn status(args: StatusArgs) -> ExitCode {
 
 /// `concord status --timeouts`: the estimates and the timeouts in force.
 async fn timeouts_status(args: &StatusArgs) -> ExitCode {
-    let query = async {
+    let report = match query(&args.coordinator, async {
         let client = Client::connect(&args.coordinator).await?;
         client.timeouts().await
-    };
-    let report = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => {
-            eprintln!("concord: error: {e}");
-            return ExitCode::from(2);
-        }
-        Err(_) => {
-            eprintln!(
-                "concord: error: no answer from {} within {} s",
-                args.coordinator,
-                QUERY_TIMEOUT.as_secs()
-            );
-            return ExitCode::from(2);
-        }
+    })
+    .await
+    {
+        Ok(report) => report,
+        Err(code) => return code,
     };
     if args.json {
         let phases: Vec<serde_json::Value> = report
@@ -836,22 +839,11 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 async fn accounts(args: AccountsArgs) -> ExitCode {
-    let report =
-        match tokio::time::timeout(QUERY_TIMEOUT, client::accounts(&args.participant)).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => {
-                eprintln!("concord: error: {e}");
-                return ExitCode::from(2);
-            }
-            Err(_) => {
-                eprintln!(
-                    "concord: error: no answer from the participant at {} within {} s",
-                    args.participant,
-                    QUERY_TIMEOUT.as_secs()
-                );
-                return ExitCode::from(2);
-            }
-        };
+    let who = format!("the participant at {}", args.participant);
+    let report = match query(&who, client::accounts(&args.participant)).await {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
     if args.json {
         println!("{}", accounts_json(&report));
     } else {
