@@ -41,7 +41,7 @@
 
 use crate::wire::{
     self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request,
-    TimeoutsReport, KIND_REPLY,
+    ServerStats, TimeoutsReport, KIND_REPLY,
 };
 use bytes::BytesMut;
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
@@ -331,6 +331,16 @@ impl Client {
         let request_id = self.next_id();
         match self.call(Request::Timeouts { request_id }).await? {
             Reply::Timeouts { report, .. } => Ok(report),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The server's log and network counters since it started (coordinator
+    /// or participant).
+    pub async fn stats(&self) -> Result<ServerStats, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Stats { request_id }).await? {
+            Reply::Stats { stats, .. } => Ok(stats),
             other => Err(self.unexpected(&other)),
         }
     }

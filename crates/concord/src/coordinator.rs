@@ -27,13 +27,13 @@ use crate::wire::{
 };
 use anyhow::{anyhow, bail, Context};
 use concord_net::NetConfig;
-use concord_participant::kv::{decode_work, encode_work};
+use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
 use concord_proto::codec::{decode, encode};
 use concord_proto::{
     Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorRecord,
     Decision, PeerAddr, TxnOutcome, Xid,
 };
-use concord_store::{FileLog, FileLogOptions, GroupCommit};
+use concord_store::{FileLog, GroupCommit};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
@@ -74,6 +74,9 @@ pub struct CoordinatorServerConfig {
     /// Transport settings (frame bound, heartbeats, idle timeouts,
     /// reconnect backoff) for every connection of this process.
     pub net: NetConfig,
+    /// False only for benchmark baselines (`--unsafe-no-fsync`): the log
+    /// is then NOT durable.
+    pub fsync: bool,
 }
 
 impl CoordinatorServerConfig {
@@ -98,6 +101,7 @@ impl CoordinatorServerConfig {
             recent_outcomes_max: 100_000,
             listen_backlog: 1024,
             net: NetConfig::default(),
+            fsync: true,
         }
     }
 
@@ -189,7 +193,8 @@ pub async fn run_coordinator_until(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let clock = Clock::start();
-    let (log, recovered) = FileLog::open(&config.data_dir, FileLogOptions::default())
+    let options = crate::driver::log_options("coordinator", config.fsync);
+    let (log, recovered) = FileLog::open(&config.data_dir, options)
         .with_context(|| {
             format!(
                 "cannot open the coordinator log in {}",
@@ -228,7 +233,7 @@ pub async fn run_coordinator_until(
         "coordinator log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
-    let log = LogWriter::new(GroupCommit::start(Box::new(log), "coordinator"), log_tx);
+    let log = LogWriter::new(GroupCommit::start(Box::new(log), "coordinator"), log_tx, config.fsync);
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
     let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
@@ -410,6 +415,10 @@ impl CoordinatorDriver {
                     phases,
                 };
                 reply.send(&Reply::Timeouts { request_id, report });
+            }
+            Request::Stats { request_id } => {
+                let stats = self.log.server_stats("coordinator", self.outbox.network().stats());
+                reply.send(&Reply::Stats { request_id, stats });
             }
             other @ (Request::Accounts { .. } | Request::BranchState { .. }) => reply.error(
                 other.request_id(),
@@ -788,17 +797,19 @@ fn resolve_branches(
             }
             // Several branches for one participant: only key-value work
             // has a known way to merge.
-            let mut ops = Vec::new();
+            let mut merged = KvWork::default();
             for work in &works {
-                ops.extend(decode_work(work).map_err(|e| {
+                let work = decode_kv_work(work).map_err(|e| {
                     format!(
                         "participant {} is named by several branches and their work cannot \
                          be merged (not key-value work: {e}); send one branch per participant",
                         directory.display_name(&addr)
                     )
-                })?);
+                })?;
+                merged.ops.extend(work.ops);
+                merged.memo.extend(work.memo);
             }
-            Ok((addr, encode_work(&ops)))
+            Ok((addr, encode_work_with_memo(&merged.ops, &merged.memo)))
         })
         .collect()
 }

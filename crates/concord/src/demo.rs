@@ -10,6 +10,7 @@
 //! say). It must never report a check as passed that it did not make.
 
 use crate::client::{Client, ClientError};
+use crate::procs::{free_port, wait_listening, Proc};
 use crate::wire::Outcome;
 use anyhow::{bail, Context};
 use concord_participant::kv::KvStore;
@@ -19,11 +20,9 @@ use concord_store::{FileLog, FileLogOptions};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -52,130 +51,6 @@ const DOWN_MS: u64 = 400;
 /// How long the demo waits for in-doubt branches to resolve at the end.
 const QUIESCE_TIMEOUT_S: u64 = 60;
 
-/// One process of the demo, with the command that (re)starts it.
-struct Proc {
-    name: String,
-    args: Vec<String>,
-    log: PathBuf,
-    exe: PathBuf,
-    child: Child,
-    starts: usize,
-}
-
-impl Proc {
-    fn start(exe: &Path, name: &str, args: Vec<String>, log: PathBuf) -> anyhow::Result<Proc> {
-        let child = spawn(exe, &args, &log)?;
-        Ok(Proc {
-            name: name.to_string(),
-            args,
-            log,
-            exe: exe.to_path_buf(),
-            child,
-            starts: 1,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    /// SIGKILL: no shutdown code runs, unsynced writes in the process are
-    /// gone (the kernel keeps what was written to the file).
-    async fn kill9(&mut self) -> anyhow::Result<()> {
-        self.child
-            .start_kill()
-            .with_context(|| format!("kill -9 {}", self.name))?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        self.child = spawn(&self.exe, &self.args, &self.log)?;
-        self.starts += 1;
-        Ok(())
-    }
-
-    /// Graceful stop (SIGTERM), then SIGKILL if it does not exit in time.
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
-    }
-
-    /// The "recovery:" lines this process logged, most recent start last.
-    fn recovery_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("recovery:"))
-            .map(strip_ansi)
-            .collect()
-    }
-}
-
-fn spawn(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
-    let err = out.try_clone()?;
-    Command::new(exe)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start {} {}", exe.display(), args.join(" ")))
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-async fn wait_listening(addr: &str, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not start listening on {addr} within 15 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// What the clients saw.
 #[derive(Default)]
 struct Tally {
@@ -187,7 +62,7 @@ struct Tally {
 
 /// Group abort reasons for the summary ("account acct-3 is locked by …" →
 /// "lock conflict").
-fn reason_class(reason: &str) -> String {
+pub(crate) fn reason_class(reason: &str) -> String {
     for (needle, class) in [
         ("locked", "lock conflict"),
         ("insufficient funds", "insufficient funds"),

@@ -13,7 +13,7 @@
 use crate::conn::Inbound;
 use anyhow::anyhow;
 use concord_proto::{Durability, PersistTicket, Time, Xid};
-use concord_store::{GroupCommit, StoreError};
+use concord_store::{FileLogOptions, GroupCommit, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use tokio::sync::mpsc;
@@ -161,6 +161,8 @@ pub(crate) enum LogEvent {
 /// one group-commit batch, forced if any of them is forced.
 pub(crate) struct LogWriter {
     group: GroupCommit,
+    /// False under `--unsafe-no-fsync`: reported in stats, never hidden.
+    fsync: bool,
     events: mpsc::UnboundedSender<LogEvent>,
     records: Vec<Vec<u8>>,
     tickets: Vec<PersistTicket>,
@@ -169,9 +171,14 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn new(group: GroupCommit, events: mpsc::UnboundedSender<LogEvent>) -> LogWriter {
+    pub fn new(
+        group: GroupCommit,
+        events: mpsc::UnboundedSender<LogEvent>,
+        fsync: bool,
+    ) -> LogWriter {
         LogWriter {
             group,
+            fsync,
             events,
             records: Vec::new(),
             tickets: Vec::new(),
@@ -186,6 +193,12 @@ impl LogWriter {
             self.forced = true;
             self.tickets.push(ticket);
         }
+    }
+
+    /// The server's counters for `Request::Stats`: this log's and the
+    /// network's.
+    pub fn server_stats(&self, role: &str, net: concord_net::NetStats) -> crate::wire::ServerStats {
+        crate::wire::ServerStats::collect(role, self.fsync, self.group.stats(), net)
     }
 
     /// Fire fail-point `name` once the current batch has been written.
@@ -231,6 +244,21 @@ impl LogWriter {
     pub fn shutdown(mut self) {
         self.flush();
         self.group.shutdown();
+    }
+}
+
+/// Options of a server's log. With `fsync` false (`--unsafe-no-fsync`,
+/// for benchmark baselines) forced records are not durable: say so loudly.
+pub(crate) fn log_options(role: &str, fsync: bool) -> FileLogOptions {
+    if !fsync {
+        tracing::warn!(
+            "--unsafe-no-fsync: the {role} log is NOT fsynced; a crash of the machine can lose \
+             decisions and votes. Use this only to measure what durability costs."
+        );
+    }
+    FileLogOptions {
+        fsync,
+        ..FileLogOptions::default()
     }
 }
 

@@ -23,6 +23,7 @@
 //! the log or the user is unwrapped: it is validated and refused with a
 //! message saying why.
 
+pub mod bench;
 pub mod client;
 mod conn;
 pub mod coordinator;
@@ -31,6 +32,7 @@ mod driver;
 pub mod failpoint;
 pub mod outbox;
 pub mod participant;
+mod procs;
 pub mod timeouts;
 pub mod wire;
 

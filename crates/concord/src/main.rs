@@ -58,7 +58,81 @@ enum Command {
     /// A fault-injecting TCP proxy between two concord processes (tests and
     /// benchmarks on one machine, where netem is not available).
     Proxy(ProxyArgs),
+    /// Throughput and latency of real processes over loopback TCP with real
+    /// fsyncs: a closed-loop workload per concurrency level, then the
+    /// baselines (raw fsync ceiling, durability off) in the same run.
+    Bench(BenchArgs),
 }
+
+#[derive(Args, Debug)]
+#[command(after_help = BENCH_HELP)]
+struct BenchArgs {
+    /// Participant processes to start.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    participants: usize,
+    /// Branches per transaction, each on a distinct participant (1..=16;
+    /// default: every participant).
+    #[arg(long, value_name = "N")]
+    branches: Option<usize>,
+    /// Concurrency levels (transactions in flight), one run each, e.g.
+    /// 1,16,64,256.
+    #[arg(long, default_value = "1,8,32,128,256", value_name = "LIST", value_parser = concord::bench::parse_levels)]
+    concurrency: std::vec::Vec<usize>,
+    /// Client connections the tasks of one run share (default: one per 8
+    /// tasks, at most 16).
+    #[arg(long, value_name = "N")]
+    connections: Option<usize>,
+    /// Warm-up before each measuring window.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    warmup_secs: f64,
+    /// Length of each measuring window.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    window_secs: f64,
+    /// Opaque bytes in every branch's work (so in every PREPARE and READY
+    /// record).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    payload_bytes: usize,
+    /// Share of transactions (0..1) that use one of --hot-accounts shared
+    /// accounts instead of the task's own (contention: lock conflicts).
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    hot_share: f64,
+    /// Number of hot accounts.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    hot_accounts: usize,
+    /// Communication shape; only centralized exists so far.
+    #[arg(long, default_value = "centralized", value_parser = ["centralized"])]
+    shape: String,
+    /// Keep the servers' logs here instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use a running coordinator instead of starting servers (with
+    /// --participant for each of its participants, and --no-baselines).
+    #[arg(long, value_name = "ADDR", requires = "participant")]
+    coordinator: Option<String>,
+    /// A running participant as NAME=ADDR (its name at the coordinator).
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_participant, requires = "coordinator")]
+    participant: Vec<(String, String)>,
+    /// Skip the baselines (fsync ceiling, durability off).
+    #[arg(long)]
+    no_baselines: bool,
+    /// Print the report as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG of throughput and p99 latency against concurrency.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+const BENCH_HELP: &str = "\
+Every forced write is fsynced unless the report says NOT durable (only the
+durability-off baseline is). Accounts: each task uses its own account per
+participant unless --hot-share sends it to the shared hot ones, so without
+contention there are no lock conflicts. The report gives transactions/s,
+latency p50/p99/p999 (client-side, Begin to outcome), aborts by reason,
+fsyncs, messages, socket writes and CPU time per transaction.";
 
 #[derive(Args, Debug)]
 #[command(after_help = PROXY_COMMANDS_HELP)]
@@ -178,6 +252,8 @@ struct ServeArgs {
     transactions_in_flight_max: usize,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    durability: DurabilityArgs,
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +298,19 @@ struct ParticipantArgs {
     advertise: Option<String>,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    durability: DurabilityArgs,
+}
+
+/// The durability switch shared by `serve` and `participant`.
+#[derive(Args, Debug)]
+struct DurabilityArgs {
+    /// BENCHMARK BASELINES ONLY: do not fsync the log, so forced records
+    /// (votes, decisions) are NOT durable and a machine crash can lose
+    /// them. It exists to measure what durability costs (`concord bench`
+    /// runs it as a labelled baseline); never use it for real work.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
 }
 
 /// Transport flags shared by `serve` and `participant`. They are checked
@@ -411,7 +500,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Serve(_) | Command::Participant(_) | Command::Proxy(_)
     );
-    let runtime = if server || matches!(cli.command, Command::Demo(_)) {
+    let runtime = if server || matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -470,6 +559,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Accounts(args) => accounts(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Proxy(args) => proxy(args).await,
+        Command::Bench(args) => bench(args).await,
     }
 }
 
@@ -602,6 +692,7 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     config.transactions_in_flight_max = args.transactions_in_flight_max;
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
+    config.fsync = !args.durability.unsafe_no_fsync;
     config
 }
 
@@ -615,6 +706,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.advertise = args.advertise;
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
+    config.fsync = !args.durability.unsafe_no_fsync;
     config
 }
 
@@ -893,6 +985,96 @@ fn accounts_json(report: &AccountsReport) -> serde_json::Value {
         "in_doubt": report.in_doubt.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
         "locks": locks,
     })
+}
+
+async fn bench(args: BenchArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("concord bench: cannot find my own executable to start the servers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secs = |s: f64, flag: &str| {
+        if s.is_finite() && s >= 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(format!("{flag} must be a non-negative number of seconds, got {s}"))
+        }
+    };
+    let (warmup, window) = match (
+        secs(args.warmup_secs, "--warmup-secs"),
+        secs(args.window_secs, "--window-secs"),
+    ) {
+        (Ok(w), Ok(m)) => (w, m),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("concord bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let participants = if args.coordinator.is_some() {
+        args.participant.len()
+    } else {
+        args.participants
+    };
+    let options = concord::bench::BenchOptions {
+        exe,
+        participants: args.participants,
+        branches: args.branches.unwrap_or(participants),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        warmup,
+        window,
+        payload_bytes: args.payload_bytes,
+        hot_share: args.hot_share,
+        hot_accounts: if args.hot_share > 0.0 { args.hot_accounts } else { 0 },
+        data_dir: args.data_dir,
+        existing: args.coordinator.map(|c| (c, args.participant)),
+        baselines: !args.no_baselines,
+        seed: args.seed,
+    };
+    let report = match concord::bench::run_bench(options).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("concord bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.plot {
+        let points: Vec<concord::bench::plot::PlotPoint> = report
+            .runs
+            .iter()
+            .map(|r| concord::bench::plot::PlotPoint {
+                concurrency: r.concurrency,
+                throughput: r.transactions_per_sec,
+                p99_ms: r.latency.p99_ms,
+            })
+            .collect();
+        let title = format!(
+            "concord bench: {} participants, {} branches, {} B payload ({})",
+            report.settings.participants,
+            report.settings.branches,
+            report.settings.payload_bytes,
+            if report.runs.iter().all(|r| r.durable) { "durable" } else { "NOT durable" }
+        );
+        if let Err(e) = std::fs::write(path, concord::bench::plot::svg(&title, &points)) {
+            eprintln!("concord bench: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        eprintln!("plot written to {}", path.display());
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("concord bench: cannot encode the report as JSON: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    ExitCode::SUCCESS
 }
 
 async fn demo(args: DemoArgs) -> ExitCode {

@@ -51,6 +51,11 @@ impl Outbox {
         }
     }
 
+    /// The network this outbox sends over (for its counters).
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
     /// Queue `message` for `to`. Never blocks; must run inside a tokio
     /// runtime (the first message to a peer starts its connection task).
     pub fn send(&mut self, to: &PeerAddr, message: Message) {

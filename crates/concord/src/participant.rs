@@ -28,7 +28,7 @@ use concord_proto::{
     Body, Decision, ParticipantAction, ParticipantConfig, ParticipantNotice, ParticipantRecord,
     PeerAddr, Vote,
 };
-use concord_store::{FileLog, FileLogOptions, GroupCommit, LogStore};
+use concord_store::{FileLog, GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -62,6 +62,9 @@ pub struct ParticipantServerConfig {
     /// Transport settings (frame bound, heartbeats, idle timeouts,
     /// reconnect backoff) for every connection of this process.
     pub net: NetConfig,
+    /// False only for benchmark baselines (`--unsafe-no-fsync`): the log
+    /// is then NOT durable.
+    pub fsync: bool,
 }
 
 /// Most accounts `--seed-accounts` may create (an `accounts` reply must
@@ -83,6 +86,7 @@ impl ParticipantServerConfig {
             listen_backlog: 1024,
             advertise: None,
             net: NetConfig::default(),
+            fsync: true,
         }
     }
 
@@ -130,7 +134,8 @@ pub async fn run_participant_until(
     config.validate()?;
     let clock = Clock::start();
     let dir = config.data_dir.display().to_string();
-    let (mut log, recovered) = FileLog::open(&config.data_dir, FileLogOptions::default())
+    let options = crate::driver::log_options("participant", config.fsync);
+    let (mut log, recovered) = FileLog::open(&config.data_dir, options)
         .with_context(|| format!("cannot open the participant log in {dir}"))?;
     for warning in &recovered.warnings {
         tracing::warn!("participant log recovery: {warning}");
@@ -192,7 +197,7 @@ pub async fn run_participant_until(
         "participant log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
-    let log = LogWriter::new(GroupCommit::start(Box::new(log), "participant"), log_tx);
+    let log = LogWriter::new(GroupCommit::start(Box::new(log), "participant"), log_tx, config.fsync);
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
@@ -346,6 +351,10 @@ impl ParticipantDriver {
                     phases: self.timeouts.report(),
                 };
                 reply.send(&Reply::Timeouts { request_id, report });
+            }
+            Request::Stats { request_id } => {
+                let stats = self.log.server_stats("participant", self.outbox.network().stats());
+                reply.send(&Reply::Stats { request_id, stats });
             }
             other => reply.error(
                 other.request_id(),

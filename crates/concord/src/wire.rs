@@ -81,6 +81,10 @@ pub enum Request {
     /// Coordinator or participant: the latency estimates per peer and
     /// phase, and the timeouts they set (SPEC §3).
     Timeouts { request_id: u64 },
+    /// Coordinator or participant: counters of its log and network since
+    /// it started (for `concord bench`: fsyncs and messages per
+    /// transaction).
+    Stats { request_id: u64 },
 }
 
 impl Request {
@@ -91,7 +95,8 @@ impl Request {
             | Request::ListInFlight { request_id }
             | Request::Accounts { request_id }
             | Request::BranchState { request_id, .. }
-            | Request::Timeouts { request_id } => *request_id,
+            | Request::Timeouts { request_id }
+            | Request::Stats { request_id } => *request_id,
         }
     }
 
@@ -104,6 +109,7 @@ impl Request {
             Request::Accounts { .. } => "Accounts",
             Request::BranchState { .. } => "BranchState",
             Request::Timeouts { .. } => "Timeouts",
+            Request::Stats { .. } => "Stats",
         }
     }
 }
@@ -145,6 +151,10 @@ pub enum Reply {
         request_id: u64,
         report: TimeoutsReport,
     },
+    Stats {
+        request_id: u64,
+        stats: ServerStats,
+    },
 }
 
 impl Reply {
@@ -157,7 +167,8 @@ impl Reply {
             | Reply::Accounts { request_id, .. }
             | Reply::BranchState { request_id, .. }
             | Reply::Error { request_id, .. }
-            | Reply::Timeouts { request_id, .. } => *request_id,
+            | Reply::Timeouts { request_id, .. }
+            | Reply::Stats { request_id, .. } => *request_id,
         }
     }
 
@@ -283,6 +294,52 @@ impl AccountsReport {
             .iter()
             .find(|(a, _)| a == account)
             .map(|(_, b)| *b)
+    }
+}
+
+/// Counters of one server since it started (`Request::Stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// "coordinator" or "participant".
+    pub role: String,
+    /// False when the server runs with `--unsafe-no-fsync` (a benchmark
+    /// baseline): then its "forced" records are NOT durable.
+    pub fsync: bool,
+    /// Log records appended, of them forced, and the batches and fsyncs
+    /// they took (group commit: `log_syncs` ≤ `log_forced`).
+    pub log_records: u64,
+    pub log_forced: u64,
+    pub log_batches: u64,
+    pub log_syncs: u64,
+    pub log_bytes: u64,
+    /// Application frames (heartbeats excluded) sent and received on every
+    /// connection, peers and clients alike, and the write calls that
+    /// carried the sent ones (coalescing: `net_writes` ≤ `net_frames_sent`).
+    pub net_frames_sent: u64,
+    pub net_frames_received: u64,
+    pub net_writes: u64,
+}
+
+impl ServerStats {
+    /// The counters of a server from its log and network.
+    pub fn collect(
+        role: &str,
+        fsync: bool,
+        log: concord_store::GroupCommitStats,
+        net: concord_net::NetStats,
+    ) -> ServerStats {
+        ServerStats {
+            role: role.into(),
+            fsync,
+            log_records: log.records,
+            log_forced: log.forced,
+            log_batches: log.batches,
+            log_syncs: log.syncs,
+            log_bytes: log.bytes,
+            net_frames_sent: net.frames_sent,
+            net_frames_received: net.frames_received,
+            net_writes: net.writes,
+        }
     }
 }
 

@@ -32,12 +32,35 @@ pub enum KvRecord {
     Seed { accounts: Vec<(String, i64)> },
 }
 
-pub fn encode_work(ops: &[KvOp]) -> Vec<u8> {
-    encode(&ops)
+/// A branch's work as it travels in PREPARE and sits in the READY record:
+/// the operations, and an opaque `memo` the application may attach (an
+/// order reference, a description). The memo is kept durably with the
+/// READY record and otherwise ignored; `concord bench --payload-bytes`
+/// uses it to size records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWork {
+    pub ops: Vec<KvOp>,
+    pub memo: Vec<u8>,
 }
 
+/// Work of `ops` with no memo.
+pub fn encode_work(ops: &[KvOp]) -> Vec<u8> {
+    encode_work_with_memo(ops, &[])
+}
+
+pub fn encode_work_with_memo(ops: &[KvOp], memo: &[u8]) -> Vec<u8> {
+    // Encode from borrowed parts: the same bytes as `KvWork`, no copies.
+    encode(&(ops, memo))
+}
+
+/// The whole work, memo included.
+pub fn decode_kv_work(work: &[u8]) -> Result<KvWork, String> {
+    decode::<KvWork>("key-value work", work).map_err(|e| e.to_string())
+}
+
+/// The operations of a branch's work.
 pub fn decode_work(work: &[u8]) -> Result<Vec<KvOp>, String> {
-    decode::<Vec<KvOp>>("key-value work", work).map_err(|e| e.to_string())
+    decode_kv_work(work).map(|w| w.ops)
 }
 
 /// The seed record for `--seed-accounts N --balance B`: `acct-0` …
@@ -291,5 +314,15 @@ mod tests {
         assert_eq!(kv.balances()["acct-1"], 57);
         assert_eq!(kv.balances()["acct-0"], 50);
         assert!(kv.is_seeded());
+    }
+
+    #[test]
+    fn work_with_memo_round_trips_and_keeps_ops() {
+        let ops = vec![op("acct-0", -3), op("acct-1", 3)];
+        let work = encode_work_with_memo(&ops, b"order 17");
+        let decoded = decode_kv_work(&work).expect("kv work");
+        assert_eq!(decoded.ops, ops);
+        assert_eq!(decoded.memo, b"order 17");
+        assert_eq!(decode_work(&encode_work(&ops)).expect("kv work"), ops);
     }
 }

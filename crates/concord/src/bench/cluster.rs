@@ -1,0 +1,237 @@
+//! The processes a benchmark runs against: a coordinator and N
+//! participants started as child processes of this binary on 127.0.0.1
+//! (or an existing cluster named by address), and the counters read from
+//! them around a measuring window: each server's log and network counters
+//! (`Request::Stats`) and, for processes we started, their CPU time from
+//! `/proc`.
+
+use crate::client::Client;
+use crate::procs::{free_port, wait_listening, Proc};
+use crate::wire::ServerStats;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// How the servers of one run are started.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub exe: PathBuf,
+    pub participants: usize,
+    /// Accounts seeded at each participant.
+    pub accounts: usize,
+    pub balance: i64,
+    /// False: start the servers with `--unsafe-no-fsync` (baseline only).
+    pub fsync: bool,
+    /// Directory under which each server gets its data directory.
+    pub root: PathBuf,
+}
+
+/// A running set of servers.
+pub struct Cluster {
+    pub coordinator: String,
+    /// `(name, address)` of each participant, in order.
+    pub participants: Vec<(String, String)>,
+    /// Processes we started (empty for an existing cluster): the
+    /// coordinator first.
+    procs: Vec<Proc>,
+    /// One client per server for reading its counters.
+    stat_clients: Vec<Client>,
+}
+
+/// Counters of every server at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub servers: Vec<ServerStats>,
+    /// CPU seconds (user + system) of each process we started, and of this
+    /// process (the load generator).
+    pub server_cpu_s: Option<f64>,
+    pub client_cpu_s: Option<f64>,
+}
+
+impl Cluster {
+    /// Start a coordinator and `spec.participants` participants and wait
+    /// until they all listen.
+    pub async fn start(spec: &ClusterSpec) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(&spec.root)
+            .with_context(|| format!("create {}", spec.root.display()))?;
+        let mut participants = Vec::new();
+        let mut procs = Vec::new();
+        for i in 0..spec.participants {
+            let name = format!("p{i}");
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let mut args = vec![
+                "participant".to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                spec.root.join(&name).display().to_string(),
+                "--seed-accounts".into(),
+                spec.accounts.to_string(),
+                "--balance".into(),
+                spec.balance.to_string(),
+                "--log-level".into(),
+                "warn".into(),
+            ];
+            if !spec.fsync {
+                args.push("--unsafe-no-fsync".into());
+            }
+            procs.push(Proc::start(
+                &spec.exe,
+                &name,
+                args,
+                spec.root.join(format!("{name}.log")),
+            )?);
+            participants.push((name, addr));
+        }
+        let coordinator = format!("127.0.0.1:{}", free_port()?);
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            coordinator.clone(),
+            "--data-dir".into(),
+            spec.root.join("coordinator").display().to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        for (name, addr) in &participants {
+            args.push("--participant".into());
+            args.push(format!("{name}={addr}"));
+        }
+        if !spec.fsync {
+            args.push("--unsafe-no-fsync".into());
+        }
+        procs.insert(
+            0,
+            Proc::start(
+                &spec.exe,
+                "coordinator",
+                args,
+                spec.root.join("coordinator.log"),
+            )?,
+        );
+        for (name, addr) in &participants {
+            wait_listening(addr, name).await?;
+        }
+        wait_listening(&coordinator, "coordinator").await?;
+        Cluster::attach(coordinator, participants, procs).await
+    }
+
+    /// Use servers that are already running.
+    pub async fn existing(
+        coordinator: String,
+        participants: Vec<(String, String)>,
+    ) -> anyhow::Result<Cluster> {
+        Cluster::attach(coordinator, participants, Vec::new()).await
+    }
+
+    async fn attach(
+        coordinator: String,
+        participants: Vec<(String, String)>,
+        procs: Vec<Proc>,
+    ) -> anyhow::Result<Cluster> {
+        let mut stat_clients = Vec::new();
+        for addr in std::iter::once(&coordinator).chain(participants.iter().map(|(_, a)| a)) {
+            let client = Client::connect(addr)
+                .await
+                .with_context(|| format!("connect to {addr} for its counters"))?;
+            stat_clients.push(client);
+        }
+        Ok(Cluster {
+            coordinator,
+            participants,
+            procs,
+            stat_clients,
+        })
+    }
+
+    /// Whether every server logs with fsync on (what the report calls
+    /// durable); asked from the servers themselves.
+    pub async fn all_durable(&self) -> anyhow::Result<bool> {
+        Ok(self.snapshot().await?.servers.iter().all(|s| s.fsync))
+    }
+
+    /// Every server's counters and the CPU time used so far.
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let mut servers = Vec::new();
+        for client in &self.stat_clients {
+            let stats = client
+                .stats()
+                .await
+                .with_context(|| format!("counters of {}", client.addr()))?;
+            servers.push(stats);
+        }
+        let server_cpu_s = if self.procs.is_empty() {
+            None
+        } else {
+            let mut total = 0.0;
+            for proc in &self.procs {
+                total += cpu_seconds(&format!("/proc/{}/stat", proc.pid()))
+                    .with_context(|| format!("CPU time of {}", proc.name))?;
+            }
+            Some(total)
+        };
+        Ok(Snapshot {
+            servers,
+            server_cpu_s,
+            client_cpu_s: cpu_seconds("/proc/self/stat").ok(),
+        })
+    }
+
+    /// Stop the processes we started (SIGTERM, then SIGKILL).
+    pub async fn stop(mut self) {
+        for proc in self.procs.iter_mut() {
+            proc.stop().await;
+        }
+    }
+
+    /// Log files of the processes we started, for error messages.
+    pub fn log_dir(&self) -> Option<&Path> {
+        self.procs.first().and_then(|p| p.log.parent())
+    }
+}
+
+/// User + system CPU seconds of a process from its `/proc/PID/stat`.
+fn cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields after the last ')'. utime and stime are fields 14, 15.
+    let after = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("{path}: no ')' in {text:?}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        let field = fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("{path}: too few fields"))?;
+        field
+            .parse::<u64>()
+            .map(|t| t as f64)
+            .with_context(|| format!("{path}: field {field:?}"))
+    };
+    // Fields after ')' start at field 3, so utime (14) is index 11.
+    let ticks = tick(11)? + tick(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(ticks / per_second as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_of_self_is_readable_and_grows() {
+        let before = cpu_seconds("/proc/self/stat").expect("own stat");
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let after = cpu_seconds("/proc/self/stat").expect("own stat");
+        assert!(after >= before, "{after} < {before}");
+    }
+}

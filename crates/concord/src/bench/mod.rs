@@ -1,0 +1,296 @@
+//! `concord bench`: throughput and latency of real processes over
+//! loopback TCP with real fsyncs, with baselines measured in the same run.
+//!
+//! One invocation starts a coordinator and N participants as separate
+//! processes of this binary (or uses running ones), and for each
+//! concurrency level runs a closed-loop workload ([`workload`]): a warm-up,
+//! then a fixed measuring window whose edges are marked by reading every
+//! server's own counters ([`cluster`]). Then, unless told not to, the
+//! baselines: the raw fsync ceiling of the data directory's disk
+//! ([`baseline`]) and the same workload against servers with fsync off,
+//! labelled NOT durable. [`report`] turns it all into text, JSON and an SVG
+//! ([`plot`]).
+//!
+//! A benchmark must never claim durability it did not have: whether the
+//! numbers are durable is asked from the servers (`ServerStats::fsync`),
+//! not assumed.
+
+pub mod baseline;
+pub mod cluster;
+pub mod plot;
+pub mod report;
+pub mod workload;
+
+use anyhow::{bail, Context};
+use cluster::{Cluster, ClusterSpec};
+use report::{BenchReport, Machine, RunInputs, RunResult, Settings};
+use std::path::PathBuf;
+use std::time::Duration;
+use workload::Workload;
+
+/// Most branches (participants) one benchmark transaction may have.
+pub const BRANCHES_MAX: usize = 16;
+/// Most concurrent transactions one run may keep in flight.
+pub const CONCURRENCY_MAX: usize = 4096;
+/// Starting balance of every benchmark account: far more than any run can
+/// move, so no transaction aborts for insufficient funds.
+const BALANCE: i64 = 1_000_000_000_000;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The concord binary to start servers from.
+    pub exe: PathBuf,
+    /// Participant processes to start.
+    pub participants: usize,
+    /// Branches per transaction, each on a distinct participant.
+    pub branches: usize,
+    /// Concurrency levels, one run each.
+    pub concurrency: Vec<usize>,
+    /// Client connections per run (`None`: one per 8 tasks, 1 to 16).
+    pub connections: Option<usize>,
+    pub warmup: Duration,
+    pub window: Duration,
+    /// Opaque bytes carried by every branch's work (and so in every READY
+    /// record).
+    pub payload_bytes: usize,
+    pub hot_share: f64,
+    pub hot_accounts: usize,
+    /// Where the servers' logs go (a temporary directory if `None`).
+    pub data_dir: Option<PathBuf>,
+    /// Use a running cluster instead of starting one: the coordinator's
+    /// address and every participant's `(name, address)`.
+    pub existing: Option<(String, Vec<(String, String)>)>,
+    /// Measure the fsync ceiling and the durability-off run.
+    pub baselines: bool,
+    pub seed: u64,
+}
+
+impl BenchOptions {
+    fn validate(&self) -> anyhow::Result<()> {
+        let participants = match &self.existing {
+            Some((_, list)) => list.len(),
+            None => self.participants,
+        };
+        if participants == 0 || participants > BRANCHES_MAX {
+            bail!("--participants must be 1..={BRANCHES_MAX}, got {participants}");
+        }
+        if self.branches == 0 || self.branches > participants {
+            bail!(
+                "--branches must be 1..={participants} (each branch on a distinct participant), got {}",
+                self.branches
+            );
+        }
+        if self.concurrency.is_empty() {
+            bail!("--concurrency needs at least one level");
+        }
+        if let Some(c) = self
+            .concurrency
+            .iter()
+            .find(|c| **c == 0 || **c > CONCURRENCY_MAX)
+        {
+            bail!("concurrency {c} is outside 1..={CONCURRENCY_MAX}");
+        }
+        if !(0.0..=1.0).contains(&self.hot_share) {
+            bail!("--hot-share must be within 0..=1, got {}", self.hot_share);
+        }
+        if self.hot_share > 0.0 && self.hot_accounts == 0 {
+            bail!("--hot-share above 0 needs --hot-accounts of at least 1");
+        }
+        if self.window.is_zero() {
+            bail!("--window-secs must be above 0");
+        }
+        if self.existing.is_some() && self.baselines {
+            bail!(
+                "the durability-off baseline restarts the servers, which it cannot do with \
+                 --coordinator/--participant: add --no-baselines"
+            );
+        }
+        Ok(())
+    }
+
+    fn accounts(&self) -> usize {
+        self.hot_accounts + self.concurrency.iter().copied().max().unwrap_or(1)
+    }
+
+    fn connections_for(&self, concurrency: usize) -> usize {
+        self.connections
+            .unwrap_or_else(|| concurrency.div_ceil(8).clamp(1, 16))
+            .clamp(1, concurrency)
+    }
+}
+
+/// Run the benchmark and return its report. Progress goes to stderr.
+pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    options.validate()?;
+    let temp;
+    let root = match &options.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("concord-bench-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let durable_root = root.join("durable");
+    let cluster = match &options.existing {
+        Some((coordinator, participants)) => {
+            Cluster::existing(coordinator.clone(), participants.clone()).await?
+        }
+        None => {
+            Cluster::start(&ClusterSpec {
+                exe: options.exe.clone(),
+                participants: options.participants,
+                accounts: options.accounts(),
+                balance: BALANCE,
+                fsync: true,
+                root: durable_root.clone(),
+            })
+            .await?
+        }
+    };
+    let durable = cluster.all_durable().await?;
+    let runs = sweep(&options, &cluster, &options.concurrency, "durable").await;
+    let log_dir = cluster.log_dir().map(|p| p.display().to_string());
+    cluster.stop().await;
+    let runs = runs.with_context(|| match log_dir {
+        Some(dir) => format!("benchmark failed; server logs in {dir}"),
+        None => "benchmark failed".into(),
+    })?;
+
+    let mut fsync_baseline = None;
+    let mut no_fsync_baseline = None;
+    if options.baselines {
+        let record_bytes = runs
+            .iter()
+            .map(|r| r.participant_record_bytes)
+            .fold(0.0, f64::max)
+            .round()
+            .max(1.0) as usize;
+        let writers = options.concurrency.iter().copied().max().unwrap_or(1);
+        eprintln!("baseline: raw fsync ceiling ({record_bytes} B records, {writers} writers)");
+        let dir = root.join("fsync-baseline");
+        std::fs::create_dir_all(&dir)?;
+        fsync_baseline = Some(baseline::measure_fsync(
+            &dir,
+            record_bytes,
+            writers,
+            options.window.min(Duration::from_secs(2)),
+        )?);
+        // The durability-off run at the concurrency that did best durably.
+        let best = runs
+            .iter()
+            .max_by(|a, b| a.transactions_per_sec.total_cmp(&b.transactions_per_sec))
+            .map(|r| r.concurrency)
+            .unwrap_or(1);
+        let off = Cluster::start(&ClusterSpec {
+            exe: options.exe.clone(),
+            participants: options.participants,
+            accounts: options.accounts(),
+            balance: BALANCE,
+            fsync: false,
+            root: root.join("no-fsync"),
+        })
+        .await?;
+        let result = sweep(&options, &off, &[best], "durability OFF (not durable)").await;
+        off.stop().await;
+        no_fsync_baseline = result?.pop();
+    }
+
+    Ok(BenchReport {
+        machine: Machine::probe(),
+        settings: Settings {
+            shape: "centralized".into(),
+            participants: cluster_size(&options),
+            branches: options.branches,
+            payload_bytes: options.payload_bytes,
+            hot_share: options.hot_share,
+            hot_accounts: options.hot_accounts,
+            warmup_s: options.warmup.as_secs_f64(),
+            window_s: options.window.as_secs_f64(),
+            data_dir: root.display().to_string(),
+            started_servers: options.existing.is_none(),
+        },
+        durability: if durable {
+            "every forced write (coordinator COMMIT records, participant READY and outcome records) \
+             was fsynced before the message that depends on it left, with group commit; \
+             reported by the servers themselves"
+                .into()
+        } else {
+            "NOT durable: at least one server runs with --unsafe-no-fsync".into()
+        },
+        runs,
+        fsync_baseline,
+        no_fsync_baseline,
+    })
+}
+
+fn cluster_size(options: &BenchOptions) -> usize {
+    match &options.existing {
+        Some((_, list)) => list.len(),
+        None => options.participants,
+    }
+}
+
+/// One run per concurrency level against `cluster`.
+async fn sweep(
+    options: &BenchOptions,
+    cluster: &Cluster,
+    levels: &[usize],
+    label: &str,
+) -> anyhow::Result<Vec<RunResult>> {
+    let names: Vec<String> = cluster.participants.iter().map(|(n, _)| n.clone()).collect();
+    let mut runs = Vec::new();
+    for &concurrency in levels {
+        let workload = Workload {
+            concurrency,
+            connections: options.connections_for(concurrency),
+            branches: options.branches,
+            participants: names.clone(),
+            accounts: options.accounts(),
+            hot_accounts: options.hot_accounts,
+            hot_share: options.hot_share,
+            payload_bytes: options.payload_bytes,
+            seed: options.seed,
+        };
+        eprintln!(
+            "{label}: concurrency {concurrency} over {} connections: {:.1} s warm-up, {:.1} s window",
+            workload.connections,
+            options.warmup.as_secs_f64(),
+            options.window.as_secs_f64()
+        );
+        let (tally, window, before, after) = workload
+            .run(
+                &cluster.coordinator,
+                options.warmup,
+                options.window,
+                cluster.snapshot(),
+                cluster.snapshot(),
+            )
+            .await?;
+        let run = RunResult::new(RunInputs {
+            concurrency,
+            connections: workload.connections,
+            tally: &tally,
+            window,
+            before: &before,
+            after: &after,
+        });
+        eprintln!(
+            "  {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms, {} aborted",
+            run.transactions_per_sec, run.latency.p50_ms, run.latency.p99_ms, run.aborted
+        );
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Parse "1,8,64" into concurrency levels.
+pub fn parse_levels(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("concurrency level {p:?}: {e}"))
+        })
+        .collect()
+}

@@ -1,0 +1,385 @@
+//! What `concord bench` reports: one [`RunResult`] per measured run (from
+//! the client's tally and the servers' counter deltas over the window),
+//! the baselines, and the text and JSON forms of the whole report.
+//!
+//! How the per-transaction figures are derived (all over the measuring
+//! window, divided by the transactions that finished in it):
+//! - fsyncs: `log_syncs` of every server (coordinator and participants);
+//! - messages: every frame some process received — the servers count
+//!   theirs (client Begin requests and peer messages), and the client
+//!   receives two per transaction (Begun and Outcome); heartbeats are not
+//!   counted;
+//! - CPU: user + system time of every server process, and of the load
+//!   generator, from `/proc`.
+
+use super::baseline::FsyncBaseline;
+use super::workload::Tally;
+use crate::wire::ServerStats;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+/// One measured run at one concurrency.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Every server had fsync on (asked from the servers).
+    pub durable: bool,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub window_s: f64,
+    pub transactions_per_sec: f64,
+    pub committed_per_sec: f64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub aborted_by_reason: BTreeMap<String, u64>,
+    pub client_errors: BTreeMap<String, u64>,
+    pub latency: Latency,
+    pub fsyncs_per_txn: f64,
+    pub coordinator_fsyncs_per_txn: f64,
+    pub forced_records_per_txn: f64,
+    pub log_bytes_per_txn: f64,
+    /// Mean bytes of a participant log record (sizes the fsync baseline).
+    pub participant_record_bytes: f64,
+    pub messages_per_txn: f64,
+    pub network_writes_per_txn: f64,
+    pub server_cpu_us_per_txn: Option<f64>,
+    pub client_cpu_us_per_txn: Option<f64>,
+}
+
+/// Counter deltas of one server over the window.
+fn delta(a: &ServerStats, b: &ServerStats) -> ServerStats {
+    ServerStats {
+        role: b.role.clone(),
+        fsync: a.fsync && b.fsync,
+        log_records: b.log_records.saturating_sub(a.log_records),
+        log_forced: b.log_forced.saturating_sub(a.log_forced),
+        log_batches: b.log_batches.saturating_sub(a.log_batches),
+        log_syncs: b.log_syncs.saturating_sub(a.log_syncs),
+        log_bytes: b.log_bytes.saturating_sub(a.log_bytes),
+        net_frames_sent: b.net_frames_sent.saturating_sub(a.net_frames_sent),
+        net_frames_received: b.net_frames_received.saturating_sub(a.net_frames_received),
+        net_writes: b.net_writes.saturating_sub(a.net_writes),
+    }
+}
+
+/// Inputs of [`RunResult::new`].
+pub struct RunInputs<'a> {
+    pub concurrency: usize,
+    pub connections: usize,
+    pub tally: &'a Tally,
+    pub window: Duration,
+    pub before: &'a super::cluster::Snapshot,
+    pub after: &'a super::cluster::Snapshot,
+}
+
+impl RunResult {
+    pub fn new(input: RunInputs<'_>) -> RunResult {
+        let RunInputs {
+            concurrency,
+            connections,
+            tally,
+            window,
+            before,
+            after,
+        } = input;
+        let deltas: Vec<ServerStats> = before
+            .servers
+            .iter()
+            .zip(&after.servers)
+            .map(|(a, b)| delta(a, b))
+            .collect();
+        let txns = tally.finished().max(1) as f64;
+        let per_txn = |f: &dyn Fn(&ServerStats) -> u64| -> f64 {
+            deltas.iter().map(f).sum::<u64>() as f64 / txns
+        };
+        let coordinator: Vec<&ServerStats> =
+            deltas.iter().filter(|d| d.role == "coordinator").collect();
+        let participant_records: u64 = deltas
+            .iter()
+            .filter(|d| d.role == "participant")
+            .map(|d| d.log_records)
+            .sum();
+        let participant_bytes: u64 = deltas
+            .iter()
+            .filter(|d| d.role == "participant")
+            .map(|d| d.log_bytes)
+            .sum();
+        let cpu = |a: Option<f64>, b: Option<f64>| -> Option<f64> {
+            Some((b? - a?).max(0.0) * 1e6 / txns)
+        };
+        let h = &tally.latency_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let secs = window.as_secs_f64().max(1e-9);
+        RunResult {
+            durable: !after.servers.is_empty() && deltas.iter().all(|d| d.fsync),
+            concurrency,
+            connections,
+            window_s: secs,
+            transactions_per_sec: tally.finished() as f64 / secs,
+            committed_per_sec: tally.committed as f64 / secs,
+            committed: tally.committed,
+            aborted: tally.aborted_total(),
+            aborted_by_reason: tally.aborted.clone(),
+            client_errors: tally.errors.clone(),
+            latency: if h.is_empty() {
+                Latency::default()
+            } else {
+                Latency {
+                    p50_ms: ms(h.value_at_quantile(0.50)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    p999_ms: ms(h.value_at_quantile(0.999)),
+                    max_ms: ms(h.max()),
+                    mean_ms: h.mean() / 1000.0,
+                }
+            },
+            fsyncs_per_txn: per_txn(&|d| d.log_syncs),
+            coordinator_fsyncs_per_txn: coordinator.iter().map(|d| d.log_syncs).sum::<u64>()
+                as f64
+                / txns,
+            forced_records_per_txn: per_txn(&|d| d.log_forced),
+            log_bytes_per_txn: per_txn(&|d| d.log_bytes),
+            participant_record_bytes: participant_bytes as f64
+                / participant_records.max(1) as f64,
+            // Servers' received frames + Begun and Outcome at the client.
+            messages_per_txn: per_txn(&|d| d.net_frames_received) + 2.0,
+            network_writes_per_txn: per_txn(&|d| d.net_writes),
+            server_cpu_us_per_txn: cpu(before.server_cpu_s, after.server_cpu_s),
+            client_cpu_us_per_txn: cpu(before.client_cpu_s, after.client_cpu_s),
+        }
+    }
+}
+
+/// The settings a report was made with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub shape: String,
+    pub participants: usize,
+    pub branches: usize,
+    pub payload_bytes: usize,
+    pub hot_share: f64,
+    pub hot_accounts: usize,
+    pub warmup_s: f64,
+    pub window_s: f64,
+    pub data_dir: String,
+    pub started_servers: bool,
+}
+
+/// The machine the numbers come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Machine {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu,
+            kernel,
+        }
+    }
+}
+
+/// Everything one `concord bench` invocation measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub settings: Settings,
+    /// What "durable" means in these numbers.
+    pub durability: String,
+    pub runs: Vec<RunResult>,
+    pub fsync_baseline: Option<FsyncBaseline>,
+    /// The same workload with every server's fsync off: NOT durable.
+    pub no_fsync_baseline: Option<RunResult>,
+}
+
+impl BenchReport {
+    /// The run with the highest throughput.
+    pub fn best(&self) -> Option<&RunResult> {
+        self.runs.iter().max_by(|a, b| {
+            a.transactions_per_sec
+                .total_cmp(&b.transactions_per_sec)
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let s = &self.settings;
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "concord bench: {} 2PC, coordinator + {} participants {} on 127.0.0.1, {} branches per transaction, payload {} B, {:.0}% of transactions on {} hot accounts",
+            s.shape,
+            s.participants,
+            if s.started_servers { "as separate processes" } else { "(existing servers)" },
+            s.branches,
+            s.payload_bytes,
+            s.hot_share * 100.0,
+            s.hot_accounts
+        );
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {}, Linux {}; warm-up {:.1} s, window {:.1} s per run; data in {}",
+            m.cores, m.cpu, m.kernel, s.warmup_s, s.window_s, s.data_dir
+        );
+        let _ = writeln!(out, "durability: {}", self.durability);
+        let _ = writeln!(out);
+        out.push_str(&run_table(&self.runs));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "baselines (same machine, same run)");
+        match &self.fsync_baseline {
+            Some(f) => {
+                let _ = writeln!(
+                    out,
+                    "  raw fsync ceiling of the data directory's disk, {} B records through the servers' log code:",
+                    f.record_bytes
+                );
+                let _ = writeln!(
+                    out,
+                    "    one record + fsync at a time: {:.0} fsyncs/s (p50 {:.0} µs, p99 {:.0} µs)",
+                    f.serial_fsyncs_per_sec, f.serial_fsync_us_p50, f.serial_fsync_us_p99
+                );
+                let _ = writeln!(
+                    out,
+                    "    group commit, {} writers: {:.0} durable records/s, {:.0} fsyncs/s, {:.1} records per fsync",
+                    f.group_writers,
+                    f.group_records_per_sec,
+                    f.group_fsyncs_per_sec,
+                    f.group_records_per_fsync
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  raw fsync ceiling: not measured");
+            }
+        }
+        match (&self.no_fsync_baseline, self.best()) {
+            (Some(off), Some(best)) => {
+                let same = self
+                    .runs
+                    .iter()
+                    .find(|r| r.concurrency == off.concurrency)
+                    .unwrap_or(best);
+                let _ = writeln!(
+                    out,
+                    "  durability OFF (--unsafe-no-fsync: NOT durable, for comparison only) at concurrency {}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms",
+                    off.concurrency,
+                    off.transactions_per_sec,
+                    off.latency.p50_ms,
+                    off.latency.p99_ms
+                );
+                if off.transactions_per_sec > 0.0 {
+                    let _ = writeln!(
+                        out,
+                        "    durable at the same concurrency: {:.0} transactions/s = {:.0}% of it",
+                        same.transactions_per_sec,
+                        100.0 * same.transactions_per_sec / off.transactions_per_sec
+                    );
+                }
+            }
+            _ => {
+                let _ = writeln!(out, "  durability off: not measured");
+            }
+        }
+        if let Some(best) = self.best() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "best: {:.0} global transactions/s ({}) at concurrency {}, p50 {:.2} ms, p99 {:.2} ms",
+                best.transactions_per_sec,
+                if best.durable { "durable" } else { "NOT durable" },
+                best.concurrency,
+                best.latency.p50_ms,
+                best.latency.p99_ms
+            );
+        }
+        out
+    }
+}
+
+fn run_table(runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>10}",
+        "conc",
+        "conns",
+        "txn/s",
+        "commit/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "aborts",
+        "errors",
+        "fsync/tx",
+        "msg/tx",
+        "wr/tx",
+        "cpu µs/tx"
+    );
+    for r in runs {
+        let cpu = match (r.server_cpu_us_per_txn, r.client_cpu_us_per_txn) {
+            (Some(s), Some(c)) => format!("{s:.0}+{c:.0}"),
+            (None, Some(c)) => format!("?+{c:.0}"),
+            _ => "?".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>5} {:>5} {:>9.0} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7} {:>8.3} {:>7.1} {:>7.2} {:>10}",
+            r.concurrency,
+            r.connections,
+            r.transactions_per_sec,
+            r.committed_per_sec,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.latency.p999_ms,
+            r.aborted,
+            r.client_errors.values().sum::<u64>(),
+            r.fsyncs_per_txn,
+            r.messages_per_txn,
+            r.network_writes_per_txn,
+            cpu
+        );
+    }
+    let reasons: BTreeMap<&str, u64> = runs
+        .iter()
+        .flat_map(|r| r.aborted_by_reason.iter().chain(&r.client_errors))
+        .fold(BTreeMap::new(), |mut m, (k, v)| {
+            *m.entry(k.as_str()).or_insert(0) += v;
+            m
+        });
+    if !reasons.is_empty() {
+        let list: Vec<String> = reasons.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(out, "aborts and errors by reason: {}", list.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "(cpu = servers + load generator; msg = frames received by anyone, client ones included; wr = socket writes by the servers)"
+    );
+    out
+}

@@ -1,0 +1,241 @@
+//! The closed-loop workload of `concord bench`: `concurrency` tasks, each
+//! running one global transaction at a time and the next as soon as the
+//! last one finished, over a few shared client connections.
+//!
+//! Every transaction has `branches` branches on distinct participants and
+//! moves money between key-value accounts so that the total never changes.
+//! Without contention each task uses accounts no other task touches, so
+//! there are no lock conflicts; with `hot_share` > 0 that share of the
+//! transactions uses one of `hot_accounts` accounts shared by all tasks
+//! instead (then lock conflicts, and VOTE ABORTs, are part of the result).
+//!
+//! Only transactions that *finish* inside the measuring window are counted,
+//! and their latency is the client's: from sending Begin to the outcome.
+
+use crate::client::{Client, ClientError};
+use crate::wire::{BranchRequest, Outcome};
+use concord_participant::kv::{encode_work_with_memo, KvOp};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one run of the workload does.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub concurrency: usize,
+    /// Client connections the tasks share.
+    pub connections: usize,
+    pub branches: usize,
+    /// Participant names at the coordinator.
+    pub participants: Vec<String>,
+    pub accounts: usize,
+    pub hot_accounts: usize,
+    pub hot_share: f64,
+    pub payload_bytes: usize,
+    pub seed: u64,
+}
+
+/// What the tasks saw in the measuring window.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    pub committed: u64,
+    pub aborted: BTreeMap<String, u64>,
+    /// Client errors (connection lost, outcome unknown, rejected).
+    pub errors: BTreeMap<String, u64>,
+    /// Latency in microseconds of every transaction finished in the window.
+    pub latency_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            committed: 0,
+            aborted: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            // 1 µs .. 100 s, 3 significant digits.
+            latency_us: new_histogram(),
+        }
+    }
+
+    pub fn aborted_total(&self) -> u64 {
+        self.aborted.values().sum()
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.committed + self.aborted_total()
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.committed += other.committed;
+        for (k, v) in other.aborted {
+            *self.aborted.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        // Same bounds on both sides: cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| {
+        // The bounds are constants that hdrhistogram accepts.
+        unreachable!("valid histogram bounds")
+    })
+}
+
+/// Phases the tasks go through; they read it before each transaction.
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+impl Workload {
+    /// Accounts a transaction may touch must be below this index at every
+    /// participant: hot ones first, then one block per task.
+    pub fn accounts_needed(&self) -> usize {
+        self.hot_accounts + self.concurrency
+    }
+
+    /// Run the warm-up, then the window; `at_window_start` and
+    /// `at_window_end` run exactly at its edges (they read the servers'
+    /// counters) while the load keeps running.
+    pub async fn run<S, E, FS, FE>(
+        &self,
+        coordinator: &str,
+        warmup: Duration,
+        window: Duration,
+        at_window_start: FS,
+        at_window_end: FE,
+    ) -> anyhow::Result<(Tally, Duration, S, E)>
+    where
+        FS: std::future::Future<Output = anyhow::Result<S>>,
+        FE: std::future::Future<Output = anyhow::Result<E>>,
+    {
+        let mut clients = Vec::new();
+        for _ in 0..self.connections.max(1) {
+            clients.push(Arc::new(Client::connect(coordinator).await?));
+        }
+        let phase = Arc::new(AtomicU8::new(WARMUP));
+        let mut tasks = Vec::new();
+        for t in 0..self.concurrency {
+            let client = Arc::clone(&clients[t % clients.len()]);
+            let phase = Arc::clone(&phase);
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.task(t, client, phase).await }));
+        }
+        tokio::time::sleep(warmup).await;
+        let start_value = at_window_start.await?;
+        phase.store(MEASURE, Ordering::SeqCst);
+        let started = Instant::now();
+        tokio::time::sleep(window).await;
+        phase.store(STOP, Ordering::SeqCst);
+        let elapsed = started.elapsed();
+        let end_value = at_window_end.await?;
+        let mut tally = Tally::new();
+        for task in tasks {
+            tally.merge(task.await?);
+        }
+        Ok((tally, elapsed, start_value, end_value))
+    }
+
+    async fn task(self, t: usize, client: Arc<Client>, phase: Arc<AtomicU8>) -> Tally {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed ^ (t as u64) << 20);
+        let mut tally = Tally::new();
+        let memo = vec![0x5a; self.payload_bytes];
+        let own_account = format!("acct-{}", self.hot_accounts + t);
+        let hot: Vec<String> = (0..self.hot_accounts)
+            .map(|i| format!("acct-{i}"))
+            .collect();
+        let n = self.participants.len();
+        loop {
+            let started_in = phase.load(Ordering::Relaxed);
+            if started_in == STOP {
+                return tally;
+            }
+            // Distinct participants: a random rotation of the list.
+            let first = rng.gen_range(0..n);
+            let account = if !hot.is_empty() && rng.gen_bool(self.hot_share) {
+                hot[rng.gen_range(0..hot.len())].as_str()
+            } else {
+                own_account.as_str()
+            };
+            let branches: Vec<BranchRequest> = (0..self.branches)
+                .map(|b| {
+                    // Branch 0 pays 1 to each other branch: the sum is 0.
+                    let delta = if b == 0 {
+                        -(self.branches as i64 - 1)
+                    } else {
+                        1
+                    };
+                    let op = KvOp {
+                        account: account.to_string(),
+                        delta,
+                    };
+                    BranchRequest {
+                        participant: self.participants[(first + b) % n].clone(),
+                        work: encode_work_with_memo(&[op], &memo),
+                    }
+                })
+                .collect();
+            let sent = Instant::now();
+            let result = client.transact(branches).await;
+            let latency = sent.elapsed();
+            // Count only what both started and finished in the window.
+            if started_in != MEASURE || phase.load(Ordering::Relaxed) != MEASURE {
+                if let Err(e) = &result {
+                    if is_fatal(e) {
+                        return tally;
+                    }
+                }
+                continue;
+            }
+            match result {
+                Ok(r) => {
+                    let _ = tally
+                        .latency_us
+                        .record(latency.as_micros().clamp(1, 100_000_000) as u64);
+                    match r.outcome {
+                        Outcome::Committed => tally.committed += 1,
+                        Outcome::Aborted { reason } => {
+                            *tally
+                                .aborted
+                                .entry(crate::demo::reason_class(&reason))
+                                .or_insert(0) += 1
+                        }
+                    }
+                }
+                Err(e) => {
+                    let fatal = is_fatal(&e);
+                    *tally.errors.entry(error_class(&e)).or_insert(0) += 1;
+                    if fatal {
+                        return tally;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request the coordinator refused as malformed, or a lost connection:
+/// stop this task rather than spin on it.
+fn is_fatal(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Invalid(_) | ClientError::Connect { .. } | ClientError::Protocol { .. }
+    )
+}
+
+fn error_class(e: &ClientError) -> String {
+    match e {
+        ClientError::Connect { .. } => "cannot connect".into(),
+        ClientError::Rejected(m) => format!("rejected: {}", m.chars().take(60).collect::<String>()),
+        ClientError::OutcomeUnknown { .. } => "outcome unknown".into(),
+        ClientError::ConnectionLost { .. } => "connection lost".into(),
+        ClientError::Protocol { .. } => "protocol error".into(),
+        ClientError::Invalid(_) => "invalid request".into(),
+    }
+}
