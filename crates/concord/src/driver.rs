@@ -163,6 +163,9 @@ pub(crate) struct LogWriter {
     group: GroupCommit,
     /// False under `--unsafe-no-fsync`: reported in stats, never hidden.
     fsync: bool,
+    /// Forced records pushed since start (the group-commit counters count
+    /// submissions, which hold many records).
+    forced_records: u64,
     events: mpsc::UnboundedSender<LogEvent>,
     records: Vec<Vec<u8>>,
     tickets: Vec<PersistTicket>,
@@ -179,6 +182,7 @@ impl LogWriter {
         LogWriter {
             group,
             fsync,
+            forced_records: 0,
             events,
             records: Vec::new(),
             tickets: Vec::new(),
@@ -191,6 +195,7 @@ impl LogWriter {
         self.records.push(record);
         if let Durability::Forced(ticket) = durability {
             self.forced = true;
+            self.forced_records += 1;
             self.tickets.push(ticket);
         }
     }
@@ -198,7 +203,13 @@ impl LogWriter {
     /// The server's counters for `Request::Stats`: this log's and the
     /// network's.
     pub fn server_stats(&self, role: &str, net: concord_net::NetStats) -> crate::wire::ServerStats {
-        crate::wire::ServerStats::collect(role, self.fsync, self.group.stats(), net)
+        crate::wire::ServerStats::collect(
+            role,
+            self.fsync,
+            self.forced_records,
+            self.group.stats(),
+            net,
+        )
     }
 
     /// Fire fail-point `name` once the current batch has been written.

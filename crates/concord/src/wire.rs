@@ -306,7 +306,8 @@ pub struct ServerStats {
     /// baseline): then its "forced" records are NOT durable.
     pub fsync: bool,
     /// Log records appended, of them forced, and the batches and fsyncs
-    /// they took (group commit: `log_syncs` ≤ `log_forced`).
+    /// they took (group commit: `log_syncs` ≤ `log_forced`; 0 fsyncs when
+    /// `fsync` is false).
     pub log_records: u64,
     pub log_forced: u64,
     pub log_batches: u64,
@@ -321,10 +322,13 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
-    /// The counters of a server from its log and network.
+    /// The counters of a server from its log and network;
+    /// `forced_records` is counted by the driver (the log counts forced
+    /// submissions, each of which holds many records).
     pub fn collect(
         role: &str,
         fsync: bool,
+        forced_records: u64,
         log: concord_store::GroupCommitStats,
         net: concord_net::NetStats,
     ) -> ServerStats {
@@ -332,9 +336,10 @@ impl ServerStats {
             role: role.into(),
             fsync,
             log_records: log.records,
-            log_forced: log.forced,
+            log_forced: forced_records,
             log_batches: log.batches,
-            log_syncs: log.syncs,
+            // With fsync off the store's sync is a no-op: none reached the disk.
+            log_syncs: if fsync { log.syncs } else { 0 },
             log_bytes: log.bytes,
             net_frames_sent: net.frames_sent,
             net_frames_received: net.frames_received,

@@ -1,0 +1,119 @@
+//! Smoke test of `concord bench` (a few seconds): it runs against real
+//! processes, reports sane fields as JSON, labels the durable runs and the
+//! durability-off baseline truthfully, and writes its SVG. Speed is never
+//! asserted here (the machines are shared and noisy): only that the
+//! numbers are consistent with each other and with the protocol.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+#[test]
+fn bench_reports_sane_fields_and_labels_durability() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plot = dir.path().join("bench.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args([
+            "bench",
+            "--concurrency",
+            "1,8",
+            "--warmup-secs",
+            "0.3",
+            "--window-secs",
+            "1",
+            "--payload-bytes",
+            "100",
+            "--json",
+            "--plot",
+        ])
+        .arg(&plot)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run concord bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("bench --json prints JSON");
+
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "one run per concurrency level");
+    for (run, concurrency) in runs.iter().zip([1.0, 8.0]) {
+        assert_eq!(f(run, "concurrency"), concurrency);
+        assert_eq!(run["durable"], Value::Bool(true), "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        assert!(f(run, "transactions_per_sec") > 0.0, "{run}");
+        let latency = &run["latency"];
+        let (p50, p99, p999) = (
+            f(latency, "p50_ms"),
+            f(latency, "p99_ms"),
+            f(latency, "p999_ms"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{latency}");
+        // No contention: nothing aborts, no client errors.
+        assert_eq!(f(run, "aborted"), 0.0, "{run}");
+        // Durable 2PC with 3 participants forces 7 records per commit
+        // (COMMIT at the coordinator, READY and COMMITTED at each
+        // participant); group commit may share fsyncs, but not skip them.
+        let forced = f(run, "forced_records_per_txn");
+        assert!((6.5..=7.5).contains(&forced), "forced records/txn {forced}");
+        let fsyncs = f(run, "fsyncs_per_txn");
+        assert!(fsyncs > 0.0 && fsyncs <= forced + 0.5, "fsyncs/txn {fsyncs}");
+        // 15 messages: Begin, Begun, 3 PREPARE, 3 votes, 3 COMMIT, 3 ACK,
+        // Outcome (edges of the window blur it a little).
+        let messages = f(run, "messages_per_txn");
+        assert!((14.0..=16.0).contains(&messages), "messages/txn {messages}");
+        assert!(f(run, "server_cpu_us_per_txn") > 0.0, "{run}");
+        // The 100-byte payload sits in every participant's READY record.
+        assert!(f(run, "participant_record_bytes") > 50.0, "{run}");
+    }
+    // With one transaction at a time group commit has nothing to share:
+    // about one fsync per forced record.
+    assert!(f(&runs[0], "fsyncs_per_txn") > 5.0, "{}", runs[0]);
+
+    let fsync = &report["fsync_baseline"];
+    assert!(f(fsync, "serial_fsyncs_per_sec") > 0.0, "{fsync}");
+    assert!(f(fsync, "group_records_per_fsync") >= 1.0, "{fsync}");
+    let off = &report["no_fsync_baseline"];
+    assert_eq!(off["durable"], Value::Bool(false), "{off}");
+    assert_eq!(f(off, "fsyncs_per_txn"), 0.0, "fsync off means no fsync: {off}");
+    assert!(f(off, "committed") > 0.0, "{off}");
+    assert!(
+        report["durability"]
+            .as_str()
+            .is_some_and(|d| d.contains("fsynced")),
+        "{}",
+        report["durability"]
+    );
+
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg"), "{svg}");
+}
+
+#[test]
+fn bench_rejects_bad_settings_with_a_clear_message() {
+    for (args, needle) in [
+        (vec!["--branches", "4"], "--branches"),
+        (vec!["--concurrency", "0"], "concurrency 0"),
+        (vec!["--hot-share", "1.5"], "--hot-share"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .arg("bench")
+            .args(&args)
+            .output()
+            .expect("run concord bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
