@@ -40,8 +40,8 @@
 //! effect.
 
 use crate::wire::{
-    self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request,
-    ServerStats, TimeoutsReport, KIND_REPLY,
+    self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request, ServerStats,
+    TimeoutsReport, KIND_REPLY,
 };
 use bytes::BytesMut;
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};

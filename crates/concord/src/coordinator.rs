@@ -194,13 +194,12 @@ pub async fn run_coordinator_until(
     config.validate()?;
     let clock = Clock::start();
     let options = crate::driver::log_options("coordinator", config.fsync);
-    let (log, recovered) = FileLog::open(&config.data_dir, options)
-        .with_context(|| {
-            format!(
-                "cannot open the coordinator log in {}",
-                config.data_dir.display()
-            )
-        })?;
+    let (log, recovered) = FileLog::open(&config.data_dir, options).with_context(|| {
+        format!(
+            "cannot open the coordinator log in {}",
+            config.data_dir.display()
+        )
+    })?;
     for warning in &recovered.warnings {
         tracing::warn!("coordinator log recovery: {warning}");
     }
@@ -233,7 +232,11 @@ pub async fn run_coordinator_until(
         "coordinator log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
-    let log = LogWriter::new(GroupCommit::start(Box::new(log), "coordinator"), log_tx, config.fsync);
+    let log = LogWriter::new(
+        GroupCommit::start(Box::new(log), "coordinator"),
+        log_tx,
+        config.fsync,
+    );
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
     let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
@@ -417,7 +420,9 @@ impl CoordinatorDriver {
                 reply.send(&Reply::Timeouts { request_id, report });
             }
             Request::Stats { request_id } => {
-                let stats = self.log.server_stats("coordinator", self.outbox.network().stats());
+                let stats = self
+                    .log
+                    .server_stats("coordinator", self.outbox.network().stats());
                 reply.send(&Reply::Stats { request_id, stats });
             }
             other @ (Request::Accounts { .. } | Request::BranchState { .. }) => reply.error(
@@ -909,7 +914,7 @@ impl RecentOutcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_participant::kv::KvOp;
+    use concord_participant::kv::{decode_work, encode_work, KvOp};
 
     fn directory() -> Directory {
         Directory::new(&[

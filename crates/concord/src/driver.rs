@@ -13,9 +13,10 @@
 use crate::conn::Inbound;
 use anyhow::anyhow;
 use concord_proto::{Durability, PersistTicket, Time, Xid};
-use concord_store::{FileLogOptions, GroupCommit, StoreError};
+use concord_store::{FileLogOptions, GroupCommit, StoreError, SyncMode};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -158,7 +159,9 @@ pub(crate) enum LogEvent {
 }
 
 /// Collects the records of one driver loop iteration and submits them as
-/// one group-commit batch, forced if any of them is forced.
+/// one group-commit batch, forced if any of them is forced: urgently if any
+/// forced record is urgent, else with the deferral of
+/// [`push_deferrable`](LogWriter::push_deferrable).
 pub(crate) struct LogWriter {
     group: GroupCommit,
     /// False under `--unsafe-no-fsync`: reported in stats, never hidden.
@@ -169,7 +172,10 @@ pub(crate) struct LogWriter {
     events: mpsc::UnboundedSender<LogEvent>,
     records: Vec<Vec<u8>>,
     tickets: Vec<PersistTicket>,
-    forced: bool,
+    /// How the current batch must be synced.
+    sync: SyncMode,
+    /// How long a deferrable forced record may wait for its fsync.
+    defer: Duration,
     after_write: Option<&'static str>,
 }
 
@@ -186,17 +192,49 @@ impl LogWriter {
             events,
             records: Vec::new(),
             tickets: Vec::new(),
-            forced: false,
+            sync: SyncMode::Lazy,
+            defer: Duration::ZERO,
             after_write: None,
         }
     }
 
+    /// Deferrable forced records may wait up to `defer` for their fsync
+    /// (zero: they are urgent like every other).
+    pub fn with_defer(mut self, defer: Duration) -> LogWriter {
+        self.defer = defer;
+        self
+    }
+
+    /// Queue a record; a forced one is synced as soon as its batch is
+    /// written.
     pub fn push(&mut self, record: Vec<u8>, durability: Durability) {
+        self.push_with(record, durability, SyncMode::Now);
+    }
+
+    /// Queue a record whose forced write nobody waits on urgently (a
+    /// participant's outcome record before its ACK): its fsync may wait up
+    /// to the writer's deferral to be shared with an urgent one. Its ticket
+    /// is still reported durable only after an fsync covering it.
+    pub fn push_deferrable(&mut self, record: Vec<u8>, durability: Durability) {
+        let sync = if self.defer.is_zero() {
+            SyncMode::Now
+        } else {
+            SyncMode::Within(self.defer)
+        };
+        self.push_with(record, durability, sync);
+    }
+
+    fn push_with(&mut self, record: Vec<u8>, durability: Durability, urgency: SyncMode) {
         self.records.push(record);
         if let Durability::Forced(ticket) = durability {
-            self.forced = true;
             self.forced_records += 1;
             self.tickets.push(ticket);
+            self.sync = match (self.sync, urgency) {
+                (SyncMode::Now, _) | (_, SyncMode::Now) => SyncMode::Now,
+                (SyncMode::Within(a), SyncMode::Within(b)) => SyncMode::Within(a.min(b)),
+                (SyncMode::Within(d), _) | (_, SyncMode::Within(d)) => SyncMode::Within(d),
+                (SyncMode::Lazy, SyncMode::Lazy) => SyncMode::Lazy,
+            };
         }
     }
 
@@ -224,12 +262,12 @@ impl LogWriter {
         }
         let records = std::mem::take(&mut self.records);
         let tickets = std::mem::take(&mut self.tickets);
-        let forced = std::mem::replace(&mut self.forced, false);
+        let sync = std::mem::replace(&mut self.sync, SyncMode::Lazy);
         let after_write = self.after_write.take();
         let events = self.events.clone();
-        self.group.submit(
+        self.group.submit_with(
             records,
-            forced,
+            sync,
             Box::new(move |result| {
                 // A send error means the driver is gone (shutting down):
                 // nothing left to tell.

@@ -297,6 +297,13 @@ struct ParticipantArgs {
     /// Largest delay between INQUIREs.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     inquire_ms_max: u64,
+    /// A COMMITTED/ABORTED record is forced before the ACK, but nobody
+    /// waits on it urgently: its fsync may wait this long (microseconds)
+    /// to be shared with the next READY record's, instead of making that
+    /// READY wait behind a sync of its own. 0 = fsync at once. The ACK is
+    /// sent only once the record is durable, either way.
+    #[arg(long, default_value_t = concord::participant::OUTCOME_SYNC_DELAY_US_DEFAULT, value_name = "US")]
+    outcome_sync_delay_us: u64,
     /// This participant's protocol address when it differs from --listen
     /// (behind a proxy or NAT): the coordinator's --participant NAME=ADDR
     /// and every message's `from` use it.
@@ -734,6 +741,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.inquire_ms_max = args.inquire_ms_max;
     config.timeout_samples_min = args.timeout_samples_min;
     config.advertise = args.advertise;
+    config.outcome_sync_delay_us = args.outcome_sync_delay_us;
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
@@ -1029,7 +1037,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
         if s.is_finite() && s >= 0.0 {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(format!("{flag} must be a non-negative number of seconds, got {s}"))
+            Err(format!(
+                "{flag} must be a non-negative number of seconds, got {s}"
+            ))
         }
     };
     let (warmup, window) = match (
@@ -1057,7 +1067,11 @@ async fn bench(args: BenchArgs) -> ExitCode {
         window,
         payload_bytes: args.payload_bytes,
         hot_share: args.hot_share,
-        hot_accounts: if args.hot_share > 0.0 { args.hot_accounts } else { 0 },
+        hot_accounts: if args.hot_share > 0.0 {
+            args.hot_accounts
+        } else {
+            0
+        },
         data_dir: args.data_dir,
         existing: args.coordinator.map(|c| (c, args.participant)),
         baselines: !args.no_baselines,
@@ -1085,7 +1099,11 @@ async fn bench(args: BenchArgs) -> ExitCode {
             report.settings.participants,
             report.settings.branches,
             report.settings.payload_bytes,
-            if report.runs.iter().all(|r| r.durable) { "durable" } else { "NOT durable" }
+            if report.runs.iter().all(|r| r.durable) {
+                "durable"
+            } else {
+                "NOT durable"
+            }
         );
         if let Err(e) = std::fs::write(path, concord::bench::plot::svg(&title, &points)) {
             eprintln!("concord bench: cannot write {}: {e}", path.display());

@@ -65,7 +65,15 @@ pub struct ParticipantServerConfig {
     /// False only for benchmark baselines (`--unsafe-no-fsync`): the log
     /// is then NOT durable.
     pub fsync: bool,
+    /// How long a COMMITTED/ABORTED record (forced before the ACK) may
+    /// wait for an fsync it can share with a READY record; 0 = at once.
+    pub outcome_sync_delay_us: u64,
 }
+
+/// Default of [`ParticipantServerConfig::outcome_sync_delay_us`]: short
+/// against the coordinator's COMMIT resend delay (at least 10 ms), long
+/// against the gap between two transactions of a busy client.
+pub const OUTCOME_SYNC_DELAY_US_DEFAULT: u64 = 2000;
 
 /// Most accounts `--seed-accounts` may create (an `accounts` reply must
 /// fit in one frame of at most `wire::REPLY_BYTES_MAX`).
@@ -87,6 +95,7 @@ impl ParticipantServerConfig {
             advertise: None,
             net: NetConfig::default(),
             fsync: true,
+            outcome_sync_delay_us: OUTCOME_SYNC_DELAY_US_DEFAULT,
         }
     }
 
@@ -197,7 +206,14 @@ pub async fn run_participant_until(
         "participant log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
-    let log = LogWriter::new(GroupCommit::start(Box::new(log), "participant"), log_tx, config.fsync);
+    let log = LogWriter::new(
+        GroupCommit::start(Box::new(log), "participant"),
+        log_tx,
+        config.fsync,
+    )
+    .with_defer(std::time::Duration::from_micros(
+        config.outcome_sync_delay_us,
+    ));
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
@@ -382,7 +398,14 @@ impl ParticipantDriver {
                         } => failpoint::hit(failpoint::PARTICIPANT_BEFORE_COMMIT_WRITE),
                         _ => {}
                     }
-                    self.log.push(encode(&record), durability);
+                    if matches!(record, ParticipantRecord::Outcome { .. }) {
+                        // Only the ACK waits for it, and the coordinator
+                        // resends COMMIT until it comes: let it share the
+                        // next READY's fsync instead of delaying that one.
+                        self.log.push_deferrable(encode(&record), durability);
+                    } else {
+                        self.log.push(encode(&record), durability);
+                    }
                 }
                 ParticipantAction::Send { to, message } => {
                     match message.body {

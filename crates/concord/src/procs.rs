@@ -133,4 +133,3 @@ pub(crate) async fn wait_listening(addr: &str, what: &str) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-

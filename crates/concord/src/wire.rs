@@ -118,7 +118,10 @@ impl Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The transaction started under `xid`; its [`Reply::Outcome`] follows.
-    Begun { request_id: u64, xid: Xid },
+    Begun {
+        request_id: u64,
+        xid: Xid,
+    },
     /// The global decision. A commit is reported only once the COMMIT
     /// decision record is durable.
     Outcome {
@@ -146,7 +149,10 @@ pub enum Reply {
         state: TxnState,
     },
     /// The request could not be carried out; `message` says why.
-    Error { request_id: u64, message: String },
+    Error {
+        request_id: u64,
+        message: String,
+    },
     Timeouts {
         request_id: u64,
         report: TimeoutsReport,

@@ -68,7 +68,10 @@ fn bench_reports_sane_fields_and_labels_durability() {
         let forced = f(run, "forced_records_per_txn");
         assert!((6.5..=7.5).contains(&forced), "forced records/txn {forced}");
         let fsyncs = f(run, "fsyncs_per_txn");
-        assert!(fsyncs > 0.0 && fsyncs <= forced + 0.5, "fsyncs/txn {fsyncs}");
+        assert!(
+            fsyncs > 0.0 && fsyncs <= forced + 0.5,
+            "fsyncs/txn {fsyncs}"
+        );
         // 15 messages: Begin, Begun, 3 PREPARE, 3 votes, 3 COMMIT, 3 ACK,
         // Outcome (edges of the window blur it a little).
         let messages = f(run, "messages_per_txn");
@@ -77,16 +80,22 @@ fn bench_reports_sane_fields_and_labels_durability() {
         // The 100-byte payload sits in every participant's READY record.
         assert!(f(run, "participant_record_bytes") > 50.0, "{run}");
     }
-    // With one transaction at a time group commit has nothing to share:
-    // about one fsync per forced record.
-    assert!(f(&runs[0], "fsyncs_per_txn") > 5.0, "{}", runs[0]);
+    // With one transaction at a time, nothing shares the urgent fsyncs
+    // (the COMMIT record, each participant's READY): about 4 per
+    // transaction; the COMMITTED records ride on the next READY's.
+    let serial = f(&runs[0], "fsyncs_per_txn");
+    assert!((3.5..=7.5).contains(&serial), "{}", runs[0]);
 
     let fsync = &report["fsync_baseline"];
     assert!(f(fsync, "serial_fsyncs_per_sec") > 0.0, "{fsync}");
     assert!(f(fsync, "group_records_per_fsync") >= 1.0, "{fsync}");
     let off = &report["no_fsync_baseline"];
     assert_eq!(off["durable"], Value::Bool(false), "{off}");
-    assert_eq!(f(off, "fsyncs_per_txn"), 0.0, "fsync off means no fsync: {off}");
+    assert_eq!(
+        f(off, "fsyncs_per_txn"),
+        0.0,
+        "fsync off means no fsync: {off}"
+    );
     assert!(f(off, "committed") > 0.0, "{off}");
     assert!(
         report["durability"]

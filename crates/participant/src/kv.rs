@@ -72,6 +72,16 @@ pub fn seed_record(count: usize, balance: i64) -> ParticipantRecord {
     }
 }
 
+/// Add one op's delta. Wrapping on purpose: `prepare` checked that the
+/// branch's *net* change per account fits, but its ops one by one may
+/// overflow on the way (+i64::MAX then -i64::MAX); two's-complement
+/// addition reaches the same, correct end balance in any order, and a
+/// commit or a replay must never panic halfway.
+fn apply(balances: &mut BTreeMap<String, i64>, op: KvOp) {
+    let balance = balances.entry(op.account).or_insert(0);
+    *balance = balance.wrapping_add(op.delta);
+}
+
 #[derive(Debug, Default)]
 pub struct KvStore {
     balances: BTreeMap<String, i64>,
@@ -109,7 +119,7 @@ impl KvStore {
                             format!("log has COMMIT for {xid} without its READY record")
                         })?;
                         for op in decode_work(work)? {
-                            *store.balances.entry(op.account).or_insert(0) += op.delta;
+                            apply(&mut store.balances, op);
                         }
                     }
                 }
@@ -209,7 +219,7 @@ impl Resource for KvStore {
     fn commit(&mut self, xid: Xid) {
         if let Some(ops) = self.release(xid) {
             for op in ops {
-                *self.balances.entry(op.account).or_insert(0) += op.delta;
+                apply(&mut self.balances, op);
             }
         }
     }

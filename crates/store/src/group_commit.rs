@@ -10,6 +10,16 @@
 //! it is why the fsync count stays well below the forced-record count under
 //! load.
 //!
+//! A forced submission may also say how long its fsync may wait
+//! ([`SyncMode::Within`]): it is written at once, but the writer syncs only
+//! when a submission that must be synced now arrives, or when the delay
+//! runs out — whichever is first — and runs its completion then. That is
+//! for durable records nobody is waiting on urgently (a participant's
+//! COMMITTED record before its ACK): they ride on the next urgent fsync
+//! instead of taking one of their own, and never delay an urgent record
+//! behind an fsync of theirs. Durability is unchanged: a completion still
+//! runs only after an fsync that covers its records.
+//!
 //! Failures are fail-stop: once a write or sync fails, every affected
 //! completion gets the error and every later submission gets
 //! [`StoreError::Poisoned`], even if the store would now succeed. A failed
@@ -25,11 +35,31 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::{LogStore, StoreError};
 
 /// Completion of a submission, run on the writer thread with the outcome.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// When a submission's records must be on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Not forced: `done` runs once the records are written (they become
+    /// durable with a later sync).
+    Lazy,
+    /// Forced, urgently: fsync as soon as the batch is written.
+    Now,
+    /// Forced, but the fsync may wait up to this long for an urgent
+    /// submission to share it. `done` still runs only after the fsync.
+    Within(Duration),
+}
+
+impl SyncMode {
+    fn is_forced(self) -> bool {
+        self != SyncMode::Lazy
+    }
+}
 
 /// Stop draining the queue into one batch once it holds this many payload
 /// bytes, so one burst cannot build an unbounded write buffer.
@@ -82,6 +112,8 @@ impl GroupCommit {
             counters: Arc::clone(&counters),
             unsynced: false,
             failed: None,
+            waiting: Vec::new(),
+            sync_by: None,
         };
         let handle = thread::Builder::new()
             .name(format!("log-{name}"))
@@ -101,9 +133,21 @@ impl GroupCommit {
     /// order. If the writer has stopped, `done` runs at once on the calling
     /// thread with [`StoreError::WriterStopped`].
     pub fn submit(&self, records: Vec<Vec<u8>>, forced: bool, done: Done) {
+        let sync = if forced {
+            SyncMode::Now
+        } else {
+            SyncMode::Lazy
+        };
+        self.submit_with(records, sync, done);
+    }
+
+    /// Like [`submit`](Self::submit), with the sync urgency spelled out
+    /// (see [`SyncMode::Within`]). Completions still run in submission
+    /// order: a completion queued behind a deferred one waits for its sync.
+    pub fn submit_with(&self, records: Vec<Vec<u8>>, sync: SyncMode, done: Done) {
         self.send(Request::Append(Append {
             records,
-            forced,
+            sync,
             done,
         }));
     }
@@ -170,7 +214,7 @@ impl Drop for GroupCommit {
 
 struct Append {
     records: Vec<Vec<u8>>,
-    forced: bool,
+    sync: SyncMode,
     done: Done,
 }
 
@@ -228,12 +272,36 @@ struct Writer {
     unsynced: bool,
     /// First failure: fail-stop from then on.
     failed: Option<StoreError>,
+    /// Written submissions whose completions wait for a deferred sync
+    /// (`SyncMode::Within`), and everything submitted after them (so
+    /// completions keep submission order).
+    waiting: Vec<Append>,
+    /// When the deferred sync of `waiting` is due at the latest.
+    sync_by: Option<Instant>,
 }
 
 impl Writer {
     fn run(mut self) {
-        // recv fails only when every sender is gone and the queue is empty.
-        while let Ok(first) = self.receiver.recv() {
+        loop {
+            let first = match self.sync_by {
+                Some(due) => {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match self.receiver.recv_timeout(wait) {
+                        Ok(request) => request,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.sync_waiting();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                // recv fails only when every sender is gone and the queue
+                // is empty.
+                None => match self.receiver.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
             let mut batch_bytes = first.payload_bytes();
             let mut batch = vec![first];
             while batch_bytes < BATCH_BYTES_MAX {
@@ -247,6 +315,8 @@ impl Writer {
             }
             self.process(batch);
         }
+        // Shutting down: deferred syncs are due now.
+        self.sync_waiting();
         if self.unsynced && self.failed.is_none() {
             match self.store.sync() {
                 Ok(()) => bump(&self.counters.syncs, 1),
@@ -263,11 +333,12 @@ impl Writer {
             match request {
                 Request::Append(append) => {
                     bump(&self.counters.submissions, 1);
-                    bump(&self.counters.forced, usize::from(append.forced));
+                    bump(&self.counters.forced, usize::from(append.sync.is_forced()));
                     appends.push(append);
                 }
                 Request::Rewrite { records, done } => {
                     self.write_appends(std::mem::take(&mut appends));
+                    self.sync_waiting();
                     let result = self.rewrite(&records);
                     finish(&self.name, done, result);
                 }
@@ -280,24 +351,77 @@ impl Writer {
         if appends.is_empty() {
             return;
         }
-        match self.append_and_sync(&appends) {
+        match self.append(&appends) {
+            Ok(()) => self.settle(appends),
             // The store wrote nothing (see the LogStore contract); redo the
             // batch one submission at a time so only the oversized one fails.
             Err(StoreError::RecordTooLarge { .. }) if appends.len() > 1 => {
                 for append in appends {
-                    let result = self.append_and_sync(std::slice::from_ref(&append));
-                    finish(&self.name, append.done, result);
+                    match self.append(std::slice::from_ref(&append)) {
+                        Ok(()) => self.settle(vec![append]),
+                        Err(e) => finish(&self.name, append.done, Err(e)),
+                    }
                 }
             }
-            result => {
+            Err(e) => {
+                // Nothing written can be synced any more either.
+                self.fail_waiting(&e);
                 for append in appends {
-                    finish(&self.name, append.done, result.clone());
+                    finish(&self.name, append.done, Err(e.clone()));
                 }
             }
         }
     }
 
-    fn append_and_sync(&mut self, appends: &[Append]) -> Result<(), StoreError> {
+    /// After `appends` were written: sync now, defer the sync, or complete
+    /// them at once, as their sync modes and the waiting ones require.
+    fn settle(&mut self, appends: Vec<Append>) {
+        let now = Instant::now();
+        let urgent = appends.iter().any(|a| a.sync == SyncMode::Now)
+            || self.sync_by.is_some_and(|due| due <= now);
+        let deferred = appends.iter().filter_map(|a| match a.sync {
+            SyncMode::Within(delay) => Some(now + delay),
+            _ => None,
+        });
+        let due = deferred.chain(self.sync_by).min();
+        self.waiting.extend(appends);
+        if urgent {
+            self.sync_waiting();
+        } else if due.is_some() {
+            self.sync_by = due;
+        } else {
+            // Only lazy submissions and nothing deferred before them.
+            for append in std::mem::take(&mut self.waiting) {
+                finish(&self.name, append.done, Ok(()));
+            }
+        }
+    }
+
+    /// Sync (if anything written is unsynced) and complete every waiting
+    /// submission.
+    fn sync_waiting(&mut self) {
+        self.sync_by = None;
+        if self.waiting.is_empty() {
+            return;
+        }
+        let result = self.sync_store();
+        if let Err(e) = &result {
+            self.fail_waiting(e);
+            return;
+        }
+        for append in std::mem::take(&mut self.waiting) {
+            finish(&self.name, append.done, Ok(()));
+        }
+    }
+
+    fn fail_waiting(&mut self, error: &StoreError) {
+        self.sync_by = None;
+        for append in std::mem::take(&mut self.waiting) {
+            finish(&self.name, append.done, Err(error.clone()));
+        }
+    }
+
+    fn append(&mut self, appends: &[Append]) -> Result<(), StoreError> {
         self.check_usable()?;
         let records: Vec<&[u8]> = appends
             .iter()
@@ -312,7 +436,12 @@ impl Writer {
             bump(&self.counters.records, records.len());
             bump(&self.counters.bytes, records.iter().map(|r| r.len()).sum());
         }
-        if self.unsynced && appends.iter().any(|a| a.forced) {
+        Ok(())
+    }
+
+    fn sync_store(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        if self.unsynced {
             if let Err(e) = self.store.sync() {
                 return Err(self.fail(e));
             }

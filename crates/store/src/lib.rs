@@ -24,7 +24,7 @@ pub mod group_commit;
 pub mod mem_log;
 
 pub use file_log::{FileLog, FileLogOptions, Recovered};
-pub use group_commit::{Done, GroupCommit, GroupCommitStats};
+pub use group_commit::{Done, GroupCommit, GroupCommitStats, SyncMode};
 pub use mem_log::MemLog;
 
 /// A durable, append-only log of opaque records.

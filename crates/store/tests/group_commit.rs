@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use concord_store::{FileLog, FileLogOptions, GroupCommit, LogStore, MemLog, StoreError};
+use concord_store::{FileLog, FileLogOptions, GroupCommit, LogStore, MemLog, StoreError, SyncMode};
 
 type Outcome = Result<(), StoreError>;
 
@@ -417,4 +417,92 @@ fn submit_after_the_writer_died_gets_writer_stopped() {
         }
     }
     group.shutdown();
+}
+
+#[test]
+fn deferred_forced_record_is_synced_by_its_deadline_without_other_traffic() {
+    let (group, events) = recording(0);
+    let (done, rx) = logged_completion(&events, b"D");
+    let submitted = std::time::Instant::now();
+    group.submit_with(
+        vec![b"D".to_vec()],
+        SyncMode::Within(Duration::from_millis(20)),
+        done,
+    );
+    // Not completed before the sync it waits for...
+    assert!(rx.recv_timeout(Duration::from_millis(5)).is_err());
+    wait(&rx).expect("deferred append");
+    let waited = submitted.elapsed();
+    // ...which came from the deadline, well before the 30 s test bound.
+    assert!(
+        waited >= Duration::from_millis(15),
+        "completed after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "completed after {waited:?}"
+    );
+    let events = events.lock().expect("lock").clone();
+    assert_eq!(
+        events,
+        vec![
+            Event::Append(vec![b"D".to_vec()]),
+            Event::Sync,
+            Event::Done(b"D".to_vec())
+        ]
+    );
+    assert_eq!(group.stats().syncs, 1);
+}
+
+#[test]
+fn deferred_forced_record_rides_on_the_next_urgent_sync_in_order() {
+    let (group, events) = recording(0);
+    let (deferred_done, deferred_rx) = logged_completion(&events, b"D");
+    group.submit_with(
+        vec![b"D".to_vec()],
+        SyncMode::Within(Duration::from_secs(20)),
+        deferred_done,
+    );
+    let (lazy_done, lazy_rx) = logged_completion(&events, b"L");
+    group.submit(vec![b"L".to_vec()], false, lazy_done);
+    // Behind a deferred submission, even a lazy one waits (order).
+    assert!(lazy_rx.recv_timeout(Duration::from_millis(50)).is_err());
+    let (urgent_done, urgent_rx) = logged_completion(&events, b"U");
+    group.submit(vec![b"U".to_vec()], true, urgent_done);
+    // All three complete long before the 20 s deadline, with one sync.
+    for rx in [&deferred_rx, &lazy_rx, &urgent_rx] {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("completed by the urgent sync")
+            .expect("append");
+    }
+    let events = events.lock().expect("lock").clone();
+    let syncs = events.iter().filter(|e| **e == Event::Sync).count();
+    assert_eq!(syncs, 1, "{events:?}");
+    let sync_at = events.iter().position(|e| *e == Event::Sync);
+    let dones: Vec<(usize, Vec<u8>)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Event::Done(r) => Some((i, r.clone())),
+            _ => None,
+        })
+        .collect();
+    let order: Vec<&[u8]> = dones.iter().map(|(_, r)| r.as_slice()).collect();
+    assert_eq!(order, vec![b"D" as &[u8], b"L", b"U"]);
+    assert!(dones.iter().all(|(i, _)| Some(*i) > sync_at), "{events:?}");
+}
+
+#[test]
+fn failed_sync_fails_deferred_submissions_too() {
+    let (group, events) = recording(1);
+    let (done, rx) = logged_completion(&events, b"D");
+    group.submit_with(
+        vec![b"D".to_vec()],
+        SyncMode::Within(Duration::from_millis(10)),
+        done,
+    );
+    assert!(
+        wait(&rx).is_err(),
+        "a deferred record whose sync failed must not succeed"
+    );
 }

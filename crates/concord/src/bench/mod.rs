@@ -127,7 +127,9 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let root = match &options.data_dir {
         Some(dir) => dir.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("concord-bench-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("concord-bench-")
+                .tempdir()?;
             temp.path().to_path_buf()
         }
     };
@@ -238,7 +240,11 @@ async fn sweep(
     levels: &[usize],
     label: &str,
 ) -> anyhow::Result<Vec<RunResult>> {
-    let names: Vec<String> = cluster.participants.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = cluster
+        .participants
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     let mut runs = Vec::new();
     for &concurrency in levels {
         let workload = Workload {

@@ -144,13 +144,11 @@ impl RunResult {
                 }
             },
             fsyncs_per_txn: per_txn(&|d| d.log_syncs),
-            coordinator_fsyncs_per_txn: coordinator.iter().map(|d| d.log_syncs).sum::<u64>()
-                as f64
+            coordinator_fsyncs_per_txn: coordinator.iter().map(|d| d.log_syncs).sum::<u64>() as f64
                 / txns,
             forced_records_per_txn: per_txn(&|d| d.log_forced),
             log_bytes_per_txn: per_txn(&|d| d.log_bytes),
-            participant_record_bytes: participant_bytes as f64
-                / participant_records.max(1) as f64,
+            participant_record_bytes: participant_bytes as f64 / participant_records.max(1) as f64,
             // Servers' received frames + Begun and Outcome at the client.
             messages_per_txn: per_txn(&|d| d.net_frames_received) + 2.0,
             network_writes_per_txn: per_txn(&|d| d.net_writes),
@@ -223,10 +221,9 @@ pub struct BenchReport {
 impl BenchReport {
     /// The run with the highest throughput.
     pub fn best(&self) -> Option<&RunResult> {
-        self.runs.iter().max_by(|a, b| {
-            a.transactions_per_sec
-                .total_cmp(&b.transactions_per_sec)
-        })
+        self.runs
+            .iter()
+            .max_by(|a, b| a.transactions_per_sec.total_cmp(&b.transactions_per_sec))
     }
 
     pub fn text(&self) -> String {
