@@ -10,7 +10,7 @@
 //! say). It must never report a check as passed that it did not make.
 
 use crate::client::{Client, ClientError};
-use crate::procs::{free_port, wait_listening, Proc};
+use crate::procs::{free_ports, wait_listening, Proc};
 use crate::wire::Outcome;
 use anyhow::{bail, Context};
 use concord_participant::kv::KvStore;
@@ -91,11 +91,12 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
         }
     };
     let exe = &options.exe;
-    let coordinator_addr = format!("127.0.0.1:{}", free_port()?);
-    let participant_addrs: Vec<String> = PARTICIPANTS
-        .iter()
-        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()?;
+    let mut addrs: Vec<String> = free_ports(PARTICIPANTS.len() + 1)?
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let coordinator_addr = addrs.pop().unwrap_or_default();
+    let participant_addrs = addrs;
 
     println!("concord demo");
     println!(

@@ -116,9 +116,18 @@ pub(crate) fn strip_ansi(line: &str) -> String {
     out
 }
 
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+/// `n` distinct free ports on 127.0.0.1. The listeners are held together
+/// while choosing: one at a time, the kernel may hand out the same port
+/// twice (seen: a coordinator and a participant given one port, so clients
+/// reached the participant).
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
 }
 
 pub(crate) async fn wait_listening(addr: &str, what: &str) -> anyhow::Result<()> {

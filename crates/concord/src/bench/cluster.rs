@@ -6,7 +6,7 @@
 //! `/proc`.
 
 use crate::client::Client;
-use crate::procs::{free_port, wait_listening, Proc};
+use crate::procs::{free_ports, wait_listening, Proc};
 use crate::wire::ServerStats;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -53,11 +53,13 @@ impl Cluster {
     pub async fn start(spec: &ClusterSpec) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&spec.root)
             .with_context(|| format!("create {}", spec.root.display()))?;
+        let mut ports = free_ports(spec.participants + 1)?;
+        let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
         let mut participants = Vec::new();
         let mut procs = Vec::new();
-        for i in 0..spec.participants {
+        for (i, port) in ports.into_iter().enumerate() {
             let name = format!("p{i}");
-            let addr = format!("127.0.0.1:{}", free_port()?);
+            let addr = format!("127.0.0.1:{port}");
             let mut args = vec![
                 "participant".to_string(),
                 "--listen".into(),
@@ -82,7 +84,6 @@ impl Cluster {
             )?);
             participants.push((name, addr));
         }
-        let coordinator = format!("127.0.0.1:{}", free_port()?);
         let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
