@@ -75,8 +75,9 @@ async fn transfer_commits_and_balances_move() {
         // as soon as the decision is durable, before the participants.)
         cluster.wait_settled(Duration::from_secs(5)).await;
         let coordinator = cluster.coordinator.addr.clone();
+        let xid_arg = xid.clone();
         let output = tokio::task::spawn_blocking(move || {
-            run_cli(&["status", "--coordinator", &coordinator, &xid])
+            run_cli(&["status", "--coordinator", &coordinator, &xid_arg])
         })
         .await
         .expect("cli task");
@@ -84,6 +85,38 @@ async fn transfer_commits_and_balances_move() {
         assert_eq!(output.status.code(), Some(0), "{stderr}");
         assert!(stdout.contains("coordinator: COMMITTED"), "{stdout}");
         assert_eq!(stdout.matches(": COMMITTED").count(), 3, "{stdout}");
+
+        // The same two views as JSON.
+        let coordinator = cluster.coordinator.addr.clone();
+        let xid_arg = xid.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            run_cli(&["status", "--coordinator", &coordinator, &xid_arg, "--json"])
+        })
+        .await
+        .expect("cli task");
+        let (stdout, stderr) = output_text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let status: serde_json::Value = serde_json::from_str(&stdout).expect("status --json");
+        assert_eq!(status["xid"].as_str(), Some(xid.as_str()), "{status}");
+        let branches = status["branches"].as_array().expect("branches");
+        assert_eq!(branches.len(), 2, "{status}");
+        assert!(
+            branches
+                .iter()
+                .all(|b| b["participant_state"].as_str() == Some("COMMITTED")),
+            "{status}"
+        );
+        let p0 = cluster.participants[0].addr.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            run_cli(&["accounts", "--participant", &p0, "--json"])
+        })
+        .await
+        .expect("cli task");
+        let (stdout, stderr) = output_text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let accounts: serde_json::Value = serde_json::from_str(&stdout).expect("accounts --json");
+        assert!(accounts.to_string().contains("acct-1"), "{accounts}");
+        assert!(accounts.to_string().contains("105"), "acct-1 got 5: {accounts}");
     })
     .await;
 }
