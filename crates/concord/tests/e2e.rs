@@ -116,7 +116,10 @@ async fn transfer_commits_and_balances_move() {
         assert_eq!(output.status.code(), Some(0), "{stderr}");
         let accounts: serde_json::Value = serde_json::from_str(&stdout).expect("accounts --json");
         assert!(accounts.to_string().contains("acct-1"), "{accounts}");
-        assert!(accounts.to_string().contains("105"), "acct-1 got 5: {accounts}");
+        assert!(
+            accounts.to_string().contains("105"),
+            "acct-1 got 5: {accounts}"
+        );
     })
     .await;
 }

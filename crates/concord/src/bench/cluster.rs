@@ -9,7 +9,7 @@ use crate::client::Client;
 use crate::procs::{free_ports, wait_listening, Proc};
 use crate::wire::ServerStats;
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How the servers of one run are started.
 #[derive(Clone, Debug)]
@@ -182,11 +182,6 @@ impl Cluster {
         for proc in self.procs.iter_mut() {
             proc.stop().await;
         }
-    }
-
-    /// Log files of the processes we started, for error messages.
-    pub fn log_dir(&self) -> Option<&Path> {
-        self.procs.first().and_then(|p| p.log.parent())
     }
 }
 

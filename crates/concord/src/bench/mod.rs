@@ -120,19 +120,36 @@ impl BenchOptions {
     }
 }
 
-/// Run the benchmark and return its report. Progress goes to stderr.
+/// Run the benchmark and return its report. Progress goes to stderr. On
+/// failure the data directory, with every server's log file, is kept and
+/// named in the error.
 pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     options.validate()?;
-    let temp;
-    let root = match &options.data_dir {
-        Some(dir) => dir.clone(),
+    let (root, temp) = match &options.data_dir {
+        Some(dir) => (dir.clone(), None),
         None => {
-            temp = tempfile::Builder::new()
+            let temp = tempfile::Builder::new()
                 .prefix("concord-bench-")
                 .tempdir()?;
-            temp.path().to_path_buf()
+            (temp.path().to_path_buf(), Some(temp))
         }
     };
+    let result = measure(&options, &root).await;
+    if result.is_err() {
+        // Keep the evidence (a temporary directory would be removed).
+        if let Some(temp) = temp {
+            let _ = temp.keep();
+        }
+    }
+    result.with_context(|| {
+        format!(
+            "benchmark failed; data and server logs (*.log) in {}",
+            root.display()
+        )
+    })
+}
+
+async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Result<BenchReport> {
     let durable_root = root.join("durable");
     let cluster = match &options.existing {
         Some((coordinator, participants)) => {
@@ -151,13 +168,9 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     };
     let durable = cluster.all_durable().await?;
-    let runs = sweep(&options, &cluster, &options.concurrency, "durable").await;
-    let log_dir = cluster.log_dir().map(|p| p.display().to_string());
+    let runs = sweep(options, &cluster, &options.concurrency, "durable").await;
     cluster.stop().await;
-    let runs = runs.with_context(|| match log_dir {
-        Some(dir) => format!("benchmark failed; server logs in {dir}"),
-        None => "benchmark failed".into(),
-    })?;
+    let runs = runs?;
 
     let mut fsync_baseline = None;
     let mut no_fsync_baseline = None;
@@ -193,7 +206,7 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             root: root.join("no-fsync"),
         })
         .await?;
-        let result = sweep(&options, &off, &[best], "durability OFF (not durable)").await;
+        let result = sweep(options, &off, &[best], "durability OFF (not durable)").await;
         off.stop().await;
         no_fsync_baseline = result?.pop();
     }
@@ -202,7 +215,7 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         machine: Machine::probe(),
         settings: Settings {
             shape: "centralized".into(),
-            participants: cluster_size(&options),
+            participants: cluster_size(options),
             branches: options.branches,
             payload_bytes: options.payload_bytes,
             hot_share: options.hot_share,
