@@ -7,7 +7,9 @@
 //! and a graceful shutdown that flushes what is queued.
 //!
 //! This module turns the network's `(Peer, Frame)` stream into
-//! [`Inbound`] events for the driver. Frames whose *header* is wrong (bad
+//! [`Inbound`] events for the driver ([`Incoming`]), decoding in the
+//! driver's own task: a separate dispatch task would cost one more task
+//! wake-up and channel hop per message, on the hot path. Frames whose *header* is wrong (bad
 //! magic or version, longer than `frame_bytes_max`) are caught by
 //! concord-net, which closes that connection and logs it with the peer's
 //! address. Frames with a good header but a body this process cannot use
@@ -121,23 +123,68 @@ pub fn validate_net_config(net: &NetConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolve `listen`, create the process's network with `config`, listen
-/// with `backlog`, and feed decoded frames to `inbound`. Must run inside a
-/// tokio runtime.
+/// Resolve `listen`, create the process's network with `config` and
+/// listen with `backlog`; what arrives comes out of the returned
+/// [`Incoming`]. Must run inside a tokio runtime.
 pub(crate) async fn serve(
     listen: &str,
     backlog: u32,
     config: NetConfig,
-    inbound: mpsc::Sender<Inbound>,
-) -> anyhow::Result<Network> {
+) -> anyhow::Result<(Network, Incoming)> {
     validate_net_config(&config)?;
     let addr = resolve(listen).await?;
-    let (network, incoming) = Network::try_new(config)?;
+    let (network, frames) = Network::try_new(config)?;
     network
         .listen(addr, backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tokio::spawn(dispatch(network.clone(), incoming, inbound));
-    Ok(network)
+    let incoming = Incoming {
+        network: network.clone(),
+        frames,
+    };
+    Ok((network, incoming))
+}
+
+/// Decoded events from every incoming connection. The network's queue
+/// bounds them (`incoming_queue_frames_max`): when the driver falls behind,
+/// the connection readers stop reading and TCP pushes back on the senders.
+pub(crate) struct Incoming {
+    network: Network,
+    frames: mpsc::Receiver<(Peer, Frame)>,
+}
+
+impl Incoming {
+    /// The next event; `None` once the network has shut down.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        loop {
+            let (peer, frame) = self.frames.recv().await?;
+            if let Some(event) = self.decode(peer, frame) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next event if one is already queued.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        loop {
+            let (peer, frame) = self.frames.try_recv().ok()?;
+            if let Some(event) = self.decode(peer, frame) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// A frame this process cannot use closes its connection (only that
+    /// one) with a warning naming the peer.
+    fn decode(&self, peer: Peer, frame: Frame) -> Option<Inbound> {
+        match decode(&self.network, peer, frame) {
+            Ok(event) => Some(event),
+            Err(why) => {
+                tracing::warn!(%peer, "closing connection: protocol error: {why}");
+                self.network.close(peer);
+                None
+            }
+        }
+    }
 }
 
 /// Graceful end of the transport: stop accepting, write what is queued on
@@ -166,28 +213,6 @@ async fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
         .map_err(|e| anyhow::anyhow!("cannot resolve listen address {listen:?}: {e}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("listen address {listen:?} resolves to nothing"))
-}
-
-/// Turn `(peer, frame)` into driver events until the network or the driver
-/// stops.
-async fn dispatch(
-    network: Network,
-    mut incoming: mpsc::Receiver<(Peer, Frame)>,
-    inbound: mpsc::Sender<Inbound>,
-) {
-    while let Some((peer, frame)) = incoming.recv().await {
-        let event = match decode(&network, peer, frame) {
-            Ok(event) => event,
-            Err(why) => {
-                tracing::warn!(%peer, "closing connection: protocol error: {why}");
-                network.close(peer);
-                continue;
-            }
-        };
-        if inbound.send(event).await.is_err() {
-            return; // the driver stopped
-        }
-    }
 }
 
 fn decode(network: &Network, peer: Peer, frame: Frame) -> Result<Inbound, String> {

@@ -239,14 +239,8 @@ pub async fn run_coordinator_until(
     );
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
-    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
-    let network = conn::serve(
-        &config.listen,
-        config.listen_backlog,
-        config.net.clone(),
-        inbound_tx,
-    )
-    .await?;
+    let (network, incoming) =
+        conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     tracing::info!(
         listen = %config.listen,
         participants = %config
@@ -270,7 +264,7 @@ pub async fn run_coordinator_until(
         recent,
         recovering: true,
     };
-    let result = driver.run(inbound_rx, log_rx, shutdown).await;
+    let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
     // (every record pushed so far becomes durable), then let the transport
     // flush queued replies and messages and close. Clients still waiting
@@ -359,7 +353,7 @@ impl DriverNode for CoordinatorDriver {
 impl CoordinatorDriver {
     async fn run(
         &mut self,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: conn::Incoming,
         log_events: mpsc::UnboundedReceiver<LogEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {

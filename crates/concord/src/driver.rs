@@ -10,7 +10,7 @@
 //! may block the driver: log writes happen on the group-commit writer
 //! thread, which reports back through a channel.
 
-use crate::conn::Inbound;
+use crate::conn::{Inbound, Incoming};
 use anyhow::anyhow;
 use concord_proto::{Durability, PersistTicket, Time, Xid};
 use concord_store::{FileLogOptions, GroupCommit, StoreError, SyncMode};
@@ -50,7 +50,7 @@ pub(crate) trait DriverNode {
 /// before one flush so its records share one group-commit batch.
 pub(crate) async fn run_event_loop<N: DriverNode>(
     node: &mut N,
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut inbound: Incoming,
     mut log_events: mpsc::UnboundedReceiver<LogEvent>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -76,8 +76,8 @@ pub(crate) async fn run_event_loop<N: DriverNode>(
                 node.on_inbound(event);
                 for _ in 1..EVENTS_PER_BATCH_MAX {
                     match inbound.try_recv() {
-                        Ok(event) => node.on_inbound(event),
-                        Err(_) => break,
+                        Some(event) => node.on_inbound(event),
+                        None => break,
                     }
                 }
             }

@@ -39,10 +39,6 @@ pub mod wire;
 pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};
 pub use participant::{run_participant, run_participant_until, ParticipantServerConfig};
 
-/// Bound on events queued from connections to a driver; a full queue makes
-/// the connection readers wait (backpressure on the senders).
-pub(crate) const INBOUND_QUEUE_MAX: usize = 65_536;
-
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

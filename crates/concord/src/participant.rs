@@ -217,14 +217,8 @@ pub async fn run_participant_until(
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
-    let (inbound_tx, inbound_rx) = mpsc::channel(crate::INBOUND_QUEUE_MAX);
-    let network = conn::serve(
-        &config.listen,
-        config.listen_backlog,
-        config.net.clone(),
-        inbound_tx,
-    )
-    .await?;
+    let (network, incoming) =
+        conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     tracing::info!(
         listen = %config.listen,
         advertise = config.advertise.as_deref().unwrap_or(&config.listen),
@@ -247,7 +241,7 @@ pub async fn run_participant_until(
             default_flag: "--inquire-ms-initial",
         }),
     };
-    let result = driver.run(inbound_rx, log_rx, shutdown).await;
+    let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: write out the log, then let the transport flush queued
     // votes, ACKs and replies and close. READY branches stay in the log and
     // inquire again after the restart.
@@ -312,7 +306,7 @@ impl DriverNode for ParticipantDriver {
 impl ParticipantDriver {
     async fn run(
         &mut self,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: conn::Incoming,
         log_events: mpsc::UnboundedReceiver<LogEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
