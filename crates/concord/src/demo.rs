@@ -10,7 +10,7 @@
 //! say). It must never report a check as passed that it did not make.
 
 use crate::client::{Client, ClientError};
-use crate::procs::{free_ports, wait_listening, Proc};
+use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
 use crate::wire::Outcome;
 use anyhow::{bail, Context};
 use concord_participant::kv::KvStore;
@@ -111,24 +111,20 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
         options.accounts as i64 * options.balance
     );
 
+    let named: Vec<(String, String)> = PARTICIPANTS
+        .iter()
+        .map(|n| n.to_string())
+        .zip(participant_addrs.iter().cloned())
+        .collect();
     let mut participants = Vec::new();
-    for (name, addr) in PARTICIPANTS.iter().zip(&participant_addrs) {
-        let dir = root.join(name);
-        let args = vec![
-            "participant".into(),
-            "--listen".into(),
-            addr.clone(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-            "--seed-accounts".into(),
-            options.accounts.to_string(),
-            "--balance".into(),
-            options.balance.to_string(),
-            "--inquire-ms-initial".into(),
-            "50".into(),
-            "--inquire-ms-max".into(),
-            "500".into(),
-        ];
+    for (name, addr) in &named {
+        let args = participant_args(
+            addr,
+            &root.join(name),
+            options.accounts,
+            options.balance,
+            &["--inquire-ms-initial", "50", "--inquire-ms-max", "500"],
+        );
         participants.push(Proc::start(
             exe,
             name,
@@ -136,23 +132,19 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
             root.join(format!("{name}.log")),
         )?);
     }
-    let mut coordinator_args = vec![
-        "serve".to_string(),
-        "--listen".into(),
-        coordinator_addr.clone(),
-        "--data-dir".into(),
-        root.join("coordinator").display().to_string(),
-        "--prepare-timeout-ms".into(),
-        "1000".into(),
-        "--resend-ms-initial".into(),
-        "50".into(),
-        "--resend-ms-max".into(),
-        "500".into(),
-    ];
-    for (name, addr) in PARTICIPANTS.iter().zip(&participant_addrs) {
-        coordinator_args.push("--participant".into());
-        coordinator_args.push(format!("{name}={addr}"));
-    }
+    let coordinator_args = coordinator_args(
+        &coordinator_addr,
+        &root.join("coordinator"),
+        &named,
+        &[
+            "--prepare-timeout-ms",
+            "1000",
+            "--resend-ms-initial",
+            "50",
+            "--resend-ms-max",
+            "500",
+        ],
+    );
     let mut coordinator = Proc::start(
         exe,
         "coordinator",

@@ -116,6 +116,57 @@ pub(crate) fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// The command line of a key-value participant listening on `addr`, with
+/// its log in `dir` and `accounts` accounts of `balance` seeded on first
+/// start, then `extra` flags.
+pub(crate) fn participant_args(
+    addr: &str,
+    dir: &Path,
+    accounts: usize,
+    balance: i64,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "participant",
+        "--listen",
+        addr,
+        "--data-dir",
+        &dir.display().to_string(),
+        "--seed-accounts",
+        &accounts.to_string(),
+        "--balance",
+        &balance.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The command line of a coordinator listening on `addr`, with its log in
+/// `dir` and the participants `(name, address)`, then `extra` flags.
+pub(crate) fn coordinator_args(
+    addr: &str,
+    dir: &Path,
+    participants: &[(String, String)],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ];
+    for (name, addr) in participants {
+        args.push("--participant".into());
+        args.push(format!("{name}={addr}"));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// `n` distinct free ports on 127.0.0.1. The listeners are held together
 /// while choosing: one at a time, the kernel may hand out the same port
 /// twice (seen: a coordinator and a participant given one port, so clients

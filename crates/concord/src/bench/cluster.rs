@@ -6,7 +6,7 @@
 //! `/proc`.
 
 use crate::client::Client;
-use crate::procs::{free_ports, wait_listening, Proc};
+use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
 use crate::wire::ServerStats;
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -55,27 +55,23 @@ impl Cluster {
             .with_context(|| format!("create {}", spec.root.display()))?;
         let mut ports = free_ports(spec.participants + 1)?;
         let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
+        let extra: &[&str] = if spec.fsync {
+            &["--log-level", "warn"]
+        } else {
+            &["--log-level", "warn", "--unsafe-no-fsync"]
+        };
         let mut participants = Vec::new();
         let mut procs = Vec::new();
         for (i, port) in ports.into_iter().enumerate() {
             let name = format!("p{i}");
             let addr = format!("127.0.0.1:{port}");
-            let mut args = vec![
-                "participant".to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--data-dir".into(),
-                spec.root.join(&name).display().to_string(),
-                "--seed-accounts".into(),
-                spec.accounts.to_string(),
-                "--balance".into(),
-                spec.balance.to_string(),
-                "--log-level".into(),
-                "warn".into(),
-            ];
-            if !spec.fsync {
-                args.push("--unsafe-no-fsync".into());
-            }
+            let args = participant_args(
+                &addr,
+                &spec.root.join(&name),
+                spec.accounts,
+                spec.balance,
+                extra,
+            );
             procs.push(Proc::start(
                 &spec.exe,
                 &name,
@@ -84,22 +80,12 @@ impl Cluster {
             )?);
             participants.push((name, addr));
         }
-        let mut args = vec![
-            "serve".to_string(),
-            "--listen".into(),
-            coordinator.clone(),
-            "--data-dir".into(),
-            spec.root.join("coordinator").display().to_string(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        for (name, addr) in &participants {
-            args.push("--participant".into());
-            args.push(format!("{name}={addr}"));
-        }
-        if !spec.fsync {
-            args.push("--unsafe-no-fsync".into());
-        }
+        let args = coordinator_args(
+            &coordinator,
+            &spec.root.join("coordinator"),
+            &participants,
+            extra,
+        );
         procs.insert(
             0,
             Proc::start(
