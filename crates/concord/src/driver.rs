@@ -229,12 +229,7 @@ impl LogWriter {
         if let Durability::Forced(ticket) = durability {
             self.forced_records += 1;
             self.tickets.push(ticket);
-            self.sync = match (self.sync, urgency) {
-                (SyncMode::Now, _) | (_, SyncMode::Now) => SyncMode::Now,
-                (SyncMode::Within(a), SyncMode::Within(b)) => SyncMode::Within(a.min(b)),
-                (SyncMode::Within(d), _) | (_, SyncMode::Within(d)) => SyncMode::Within(d),
-                (SyncMode::Lazy, SyncMode::Lazy) => SyncMode::Lazy,
-            };
+            self.sync = self.sync.stricter(urgency);
         }
     }
 

@@ -59,6 +59,18 @@ impl SyncMode {
     fn is_forced(self) -> bool {
         self != SyncMode::Lazy
     }
+
+    /// The mode that satisfies both: for records submitted together.
+    pub fn stricter(self, other: SyncMode) -> SyncMode {
+        match (self, other) {
+            (SyncMode::Now, _) | (_, SyncMode::Now) => SyncMode::Now,
+            (SyncMode::Within(a), SyncMode::Within(b)) => SyncMode::Within(a.min(b)),
+            (SyncMode::Within(d), SyncMode::Lazy) | (SyncMode::Lazy, SyncMode::Within(d)) => {
+                SyncMode::Within(d)
+            }
+            (SyncMode::Lazy, SyncMode::Lazy) => SyncMode::Lazy,
+        }
+    }
 }
 
 /// Stop draining the queue into one batch once it holds this many payload

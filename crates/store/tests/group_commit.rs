@@ -506,3 +506,22 @@ fn failed_sync_fails_deferred_submissions_too() {
         "a deferred record whose sync failed must not succeed"
     );
 }
+
+#[test]
+fn sync_modes_combine_to_the_stricter() {
+    let ms = Duration::from_millis;
+    assert_eq!(SyncMode::Lazy.stricter(SyncMode::Lazy), SyncMode::Lazy);
+    assert_eq!(
+        SyncMode::Lazy.stricter(SyncMode::Within(ms(2))),
+        SyncMode::Within(ms(2))
+    );
+    assert_eq!(
+        SyncMode::Within(ms(5)).stricter(SyncMode::Within(ms(2))),
+        SyncMode::Within(ms(2))
+    );
+    assert_eq!(
+        SyncMode::Within(ms(2)).stricter(SyncMode::Now),
+        SyncMode::Now
+    );
+    assert_eq!(SyncMode::Now.stricter(SyncMode::Lazy), SyncMode::Now);
+}
