@@ -318,7 +318,7 @@ struct ParticipantArgs {
 /// Process settings shared by `serve` and `participant`.
 #[derive(Args, Debug)]
 struct ServerProcessArgs {
-    /// Threads of the async runtime. 1 (the default) runs every task on one
+    /// Threads of the async runtime. 1 (the default; 0 too) runs every task on one
     /// thread: the protocol driver is a single task anyway, and one thread
     /// avoids a cross-thread wake-up per message, which on a small machine
     /// costs more than it gains (`concord bench` measured 22,000 vs 14,000
