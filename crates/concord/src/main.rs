@@ -1052,15 +1052,10 @@ async fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let participants = if args.coordinator.is_some() {
-        args.participant.len()
-    } else {
-        args.participants
-    };
     let options = concord::bench::BenchOptions {
         exe,
         participants: args.participants,
-        branches: args.branches.unwrap_or(participants),
+        branches: args.branches,
         concurrency: args.concurrency,
         connections: args.connections,
         warmup,

@@ -130,12 +130,6 @@ impl Cluster {
         })
     }
 
-    /// Whether every server logs with fsync on (what the report calls
-    /// durable); asked from the servers themselves.
-    pub async fn all_durable(&self) -> anyhow::Result<bool> {
-        Ok(self.snapshot().await?.servers.iter().all(|s| s.fsync))
-    }
-
     /// Every server's counters and the CPU time used so far.
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let mut servers = Vec::new();

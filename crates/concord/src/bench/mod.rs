@@ -43,8 +43,9 @@ pub struct BenchOptions {
     pub exe: PathBuf,
     /// Participant processes to start.
     pub participants: usize,
-    /// Branches per transaction, each on a distinct participant.
-    pub branches: usize,
+    /// Branches per transaction, each on a distinct participant (`None`:
+    /// one on every participant).
+    pub branches: Option<usize>,
     /// Concurrency levels, one run each.
     pub concurrency: Vec<usize>,
     /// Client connections per run (`None`: one per 8 tasks, 1 to 16).
@@ -67,18 +68,27 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    fn validate(&self) -> anyhow::Result<()> {
-        let participants = match &self.existing {
+    /// Participants in the cluster: started, or named with `existing`.
+    fn cluster_size(&self) -> usize {
+        match &self.existing {
             Some((_, list)) => list.len(),
             None => self.participants,
-        };
+        }
+    }
+
+    fn branches(&self) -> usize {
+        self.branches.unwrap_or_else(|| self.cluster_size())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let participants = self.cluster_size();
         if participants == 0 || participants > BRANCHES_MAX {
             bail!("--participants must be 1..={BRANCHES_MAX}, got {participants}");
         }
-        if self.branches == 0 || self.branches > participants {
+        let branches = self.branches();
+        if branches == 0 || branches > participants {
             bail!(
-                "--branches must be 1..={participants} (each branch on a distinct participant), got {}",
-                self.branches
+                "--branches must be 1..={participants} (each branch on a distinct participant), got {branches}"
             );
         }
         if self.concurrency.is_empty() {
@@ -109,8 +119,22 @@ impl BenchOptions {
         Ok(())
     }
 
+    /// Accounts each participant needs: the hot ones first, then one per
+    /// task of the largest run.
     fn accounts(&self) -> usize {
         self.hot_accounts + self.concurrency.iter().copied().max().unwrap_or(1)
+    }
+
+    /// Servers to start under `root`, durable or not.
+    fn cluster_spec(&self, fsync: bool, root: PathBuf) -> ClusterSpec {
+        ClusterSpec {
+            exe: self.exe.clone(),
+            participants: self.participants,
+            accounts: self.accounts(),
+            balance: BALANCE,
+            fsync,
+            root,
+        }
     }
 
     fn connections_for(&self, concurrency: usize) -> usize {
@@ -150,24 +174,12 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Result<BenchReport> {
-    let durable_root = root.join("durable");
     let cluster = match &options.existing {
         Some((coordinator, participants)) => {
             Cluster::existing(coordinator.clone(), participants.clone()).await?
         }
-        None => {
-            Cluster::start(&ClusterSpec {
-                exe: options.exe.clone(),
-                participants: options.participants,
-                accounts: options.accounts(),
-                balance: BALANCE,
-                fsync: true,
-                root: durable_root.clone(),
-            })
-            .await?
-        }
+        None => Cluster::start(&options.cluster_spec(true, root.join("durable"))).await?,
     };
-    let durable = cluster.all_durable().await?;
     let runs = sweep(options, &cluster, &options.concurrency, "durable").await;
     cluster.stop().await;
     let runs = runs?;
@@ -192,31 +204,21 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
             options.window.min(Duration::from_secs(2)),
         )?);
         // The durability-off run at the concurrency that did best durably.
-        let best = runs
-            .iter()
-            .max_by(|a, b| a.transactions_per_sec.total_cmp(&b.transactions_per_sec))
-            .map(|r| r.concurrency)
-            .unwrap_or(1);
-        let off = Cluster::start(&ClusterSpec {
-            exe: options.exe.clone(),
-            participants: options.participants,
-            accounts: options.accounts(),
-            balance: BALANCE,
-            fsync: false,
-            root: root.join("no-fsync"),
-        })
-        .await?;
+        let best = report::best_run(&runs).map(|r| r.concurrency).unwrap_or(1);
+        let off = Cluster::start(&options.cluster_spec(false, root.join("no-fsync"))).await?;
         let result = sweep(options, &off, &[best], "durability OFF (not durable)").await;
         off.stop().await;
         no_fsync_baseline = result?.pop();
     }
 
+    // Asked from the servers (their `Stats`), never assumed.
+    let durable = runs.iter().all(|r| r.durable);
     Ok(BenchReport {
         machine: Machine::probe(),
         settings: Settings {
             shape: "centralized".into(),
-            participants: cluster_size(options),
-            branches: options.branches,
+            participants: options.cluster_size(),
+            branches: options.branches(),
             payload_bytes: options.payload_bytes,
             hot_share: options.hot_share,
             hot_accounts: options.hot_accounts,
@@ -239,13 +241,6 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
     })
 }
 
-fn cluster_size(options: &BenchOptions) -> usize {
-    match &options.existing {
-        Some((_, list)) => list.len(),
-        None => options.participants,
-    }
-}
-
 /// One run per concurrency level against `cluster`.
 async fn sweep(
     options: &BenchOptions,
@@ -263,9 +258,8 @@ async fn sweep(
         let workload = Workload {
             concurrency,
             connections: options.connections_for(concurrency),
-            branches: options.branches,
+            branches: options.branches(),
             participants: names.clone(),
-            accounts: options.accounts(),
             hot_accounts: options.hot_accounts,
             hot_share: options.hot_share,
             payload_bytes: options.payload_bytes,

@@ -158,6 +158,12 @@ impl RunResult {
     }
 }
 
+/// The run of `runs` with the highest throughput.
+pub fn best_run(runs: &[RunResult]) -> Option<&RunResult> {
+    runs.iter()
+        .max_by(|a, b| a.transactions_per_sec.total_cmp(&b.transactions_per_sec))
+}
+
 /// The settings a report was made with.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -221,9 +227,7 @@ pub struct BenchReport {
 impl BenchReport {
     /// The run with the highest throughput.
     pub fn best(&self) -> Option<&RunResult> {
-        self.runs
-            .iter()
-            .max_by(|a, b| a.transactions_per_sec.total_cmp(&b.transactions_per_sec))
+        best_run(&self.runs)
     }
 
     pub fn text(&self) -> String {

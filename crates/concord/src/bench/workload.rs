@@ -31,7 +31,6 @@ pub struct Workload {
     pub branches: usize,
     /// Participant names at the coordinator.
     pub participants: Vec<String>,
-    pub accounts: usize,
     pub hot_accounts: usize,
     pub hot_share: f64,
     pub payload_bytes: usize,
@@ -94,12 +93,6 @@ const MEASURE: u8 = 1;
 const STOP: u8 = 2;
 
 impl Workload {
-    /// Accounts a transaction may touch must be below this index at every
-    /// participant: hot ones first, then one block per task.
-    pub fn accounts_needed(&self) -> usize {
-        self.hot_accounts + self.concurrency
-    }
-
     /// Run the warm-up, then the window; `at_window_start` and
     /// `at_window_end` run exactly at its edges (they read the servers'
     /// counters) while the load keeps running.
