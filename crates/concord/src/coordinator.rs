@@ -1,5 +1,6 @@
 //! The coordinator server (`concord serve`): the tokio driver around the
-//! sans-IO [`Coordinator`].
+//! pure [`CoordinatorNode`] (crate `concord-node`), which makes every
+//! decision; this file only moves bytes, records and timers.
 //!
 //! Start-up order matters and is fixed here: open the log, decode every
 //! record (one that does not decode stops start-up, naming it), run
@@ -7,34 +8,29 @@
 //! listener. An INQUIRE answered before recovery could say ABORTED
 //! (presumed abort) for a transaction whose COMMIT is in the log.
 //!
-//! The driver is one task that owns the core. Events arrive on channels
+//! The driver is one task that owns the node. Events arrive on channels
 //! (peer messages and client requests from the connection tasks, durable
 //! tickets from the log writer thread, timer firings from its own timer
-//! table); after each event it drains the core's actions: records go into
+//! table); after each event it drains the node's actions: records go into
 //! one group-commit batch per loop iteration, messages to the [`Outbox`],
-//! timers into the table, outcomes to the waiting client. Participants are
-//! named for humans (`--participant NAME=ADDR`); inside the protocol they
-//! are their addresses.
+//! timers into the table, replies to the client connection they belong
+//! to. Fail points (kill -9 tests) are hit here, at the IO they name.
 
 use crate::conn::{self, Inbound, ReplyTx};
-use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter, Timers};
+use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter};
 use crate::failpoint;
 use crate::outbox::Outbox;
-use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
-use crate::wire::{
-    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
-    TimeoutsReport, IN_FLIGHT_LISTED_MAX,
-};
+use crate::wire::Reply;
 use anyhow::{anyhow, bail, Context};
 use concord_net::NetConfig;
-use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
-use concord_proto::codec::{decode, encode};
-use concord_proto::{
-    Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorRecord,
-    Decision, PeerAddr, TxnOutcome, Xid,
+use concord_node::{
+    ClientId, CoordinatorEvent, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig,
+    Timers,
 };
+use concord_proto::codec::{decode, encode};
+use concord_proto::{Body, CoordinatorRecord, Decision, PeerAddr};
 use concord_store::{FileLog, GroupCommit};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -51,7 +47,7 @@ pub struct CoordinatorServerConfig {
     pub participants: Vec<(String, PeerAddr)>,
     /// Phase-1 timeout (no vote within it means ABORT) until
     /// `timeout_samples_min` samples of a participant exist; after that it
-    /// comes from measured latency (see [`crate::timeouts`]).
+    /// comes from measured latency (see [`concord_node::timeouts`]).
     pub prepare_timeout_ms: u64,
     /// Bounds of the measured phase-1 timeout; the maximum also bounds a
     /// timeout a client asks for.
@@ -154,28 +150,24 @@ impl CoordinatorServerConfig {
         Ok(())
     }
 
-    /// How the driver computes timeouts from these settings.
-    fn timeouts(&self) -> CoordinatorTimeouts {
-        CoordinatorTimeouts::new(
-            PhaseSettings {
-                min_ms: self.prepare_timeout_ms_min,
-                max_ms: self.prepare_timeout_ms_max,
-                default_ms: self.prepare_timeout_ms,
-                samples_min: self.timeout_samples_min,
-                factor: PREPARE_SAFETY_FACTOR,
-                flag: "--prepare-timeout-ms",
-                default_flag: "--prepare-timeout-ms",
-            },
-            PhaseSettings {
-                min_ms: self.resend_ms_min,
-                max_ms: self.resend_ms_max,
-                default_ms: self.resend_ms_initial,
-                samples_min: self.timeout_samples_min,
-                factor: 1.0,
-                flag: "--resend-ms",
-                default_flag: "--resend-ms-initial",
-            },
-        )
+    /// The node layer's settings from these flags.
+    fn node_config(&self) -> CoordinatorNodeConfig {
+        CoordinatorNodeConfig {
+            addr: self.listen.clone(),
+            participants: self.participants.clone(),
+            prepare_timeout_ms: self.prepare_timeout_ms,
+            prepare_timeout_ms_min: self.prepare_timeout_ms_min,
+            prepare_timeout_ms_max: self.prepare_timeout_ms_max,
+            resend_ms_initial: self.resend_ms_initial,
+            resend_ms_min: self.resend_ms_min,
+            resend_ms_max: self.resend_ms_max,
+            timeout_samples_min: self.timeout_samples_min,
+            transactions_in_flight_max: self.transactions_in_flight_max,
+            recent_outcomes_max: self.recent_outcomes_max,
+            // Xids must differ across restarts and instances: seeded from
+            // the OS here, from the run's seed in the simulator.
+            xid_seed: rand::random(),
+        }
     }
 }
 
@@ -215,20 +207,11 @@ pub async fn run_coordinator_until(
         })?;
         records.push(record);
     }
-    let recent = RecentOutcomes::from_log(&records, config.recent_outcomes_max);
-    let core = Coordinator::recover(
-        CoordinatorConfig {
-            addr: config.listen.clone(),
-            resend_ms_initial: config.resend_ms_initial,
-            resend_ms_max: config.resend_ms_max,
-        },
-        records,
-        clock.now(),
-    );
+    let node = CoordinatorNode::recover(config.node_config(), records, clock.now());
     tracing::info!(
         data_dir = %config.data_dir.display(),
         records = recovered.records.len(),
-        epoch = core.epoch(),
+        epoch = node.epoch(),
         "coordinator log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
@@ -252,17 +235,13 @@ pub async fn run_coordinator_until(
         "coordinator serving"
     );
     let mut driver = CoordinatorDriver {
-        directory: Directory::new(&config.participants),
-        timeouts: config.timeouts(),
-        transactions_in_flight_max: config.transactions_in_flight_max,
-        core,
+        node,
         clock,
         timers: Timers::default(),
         log,
         outbox: Outbox::new(network.clone()),
-        waiting: HashMap::new(),
-        recent,
-        recovering: true,
+        clients: HashMap::new(),
+        next_client: 0,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
@@ -270,7 +249,7 @@ pub async fn run_coordinator_until(
     // flush queued replies and messages and close. Clients still waiting
     // for an outcome see their connection close: OutcomeUnknown with the
     // xid, which `status` answers after the restart.
-    let waiting = driver.waiting.len();
+    let waiting = driver.node.clients_waiting();
     driver.log.shutdown();
     conn::shutdown(&network).await;
     if waiting > 0 {
@@ -287,28 +266,16 @@ pub async fn run_coordinator_until(
     result
 }
 
-/// A client waiting for the outcome of a transaction it began.
-struct Waiter {
-    reply: ReplyTx,
-    request_id: u64,
-    participants: Vec<PeerAddr>,
-}
-
 struct CoordinatorDriver {
-    core: Coordinator,
+    node: CoordinatorNode,
     clock: Clock,
     timers: Timers,
     log: LogWriter,
     outbox: Outbox,
-    directory: Directory,
-    /// Latency estimates per participant and the timeouts from them.
-    timeouts: CoordinatorTimeouts,
-    transactions_in_flight_max: usize,
-    waiting: HashMap<Xid, Waiter>,
-    recent: RecentOutcomes,
-    /// True while the actions of recovery are carried out (decisions made
-    /// then are logged at info level, one line per transaction).
-    recovering: bool,
+    /// Where the replies of each client request still expecting one go;
+    /// removed with the request's final reply.
+    clients: HashMap<ClientId, ReplyTx>,
+    next_client: u64,
 }
 
 impl DriverNode for CoordinatorDriver {
@@ -317,21 +284,31 @@ impl DriverNode for CoordinatorDriver {
     fn on_durable(&mut self, tickets: Vec<concord_proto::PersistTicket>) {
         let now = self.clock.now();
         for ticket in tickets {
-            self.core.on_durable(now, ticket);
+            self.node.on_durable(now, ticket);
             self.drain_actions();
         }
     }
 
     fn on_timers_due(&mut self) {
         let now = self.clock.now();
-        for xid in self.timers.pop_due(now) {
-            self.core.on_timer(now, xid);
+        for key in self.timers.pop_due(now) {
+            self.node.on_timer(now, key);
             self.drain_actions();
         }
     }
 
     fn on_inbound(&mut self, event: Inbound) {
-        CoordinatorDriver::on_inbound(self, event)
+        let now = self.clock.now();
+        match event {
+            Inbound::Peer(message) => self.node.on_message(now, message),
+            Inbound::Request { request, reply } => {
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                self.clients.insert(client, reply);
+                self.node.on_request(now, client, request);
+            }
+        }
+        self.drain_actions();
     }
 
     fn next_timer(&self) -> Option<tokio::time::Instant> {
@@ -345,7 +322,7 @@ impl DriverNode for CoordinatorDriver {
     fn on_shutdown(&self) {
         tracing::info!(
             "coordinator shutting down: {} transactions in flight",
-            self.core.in_flight()
+            self.node.in_flight()
         );
     }
 }
@@ -360,142 +337,15 @@ impl CoordinatorDriver {
         // Recovery's own actions (the epoch record, ABORTs for undecided
         // transactions) go first.
         self.drain_actions();
-        self.recovering = false;
         run_event_loop(self, inbound, log_events, shutdown).await
     }
 
-    fn on_inbound(&mut self, event: Inbound) {
-        match event {
-            Inbound::Peer(message) => {
-                let now = self.clock.now();
-                self.timeouts.on_receive(now, &message);
-                self.core.on_message(now, message);
-            }
-            Inbound::Request { request, reply } => self.on_request(request, reply),
-        }
-        self.drain_actions();
-    }
-
-    fn on_request(&mut self, request: Request, reply: ReplyTx) {
-        match request {
-            Request::Begin {
-                request_id,
-                branches,
-                prepare_timeout_ms,
-            } => {
-                if let Err(message) = self.begin(request_id, branches, prepare_timeout_ms, &reply) {
-                    tracing::debug!(request_id, "begin refused: {message}");
-                    reply.error(request_id, message);
-                }
-            }
-            Request::Status { request_id, xid } => {
-                let status = self.status(xid);
-                reply.send(&Reply::Status { request_id, status });
-            }
-            Request::ListInFlight { request_id } => {
-                let mut xids = self.core.in_flight_xids();
-                let truncated = xids.len() > IN_FLIGHT_LISTED_MAX;
-                xids.truncate(IN_FLIGHT_LISTED_MAX);
-                reply.send(&Reply::InFlight {
-                    request_id,
-                    xids,
-                    truncated,
-                });
-            }
-            Request::Timeouts { request_id } => {
-                let mut phases = self.timeouts.report(&self.directory.participants);
-                for phase in &mut phases {
-                    phase.basis = self.directory.name_addresses(&phase.basis);
-                }
-                let report = TimeoutsReport {
-                    role: "coordinator".into(),
-                    phases,
-                };
-                reply.send(&Reply::Timeouts { request_id, report });
-            }
-            Request::Stats { request_id } => {
-                let stats = self
-                    .log
-                    .server_stats("coordinator", self.outbox.network().stats());
-                reply.send(&Reply::Stats { request_id, stats });
-            }
-            other @ (Request::Accounts { .. } | Request::BranchState { .. }) => reply.error(
-                other.request_id(),
-                format!(
-                    "{} is a participant request, and this is the coordinator; ask a participant",
-                    other.kind()
-                ),
-            ),
-        }
-    }
-
-    fn begin(
-        &mut self,
-        request_id: u64,
-        branches: Vec<BranchRequest>,
-        prepare_timeout_ms: Option<u64>,
-        reply: &ReplyTx,
-    ) -> Result<(), String> {
-        if branches.is_empty() {
-            return Err("a transaction needs at least one branch".into());
-        }
-        let branches = resolve_branches(&self.directory, branches)?;
-        if self.core.in_flight() >= self.transactions_in_flight_max {
-            return Err(format!(
-                "too many transactions in flight (limit {}); retry later",
-                self.transactions_in_flight_max
-            ));
-        }
-        let xid = self.new_xid();
-        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
-        // Largest measured timeout over the participants, or the client's.
-        let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
-        let timeout_ms = timeouts.prepare.timeout_ms;
-        if let Err(e) = self.core.begin_with_resend(
-            self.clock.now(),
-            xid,
-            branches,
-            timeout_ms,
-            timeouts.resend.timeout_ms,
-        ) {
-            self.timeouts.finish(xid);
-            return Err(e.to_string());
-        }
-        tracing::debug!(
-            %xid,
-            request_id,
-            timeout_ms,
-            resend_ms = timeouts.resend.timeout_ms,
-            "transaction begun: {}",
-            timeouts.prepare
-        );
-        reply.send(&Reply::Begun { request_id, xid });
-        self.waiting.insert(
-            xid,
-            Waiter {
-                reply: reply.clone(),
-                request_id,
-                participants,
-            },
-        );
-        Ok(())
-    }
-
-    fn new_xid(&self) -> Xid {
-        loop {
-            let xid = Xid(rand::random::<u128>());
-            if xid.0 != 0 && !self.waiting.contains_key(&xid) && !self.recent.contains(xid) {
-                return xid;
-            }
-        }
-    }
-
+    /// Carry out the node's actions, in order.
     fn drain_actions(&mut self) {
-        let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
-        let now = self.clock.now();
+        let actions: Vec<CoordinatorNodeAction> = self.node.drain_actions().collect();
         for action in actions {
             match action {
-                CoordinatorAction::Persist { record, durability } => {
+                CoordinatorNodeAction::Persist { record, durability } => {
                     match &record {
                         CoordinatorRecord::Decision { .. } => {
                             failpoint::hit(failpoint::COORDINATOR_AFTER_BEGIN)
@@ -509,512 +359,104 @@ impl CoordinatorDriver {
                     }
                     self.log.push(encode(&record), durability);
                 }
-                CoordinatorAction::Send { to, message } => {
+                CoordinatorNodeAction::Send { to, message } => {
                     if matches!(message.body, Body::Decision(Decision::Commit)) {
                         failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
                     }
-                    self.timeouts.on_send(now, &to, &message);
                     self.outbox.send(&to, message);
                 }
-                CoordinatorAction::SetTimer { xid, at } => self.timers.set(xid, at),
-                CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
-                CoordinatorAction::Notice(notice) => self.on_notice(notice),
-            }
-        }
-    }
-
-    fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
-        let waiter = self.waiting.remove(&xid);
-        let outcome = match outcome {
-            TxnOutcome::Committed => Outcome::Committed,
-            TxnOutcome::Aborted { reason } => Outcome::Aborted {
-                reason: self.directory.name_addresses(&reason),
-            },
-        };
-        let participants = waiter
-            .as_ref()
-            .map(|w| w.participants.clone())
-            .unwrap_or_default();
-        let (decision, reason) = match &outcome {
-            Outcome::Committed => (Decision::Commit, None),
-            Outcome::Aborted { reason } => (Decision::Abort, Some(reason.clone())),
-        };
-        self.recent.insert(
-            xid,
-            RecentTxn {
-                decision,
-                reason,
-                participants,
-                ended: false,
-            },
-        );
-        if let Some(waiter) = waiter {
-            waiter.reply.send(&Reply::Outcome {
-                request_id: waiter.request_id,
-                xid,
-                outcome,
-            });
-        }
-    }
-
-    fn on_notice(&mut self, notice: CoordinatorNotice) {
-        match notice {
-            CoordinatorNotice::TimeoutFired {
-                xid,
-                phase,
-                timeout_ms,
-                waiting_for,
-            } => {
-                // The estimate that set the timeout, and backoff for the
-                // participants that did not answer in time.
-                let basis = if phase.starts_with("WAIT") {
-                    self.timeouts.prepare_fired(xid, &waiting_for)
-                } else {
-                    self.timeouts.resend_fired(xid, &waiting_for)
-                };
-                let basis = basis.unwrap_or_else(|| {
-                    format!("{timeout_ms} ms (configured: recovered transaction)")
-                });
-                let basis = self.directory.name_addresses(&basis);
-                let waiting_for: Vec<String> = waiting_for
-                    .iter()
-                    .map(|a| self.directory.display_name(a))
-                    .collect();
-                tracing::info!(
-                    %xid,
-                    phase,
-                    timeout_ms,
-                    waiting_for = %waiting_for.join(", "),
-                    "timeout fired in {phase} after {timeout_ms} ms: {basis}"
-                );
-            }
-            CoordinatorNotice::Decided {
-                xid,
-                decision,
-                reason,
-            } => {
-                if decision == Decision::Abort {
-                    // Presumed abort: nothing more to wait for or measure.
-                    self.timeouts.finish(xid);
+                CoordinatorNodeAction::SetTimer { key, at } => self.timers.set(key, at),
+                CoordinatorNodeAction::Reply { client, reply } => self.reply(client, &reply),
+                CoordinatorNodeAction::Stats { client, request_id } => {
+                    let stats = self
+                        .log
+                        .server_stats("coordinator", self.outbox.network().stats());
+                    self.reply(client, &Reply::Stats { request_id, stats });
                 }
-                let reason = reason.map(|r| self.directory.name_addresses(&r));
-                let reason = reason.as_deref().unwrap_or("");
-                if self.recovering {
-                    tracing::info!(%xid, ?decision, "recovery decided {decision:?}: {reason}");
-                } else {
-                    tracing::debug!(%xid, ?decision, reason, "decided");
-                }
+                CoordinatorNodeAction::Event(event) => log_event(event),
             }
-            CoordinatorNotice::Ended { xid } => {
-                self.timeouts.finish(xid);
-                self.recent.mark_ended(xid);
-                tracing::debug!(%xid, "ended: every participant acknowledged COMMIT");
-            }
-            CoordinatorNotice::Ignored {
-                xid,
-                kind,
-                from,
-                why,
-            } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
-            CoordinatorNotice::Recovered {
-                epoch,
-                committing,
-                aborted,
-            } => tracing::info!(
-                epoch,
-                committing,
-                aborted,
-                "recovery: {committing} committed transactions to finish (COMMIT re-sent), \
-                 {aborted} undecided transactions aborted (presumed abort)"
-            ),
         }
     }
 
-    fn status(&self, xid: Xid) -> CoordinatorStatus {
-        let now = self.clock.now();
-        if let Some(status) = self.core.status(now, xid) {
-            let state = match status.state {
-                "WAIT" => CoordinatorState::Wait,
-                s if s.contains("forcing") => CoordinatorState::Committing,
-                _ => CoordinatorState::CommittedWaitingForAcks,
-            };
-            return CoordinatorStatus {
-                xid,
-                state,
-                detail: format!(
-                    "in flight for {} ms; {} resends of the decision",
-                    status.age_ms, status.resends
-                ),
-                branches: status
-                    .branches
-                    .iter()
-                    .map(|b| BranchView {
-                        name: self.directory.display_name(&b.participant),
-                        addr: b.participant.clone(),
-                        voted_ready: Some(b.voted_ready),
-                        acked: Some(b.acked),
-                    })
-                    .collect(),
-            };
-        }
-        if let Some(txn) = self.recent.get(xid) {
-            let (state, detail) = match (txn.decision, txn.ended) {
-                (Decision::Commit, true) => (
-                    CoordinatorState::Committed,
-                    "every participant acknowledged".to_string(),
-                ),
-                (Decision::Commit, false) => (
-                    CoordinatorState::CommittedWaitingForAcks,
-                    "decision durable".to_string(),
-                ),
-                (Decision::Abort, _) => (
-                    CoordinatorState::Aborted,
-                    txn.reason.clone().unwrap_or_default(),
-                ),
-            };
-            return CoordinatorStatus {
-                xid,
-                state,
-                detail,
-                branches: txn
-                    .participants
-                    .iter()
-                    .map(|a| self.branch_view(a))
-                    .collect(),
-            };
-        }
-        CoordinatorStatus {
-            xid,
-            state: CoordinatorState::NoRecord,
-            detail: "no record of this xid: if it ever existed it is ABORTED (presumed abort)"
-                .into(),
-            branches: self
-                .directory
-                .participants
-                .iter()
-                .map(|(_, a)| self.branch_view(a))
-                .collect(),
-        }
-    }
-
-    fn branch_view(&self, addr: &PeerAddr) -> BranchView {
-        BranchView {
-            name: self.directory.display_name(addr),
-            addr: addr.clone(),
-            voted_ready: None,
-            acked: None,
+    fn reply(&mut self, client: ClientId, reply: &Reply) {
+        let sender = if reply.is_final() {
+            self.clients.remove(&client)
+        } else {
+            self.clients.get(&client).cloned()
+        };
+        match sender {
+            Some(sender) => sender.send(reply),
+            None => tracing::debug!(?client, "reply for a client request no longer tracked"),
         }
     }
 }
 
-/// Participants by name for humans, by address inside the protocol.
-struct Directory {
-    participants: Vec<(String, PeerAddr)>,
-    by_name: HashMap<String, PeerAddr>,
-    by_addr: HashMap<PeerAddr, String>,
-}
-
-impl Directory {
-    fn new(participants: &[(String, PeerAddr)]) -> Directory {
-        Directory {
-            participants: participants.to_vec(),
-            by_name: participants.iter().cloned().collect(),
-            by_addr: participants
-                .iter()
-                .map(|(n, a)| (a.clone(), n.clone()))
-                .collect(),
-        }
-    }
-
-    /// A participant's address from its name (or its address).
-    fn resolve(&self, participant: &str) -> Result<PeerAddr, String> {
-        if let Some(addr) = self.by_name.get(participant) {
-            return Ok(addr.clone());
-        }
-        if self.by_addr.contains_key(participant) {
-            return Ok(participant.to_string());
-        }
-        Err(format!(
-            "unknown participant {participant} (known: {})",
-            self.participants
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    }
-
-    /// "name (addr)" for logs and status; the bare address if unnamed.
-    fn display_name(&self, addr: &PeerAddr) -> String {
-        match self.by_addr.get(addr) {
-            Some(name) => format!("{name} ({addr})"),
-            None => addr.clone(),
-        }
-    }
-
-    /// Replace participant addresses in a core message with "name (addr)".
-    fn name_addresses(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len() + 16);
-        let mut token = String::new();
-        for c in text.chars().chain(std::iter::once(' ')) {
-            if c == ' ' || c == ',' {
-                match self.by_addr.get(&token) {
-                    Some(name) => out.push_str(&format!("{name} ({token})")),
-                    None => out.push_str(&token),
-                }
-                token.clear();
-                out.push(c);
+/// The log line of each node event.
+fn log_event(event: CoordinatorEvent) {
+    match event {
+        CoordinatorEvent::Begun {
+            xid,
+            request_id,
+            timeout_ms,
+            resend_ms,
+            basis,
+        } => tracing::debug!(
+            %xid,
+            request_id,
+            timeout_ms,
+            resend_ms,
+            "transaction begun: {basis}"
+        ),
+        CoordinatorEvent::BeginRefused {
+            request_id,
+            reason,
+            busy,
+        } => tracing::debug!(request_id, busy, "begin refused: {reason}"),
+        CoordinatorEvent::TimeoutFired {
+            xid,
+            phase,
+            timeout_ms,
+            waiting_for,
+            basis,
+        } => tracing::info!(
+            %xid,
+            phase,
+            timeout_ms,
+            waiting_for = %waiting_for.join(", "),
+            "timeout fired in {phase} after {timeout_ms} ms: {basis}"
+        ),
+        CoordinatorEvent::Decided {
+            xid,
+            decision,
+            reason,
+            in_recovery,
+        } => {
+            let reason = reason.as_deref().unwrap_or("");
+            if in_recovery {
+                tracing::info!(%xid, ?decision, "recovery decided {decision:?}: {reason}");
             } else {
-                token.push(c);
+                tracing::debug!(%xid, ?decision, reason, "decided");
             }
         }
-        out.pop(); // the sentinel space
-        out
-    }
-}
-
-/// Names (or addresses) to protocol addresses, merging branches that
-/// name the same participant (the core takes one branch per
-/// participant).
-fn resolve_branches(
-    directory: &Directory,
-    branches: Vec<BranchRequest>,
-) -> Result<Vec<(PeerAddr, Vec<u8>)>, String> {
-    let mut resolved: Vec<(PeerAddr, Vec<Vec<u8>>)> = Vec::new();
-    for branch in branches {
-        let addr = directory.resolve(&branch.participant)?;
-        match resolved.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, works)) => works.push(branch.work),
-            None => resolved.push((addr, vec![branch.work])),
+        CoordinatorEvent::Ended { xid } => {
+            tracing::debug!(%xid, "ended: every participant acknowledged COMMIT")
         }
-    }
-    resolved
-        .into_iter()
-        .map(|(addr, mut works)| {
-            if works.len() == 1 {
-                return Ok((addr, works.pop().unwrap_or_default()));
-            }
-            // Several branches for one participant: only key-value work
-            // has a known way to merge.
-            let mut merged = KvWork::default();
-            for work in &works {
-                let work = decode_kv_work(work).map_err(|e| {
-                    format!(
-                        "participant {} is named by several branches and their work cannot \
-                         be merged (not key-value work: {e}); send one branch per participant",
-                        directory.display_name(&addr)
-                    )
-                })?;
-                merged.ops.extend(work.ops);
-                merged.memo.extend(work.memo);
-            }
-            Ok((addr, encode_work_with_memo(&merged.ops, &merged.memo)))
-        })
-        .collect()
-}
-
-/// Outcome of a finished (or deciding) transaction, kept for `status`.
-#[derive(Clone, Debug)]
-struct RecentTxn {
-    decision: Decision,
-    reason: Option<String>,
-    participants: Vec<PeerAddr>,
-    ended: bool,
-}
-
-/// A bounded memory of recent outcomes, oldest forgotten first. Filled
-/// from the log at start-up so that `status` survives restarts.
-struct RecentOutcomes {
-    txns: HashMap<Xid, RecentTxn>,
-    order: VecDeque<Xid>,
-    max: usize,
-}
-
-impl RecentOutcomes {
-    fn from_log(records: &[CoordinatorRecord], max: usize) -> RecentOutcomes {
-        let mut recent = RecentOutcomes {
-            txns: HashMap::new(),
-            order: VecDeque::new(),
-            max: max.max(1),
-        };
-        let mut begun: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
-        for record in records {
-            match record {
-                CoordinatorRecord::Epoch { .. } => {}
-                CoordinatorRecord::Begin { xid, participants } => {
-                    begun.insert(*xid, participants.clone());
-                }
-                CoordinatorRecord::Decision {
-                    xid,
-                    decision,
-                    participants,
-                } => {
-                    begun.remove(xid);
-                    recent.insert(
-                        *xid,
-                        RecentTxn {
-                            decision: *decision,
-                            reason: (*decision == Decision::Abort)
-                                .then(|| "aborted before the coordinator's last restart".into()),
-                            participants: participants.clone(),
-                            ended: false,
-                        },
-                    );
-                }
-                CoordinatorRecord::End { xid } => recent.mark_ended(*xid),
-            }
-        }
-        // Begun and never decided: recovery aborts these now.
-        for (xid, participants) in begun {
-            recent.insert(
-                xid,
-                RecentTxn {
-                    decision: Decision::Abort,
-                    reason: Some("coordinator restarted before deciding (presumed abort)".into()),
-                    participants,
-                    ended: false,
-                },
-            );
-        }
-        recent
-    }
-
-    fn insert(&mut self, xid: Xid, txn: RecentTxn) {
-        if self.txns.insert(xid, txn).is_none() {
-            self.order.push_back(xid);
-            while self.order.len() > self.max {
-                if let Some(old) = self.order.pop_front() {
-                    self.txns.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn mark_ended(&mut self, xid: Xid) {
-        if let Some(txn) = self.txns.get_mut(&xid) {
-            txn.ended = true;
-        }
-    }
-
-    fn get(&self, xid: Xid) -> Option<&RecentTxn> {
-        self.txns.get(&xid)
-    }
-
-    fn contains(&self, xid: Xid) -> bool {
-        self.txns.contains_key(&xid)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use concord_participant::kv::{decode_work, encode_work, KvOp};
-
-    fn directory() -> Directory {
-        Directory::new(&[
-            ("bank-a".into(), "127.0.0.1:7101".into()),
-            ("bank-b".into(), "127.0.0.1:710".into()),
-        ])
-    }
-
-    fn kv(account: &str, delta: i64) -> Vec<u8> {
-        encode_work(&[KvOp {
-            account: account.into(),
-            delta,
-        }])
-    }
-
-    fn branch(participant: &str, work: Vec<u8>) -> BranchRequest {
-        BranchRequest {
-            participant: participant.into(),
-            work,
-        }
-    }
-
-    #[test]
-    fn unknown_participant_lists_the_known_ones() {
-        let err = resolve_branches(&directory(), vec![branch("bank-z", kv("x", 1))]).unwrap_err();
-        assert_eq!(err, "unknown participant bank-z (known: bank-a, bank-b)");
-    }
-
-    #[test]
-    fn branches_for_one_participant_are_merged() {
-        let resolved = resolve_branches(
-            &directory(),
-            vec![
-                branch("bank-a", kv("x", -5)),
-                branch("127.0.0.1:710", kv("y", 5)),
-                branch("127.0.0.1:7101", kv("z", 1)),
-            ],
-        )
-        .expect("resolves");
-        assert_eq!(resolved.len(), 2);
-        assert_eq!(resolved[0].0, "127.0.0.1:7101");
-        let ops = decode_work(&resolved[0].1).expect("kv work");
-        assert_eq!(
-            ops.iter().map(|o| o.account.as_str()).collect::<Vec<_>>(),
-            vec!["x", "z"]
-        );
-    }
-
-    #[test]
-    fn non_kv_work_for_one_participant_is_refused() {
-        let err = resolve_branches(
-            &directory(),
-            vec![branch("bank-a", vec![0xff]), branch("bank-a", vec![0xff])],
-        )
-        .unwrap_err();
-        assert!(err.contains("cannot be merged"), "{err}");
-    }
-
-    #[test]
-    fn addresses_in_reasons_get_names_exactly() {
-        let d = directory();
-        assert_eq!(
-            d.name_addresses("no vote within 300 ms from 127.0.0.1:7101, 127.0.0.1:710"),
-            "no vote within 300 ms from bank-a (127.0.0.1:7101), bank-b (127.0.0.1:710)"
-        );
-        assert_eq!(
-            d.name_addresses("participant 127.0.0.1:71011 voted ABORT"),
-            "participant 127.0.0.1:71011 voted ABORT"
-        );
-    }
-
-    #[test]
-    fn recent_outcomes_come_from_the_log_and_stay_bounded() {
-        let p = vec!["a".to_string()];
-        let log = vec![
-            CoordinatorRecord::Epoch { epoch: 1 },
-            CoordinatorRecord::Begin {
-                xid: Xid(1),
-                participants: p.clone(),
-            },
-            CoordinatorRecord::Decision {
-                xid: Xid(1),
-                decision: Decision::Commit,
-                participants: p.clone(),
-            },
-            CoordinatorRecord::End { xid: Xid(1) },
-            CoordinatorRecord::Begin {
-                xid: Xid(2),
-                participants: p.clone(),
-            },
-        ];
-        let mut recent = RecentOutcomes::from_log(&log, 2);
-        let one = recent.get(Xid(1)).expect("xid 1");
-        assert!(one.ended && one.decision == Decision::Commit);
-        let two = recent.get(Xid(2)).expect("xid 2");
-        assert_eq!(two.decision, Decision::Abort, "undecided = presumed abort");
-        recent.insert(
-            Xid(3),
-            RecentTxn {
-                decision: Decision::Commit,
-                reason: None,
-                participants: p,
-                ended: false,
-            },
-        );
-        assert!(!recent.contains(Xid(1)), "oldest forgotten past the bound");
-        assert!(recent.contains(Xid(3)));
+        CoordinatorEvent::Ignored {
+            xid,
+            kind,
+            from,
+            why,
+        } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
+        CoordinatorEvent::Recovered {
+            epoch,
+            committing,
+            aborted,
+        } => tracing::info!(
+            epoch,
+            committing,
+            aborted,
+            "recovery: {committing} committed transactions to finish (COMMIT re-sent), \
+             {aborted} undecided transactions aborted (presumed abort)"
+        ),
     }
 }

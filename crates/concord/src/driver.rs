@@ -1,6 +1,5 @@
 //! Pieces both server drivers (coordinator and participant) share: the
-//! clock that turns tokio time into the core's [`Time`], the timer table,
-//! and the log writer that batches the records of one loop iteration into
+//! clock that turns tokio time into the core's [`Time`], and the log writer that batches the records of one loop iteration into
 //! one group-commit submission.
 //!
 //! A driver is one tokio task that owns its protocol core. Everything that
@@ -12,9 +11,8 @@
 
 use crate::conn::{Inbound, Incoming};
 use anyhow::anyhow;
-use concord_proto::{Durability, PersistTicket, Time, Xid};
+use concord_proto::{Durability, PersistTicket, Time};
 use concord_store::{FileLogOptions, GroupCommit, StoreError, SyncMode};
-use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -112,42 +110,6 @@ impl Clock {
     }
 }
 
-/// One timer per xid; setting a new one replaces the old (the core ignores
-/// stale firings anyway, this only keeps the table small).
-#[derive(Debug, Default)]
-pub(crate) struct Timers {
-    by_time: BTreeSet<(Time, Xid)>,
-    by_xid: HashMap<Xid, Time>,
-}
-
-impl Timers {
-    pub fn set(&mut self, xid: Xid, at: Time) {
-        if let Some(old) = self.by_xid.insert(xid, at) {
-            self.by_time.remove(&(old, xid));
-        }
-        self.by_time.insert((at, xid));
-    }
-
-    /// When the earliest timer is due.
-    pub fn next_due(&self) -> Option<Time> {
-        self.by_time.first().map(|(at, _)| *at)
-    }
-
-    /// Remove and return every timer due at `now`.
-    pub fn pop_due(&mut self, now: Time) -> Vec<Xid> {
-        let mut due = Vec::new();
-        while let Some(&(at, xid)) = self.by_time.first() {
-            if at > now {
-                break;
-            }
-            self.by_time.pop_first();
-            self.by_xid.remove(&xid);
-            due.push(xid);
-        }
-        due
-    }
-}
-
 /// What the log writer thread reports back to the driver.
 #[derive(Debug)]
 pub(crate) enum LogEvent {
@@ -236,7 +198,7 @@ impl LogWriter {
     /// The server's counters for `Request::Stats`: this log's and the
     /// network's.
     pub fn server_stats(&self, role: &str, net: concord_net::NetStats) -> crate::wire::ServerStats {
-        crate::wire::ServerStats::collect(
+        crate::wire::server_stats(
             role,
             self.fsync,
             self.forced_records,
@@ -311,23 +273,5 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timers_replace_and_pop_in_order() {
-        let mut timers = Timers::default();
-        timers.set(Xid(1), Time(50));
-        timers.set(Xid(2), Time(20));
-        timers.set(Xid(1), Time(10)); // replaces 50
-        assert_eq!(timers.by_xid.len(), 2);
-        assert_eq!(timers.next_due(), Some(Time(10)));
-        assert_eq!(timers.pop_due(Time(15)), vec![Xid(1)]);
-        assert_eq!(timers.pop_due(Time(100)), vec![Xid(2)]);
-        assert_eq!(timers.next_due(), None);
     }
 }

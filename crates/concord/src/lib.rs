@@ -1,8 +1,8 @@
 //! concord: the processes of the distributed two-phase-commit coordinator.
 //!
-//! This crate connects the sans-IO protocol core (`concord-proto`), the
-//! durable log (`concord-store`), the framing (`concord-net`) and the
-//! participant SDK (`concord-participant`) into running servers, and holds
+//! This crate drives the pure node layer (`concord-node`, which holds
+//! every decision around the sans-IO protocol core) with tokio: the durable
+//! log (`concord-store`) and the transport (`concord-net`). It also holds
 //! the client library and the `concord` command line.
 //!
 //! - [`coordinator`]: `concord serve` ([`run_coordinator`]).
@@ -13,8 +13,6 @@
 //!   and replies).
 //! - [`outbox`]: outgoing peer messages over concord-net (one persistent,
 //!   heartbeating connection per peer, repaired on reset).
-//! - [`timeouts`]: timeouts from measured latency (SPEC §3) for both
-//!   drivers.
 //! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
 //!
 //! The servers are library functions so that tests, `concord demo` and
@@ -33,7 +31,6 @@ pub mod failpoint;
 pub mod outbox;
 pub mod participant;
 mod procs;
-pub mod timeouts;
 pub mod wire;
 
 pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};

@@ -1,10 +1,12 @@
 //! The participant server (`concord participant`): the tokio driver around
-//! a [`ParticipantNode`] with the built-in key-value resource.
+//! the pure [`ParticipantServerNode`] (crate `concord-node`) with the
+//! built-in key-value resource; this file only moves bytes, records and
+//! timers.
 //!
 //! Start-up: open the log, decode every record (one that does not decode
 //! stops start-up, naming it), write the seed record (forced) if the log has
 //! none and seeding was asked for, rebuild the balances with
-//! [`KvStore::replay`], run [`ParticipantNode::recover`] (in-doubt branches
+//! [`KvStore::replay`], run [`ParticipantServerNode::recover`] (in-doubt branches
 //! take their locks back and inquire at once), start group commit, and only
 //! then bind the listener.
 //!
@@ -13,21 +15,20 @@
 //! go to `message.from` through the [`Outbox`], never back on the
 //! connection the message came in on.
 
-use crate::conn::{self, Inbound, ReplyTx};
-use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter, Timers};
+use crate::conn::{self, Inbound};
+use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter};
 use crate::failpoint;
 use crate::outbox::Outbox;
-use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
-use crate::wire::{AccountsReport, Reply, Request, TimeoutsReport};
+use crate::wire::Reply;
 use anyhow::{anyhow, bail, Context};
 use concord_net::NetConfig;
-use concord_participant::kv::{seed_record, KvStore};
-use concord_participant::ParticipantNode;
-use concord_proto::codec::{decode, encode};
-use concord_proto::{
-    Body, Decision, ParticipantAction, ParticipantConfig, ParticipantNotice, ParticipantRecord,
-    PeerAddr, Vote,
+use concord_node::{
+    ClientId, ParticipantEvent, ParticipantNodeAction, ParticipantNodeConfig,
+    ParticipantServerNode, Timers,
 };
+use concord_participant::kv::{seed_record, KvStore};
+use concord_proto::codec::{decode, encode};
+use concord_proto::{Body, Decision, ParticipantRecord, PeerAddr, Vote};
 use concord_store::{FileLog, GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ pub struct ParticipantServerConfig {
     pub seed: Option<(usize, i64)>,
     /// Delay past the PREPARE deadline before a READY branch first
     /// inquires, until `timeout_samples_min` vote → decision samples of its
-    /// coordinator exist; then measured (see [`crate::timeouts`]), within
+    /// coordinator exist; then measured (see [`concord_node::timeouts`]), within
     /// `inquire_ms_min..=inquire_ms_max` and never above the deadline the
     /// PREPARE carried. Later INQUIREs double up to `inquire_ms_max`.
     pub inquire_ms_initial: u64,
@@ -183,14 +184,16 @@ pub async fn run_participant_until(
         }
     }
     let record_count = records.len();
-    let node = ParticipantNode::recover(
-        ParticipantConfig {
+    let node = ParticipantServerNode::recover(
+        ParticipantNodeConfig {
             addr: config
                 .advertise
                 .clone()
                 .unwrap_or_else(|| config.listen.clone()),
             inquire_ms_initial: config.inquire_ms_initial,
+            inquire_ms_min: config.inquire_ms_min,
             inquire_ms_max: config.inquire_ms_max,
+            timeout_samples_min: config.timeout_samples_min,
             finished_max: config.finished_max,
         },
         records,
@@ -202,7 +205,7 @@ pub async fn run_participant_until(
         records = record_count,
         accounts = node.resource().balances().len(),
         total = node.resource().total(),
-        in_doubt = node.core().in_doubt().len(),
+        in_doubt = node.inner().core().in_doubt().len(),
         "participant log recovered"
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
@@ -230,16 +233,6 @@ pub async fn run_participant_until(
         timers: Timers::default(),
         log,
         outbox: Outbox::new(network.clone()),
-        timeouts: ParticipantTimeouts::new(PhaseSettings {
-            min_ms: config.inquire_ms_min,
-            max_ms: config.inquire_ms_max,
-            default_ms: config.inquire_ms_initial,
-            samples_min: config.timeout_samples_min,
-            // An INQUIRE is cheap and idempotent: the RTO as it is.
-            factor: 1.0,
-            flag: "--inquire-ms",
-            default_flag: "--inquire-ms-initial",
-        }),
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: write out the log, then let the transport flush queued
@@ -255,13 +248,11 @@ pub async fn run_participant_until(
 }
 
 struct ParticipantDriver {
-    node: ParticipantNode<KvStore>,
+    node: ParticipantServerNode,
     clock: Clock,
     timers: Timers,
     log: LogWriter,
     outbox: Outbox,
-    /// Vote → decision estimates per coordinator; set the inquire delay.
-    timeouts: ParticipantTimeouts,
 }
 
 impl DriverNode for ParticipantDriver {
@@ -271,20 +262,31 @@ impl DriverNode for ParticipantDriver {
         let now = self.clock.now();
         for ticket in tickets {
             self.node.on_durable(now, ticket);
-            self.drain_io();
+            self.drain_actions(None);
         }
     }
 
     fn on_timers_due(&mut self) {
         let now = self.clock.now();
-        for xid in self.timers.pop_due(now) {
-            self.node.on_timer(now, xid);
-            self.drain_io();
+        for key in self.timers.pop_due(now) {
+            self.node.on_timer(now, key);
+            self.drain_actions(None);
         }
     }
 
     fn on_inbound(&mut self, event: Inbound) {
-        ParticipantDriver::on_inbound(self, event)
+        match event {
+            Inbound::Peer(message) => {
+                self.node.on_message(self.clock.now(), message);
+                self.drain_actions(None);
+            }
+            Inbound::Request { request, reply } => {
+                // Participant requests are answered at once: the reply
+                // channel is only needed while the actions are drained.
+                self.node.on_request(ClientId(0), request);
+                self.drain_actions(Some(&reply));
+            }
+        }
     }
 
     fn next_timer(&self) -> Option<tokio::time::Instant> {
@@ -297,7 +299,7 @@ impl DriverNode for ParticipantDriver {
 
     fn on_shutdown(&self) {
         tracing::info!(
-            in_doubt = self.node.core().in_doubt().len(),
+            in_doubt = self.node.inner().core().in_doubt().len(),
             "participant shutting down"
         );
     }
@@ -311,77 +313,20 @@ impl ParticipantDriver {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         // Recovery's actions: INQUIRE timers for in-doubt branches.
-        self.drain_io();
+        self.drain_actions(None);
         run_event_loop(self, inbound, log_events, shutdown).await
     }
 
-    fn on_inbound(&mut self, event: Inbound) {
-        match event {
-            Inbound::Peer(message) => {
-                let now = self.clock.now();
-                if let Some(inquire_ms) = self.timeouts.on_receive(now, &message) {
-                    // A new PREPARE: its branch gets the measured delay.
-                    self.node.set_inquire_ms_initial(inquire_ms);
-                }
-                self.node.on_message(now, message);
-                self.drain_io();
-            }
-            Inbound::Request { request, reply } => self.on_request(request, reply),
-        }
-    }
-
-    fn on_request(&mut self, request: Request, reply: ReplyTx) {
-        match request {
-            Request::Accounts { request_id } => {
-                let kv = self.node.resource();
-                let mut locks: Vec<(String, concord_proto::Xid)> =
-                    kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
-                locks.sort();
-                let accounts = AccountsReport {
-                    balances: kv.balances().iter().map(|(a, b)| (a.clone(), *b)).collect(),
-                    in_doubt: self.node.core().in_doubt(),
-                    locks,
-                };
-                reply.send(&Reply::Accounts {
-                    request_id,
-                    accounts,
-                });
-            }
-            Request::BranchState { request_id, xid } => {
-                let state = self.node.core().state_of(xid);
-                reply.send(&Reply::BranchState {
-                    request_id,
-                    xid,
-                    state,
-                });
-            }
-            Request::Timeouts { request_id } => {
-                let report = TimeoutsReport {
-                    role: "participant".into(),
-                    phases: self.timeouts.report(),
-                };
-                reply.send(&Reply::Timeouts { request_id, report });
-            }
-            Request::Stats { request_id } => {
-                let stats = self.log.server_stats("participant", self.outbox.network().stats());
-                reply.send(&Reply::Stats { request_id, stats });
-            }
-            other => reply.error(
-                other.request_id(),
-                format!(
-                    "{} is a coordinator request, and this is a participant; send it to the coordinator",
-                    other.kind()
-                ),
-            ),
-        }
-    }
-
-    fn drain_io(&mut self) {
-        let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
-        let now = self.clock.now();
+    /// Carry out the node's actions, in order; replies go to `reply`.
+    fn drain_actions(&mut self, reply: Option<&conn::ReplyTx>) {
+        let actions: Vec<ParticipantNodeAction> = self.node.drain_actions().collect();
         for action in actions {
             match action {
-                ParticipantAction::Persist { record, durability } => {
+                ParticipantNodeAction::Persist {
+                    record,
+                    durability,
+                    deferrable,
+                } => {
                     match &record {
                         ParticipantRecord::Ready { .. } => {
                             failpoint::hit(failpoint::PARTICIPANT_BEFORE_READY_WRITE)
@@ -392,16 +337,13 @@ impl ParticipantDriver {
                         } => failpoint::hit(failpoint::PARTICIPANT_BEFORE_COMMIT_WRITE),
                         _ => {}
                     }
-                    if matches!(record, ParticipantRecord::Outcome { .. }) {
-                        // Only the ACK waits for it, and the coordinator
-                        // resends COMMIT until it comes: let it share the
-                        // next READY's fsync instead of delaying that one.
+                    if deferrable {
                         self.log.push_deferrable(encode(&record), durability);
                     } else {
                         self.log.push(encode(&record), durability);
                     }
                 }
-                ParticipantAction::Send { to, message } => {
+                ParticipantNodeAction::Send { to, message } => {
                     match message.body {
                         Body::Vote(Vote::Ready) => {
                             failpoint::hit(failpoint::PARTICIPANT_AFTER_READY_DURABLE)
@@ -409,76 +351,58 @@ impl ParticipantDriver {
                         Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
                         _ => {}
                     }
-                    self.timeouts.on_send(now, &message);
                     self.outbox.send(&to, message);
                 }
-                ParticipantAction::SetTimer { xid, at } => self.timers.set(xid, at),
-                ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
-                    xid,
-                    phase,
-                    timeout_ms,
-                    attempt,
-                }) => {
-                    // Logged with the estimate that set the delay.
-                    let basis = self.timeouts.inquire_fired(xid).unwrap_or_else(|| {
-                        "not measured (recovered branch): --inquire-ms-initial, doubling"
-                            .to_string()
-                    });
-                    tracing::info!(
-                        %xid,
-                        phase,
-                        timeout_ms,
-                        attempt,
-                        "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE \
-                         (attempt {attempt}); {basis}"
-                    );
-                }
-                ParticipantAction::Notice(notice) => {
-                    if let ParticipantNotice::Outcome { xid, .. } = &notice {
-                        self.timeouts.finish(*xid);
+                ParticipantNodeAction::SetTimer { key, at } => self.timers.set(key, at),
+                ParticipantNodeAction::Reply { reply: r, .. } => match reply {
+                    Some(tx) => tx.send(&r),
+                    None => tracing::error!("a reply without a request; dropped"),
+                },
+                ParticipantNodeAction::Stats { request_id, .. } => {
+                    let stats = self
+                        .log
+                        .server_stats("participant", self.outbox.network().stats());
+                    match reply {
+                        Some(tx) => tx.send(&Reply::Stats { request_id, stats }),
+                        None => tracing::error!("a reply without a request; dropped"),
                     }
-                    log_notice(notice)
                 }
-                // Resource actions are carried out inside ParticipantNode;
-                // they never reach the driver.
-                ParticipantAction::Prepare { xid, .. }
-                | ParticipantAction::Commit { xid }
-                | ParticipantAction::Abort { xid }
-                | ParticipantAction::Restore { xid, .. } => {
-                    tracing::error!(%xid, "resource action leaked to the driver; ignored");
-                }
+                ParticipantNodeAction::Event(event) => log_event(event),
             }
         }
     }
 }
 
-fn log_notice(notice: ParticipantNotice) {
-    match notice {
-        ParticipantNotice::TimeoutFired {
+/// The log line of each node event.
+fn log_event(event: ParticipantEvent) {
+    match event {
+        ParticipantEvent::InquireFired {
             xid,
             phase,
             timeout_ms,
             attempt,
+            basis,
         } => tracing::info!(
             %xid,
             phase,
             timeout_ms,
             attempt,
-            "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE (attempt {attempt})"
+            "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE \
+             (attempt {attempt}); {basis}"
         ),
-        ParticipantNotice::Outcome { xid, decision } => {
+        ParticipantEvent::Finished { xid, decision } => {
             tracing::debug!(%xid, ?decision, "branch finished")
         }
-        ParticipantNotice::Ignored {
+        ParticipantEvent::Ignored {
             xid,
             kind,
             from,
             why,
         } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
-        ParticipantNotice::Violation { xid, detail } => {
+        ParticipantEvent::Violation { xid, detail } => {
             tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
         }
-        ParticipantNotice::Recovered { in_doubt, finished } => tracing::info!(
+        ParticipantEvent::Recovered { in_doubt, finished } => tracing::info!(
             in_doubt,
             finished,
             "recovery: {in_doubt} branches in doubt (locks taken back, asking the coordinator), \

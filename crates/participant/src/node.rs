@@ -9,7 +9,7 @@
 use crate::resource::Resource;
 use concord_proto::{
     Message, Participant, ParticipantAction, ParticipantConfig, ParticipantRecord, PersistTicket,
-    Time, Xid,
+    Time, TimerKey,
 };
 
 pub struct ParticipantNode<R: Resource> {
@@ -41,8 +41,8 @@ impl<R: Resource> ParticipantNode<R> {
         self.pump(now);
     }
 
-    pub fn on_timer(&mut self, now: Time, xid: Xid) {
-        self.core.on_timer(now, xid);
+    pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        self.core.on_timer(now, key);
         self.pump(now);
     }
 

@@ -14,8 +14,11 @@
 //! compute them from measured latency.
 
 use crate::gate::{Durability, Gate, PersistTicket};
-use crate::ids::{Epoch, PeerAddr, Time, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX};
+use crate::ids::{
+    Epoch, PeerAddr, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
+};
 use crate::message::{Body, Decision, Message, TxnState, Vote};
+use crate::mutant::{self, Mutant};
 use crate::record::CoordinatorRecord;
 use std::collections::HashMap;
 
@@ -44,10 +47,10 @@ pub enum CoordinatorAction {
         to: PeerAddr,
         message: Message,
     },
-    /// Call `on_timer(xid)` at `at` (or later). Setting a timer for an xid
+    /// Call `on_timer(key)` at `at` (or later). Setting a timer for a key
     /// replaces the earlier one; a stale firing is ignored by the core.
     SetTimer {
-        xid: Xid,
+        key: TimerKey,
         at: Time,
     },
     /// The outcome of a transaction a client began: tell the client. A
@@ -115,11 +118,22 @@ pub enum BeginError {
     },
 }
 
+/// Where an in-flight transaction stands at the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorPhase {
+    /// PREPARE sent, collecting votes.
+    Wait,
+    /// Every vote was READY; the COMMIT record is being forced.
+    Committing,
+    /// COMMIT is durable and sent; collecting ACKs.
+    Committed,
+}
+
 /// A snapshot of one in-flight transaction for `concord status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnStatus {
     pub xid: Xid,
-    pub state: &'static str,
+    pub phase: CoordinatorPhase,
     pub age_ms: u64,
     pub resends: u32,
     pub branches: Vec<BranchStatus>,
@@ -132,8 +146,24 @@ pub struct BranchStatus {
     pub acked: bool,
 }
 
+/// A transaction whose outcome the log holds, as found by recovery: the
+/// node layer keeps these for `status` so that the log is replayed once,
+/// here, with the protocol's own presumed-abort rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredOutcome {
+    pub xid: Xid,
+    pub decision: Decision,
+    pub participants: Vec<PeerAddr>,
+    /// An END record follows the decision: every participant ACKed.
+    pub ended: bool,
+    /// Begun and never decided before the restart: aborted by recovery.
+    pub aborted_by_recovery: bool,
+}
+
 pub struct Coordinator {
     config: CoordinatorConfig,
+    /// Filled by `recover`, taken once by the driver.
+    recovered: Vec<RecoveredOutcome>,
     epoch: Epoch,
     txns: HashMap<Xid, Txn>,
     gate: Gate<Resume>,
@@ -204,6 +234,9 @@ impl Coordinator {
         let mut committed: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
         // Replay order matters: a later record supersedes an earlier one.
         let mut order: Vec<Xid> = Vec::new();
+        // Outcomes in log order, by index for marking END.
+        let mut outcomes: Vec<RecoveredOutcome> = Vec::new();
+        let mut outcome_index: HashMap<Xid, usize> = HashMap::new();
         for record in records {
             match record {
                 CoordinatorRecord::Epoch { epoch } => last_epoch = last_epoch.max(epoch),
@@ -217,6 +250,14 @@ impl Coordinator {
                     participants,
                 } => {
                     begun.remove(&xid);
+                    outcome_index.insert(xid, outcomes.len());
+                    outcomes.push(RecoveredOutcome {
+                        xid,
+                        decision,
+                        participants: participants.clone(),
+                        ended: false,
+                        aborted_by_recovery: false,
+                    });
                     if decision == Decision::Commit {
                         order.push(xid);
                         committed.insert(xid, participants);
@@ -224,11 +265,15 @@ impl Coordinator {
                 }
                 CoordinatorRecord::End { xid } => {
                     committed.remove(&xid);
+                    if let Some(&i) = outcome_index.get(&xid) {
+                        outcomes[i].ended = true;
+                    }
                 }
             }
         }
         let epoch = last_epoch + 1;
         let mut coordinator = Coordinator {
+            recovered: Vec::new(),
             config,
             epoch,
             txns: HashMap::new(),
@@ -247,12 +292,22 @@ impl Coordinator {
         for xid in order {
             if let Some(participants) = begun.remove(&xid) {
                 coordinator.record_and_send_abort(xid, &participants);
+                outcomes.push(RecoveredOutcome {
+                    xid,
+                    decision: Decision::Abort,
+                    participants,
+                    ended: false,
+                    aborted_by_recovery: true,
+                });
                 coordinator.push_notice(CoordinatorNotice::Decided {
                     xid,
                     decision: Decision::Abort,
                     reason: Some("coordinator restarted before deciding (presumed abort)".into()),
                 });
-            } else if let Some(participants) = committed.remove(&xid) {
+            } else if let Some(participants) = committed
+                .remove(&xid)
+                .filter(|_| !mutant::active(Mutant::ForgetCommittedOnRecovery))
+            {
                 let n = participants.len();
                 coordinator.txns.insert(
                     xid,
@@ -276,7 +331,14 @@ impl Coordinator {
             committing,
             aborted,
         });
+        coordinator.recovered = outcomes;
         coordinator
+    }
+
+    /// The outcomes recovery found in the log, oldest first (empty after
+    /// the first call).
+    pub fn take_recovered_outcomes(&mut self) -> Vec<RecoveredOutcome> {
+        std::mem::take(&mut self.recovered)
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -380,7 +442,10 @@ impl Coordinator {
                 resends: 0,
             },
         );
-        self.actions.push(CoordinatorAction::SetTimer { xid, at });
+        self.actions.push(CoordinatorAction::SetTimer {
+            key: TimerKey::new(xid, TimerKind::Votes),
+            at,
+        });
         Ok(())
     }
 
@@ -417,7 +482,7 @@ impl Coordinator {
                     return; // duplicate or late vote: harmless
                 }
                 txn.ready[index] = true;
-                if txn.ready.iter().all(|r| *r) {
+                if txn.ready.iter().all(|r| *r) || mutant::active(Mutant::CommitOnFirstReady) {
                     self.decide_commit(xid);
                 }
             }
@@ -450,13 +515,22 @@ impl Coordinator {
     }
 
     /// A timer set with `SetTimer` is due.
-    pub fn on_timer(&mut self, now: Time, xid: Xid) {
+    pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        let xid = key.xid;
         let Some(txn) = self.txns.get_mut(&xid) else {
             return;
         };
         match txn.timer_at {
             Some(at) if now >= at => {}
             _ => return, // stale timer: a later one replaced it
+        }
+        let expected = match txn.phase {
+            Phase::Wait => Some(TimerKind::Votes),
+            Phase::Committed => Some(TimerKind::Resend),
+            Phase::CommitPending | Phase::RecoveredCommit => None,
+        };
+        if expected != Some(key.kind) {
+            return; // a timer of another phase (or another role's)
         }
         txn.timer_at = None;
         match txn.phase {
@@ -489,7 +563,10 @@ impl Coordinator {
                         message,
                     });
                 }
-                self.actions.push(CoordinatorAction::SetTimer { xid, at });
+                self.actions.push(CoordinatorAction::SetTimer {
+                    key: TimerKey::new(xid, TimerKind::Resend),
+                    at,
+                });
                 self.push_notice(CoordinatorNotice::TimeoutFired {
                     xid,
                     phase: "COMMIT (acks)",
@@ -547,10 +624,10 @@ impl Coordinator {
         let txn = self.txns.get(&xid)?;
         Some(TxnStatus {
             xid,
-            state: match txn.phase {
-                Phase::Wait => "WAIT",
-                Phase::CommitPending => "COMMIT (forcing decision record)",
-                Phase::Committed | Phase::RecoveredCommit => "COMMIT (waiting for ACKs)",
+            phase: match txn.phase {
+                Phase::Wait => CoordinatorPhase::Wait,
+                Phase::CommitPending => CoordinatorPhase::Committing,
+                Phase::Committed | Phase::RecoveredCommit => CoordinatorPhase::Committed,
             },
             age_ms: now.ms_since(txn.began_at),
             resends: txn.resends,
@@ -612,7 +689,10 @@ impl Coordinator {
             let message = self.message(xid, Body::Decision(Decision::Commit));
             self.actions.push(CoordinatorAction::Send { to, message });
         }
-        self.actions.push(CoordinatorAction::SetTimer { xid, at });
+        self.actions.push(CoordinatorAction::SetTimer {
+            key: TimerKey::new(xid, TimerKind::Resend),
+            at,
+        });
     }
 
     fn decide_abort(&mut self, xid: Xid, reason: String) {

@@ -56,6 +56,35 @@ pub type Epoch = u64;
 /// by address inside the protocol; names for humans live in the driver.
 pub type PeerAddr = String;
 
+/// Which of a node's timers for one xid. A node can hold several timers
+/// for the same xid (a sub-coordinator of hierarchical 2PC is both a
+/// participant waiting for a decision and a coordinator waiting for votes),
+/// so timers are keyed by `(xid, kind)`, never by xid alone.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum TimerKind {
+    /// Coordinator in WAIT: no vote within the phase-1 timeout means ABORT.
+    Votes,
+    /// Coordinator after COMMIT: re-send the decision to whoever has not
+    /// ACKed.
+    Resend,
+    /// Participant in READY: ask what was decided.
+    Inquire,
+}
+
+/// One timer: `(xid, kind)`. Setting a timer with the same key replaces
+/// the earlier one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct TimerKey {
+    pub xid: Xid,
+    pub kind: TimerKind,
+}
+
+impl TimerKey {
+    pub fn new(xid: Xid, kind: TimerKind) -> TimerKey {
+        TimerKey { xid, kind }
+    }
+}
+
 /// Monotonic time in microseconds since an arbitrary origin chosen by the
 /// driver (process start, or 0 in the simulator).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]

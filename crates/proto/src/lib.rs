@@ -20,15 +20,19 @@ pub mod coordinator;
 pub mod gate;
 pub mod ids;
 pub mod message;
+pub mod mutant;
 pub mod participant;
 pub mod record;
 
 pub use coordinator::{
     BeginError, BranchStatus, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice,
-    TxnOutcome, TxnStatus,
+    CoordinatorPhase, RecoveredOutcome, TxnOutcome, TxnStatus,
 };
 pub use gate::{Durability, PersistTicket};
-pub use ids::{Epoch, PeerAddr, Time, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX, WORK_BYTES_MAX};
+pub use ids::{
+    Epoch, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
+    WORK_BYTES_MAX,
+};
 pub use message::{Body, Decision, Message, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
 pub use record::{CoordinatorRecord, ParticipantRecord};

@@ -15,10 +15,13 @@
 //! ACK again.
 
 use crate::gate::{Durability, Gate, PersistTicket};
-use crate::ids::{Epoch, PeerAddr, Time, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX};
+use crate::ids::{
+    Epoch, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
+};
 use crate::message::{Body, Decision, Message, TxnState, Vote};
+use crate::mutant::{self, Mutant};
 use crate::record::ParticipantRecord;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct ParticipantConfig {
@@ -47,9 +50,9 @@ pub enum ParticipantAction {
         to: PeerAddr,
         message: Message,
     },
-    /// Call `on_timer(xid)` at `at` (or later); a stale firing is ignored.
+    /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
     SetTimer {
-        xid: Xid,
+        key: TimerKey,
         at: Time,
     },
     /// Resource: check `work` and take what it needs (locks, reservations)
@@ -138,8 +141,13 @@ enum BranchState {
 
 #[derive(Debug)]
 enum Resume {
-    ReadyRecorded(Xid),
-    CommitRecorded(Xid),
+    /// The READY record is durable: VOTE READY may leave.
+    VoteReady(Xid),
+    /// The COMMITTED record is durable: the ACK may leave.
+    Ack(Xid),
+    /// A unilateral abort, made because someone asked about an xid this
+    /// participant never prepared, is durable: the answers may leave.
+    AnswerAborted(Xid),
 }
 
 pub struct Participant {
@@ -149,7 +157,21 @@ pub struct Participant {
     /// Finished xids, oldest first, with when they finished.
     finished_order: VecDeque<(Xid, Time)>,
     gate: Gate<Resume>,
+    /// INQUIREs about xids being aborted unilaterally, answered ABORTED
+    /// once that abort is durable: (asker, epoch) per xid.
+    answers_waiting: HashMap<Xid, Vec<(PeerAddr, Epoch)>>,
+    /// Finished xids this participant aborted on its own (it voted ABORT)
+    /// with nothing in its log. Harmless while nobody acts on it (the
+    /// coordinator aborts anyway), but before a peer is told ABORTED the
+    /// abort is forced, or a crash plus a duplicate PREPARE could still
+    /// get VOTE READY.
+    undurable_aborts: HashSet<Xid>,
     actions: Vec<ParticipantAction>,
+}
+
+/// The inquire timer of `xid`.
+fn inquire_timer(xid: Xid) -> TimerKey {
+    TimerKey::new(xid, TimerKind::Inquire)
 }
 
 impl Participant {
@@ -160,6 +182,8 @@ impl Participant {
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             gate: Gate::default(),
+            answers_waiting: HashMap::new(),
+            undurable_aborts: HashSet::new(),
             actions: Vec::new(),
         }
     }
@@ -221,9 +245,10 @@ impl Participant {
                     inquiries: 0,
                 },
             );
-            participant
-                .actions
-                .push(ParticipantAction::SetTimer { xid, at: now });
+            participant.actions.push(ParticipantAction::SetTimer {
+                key: inquire_timer(xid),
+                at: now,
+            });
         }
         let finished = participant.finished.len();
         participant
@@ -356,11 +381,14 @@ impl Participant {
                     participants: branch.participants.clone(),
                     work: branch.work.clone(),
                 };
-                let ticket = self.gate.park(Resume::ReadyRecorded(xid));
+                let ticket = self.gate.park(Resume::VoteReady(xid));
                 self.actions.push(ParticipantAction::Persist {
                     record,
                     durability: Durability::Forced(ticket),
                 });
+                if mutant::active(Mutant::VoteBeforeReadyDurable) {
+                    self.on_durable(now, ticket);
+                }
             }
             Some(reason) => {
                 let Some(branch) = self.branches.remove(&xid) else {
@@ -372,6 +400,9 @@ impl Participant {
                     self.actions.push(ParticipantAction::Abort { xid });
                 }
                 self.remember(now, xid, Decision::Abort);
+                if reason.is_some() {
+                    self.undurable_aborts.insert(xid);
+                }
                 if let Some(reason) = reason {
                     let message =
                         self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
@@ -386,7 +417,7 @@ impl Participant {
 
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         match self.gate.release(ticket) {
-            Some(Resume::ReadyRecorded(xid)) => {
+            Some(Resume::VoteReady(xid)) => {
                 let Some(branch) = self.branches.get_mut(&xid) else {
                     return; // aborted while the READY record was forced
                 };
@@ -401,9 +432,18 @@ impl Participant {
                 let epoch = branch.epoch;
                 let message = self.message(xid, epoch, Body::Vote(Vote::Ready));
                 self.actions.push(ParticipantAction::Send { to, message });
-                self.actions.push(ParticipantAction::SetTimer { xid, at });
+                self.actions.push(ParticipantAction::SetTimer {
+                    key: inquire_timer(xid),
+                    at,
+                });
             }
-            Some(Resume::CommitRecorded(xid)) => {
+            Some(Resume::AnswerAborted(xid)) => {
+                for (to, epoch) in self.answers_waiting.remove(&xid).unwrap_or_default() {
+                    let message = self.message(xid, epoch, Body::State(TxnState::Aborted));
+                    self.actions.push(ParticipantAction::Send { to, message });
+                }
+            }
+            Some(Resume::Ack(xid)) => {
                 let Some(branch) = self.branches.remove(&xid) else {
                     return;
                 };
@@ -423,7 +463,11 @@ impl Participant {
         }
     }
 
-    pub fn on_timer(&mut self, now: Time, xid: Xid) {
+    pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        if key.kind != TimerKind::Inquire {
+            return; // not a participant's timer
+        }
+        let xid = key.xid;
         let Some(branch) = self.branches.get_mut(&xid) else {
             return;
         };
@@ -449,7 +493,10 @@ impl Participant {
         let epoch = branch.epoch;
         let message = self.message(xid, epoch, Body::Inquire);
         self.actions.push(ParticipantAction::Send { to, message });
-        self.actions.push(ParticipantAction::SetTimer { xid, at });
+        self.actions.push(ParticipantAction::SetTimer {
+            key: inquire_timer(xid),
+            at,
+        });
         self.actions
             .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
                 xid,
@@ -503,6 +550,7 @@ impl Participant {
                 format!("{} is not in the participant list", self.config.addr)
             };
             self.remember(now, xid, Decision::Abort);
+            self.undurable_aborts.insert(xid);
             let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
             self.actions
                 .push(ParticipantAction::Send { to: from, message });
@@ -536,6 +584,10 @@ impl Participant {
         decision: Decision,
     ) {
         if let Some(done) = self.finished.get(&xid).copied() {
+            if decision == Decision::Abort {
+                // The coordinator decided it too: it can never commit now.
+                self.undurable_aborts.remove(&xid);
+            }
             if done != decision {
                 self.violation(xid, format!("{decision:?} from {from} after we {done:?}ed"));
             } else if decision == Decision::Commit {
@@ -566,7 +618,7 @@ impl Participant {
                 branch.state = BranchState::Committing;
                 branch.timer_at = None;
                 self.actions.push(ParticipantAction::Commit { xid });
-                let ticket = self.gate.park(Resume::CommitRecorded(xid));
+                let ticket = self.gate.park(Resume::Ack(xid));
                 self.actions.push(ParticipantAction::Persist {
                     record: ParticipantRecord::Outcome {
                         xid,
@@ -588,6 +640,8 @@ impl Participant {
                 };
             }
             (Decision::Abort, BranchState::Ready | BranchState::ReadyPending) => {
+                // Decided by the coordinator: an ABORTED answer needs no
+                // record of ours (the coordinator can never commit it).
                 self.branches.remove(&xid);
                 self.actions.push(ParticipantAction::Abort { xid });
                 // Presumed abort: not forced. If lost, recovery finds the
@@ -614,13 +668,40 @@ impl Participant {
 
     /// A peer (cooperative termination) or anyone asks what we know.
     fn on_inquire(&mut self, now: Time, xid: Xid, epoch: Epoch, from: PeerAddr) {
-        let mut state = self.state_of(xid);
-        if state == TxnState::Unknown {
-            // We never voted on it: abort unilaterally so that we never
-            // will (SPEC §1.6), and say so.
-            self.remember(now, xid, Decision::Abort);
-            state = TxnState::Aborted;
+        if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
+            // The unilateral abort is still being forced: answer with it.
+            waiting.push((from, epoch));
+            return;
         }
+        let state = self.state_of(xid);
+        let broken = mutant::active(Mutant::AnswerBeforePersist);
+        if (state == TxnState::Unknown || self.undurable_aborts.remove(&xid)) && !broken {
+            // We never voted on it (or voted ABORT and logged nothing):
+            // abort unilaterally so that we never vote READY (SPEC §1.6),
+            // and say so, but only once that abort is durable. A peer may act on our ABORTED (cooperative
+            // termination); if we crashed with the abort only in memory, a
+            // re-sent PREPARE after the restart could get VOTE READY and
+            // the transaction commit against what the peer was told.
+            self.remember(now, xid, Decision::Abort);
+            self.answers_waiting.insert(xid, vec![(from, epoch)]);
+            let ticket = self.gate.park(Resume::AnswerAborted(xid));
+            self.actions.push(ParticipantAction::Persist {
+                record: ParticipantRecord::Outcome {
+                    xid,
+                    decision: Decision::Abort,
+                },
+                durability: Durability::Forced(ticket),
+            });
+            return;
+        }
+        let state = match state {
+            // Only reached under the mutant: an abort kept in memory.
+            TxnState::Unknown => {
+                self.remember(now, xid, Decision::Abort);
+                TxnState::Aborted
+            }
+            other => other,
+        };
         let message = self.message(xid, epoch, Body::State(state));
         self.actions
             .push(ParticipantAction::Send { to: from, message });
@@ -640,6 +721,7 @@ impl Participant {
                 Some(&(old, at)) if now.ms_since(at) >= FINISHED_MS_MIN => {
                     self.finished_order.pop_front();
                     self.finished.remove(&old);
+                    self.undurable_aborts.remove(&old);
                 }
                 _ => break,
             }

@@ -93,7 +93,7 @@ fn persist_then_send_vote_ready_only_after_ready_record_is_durable() {
     assert_eq!(sent(&actions), vec![(C.into(), Body::Vote(Vote::Ready))]);
     // First inquiry no earlier than the PREPARE deadline + inquire delay.
     assert!(actions.contains(&ParticipantAction::SetTimer {
-        xid: Xid(5),
+        key: inquire(Xid(5)),
         at: ms(110)
     }));
     assert_eq!(p.in_doubt(), vec![Xid(5)]);
@@ -189,7 +189,7 @@ fn message_loss_3_decision_lost_ready_participant_inquires_with_backoff_and_neve
     let mut now = 110;
     let mut waits = Vec::new();
     for _ in 0..4 {
-        p.on_timer(ms(now), Xid(5));
+        p.on_timer(ms(now), inquire(Xid(5)));
         let actions: Vec<_> = p.drain_actions().collect();
         assert_eq!(sent(&actions), vec![(C.into(), Body::Inquire)]);
         assert!(!actions.iter().any(|a| matches!(
@@ -315,7 +315,7 @@ fn site_failure_2_restart_with_ready_record_restores_locks_and_inquires_at_once(
         .iter()
         .any(|a| matches!(a, ParticipantAction::Restore { xid: Xid(6), .. })));
     assert_eq!(p.in_doubt(), vec![Xid(5)]);
-    p.on_timer(ms(0), Xid(5));
+    p.on_timer(ms(0), inquire(Xid(5)));
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
         vec![(C.into(), Body::Inquire)]
@@ -339,20 +339,45 @@ fn site_failure_1_restart_without_ready_record_knows_nothing_presumed_abort() {
 #[test]
 fn cooperative_termination_seam_peer_inquiry_of_unknown_xid_aborts_it_unilaterally() {
     let mut p = Participant::new(config());
-    p.on_message(
-        ms(0),
-        Message {
-            xid: Xid(5),
-            epoch: 1,
-            from: P2.into(),
-            body: Body::Inquire,
-        },
+    let inquire_from = |from: &str| Message {
+        xid: Xid(5),
+        epoch: 1,
+        from: from.into(),
+        body: Body::Inquire,
+    };
+    p.on_message(ms(0), inquire_from(P2));
+    // Answers persist first: the unilateral abort is forced, and nothing
+    // is said before it is durable.
+    let actions: Vec<_> = p.drain_actions().collect();
+    let ticket = match &actions[..] {
+        [ParticipantAction::Persist {
+            record:
+                ParticipantRecord::Outcome {
+                    xid: Xid(5),
+                    decision: Decision::Abort,
+                },
+            durability: Durability::Forced(ticket),
+        }] => *ticket,
+        other => panic!("expected exactly the forced abort record, got {other:?}"),
+    };
+    // A second asker while the abort is being forced waits too.
+    p.on_message(ms(1), inquire_from(C));
+    assert_eq!(p.drain_actions().collect::<Vec<_>>(), vec![]);
+    p.on_durable(ms(2), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![
+            (P2.into(), Body::State(TxnState::Aborted)),
+            (C.into(), Body::State(TxnState::Aborted))
+        ]
     );
+    // From now on the answer is immediate: the abort is durable.
+    p.on_message(ms(3), inquire_from(P2));
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
         vec![(P2.into(), Body::State(TxnState::Aborted))]
     );
-    p.on_message(ms(1), prepare(Xid(5)));
+    p.on_message(ms(4), prepare(Xid(5)));
     assert!(matches!(
         &sent(&p.drain_actions().collect::<Vec<_>>())[..],
         [(_, Body::Vote(Vote::Abort { .. }))]
@@ -427,16 +452,105 @@ fn timers_from_measured_latency_inquire_delay_set_by_the_driver() {
     let actions = ready(&mut p, Xid(6));
     assert!(
         actions.contains(&ParticipantAction::SetTimer {
-            xid: Xid(6),
+            key: inquire(Xid(6)),
             at: ms(103)
         }),
         "deadline 100 ms + 3 ms: {actions:?}"
     );
     // Xid 5 keeps the delay it was prepared with.
-    p.on_timer(ms(103), Xid(5));
+    p.on_timer(ms(103), inquire(Xid(5)));
     assert!(p.drain_actions().next().is_none(), "not due before 110 ms");
     p.set_inquire_ms_initial(1000);
     assert_eq!(p.inquire_ms_initial(), 40, "capped at inquire_ms_max");
     p.set_inquire_ms_initial(0);
     assert_eq!(p.inquire_ms_initial(), 1, "at least 1 ms");
+}
+
+fn inquire(xid: Xid) -> TimerKey {
+    TimerKey::new(xid, TimerKind::Inquire)
+}
+
+#[test]
+fn answers_persist_first_unilateral_abort_survives_a_crash_and_a_late_prepare_votes_abort() {
+    let mut p = Participant::new(config());
+    p.on_message(
+        ms(0),
+        Message {
+            xid: Xid(5),
+            epoch: 1,
+            from: P2.into(),
+            body: Body::Inquire,
+        },
+    );
+    let (_, record) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced abort");
+    // Restart from a log holding that record: the PREPARE that arrives
+    // late must still get VOTE ABORT, never READY.
+    let mut p = Participant::recover(config(), vec![record], ms(10));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(11), prepare(Xid(5)));
+    assert!(matches!(
+        &sent(&p.drain_actions().collect::<Vec<_>>())[..],
+        [(_, Body::Vote(Vote::Abort { .. }))]
+    ));
+}
+
+#[test]
+fn answers_persist_first_a_vote_abort_kept_only_in_memory_is_forced_before_a_peer_hears_aborted() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), prepare(Xid(6)));
+    p.drain_actions().for_each(drop);
+    p.on_prepared(ms(1), Xid(6), Err("insufficient funds".into()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(
+        forced(&actions).is_none(),
+        "a VOTE ABORT alone forces nothing"
+    );
+    p.on_message(
+        ms(2),
+        Message {
+            xid: Xid(6),
+            epoch: 1,
+            from: P2.into(),
+            body: Body::Inquire,
+        },
+    );
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(
+        sent(&actions).is_empty(),
+        "no answer before the abort is durable"
+    );
+    let (ticket, record) = forced(&actions).expect("the abort is forced");
+    assert_eq!(
+        record,
+        ParticipantRecord::Outcome {
+            xid: Xid(6),
+            decision: Decision::Abort
+        }
+    );
+    p.on_durable(ms(3), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(P2.into(), Body::State(TxnState::Aborted))]
+    );
+}
+
+#[test]
+fn an_abort_decided_by_the_coordinator_is_answered_at_once() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(7));
+    p.on_message(ms(5), decision(Xid(7), Decision::Abort));
+    p.drain_actions().for_each(drop);
+    p.on_message(
+        ms(6),
+        Message {
+            xid: Xid(7),
+            epoch: 1,
+            from: P2.into(),
+            body: Body::Inquire,
+        },
+    );
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(P2.into(), Body::State(TxnState::Aborted))]
+    );
 }

@@ -13,6 +13,7 @@
 use crate::disk::RecordKind;
 use crate::ids::NodeId;
 use crate::report::ClientOutcome;
+use crate::workload::Intent;
 use crate::world::World;
 use concord_participant::kv::KvStore;
 use concord_proto::{Body, Decision, Message, PeerAddr, TxnState, Vote, Xid};
@@ -26,6 +27,12 @@ pub struct Ghost {
     pub applied: BTreeMap<Xid, Applied>,
     /// What the coordinator reported to clients, per xid.
     pub reported: BTreeMap<Xid, ClientOutcome>,
+    /// Xids the coordinator can never commit: it decided ABORT (a record
+    /// appended) or answered ABORTED to an INQUIRE (presumed abort).
+    pub coordinator_aborted: BTreeSet<Xid>,
+    /// Per participant: the branches that voted READY and have not applied
+    /// a decision yet, with the accounts their locks cover.
+    pub holding: BTreeMap<usize, BTreeMap<Xid, BTreeSet<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +46,12 @@ impl World {
 
     /// Participant `p` carried out `decision` for `xid`.
     pub(crate) fn decision_applied(&mut self, p: usize, xid: Xid, decision: Decision) {
+        if let Some(held) = self.ghost.holding.get_mut(&p) {
+            held.remove(&xid);
+        }
+        if decision == Decision::Commit {
+            self.check_no_overdraft(p, xid);
+        }
         let applied = self.ghost.applied.entry(xid).or_default();
         match decision {
             Decision::Commit => applied.commit.insert(p),
@@ -50,6 +63,94 @@ impl World {
         {
             let detail = format!("p{p} committed a transaction the client was told aborted");
             self.fail("client_outcomes", Some(xid), detail);
+        }
+    }
+
+    /// No overdraft: no committed balance is ever below zero, and a branch
+    /// the workload built to fail its prepare (an overdraft, an unknown
+    /// account) never commits.
+    fn check_no_overdraft(&mut self, p: usize, xid: Xid) {
+        let negative = self.participant(p).and_then(|node| {
+            node.resource()
+                .balances()
+                .iter()
+                .find(|(_, b)| **b < 0)
+                .map(|(a, b)| (a.clone(), *b))
+        });
+        if let Some((account, balance)) = negative {
+            let detail = format!("p{p} {account} is {balance} after committing");
+            return self.fail("no_overdraft", Some(xid), detail);
+        }
+        let intent = self
+            .client_of
+            .get(&xid)
+            .map(|c| self.clients[*c].plan.intent);
+        if let Some(intent @ (Intent::Overdraft | Intent::UnknownAccount)) = intent {
+            let detail =
+                format!("p{p} committed a {intent:?} transaction, whose prepare must fail");
+            self.fail("no_overdraft", Some(xid), detail);
+        }
+    }
+
+    /// Isolation: participant `p` voted READY on `xid`, so it holds locks on
+    /// the accounts `xid` touches there until a decision is applied. No other
+    /// undecided branch at `p` may hold a lock on any of them.
+    pub(crate) fn check_isolation_at_vote(&mut self, p: usize, xid: Xid) {
+        let Some(&c) = self.client_of.get(&xid) else {
+            return;
+        };
+        // A vote repeated for a finished branch (a duplicate PREPARE) holds
+        // nothing: only a branch that is READY now holds locks.
+        let ready_now = self
+            .participant(p)
+            .is_some_and(|node| node.core().state_of(xid) == TxnState::Ready);
+        if !ready_now {
+            return;
+        }
+        let accounts: BTreeSet<String> = self.clients[c]
+            .plan
+            .branches
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .flat_map(|(_, ops)| ops.iter().map(|o| o.account.clone()))
+            .collect();
+        let held = self.ghost.holding.entry(p).or_default();
+        let conflict =
+            held.iter()
+                .filter(|(other, _)| **other != xid)
+                .find_map(|(other, theirs)| {
+                    theirs
+                        .intersection(&accounts)
+                        .next()
+                        .map(|a| (*other, a.clone()))
+                });
+        held.insert(xid, accounts);
+        if let Some((other, account)) = conflict {
+            let detail = format!("p{p}: READY on {account} while {other:?} still holds it");
+            self.fail("isolation", Some(xid), detail);
+        }
+    }
+
+    /// Isolation across restarts: an in-doubt branch keeps its locks. Run
+    /// when participant `p` has just recovered.
+    pub(crate) fn check_locks_restored(&mut self, p: usize) {
+        let Some(held) = self.ghost.holding.get(&p) else {
+            return;
+        };
+        let Some(node) = self.participant(p) else {
+            return;
+        };
+        let in_doubt = node.core().in_doubt();
+        let locks = node.resource().locks();
+        let lost = held.iter().find_map(|(xid, accounts)| {
+            let missing = accounts.iter().find(|a| locks.get(*a) != Some(xid))?;
+            Some((*xid, missing.clone()))
+        });
+        if let Some((xid, account)) = lost {
+            if in_doubt.contains(&xid) {
+                let detail = format!("p{p} restarted in doubt but lost its lock on {account}");
+                self.fail("isolation", Some(xid), detail);
+            }
         }
     }
 
@@ -76,11 +177,16 @@ impl World {
     ) {
         if let concord_proto::CoordinatorRecord::Decision {
             xid,
-            decision: Decision::Commit,
+            decision,
             participants,
         } = record
         {
-            self.validity_at_commit_decision(*xid, participants);
+            match decision {
+                Decision::Commit => self.validity_at_commit_decision(*xid, participants),
+                Decision::Abort => {
+                    self.ghost.coordinator_aborted.insert(*xid);
+                }
+            }
         }
     }
 
@@ -146,6 +252,31 @@ impl World {
         };
         if let Some(what) = missing {
             self.fail("persist_then_send", Some(xid), format!("{from}: {what}"));
+        }
+    }
+
+    /// Answers persist first: a participant that tells anyone ABORTED acts
+    /// on an abort that can never be undone: one the coordinator decided,
+    /// or one in its own durable log. Otherwise a crash could forget it and
+    /// a late PREPARE get VOTE READY, while the asker (a peer running
+    /// cooperative termination) already aborted on the answer.
+    pub(crate) fn answers_persist_first(&mut self, from: NodeId, message: &Message) {
+        let xid = message.xid;
+        match (from, &message.body) {
+            (NodeId::Coordinator, Body::State(TxnState::Aborted)) => {
+                self.ghost.coordinator_aborted.insert(xid);
+            }
+            (NodeId::Participant(i), Body::State(TxnState::Aborted)) => {
+                let durable = self.participant_disks[i].has_durable(xid, RecordKind::Abort);
+                if !durable && !self.ghost.coordinator_aborted.contains(&xid) {
+                    let detail = format!(
+                        "p{i} answered ABORTED before its own abort was durable (and the \
+                         coordinator never decided ABORT)"
+                    );
+                    self.fail("answers_persist_first", Some(xid), detail);
+                }
+            }
+            _ => {}
         }
     }
 

@@ -73,6 +73,10 @@ pub struct FaultConfig {
     /// Partitions: one node cut off from everyone for a while.
     pub partitions: usize,
     pub partition_ms_max: u64,
+    /// Per transaction: the chance that one of its participants asks
+    /// another for its STATE (INQUIRE), as a peer running cooperative
+    /// termination does, at a random moment while it runs.
+    pub peer_inquiry_probability: f64,
 }
 
 /// The bank workload.
@@ -101,13 +105,21 @@ pub struct SimConfig {
     /// Length of the safety phase: clients submit during it, faults happen
     /// during it.
     pub safety_ms: u64,
+    /// Phase-1 timeout until measured, and the bounds of the measured one.
     pub prepare_timeout_ms: u64,
+    pub prepare_timeout_ms_min: u64,
+    pub prepare_timeout_ms_max: u64,
     /// A client that hears nothing for this long gives up (outcome unknown).
     pub client_timeout_ms: u64,
     pub resend_ms_initial: u64,
+    pub resend_ms_min: u64,
     pub resend_ms_max: u64,
     pub inquire_ms_initial: u64,
+    pub inquire_ms_min: u64,
     pub inquire_ms_max: u64,
+    /// Samples of a (peer, phase) before its timeout comes from the
+    /// estimate (the node layer's timeout policy, as shipped).
+    pub timeout_samples_min: u64,
     /// How many finished branches a participant remembers.
     pub finished_max: usize,
     pub net: NetConfig,
@@ -131,6 +143,12 @@ impl SimConfig {
         let resend_ms_max = rng.gen_range(resend_ms_initial..=1000);
         let inquire_ms_initial = rng.gen_range(1..=100);
         let inquire_ms_max = rng.gen_range(inquire_ms_initial..=2000);
+        // Bounds of the measured timeouts, as the servers' -min/-max flags.
+        let prepare_timeout_ms_min = rng.gen_range(1..=prepare_timeout_ms);
+        let prepare_timeout_ms_max = rng.gen_range(prepare_timeout_ms..=prepare_timeout_ms * 20);
+        let resend_ms_min = rng.gen_range(1..=resend_ms_initial);
+        let inquire_ms_min = rng.gen_range(1..=inquire_ms_initial);
+        let timeout_samples_min = rng.gen_range(1..=16);
         // Mostly plenty; sometimes a short memory, so that late duplicates
         // meet a participant that has forgotten the branch.
         let finished_max = if rng.gen_bool(0.1) {
@@ -146,6 +164,7 @@ impl SimConfig {
         let stall_on = rng.gen_bool(0.7);
         let crash_on = rng.gen_bool(0.7);
         let crash_in_actions_on = rng.gen_bool(0.7);
+        let peer_inquiry_on = rng.gen_bool(0.5);
         let partition_on = rng.gen_bool(0.7);
 
         // Delay scales spread evenly over 0.1–50 ms on a log scale, so that
@@ -199,6 +218,11 @@ impl SimConfig {
                 0
             },
             partition_ms_max: rng.gen_range(1..=500),
+            peer_inquiry_probability: if peer_inquiry_on {
+                rng.gen_range(0.0..0.5)
+            } else {
+                0.0
+            },
         };
         let workload = WorkloadConfig {
             hot_probability: rng.gen_range(0.0..0.3),
@@ -214,11 +238,16 @@ impl SimConfig {
             transactions,
             safety_ms,
             prepare_timeout_ms,
+            prepare_timeout_ms_min,
+            prepare_timeout_ms_max,
             client_timeout_ms,
             resend_ms_initial,
+            resend_ms_min,
             resend_ms_max,
             inquire_ms_initial,
+            inquire_ms_min,
             inquire_ms_max,
+            timeout_samples_min,
             finished_max,
             net,
             disk,
@@ -239,11 +268,18 @@ impl SimConfig {
             transactions: 0,
             safety_ms: 0,
             prepare_timeout_ms: 50,
+            prepare_timeout_ms_min: 50,
+            prepare_timeout_ms_max: 50,
             client_timeout_ms: 10_000,
             resend_ms_initial: 20,
+            resend_ms_min: 20,
             resend_ms_max: 160,
             inquire_ms_initial: 30,
+            inquire_ms_min: 30,
             inquire_ms_max: 240,
+            // Scripted scenarios count exact timer values: keep the
+            // configured defaults (no run is long enough to measure).
+            timeout_samples_min: u64::MAX,
             finished_max: 100_000,
             net: NetConfig {
                 delay_us_min: 1_000,
@@ -265,6 +301,7 @@ impl SimConfig {
                 downtime_ms_max: 0,
                 partitions: 0,
                 partition_ms_max: 0,
+                peer_inquiry_probability: 0.0,
             },
             workload: WorkloadConfig {
                 hot_probability: 0.0,

@@ -36,6 +36,19 @@ pub use net::{Fate, MessageRule, SentMessage};
 pub use report::{ClientOutcome, SimFailure, SimReport};
 pub use world::{Cut, KeepUnsynced, Phase, World};
 
+pub use concord_proto::mutant::Mutant;
+
+/// Switch one deliberately broken protocol rule on for this thread (or all
+/// off with `None`): the simulator must then catch it. Only with the
+/// `mutants` feature, which no release build of the servers enables.
+#[cfg(feature = "mutants")]
+pub fn set_mutant(mutant: Option<Mutant>) {
+    concord_proto::mutant::set(mutant);
+}
+
+/// Whether this build can switch mutants on.
+pub const MUTANTS_AVAILABLE: bool = cfg!(feature = "mutants");
+
 /// Run the simulation for `seed`: build the cluster and the workload from
 /// the seed, run the safety phase and the liveness phase, check every
 /// invariant. The same seed and options always give the same result, trace

@@ -29,12 +29,15 @@ use crate::net::{Fate, MessageRule, SentMessage};
 use crate::report::{fmt_time, ClientOutcome, SimFailure, SimReport};
 use crate::trace::Trace;
 use crate::workload::{plan_transactions, Intent, TxnPlan};
+use concord_api::{BranchRequest, Outcome, Reply, Request};
+use concord_node::{
+    ClientId, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig, ParticipantEvent,
+    ParticipantNodeAction, ParticipantNodeConfig, ParticipantServerNode,
+};
 use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore};
 use concord_participant::ParticipantNode;
 use concord_proto::{
-    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorRecord, Durability, Message,
-    ParticipantAction, ParticipantConfig, ParticipantNotice, ParticipantRecord, PeerAddr, Time,
-    TxnOutcome, Xid,
+    Coordinator, CoordinatorRecord, Durability, Message, ParticipantRecord, Time, TimerKey, Xid,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,7 +103,7 @@ enum Event {
     Timer {
         node: NodeId,
         incarnation: u32,
-        xid: Xid,
+        key: TimerKey,
     },
     FsyncDone {
         node: NodeId,
@@ -120,6 +123,14 @@ enum Event {
         cut: Cut,
         until: Time,
     },
+    /// Participant `from` asks participant `to` for its STATE of `xid`
+    /// (a peer's INQUIRE, as in cooperative termination).
+    PeerInquire {
+        from: usize,
+        to: usize,
+        xid: Xid,
+        epoch: concord_proto::Epoch,
+    },
     /// End of the safety phase.
     Heal,
 }
@@ -136,6 +147,7 @@ impl Event {
             Event::Restart { .. } => 7,
             Event::Isolate { .. } => 8,
             Event::Heal => 9,
+            Event::PeerInquire { .. } => 10,
         }
     }
 }
@@ -196,9 +208,9 @@ pub struct World {
     seq: u64,
     phase: Phase,
     heal_at: Time,
-    pub(crate) coordinator: Option<Coordinator>,
+    pub(crate) coordinator: Option<CoordinatorNode>,
     pub(crate) coordinator_disk: SimDisk<CoordinatorRecord>,
-    pub(crate) participants: Vec<Option<ParticipantNode<KvStore>>>,
+    pub(crate) participants: Vec<Option<ParticipantServerNode>>,
     pub(crate) participant_disks: Vec<SimDisk<ParticipantRecord>>,
     /// Per node (by `NodeId::ordinal`): bumped at every crash, so timers
     /// and fsyncs of an earlier life are recognised as stale.
@@ -308,16 +320,14 @@ impl World {
 
     fn add_client(&mut self, plan: TxnPlan) -> usize {
         let client = self.clients.len();
-        // Sequential xids keep traces readable; uniqueness is all the
-        // protocol needs.
-        let xid = Xid(client as u128 + 1);
+        // The coordinator node mints the xid when the client submits (the
+        // shipped minting, seeded from the run's seed); until then none.
         self.clients.push(Client {
-            xid,
+            xid: Xid(0),
             plan,
             submitted: false,
             outcome: ClientOutcome::Pending,
         });
-        self.client_of.insert(xid, client);
         client
     }
 
@@ -486,9 +496,9 @@ impl World {
             Event::Timer {
                 node,
                 incarnation,
-                xid,
+                key,
             } => {
-                self.trace.mix(&[node.ordinal(), xid.0 as u64]);
+                self.trace.mix(&[node.ordinal(), key.xid.0 as u64]);
                 if self.incarnations[node.ordinal() as usize] != incarnation {
                     return; // a timer of an earlier life
                 }
@@ -496,15 +506,15 @@ impl World {
                 match node {
                     NodeId::Coordinator => {
                         if let Some(c) = self.coordinator.as_mut() {
-                            trace!(self, Some(node), "timer {xid:?}");
-                            c.on_timer(now, xid);
+                            trace!(self, Some(node), "timer {:?} {:?}", key.xid, key.kind);
+                            c.on_timer(now, key);
                             self.run_coordinator();
                         }
                     }
                     NodeId::Participant(i) => {
                         if let Some(p) = self.participants[i].as_mut() {
-                            trace!(self, Some(node), "timer {xid:?}");
-                            p.on_timer(now, xid);
+                            trace!(self, Some(node), "timer {:?} {:?}", key.xid, key.kind);
+                            p.on_timer(now, key);
                             self.run_participant(i);
                         }
                     }
@@ -527,6 +537,24 @@ impl World {
                 }
             }
             Event::Heal => self.heal(),
+            Event::PeerInquire {
+                from,
+                to,
+                xid,
+                epoch,
+            } => {
+                if !self.is_up(NodeId::Participant(from)) {
+                    return; // a crashed node asks nobody
+                }
+                let message = Message {
+                    xid,
+                    epoch,
+                    from: NodeId::Participant(from).addr(),
+                    body: concord_proto::Body::Inquire,
+                };
+                let to = NodeId::Participant(to).addr();
+                self.send(NodeId::Participant(from), &to, message);
+            }
         }
     }
 
@@ -549,44 +577,112 @@ impl World {
     // ----- clients ----------------------------------------------------------
 
     fn submit_client(&mut self, client: usize) {
-        let xid = self.clients[client].xid;
         if self.coordinator.is_none() {
             // The client cannot reach a coordinator; it tries again.
-            trace!(self, None, "client of {xid:?}: coordinator down, retrying");
+            trace!(self, None, "client {client}: coordinator down, retrying");
             self.schedule(self.now.plus_ms(5), Event::Submit { client });
             return;
         }
-        let branches: Vec<(PeerAddr, Vec<u8>)> = self.clients[client]
+        // Branches are named the way a real client names them: by the
+        // participant's configured name, resolved by the node's directory.
+        let branches: Vec<BranchRequest> = self.clients[client]
             .plan
             .branches
             .iter()
-            .map(|(p, ops)| (NodeId::Participant(*p).addr(), encode_work(ops)))
+            .map(|(p, ops)| BranchRequest {
+                participant: NodeId::Participant(*p).addr(),
+                work: encode_work(ops),
+            })
             .collect();
         trace!(
             self,
             None,
-            "client submits {xid:?} ({:?}): {}",
+            "client {client} submits ({:?}): {}",
             self.clients[client].plan.intent,
             show_branches(&self.clients[client].plan.branches)
         );
         let now = self.now;
-        let timeout = self.config.prepare_timeout_ms;
+        let request = Request::Begin {
+            request_id: client as u64,
+            branches,
+            prepare_timeout_ms: None,
+        };
         let coordinator = self.coordinator.as_mut().expect("checked above");
-        if let Err(e) = coordinator.begin(now, xid, branches, timeout) {
-            self.fail("driver", Some(xid), format!("begin refused: {e}"));
+        coordinator.on_request(now, ClientId(client as u64), request);
+        self.run_coordinator();
+        if !self.clients[client].submitted {
+            if self.coordinator.is_some() && self.failure.is_none() {
+                self.fail("driver", None, format!("client {client}: no Begun reply"));
+            } else {
+                // The coordinator crashed before its reply left: the client
+                // sees its connection break without having learned an xid
+                // (nothing was sent to a participant yet).
+                trace!(self, None, "client {client}: no reply, outcome unknown");
+                self.clients[client].outcome = ClientOutcome::Unknown;
+            }
             return;
         }
-        self.clients[client].submitted = true;
         self.stats.transactions += 1;
         let give_up = now.plus_ms(self.config.client_timeout_ms);
         self.schedule(give_up, Event::ClientGiveUp { client });
-        self.run_coordinator();
     }
 
-    fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
+    /// A reply from the coordinator node to client `client`.
+    fn on_reply(&mut self, client: ClientId, reply: Reply) {
+        let Some(c) = usize::try_from(client.0)
+            .ok()
+            .filter(|c| *c < self.clients.len())
+        else {
+            return self.fail("driver", None, format!("reply to unknown {client:?}"));
+        };
+        match reply {
+            Reply::Begun { xid, .. } => {
+                trace!(self, None, "client {c} learns its xid {xid:?}");
+                self.clients[c].xid = xid;
+                self.clients[c].submitted = true;
+                self.client_of.insert(xid, c);
+                self.maybe_plan_peer_inquiry(c, xid);
+            }
+            Reply::Outcome { xid, outcome, .. } => self.on_outcome(xid, outcome),
+            Reply::Error { message, .. } => {
+                self.fail("driver", None, format!("begin refused: {message}"))
+            }
+            other => self.fail("driver", None, format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Maybe have one participant of `xid` ask another for its state at
+    /// a random moment of the transaction's life.
+    fn maybe_plan_peer_inquiry(&mut self, client: usize, xid: Xid) {
+        let p = self.config.faults.peer_inquiry_probability;
+        let branches = self.clients[client].plan.branches.len();
+        if p <= 0.0 || branches < 2 || !self.rng.gen_bool(p) {
+            return;
+        }
+        let a = self.rng.gen_range(0..branches);
+        let b = (a + self.rng.gen_range(1..branches)) % branches;
+        let (from, to) = (
+            self.clients[client].plan.branches[a].0,
+            self.clients[client].plan.branches[b].0,
+        );
+        let window_us = self.config.prepare_timeout_ms.saturating_mul(2000).max(1);
+        let at = Time(self.now.0 + self.rng.gen_range(0..=window_us));
+        let epoch = self.coordinator.as_ref().map_or(0, |c| c.epoch());
+        self.schedule(
+            at,
+            Event::PeerInquire {
+                from,
+                to,
+                xid,
+                epoch,
+            },
+        );
+    }
+
+    fn on_outcome(&mut self, xid: Xid, outcome: Outcome) {
         let told = match &outcome {
-            TxnOutcome::Committed => ClientOutcome::Committed,
-            TxnOutcome::Aborted { .. } => ClientOutcome::Aborted,
+            Outcome::Committed => ClientOutcome::Committed,
+            Outcome::Aborted { .. } => ClientOutcome::Aborted,
         };
         trace!(
             self,
@@ -604,20 +700,37 @@ impl World {
 
     // ----- nodes: start, crash, restart -------------------------------------
 
-    fn coordinator_config(&self) -> CoordinatorConfig {
-        CoordinatorConfig {
+    fn coordinator_config(&self) -> CoordinatorNodeConfig {
+        let c = &self.config;
+        CoordinatorNodeConfig {
             addr: NodeId::Coordinator.addr(),
-            resend_ms_initial: self.config.resend_ms_initial,
-            resend_ms_max: self.config.resend_ms_max,
+            // Named by their addresses, which are already names ("p0").
+            participants: (0..c.participants)
+                .map(|i| (NodeId::Participant(i).addr(), NodeId::Participant(i).addr()))
+                .collect(),
+            prepare_timeout_ms: c.prepare_timeout_ms,
+            prepare_timeout_ms_min: c.prepare_timeout_ms_min,
+            prepare_timeout_ms_max: c.prepare_timeout_ms_max,
+            resend_ms_initial: c.resend_ms_initial,
+            resend_ms_min: c.resend_ms_min,
+            resend_ms_max: c.resend_ms_max,
+            timeout_samples_min: c.timeout_samples_min,
+            transactions_in_flight_max: usize::MAX,
+            recent_outcomes_max: 100_000,
+            // A new seed per incarnation, as a restarted server reseeds.
+            xid_seed: c.seed ^ (u64::from(self.incarnations[0]) << 48),
         }
     }
 
-    fn participant_config(&self, i: usize) -> ParticipantConfig {
-        ParticipantConfig {
+    fn participant_config(&self, i: usize) -> ParticipantNodeConfig {
+        let c = &self.config;
+        ParticipantNodeConfig {
             addr: NodeId::Participant(i).addr(),
-            inquire_ms_initial: self.config.inquire_ms_initial,
-            inquire_ms_max: self.config.inquire_ms_max,
-            finished_max: self.config.finished_max,
+            inquire_ms_initial: c.inquire_ms_initial,
+            inquire_ms_min: c.inquire_ms_min,
+            inquire_ms_max: c.inquire_ms_max,
+            timeout_samples_min: c.timeout_samples_min,
+            finished_max: c.finished_max,
         }
     }
 
@@ -649,7 +762,7 @@ impl World {
                 };
                 trace!(self, Some(node), "start from {} log records", records.len());
                 let config = self.coordinator_config();
-                self.coordinator = Some(Coordinator::recover(config, records, now));
+                self.coordinator = Some(CoordinatorNode::recover(config, records, now));
                 self.run_coordinator();
             }
             NodeId::Participant(i) => {
@@ -665,7 +778,9 @@ impl World {
                 };
                 trace!(self, Some(node), "start from {} log records", records.len());
                 let config = self.participant_config(i);
-                self.participants[i] = Some(ParticipantNode::recover(config, records, kv, now));
+                self.participants[i] =
+                    Some(ParticipantServerNode::recover(config, records, kv, now));
+                self.check_locks_restored(i);
                 self.run_participant(i);
             }
         }
@@ -742,19 +857,19 @@ impl World {
 
     // ----- drivers: carrying out the cores' actions -------------------------
 
-    /// Carry out the coordinator's actions, in order.
+    /// Carry out the coordinator node's actions, in order.
     fn run_coordinator(&mut self) {
         let node = NodeId::Coordinator;
         let Some(c) = self.coordinator.as_mut() else {
             return;
         };
-        let actions: Vec<CoordinatorAction> = c.drain_actions().collect();
+        let actions: Vec<CoordinatorNodeAction> = c.drain_actions().collect();
         for action in actions {
             if self.failure.is_some() {
                 return;
             }
             match action {
-                CoordinatorAction::Persist { record, durability } => {
+                CoordinatorNodeAction::Persist { record, durability } => {
                     trace!(
                         self,
                         Some(node),
@@ -769,11 +884,14 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                CoordinatorAction::Send { to, message } => self.send(node, &to, message),
-                CoordinatorAction::SetTimer { xid, at } => self.set_timer(node, xid, at),
-                CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
-                CoordinatorAction::Notice(notice) => {
-                    trace!(self, Some(node), "notice {notice:?}");
+                CoordinatorNodeAction::Send { to, message } => self.send(node, &to, message),
+                CoordinatorNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
+                CoordinatorNodeAction::Reply { client, reply } => self.on_reply(client, reply),
+                CoordinatorNodeAction::Stats { .. } => {
+                    self.fail("driver", None, "no client asks for stats here".into())
+                }
+                CoordinatorNodeAction::Event(event) => {
+                    trace!(self, Some(node), "event {event:?}");
                 }
             }
             if self.crash_mid_actions(node) {
@@ -782,19 +900,21 @@ impl World {
         }
     }
 
-    /// Carry out participant `i`'s IO actions, in order.
+    /// Carry out participant `i`'s node actions, in order.
     fn run_participant(&mut self, i: usize) {
         let node = NodeId::Participant(i);
         let Some(p) = self.participants[i].as_mut() else {
             return;
         };
-        let actions: Vec<ParticipantAction> = p.drain_io().collect();
+        let actions: Vec<ParticipantNodeAction> = p.drain_actions().collect();
         for action in actions {
             if self.failure.is_some() {
                 return;
             }
             match action {
-                ParticipantAction::Persist { record, durability } => {
+                ParticipantNodeAction::Persist {
+                    record, durability, ..
+                } => {
                     trace!(
                         self,
                         Some(node),
@@ -811,22 +931,23 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                ParticipantAction::Send { to, message } => self.send(node, &to, message),
-                ParticipantAction::SetTimer { xid, at } => self.set_timer(node, xid, at),
-                ParticipantAction::Notice(notice) => {
-                    trace!(self, Some(node), "notice {notice:?}");
-                    match notice {
-                        ParticipantNotice::Violation { xid, detail } => {
+                ParticipantNodeAction::Send { to, message } => self.send(node, &to, message),
+                ParticipantNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
+                ParticipantNodeAction::Event(event) => {
+                    trace!(self, Some(node), "event {event:?}");
+                    match event {
+                        ParticipantEvent::Violation { xid, detail } => {
                             self.no_violation_notice(i, xid, detail);
                         }
-                        ParticipantNotice::Outcome { xid, decision } => {
+                        ParticipantEvent::Finished { xid, decision } => {
                             self.decision_applied(i, xid, decision);
                         }
                         _ => {}
                     }
                 }
-                other => {
-                    let detail = format!("resource action reached the driver: {other:?}");
+                other @ (ParticipantNodeAction::Reply { .. }
+                | ParticipantNodeAction::Stats { .. }) => {
+                    let detail = format!("a reply with no request: {other:?}");
                     self.fail("driver", None, detail);
                 }
             }
@@ -836,14 +957,14 @@ impl World {
         }
     }
 
-    fn set_timer(&mut self, node: NodeId, xid: Xid, at: Time) {
+    fn set_timer(&mut self, node: NodeId, key: TimerKey, at: Time) {
         let incarnation = self.incarnations[node.ordinal() as usize];
         self.schedule(
             at,
             Event::Timer {
                 node,
                 incarnation,
-                xid,
+                key,
             },
         );
     }
@@ -973,6 +1094,12 @@ impl World {
     /// delays it as the seed (or a scripted rule) says.
     fn send(&mut self, from: NodeId, to: &str, message: Message) {
         self.persist_then_send(from, &message);
+        self.answers_persist_first(from, &message);
+        if let (NodeId::Participant(i), concord_proto::Body::Vote(concord_proto::Vote::Ready)) =
+            (from, &message.body)
+        {
+            self.check_isolation_at_vote(i, message.xid);
+        }
         self.stats.sent += 1;
         let kind = message.kind();
         self.trace.mix_str(kind);
@@ -1217,12 +1344,21 @@ impl World {
         &self.config
     }
 
+    /// The coordinator's protocol core, if it is up.
     pub fn coordinator(&self) -> Option<&Coordinator> {
+        self.coordinator.as_ref().map(|c| c.core())
+    }
+
+    /// The coordinator node (the layer the server ships), if it is up.
+    pub fn coordinator_node(&self) -> Option<&CoordinatorNode> {
         self.coordinator.as_ref()
     }
 
     pub fn participant(&self, i: usize) -> Option<&ParticipantNode<KvStore>> {
-        self.participants.get(i).and_then(|p| p.as_ref())
+        self.participants
+            .get(i)
+            .and_then(|p| p.as_ref())
+            .map(|p| p.inner())
     }
 
     /// Everything appended to the coordinator's log (durable or not).

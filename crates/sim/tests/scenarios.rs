@@ -513,3 +513,61 @@ fn duplicates_harmless_late_prepare_after_finished_max_is_not_prepared_again() {
     assert_transferred(&w, 10);
     assert_no_locks(&w);
 }
+
+/// p1 asks p0 (as a peer running cooperative termination would) about a
+/// transaction whose PREPARE has not reached p0 yet; p0 crashes right after
+/// answering and loses everything it had not synced.
+fn peer_asks_then_answerer_crashes(w: &mut World) -> Xid {
+    w.add_rule(MessageRule::new("PREPARE", Fate::DelayMs(30)).to(P0));
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(10, |w| w.count_sent(P1, C, "VOTE READY", x) == 1));
+    w.inject(
+        P1,
+        P0,
+        Message {
+            xid: x,
+            epoch: 1,
+            from: P1.addr(),
+            body: Body::Inquire,
+        },
+    );
+    assert!(w.run_until(10, |w| w.count_sent(P0, P1, "STATE", x) == 1));
+    w.crash(P0, KeepUnsynced::Nothing);
+    w.restart(P0);
+    x
+}
+
+#[test]
+fn answers_persist_first_a_unilateral_abort_told_to_a_peer_survives_a_crash() {
+    let mut w = world();
+    let x = peer_asks_then_answerer_crashes(&mut w);
+    settle(&mut w);
+    // p0's abort was durable before it answered: the late PREPARE gets
+    // VOTE ABORT after the restart, and p1, which acted on the answer,
+    // agrees with everyone.
+    assert_eq!(w.count_sent(P0, C, "VOTE ABORT", x), 1);
+    assert_eq!(w.count_sent(P0, C, "VOTE READY", x), 0);
+    assert_eq!(w.client_outcome(x), ClientOutcome::Aborted);
+    assert_eq!(state(&w, 1, x), TxnState::Aborted);
+    assert_transferred(&w, 0);
+    assert_no_locks(&w);
+}
+
+#[test]
+fn answers_persist_first_is_caught_when_broken() {
+    concord_proto::mutant::set(Some(concord_proto::mutant::Mutant::AnswerBeforePersist));
+    let mut w = world();
+    let _ = peer_asks_then_answerer_crashes(&mut w);
+    w.run_until_quiet(60_000);
+    let failure = w.check_invariants();
+    concord_proto::mutant::set(None);
+    match failure {
+        Err(f) => assert_eq!(
+            f.invariant,
+            "answers_persist_first",
+            "{}",
+            explain(f.clone())
+        ),
+        Ok(()) => panic!("an answer sent before its abort was durable went unnoticed"),
+    }
+}

@@ -6,7 +6,7 @@
 //! out seeds, they never touch a run).
 
 use clap::Parser;
-use concord_sim::{run_seed, SimFailure, SimOptions, SimReport};
+use concord_sim::{run_seed, Mutant, SimFailure, SimOptions, SimReport, MUTANTS_AVAILABLE};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +51,12 @@ struct Args {
     /// Print one line per passing seed too.
     #[arg(long, short)]
     verbose: bool,
+
+    /// Switch on one deliberately broken protocol rule (NAME, or `all` to
+    /// try each in turn) and stop at the first seed that catches it. Needs
+    /// a build with `--features mutants`; `--mutant list` names them.
+    #[arg(long, value_name = "NAME")]
+    mutant: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -60,13 +66,51 @@ fn main() -> ExitCode {
         transactions_max: args.transactions_max,
         ..SimOptions::default()
     };
-    match args.seed {
-        Some(seed) => replay(seed, &options),
-        None => sweep(&args, &options),
+    let mutants = match args.mutant.as_deref() {
+        None => vec![None],
+        Some("list") => {
+            for m in Mutant::ALL {
+                println!("{}", m.name());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Some(_) if !MUTANTS_AVAILABLE => {
+            eprintln!(
+                "concord-sim: this build has no mutants; rebuild with \
+                 `cargo run --release -p concord-sim --features mutants -- --mutant NAME`"
+            );
+            return ExitCode::from(2);
+        }
+        Some("all") => Mutant::ALL.into_iter().map(Some).collect(),
+        Some(name) => match Mutant::from_name(name) {
+            Some(m) => vec![Some(m)],
+            None => {
+                eprintln!("concord-sim: unknown mutant {name:?}; `--mutant list` names them");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut code = ExitCode::SUCCESS;
+    for mutant in mutants {
+        code = match args.seed {
+            Some(seed) => replay(seed, &options, mutant),
+            None => sweep(&args, &options, mutant),
+        };
     }
+    code
 }
 
-fn replay(seed: u64, options: &SimOptions) -> ExitCode {
+/// Switch `mutant` on for the current thread (no-op without the feature,
+/// where `main` never lets one through).
+fn arm(mutant: Option<Mutant>) {
+    #[cfg(feature = "mutants")]
+    concord_sim::set_mutant(mutant);
+    #[cfg(not(feature = "mutants"))]
+    let _ = mutant;
+}
+
+fn replay(seed: u64, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
+    arm(mutant);
     let started = Instant::now();
     let result = run_seed(seed, options);
     let wall = started.elapsed().as_secs_f64();
@@ -124,10 +168,13 @@ impl Totals {
     }
 }
 
-fn sweep(args: &Args, options: &SimOptions) -> ExitCode {
+fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
     let started = Instant::now();
     let end = args.start.saturating_add(args.seeds);
     let next = AtomicU64::new(args.start);
+    // With a mutant: stop at the first (lowest) seed that catches it. Seeds
+    // below a failing one still finish, so the lowest is exact.
+    let stop_at = AtomicU64::new(u64::MAX);
     let totals = Mutex::new(Totals::default());
     let jobs = args
         .jobs
@@ -136,11 +183,15 @@ fn sweep(args: &Args, options: &SimOptions) -> ExitCode {
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
+                arm(mutant);
                 let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
+                if seed >= end.min(stop_at.load(Ordering::Relaxed)) {
                     return;
                 }
                 let result = run_seed(seed, options);
+                if result.is_err() && mutant.is_some() {
+                    stop_at.fetch_min(seed, Ordering::Relaxed);
+                }
                 let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
                     Ok(report) => {
@@ -161,6 +212,9 @@ fn sweep(args: &Args, options: &SimOptions) -> ExitCode {
     let mut totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
     totals.failures.sort_by_key(|f| f.seed);
     let wall = started.elapsed().as_secs_f64();
+    if let Some(mutant) = mutant {
+        return report_mutant(args, mutant, &totals, wall);
+    }
     println!(
         "seeds {}..{}: {} run, {} failed, in {wall:.1} s wall ({jobs} jobs)",
         args.start,
@@ -196,4 +250,34 @@ fn sweep(args: &Args, options: &SimOptions) -> ExitCode {
         );
     }
     ExitCode::FAILURE
+}
+
+/// One line per mutant: caught (by which invariant, at which seed) or not.
+/// Caught is success: the broken rule was noticed.
+fn report_mutant(args: &Args, mutant: Mutant, totals: &Totals, wall: f64) -> ExitCode {
+    match totals.failures.first() {
+        Some(f) => {
+            println!(
+                "mutant {}: caught by {} at seed {} ({} seeds from {}) in {wall:.1} s\n    \
+                 replay: cargo run --release -p concord-sim --features mutants -- --mutant {} --seed {} --trace",
+                mutant.name(),
+                f.invariant,
+                f.seed,
+                f.seed - args.start + 1,
+                args.start,
+                mutant.name(),
+                f.seed
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!(
+                "mutant {}: NOT caught in {} seeds from {} ({wall:.1} s)",
+                mutant.name(),
+                totals.seeds,
+                args.start
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! Timeouts from measured latency (SPEC §3) for the two server drivers.
+//! Timeouts from measured latency (SPEC §3): the one timeout policy, used
+//! by the coordinator and participant nodes (and so by both the servers and
+//! the simulator).
 //!
 //! The protocol core takes its timeouts from outside; this module measures
 //! and computes them. It sees the messages a driver sends and receives (with
@@ -25,7 +27,7 @@
 //! # How a timeout is computed (one (peer, phase))
 //! 1. Fewer than `samples_min` samples: the configured default.
 //! 2. Otherwise `factor × RTO`, with the RFC 6298 `RTO = SRTT + 4·RTTVAR`
-//!    ([`RttEstimator`](concord_net::RttEstimator)).
+//!    ([`RttEstimator`](crate::rtt::RttEstimator)).
 //! 3. Multiplied by `2^level`, where the level goes up when a timeout that
 //!    was set at the current level fires and back to 0 with the next sample.
 //!    Many transactions time out together when a participant dies; counting
@@ -47,9 +49,9 @@
 //! estimator, which forgets (7/8 per sample) and so comes back down after a
 //! slow spell, which a histogram of all history would not.
 
-use concord_net::latency::PhaseLatency;
+use crate::latency::PhaseLatency;
+pub use concord_api::PhaseEstimate;
 use concord_proto::{Body, Decision, Message, PeerAddr, Time, TxnState, Vote, Xid};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -228,27 +230,6 @@ impl PhaseSettings {
             default_flag: self.default_flag,
         }
     }
-}
-
-/// Estimates of one (peer, phase) for `status`, in microseconds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhaseEstimate {
-    /// Configured name and address of the peer ("p0 (127.0.0.1:7101)").
-    pub peer: String,
-    pub phase: String,
-    pub samples: u64,
-    pub srtt_us: Option<u64>,
-    pub rttvar_us: Option<u64>,
-    pub rto_us: Option<u64>,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-    pub backoff_level: u32,
-    /// The timeout a transaction begun now would get from this peer.
-    pub timeout_ms: u64,
-    /// How `timeout_ms` was computed, as logged when a timeout fires.
-    pub basis: String,
 }
 
 fn us(d: Duration) -> u64 {

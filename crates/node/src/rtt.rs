@@ -10,7 +10,7 @@
 //! only sees durations.
 //!
 //! The RFC's 1 s lower bound on RTO is for the internet-wide TCP case; here
-//! bounds come from [`TimeoutPolicy`](crate::latency::TimeoutPolicy).
+//! bounds come from the phase settings in [`crate::timeouts`].
 
 use std::time::Duration;
 

@@ -1,0 +1,380 @@
+//! concord-api: the request, reply and report types that concord's servers,
+//! its client SDK, the CLI and (later) the HTTP API and console share.
+//!
+//! These are plain data: what a client asks a coordinator or participant,
+//! what it gets back, and the decoders for bodies that came from the
+//! network. Framing (which frame kind carries what) is described here with
+//! the kind numbers, but frames themselves are built by the transport users
+//! (`concord-net` knows nothing of these types, and this crate nothing of
+//! sockets or servers).
+//!
+//! | kind | body | direction |
+//! |---|---|---|
+//! | [`KIND_PEER`] | a 2PC [`Message`] | coordinator ⇄ participant (and peer ⇄ peer) |
+//! | [`KIND_REQUEST`] | a client [`Request`] | client → coordinator or participant |
+//! | [`KIND_REPLY`] | a client [`Reply`] | coordinator or participant → client, on the connection the request came in on |
+//!
+//! Nothing in this crate may panic on bytes that came from the network.
+
+use concord_proto::codec::{decode, DecodeError};
+use concord_proto::{Message, TxnState, Xid};
+use serde::{Deserialize, Serialize};
+
+/// A 2PC protocol message ([`Message`]).
+pub const KIND_PEER: u8 = 1;
+/// A client request ([`Request`]).
+pub const KIND_REQUEST: u8 = 2;
+/// A reply to a client request ([`Reply`]).
+pub const KIND_REPLY: u8 = 3;
+
+/// Largest reply body a client accepts. Replies can be bigger than peer
+/// messages (a participant with many accounts), so clients read with this
+/// bound instead of the servers' `frame_bytes_max`.
+pub const REPLY_BYTES_MAX: usize = 16 << 20;
+
+/// Most xids one `ListInFlight` reply carries.
+pub const IN_FLIGHT_LISTED_MAX: usize = 10_000;
+
+/// One branch of a global transaction as a client names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchRequest {
+    /// The participant's name as configured at the coordinator
+    /// (`--participant NAME=ADDR`); its address is accepted too.
+    pub participant: String,
+    /// Opaque work for the participant's resource (for the built-in
+    /// key-value resource: [`concord_participant::kv::encode_work`]).
+    pub work: Vec<u8>,
+}
+
+/// A client request. Every variant carries the client's `request_id`,
+/// echoed in the reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Coordinator: run a global transaction. Answered first with
+    /// [`Reply::Begun`] (the xid), then with [`Reply::Outcome`], or with a
+    /// single [`Reply::Error`] if it could not start.
+    Begin {
+        request_id: u64,
+        branches: Vec<BranchRequest>,
+        /// Phase-1 timeout for this transaction; the server's default when
+        /// `None`.
+        prepare_timeout_ms: Option<u64>,
+    },
+    /// Coordinator: what it knows about `xid`.
+    Status { request_id: u64, xid: Xid },
+    /// Coordinator: xids of transactions not yet ended, oldest first.
+    ListInFlight { request_id: u64 },
+    /// Participant: committed balances, in-doubt xids and held locks.
+    Accounts { request_id: u64 },
+    /// Participant: its state of one branch. Unlike a peer INQUIRE this
+    /// has no side effect (an INQUIRE about an unknown xid makes the
+    /// participant abort it unilaterally).
+    BranchState { request_id: u64, xid: Xid },
+    /// Coordinator or participant: the latency estimates per peer and
+    /// phase, and the timeouts they set (SPEC §3).
+    Timeouts { request_id: u64 },
+    /// Coordinator or participant: counters of its log and network since
+    /// it started (for `concord bench`: fsyncs and messages per
+    /// transaction).
+    Stats { request_id: u64 },
+}
+
+impl Request {
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Request::Begin { request_id, .. }
+            | Request::Status { request_id, .. }
+            | Request::ListInFlight { request_id }
+            | Request::Accounts { request_id }
+            | Request::BranchState { request_id, .. }
+            | Request::Timeouts { request_id }
+            | Request::Stats { request_id } => *request_id,
+        }
+    }
+
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Begin { .. } => "Begin",
+            Request::Status { .. } => "Status",
+            Request::ListInFlight { .. } => "ListInFlight",
+            Request::Accounts { .. } => "Accounts",
+            Request::BranchState { .. } => "BranchState",
+            Request::Timeouts { .. } => "Timeouts",
+            Request::Stats { .. } => "Stats",
+        }
+    }
+}
+
+/// A reply to a client [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The transaction started under `xid`; its [`Reply::Outcome`] follows.
+    Begun {
+        request_id: u64,
+        xid: Xid,
+    },
+    /// The global decision. A commit is reported only once the COMMIT
+    /// decision record is durable.
+    Outcome {
+        request_id: u64,
+        xid: Xid,
+        outcome: Outcome,
+    },
+    Status {
+        request_id: u64,
+        status: CoordinatorStatus,
+    },
+    InFlight {
+        request_id: u64,
+        xids: Vec<Xid>,
+        /// More transactions are in flight than `xids` lists.
+        truncated: bool,
+    },
+    Accounts {
+        request_id: u64,
+        accounts: AccountsReport,
+    },
+    BranchState {
+        request_id: u64,
+        xid: Xid,
+        state: TxnState,
+    },
+    /// The request could not be carried out; `message` says why.
+    Error {
+        request_id: u64,
+        message: String,
+    },
+    Timeouts {
+        request_id: u64,
+        report: TimeoutsReport,
+    },
+    Stats {
+        request_id: u64,
+        stats: ServerStats,
+    },
+}
+
+impl Reply {
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Reply::Begun { request_id, .. }
+            | Reply::Outcome { request_id, .. }
+            | Reply::Status { request_id, .. }
+            | Reply::InFlight { request_id, .. }
+            | Reply::Accounts { request_id, .. }
+            | Reply::BranchState { request_id, .. }
+            | Reply::Error { request_id, .. }
+            | Reply::Timeouts { request_id, .. }
+            | Reply::Stats { request_id, .. } => *request_id,
+        }
+    }
+
+    /// Whether this reply ends its request (every reply but `Begun`).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Reply::Begun { .. })
+    }
+}
+
+/// The outcome of a global transaction as told to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Committed,
+    Aborted { reason: String },
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Committed => write!(f, "committed"),
+            Outcome::Aborted { reason } => write!(f, "aborted: {reason}"),
+        }
+    }
+}
+
+/// Where a transaction stands at the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorState {
+    /// PREPARE sent, collecting votes.
+    Wait,
+    /// Every vote was READY; the COMMIT record is being forced.
+    Committing,
+    /// COMMIT is durable and sent; waiting for ACKs.
+    CommittedWaitingForAcks,
+    /// Committed and every participant acknowledged (END).
+    Committed,
+    Aborted,
+    /// The coordinator has no record of it. With presumed abort this means
+    /// ABORTED if the transaction ever existed (or the record was older
+    /// than the coordinator's memory of recent outcomes).
+    NoRecord,
+}
+
+impl std::fmt::Display for CoordinatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CoordinatorState::Wait => "WAIT (collecting votes)",
+            CoordinatorState::Committing => "COMMIT (forcing the decision record)",
+            CoordinatorState::CommittedWaitingForAcks => "COMMITTED (waiting for ACKs)",
+            CoordinatorState::Committed => "COMMITTED (ended)",
+            CoordinatorState::Aborted => "ABORTED",
+            CoordinatorState::NoRecord => "NO RECORD (presumed aborted)",
+        })
+    }
+}
+
+/// The coordinator's view of one transaction (`concord status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorStatus {
+    pub xid: Xid,
+    pub state: CoordinatorState,
+    /// Human-readable details: age, resends, abort reason.
+    pub detail: String,
+    /// The transaction's branches; for [`CoordinatorState::NoRecord`],
+    /// every configured participant (any of them may have been one).
+    pub branches: Vec<BranchView>,
+}
+
+/// One branch as the coordinator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchView {
+    /// Configured name, or the address if it has none.
+    pub name: String,
+    pub addr: String,
+    /// `None` when the coordinator does not track it (finished, or no
+    /// record).
+    pub voted_ready: Option<bool>,
+    pub acked: Option<bool>,
+}
+
+/// Latency estimates and the timeouts they set (`concord status
+/// --timeouts`): at a coordinator one entry per configured participant and
+/// phase (`prepare`, `decision`); at a participant one per coordinator it
+/// has measured (`vote→decision`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsReport {
+    /// "coordinator" or "participant".
+    pub role: String,
+    pub phases: Vec<PhaseEstimate>,
+}
+
+impl TimeoutsReport {
+    /// The entry of `phase` for `peer`, given by name or address (labels
+    /// are "name (addr)" or a bare address).
+    pub fn find(&self, peer: &str, phase: &str) -> Option<&PhaseEstimate> {
+        self.phases.iter().find(|e| {
+            e.phase == phase
+                && (e.peer == peer
+                    || e.peer.starts_with(&format!("{peer} ("))
+                    || e.peer.ends_with(&format!("({peer})")))
+        })
+    }
+}
+
+/// A participant's resource state (`concord accounts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountsReport {
+    /// Committed balances, by account name.
+    pub balances: Vec<(String, i64)>,
+    /// Branches that voted READY and do not know the outcome yet.
+    pub in_doubt: Vec<Xid>,
+    /// Locked accounts with the transaction holding each.
+    pub locks: Vec<(String, Xid)>,
+}
+
+impl AccountsReport {
+    pub fn total(&self) -> i64 {
+        self.balances.iter().map(|(_, b)| *b).sum()
+    }
+
+    pub fn balance(&self, account: &str) -> Option<i64> {
+        self.balances
+            .iter()
+            .find(|(a, _)| a == account)
+            .map(|(_, b)| *b)
+    }
+}
+
+/// Counters of one server since it started (`Request::Stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// "coordinator" or "participant".
+    pub role: String,
+    /// False when the server runs with `--unsafe-no-fsync` (a benchmark
+    /// baseline): then its "forced" records are NOT durable.
+    pub fsync: bool,
+    /// Log records appended, of them forced, and the batches and fsyncs
+    /// they took (group commit: `log_syncs` ≤ `log_forced`; 0 fsyncs when
+    /// `fsync` is false).
+    pub log_records: u64,
+    pub log_forced: u64,
+    pub log_batches: u64,
+    pub log_syncs: u64,
+    pub log_bytes: u64,
+    /// Application frames (heartbeats excluded) sent and received on every
+    /// connection, peers and clients alike, and the write calls that
+    /// carried the sent ones (coalescing: `net_writes` ≤ `net_frames_sent`).
+    pub net_frames_sent: u64,
+    pub net_frames_received: u64,
+    pub net_writes: u64,
+}
+
+/// Estimates of one (peer, phase) for `status`, in microseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseEstimate {
+    /// Configured name and address of the peer ("p0 (127.0.0.1:7101)").
+    pub peer: String,
+    pub phase: String,
+    pub samples: u64,
+    pub srtt_us: Option<u64>,
+    pub rttvar_us: Option<u64>,
+    pub rto_us: Option<u64>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub backoff_level: u32,
+    /// The timeout a transaction begun now would get from this peer.
+    pub timeout_ms: u64,
+    /// How `timeout_ms` was computed, as logged when a timeout fires.
+    pub basis: String,
+}
+
+/// Decode a peer message body (a [`KIND_PEER`] frame).
+pub fn decode_peer(body: &[u8]) -> Result<Message, DecodeError> {
+    decode("peer message", body)
+}
+
+/// Decode a client request body (a [`KIND_REQUEST`] frame).
+pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    decode("client request", body)
+}
+
+/// Decode a reply body (a [`KIND_REPLY`] frame).
+pub fn decode_reply(body: &[u8]) -> Result<Reply, DecodeError> {
+    decode("client reply", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_proto::codec::encode;
+
+    #[test]
+    fn garbage_bodies_are_errors_not_panics() {
+        for body in [&[][..], &[0xff; 3][..], &[200, 1, 2, 3, 4, 5][..]] {
+            assert!(decode_peer(body).is_err());
+            assert!(decode_request(body).is_err());
+            assert!(decode_reply(body).is_err());
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let request = Request::Status {
+            request_id: 3,
+            xid: Xid(9),
+        };
+        assert_eq!(decode_request(&encode(&request)).expect("decodes"), request);
+    }
+}

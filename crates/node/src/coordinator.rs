@@ -1,0 +1,819 @@
+//! The coordinator node: everything `concord serve` decides that is not IO.
+//!
+//! It owns the sans-IO [`Coordinator`] core and around it the directory,
+//! the timeout policy (measured latency → each transaction's phase-1
+//! timeout and first COMMIT resend delay), xid minting, branch merging,
+//! admission limits, the clients waiting for an outcome, recent outcomes
+//! for `status`, counters and typed events. Events go in (`on_request`,
+//! `on_message`, `on_timer`, `on_durable`, each with `now`), and
+//! [`CoordinatorNodeAction`]s come out of `drain_actions`, in the order they
+//! must be carried out.
+//!
+//! The tokio server and the simulator both drive exactly this type, so a
+//! seed exercises the same timeout policy, minting and merging that ships.
+//! It must never touch a socket, a file, the clock or an unseeded RNG.
+
+use crate::directory::{resolve_branches, Directory};
+use crate::recent::{RecentOutcomes, RecentTxn};
+use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
+use crate::xids::XidMinter;
+use concord_api::{
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
+    TimeoutsReport, IN_FLIGHT_LISTED_MAX,
+};
+use concord_proto::{
+    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
+    CoordinatorRecord, Decision, Durability, Epoch, Message, PeerAddr, PersistTicket, Time,
+    TimerKey, TxnOutcome, Xid,
+};
+use std::collections::HashMap;
+
+/// The driver's handle for one client request waiting for replies (a
+/// connection and request in the server, a client index in the simulator).
+/// The node only echoes it back in [`CoordinatorNodeAction::Reply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// Settings of a coordinator node (the server's flags, or the simulator's
+/// drawn configuration).
+#[derive(Clone, Debug)]
+pub struct CoordinatorNodeConfig {
+    /// This coordinator's protocol address.
+    pub addr: PeerAddr,
+    /// Participants by name: `(name, address)`.
+    pub participants: Vec<(String, PeerAddr)>,
+    /// Phase-1 timeout until `timeout_samples_min` samples of a
+    /// participant exist, and the bounds of the measured one.
+    pub prepare_timeout_ms: u64,
+    pub prepare_timeout_ms_min: u64,
+    pub prepare_timeout_ms_max: u64,
+    /// First COMMIT resend delay until measured, its bounds; resends
+    /// double up to `resend_ms_max` and never stop.
+    pub resend_ms_initial: u64,
+    pub resend_ms_min: u64,
+    pub resend_ms_max: u64,
+    pub timeout_samples_min: u64,
+    /// Begin requests beyond this many transactions in flight are refused
+    /// with a "busy, retry" error.
+    pub transactions_in_flight_max: usize,
+    /// Finished transactions remembered for `status`.
+    pub recent_outcomes_max: usize,
+    /// Seed of xid minting (from the OS in a server, from the run's seed in
+    /// the simulator).
+    pub xid_seed: u64,
+}
+
+impl CoordinatorNodeConfig {
+    fn timeouts(&self) -> CoordinatorTimeouts {
+        CoordinatorTimeouts::new(
+            PhaseSettings {
+                min_ms: self.prepare_timeout_ms_min,
+                max_ms: self.prepare_timeout_ms_max,
+                default_ms: self.prepare_timeout_ms,
+                samples_min: self.timeout_samples_min,
+                factor: PREPARE_SAFETY_FACTOR,
+                flag: "--prepare-timeout-ms",
+                default_flag: "--prepare-timeout-ms",
+            },
+            PhaseSettings {
+                min_ms: self.resend_ms_min,
+                max_ms: self.resend_ms_max,
+                default_ms: self.resend_ms_initial,
+                samples_min: self.timeout_samples_min,
+                factor: 1.0,
+                flag: "--resend-ms",
+                default_flag: "--resend-ms-initial",
+            },
+        )
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorNodeAction {
+    /// Append `record`; for `Durability::Forced(t)` sync, then call
+    /// `on_durable(t)`.
+    Persist {
+        record: CoordinatorRecord,
+        durability: Durability,
+    },
+    Send {
+        to: PeerAddr,
+        message: Message,
+    },
+    /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
+    SetTimer {
+        key: TimerKey,
+        at: Time,
+    },
+    /// Send `reply` to the client request `client`. A final reply
+    /// ([`Reply::is_final`]) is the last one for that request.
+    Reply {
+        client: ClientId,
+        reply: Reply,
+    },
+    /// Answer `Request::Stats`: the counters are the driver's own (log and
+    /// network), so the driver fills them in.
+    Stats {
+        client: ClientId,
+        request_id: u64,
+    },
+    /// Something that happened, for logs, metrics and timelines.
+    Event(CoordinatorEvent),
+}
+
+/// Typed events of the coordinator node. Names are already resolved
+/// ("bank-a (127.0.0.1:7101)") so a log line needs no directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorEvent {
+    Begun {
+        xid: Xid,
+        request_id: u64,
+        timeout_ms: u64,
+        resend_ms: u64,
+        /// How the phase-1 timeout was computed.
+        basis: String,
+    },
+    BeginRefused {
+        request_id: u64,
+        reason: String,
+        /// Refused by an admission limit: the client should retry later.
+        busy: bool,
+    },
+    TimeoutFired {
+        xid: Xid,
+        phase: &'static str,
+        timeout_ms: u64,
+        waiting_for: Vec<String>,
+        /// The estimate that set the timeout.
+        basis: String,
+    },
+    Decided {
+        xid: Xid,
+        decision: Decision,
+        reason: Option<String>,
+        /// Decided while recovering from the log at start-up.
+        in_recovery: bool,
+    },
+    Ended {
+        xid: Xid,
+    },
+    Ignored {
+        xid: Xid,
+        kind: &'static str,
+        from: String,
+        why: &'static str,
+    },
+    Recovered {
+        epoch: Epoch,
+        committing: usize,
+        aborted: usize,
+    },
+}
+
+/// Monotonic counters of the node (for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorCounters {
+    pub begun: u64,
+    pub refused: u64,
+    pub refused_busy: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub ended: u64,
+    pub timeouts_fired: u64,
+}
+
+/// A client waiting for the outcome of a transaction it began.
+#[derive(Debug)]
+struct Waiter {
+    client: ClientId,
+    request_id: u64,
+    participants: Vec<PeerAddr>,
+}
+
+pub struct CoordinatorNode {
+    core: Coordinator,
+    directory: Directory,
+    timeouts: CoordinatorTimeouts,
+    transactions_in_flight_max: usize,
+    waiting: HashMap<Xid, Waiter>,
+    recent: RecentOutcomes,
+    minter: XidMinter,
+    counters: CoordinatorCounters,
+    /// True while the actions of recovery are translated.
+    recovering: bool,
+    actions: Vec<CoordinatorNodeAction>,
+}
+
+impl CoordinatorNode {
+    /// Rebuild from the log (possibly empty). The core replays it once; its
+    /// first actions (the epoch record, ABORTs for undecided transactions)
+    /// are waiting in `drain_actions`.
+    pub fn recover(
+        config: CoordinatorNodeConfig,
+        records: impl IntoIterator<Item = CoordinatorRecord>,
+        now: Time,
+    ) -> CoordinatorNode {
+        let mut core = Coordinator::recover(
+            CoordinatorConfig {
+                addr: config.addr.clone(),
+                resend_ms_initial: config.resend_ms_initial,
+                resend_ms_max: config.resend_ms_max,
+            },
+            records,
+            now,
+        );
+        let recent = RecentOutcomes::from_recovered(
+            core.take_recovered_outcomes(),
+            config.recent_outcomes_max,
+        );
+        let mut node = CoordinatorNode {
+            core,
+            directory: Directory::new(&config.participants),
+            timeouts: config.timeouts(),
+            transactions_in_flight_max: config.transactions_in_flight_max,
+            waiting: HashMap::new(),
+            recent,
+            minter: XidMinter::new(config.xid_seed),
+            counters: CoordinatorCounters::default(),
+            recovering: true,
+            actions: Vec::new(),
+        };
+        node.pump(now);
+        node.recovering = false;
+        node
+    }
+
+    pub fn core(&self) -> &Coordinator {
+        &self.core
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.core.epoch()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Clients waiting for an outcome.
+    pub fn clients_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn counters(&self) -> CoordinatorCounters {
+        self.counters
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Take the actions produced so far, in order.
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, CoordinatorNodeAction> {
+        self.actions.drain(..)
+    }
+
+    /// A client request. Every request gets a reply (an error if it cannot
+    /// be served here); a begin gets `Begun` with the xid at once and the
+    /// outcome later.
+    pub fn on_request(&mut self, now: Time, client: ClientId, request: Request) {
+        match request {
+            Request::Begin {
+                request_id,
+                branches,
+                prepare_timeout_ms,
+            } => {
+                if let Err((reason, busy)) =
+                    self.begin(now, client, request_id, branches, prepare_timeout_ms)
+                {
+                    self.counters.refused += 1;
+                    if busy {
+                        self.counters.refused_busy += 1;
+                    }
+                    self.push_event(CoordinatorEvent::BeginRefused {
+                        request_id,
+                        reason: reason.clone(),
+                        busy,
+                    });
+                    self.reply_error(client, request_id, reason);
+                }
+            }
+            Request::Status { request_id, xid } => {
+                let status = self.status(now, xid);
+                self.reply(client, Reply::Status { request_id, status });
+            }
+            Request::ListInFlight { request_id } => {
+                let mut xids = self.core.in_flight_xids();
+                let truncated = xids.len() > IN_FLIGHT_LISTED_MAX;
+                xids.truncate(IN_FLIGHT_LISTED_MAX);
+                self.reply(
+                    client,
+                    Reply::InFlight {
+                        request_id,
+                        xids,
+                        truncated,
+                    },
+                );
+            }
+            Request::Timeouts { request_id } => {
+                let mut phases = self.timeouts.report(self.directory.participants());
+                for phase in &mut phases {
+                    phase.basis = self.directory.name_addresses(&phase.basis);
+                }
+                let report = TimeoutsReport {
+                    role: "coordinator".into(),
+                    phases,
+                };
+                self.reply(client, Reply::Timeouts { request_id, report });
+            }
+            Request::Stats { request_id } => self
+                .actions
+                .push(CoordinatorNodeAction::Stats { client, request_id }),
+            other @ (Request::Accounts { .. } | Request::BranchState { .. }) => {
+                let message = format!(
+                    "{} is a participant request, and this is the coordinator; ask a participant",
+                    other.kind()
+                );
+                self.reply_error(client, other.request_id(), message);
+            }
+        }
+    }
+
+    /// A message from a participant.
+    pub fn on_message(&mut self, now: Time, message: Message) {
+        self.timeouts.on_receive(now, &message);
+        self.core.on_message(now, message);
+        self.pump(now);
+    }
+
+    /// A timer set with `SetTimer` is due.
+    pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        self.core.on_timer(now, key);
+        self.pump(now);
+    }
+
+    /// The forced write named by `ticket` is durable.
+    pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        self.core.on_durable(now, ticket);
+        self.pump(now);
+    }
+
+    fn begin(
+        &mut self,
+        now: Time,
+        client: ClientId,
+        request_id: u64,
+        branches: Vec<BranchRequest>,
+        prepare_timeout_ms: Option<u64>,
+    ) -> Result<(), (String, bool)> {
+        if branches.is_empty() {
+            return Err(("a transaction needs at least one branch".into(), false));
+        }
+        let branches = resolve_branches(&self.directory, branches).map_err(|e| (e, false))?;
+        if self.core.in_flight() >= self.transactions_in_flight_max {
+            return Err((
+                format!(
+                    "busy: too many transactions in flight (limit {}); retry later",
+                    self.transactions_in_flight_max
+                ),
+                true,
+            ));
+        }
+        let xid = {
+            let (core, waiting, recent) = (&self.core, &self.waiting, &self.recent);
+            self.minter.mint(|x| {
+                waiting.contains_key(&x) || recent.contains(x) || core.status(now, x).is_some()
+            })
+        };
+        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
+        // Largest measured timeout over the participants, or the client's.
+        let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
+        let timeout_ms = timeouts.prepare.timeout_ms;
+        let resend_ms = timeouts.resend.timeout_ms;
+        if let Err(e) = self
+            .core
+            .begin_with_resend(now, xid, branches, timeout_ms, resend_ms)
+        {
+            self.timeouts.finish(xid);
+            return Err((e.to_string(), false));
+        }
+        self.counters.begun += 1;
+        let basis = self.directory.name_addresses(&timeouts.prepare.to_string());
+        self.push_event(CoordinatorEvent::Begun {
+            xid,
+            request_id,
+            timeout_ms,
+            resend_ms,
+            basis,
+        });
+        // The client learns the xid before anything can go wrong.
+        self.reply(client, Reply::Begun { request_id, xid });
+        self.waiting.insert(
+            xid,
+            Waiter {
+                client,
+                request_id,
+                participants,
+            },
+        );
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Translate the core's actions into the node's, in order.
+    fn pump(&mut self, now: Time) {
+        let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
+        for action in actions {
+            match action {
+                CoordinatorAction::Persist { record, durability } => self
+                    .actions
+                    .push(CoordinatorNodeAction::Persist { record, durability }),
+                CoordinatorAction::Send { to, message } => {
+                    self.timeouts.on_send(now, &to, &message);
+                    self.actions
+                        .push(CoordinatorNodeAction::Send { to, message });
+                }
+                CoordinatorAction::SetTimer { key, at } => self
+                    .actions
+                    .push(CoordinatorNodeAction::SetTimer { key, at }),
+                CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
+                CoordinatorAction::Notice(notice) => self.on_notice(notice),
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
+        let waiter = self.waiting.remove(&xid);
+        let outcome = match outcome {
+            TxnOutcome::Committed => Outcome::Committed,
+            TxnOutcome::Aborted { reason } => Outcome::Aborted {
+                reason: self.directory.name_addresses(&reason),
+            },
+        };
+        let (decision, reason) = match &outcome {
+            Outcome::Committed => (Decision::Commit, None),
+            Outcome::Aborted { reason } => (Decision::Abort, Some(reason.clone())),
+        };
+        let participants = waiter
+            .as_ref()
+            .map(|w| w.participants.clone())
+            .unwrap_or_default();
+        self.recent.insert(
+            xid,
+            RecentTxn {
+                decision,
+                reason,
+                participants,
+                ended: false,
+            },
+        );
+        if let Some(waiter) = waiter {
+            self.reply(
+                waiter.client,
+                Reply::Outcome {
+                    request_id: waiter.request_id,
+                    xid,
+                    outcome,
+                },
+            );
+        }
+    }
+
+    fn on_notice(&mut self, notice: CoordinatorNotice) {
+        match notice {
+            CoordinatorNotice::TimeoutFired {
+                xid,
+                phase,
+                timeout_ms,
+                waiting_for,
+            } => {
+                self.counters.timeouts_fired += 1;
+                // The estimate that set the timeout, and backoff for the
+                // participants that did not answer in time.
+                let basis = if phase.starts_with("WAIT") {
+                    self.timeouts.prepare_fired(xid, &waiting_for)
+                } else {
+                    self.timeouts.resend_fired(xid, &waiting_for)
+                };
+                let basis = basis.unwrap_or_else(|| {
+                    format!("{timeout_ms} ms (configured: recovered transaction)")
+                });
+                let basis = self.directory.name_addresses(&basis);
+                let waiting_for = waiting_for
+                    .iter()
+                    .map(|a| self.directory.display_name(a))
+                    .collect();
+                self.push_event(CoordinatorEvent::TimeoutFired {
+                    xid,
+                    phase,
+                    timeout_ms,
+                    waiting_for,
+                    basis,
+                });
+            }
+            CoordinatorNotice::Decided {
+                xid,
+                decision,
+                reason,
+            } => {
+                match decision {
+                    Decision::Commit => self.counters.committed += 1,
+                    Decision::Abort => {
+                        self.counters.aborted += 1;
+                        // Presumed abort: nothing more to wait for or measure.
+                        self.timeouts.finish(xid);
+                    }
+                }
+                let reason = reason.map(|r| self.directory.name_addresses(&r));
+                self.push_event(CoordinatorEvent::Decided {
+                    xid,
+                    decision,
+                    reason,
+                    in_recovery: self.recovering,
+                });
+            }
+            CoordinatorNotice::Ended { xid } => {
+                self.counters.ended += 1;
+                self.timeouts.finish(xid);
+                self.recent.mark_ended(xid);
+                self.push_event(CoordinatorEvent::Ended { xid });
+            }
+            CoordinatorNotice::Ignored {
+                xid,
+                kind,
+                from,
+                why,
+            } => {
+                let from = self.directory.display_name(&from);
+                self.push_event(CoordinatorEvent::Ignored {
+                    xid,
+                    kind,
+                    from,
+                    why,
+                });
+            }
+            CoordinatorNotice::Recovered {
+                epoch,
+                committing,
+                aborted,
+            } => self.push_event(CoordinatorEvent::Recovered {
+                epoch,
+                committing,
+                aborted,
+            }),
+        }
+    }
+
+    /// What `concord status XID` shows.
+    pub fn status(&self, now: Time, xid: Xid) -> CoordinatorStatus {
+        if let Some(status) = self.core.status(now, xid) {
+            let state = match status.phase {
+                CoordinatorPhase::Wait => CoordinatorState::Wait,
+                CoordinatorPhase::Committing => CoordinatorState::Committing,
+                CoordinatorPhase::Committed => CoordinatorState::CommittedWaitingForAcks,
+            };
+            return CoordinatorStatus {
+                xid,
+                state,
+                detail: format!(
+                    "in flight for {} ms; {} resends of the decision",
+                    status.age_ms, status.resends
+                ),
+                branches: status
+                    .branches
+                    .iter()
+                    .map(|b| BranchView {
+                        name: self.directory.display_name(&b.participant),
+                        addr: b.participant.clone(),
+                        voted_ready: Some(b.voted_ready),
+                        acked: Some(b.acked),
+                    })
+                    .collect(),
+            };
+        }
+        if let Some(txn) = self.recent.get(xid) {
+            let (state, detail) = match (txn.decision, txn.ended) {
+                (Decision::Commit, true) => (
+                    CoordinatorState::Committed,
+                    "every participant acknowledged".to_string(),
+                ),
+                (Decision::Commit, false) => (
+                    CoordinatorState::CommittedWaitingForAcks,
+                    "decision durable".to_string(),
+                ),
+                (Decision::Abort, _) => (
+                    CoordinatorState::Aborted,
+                    txn.reason.clone().unwrap_or_default(),
+                ),
+            };
+            return CoordinatorStatus {
+                xid,
+                state,
+                detail,
+                branches: txn
+                    .participants
+                    .iter()
+                    .map(|a| self.branch_view(a))
+                    .collect(),
+            };
+        }
+        CoordinatorStatus {
+            xid,
+            state: CoordinatorState::NoRecord,
+            detail: "no record of this xid: if it ever existed it is ABORTED (presumed abort)"
+                .into(),
+            branches: self
+                .directory
+                .participants()
+                .iter()
+                .map(|(_, a)| self.branch_view(a))
+                .collect(),
+        }
+    }
+
+    fn branch_view(&self, addr: &PeerAddr) -> BranchView {
+        BranchView {
+            name: self.directory.display_name(addr),
+            addr: addr.clone(),
+            voted_ready: None,
+            acked: None,
+        }
+    }
+
+    fn reply(&mut self, client: ClientId, reply: Reply) {
+        self.actions
+            .push(CoordinatorNodeAction::Reply { client, reply });
+    }
+
+    fn reply_error(&mut self, client: ClientId, request_id: u64, message: String) {
+        self.reply(
+            client,
+            Reply::Error {
+                request_id,
+                message,
+            },
+        );
+    }
+
+    fn push_event(&mut self, event: CoordinatorEvent) {
+        self.actions.push(CoordinatorNodeAction::Event(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_participant::kv::{encode_work, KvOp};
+    use concord_proto::{Body, Vote};
+
+    const A: &str = "127.0.0.1:7101";
+    const B: &str = "127.0.0.1:7102";
+
+    fn config() -> CoordinatorNodeConfig {
+        CoordinatorNodeConfig {
+            addr: "127.0.0.1:7100".into(),
+            participants: vec![("bank-a".into(), A.into()), ("bank-b".into(), B.into())],
+            prepare_timeout_ms: 1000,
+            prepare_timeout_ms_min: 100,
+            prepare_timeout_ms_max: 60_000,
+            resend_ms_initial: 100,
+            resend_ms_min: 10,
+            resend_ms_max: 5000,
+            timeout_samples_min: 8,
+            transactions_in_flight_max: 1,
+            recent_outcomes_max: 100,
+            xid_seed: 7,
+        }
+    }
+
+    fn begin_request(request_id: u64) -> Request {
+        let work = |account: &str, delta| {
+            encode_work(&[KvOp {
+                account: account.into(),
+                delta,
+            }])
+        };
+        Request::Begin {
+            request_id,
+            branches: vec![
+                BranchRequest {
+                    participant: "bank-a".into(),
+                    work: work("x", -1),
+                },
+                BranchRequest {
+                    participant: "bank-b".into(),
+                    work: work("y", 1),
+                },
+            ],
+            prepare_timeout_ms: None,
+        }
+    }
+
+    fn replies(actions: &[CoordinatorNodeAction]) -> Vec<(ClientId, Reply)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorNodeAction::Reply { client, reply } => Some((*client, reply.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn begin_replies_with_the_xid_first_then_the_outcome_once_commit_is_durable() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(0), ClientId(3), begin_request(9));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let xid = match &replies(&actions)[..] {
+            [(ClientId(3), Reply::Begun { request_id: 9, xid })] => *xid,
+            other => panic!("expected Begun first, got {other:?}"),
+        };
+        let sends: Vec<&PeerAddr> = actions
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorNodeAction::Send { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends, vec![&A.to_string(), &B.to_string()]);
+        let epoch = node.epoch();
+        for from in [A, B] {
+            node.on_message(
+                Time(1000),
+                Message {
+                    xid,
+                    epoch,
+                    from: from.into(),
+                    body: Body::Vote(Vote::Ready),
+                },
+            );
+        }
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(replies(&actions).is_empty(), "no outcome before durable");
+        let ticket = actions
+            .iter()
+            .find_map(|a| match a {
+                CoordinatorNodeAction::Persist {
+                    durability: Durability::Forced(t),
+                    ..
+                } => Some(*t),
+                _ => None,
+            })
+            .expect("forced COMMIT record");
+        node.on_durable(Time(2000), ticket);
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert_eq!(
+            replies(&actions),
+            vec![(
+                ClientId(3),
+                Reply::Outcome {
+                    request_id: 9,
+                    xid,
+                    outcome: Outcome::Committed
+                }
+            )]
+        );
+        assert_eq!(node.counters().committed, 1);
+    }
+
+    #[test]
+    fn admission_limit_answers_busy_retry_and_counts_it() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.on_request(Time(0), ClientId(1), begin_request(1));
+        node.on_request(Time(0), ClientId(2), begin_request(2));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let refused = replies(&actions)
+            .into_iter()
+            .find(|(c, _)| *c == ClientId(2))
+            .expect("a reply to the second client");
+        match refused.1 {
+            Reply::Error { message, .. } => {
+                assert!(message.starts_with("busy:"), "{message}")
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        assert_eq!(node.counters().refused_busy, 1);
+    }
+
+    #[test]
+    fn status_after_restart_comes_from_the_one_replay() {
+        let records = vec![
+            CoordinatorRecord::Epoch { epoch: 1 },
+            CoordinatorRecord::Begin {
+                xid: Xid(5),
+                participants: vec![A.into()],
+            },
+        ];
+        let node = CoordinatorNode::recover(config(), records, Time(0));
+        let status = node.status(Time(0), Xid(5));
+        assert_eq!(status.state, CoordinatorState::Aborted);
+        assert!(
+            status.detail.contains("presumed abort"),
+            "{}",
+            status.detail
+        );
+        assert_eq!(node.epoch(), 2);
+    }
+}

@@ -1,0 +1,37 @@
+//! concord-node: the pure node layer, everything a concord server decides
+//! that is not IO.
+//!
+//! - [`coordinator::CoordinatorNode`]: `concord serve`'s decisions around
+//!   the protocol core: the [`directory`], client requests, xid minting
+//!   ([`xids`]), branch merging, [`recent`] outcomes, the timeout policy
+//!   ([`timeouts`]), admission limits, counters and typed events.
+//! - [`participant::ParticipantServerNode`]: `concord participant`'s
+//!   decisions around the participant core and its resource.
+//! - [`timers`]: the timer table keyed by (xid, kind).
+//! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
+//!
+//! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
+//! drive these same types: events in with `now`, actions out. So every
+//! decision a server makes is also made under a simulated seed. This crate
+//! must never touch tokio, sockets, files, the clock or unseeded
+//! randomness: the clock and the xid seed are inputs.
+
+pub mod coordinator;
+pub mod directory;
+pub mod latency;
+pub mod participant;
+pub mod recent;
+pub mod rtt;
+pub mod timeouts;
+pub mod timers;
+pub mod xids;
+
+pub use coordinator::{
+    ClientId, CoordinatorCounters, CoordinatorEvent, CoordinatorNode, CoordinatorNodeAction,
+    CoordinatorNodeConfig,
+};
+pub use participant::{
+    ParticipantCounters, ParticipantEvent, ParticipantNodeAction, ParticipantNodeConfig,
+    ParticipantServerNode,
+};
+pub use timers::Timers;

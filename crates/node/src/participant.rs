@@ -1,0 +1,324 @@
+//! The participant node: everything `concord participant` decides that is
+//! not IO.
+//!
+//! It owns a [`ParticipantNode`] (the protocol core wired to the key-value
+//! resource) and around it the timeout policy (measured vote → decision
+//! time → the READY inquire delay), client request handling, counters and
+//! typed events. Events go in with `now`; [`ParticipantNodeAction`]s come
+//! out of `drain_actions` in order. The tokio server and the simulator both
+//! drive this type. It must never touch a socket, a file or the clock.
+
+use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
+use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
+use concord_participant::kv::KvStore;
+use concord_participant::ParticipantNode;
+use concord_proto::{
+    Decision, Durability, Message, ParticipantAction, ParticipantConfig, ParticipantNotice,
+    ParticipantRecord, PeerAddr, PersistTicket, Time, TimerKey, Xid,
+};
+
+pub use crate::coordinator::ClientId;
+
+/// Settings of a participant node.
+#[derive(Clone, Debug)]
+pub struct ParticipantNodeConfig {
+    /// This participant's protocol address.
+    pub addr: PeerAddr,
+    /// Delay past the PREPARE deadline before the first INQUIRE until
+    /// measured, and its bounds; INQUIREs double up to `inquire_ms_max`.
+    pub inquire_ms_initial: u64,
+    pub inquire_ms_min: u64,
+    pub inquire_ms_max: u64,
+    pub timeout_samples_min: u64,
+    /// Finished branches remembered for answering duplicates.
+    pub finished_max: usize,
+}
+
+/// What the driver must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantNodeAction {
+    /// Append `record`; for `Durability::Forced(t)` sync, then call
+    /// `on_durable(t)`. `deferrable`: only an ACK waits for this forced
+    /// record (the coordinator re-sends COMMIT until it comes), so its
+    /// fsync may wait briefly to be shared with the next urgent one.
+    Persist {
+        record: ParticipantRecord,
+        durability: Durability,
+        deferrable: bool,
+    },
+    Send {
+        to: PeerAddr,
+        message: Message,
+    },
+    SetTimer {
+        key: TimerKey,
+        at: Time,
+    },
+    Reply {
+        client: ClientId,
+        reply: Reply,
+    },
+    /// Answer `Request::Stats` with the driver's log and network counters.
+    Stats {
+        client: ClientId,
+        request_id: u64,
+    },
+    Event(ParticipantEvent),
+}
+
+/// Typed events of the participant node, for logs, metrics and timelines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantEvent {
+    /// The READY timer fired and an INQUIRE went out.
+    InquireFired {
+        xid: Xid,
+        phase: &'static str,
+        timeout_ms: u64,
+        attempt: u32,
+        /// The estimate that set the delay.
+        basis: String,
+    },
+    Finished {
+        xid: Xid,
+        decision: Decision,
+    },
+    Ignored {
+        xid: Xid,
+        kind: &'static str,
+        from: PeerAddr,
+        why: &'static str,
+    },
+    /// A message only a broken coordinator could send; never acted upon.
+    Violation {
+        xid: Xid,
+        detail: String,
+    },
+    Recovered {
+        in_doubt: usize,
+        finished: usize,
+    },
+}
+
+/// Monotonic counters of the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantCounters {
+    pub committed: u64,
+    pub aborted: u64,
+    pub inquiries: u64,
+    pub violations: u64,
+}
+
+pub struct ParticipantServerNode {
+    node: ParticipantNode<KvStore>,
+    timeouts: ParticipantTimeouts,
+    counters: ParticipantCounters,
+    actions: Vec<ParticipantNodeAction>,
+}
+
+impl ParticipantServerNode {
+    /// Rebuild from the log: `kv` must already reflect the committed
+    /// history (`KvStore::replay` of the same records).
+    pub fn recover(
+        config: ParticipantNodeConfig,
+        records: impl IntoIterator<Item = ParticipantRecord>,
+        kv: KvStore,
+        now: Time,
+    ) -> ParticipantServerNode {
+        let timeouts = ParticipantTimeouts::new(PhaseSettings {
+            min_ms: config.inquire_ms_min,
+            max_ms: config.inquire_ms_max,
+            default_ms: config.inquire_ms_initial,
+            samples_min: config.timeout_samples_min,
+            // An INQUIRE is cheap and idempotent: the RTO as it is.
+            factor: 1.0,
+            flag: "--inquire-ms",
+            default_flag: "--inquire-ms-initial",
+        });
+        let core_config = ParticipantConfig {
+            addr: config.addr,
+            inquire_ms_initial: config.inquire_ms_initial,
+            inquire_ms_max: config.inquire_ms_max,
+            finished_max: config.finished_max,
+        };
+        let mut node = ParticipantServerNode {
+            node: ParticipantNode::recover(core_config, records, kv, now),
+            timeouts,
+            counters: ParticipantCounters::default(),
+            actions: Vec::new(),
+        };
+        node.pump(now);
+        node
+    }
+
+    /// The protocol core and its resource.
+    pub fn inner(&self) -> &ParticipantNode<KvStore> {
+        &self.node
+    }
+
+    pub fn resource(&self) -> &KvStore {
+        self.node.resource()
+    }
+
+    pub fn counters(&self) -> ParticipantCounters {
+        self.counters
+    }
+
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, ParticipantNodeAction> {
+        self.actions.drain(..)
+    }
+
+    pub fn on_message(&mut self, now: Time, message: Message) {
+        if let Some(inquire_ms) = self.timeouts.on_receive(now, &message) {
+            // A new PREPARE: its branch gets the measured delay.
+            self.node.set_inquire_ms_initial(inquire_ms);
+        }
+        self.node.on_message(now, message);
+        self.pump(now);
+    }
+
+    pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        self.node.on_timer(now, key);
+        self.pump(now);
+    }
+
+    pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        self.node.on_durable(now, ticket);
+        self.pump(now);
+    }
+
+    pub fn on_request(&mut self, client: ClientId, request: Request) {
+        let reply = match request {
+            Request::Accounts { request_id } => {
+                let kv = self.node.resource();
+                let mut locks: Vec<(String, Xid)> =
+                    kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
+                locks.sort();
+                let accounts = AccountsReport {
+                    balances: kv.balances().iter().map(|(a, b)| (a.clone(), *b)).collect(),
+                    in_doubt: self.node.core().in_doubt(),
+                    locks,
+                };
+                Reply::Accounts {
+                    request_id,
+                    accounts,
+                }
+            }
+            Request::BranchState { request_id, xid } => Reply::BranchState {
+                request_id,
+                xid,
+                state: self.node.core().state_of(xid),
+            },
+            Request::Timeouts { request_id } => Reply::Timeouts {
+                request_id,
+                report: TimeoutsReport {
+                    role: "participant".into(),
+                    phases: self.timeouts.report(),
+                },
+            },
+            Request::Stats { request_id } => {
+                self.actions
+                    .push(ParticipantNodeAction::Stats { client, request_id });
+                return;
+            }
+            other => Reply::Error {
+                request_id: other.request_id(),
+                message: format!(
+                    "{} is a coordinator request, and this is a participant; send it to the \
+                     coordinator",
+                    other.kind()
+                ),
+            },
+        };
+        self.actions
+            .push(ParticipantNodeAction::Reply { client, reply });
+    }
+
+    fn pump(&mut self, now: Time) {
+        let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
+        for action in actions {
+            match action {
+                ParticipantAction::Persist { record, durability } => {
+                    let deferrable = matches!(record, ParticipantRecord::Outcome { .. });
+                    self.actions.push(ParticipantNodeAction::Persist {
+                        record,
+                        durability,
+                        deferrable,
+                    });
+                }
+                ParticipantAction::Send { to, message } => {
+                    self.timeouts.on_send(now, &message);
+                    self.actions
+                        .push(ParticipantNodeAction::Send { to, message });
+                }
+                ParticipantAction::SetTimer { key, at } => self
+                    .actions
+                    .push(ParticipantNodeAction::SetTimer { key, at }),
+                ParticipantAction::Notice(notice) => self.on_notice(notice),
+                // ParticipantNode carries out resource actions itself.
+                ParticipantAction::Prepare { xid, .. }
+                | ParticipantAction::Commit { xid }
+                | ParticipantAction::Abort { xid }
+                | ParticipantAction::Restore { xid, .. } => {
+                    self.push_event(ParticipantEvent::Violation {
+                        xid,
+                        detail: "a resource action reached the node's driver (a wiring bug)".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: ParticipantNotice) {
+        let event = match notice {
+            ParticipantNotice::TimeoutFired {
+                xid,
+                phase,
+                timeout_ms,
+                attempt,
+            } => {
+                self.counters.inquiries += 1;
+                let basis = self.timeouts.inquire_fired(xid).unwrap_or_else(|| {
+                    "not measured (recovered branch): --inquire-ms-initial, doubling".to_string()
+                });
+                ParticipantEvent::InquireFired {
+                    xid,
+                    phase,
+                    timeout_ms,
+                    attempt,
+                    basis,
+                }
+            }
+            ParticipantNotice::Outcome { xid, decision } => {
+                self.timeouts.finish(xid);
+                match decision {
+                    Decision::Commit => self.counters.committed += 1,
+                    Decision::Abort => self.counters.aborted += 1,
+                }
+                ParticipantEvent::Finished { xid, decision }
+            }
+            ParticipantNotice::Ignored {
+                xid,
+                kind,
+                from,
+                why,
+            } => ParticipantEvent::Ignored {
+                xid,
+                kind,
+                from,
+                why,
+            },
+            ParticipantNotice::Violation { xid, detail } => {
+                self.counters.violations += 1;
+                ParticipantEvent::Violation { xid, detail }
+            }
+            ParticipantNotice::Recovered { in_doubt, finished } => {
+                ParticipantEvent::Recovered { in_doubt, finished }
+            }
+        };
+        self.push_event(event);
+    }
+
+    fn push_event(&mut self, event: ParticipantEvent) {
+        self.actions.push(ParticipantNodeAction::Event(event));
+    }
+}

@@ -1,0 +1,82 @@
+//! Test-only protocol mutants: each one breaks exactly one rule, so a test
+//! can show that the simulator (or a scenario) catches that class of bug.
+//!
+//! Compiled in only with the `mutants` cargo feature, which no release
+//! build enables (the `concord` binary never turns it on; `concord-sim`'s
+//! tests and its `--mutant` flag do). Without the feature, [`active`] is a
+//! constant `false` and every mutant branch is dead code the compiler
+//! removes. The switch is per thread, so seeds running on other threads
+//! (and other tests) are untouched.
+
+/// One deliberately broken rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mutant {
+    /// Answers persist first: a participant asked about an xid it never
+    /// prepared answers ABORTED before its unilateral abort is durable.
+    AnswerBeforePersist,
+    /// Persist-then-send: VOTE READY leaves before the READY record is
+    /// durable.
+    VoteBeforeReadyDurable,
+    /// The commit rule: one READY vote is enough to decide COMMIT.
+    CommitOnFirstReady,
+    /// Recovery: a restarted coordinator forgets committed transactions
+    /// that were not ended (no COMMIT re-sent).
+    ForgetCommittedOnRecovery,
+    /// Key-value resource, business rule: prepare skips the funds check.
+    SkipFundsCheck,
+    /// Key-value resource, isolation: prepare ignores locks held by other
+    /// transactions.
+    SkipLockConflict,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 6] = [
+        Mutant::AnswerBeforePersist,
+        Mutant::VoteBeforeReadyDurable,
+        Mutant::CommitOnFirstReady,
+        Mutant::ForgetCommittedOnRecovery,
+        Mutant::SkipFundsCheck,
+        Mutant::SkipLockConflict,
+    ];
+
+    /// The name used by `concord-sim --mutant`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::AnswerBeforePersist => "answer-before-persist",
+            Mutant::VoteBeforeReadyDurable => "vote-before-ready-durable",
+            Mutant::CommitOnFirstReady => "commit-on-first-ready",
+            Mutant::ForgetCommittedOnRecovery => "forget-committed-on-recovery",
+            Mutant::SkipFundsCheck => "skip-funds-check",
+            Mutant::SkipLockConflict => "skip-lock-conflict",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        Mutant::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+#[cfg(feature = "mutants")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Mutant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether `mutant` is switched on for this thread.
+#[inline(always)]
+pub fn active(mutant: Mutant) -> bool {
+    #[cfg(feature = "mutants")]
+    {
+        ACTIVE.with(|a| a.get() == Some(mutant))
+    }
+    #[cfg(not(feature = "mutants"))]
+    {
+        let _ = mutant;
+        false
+    }
+}
+
+/// Switch `mutant` on (or all off with `None`) for this thread.
+#[cfg(feature = "mutants")]
+pub fn set(mutant: Option<Mutant>) {
+    ACTIVE.with(|a| a.set(mutant));
+}
