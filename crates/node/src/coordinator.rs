@@ -239,7 +239,7 @@ impl CoordinatorNode {
             recovering: true,
             actions: Vec::new(),
         };
-        node.pump(now);
+        node.pump();
         node.recovering = false;
         node
     }
@@ -342,21 +342,20 @@ impl CoordinatorNode {
 
     /// A message from a participant.
     pub fn on_message(&mut self, now: Time, message: Message) {
-        self.timeouts.on_receive(now, &message);
         self.core.on_message(now, message);
-        self.pump(now);
+        self.pump();
     }
 
     /// A timer set with `SetTimer` is due.
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
         self.core.on_timer(now, key);
-        self.pump(now);
+        self.pump();
     }
 
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         self.core.on_durable(now, ticket);
-        self.pump(now);
+        self.pump();
     }
 
     fn begin(
@@ -417,23 +416,21 @@ impl CoordinatorNode {
                 participants,
             },
         );
-        self.pump(now);
+        self.pump();
         Ok(())
     }
 
     /// Translate the core's actions into the node's, in order.
-    fn pump(&mut self, now: Time) {
+    fn pump(&mut self) {
         let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
         for action in actions {
             match action {
                 CoordinatorAction::Persist { record, durability } => self
                     .actions
                     .push(CoordinatorNodeAction::Persist { record, durability }),
-                CoordinatorAction::Send { to, message } => {
-                    self.timeouts.on_send(now, &to, &message);
-                    self.actions
-                        .push(CoordinatorNodeAction::Send { to, message });
-                }
+                CoordinatorAction::Send { to, message } => self
+                    .actions
+                    .push(CoordinatorNodeAction::Send { to, message }),
                 CoordinatorAction::SetTimer { key, at } => self
                     .actions
                     .push(CoordinatorNodeAction::SetTimer { key, at }),
@@ -562,6 +559,12 @@ impl CoordinatorNode {
                 committing,
                 aborted,
             }),
+            CoordinatorNotice::LatencySample {
+                peer,
+                phase,
+                elapsed_us,
+                ..
+            } => self.timeouts.observe(&peer, phase, elapsed_us),
         }
     }
 

@@ -13,8 +13,8 @@ use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
 use concord_participant::kv::KvStore;
 use concord_participant::ParticipantNode;
 use concord_proto::{
-    Decision, Durability, Message, ParticipantAction, ParticipantConfig, ParticipantNotice,
-    ParticipantRecord, PeerAddr, PersistTicket, Time, TimerKey, Xid,
+    Body, Decision, Durability, Message, ParticipantAction, ParticipantConfig, ParticipantNotice,
+    ParticipantRecord, PeerAddr, PersistTicket, Time, TimerKey, Vote, Xid,
 };
 
 pub use crate::coordinator::ClientId;
@@ -146,7 +146,7 @@ impl ParticipantServerNode {
             counters: ParticipantCounters::default(),
             actions: Vec::new(),
         };
-        node.pump(now);
+        node.pump();
         node
     }
 
@@ -168,22 +168,27 @@ impl ParticipantServerNode {
     }
 
     pub fn on_message(&mut self, now: Time, message: Message) {
-        if let Some(inquire_ms) = self.timeouts.on_receive(now, &message) {
-            // A new PREPARE: its branch gets the measured delay.
-            self.node.set_inquire_ms_initial(inquire_ms);
+        if let Body::Prepare { deadline_ms, .. } = &message.body {
+            let chosen = self
+                .timeouts
+                .on_prepare(now, message.xid, &message.from, *deadline_ms);
+            if let Some(inquire_ms) = chosen {
+                // A new branch gets the measured delay.
+                self.node.set_inquire_ms_initial(inquire_ms);
+            }
         }
         self.node.on_message(now, message);
-        self.pump(now);
+        self.pump();
     }
 
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
         self.node.on_timer(now, key);
-        self.pump(now);
+        self.pump();
     }
 
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         self.node.on_durable(now, ticket);
-        self.pump(now);
+        self.pump();
     }
 
     pub fn on_request(&mut self, client: ClientId, request: Request) {
@@ -233,7 +238,7 @@ impl ParticipantServerNode {
             .push(ParticipantNodeAction::Reply { client, reply });
     }
 
-    fn pump(&mut self, now: Time) {
+    fn pump(&mut self) {
         let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
         for action in actions {
             match action {
@@ -246,7 +251,10 @@ impl ParticipantServerNode {
                     });
                 }
                 ParticipantAction::Send { to, message } => {
-                    self.timeouts.on_send(now, &message);
+                    if let Body::Vote(Vote::Abort { .. }) = message.body {
+                        // It voted ABORT: no decision will follow to wait for.
+                        self.timeouts.finish(message.xid);
+                    }
                     self.actions
                         .push(ParticipantNodeAction::Send { to, message });
                 }
@@ -313,6 +321,15 @@ impl ParticipantServerNode {
             }
             ParticipantNotice::Recovered { in_doubt, finished } => {
                 ParticipantEvent::Recovered { in_doubt, finished }
+            }
+            ParticipantNotice::LatencySample {
+                peer,
+                phase,
+                elapsed_us,
+                ..
+            } => {
+                self.timeouts.observe(&peer, phase, elapsed_us);
+                return;
             }
         };
         self.push_event(event);

@@ -15,7 +15,7 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, PeerAddr, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, PeerAddr, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -97,6 +97,13 @@ pub enum CoordinatorNotice {
         epoch: Epoch,
         committing: usize,
         aborted: usize,
+    },
+    /// A measured exchange with `peer` (for the timeout policy).
+    LatencySample {
+        xid: Xid,
+        peer: PeerAddr,
+        phase: LatencyPhase,
+        elapsed_us: u64,
     },
 }
 
@@ -194,6 +201,8 @@ struct Txn {
     /// value unless `begin_with_resend` gave one).
     resend_ms_initial: u64,
     began_at: Time,
+    /// When COMMIT was first sent (the decision round's sample start).
+    commit_sent_at: Option<Time>,
     /// A client waits for the outcome (false for recovered transactions).
     client_waits: bool,
     resends: u32,
@@ -320,6 +329,7 @@ impl Coordinator {
                         timeout_ms: coordinator.config.resend_ms_initial,
                         resend_ms_initial: coordinator.config.resend_ms_initial,
                         began_at: now,
+                        commit_sent_at: None,
                         client_waits: false,
                         resends: 0,
                     },
@@ -438,6 +448,7 @@ impl Coordinator {
                 timeout_ms: prepare_timeout_ms,
                 resend_ms_initial,
                 began_at: now,
+                commit_sent_at: None,
                 client_waits: true,
                 resends: 0,
             },
@@ -450,7 +461,7 @@ impl Coordinator {
     }
 
     /// A message from a participant.
-    pub fn on_message(&mut self, _now: Time, message: Message) {
+    pub fn on_message(&mut self, now: Time, message: Message) {
         let Message {
             xid,
             epoch,
@@ -478,11 +489,20 @@ impl Coordinator {
         };
         match body {
             Body::Vote(Vote::Ready) => {
-                if txn.phase != Phase::Wait {
+                if txn.phase != Phase::Wait || txn.ready[index] {
                     return; // duplicate or late vote: harmless
                 }
                 txn.ready[index] = true;
-                if txn.ready.iter().all(|r| *r) || mutant::active(Mutant::CommitOnFirstReady) {
+                // PREPARE went out once, at begin.
+                let elapsed_us = now.us_since(txn.began_at);
+                let all_ready = txn.ready.iter().all(|r| *r);
+                self.push_notice(CoordinatorNotice::LatencySample {
+                    xid,
+                    peer: from,
+                    phase: LatencyPhase::Prepare,
+                    elapsed_us,
+                });
+                if all_ready || mutant::active(Mutant::CommitOnFirstReady) {
                     self.decide_commit(xid);
                 }
             }
@@ -497,10 +517,26 @@ impl Coordinator {
                 self.decide_abort(xid, reason);
             }
             Body::Ack => {
-                if txn.phase != Phase::Committed {
+                if txn.phase != Phase::Committed || txn.acked[index] {
                     return;
                 }
                 txn.acked[index] = true;
+                // Karn: only while COMMIT was sent exactly once.
+                let sample = match txn.commit_sent_at {
+                    Some(sent) if txn.resends == 0 => Some(now.us_since(sent)),
+                    _ => None,
+                };
+                if let Some(elapsed_us) = sample {
+                    self.push_notice(CoordinatorNotice::LatencySample {
+                        xid,
+                        peer: from,
+                        phase: LatencyPhase::Decision,
+                        elapsed_us,
+                    });
+                }
+                let Some(txn) = self.txns.get_mut(&xid) else {
+                    return;
+                };
                 if txn.acked.iter().all(|a| *a) {
                     self.txns.remove(&xid);
                     self.actions.push(CoordinatorAction::Persist {
@@ -681,6 +717,7 @@ impl Coordinator {
             return;
         };
         txn.phase = Phase::Committed;
+        txn.commit_sent_at = Some(now);
         txn.timeout_ms = txn.resend_ms_initial;
         let at = now.plus_ms(txn.timeout_ms);
         txn.timer_at = Some(at);

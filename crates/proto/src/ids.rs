@@ -71,6 +71,21 @@ pub enum TimerKind {
     Inquire,
 }
 
+/// What a latency sample measured, reported by the cores so that the
+/// timeout policy never has to shadow protocol state. Only exchanges whose
+/// request went out exactly once give a sample (Karn's rule).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum LatencyPhase {
+    /// Coordinator: PREPARE sent → that participant's VOTE READY received
+    /// (includes the participant's own work and forced READY write).
+    Prepare,
+    /// Coordinator: COMMIT sent (once) → ACK received.
+    Decision,
+    /// Participant: VOTE READY sent (once) → the decision received, with no
+    /// INQUIRE in between.
+    VoteToDecision,
+}
+
 /// One timer: `(xid, kind)`. Setting a timer with the same key replaces
 /// the earlier one.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

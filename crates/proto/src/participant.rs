@@ -16,7 +16,7 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -109,6 +109,13 @@ pub enum ParticipantNotice {
         in_doubt: usize,
         finished: usize,
     },
+    /// A measured exchange with the coordinator (for the timeout policy).
+    LatencySample {
+        xid: Xid,
+        peer: PeerAddr,
+        phase: LatencyPhase,
+        elapsed_us: u64,
+    },
 }
 
 /// One branch the participant is working on (not yet finished).
@@ -124,6 +131,10 @@ struct Branch {
     timer_at: Option<Time>,
     inquire_ms: u64,
     inquiries: u32,
+    /// When VOTE READY first left, and how often it was sent (a duplicate
+    /// PREPARE repeats it): the vote → decision sample needs exactly one.
+    voted_at: Option<Time>,
+    votes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +254,8 @@ impl Participant {
                     timer_at: Some(now),
                     inquire_ms,
                     inquiries: 0,
+                    voted_at: None,
+                    votes: 0,
                 },
             );
             participant.actions.push(ParticipantAction::SetTimer {
@@ -425,6 +438,8 @@ impl Participant {
                     return;
                 }
                 branch.state = BranchState::Ready;
+                branch.voted_at = Some(now);
+                branch.votes = 1;
                 // No point asking before the coordinator's own deadline.
                 let at = branch.deadline.max(now).plus_ms(branch.inquire_ms);
                 branch.timer_at = Some(at);
@@ -534,10 +549,11 @@ impl Participant {
                 .push(ParticipantAction::Send { to: from, message });
             return;
         }
-        if let Some(branch) = self.branches.get(&xid) {
+        if let Some(branch) = self.branches.get_mut(&xid) {
             if branch.state == BranchState::Ready {
-                let message = self.message(xid, branch.epoch, Body::Vote(Vote::Ready));
-                let to = branch.coordinator.clone();
+                branch.votes += 1;
+                let (epoch, to) = (branch.epoch, branch.coordinator.clone());
+                let message = self.message(xid, epoch, Body::Vote(Vote::Ready));
                 self.actions.push(ParticipantAction::Send { to, message });
             }
             // Preparing / ReadyPending: the vote goes out when ready.
@@ -570,6 +586,8 @@ impl Participant {
                 timer_at: None,
                 inquire_ms: self.config.inquire_ms_initial,
                 inquiries: 0,
+                voted_at: None,
+                votes: 0,
             },
         );
         self.actions.push(ParticipantAction::Prepare { xid, work });
@@ -611,6 +629,25 @@ impl Participant {
                 // PREPARE gets VOTE ABORT.
                 Decision::Abort => self.remember(now, xid, Decision::Abort),
             }
+            return;
+        };
+        // Karn: one VOTE READY and no INQUIRE, so the decision answers it.
+        let sample = if let (Some(voted), 1, 0, BranchState::Ready) = (
+            branch.voted_at,
+            branch.votes,
+            branch.inquiries,
+            branch.state,
+        ) {
+            Some(ParticipantNotice::LatencySample {
+                xid,
+                peer: branch.coordinator.clone(),
+                phase: LatencyPhase::VoteToDecision,
+                elapsed_us: now.us_since(voted),
+            })
+        } else {
+            None
+        };
+        let Some(branch) = self.branches.get_mut(&xid) else {
             return;
         };
         match (decision, branch.state) {
@@ -663,6 +700,9 @@ impl Participant {
             (Decision::Abort, BranchState::Committing) => {
                 self.violation(xid, format!("ABORT from {from} after COMMIT"));
             }
+        }
+        if let Some(sample) = sample {
+            self.actions.push(ParticipantAction::Notice(sample));
         }
     }
 

@@ -477,3 +477,75 @@ fn votes(xid: Xid) -> TimerKey {
 fn resend(xid: Xid) -> TimerKey {
     TimerKey::new(xid, TimerKind::Resend)
 }
+
+fn samples(actions: &[CoordinatorAction]) -> Vec<(String, LatencyPhase, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            CoordinatorAction::Notice(CoordinatorNotice::LatencySample {
+                peer,
+                phase,
+                elapsed_us,
+                ..
+            }) => Some((peer.clone(), *phase, *elapsed_us)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn timers_from_measured_latency_the_core_reports_prepare_and_decision_samples_once() {
+    let mut c = started();
+    begin(&mut c, Xid(7));
+    c.on_message(ms(4), msg(&c, Xid(7), P1, Body::Vote(Vote::Ready)));
+    c.on_message(ms(5), msg(&c, Xid(7), P1, Body::Vote(Vote::Ready))); // duplicate
+    c.on_message(ms(9), msg(&c, Xid(7), P2, Body::Vote(Vote::Ready)));
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert_eq!(
+        samples(&actions),
+        vec![
+            (P1.into(), LatencyPhase::Prepare, 4000),
+            (P2.into(), LatencyPhase::Prepare, 9000)
+        ]
+    );
+    c.on_durable(ms(10), forced_ticket(&actions).expect("forced"));
+    c.drain_actions().for_each(drop);
+    c.on_message(ms(13), msg(&c, Xid(7), P1, Body::Ack));
+    c.on_message(ms(14), msg(&c, Xid(7), P1, Body::Ack)); // duplicate
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert_eq!(
+        samples(&actions),
+        vec![(P1.into(), LatencyPhase::Decision, 3000)]
+    );
+}
+
+#[test]
+fn timers_from_measured_latency_karn_no_decision_sample_after_a_resend() {
+    let mut c = started();
+    committed(&mut c, Xid(8));
+    // The resend timer fires: COMMIT goes out again to both.
+    c.on_timer(ms(1000), TimerKey::new(Xid(8), TimerKind::Resend));
+    c.drain_actions().for_each(drop);
+    c.on_message(ms(1001), msg(&c, Xid(8), P1, Body::Ack));
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert!(samples(&actions).is_empty(), "{actions:?}");
+}
+
+#[test]
+fn timers_from_measured_latency_vote_abort_gives_no_sample() {
+    let mut c = started();
+    begin(&mut c, Xid(9));
+    c.on_message(
+        ms(2),
+        msg(
+            &c,
+            Xid(9),
+            P1,
+            Body::Vote(Vote::Abort {
+                reason: "no".into(),
+            }),
+        ),
+    );
+    let actions: Vec<_> = c.drain_actions().collect();
+    assert!(samples(&actions).is_empty());
+}

@@ -554,3 +554,43 @@ fn an_abort_decided_by_the_coordinator_is_answered_at_once() {
         vec![(P2.into(), Body::State(TxnState::Aborted))]
     );
 }
+
+fn samples(actions: &[ParticipantAction]) -> Vec<(String, LatencyPhase, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            ParticipantAction::Notice(ParticipantNotice::LatencySample {
+                peer,
+                phase,
+                elapsed_us,
+                ..
+            }) => Some((peer.clone(), *phase, *elapsed_us)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn timers_from_measured_latency_vote_to_decision_sample_only_for_one_vote_and_no_inquiry() {
+    // Voted once, decision came: one sample, from the vote.
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5)); // VOTE READY at 2 ms
+    p.on_message(ms(9), decision(Xid(5), Decision::Commit));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(
+        samples(&actions),
+        vec![(C.into(), LatencyPhase::VoteToDecision, 7000)]
+    );
+    // Voted twice (duplicate PREPARE): no sample.
+    ready(&mut p, Xid(6));
+    p.on_message(ms(3), prepare(Xid(6)));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(9), decision(Xid(6), Decision::Commit));
+    assert!(samples(&p.drain_actions().collect::<Vec<_>>()).is_empty());
+    // Inquired, then learned the outcome: no sample.
+    ready(&mut p, Xid(8));
+    p.on_timer(ms(500), inquire(Xid(8)));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(501), decision(Xid(8), Decision::Abort));
+    assert!(samples(&p.drain_actions().collect::<Vec<_>>()).is_empty());
+}
