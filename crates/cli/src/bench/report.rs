@@ -14,7 +14,7 @@
 
 use super::baseline::FsyncBaseline;
 use super::workload::Tally;
-use crate::wire::ServerStats;
+use concord_api::ServerStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -9,10 +9,10 @@
 //! from the participants' own durable logs (not from what the processes
 //! say). It must never report a check as passed that it did not make.
 
-use crate::client::{Client, ClientError};
 use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
-use crate::wire::Outcome;
 use anyhow::{bail, Context};
+use concord_api::Outcome;
+use concord_client::{Client, ClientError};
 use concord_participant::kv::KvStore;
 use concord_proto::codec::decode;
 use concord_proto::{Decision, ParticipantRecord, Xid};
@@ -216,7 +216,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
     let live_totals: Vec<i64> = {
         let mut totals = Vec::new();
         for addr in &participant_addrs {
-            totals.push(match crate::client::accounts(addr).await {
+            totals.push(match concord_client::accounts(addr).await {
                 Ok(report) => report.total(),
                 Err(_) => i64::MIN,
             });
@@ -391,7 +391,7 @@ async fn quiesce(participants: &[String], coordinator: &str) -> bool {
     loop {
         let mut quiet = true;
         for addr in participants {
-            match crate::client::accounts(addr).await {
+            match concord_client::accounts(addr).await {
                 Ok(r) if r.in_doubt.is_empty() && r.locks.is_empty() => {}
                 _ => quiet = false,
             }

@@ -5,10 +5,10 @@
 //! (`Request::Stats`) and, for processes we started, their CPU time from
 //! `/proc`.
 
-use crate::client::Client;
 use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
-use crate::wire::ServerStats;
 use anyhow::{bail, Context};
+use concord_api::ServerStats;
+use concord_client::Client;
 use std::path::PathBuf;
 
 /// How the servers of one run are started.

@@ -1,15 +1,21 @@
 //! The `concord` command line: servers (`serve`, `participant`), client
-//! commands (`transfer`, `txn`, `status`, `accounts`), and `proxy`, the
-//! fault-injecting TCP proxy for tests on one machine.
+//! commands (`transfer`, `txn`, `status`, `accounts`), `proxy`, the
+//! fault-injecting TCP proxy for tests on one machine, and the tools
+//! `bench` and `demo` (modules of this binary, never exported by a
+//! library, so an SDK user pulls in none of their dependencies).
 //!
 //! Exit codes of the client commands: 0 success (committed), 1 aborted,
 //! 2 error (including an unknown outcome).
 
+mod bench;
+mod demo;
+mod procs;
+
 use clap::{Args, Parser, Subcommand};
-use concord::client::{self, Client, ClientError};
-use concord::wire::{AccountsReport, Outcome};
-use concord::{CoordinatorServerConfig, ParticipantServerConfig};
+use concord_api::{AccountsReport, Outcome};
+use concord_client::{self as client, Client, ClientError};
 use concord_proto::Xid;
+use concord_server::{CoordinatorServerConfig, ParticipantServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,7 +88,7 @@ struct BenchArgs {
     branches: Option<usize>,
     /// Concurrency levels (transactions in flight), one run each, e.g.
     /// 1,16,64,256.
-    #[arg(long, default_value = "1,8,32,128,256", value_name = "LIST", value_parser = concord::bench::parse_levels)]
+    #[arg(long, default_value = "1,8,32,128,256", value_name = "LIST", value_parser = bench::parse_levels)]
     concurrency: std::vec::Vec<usize>,
     /// Client connections the tasks of one run share (default: one per 8
     /// tasks, at most 16).
@@ -302,7 +308,7 @@ struct ParticipantArgs {
     /// to be shared with the next READY record's, instead of making that
     /// READY wait behind a sync of its own. 0 = fsync at once. The ACK is
     /// sent only once the record is durable, either way.
-    #[arg(long, default_value_t = concord::participant::OUTCOME_SYNC_DELAY_US_DEFAULT, value_name = "US")]
+    #[arg(long, default_value_t = concord_server::participant::OUTCOME_SYNC_DELAY_US_DEFAULT, value_name = "US")]
     outcome_sync_delay_us: u64,
     /// This participant's protocol address when it differs from --listen
     /// (behind a proxy or NAT): the coordinator's --participant NAME=ADDR
@@ -554,7 +560,7 @@ fn main() -> ExitCode {
         }
     };
     if server {
-        if let Err(e) = concord::failpoint::init_from_env() {
+        if let Err(e) = concord_server::failpoint::init_from_env() {
             eprintln!("concord: {e}");
             return ExitCode::from(2);
         }
@@ -567,9 +573,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve(args) => server_exit(concord::run_coordinator(serve_config(args)).await),
+        Command::Serve(args) => {
+            server_exit(concord_server::run_coordinator(serve_config(args)).await)
+        }
         Command::Participant(args) => {
-            server_exit(concord::run_participant(participant_config(args)).await)
+            server_exit(concord_server::run_participant(participant_config(args)).await)
         }
         Command::Transfer(args) => {
             let from = (args.from.0.as_str(), args.from.1.as_str());
@@ -636,7 +644,7 @@ async fn proxy(args: ProxyArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        _ = concord::shutdown_signal() => handle.shutdown(),
+        _ = concord_server::shutdown_signal() => handle.shutdown(),
     }
     ExitCode::SUCCESS
 }
@@ -1052,7 +1060,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = concord::bench::BenchOptions {
+    let options = bench::BenchOptions {
         exe,
         participants: args.participants,
         branches: args.branches,
@@ -1072,7 +1080,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         baselines: !args.no_baselines,
         seed: args.seed,
     };
-    let report = match concord::bench::run_bench(options).await {
+    let report = match bench::run_bench(options).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("concord bench: {e:#}");
@@ -1080,10 +1088,10 @@ async fn bench(args: BenchArgs) -> ExitCode {
         }
     };
     if let Some(path) = &args.plot {
-        let points: Vec<concord::bench::plot::PlotPoint> = report
+        let points: Vec<bench::plot::PlotPoint> = report
             .runs
             .iter()
-            .map(|r| concord::bench::plot::PlotPoint {
+            .map(|r| bench::plot::PlotPoint {
                 concurrency: r.concurrency,
                 throughput: r.transactions_per_sec,
                 p99_ms: r.latency.p99_ms,
@@ -1100,7 +1108,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
                 "NOT durable"
             }
         );
-        if let Err(e) = std::fs::write(path, concord::bench::plot::svg(&title, &points)) {
+        if let Err(e) = std::fs::write(path, bench::plot::svg(&title, &points)) {
             eprintln!("concord bench: cannot write {}: {e}", path.display());
             return ExitCode::from(2);
         }
@@ -1128,7 +1136,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = concord::demo::DemoOptions {
+    let options = demo::DemoOptions {
         transfers: args.transfers,
         clients: args.clients.max(1),
         accounts: args.accounts.max(2),
@@ -1137,7 +1145,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
         seed: args.seed,
         exe,
     };
-    match concord::demo::run_demo(options).await {
+    match demo::run_demo(options).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -9,10 +9,10 @@
 mod common;
 
 use common::*;
-use concord::client::{self, ClientError, TxnResult};
-use concord::failpoint;
-use concord::wire::{CoordinatorState, Outcome};
+use concord_client::{self as client, ClientError, TxnResult};
 use concord_proto::{TxnState, Xid};
+use concord_server::failpoint;
+use concord_server::wire::{CoordinatorState, Outcome};
 use std::time::{Duration, Instant};
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
@@ -70,7 +70,7 @@ fn last_run_log(proc: &Proc) -> String {
     }
 }
 
-fn assert_conserved(cluster: &Cluster, reports: &[concord::wire::AccountsReport]) {
+fn assert_conserved(cluster: &Cluster, reports: &[concord_server::wire::AccountsReport]) {
     assert_eq!(
         reports.iter().map(|r| r.total()).sum::<i64>(),
         cluster.total_seeded(),

@@ -38,7 +38,7 @@
 //! ```
 //! `PROPTEST_CASES` overrides the per-property default (see [`config`]). A
 //! failure prints the minimal failing input and appends its seed to
-//! `crates/concord/tests/fuzz_decoders.proptest-regressions`, which every
+//! `crates/cli/tests/fuzz_decoders.proptest-regressions`, which every
 //! later run replays first: commit it with the fix. `PROPTEST_RNG_SEED=<n>`
 //! makes a whole run deterministic.
 
@@ -46,15 +46,15 @@ use std::fmt::{Debug, Display};
 use std::path::Path;
 
 use bytes::BytesMut;
-use concord::wire::{
-    self, AccountsReport, BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome,
-    PhaseEstimate, Reply, Request, ServerStats, TimeoutsReport,
-};
 use concord_net::{encode_frame, FrameCodec};
 use concord_participant::kv::{self, KvOp, KvRecord, KvStore};
 use concord_proto::codec::{decode, encode};
 use concord_proto::{
     Body, CoordinatorRecord, Decision, Message, ParticipantRecord, TxnState, Vote, Xid,
+};
+use concord_server::wire::{
+    self, AccountsReport, BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome,
+    PhaseEstimate, Reply, Request, ServerStats, TimeoutsReport,
 };
 use concord_store::file_log::{self, encode_log, RECORD_BYTES_MAX_DEFAULT};
 use proptest::prelude::*;

@@ -5,8 +5,8 @@
 
 #![allow(dead_code)]
 
-use concord::client::{self, Client};
-use concord::wire::AccountsReport;
+use concord_client::{self as client, Client};
+use concord_server::wire::AccountsReport;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use concord::client::ClientError;
-use concord::wire::{self, CoordinatorState, Outcome};
+use concord_client::ClientError;
 use concord_proto::{Body, Message, TxnState, Xid};
+use concord_server::wire::{self, CoordinatorState, Outcome};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

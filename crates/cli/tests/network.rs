@@ -9,10 +9,10 @@
 mod common;
 
 use common::{Cluster, TEST_TIMEOUT};
-use concord::client::{Client, ClientError};
-use concord::wire::CoordinatorState;
+use concord_client::{Client, ClientError};
 use concord_net::proxy::{self, Faults, ProxyHandle};
 use concord_proto::Xid;
+use concord_server::wire::CoordinatorState;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -636,28 +636,28 @@ async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
         let mut raw = tokio::net::TcpStream::connect(&cluster.coordinator.addr)
             .await
             .expect("connect");
-        let begin = concord::wire::Request::Begin {
+        let begin = concord_server::wire::Request::Begin {
             request_id: 1,
-            branches: concord::client::kv_branches(&[
+            branches: concord_client::kv_branches(&[
                 ("p0".into(), "acct-0".into(), -1),
                 ("p1".into(), "acct-0".into(), 1),
             ]),
             prepare_timeout_ms: Some(prepare_timeout_ms),
         };
-        let frame = concord::wire::request_frame(&begin);
+        let frame = concord_server::wire::request_frame(&begin);
         let mut bytes = bytes::BytesMut::new();
         concord_net::encode_frame(frame.kind, &frame.body, &mut bytes);
         raw.write_all(&bytes).await.expect("write begin");
         let started = Instant::now();
         let mut frames = tokio_util::codec::FramedRead::new(
             raw,
-            concord_net::FrameCodec::new(concord::wire::REPLY_BYTES_MAX),
+            concord_net::FrameCodec::new(concord_server::wire::REPLY_BYTES_MAX),
         );
         let mut got_outcome = false;
         while let Some(Ok(frame)) = frames.next().await {
-            if frame.kind == concord::wire::KIND_REPLY {
-                let reply = concord::wire::decode_reply(&frame.body).expect("reply");
-                got_outcome |= matches!(reply, concord::wire::Reply::Outcome { .. });
+            if frame.kind == concord_server::wire::KIND_REPLY {
+                let reply = concord_server::wire::decode_reply(&frame.body).expect("reply");
+                got_outcome |= matches!(reply, concord_server::wire::Reply::Outcome { .. });
             }
         }
         let raw_lived = started.elapsed();

@@ -19,9 +19,9 @@
 mod common;
 
 use common::{Cluster, Proc, TEST_TIMEOUT};
-use concord::client::{Client, TxnResult};
-use concord::wire::{Outcome, TimeoutsReport};
+use concord_client::{Client, TxnResult};
 use concord_net::proxy::{self, Faults, ProxyHandle};
+use concord_server::wire::{Outcome, TimeoutsReport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,36 +1,32 @@
-//! concord: the processes of the distributed two-phase-commit coordinator.
+//! concord-server: the tokio drivers of concord's servers.
 //!
 //! This crate drives the pure node layer (`concord-node`, which holds
-//! every decision around the sans-IO protocol core) with tokio: the durable
-//! log (`concord-store`) and the transport (`concord-net`). It also holds
-//! the client library and the `concord` command line.
+//! every decision around the sans-IO protocol core) with tokio, the
+//! durable log (`concord-store`) and the transport (`concord-net`). It
+//! only moves bytes, records and timers; it must never decide anything the
+//! simulator cannot reach.
 //!
 //! - [`coordinator`]: `concord serve` ([`run_coordinator`]).
 //! - [`participant`]: `concord participant` with the key-value resource
 //!   ([`run_participant`]).
-//! - [`client`]: the Rust client ([`client::Client`]).
-//! - [`wire`]: what travels inside frames (peer messages, client requests
-//!   and replies).
+//! - [`wire`]: the frames that carry peer messages, client requests and
+//!   replies.
 //! - [`outbox`]: outgoing peer messages over concord-net (one persistent,
 //!   heartbeating connection per peer, repaired on reset).
 //! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
 //!
 //! The servers are library functions so that tests, `concord demo` and
-//! benchmarks start them the same way the binary does (usually as separate
+//! `concord bench` start them the same way the binary does (usually as separate
 //! processes of the same binary). Nothing that arrives from the network,
 //! the log or the user is unwrapped: it is validated and refused with a
 //! message saying why.
 
-pub mod bench;
-pub mod client;
 mod conn;
 pub mod coordinator;
-pub mod demo;
 mod driver;
 pub mod failpoint;
 pub mod outbox;
 pub mod participant;
-mod procs;
 pub mod wire;
 
 pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};

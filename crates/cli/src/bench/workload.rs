@@ -12,8 +12,8 @@
 //! Only transactions that *finish* inside the measuring window are counted,
 //! and their latency is the client's: from sending Begin to the outcome.
 
-use crate::client::{Client, ClientError};
-use crate::wire::{BranchRequest, Outcome};
+use concord_api::{BranchRequest, Outcome};
+use concord_client::{Client, ClientError};
 use concord_participant::kv::{encode_work_with_memo, KvOp};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};

@@ -1,13 +1,16 @@
-//! The Rust client: run global transactions through a coordinator, and
-//! look at participants.
+//! concord-client: the Rust SDK applications link to run global
+//! transactions through a coordinator, and to look at participants.
+//!
+//! It depends on the wire types (`concord-api`) and the transport
+//! (`concord-net`) only: no server, storage or benchmark code comes along.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), concord::client::ClientError> {
-//! use concord::client::Client;
+//! # async fn demo() -> Result<(), concord_client::ClientError> {
+//! use concord_client::Client;
 //! let client = Client::connect("127.0.0.1:7100").await?;
 //! let result = client.transfer(("bank-a", "acct-0"), ("bank-b", "acct-1"), 25).await?;
 //! println!("{} {}", result.xid, result.outcome);
-//! let accounts = concord::client::accounts("127.0.0.1:7101").await?;
+//! let accounts = concord_client::accounts("127.0.0.1:7101").await?;
 //! println!("total {}", accounts.total());
 //! # Ok(()) }
 //! ```
@@ -39,11 +42,12 @@
 //! a connection that breaks fail, because only they may have had an
 //! effect.
 
-use crate::wire::{
-    self, AccountsReport, BranchRequest, CoordinatorStatus, Outcome, Reply, Request, ServerStats,
-    TimeoutsReport, KIND_REPLY,
-};
 use bytes::BytesMut;
+use concord_api::{decode_reply, KIND_REPLY, KIND_REQUEST, REPLY_BYTES_MAX};
+pub use concord_api::{
+    AccountsReport, BranchRequest, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
+    ServerStats, TimeoutsReport,
+};
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
 use concord_participant::kv::{encode_work, KvOp};
 use concord_proto::{TxnState, Xid};
@@ -58,6 +62,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
+
+/// A frame carrying a client request.
+fn request_frame(request: &Request) -> Frame {
+    Frame::new(KIND_REQUEST, concord_proto::codec::encode(request))
+}
 
 /// How long [`Client::connect`] waits for the TCP handshake by default.
 pub const CONNECT_TIMEOUT_MS: u64 = 3000;
@@ -393,7 +402,7 @@ impl Client {
             }
             shared.pending.insert(request.request_id(), tx);
         }
-        if conn.frames.send(wire::request_frame(&request)).is_err() {
+        if conn.frames.send(request_frame(&request)).is_err() {
             return Err(ClientError::ConnectionLost {
                 addr: self.addr.clone(),
                 why: "the connection's writer stopped".into(),
@@ -482,7 +491,7 @@ async fn run_connection(
     options: ClientOptions,
 ) {
     let (read_half, mut write_half) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(wire::REPLY_BYTES_MAX));
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(REPLY_BYTES_MAX));
     // Check the timers at a quarter of the shortest one.
     let tick = [
         options.heartbeat_interval,
@@ -529,7 +538,7 @@ async fn run_connection(
                     // Answer at once: a heartbeating server hears from us
                     // within one of its intervals however long we wait.
                     KIND_HEARTBEAT => encode_frame(KIND_HEARTBEAT, &[], &mut buffer),
-                    KIND_REPLY => match wire::decode_reply(&frame.body) {
+                    KIND_REPLY => match decode_reply(&frame.body) {
                         Ok(reply) => {
                             last_busy = last_read;
                             dispatch(&shared, reply, &addr);
