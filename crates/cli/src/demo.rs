@@ -123,7 +123,16 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
             &root.join(name),
             options.accounts,
             options.balance,
-            &["--inquire-ms-initial", "50", "--inquire-ms-max", "500"],
+            // The final audit reads every READY and outcome record the run
+            // wrote, so the logs keep their whole history.
+            &[
+                "--inquire-ms-initial",
+                "50",
+                "--inquire-ms-max",
+                "500",
+                "--compact-after-records",
+                "0",
+            ],
         );
         participants.push(Proc::start(
             exe,
@@ -137,6 +146,8 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
         &root.join("coordinator"),
         &named,
         &[
+            "--compact-after-records",
+            "0",
             "--prepare-timeout-ms",
             "1000",
             "--resend-ms-initial",
@@ -436,7 +447,8 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             } => {
                 branches.ready.insert(*xid, participants.clone());
             }
-            ParticipantRecord::Outcome { xid, decision } => {
+            ParticipantRecord::Outcome { xid, decision }
+            | ParticipantRecord::Finished { xid, decision } => {
                 branches.outcome.insert(*xid, *decision);
             }
             ParticipantRecord::Resource { .. } => {}

@@ -338,6 +338,13 @@ struct ServerProcessArgs {
     /// runs it as a labelled baseline); never use it for real work.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Compact the log (rewrite it with only the live state: in-flight and
+    /// in-doubt transactions, balances, the outcomes still remembered) once
+    /// this many records were appended since the last compaction, and at
+    /// least twice as many as that compaction kept. 0 = never (the log then
+    /// grows with every transaction).
+    #[arg(long, default_value_t = concord_server::coordinator::COMPACT_AFTER_RECORDS_DEFAULT, value_name = "N")]
+    compact_after_records: u64,
 }
 
 /// Transport flags shared by `serve` and `participant`. They are checked
@@ -735,6 +742,7 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     config.resend_ms_initial = args.resend_ms_initial;
     config.resend_ms_max = args.resend_ms_max;
     config.transactions_in_flight_max = args.transactions_in_flight_max;
+    config.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
@@ -750,10 +758,20 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.timeout_samples_min = args.timeout_samples_min;
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
+    config.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
     config
+}
+
+/// `--compact-after-records`: 0 means never.
+fn compact_after(records: u64) -> u64 {
+    if records == 0 {
+        u64::MAX
+    } else {
+        records
+    }
 }
 
 fn server_exit(result: anyhow::Result<()>) -> ExitCode {

@@ -568,8 +568,12 @@ fn coordinator_record() -> impl Strategy<Value = CoordinatorRecord> {
 }
 
 fn kv_record() -> impl Strategy<Value = KvRecord> {
-    prop::collection::vec((text(), any::<i64>()), 0..6)
-        .prop_map(|accounts| KvRecord::Seed { accounts })
+    prop_oneof![
+        prop::collection::vec((text(), any::<i64>()), 0..6)
+            .prop_map(|accounts| KvRecord::Seed { accounts }),
+        prop::collection::vec((text(), any::<i64>()), 0..6)
+            .prop_map(|balances| KvRecord::Snapshot { balances }),
+    ]
 }
 
 fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
@@ -585,6 +589,8 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
         ),
         (xid(), decision())
             .prop_map(|(xid, decision)| ParticipantRecord::Outcome { xid, decision }),
+        (xid(), decision())
+            .prop_map(|(xid, decision)| ParticipantRecord::Finished { xid, decision }),
         prop_oneof![
             kv_record().prop_map(|r| encode(&r)),
             prop::collection::vec(any::<u8>(), 0..64),
@@ -622,6 +628,11 @@ fn replayable_log() -> impl Strategy<Value = Vec<ParticipantRecord>> {
         }),
         2 => (small_xid(), decision())
             .prop_map(|(xid, decision)| ParticipantRecord::Outcome { xid, decision }),
+        1 => prop::collection::vec((account(), amount()), 0..3).prop_map(|balances| {
+            ParticipantRecord::Resource { body: encode(&KvRecord::Snapshot { balances }) }
+        }),
+        1 => (small_xid(), decision())
+            .prop_map(|(xid, decision)| ParticipantRecord::Finished { xid, decision }),
     ];
     prop::collection::vec(record, 0..16)
 }
@@ -815,7 +826,7 @@ proptest! {
             ParticipantRecord::Resource { body } => {
                 decode_any(&kv_record_codec(), &mu.apply(body))?;
             }
-            ParticipantRecord::Outcome { .. } => {}
+            ParticipantRecord::Outcome { .. } | ParticipantRecord::Finished { .. } => {}
         }
     }
 

@@ -13,6 +13,7 @@
 //! seed exercises the same timeout policy, minting and merging that ships.
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
+use crate::compaction::CompactionPolicy;
 use crate::directory::{resolve_branches, Directory};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
@@ -61,6 +62,9 @@ pub struct CoordinatorNodeConfig {
     /// Seed of xid minting (from the OS in a server, from the run's seed in
     /// the simulator).
     pub xid_seed: u64,
+    /// Compact the log once this many records were appended since the last
+    /// compaction (and twice the last snapshot); `u64::MAX`: never.
+    pub compact_after_records: u64,
 }
 
 impl CoordinatorNodeConfig {
@@ -118,6 +122,12 @@ pub enum CoordinatorNodeAction {
         client: ClientId,
         request_id: u64,
     },
+    /// Replace the whole log with `records` (atomically, after every record
+    /// asked for before this action is written), then call
+    /// `on_compacted`. A crash during it must leave the old log or the new.
+    Compact {
+        records: Vec<CoordinatorRecord>,
+    },
     /// Something that happened, for logs, metrics and timelines.
     Event(CoordinatorEvent),
 }
@@ -169,6 +179,12 @@ pub enum CoordinatorEvent {
         committing: usize,
         aborted: usize,
     },
+    /// A compaction started: the log is rewritten with `records` records
+    /// (`retained_outcomes` of them finished outcomes kept for `status`).
+    Compacting {
+        records: usize,
+        retained_outcomes: usize,
+    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -202,6 +218,7 @@ pub struct CoordinatorNode {
     counters: CoordinatorCounters,
     /// True while the actions of recovery are translated.
     recovering: bool,
+    compaction: CompactionPolicy,
     actions: Vec<CoordinatorNodeAction>,
 }
 
@@ -237,6 +254,7 @@ impl CoordinatorNode {
             minter: XidMinter::new(config.xid_seed),
             counters: CoordinatorCounters::default(),
             recovering: true,
+            compaction: CompactionPolicy::new(config.compact_after_records),
             actions: Vec::new(),
         };
         node.pump();
@@ -420,14 +438,67 @@ impl CoordinatorNode {
         Ok(())
     }
 
+    /// The driver rewrote the log with the last `Compact`'s records.
+    pub fn on_compacted(&mut self) {
+        self.compaction.finished();
+    }
+
+    /// Compactions started since the node started.
+    pub fn compactions(&self) -> u64 {
+        self.compaction.compactions()
+    }
+
+    /// The records of a compacted log: the recent outcomes kept for
+    /// `status` (oldest first: a decision, and END if it ended), then the
+    /// core's own (epoch, undecided and un-ended transactions). Returns
+    /// them and how many recent outcomes they keep.
+    pub fn snapshot_records(&self) -> (Vec<CoordinatorRecord>, usize) {
+        let mut records = Vec::new();
+        let mut retained = 0;
+        for (xid, txn) in self.recent.iter() {
+            if self.core.status(Time(0), xid).is_some() {
+                continue; // still in flight: the core writes it
+            }
+            retained += 1;
+            records.push(CoordinatorRecord::Decision {
+                xid,
+                decision: txn.decision,
+                participants: txn.participants.clone(),
+            });
+            if txn.ended {
+                records.push(CoordinatorRecord::End { xid });
+            }
+        }
+        records.extend(self.core.snapshot_records());
+        (records, retained)
+    }
+
+    /// Start a compaction if one is due. Runs at the end of every event,
+    /// once all of the event's records were handed to the driver.
+    fn maybe_compact(&mut self) {
+        if !self.compaction.due() {
+            return;
+        }
+        let (records, retained_outcomes) = self.snapshot_records();
+        self.compaction.started(records.len() as u64);
+        self.push_event(CoordinatorEvent::Compacting {
+            records: records.len(),
+            retained_outcomes,
+        });
+        self.actions
+            .push(CoordinatorNodeAction::Compact { records });
+    }
+
     /// Translate the core's actions into the node's, in order.
     fn pump(&mut self) {
         let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
         for action in actions {
             match action {
-                CoordinatorAction::Persist { record, durability } => self
-                    .actions
-                    .push(CoordinatorNodeAction::Persist { record, durability }),
+                CoordinatorAction::Persist { record, durability } => {
+                    self.compaction.appended(1);
+                    self.actions
+                        .push(CoordinatorNodeAction::Persist { record, durability })
+                }
                 CoordinatorAction::Send { to, message } => self
                     .actions
                     .push(CoordinatorNodeAction::Send { to, message }),
@@ -438,6 +509,7 @@ impl CoordinatorNode {
                 CoordinatorAction::Notice(notice) => self.on_notice(notice),
             }
         }
+        self.maybe_compact();
     }
 
     fn on_outcome(&mut self, xid: Xid, outcome: TxnOutcome) {
@@ -687,6 +759,7 @@ mod tests {
             transactions_in_flight_max: 1,
             recent_outcomes_max: 100,
             xid_seed: 7,
+            compact_after_records: u64::MAX,
         }
     }
 

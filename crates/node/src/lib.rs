@@ -8,6 +8,7 @@
 //! - [`participant::ParticipantServerNode`]: `concord participant`'s
 //!   decisions around the participant core and its resource.
 //! - [`timers`]: the timer table keyed by (xid, kind).
+//! - [`compaction`]: when a node's log is compacted.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
 //!
 //! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
@@ -16,6 +17,7 @@
 //! must never touch tokio, sockets, files, the clock or unseeded
 //! randomness: the clock and the xid seed are inputs.
 
+pub mod compaction;
 pub mod coordinator;
 pub mod directory;
 pub mod latency;

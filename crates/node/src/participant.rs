@@ -8,6 +8,7 @@
 //! out of `drain_actions` in order. The tokio server and the simulator both
 //! drive this type. It must never touch a socket, a file or the clock.
 
+use crate::compaction::CompactionPolicy;
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
 use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
 use concord_participant::kv::KvStore;
@@ -32,6 +33,9 @@ pub struct ParticipantNodeConfig {
     pub timeout_samples_min: u64,
     /// Finished branches remembered for answering duplicates.
     pub finished_max: usize,
+    /// Compact the log once this many records were appended since the last
+    /// compaction (and twice the last snapshot); `u64::MAX`: never.
+    pub compact_after_records: u64,
 }
 
 /// What the driver must do, in order.
@@ -62,6 +66,12 @@ pub enum ParticipantNodeAction {
     Stats {
         client: ClientId,
         request_id: u64,
+    },
+    /// Replace the whole log with `records` (atomically, after every record
+    /// asked for before this action is written), then call
+    /// `on_compacted`. A crash during it must leave the old log or the new.
+    Compact {
+        records: Vec<ParticipantRecord>,
     },
     Event(ParticipantEvent),
 }
@@ -97,6 +107,10 @@ pub enum ParticipantEvent {
         in_doubt: usize,
         finished: usize,
     },
+    /// A compaction started: the log is rewritten with `records` records.
+    Compacting {
+        records: usize,
+    },
 }
 
 /// Monotonic counters of the node.
@@ -112,6 +126,7 @@ pub struct ParticipantServerNode {
     node: ParticipantNode<KvStore>,
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
+    compaction: CompactionPolicy,
     actions: Vec<ParticipantNodeAction>,
 }
 
@@ -144,6 +159,7 @@ impl ParticipantServerNode {
             node: ParticipantNode::recover(core_config, records, kv, now),
             timeouts,
             counters: ParticipantCounters::default(),
+            compaction: CompactionPolicy::new(config.compact_after_records),
             actions: Vec::new(),
         };
         node.pump();
@@ -238,11 +254,36 @@ impl ParticipantServerNode {
             .push(ParticipantNodeAction::Reply { client, reply });
     }
 
+    /// The driver rewrote the log with the last `Compact`'s records.
+    pub fn on_compacted(&mut self) {
+        self.compaction.finished();
+    }
+
+    /// Compactions started since the node started.
+    pub fn compactions(&self) -> u64 {
+        self.compaction.compactions()
+    }
+
+    /// Start a compaction if one is due, after all of an event's records.
+    fn maybe_compact(&mut self) {
+        if !self.compaction.due() {
+            return;
+        }
+        let records = self.node.snapshot_records();
+        self.compaction.started(records.len() as u64);
+        self.push_event(ParticipantEvent::Compacting {
+            records: records.len(),
+        });
+        self.actions
+            .push(ParticipantNodeAction::Compact { records });
+    }
+
     fn pump(&mut self) {
         let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
         for action in actions {
             match action {
                 ParticipantAction::Persist { record, durability } => {
+                    self.compaction.appended(1);
                     let deferrable = matches!(record, ParticipantRecord::Outcome { .. });
                     self.actions.push(ParticipantNodeAction::Persist {
                         record,
@@ -274,6 +315,7 @@ impl ParticipantServerNode {
                 }
             }
         }
+        self.maybe_compact();
     }
 
     fn on_notice(&mut self, notice: ParticipantNotice) {

@@ -31,6 +31,9 @@ pub struct KvOp {
 pub enum KvRecord {
     /// Accounts created on first start.
     Seed { accounts: Vec<(String, i64)> },
+    /// Written by compaction: every committed balance at that point. It
+    /// replaces whatever came before it.
+    Snapshot { balances: Vec<(String, i64)> },
 }
 
 /// A branch's work as it travels in PREPARE and sits in the READY record:
@@ -103,12 +106,24 @@ impl KvStore {
         for record in records {
             match record {
                 ParticipantRecord::Resource { body } => {
-                    let KvRecord::Seed { accounts } = decode("key-value record", body)
-                        .map_err(|e| format!("key-value log record: {e}"))?;
-                    for (account, balance) in accounts {
-                        store.balances.entry(account).or_insert(balance);
+                    match decode("key-value record", body)
+                        .map_err(|e| format!("key-value log record: {e}"))?
+                    {
+                        KvRecord::Seed { accounts } => {
+                            for (account, balance) in accounts {
+                                store.balances.entry(account).or_insert(balance);
+                            }
+                        }
+                        KvRecord::Snapshot { balances } => {
+                            store.balances = balances.into_iter().collect();
+                            ready_work.clear();
+                        }
                     }
                     store.seeded = true;
+                }
+                // Compaction's marker: its effect is in the snapshot.
+                ParticipantRecord::Finished { xid, .. } => {
+                    ready_work.remove(xid);
                 }
                 ParticipantRecord::Ready { xid, work, .. } => {
                     ready_work.insert(*xid, work);
@@ -229,6 +244,11 @@ impl Resource for KvStore {
         self.release(xid);
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        let balances = self.balances.iter().map(|(a, b)| (a.clone(), *b)).collect();
+        encode(&KvRecord::Snapshot { balances })
+    }
+
     fn restore(&mut self, xid: Xid, work: &[u8]) {
         // The READY record was written only after prepare succeeded, so
         // its work decodes; if it did not, holding nothing is the only
@@ -335,5 +355,53 @@ mod tests {
         assert_eq!(decoded.ops, ops);
         assert_eq!(decoded.memo, b"order 17");
         assert_eq!(decode_work(&encode_work(&ops)).expect("kv work"), ops);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_history_and_finished_markers_apply_nothing() {
+        let seed = seed_record(2, 100);
+        let work = encode_work(&[op("acct-0", -30), op("acct-1", 30)]);
+        let history = vec![
+            seed.clone(),
+            ParticipantRecord::Ready {
+                xid: Xid(1),
+                coordinator: "c".into(),
+                epoch: 1,
+                participants: vec!["p".into()],
+                work: work.clone(),
+            },
+            ParticipantRecord::Outcome {
+                xid: Xid(1),
+                decision: Decision::Commit,
+            },
+        ];
+        let kv = KvStore::replay(&history).expect("replays");
+        assert_eq!(kv.balances()["acct-0"], 70);
+        // The compacted log: the snapshot, the finished marker, and then
+        // what came after compaction.
+        let compacted = vec![
+            ParticipantRecord::Resource {
+                body: kv.snapshot(),
+            },
+            ParticipantRecord::Finished {
+                xid: Xid(1),
+                decision: Decision::Commit,
+            },
+            ParticipantRecord::Ready {
+                xid: Xid(2),
+                coordinator: "c".into(),
+                epoch: 1,
+                participants: vec!["p".into()],
+                work: encode_work(&[op("acct-1", -5)]),
+            },
+            ParticipantRecord::Outcome {
+                xid: Xid(2),
+                decision: Decision::Commit,
+            },
+        ];
+        let again = KvStore::replay(&compacted).expect("replays");
+        assert_eq!(again.balances()["acct-0"], 70, "commit 1 applied once");
+        assert_eq!(again.balances()["acct-1"], 125);
+        assert!(again.is_seeded());
     }
 }

@@ -69,6 +69,18 @@ impl<R: Resource> ParticipantNode<R> {
         &self.resource
     }
 
+    /// The records of a compacted log: the resource's snapshot, then the
+    /// protocol's (see [`Participant::snapshot_records`]). Recovery from
+    /// them gives the same committed state, the same in-doubt branches and
+    /// the same remembered outcomes.
+    pub fn snapshot_records(&self) -> Vec<ParticipantRecord> {
+        let mut records = vec![ParticipantRecord::Resource {
+            body: self.resource.snapshot(),
+        }];
+        records.extend(self.core.snapshot_records());
+        records
+    }
+
     /// Run resource actions until the core has nothing more for the
     /// resource; a prepare's answer can produce further actions.
     fn pump(&mut self, now: Time) {

@@ -14,4 +14,10 @@ pub trait Resource {
     fn abort(&mut self, xid: Xid);
     /// After a restart, `xid` is in doubt: take again what prepare took.
     fn restore(&mut self, xid: Xid, work: &[u8]);
+    /// The body of a `ParticipantRecord::Resource` record that holds every
+    /// committed effect so far, for a compacted log: replaying it (and
+    /// nothing before it) must give the resource's committed state back.
+    /// Prepared-but-undecided work is not in it (it is restored from the
+    /// READY records that follow it).
+    fn snapshot(&self) -> Vec<u8>;
 }

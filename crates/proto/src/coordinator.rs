@@ -649,6 +649,39 @@ impl Coordinator {
         }
     }
 
+    /// The protocol's part of a compacted log: this instance's epoch, a
+    /// begin record for every transaction still collecting votes (recovery
+    /// aborts those), and the COMMIT decision of every transaction not yet
+    /// ended (recovery re-sends it). Everything else the log held (ended
+    /// and aborted transactions) is dropped: presumed abort answers for it.
+    /// Only valid if every record the coordinator emitted so far is written
+    /// before this snapshot.
+    pub fn snapshot_records(&self) -> Vec<CoordinatorRecord> {
+        let mut records = vec![CoordinatorRecord::Epoch { epoch: self.epoch }];
+        let mut live: Vec<(&Xid, &Txn)> = self.txns.iter().collect();
+        live.sort_by_key(|(xid, txn)| (txn.began_at, **xid));
+        for (xid, txn) in live {
+            if txn.phase != Phase::Wait && mutant::active(Mutant::CompactionDropsUnended) {
+                continue;
+            }
+            let participants = txn.participants.clone();
+            records.push(match txn.phase {
+                Phase::Wait => CoordinatorRecord::Begin {
+                    xid: *xid,
+                    participants,
+                },
+                Phase::CommitPending | Phase::Committed | Phase::RecoveredCommit => {
+                    CoordinatorRecord::Decision {
+                        xid: *xid,
+                        decision: Decision::Commit,
+                        participants,
+                    }
+                }
+            });
+        }
+        records
+    }
+
     /// Take the actions produced so far, in order.
     pub fn drain_actions(&mut self) -> std::vec::Drain<'_, CoordinatorAction> {
         self.actions.drain(..)

@@ -27,16 +27,24 @@ pub enum Mutant {
     /// Key-value resource, isolation: prepare ignores locks held by other
     /// transactions.
     SkipLockConflict,
+    /// Compaction: a participant's snapshot leaves out its in-doubt
+    /// branches' READY records.
+    CompactionDropsInDoubt,
+    /// Compaction: the coordinator's snapshot leaves out committed
+    /// transactions that have not ended.
+    CompactionDropsUnended,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
         Mutant::ForgetCommittedOnRecovery,
         Mutant::SkipFundsCheck,
         Mutant::SkipLockConflict,
+        Mutant::CompactionDropsInDoubt,
+        Mutant::CompactionDropsUnended,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -48,6 +56,8 @@ impl Mutant {
             Mutant::ForgetCommittedOnRecovery => "forget-committed-on-recovery",
             Mutant::SkipFundsCheck => "skip-funds-check",
             Mutant::SkipLockConflict => "skip-lock-conflict",
+            Mutant::CompactionDropsInDoubt => "compaction-drops-in-doubt",
+            Mutant::CompactionDropsUnended => "compaction-drops-unended",
         }
     }
 

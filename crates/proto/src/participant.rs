@@ -229,6 +229,10 @@ impl Participant {
                     ready.remove(&xid);
                     participant.remember(now, xid, decision);
                 }
+                ParticipantRecord::Finished { xid, decision } => {
+                    ready.remove(&xid);
+                    participant.remember(now, xid, decision);
+                }
                 ParticipantRecord::Resource { .. } => {}
             }
         }
@@ -519,6 +523,53 @@ impl Participant {
                 timeout_ms,
                 attempt,
             }));
+    }
+
+    /// The protocol's part of a compacted log, to follow the resource's
+    /// snapshot record: a `Finished` marker for every remembered outcome
+    /// (oldest first; so duplicates still get the same answer after a
+    /// restart) and for a branch whose commit is applied but not yet
+    /// ACKed, and the READY record of every branch in doubt. What the log
+    /// held for anything else (branches still preparing, forgotten ones) is
+    /// dropped: presumed abort covers it. Only valid if every record the
+    /// participant emitted so far is written before this snapshot.
+    pub fn snapshot_records(&self) -> Vec<ParticipantRecord> {
+        let mut records: Vec<ParticipantRecord> = self
+            .finished_order
+            .iter()
+            .filter_map(|(xid, _)| {
+                let decision = *self.finished.get(xid)?;
+                Some(ParticipantRecord::Finished {
+                    xid: *xid,
+                    decision,
+                })
+            })
+            .collect();
+        let mut live: Vec<(&Xid, &Branch)> = self.branches.iter().collect();
+        live.sort_by_key(|(xid, _)| **xid);
+        for (xid, branch) in live {
+            match branch.state {
+                BranchState::Ready | BranchState::ReadyPending
+                    if !mutant::active(Mutant::CompactionDropsInDoubt) =>
+                {
+                    records.push(ParticipantRecord::Ready {
+                        xid: *xid,
+                        coordinator: branch.coordinator.clone(),
+                        epoch: branch.epoch,
+                        participants: branch.participants.clone(),
+                        work: branch.work.clone(),
+                    })
+                }
+                // The resource already applied it; its COMMITTED record is
+                // written before the snapshot.
+                BranchState::Committing => records.push(ParticipantRecord::Finished {
+                    xid: *xid,
+                    decision: Decision::Commit,
+                }),
+                BranchState::Preparing { .. } | BranchState::Ready | BranchState::ReadyPending => {}
+            }
+        }
+        records
     }
 
     pub fn drain_actions(&mut self) -> std::vec::Drain<'_, ParticipantAction> {

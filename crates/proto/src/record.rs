@@ -41,6 +41,11 @@ pub enum ParticipantRecord {
     /// The outcome. COMMIT is forced before the ACK; ABORT is not forced.
     Outcome { xid: Xid, decision: Decision },
     /// A record that belongs to the resource (for example the key-value
-    /// resource's seed accounts); the protocol ignores it.
+    /// resource's seed accounts, or its snapshot); the protocol ignores it.
     Resource { body: Vec<u8> },
+    /// Written only by compaction: this branch finished with `decision`
+    /// and its effect is already in the resource snapshot before it.
+    /// Recovery remembers the outcome (duplicates get the same answer);
+    /// the resource applies nothing for it.
+    Finished { xid: Xid, decision: Decision },
 }

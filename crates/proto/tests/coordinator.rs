@@ -549,3 +549,48 @@ fn timers_from_measured_latency_vote_abort_gives_no_sample() {
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(samples(&actions).is_empty());
 }
+
+#[test]
+fn compaction_snapshot_keeps_the_epoch_undecided_and_unended_transactions_only() {
+    let mut c = started();
+    committed(&mut c, Xid(1)); // COMMIT sent, waiting for ACKs
+    begin(&mut c, Xid(2)); // WAIT
+    committed(&mut c, Xid(3));
+    c.on_message(ms(3), msg(&c, Xid(3), P1, Body::Ack));
+    c.on_message(ms(3), msg(&c, Xid(3), P2, Body::Ack)); // ended
+    c.drain_actions().for_each(drop);
+    let snapshot = c.snapshot_records();
+    let participants = vec![P1.to_string(), P2.to_string()];
+    assert_eq!(
+        snapshot,
+        vec![
+            CoordinatorRecord::Epoch { epoch: 1 },
+            CoordinatorRecord::Decision {
+                xid: Xid(1),
+                decision: Decision::Commit,
+                participants: participants.clone()
+            },
+            CoordinatorRecord::Begin {
+                xid: Xid(2),
+                participants
+            },
+        ]
+    );
+    // Recovery from it: the next epoch, COMMIT re-sent for 1, 2 aborted.
+    let mut r = Coordinator::recover(
+        CoordinatorConfig {
+            addr: C.into(),
+            resend_ms_initial: 10,
+            resend_ms_max: 40,
+        },
+        snapshot,
+        ms(100),
+    );
+    assert_eq!(r.epoch(), 2);
+    assert_eq!(r.in_flight_xids(), vec![Xid(1)]);
+    let actions: Vec<_> = r.drain_actions().collect();
+    assert!(
+        sends(&actions).contains(&(P1.into(), "ABORT")),
+        "{actions:?}"
+    );
+}

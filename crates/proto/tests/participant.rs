@@ -594,3 +594,62 @@ fn timers_from_measured_latency_vote_to_decision_sample_only_for_one_vote_and_no
     p.on_message(ms(501), decision(Xid(8), Decision::Abort));
     assert!(samples(&p.drain_actions().collect::<Vec<_>>()).is_empty());
 }
+
+#[test]
+fn compaction_snapshot_recovers_the_same_in_doubt_branches_and_remembered_outcomes() {
+    let mut p = Participant::new(config());
+    // Xid 1: committed and ACKed. Xid 2: in doubt. Xid 3: committing (its
+    // COMMITTED record not durable yet). Xid 4: voted ABORT.
+    ready(&mut p, Xid(1));
+    p.on_message(ms(3), decision(Xid(1), Decision::Commit));
+    let (t1, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    p.on_durable(ms(4), t1);
+    p.drain_actions().for_each(drop);
+    ready(&mut p, Xid(2));
+    ready(&mut p, Xid(3));
+    p.on_message(ms(5), decision(Xid(3), Decision::Commit));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(6), prepare(Xid(4)));
+    p.drain_actions().for_each(drop);
+    p.on_prepared(ms(6), Xid(4), Err("no".into()));
+    p.drain_actions().for_each(drop);
+
+    let snapshot = p.snapshot_records();
+    assert!(
+        matches!(
+            &snapshot[..],
+            [
+                ParticipantRecord::Finished {
+                    xid: Xid(1),
+                    decision: Decision::Commit
+                },
+                ParticipantRecord::Finished {
+                    xid: Xid(4),
+                    decision: Decision::Abort
+                },
+                ParticipantRecord::Ready { xid: Xid(2), .. },
+                ParticipantRecord::Finished {
+                    xid: Xid(3),
+                    decision: Decision::Commit
+                },
+            ]
+        ),
+        "{snapshot:?}"
+    );
+    let mut q = Participant::recover(config(), snapshot, ms(10));
+    assert_eq!(q.in_doubt(), vec![Xid(2)]);
+    for (xid, state) in [
+        (Xid(1), TxnState::Committed),
+        (Xid(2), TxnState::Ready),
+        (Xid(3), TxnState::Committed),
+        (Xid(4), TxnState::Aborted),
+    ] {
+        assert_eq!(q.state_of(xid), state, "{xid:?}");
+    }
+    // The in-doubt branch takes its locks back and asks at once.
+    let actions: Vec<_> = q.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Restore {
+        xid: Xid(2),
+        work: vec![42]
+    }));
+}

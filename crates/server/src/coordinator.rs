@@ -64,8 +64,12 @@ pub struct CoordinatorServerConfig {
     pub timeout_samples_min: u64,
     /// Begin requests beyond this many transactions in flight are refused.
     pub transactions_in_flight_max: usize,
-    /// Finished transactions remembered for `status`.
+    /// Finished transactions remembered for `status` (and kept in a
+    /// compacted log).
     pub recent_outcomes_max: usize,
+    /// Compact the log after this many appended records (and twice the
+    /// last snapshot); `u64::MAX`: never.
+    pub compact_after_records: u64,
     pub listen_backlog: u32,
     /// Transport settings (frame bound, heartbeats, idle timeouts,
     /// reconnect backoff) for every connection of this process.
@@ -95,6 +99,7 @@ impl CoordinatorServerConfig {
             timeout_samples_min: 8,
             transactions_in_flight_max: 100_000,
             recent_outcomes_max: 100_000,
+            compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             listen_backlog: 1024,
             net: NetConfig::default(),
             fsync: true,
@@ -167,9 +172,14 @@ impl CoordinatorServerConfig {
             // Xids must differ across restarts and instances: seeded from
             // the OS here, from the run's seed in the simulator.
             xid_seed: rand::random(),
+            compact_after_records: self.compact_after_records,
         }
     }
 }
+
+/// Default of `--compact-after-records`: a compaction every 50,000
+/// appended records at least (about 10,000 transactions at a coordinator).
+pub const COMPACT_AFTER_RECORDS_DEFAULT: u64 = 50_000;
 
 /// Run a coordinator until SIGINT or SIGTERM.
 pub async fn run_coordinator(config: CoordinatorServerConfig) -> anyhow::Result<()> {
@@ -297,6 +307,12 @@ impl DriverNode for CoordinatorDriver {
         }
     }
 
+    fn on_compacted(&mut self) {
+        self.node.on_compacted();
+        tracing::debug!("coordinator log compacted");
+        self.drain_actions();
+    }
+
     fn on_inbound(&mut self, event: Inbound) {
         let now = self.clock.now();
         match event {
@@ -372,6 +388,9 @@ impl CoordinatorDriver {
                         .log
                         .server_stats("coordinator", self.outbox.network().stats());
                     self.reply(client, &Reply::Stats { request_id, stats });
+                }
+                CoordinatorNodeAction::Compact { records } => {
+                    self.log.compact(records.iter().map(encode).collect())
                 }
                 CoordinatorNodeAction::Event(event) => log_event(event),
             }
@@ -457,6 +476,14 @@ fn log_event(event: CoordinatorEvent) {
             aborted,
             "recovery: {committing} committed transactions to finish (COMMIT re-sent), \
              {aborted} undecided transactions aborted (presumed abort)"
+        ),
+        CoordinatorEvent::Compacting {
+            records,
+            retained_outcomes,
+        } => tracing::debug!(
+            records,
+            retained_outcomes,
+            "compacting the coordinator log to {records} records"
         ),
     }
 }

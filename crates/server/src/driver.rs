@@ -31,6 +31,8 @@ pub(crate) trait DriverNode {
     const ROLE: &'static str;
     /// These forced writes are durable.
     fn on_durable(&mut self, tickets: Vec<PersistTicket>);
+    /// The log was rewritten with the node's last snapshot.
+    fn on_compacted(&mut self);
     /// Run every timer that is due.
     fn on_timers_due(&mut self);
     /// A peer message or a client request.
@@ -60,6 +62,7 @@ pub(crate) async fn run_event_loop<N: DriverNode>(
             biased;
             event = log_events.recv() => match event {
                 Some(LogEvent::Durable(tickets)) => node.on_durable(tickets),
+                Some(LogEvent::Compacted) => node.on_compacted(),
                 Some(LogEvent::Failed(error)) => {
                     return Err(anyhow!(
                         "the {} log failed: {error}; stopping (restart to recover)",
@@ -115,6 +118,8 @@ impl Clock {
 pub(crate) enum LogEvent {
     /// These forced writes are on stable storage.
     Durable(Vec<PersistTicket>),
+    /// The log was rewritten with a compaction snapshot.
+    Compacted,
     /// A write or fsync failed: the log is fail-stop and the process must
     /// stop (a restart runs recovery).
     Failed(StoreError),
@@ -241,6 +246,24 @@ impl LogWriter {
                         let _ = events.send(LogEvent::Failed(error));
                     }
                 }
+            }),
+        );
+    }
+
+    /// Compact: replace the whole log with `records`. Everything pushed so
+    /// far is submitted first (the group-commit writer keeps the order), so
+    /// the snapshot, which already reflects those records, replaces them
+    /// only after they are written; later records land after it.
+    pub fn compact(&mut self, records: Vec<Vec<u8>>) {
+        self.flush();
+        let events = self.events.clone();
+        self.group.submit_rewrite(
+            records,
+            Box::new(move |result| {
+                let _ = events.send(match result {
+                    Ok(()) => LogEvent::Compacted,
+                    Err(error) => LogEvent::Failed(error),
+                });
             }),
         );
     }

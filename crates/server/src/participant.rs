@@ -54,8 +54,12 @@ pub struct ParticipantServerConfig {
     pub inquire_ms_max: u64,
     /// Samples needed before the inquire delay comes from the estimate.
     pub timeout_samples_min: u64,
-    /// Finished branches remembered for answering duplicates.
+    /// Finished branches remembered for answering duplicates (and kept in
+    /// a compacted log).
     pub finished_max: usize,
+    /// Compact the log after this many appended records (and twice the
+    /// last snapshot); `u64::MAX`: never.
+    pub compact_after_records: u64,
     pub listen_backlog: u32,
     /// Protocol address when it differs from `listen` (behind a proxy or
     /// NAT); `None` means `listen`.
@@ -92,6 +96,7 @@ impl ParticipantServerConfig {
             inquire_ms_max: 5000,
             timeout_samples_min: 8,
             finished_max: 100_000,
+            compact_after_records: crate::coordinator::COMPACT_AFTER_RECORDS_DEFAULT,
             listen_backlog: 1024,
             advertise: None,
             net: NetConfig::default(),
@@ -195,6 +200,7 @@ pub async fn run_participant_until(
             inquire_ms_max: config.inquire_ms_max,
             timeout_samples_min: config.timeout_samples_min,
             finished_max: config.finished_max,
+            compact_after_records: config.compact_after_records,
         },
         records,
         kv,
@@ -272,6 +278,12 @@ impl DriverNode for ParticipantDriver {
             self.node.on_timer(now, key);
             self.drain_actions(None);
         }
+    }
+
+    fn on_compacted(&mut self) {
+        self.node.on_compacted();
+        tracing::debug!("participant log compacted");
+        self.drain_actions(None);
     }
 
     fn on_inbound(&mut self, event: Inbound) {
@@ -367,6 +379,9 @@ impl ParticipantDriver {
                         None => tracing::error!("a reply without a request; dropped"),
                     }
                 }
+                ParticipantNodeAction::Compact { records } => {
+                    self.log.compact(records.iter().map(encode).collect())
+                }
                 ParticipantNodeAction::Event(event) => log_event(event),
             }
         }
@@ -401,6 +416,12 @@ fn log_event(event: ParticipantEvent) {
         } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
         ParticipantEvent::Violation { xid, detail } => {
             tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
+        }
+        ParticipantEvent::Compacting { records } => {
+            tracing::debug!(
+                records,
+                "compacting the participant log to {records} records"
+            )
         }
         ParticipantEvent::Recovered { in_doubt, finished } => tracing::info!(
             in_doubt,

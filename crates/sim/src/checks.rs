@@ -234,11 +234,19 @@ impl World {
     pub(crate) fn persist_then_send(&mut self, from: NodeId, message: &Message) {
         let xid = message.xid;
         let missing = match (from, &message.body) {
-            (NodeId::Participant(i), Body::Vote(Vote::Ready)) => (!self.participant_disks[i]
-                .has_durable(xid, RecordKind::Ready))
-            .then_some("VOTE READY sent before the READY record was durable"),
+            // A vote repeated for a branch that finished (and whose READY
+            // record compaction replaced by its durable outcome) is backed
+            // by that outcome.
+            (NodeId::Participant(i), Body::Vote(Vote::Ready)) => {
+                let disk = &self.participant_disks[i];
+                (!disk.has_durable(xid, RecordKind::Ready)
+                    && !disk.has_durable(xid, RecordKind::Commit))
+                .then_some("VOTE READY sent before the READY record was durable")
+            }
+            // was_durable: a participant ACKs a re-sent COMMIT for a branch
+            // it finished and compaction has since forgotten.
             (NodeId::Participant(i), Body::Ack) => (!self.participant_disks[i]
-                .has_durable(xid, RecordKind::Commit))
+                .was_durable(xid, RecordKind::Commit))
             .then_some("ACK sent before the COMMIT outcome record was durable"),
             (NodeId::Coordinator, Body::Decision(Decision::Commit)) => {
                 (!self.coordinator_disk.has_durable(xid, RecordKind::Commit))
@@ -350,7 +358,9 @@ impl World {
     }
 
     /// Validity: a committed xid has a durable COMMIT decision at the
-    /// coordinator and a durable READY at every one of its participants.
+    /// coordinator and a durable READY at every one of its participants
+    /// (durable at some point: compaction drops both once the transaction
+    /// ended, keeping its effect).
     pub fn check_validity(&mut self) {
         let committed: Vec<Xid> = self
             .ghost
@@ -360,12 +370,12 @@ impl World {
             .map(|(x, _)| *x)
             .collect();
         for xid in committed {
-            if !self.coordinator_disk.has_durable(xid, RecordKind::Commit) {
+            if !self.coordinator_disk.was_durable(xid, RecordKind::Commit) {
                 let detail = "committed by participants without a durable COMMIT decision";
                 return self.fail("validity", Some(xid), detail.into());
             }
             for p in self.branch_participants(xid) {
-                if !self.participant_disks[p].has_durable(xid, RecordKind::Ready) {
+                if !self.participant_disks[p].was_durable(xid, RecordKind::Ready) {
                     let detail = format!("committed, but p{p} has no durable READY record");
                     return self.fail("validity", Some(xid), detail);
                 }
@@ -412,7 +422,7 @@ impl World {
                     .applied
                     .get(&xid)
                     .is_some_and(|a| a.commit.contains(&p));
-                if !applied || !self.participant_disks[p].has_durable(xid, RecordKind::Commit) {
+                if !applied || !self.participant_disks[p].was_durable(xid, RecordKind::Commit) {
                     let detail = format!("reported committed, but not durably committed at p{p}");
                     return self.fail("durability", Some(xid), detail);
                 }

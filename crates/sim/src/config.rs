@@ -120,6 +120,9 @@ pub struct SimConfig {
     /// Samples of a (peer, phase) before its timeout comes from the
     /// estimate (the node layer's timeout policy, as shipped).
     pub timeout_samples_min: u64,
+    /// Every node compacts its log after this many appended records
+    /// (`u64::MAX`: never), so that crashes land inside compactions too.
+    pub compact_after_records: u64,
     /// How many finished branches a participant remembers.
     pub finished_max: usize,
     pub net: NetConfig,
@@ -149,6 +152,11 @@ impl SimConfig {
         let resend_ms_min = rng.gen_range(1..=resend_ms_initial);
         let inquire_ms_min = rng.gen_range(1..=inquire_ms_initial);
         let timeout_samples_min = rng.gen_range(1..=16);
+        let compact_after_records = if rng.gen_bool(0.7) {
+            rng.gen_range(4..=200)
+        } else {
+            u64::MAX
+        };
         // Mostly plenty; sometimes a short memory, so that late duplicates
         // meet a participant that has forgotten the branch.
         let finished_max = if rng.gen_bool(0.1) {
@@ -248,6 +256,7 @@ impl SimConfig {
             inquire_ms_min,
             inquire_ms_max,
             timeout_samples_min,
+            compact_after_records,
             finished_max,
             net,
             disk,
@@ -280,6 +289,7 @@ impl SimConfig {
             // Scripted scenarios count exact timer values: keep the
             // configured defaults (no run is long enough to measure).
             timeout_samples_min: u64::MAX,
+            compact_after_records: u64::MAX,
             finished_max: 100_000,
             net: NetConfig {
                 delay_us_min: 1_000,

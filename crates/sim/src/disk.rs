@@ -20,7 +20,7 @@ use concord_proto::codec::{decode, encode};
 use concord_proto::{CoordinatorRecord, Decision, ParticipantRecord, PersistTicket, Xid};
 use concord_store::{LogStore, MemLog};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 /// The kind of a record, for the checkers' index.
@@ -63,7 +63,10 @@ impl SimRecord for ParticipantRecord {
     fn key(&self) -> Option<(Xid, RecordKind)> {
         match self {
             ParticipantRecord::Ready { xid, .. } => Some((*xid, RecordKind::Ready)),
-            ParticipantRecord::Outcome { xid, decision } => Some((*xid, decision_kind(*decision))),
+            ParticipantRecord::Outcome { xid, decision }
+            | ParticipantRecord::Finished { xid, decision } => {
+                Some((*xid, decision_kind(*decision)))
+            }
             ParticipantRecord::Resource { .. } => None,
         }
     }
@@ -80,6 +83,16 @@ pub struct SimDisk<R> {
     /// Forced writes waiting for an fsync: (record index, ticket).
     waiting: VecDeque<(usize, PersistTicket)>,
     fsync_in_flight: bool,
+    /// A compaction in progress: the snapshot, and how many records the log
+    /// held when it was asked for (records after that are queued behind
+    /// it, as in the group-commit writer: a crash loses them).
+    rewrite: Option<(Vec<R>, usize)>,
+    /// Bumped by every completed rewrite, so that an fsync issued before
+    /// it (whose indices no longer mean anything) is recognised as stale.
+    generation: u64,
+    /// Every (xid, kind) that was ever durable, for end-of-run checks that
+    /// must hold even after compaction dropped the record.
+    ever_durable: BTreeSet<(Xid, RecordKind)>,
 }
 
 impl<R: SimRecord> SimDisk<R> {
@@ -92,6 +105,9 @@ impl<R: SimRecord> SimDisk<R> {
             first: BTreeMap::new(),
             waiting: VecDeque::new(),
             fsync_in_flight: false,
+            rewrite: None,
+            generation: 0,
+            ever_durable: BTreeSet::new(),
         };
         for record in records {
             disk.append(record);
@@ -121,7 +137,9 @@ impl<R: SimRecord> SimDisk<R> {
     /// If forced writes wait and no fsync runs, issue one: it will cover
     /// the records appended so far. Returns what it covers (`upto`).
     pub fn issue_fsync(&mut self) -> Option<usize> {
-        if self.fsync_in_flight || self.waiting.is_empty() {
+        // While a rewrite runs, later records wait for it (it syncs what
+        // came before it itself).
+        if self.fsync_in_flight || self.waiting.is_empty() || self.rewrite.is_some() {
             return None;
         }
         self.fsync_in_flight = true;
@@ -132,7 +150,7 @@ impl<R: SimRecord> SimDisk<R> {
     /// Returns the tickets of the forced writes it made durable, in order.
     pub fn fsync_done(&mut self, upto: usize) -> Vec<PersistTicket> {
         self.fsync_in_flight = false;
-        self.durable = self.durable.max(upto.min(self.mirror.len()));
+        self.mark_durable(upto.min(self.mirror.len()));
         let mut done = Vec::new();
         while let Some(&(index, ticket)) = self.waiting.front() {
             if index >= self.durable {
@@ -149,9 +167,105 @@ impl<R: SimRecord> SimDisk<R> {
         self.mirror.len() - self.durable
     }
 
+    /// Records `..upto` are durable now.
+    fn mark_durable(&mut self, upto: usize) {
+        if upto > self.durable {
+            for record in &self.mirror[self.durable..upto] {
+                if let Some(key) = record.key() {
+                    self.ever_durable.insert(key);
+                }
+            }
+            self.durable = upto;
+        }
+    }
+
+    /// The generation of the log (see [`rewrite_done`](Self::rewrite_done)).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a compaction is running.
+    pub fn rewriting(&self) -> bool {
+        self.rewrite.is_some()
+    }
+
+    /// A compaction starts: the log is to be replaced by `snapshot` once
+    /// the records appended so far are written. Until
+    /// [`rewrite_done`](Self::rewrite_done), a crash keeps the old log (and
+    /// loses what was appended after this call).
+    pub fn rewrite_begin(&mut self, snapshot: Vec<R>) {
+        debug_assert!(self.rewrite.is_none(), "one compaction at a time");
+        self.rewrite = Some((snapshot, self.mirror.len()));
+    }
+
+    /// The compaction completed: the log is the snapshot (durable), then
+    /// the records appended since it began (not durable). The forced writes
+    /// from before it are durable (the writer synced them first): their
+    /// tickets are returned.
+    pub fn rewrite_done(&mut self) -> Vec<PersistTicket> {
+        let Some((snapshot, start)) = self.rewrite.take() else {
+            return Vec::new();
+        };
+        self.mark_durable(start);
+        let mut done = Vec::new();
+        let mut later = VecDeque::new();
+        for (index, ticket) in self.waiting.drain(..) {
+            if index < start {
+                done.push(ticket);
+            } else {
+                later.push_back((index - start + snapshot.len(), ticket));
+            }
+        }
+        let after: Vec<R> = self.mirror.split_off(start);
+        // The new log: the snapshot, synced, then what was queued behind it.
+        self.log = MemLog::new();
+        self.mirror.clear();
+        self.first.clear();
+        self.durable = 0;
+        for record in snapshot {
+            self.append(record);
+        }
+        self.log.sync().expect("MemLog never fails");
+        self.mark_durable(self.mirror.len());
+        for record in after {
+            self.append(record);
+        }
+        self.waiting = later;
+        self.fsync_in_flight = false;
+        self.generation += 1;
+        done
+    }
+
+    /// Whether a record of `kind` about `xid` was durable at any time (a
+    /// compaction may have dropped it since, with its effect kept).
+    pub fn was_durable(&self, xid: Xid, kind: RecordKind) -> bool {
+        self.ever_durable.contains(&(xid, kind)) || self.has_durable(xid, kind)
+    }
+
     /// Power loss: keep the durable records and the first `keep_unsynced`
     /// of the others; forget the fsync in flight and the waiting writes.
+    /// A compaction in progress is lost with the records queued behind it.
     pub fn crash(&mut self, keep_unsynced: usize) {
+        if let Some((_, start)) = self.rewrite.take() {
+            // The old log as it was when the compaction was asked for: the
+            // durable prefix synced, the rest not; the queued records are
+            // gone.
+            self.mirror.truncate(start);
+            self.first.retain(|_, index| *index < start);
+            let records = std::mem::take(&mut self.mirror);
+            let durable = self.durable.min(records.len());
+            self.log = MemLog::new();
+            self.first.clear();
+            for (i, record) in records.into_iter().enumerate() {
+                if i == durable {
+                    self.log.sync().expect("MemLog never fails");
+                }
+                self.append(record);
+            }
+            if durable == self.mirror.len() {
+                self.log.sync().expect("MemLog never fails");
+            }
+        }
         let kept = self.durable + keep_unsynced.min(self.unsynced());
         // MemLog counts as synced only what was synced through it; ours is
         // the finer model (an fsync covers only what preceded it), so say

@@ -41,6 +41,9 @@ pub struct SimReport {
     pub crashes: u64,
     pub restarts: u64,
     pub fsyncs: u64,
+    /// Log compactions started, and crashes that hit a node while one ran.
+    pub compactions: u64,
+    pub crashes_in_compaction: u64,
     pub events: u64,
     /// Virtual time at the end of the run.
     pub virtual_time: Time,
@@ -58,8 +61,9 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed {}: {} participants, {} txns ({} committed, {} aborted, {} unknown to the \
-             client; {} committed in fact), {} msgs ({} dropped, {} duplicated), {} crashes, \
-             {} restarts, {} fsyncs, {} events, {:.3} s virtual, trace {:016x}",
+             client; {} committed in fact), {} msgs ({} dropped, {} duplicated), {} crashes \
+             ({} during a compaction), {} restarts, {} fsyncs, {} compactions, {} events, \
+             {:.3} s virtual, trace {:016x}",
             self.seed,
             self.participants,
             self.transactions,
@@ -71,8 +75,10 @@ impl fmt::Display for SimReport {
             self.messages_dropped,
             self.messages_duplicated,
             self.crashes,
+            self.crashes_in_compaction,
             self.restarts,
             self.fsyncs,
+            self.compactions,
             self.events,
             self.virtual_time.0 as f64 / 1e6,
             self.trace_hash,

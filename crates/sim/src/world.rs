@@ -108,7 +108,15 @@ enum Event {
     FsyncDone {
         node: NodeId,
         incarnation: u32,
+        /// The disk's generation when the fsync was issued: a compaction
+        /// in between renumbers the records.
+        generation: u64,
         upto: usize,
+    },
+    /// A compaction's rewrite of `node`'s log completes.
+    RewriteDone {
+        node: NodeId,
+        incarnation: u32,
     },
     Crash {
         node: NodeId,
@@ -148,6 +156,7 @@ impl Event {
             Event::Isolate { .. } => 8,
             Event::Heal => 9,
             Event::PeerInquire { .. } => 10,
+            Event::RewriteDone { .. } => 11,
         }
     }
 }
@@ -196,6 +205,8 @@ struct Stats {
     crashes: u64,
     restarts: u64,
     fsyncs: u64,
+    compactions: u64,
+    crashes_in_compaction: u64,
     events: u64,
 }
 
@@ -473,6 +484,8 @@ impl World {
             crashes: self.stats.crashes,
             restarts: self.stats.restarts,
             fsyncs: self.stats.fsyncs,
+            compactions: self.stats.compactions,
+            crashes_in_compaction: self.stats.crashes_in_compaction,
             events: self.stats.events,
             virtual_time: self.now,
             liveness_time: Time(self.now.0.saturating_sub(self.heal_at.0)),
@@ -523,8 +536,10 @@ impl World {
             Event::FsyncDone {
                 node,
                 incarnation,
+                generation,
                 upto,
-            } => self.fsync_done(node, incarnation, upto),
+            } => self.fsync_done(node, incarnation, generation, upto),
+            Event::RewriteDone { node, incarnation } => self.rewrite_done(node, incarnation),
             Event::Crash { node } => {
                 if self.phase == Phase::Safety {
                     self.crash(node, KeepUnsynced::Random);
@@ -715,6 +730,7 @@ impl World {
             resend_ms_min: c.resend_ms_min,
             resend_ms_max: c.resend_ms_max,
             timeout_samples_min: c.timeout_samples_min,
+            compact_after_records: c.compact_after_records,
             transactions_in_flight_max: usize::MAX,
             recent_outcomes_max: 100_000,
             // A new seed per incarnation, as a restarted server reseeds.
@@ -731,6 +747,7 @@ impl World {
             inquire_ms_max: c.inquire_ms_max,
             timeout_samples_min: c.timeout_samples_min,
             finished_max: c.finished_max,
+            compact_after_records: c.compact_after_records,
         }
     }
 
@@ -794,10 +811,19 @@ impl World {
         if !self.is_up(node) {
             return;
         }
-        let unsynced = match node {
-            NodeId::Coordinator => self.coordinator_disk.unsynced(),
-            NodeId::Participant(i) => self.participant_disks[i].unsynced(),
+        let (unsynced, rewriting) = match node {
+            NodeId::Coordinator => (
+                self.coordinator_disk.unsynced(),
+                self.coordinator_disk.rewriting(),
+            ),
+            NodeId::Participant(i) => (
+                self.participant_disks[i].unsynced(),
+                self.participant_disks[i].rewriting(),
+            ),
         };
+        if rewriting {
+            self.stats.crashes_in_compaction += 1;
+        }
         let kept = match keep {
             KeepUnsynced::Nothing => 0,
             KeepUnsynced::All => unsynced,
@@ -890,6 +916,16 @@ impl World {
                 CoordinatorNodeAction::Stats { .. } => {
                     self.fail("driver", None, "no client asks for stats here".into())
                 }
+                CoordinatorNodeAction::Compact { records } => {
+                    trace!(
+                        self,
+                        Some(node),
+                        "compact the log to {} records",
+                        records.len()
+                    );
+                    self.coordinator_disk.rewrite_begin(records);
+                    self.begin_rewrite(node);
+                }
                 CoordinatorNodeAction::Event(event) => {
                     trace!(self, Some(node), "event {event:?}");
                 }
@@ -933,6 +969,16 @@ impl World {
                 }
                 ParticipantNodeAction::Send { to, message } => self.send(node, &to, message),
                 ParticipantNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
+                ParticipantNodeAction::Compact { records } => {
+                    trace!(
+                        self,
+                        Some(node),
+                        "compact the log to {} records",
+                        records.len()
+                    );
+                    self.participant_disks[i].rewrite_begin(records);
+                    self.begin_rewrite(node);
+                }
                 ParticipantNodeAction::Event(event) => {
                     trace!(self, Some(node), "event {event:?}");
                     match event {
@@ -980,6 +1026,30 @@ impl World {
         let Some(upto) = upto else {
             return;
         };
+        let took = self.disk_op_us();
+        self.stats.fsyncs += 1;
+        let incarnation = self.incarnations[node.ordinal() as usize];
+        let generation = self.disk_generation(node);
+        self.schedule(
+            Time(self.now.0 + took),
+            Event::FsyncDone {
+                node,
+                incarnation,
+                generation,
+                upto,
+            },
+        );
+    }
+
+    fn disk_generation(&self, node: NodeId) -> u64 {
+        match node {
+            NodeId::Coordinator => self.coordinator_disk.generation(),
+            NodeId::Participant(i) => self.participant_disks[i].generation(),
+        }
+    }
+
+    /// How long a disk operation takes (an fsync, or one step of a rewrite).
+    fn disk_op_us(&mut self) -> u64 {
         let disk = &self.config.disk;
         let (min, max, stall_p, stall_max) = (
             disk.fsync_us_min,
@@ -991,22 +1061,56 @@ impl World {
         if stall_p > 0.0 && self.rng.gen_bool(stall_p) {
             took += self.rng.gen_range(0..=stall_max);
         }
-        self.stats.fsyncs += 1;
+        took
+    }
+
+    /// A node asked to compact its log: the rewrite takes two disk
+    /// operations (write and fsync the new file, rename and fsync the
+    /// directory); a crash before it completes keeps the old log.
+    fn begin_rewrite(&mut self, node: NodeId) {
+        let took = self.disk_op_us() + self.disk_op_us();
+        self.stats.compactions += 1;
         let incarnation = self.incarnations[node.ordinal() as usize];
         self.schedule(
             Time(self.now.0 + took),
-            Event::FsyncDone {
-                node,
-                incarnation,
-                upto,
-            },
+            Event::RewriteDone { node, incarnation },
         );
     }
 
-    fn fsync_done(&mut self, node: NodeId, incarnation: u32, upto: usize) {
+    fn rewrite_done(&mut self, node: NodeId, incarnation: u32) {
+        self.trace.mix(&[node.ordinal(), 11]);
+        if self.incarnations[node.ordinal() as usize] != incarnation {
+            return; // the node crashed while its log was rewritten
+        }
+        let tickets = match node {
+            NodeId::Coordinator => self.coordinator_disk.rewrite_done(),
+            NodeId::Participant(i) => self.participant_disks[i].rewrite_done(),
+        };
+        trace!(self, Some(node), "compaction done, {tickets:?} durable");
+        match node {
+            NodeId::Coordinator => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.on_compacted();
+                }
+                self.run_coordinator();
+            }
+            NodeId::Participant(i) => {
+                if let Some(p) = self.participants[i].as_mut() {
+                    p.on_compacted();
+                }
+                self.run_participant(i);
+            }
+        }
+        self.tickets_durable(node, tickets);
+    }
+
+    fn fsync_done(&mut self, node: NodeId, incarnation: u32, generation: u64, upto: usize) {
         self.trace.mix(&[node.ordinal(), upto as u64]);
         if self.incarnations[node.ordinal() as usize] != incarnation {
             return; // the node crashed while this fsync ran
+        }
+        if self.disk_generation(node) != generation {
+            return; // a compaction finished meanwhile and covered it
         }
         let tickets = match node {
             NodeId::Coordinator => self.coordinator_disk.fsync_done(upto),
@@ -1017,6 +1121,12 @@ impl World {
             Some(node),
             "fsync done: {upto} records durable, {tickets:?}"
         );
+        self.tickets_durable(node, tickets);
+    }
+
+    /// Tell `node` its forced writes `tickets` are durable, then start the
+    /// next fsync if writes wait.
+    fn tickets_durable(&mut self, node: NodeId, tickets: Vec<concord_proto::PersistTicket>) {
         let now = self.now;
         for ticket in tickets {
             if self.failure.is_some() || !self.is_up(node) {
@@ -1322,6 +1432,19 @@ impl World {
         );
     }
 
+    /// Log compactions started so far (every node).
+    pub fn compactions(&self) -> u64 {
+        self.stats.compactions
+    }
+
+    /// Whether `node`'s log is being rewritten by a compaction right now.
+    pub fn compacting(&self, node: NodeId) -> bool {
+        match node {
+            NodeId::Coordinator => self.coordinator_disk.rewriting(),
+            NodeId::Participant(i) => self.participant_disks[i].rewriting(),
+        }
+    }
+
     /// Crashes so far (scripted or random).
     pub fn crashes(&self) -> u64 {
         self.stats.crashes
@@ -1504,6 +1627,9 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
             ..
         } => format!("READY {xid:?} e{epoch} {participants:?}"),
         ParticipantRecord::Outcome { xid, decision } => format!("OUTCOME {decision:?} {xid:?}"),
+        ParticipantRecord::Finished { xid, decision } => {
+            format!("FINISHED {decision:?} {xid:?}")
+        }
         ParticipantRecord::Resource { body } => format!("RESOURCE ({} bytes)", body.len()),
     }
 }

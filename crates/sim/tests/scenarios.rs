@@ -571,3 +571,51 @@ fn answers_persist_first_is_caught_when_broken() {
         Ok(()) => panic!("an answer sent before its abort was durable went unnoticed"),
     }
 }
+
+/// p0's `a0` pays `amount` to p1's `a1`.
+fn transfer_between(a0: &str, a1: &str, amount: i64) -> Vec<(usize, Vec<KvOp>)> {
+    vec![(0, vec![op(a0, -amount)]), (1, vec![op(a1, amount)])]
+}
+
+#[test]
+fn compaction_keeps_an_in_doubt_branch_and_a_crash_inside_compaction_loses_nothing() {
+    let mut config = SimConfig::scripted(2);
+    config.compact_after_records = 4;
+    let mut w = World::scripted(config);
+    // Finished transactions: their records are compacted away.
+    for _ in 0..4 {
+        let y = w.submit(transfer_between("acct-2", "acct-3", 1));
+        assert!(w.run_until(1000, |w| w.client_outcome(y) == ClientOutcome::Committed));
+    }
+    assert!(w.compactions() > 0, "the logs were compacted");
+    // x is in doubt at p0: its first COMMIT is lost and its INQUIREs too
+    // (it learns the outcome from the coordinator's resends).
+    w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P0).times(1));
+    w.add_rule(MessageRule::new("INQUIRE", Fate::Drop).from(P0));
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(1000, |w| state(w, 0, x) == TxnState::Ready
+        && state(w, 1, x) == TxnState::Committed));
+    // More work on other accounts, until p0 is in the middle of a
+    // compaction; then p0 loses power.
+    let mut crashed = false;
+    for _ in 0..20 {
+        let y = w.submit(transfer_between("acct-2", "acct-3", 1));
+        if w.run_until(1000, |w| {
+            w.compacting(P0) || w.client_outcome(y) != ClientOutcome::Pending
+        }) && w.compacting(P0)
+        {
+            w.crash(P0, KeepUnsynced::Nothing);
+            crashed = true;
+            break;
+        }
+    }
+    assert!(crashed, "a compaction of p0's log was caught in progress");
+    w.restart(P0);
+    // The branch is still in doubt with its lock, from the old log.
+    assert_eq!(w.participant(0).expect("up").core().in_doubt(), vec![x]);
+    assert_eq!(locked(&w, 0), vec!["acct-0".to_string()]);
+    settle(&mut w);
+    assert_eq!(state(&w, 0, x), TxnState::Committed);
+    assert_transferred(&w, 10);
+    assert_no_locks(&w);
+}

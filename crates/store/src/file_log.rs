@@ -53,8 +53,9 @@ use crate::{LogStore, StoreError};
 
 /// Name of the log file inside the log directory.
 pub const FILE_NAME: &str = "concord.log";
-/// Temporary file used to create or rewrite the log atomically.
-const TMP_FILE_NAME: &str = "concord.log.tmp";
+/// Where a create or a rewrite (compaction) writes the new log before
+/// renaming it over the old one.
+pub const TMP_FILE_NAME: &str = "concord.log.tmp";
 /// Lock file held (flock) while a `FileLog` is open.
 const LOCK_FILE_NAME: &str = "concord.log.lock";
 

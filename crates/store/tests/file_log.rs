@@ -328,3 +328,66 @@ fn fsync_off_sync_makes_nothing_durable() {
     // A process restart still finds the record (the kernel has it).
     assert_eq!(open_ok(tmp.path()).1.records, vec![b"a".to_vec()]);
 }
+
+/// Compaction is `rewrite`: write the new log to a temp file, fsync it,
+/// rename it over the old one, fsync the directory. A crash at each point
+/// leaves either the old log or exactly the new one, never a mix, and never
+/// a lost record.
+#[test]
+fn compaction_crash_points_leave_the_old_log_or_exactly_the_new_one() {
+    use concord_store::file_log::TMP_FILE_NAME;
+    let old: &[&[u8]] = &[b"begin 1", b"ready 1", b"commit 1", b"begin 2"];
+    let new: &[&[u8]] = &[b"snapshot", b"begin 2"];
+    let new_image = encode_log(new);
+    // (crash point, what the crash left in the temp file, expected recovery)
+    type CrashPoint<'a> = (&'a str, Option<Vec<u8>>, Vec<Vec<u8>>);
+    let cases: Vec<CrashPoint> = vec![
+        ("before the temp file was created", None, recs(old)),
+        (
+            "while the temp file was written (torn)",
+            Some(new_image[..new_image.len() / 2].to_vec()),
+            recs(old),
+        ),
+        (
+            "after the temp file was synced, before the rename",
+            Some(new_image.clone()),
+            recs(old),
+        ),
+    ];
+    for (point, tmp_content, expected) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = open_ok(tmp.path());
+            log.append(old).expect("append");
+            log.sync().expect("sync");
+        }
+        if let Some(content) = tmp_content {
+            fs::write(tmp.path().join(TMP_FILE_NAME), content).expect("temp file");
+        }
+        let (mut log, recovered) = open_ok(tmp.path());
+        assert_eq!(recovered.records, expected, "crash {point}");
+        assert!(
+            !tmp.path().join(TMP_FILE_NAME).exists(),
+            "crash {point}: the leftover temp file is removed"
+        );
+        // Appends go on after the recovered content.
+        log.append(&[b"after"]).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        let (_, again) = open_ok(tmp.path());
+        let mut want = expected.clone();
+        want.push(b"after".to_vec());
+        assert_eq!(again.records, want, "crash {point}, then an append");
+    }
+    // After the rename (with or without the directory fsync, the rename is
+    // the commit point): exactly the new log.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = open_ok(tmp.path());
+        log.append(old).expect("append");
+        log.sync().expect("sync");
+        log.rewrite(new).expect("rewrite");
+    }
+    let (_, recovered) = open_ok(tmp.path());
+    assert_eq!(recovered.records, recs(new), "crash after the rename");
+}

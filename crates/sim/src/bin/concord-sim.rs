@@ -147,6 +147,8 @@ struct Totals {
     dropped: u64,
     duplicated: u64,
     crashes: u64,
+    compactions: u64,
+    crashes_in_compaction: u64,
     events: u64,
     virtual_us: u64,
     failures: Vec<SimFailure>,
@@ -163,6 +165,8 @@ impl Totals {
         self.dropped += report.messages_dropped;
         self.duplicated += report.messages_duplicated;
         self.crashes += report.crashes;
+        self.compactions += report.compactions;
+        self.crashes_in_compaction += report.crashes_in_compaction;
         self.events += report.events;
         self.virtual_us += report.virtual_time.0;
     }
@@ -224,7 +228,8 @@ fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode 
     );
     println!(
         "totals: {} txns ({} committed, {} aborted, {} unknown to the client), {} messages \
-         ({} dropped, {} duplicated), {} crashes, {} events, {:.1} s virtual",
+         ({} dropped, {} duplicated), {} crashes ({} during a compaction), {} compactions, \
+         {} events, {:.1} s virtual",
         totals.transactions,
         totals.committed,
         totals.aborted,
@@ -233,6 +238,8 @@ fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode 
         totals.dropped,
         totals.duplicated,
         totals.crashes,
+        totals.crashes_in_compaction,
+        totals.compactions,
         totals.events,
         totals.virtual_us as f64 / 1e6
     );
