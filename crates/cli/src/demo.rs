@@ -447,9 +447,11 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             } => {
                 branches.ready.insert(*xid, participants.clone());
             }
-            ParticipantRecord::Outcome { xid, decision }
-            | ParticipantRecord::Finished { xid, decision } => {
+            ParticipantRecord::Outcome { xid, decision } => {
                 branches.outcome.insert(*xid, *decision);
+            }
+            ParticipantRecord::Finished { outcomes } => {
+                branches.outcome.extend(outcomes.iter().copied());
             }
             ParticipantRecord::Resource { .. } => {}
         }

@@ -589,8 +589,8 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
         ),
         (xid(), decision())
             .prop_map(|(xid, decision)| ParticipantRecord::Outcome { xid, decision }),
-        (xid(), decision())
-            .prop_map(|(xid, decision)| ParticipantRecord::Finished { xid, decision }),
+        prop::collection::vec((xid(), decision()), 0..4)
+            .prop_map(|outcomes| ParticipantRecord::Finished { outcomes }),
         prop_oneof![
             kv_record().prop_map(|r| encode(&r)),
             prop::collection::vec(any::<u8>(), 0..64),
@@ -631,8 +631,8 @@ fn replayable_log() -> impl Strategy<Value = Vec<ParticipantRecord>> {
         1 => prop::collection::vec((account(), amount()), 0..3).prop_map(|balances| {
             ParticipantRecord::Resource { body: encode(&KvRecord::Snapshot { balances }) }
         }),
-        1 => (small_xid(), decision())
-            .prop_map(|(xid, decision)| ParticipantRecord::Finished { xid, decision }),
+        1 => prop::collection::vec((small_xid(), decision()), 0..3)
+            .prop_map(|outcomes| ParticipantRecord::Finished { outcomes }),
     ];
     prop::collection::vec(record, 0..16)
 }

@@ -43,7 +43,8 @@ impl CompactionPolicy {
             && self.since >= self.last_snapshot.saturating_mul(2)
     }
 
-    /// A snapshot of `snapshot_len` records went to the driver.
+    /// A snapshot went to the driver; `snapshot_len` is its size in
+    /// entries (a record that batches many outcomes counts each).
     pub fn started(&mut self, snapshot_len: u64) {
         self.in_flight = true;
         self.since = 0;

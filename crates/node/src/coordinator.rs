@@ -448,29 +448,15 @@ impl CoordinatorNode {
         self.compaction.compactions()
     }
 
-    /// The records of a compacted log: the recent outcomes kept for
-    /// `status` (oldest first: a decision, and END if it ended), then the
-    /// core's own (epoch, undecided and un-ended transactions). Returns
-    /// them and how many recent outcomes they keep.
+    /// The records of a compacted log: only the core's own (epoch,
+    /// undecided and un-ended transactions: what the protocol must still
+    /// answer). Finished outcomes stay in memory for `status` while the
+    /// process runs, but are not carried into the compacted log: keeping
+    /// them there would make every compaction (and restart) cost
+    /// `recent_outcomes_max` records. Returns the records and how many
+    /// finished outcomes they keep (none).
     pub fn snapshot_records(&self) -> (Vec<CoordinatorRecord>, usize) {
-        let mut records = Vec::new();
-        let mut retained = 0;
-        for (xid, txn) in self.recent.iter() {
-            if self.core.status(Time(0), xid).is_some() {
-                continue; // still in flight: the core writes it
-            }
-            retained += 1;
-            records.push(CoordinatorRecord::Decision {
-                xid,
-                decision: txn.decision,
-                participants: txn.participants.clone(),
-            });
-            if txn.ended {
-                records.push(CoordinatorRecord::End { xid });
-            }
-        }
-        records.extend(self.core.snapshot_records());
-        (records, retained)
+        (self.core.snapshot_records(), 0)
     }
 
     /// Start a compaction if one is due. Runs at the end of every event,

@@ -270,7 +270,16 @@ impl ParticipantServerNode {
             return;
         }
         let records = self.node.snapshot_records();
-        self.compaction.started(records.len() as u64);
+        // Weigh the snapshot by what it holds, not by its record count: one
+        // `Finished` record carries every remembered outcome.
+        let entries: usize = records
+            .iter()
+            .map(|r| match r {
+                ParticipantRecord::Finished { outcomes } => outcomes.len().max(1),
+                _ => 1,
+            })
+            .sum();
+        self.compaction.started(entries as u64);
         self.push_event(ParticipantEvent::Compacting {
             records: records.len(),
         });

@@ -122,8 +122,10 @@ impl KvStore {
                     store.seeded = true;
                 }
                 // Compaction's marker: its effect is in the snapshot.
-                ParticipantRecord::Finished { xid, .. } => {
-                    ready_work.remove(xid);
+                ParticipantRecord::Finished { outcomes } => {
+                    for (xid, _) in outcomes {
+                        ready_work.remove(xid);
+                    }
                 }
                 ParticipantRecord::Ready { xid, work, .. } => {
                     ready_work.insert(*xid, work);
@@ -384,8 +386,7 @@ mod tests {
                 body: kv.snapshot(),
             },
             ParticipantRecord::Finished {
-                xid: Xid(1),
-                decision: Decision::Commit,
+                outcomes: vec![(Xid(1), Decision::Commit)],
             },
             ParticipantRecord::Ready {
                 xid: Xid(2),

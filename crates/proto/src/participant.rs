@@ -166,7 +166,9 @@ pub struct Participant {
     branches: HashMap<Xid, Branch>,
     finished: HashMap<Xid, Decision>,
     /// Finished xids, oldest first, with when they finished.
-    finished_order: VecDeque<(Xid, Time)>,
+    /// (The decision is kept here too, so a snapshot is one pass with no
+    /// lookups.)
+    finished_order: VecDeque<(Xid, Time, Decision)>,
     gate: Gate<Resume>,
     /// INQUIREs about xids being aborted unilaterally, answered ABORTED
     /// once that abort is durable: (asker, epoch) per xid.
@@ -229,9 +231,11 @@ impl Participant {
                     ready.remove(&xid);
                     participant.remember(now, xid, decision);
                 }
-                ParticipantRecord::Finished { xid, decision } => {
-                    ready.remove(&xid);
-                    participant.remember(now, xid, decision);
+                ParticipantRecord::Finished { outcomes } => {
+                    for (xid, decision) in outcomes {
+                        ready.remove(&xid);
+                        participant.remember(now, xid, decision);
+                    }
                 }
                 ParticipantRecord::Resource { .. } => {}
             }
@@ -526,25 +530,20 @@ impl Participant {
     }
 
     /// The protocol's part of a compacted log, to follow the resource's
-    /// snapshot record: a `Finished` marker for every remembered outcome
+    /// snapshot record: one `Finished` record with every remembered outcome
     /// (oldest first; so duplicates still get the same answer after a
-    /// restart) and for a branch whose commit is applied but not yet
-    /// ACKed, and the READY record of every branch in doubt. What the log
+    /// restart) and every branch whose commit is applied but not yet
+    /// ACKed, then the READY record of every branch in doubt. What the log
     /// held for anything else (branches still preparing, forgotten ones) is
     /// dropped: presumed abort covers it. Only valid if every record the
     /// participant emitted so far is written before this snapshot.
     pub fn snapshot_records(&self) -> Vec<ParticipantRecord> {
-        let mut records: Vec<ParticipantRecord> = self
+        let mut outcomes: Vec<(Xid, Decision)> = self
             .finished_order
             .iter()
-            .filter_map(|(xid, _)| {
-                let decision = *self.finished.get(xid)?;
-                Some(ParticipantRecord::Finished {
-                    xid: *xid,
-                    decision,
-                })
-            })
+            .map(|(xid, _, decision)| (*xid, *decision))
             .collect();
+        let mut ready = Vec::new();
         let mut live: Vec<(&Xid, &Branch)> = self.branches.iter().collect();
         live.sort_by_key(|(xid, _)| **xid);
         for (xid, branch) in live {
@@ -552,7 +551,7 @@ impl Participant {
                 BranchState::Ready | BranchState::ReadyPending
                     if !mutant::active(Mutant::CompactionDropsInDoubt) =>
                 {
-                    records.push(ParticipantRecord::Ready {
+                    ready.push(ParticipantRecord::Ready {
                         xid: *xid,
                         coordinator: branch.coordinator.clone(),
                         epoch: branch.epoch,
@@ -562,13 +561,15 @@ impl Participant {
                 }
                 // The resource already applied it; its COMMITTED record is
                 // written before the snapshot.
-                BranchState::Committing => records.push(ParticipantRecord::Finished {
-                    xid: *xid,
-                    decision: Decision::Commit,
-                }),
+                BranchState::Committing => outcomes.push((*xid, Decision::Commit)),
                 BranchState::Preparing { .. } | BranchState::Ready | BranchState::ReadyPending => {}
             }
         }
+        let mut records = Vec::with_capacity(ready.len() + 1);
+        if !outcomes.is_empty() {
+            records.push(ParticipantRecord::Finished { outcomes });
+        }
+        records.extend(ready);
         records
     }
 
@@ -805,11 +806,11 @@ impl Participant {
     /// coordinator still has it in flight, commit it twice).
     fn remember(&mut self, now: Time, xid: Xid, decision: Decision) {
         if self.finished.insert(xid, decision).is_none() {
-            self.finished_order.push_back((xid, now));
+            self.finished_order.push_back((xid, now, decision));
         }
         while self.finished_order.len() > self.config.finished_max {
             match self.finished_order.front() {
-                Some(&(old, at)) if now.ms_since(at) >= FINISHED_MS_MIN => {
+                Some(&(old, at, _)) if now.ms_since(at) >= FINISHED_MS_MIN => {
                     self.finished_order.pop_front();
                     self.finished.remove(&old);
                     self.undurable_aborts.remove(&old);

@@ -43,9 +43,11 @@ pub enum ParticipantRecord {
     /// A record that belongs to the resource (for example the key-value
     /// resource's seed accounts, or its snapshot); the protocol ignores it.
     Resource { body: Vec<u8> },
-    /// Written only by compaction: this branch finished with `decision`
-    /// and its effect is already in the resource snapshot before it.
-    /// Recovery remembers the outcome (duplicates get the same answer);
-    /// the resource applies nothing for it.
-    Finished { xid: Xid, decision: Decision },
+    /// Written only by compaction: these branches finished with these
+    /// decisions (oldest first), and their effects are already in the
+    /// resource snapshot before this record. Recovery remembers the
+    /// outcomes (duplicates get the same answer); the resource applies
+    /// nothing for them. One record for all of them, so that a snapshot of
+    /// many finished branches costs one encode and one log record.
+    Finished { outcomes: Vec<(Xid, Decision)> },
 }

@@ -389,9 +389,9 @@ impl CoordinatorDriver {
                         .server_stats("coordinator", self.outbox.network().stats());
                     self.reply(client, &Reply::Stats { request_id, stats });
                 }
-                CoordinatorNodeAction::Compact { records } => {
-                    self.log.compact(records.iter().map(encode).collect())
-                }
+                CoordinatorNodeAction::Compact { records } => self
+                    .log
+                    .compact(Box::new(move || records.iter().map(encode).collect())),
                 CoordinatorNodeAction::Event(event) => log_event(event),
             }
         }
@@ -480,7 +480,7 @@ fn log_event(event: CoordinatorEvent) {
         CoordinatorEvent::Compacting {
             records,
             retained_outcomes,
-        } => tracing::debug!(
+        } => tracing::info!(
             records,
             retained_outcomes,
             "compacting the coordinator log to {records} records"

@@ -250,15 +250,17 @@ impl LogWriter {
         );
     }
 
-    /// Compact: replace the whole log with `records`. Everything pushed so
-    /// far is submitted first (the group-commit writer keeps the order), so
-    /// the snapshot, which already reflects those records, replaces them
-    /// only after they are written; later records land after it.
-    pub fn compact(&mut self, records: Vec<Vec<u8>>) {
+    /// Compact: replace the whole log with the records `produce` returns
+    /// (called in the store's background thread: a large snapshot is
+    /// encoded there, not here). Everything pushed so far is submitted
+    /// first (the group-commit writer keeps the order), so the snapshot,
+    /// which already reflects those records, replaces them only after they
+    /// are written; later records land after it.
+    pub fn compact(&mut self, produce: concord_store::RecordsProducer) {
         self.flush();
         let events = self.events.clone();
-        self.group.submit_rewrite(
-            records,
+        self.group.submit_rewrite_with(
+            produce,
             Box::new(move |result| {
                 let _ = events.send(match result {
                     Ok(()) => LogEvent::Compacted,

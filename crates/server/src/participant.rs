@@ -379,9 +379,9 @@ impl ParticipantDriver {
                         None => tracing::error!("a reply without a request; dropped"),
                     }
                 }
-                ParticipantNodeAction::Compact { records } => {
-                    self.log.compact(records.iter().map(encode).collect())
-                }
+                ParticipantNodeAction::Compact { records } => self
+                    .log
+                    .compact(Box::new(move || records.iter().map(encode).collect())),
                 ParticipantNodeAction::Event(event) => log_event(event),
             }
         }
@@ -418,7 +418,7 @@ fn log_event(event: ParticipantEvent) {
             tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
         }
         ParticipantEvent::Compacting { records } => {
-            tracing::debug!(
+            tracing::info!(
                 records,
                 "compacting the participant log to {records} records"
             )

@@ -35,8 +35,8 @@ pub enum RecordKind {
 
 /// A log record the simulated disk can store and index.
 pub trait SimRecord: Serialize + DeserializeOwned + Clone + PartialEq + Debug {
-    /// Which transaction the record is about and what it says, if any.
-    fn key(&self) -> Option<(Xid, RecordKind)>;
+    /// Which transactions the record is about and what it says of each.
+    fn keys(&self) -> Vec<(Xid, RecordKind)>;
 }
 
 fn decision_kind(decision: Decision) -> RecordKind {
@@ -47,27 +47,30 @@ fn decision_kind(decision: Decision) -> RecordKind {
 }
 
 impl SimRecord for CoordinatorRecord {
-    fn key(&self) -> Option<(Xid, RecordKind)> {
+    fn keys(&self) -> Vec<(Xid, RecordKind)> {
         match self {
-            CoordinatorRecord::Epoch { .. } => None,
-            CoordinatorRecord::Begin { xid, .. } => Some((*xid, RecordKind::Begin)),
+            CoordinatorRecord::Epoch { .. } => vec![],
+            CoordinatorRecord::Begin { xid, .. } => vec![(*xid, RecordKind::Begin)],
             CoordinatorRecord::Decision { xid, decision, .. } => {
-                Some((*xid, decision_kind(*decision)))
+                vec![(*xid, decision_kind(*decision))]
             }
-            CoordinatorRecord::End { xid } => Some((*xid, RecordKind::End)),
+            CoordinatorRecord::End { xid } => vec![(*xid, RecordKind::End)],
         }
     }
 }
 
 impl SimRecord for ParticipantRecord {
-    fn key(&self) -> Option<(Xid, RecordKind)> {
+    fn keys(&self) -> Vec<(Xid, RecordKind)> {
         match self {
-            ParticipantRecord::Ready { xid, .. } => Some((*xid, RecordKind::Ready)),
-            ParticipantRecord::Outcome { xid, decision }
-            | ParticipantRecord::Finished { xid, decision } => {
-                Some((*xid, decision_kind(*decision)))
+            ParticipantRecord::Ready { xid, .. } => vec![(*xid, RecordKind::Ready)],
+            ParticipantRecord::Outcome { xid, decision } => {
+                vec![(*xid, decision_kind(*decision))]
             }
-            ParticipantRecord::Resource { .. } => None,
+            ParticipantRecord::Finished { outcomes } => outcomes
+                .iter()
+                .map(|(xid, decision)| (*xid, decision_kind(*decision)))
+                .collect(),
+            ParticipantRecord::Resource { .. } => vec![],
         }
     }
 }
@@ -122,7 +125,7 @@ impl<R: SimRecord> SimDisk<R> {
         let index = self.mirror.len();
         let bytes = encode(&record);
         self.log.append(&[&bytes]).expect("MemLog never fails");
-        if let Some(key) = record.key() {
+        for key in record.keys() {
             self.first.entry(key).or_insert(index);
         }
         self.mirror.push(record);
@@ -171,9 +174,7 @@ impl<R: SimRecord> SimDisk<R> {
     fn mark_durable(&mut self, upto: usize) {
         if upto > self.durable {
             for record in &self.mirror[self.durable..upto] {
-                if let Some(key) = record.key() {
-                    self.ever_durable.insert(key);
-                }
+                self.ever_durable.extend(record.keys());
             }
             self.durable = upto;
         }
@@ -274,7 +275,8 @@ impl<R: SimRecord> SimDisk<R> {
         self.log.crash(memlog_keep);
         self.mirror.truncate(kept);
         self.first.retain(|_, index| *index < kept);
-        self.durable = kept;
+        // What survived is durable now (it is all there is).
+        self.mark_durable(kept);
         self.waiting.clear();
         self.fsync_in_flight = false;
     }

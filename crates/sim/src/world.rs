@@ -1627,9 +1627,7 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
             ..
         } => format!("READY {xid:?} e{epoch} {participants:?}"),
         ParticipantRecord::Outcome { xid, decision } => format!("OUTCOME {decision:?} {xid:?}"),
-        ParticipantRecord::Finished { xid, decision } => {
-            format!("FINISHED {decision:?} {xid:?}")
-        }
+        ParticipantRecord::Finished { outcomes } => format!("FINISHED {outcomes:?}"),
         ParticipantRecord::Resource { body } => format!("RESOURCE ({} bytes)", body.len()),
     }
 }

@@ -48,8 +48,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
-use crate::{LogStore, StoreError};
+use crate::{LogStore, RecordsProducer, StoreError};
 
 /// Name of the log file inside the log directory.
 pub const FILE_NAME: &str = "concord.log";
@@ -128,6 +129,9 @@ pub struct FileLog {
     synced_len: u64,
     /// Set on the first failed write or sync: the log is fail-stop from then on.
     failed: Option<StoreError>,
+    /// A background rewrite: the thread writing and syncing the new log's
+    /// temp file (see `LogStore::rewrite_begin`).
+    background: Option<JoinHandle<Result<(File, u64), StoreError>>>,
 }
 
 impl FileLog {
@@ -196,6 +200,7 @@ impl FileLog {
             written_len: scan.valid_len,
             synced_len: scan.valid_len,
             failed: None,
+            background: None,
         };
         Ok((
             log,
@@ -237,6 +242,22 @@ impl FileLog {
                 len: r.len(),
                 max: self.record_bytes_max,
             }),
+            None => Ok(()),
+        }
+    }
+
+    /// A background rewrite owns the temp file until it is committed: a
+    /// second one (or a plain rewrite) now is a caller bug, refused without
+    /// touching anything.
+    fn check_no_background(&self, what: &str) -> Result<(), StoreError> {
+        match self.background {
+            Some(_) => Err(StoreError::io(
+                &self.dir,
+                "rewrite",
+                io::Error::other(format!(
+                    "{what} while a background rewrite is in progress (commit it first)"
+                )),
+            )),
             None => Ok(()),
         }
     }
@@ -287,8 +308,76 @@ impl LogStore for FileLog {
         Ok(())
     }
 
+    fn rewrite_begin(
+        &mut self,
+        records: RecordsProducer,
+    ) -> Result<Option<RecordsProducer>, StoreError> {
+        self.check_usable()?;
+        self.check_no_background("rewrite_begin")?;
+        let dir = self.dir.clone();
+        let path = self.path.clone();
+        let record_bytes_max = self.record_bytes_max;
+        // Encoding a large snapshot is part of the background work too.
+        let handle = std::thread::Builder::new()
+            .name("concord-log-rewrite".into())
+            .spawn(move || {
+                let records = records();
+                if let Some(r) = records.iter().find(|r| r.len() > record_bytes_max) {
+                    return Err(StoreError::RecordTooLarge {
+                        path,
+                        len: r.len(),
+                        max: record_bytes_max,
+                    });
+                }
+                let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                let bytes = encode_log(&refs);
+                let len = bytes.len() as u64;
+                write_temp_in_chunks(&dir, &bytes).map(|file| (file, len))
+            })
+            .map_err(|e| self.fail(StoreError::io(&self.dir, "spawn rewrite thread", e)))?;
+        self.background = Some(handle);
+        Ok(None)
+    }
+
+    fn rewrite_ready(&mut self) -> bool {
+        self.background.as_ref().map_or(true, |h| h.is_finished())
+    }
+
+    fn rewrite_commit(&mut self, tail: &[&[u8]]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let Some(handle) = self.background.take() else {
+            return Ok(());
+        };
+        let joined = handle.join().unwrap_or_else(|_| {
+            Err(StoreError::io(
+                &self.dir,
+                "rewrite thread",
+                io::Error::other("the background rewrite thread panicked"),
+            ))
+        });
+        let (mut file, mut len) = joined.map_err(|e| self.fail(e))?;
+
+        let tmp = self.dir.join(TMP_FILE_NAME);
+        if !tail.is_empty() {
+            let mut buffer = Vec::new();
+            for record in tail {
+                encode_record(&mut buffer, record);
+            }
+            file.write_all(&buffer)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| self.fail(StoreError::io(&tmp, "write rewrite tail", e)))?;
+            len += buffer.len() as u64;
+        }
+        install_temp(&self.dir, &self.path).map_err(|e| self.fail(e))?;
+        self.file = file;
+        self.written_len = len;
+        self.synced_len = len;
+        Ok(())
+    }
+
     fn rewrite(&mut self, records: &[&[u8]]) -> Result<(), StoreError> {
         self.check_usable()?;
+        self.check_no_background("rewrite")?;
         self.check_sizes(records)?;
         let bytes = encode_log(records);
         match write_log_atomically(&self.dir, &self.path, &bytes) {
@@ -521,6 +610,15 @@ fn remove_if_exists(path: &Path) -> Result<bool, StoreError> {
 /// file, fsync it, rename it over the log, fsync the directory. Returns the
 /// new file, open for appending.
 fn write_log_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<File, StoreError> {
+    let file = write_temp(dir, bytes)?;
+    install_temp(dir, path)?;
+    Ok(file)
+}
+
+/// Write `bytes` as the temp file of `dir` and fsync it; returns it open
+/// for appending. Until [`install_temp`], the log is untouched (and `open`
+/// removes the temp file: a crash before the rename keeps the old log).
+fn write_temp(dir: &Path, bytes: &[u8]) -> Result<File, StoreError> {
     let tmp = dir.join(TMP_FILE_NAME);
     remove_if_exists(&tmp)?;
     let mut file = OpenOptions::new()
@@ -533,9 +631,58 @@ fn write_log_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<File, S
         .map_err(|e| StoreError::io(&tmp, "write", e))?;
     file.sync_all()
         .map_err(|e| StoreError::io(&tmp, "fsync", e))?;
-    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, "rename", e))?;
-    sync_dir(dir)?;
     Ok(file)
+}
+
+/// Bytes a background rewrite writes (and starts writing back) at a time,
+/// and the pause after each: at most 256 KiB per 2 ms (128 MiB/s), so a
+/// compaction never floods the disk that the live log fsyncs on.
+const REWRITE_CHUNK_BYTES: usize = 256 << 10;
+const REWRITE_CHUNK_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// [`write_temp`] for a background rewrite: the same file, written and
+/// fdatasynced in chunks, so that the small forced writes of the live log
+/// (votes, decisions) never queue behind one fsync of megabytes on the
+/// same disk.
+fn write_temp_in_chunks(dir: &Path, bytes: &[u8]) -> Result<File, StoreError> {
+    let tmp = dir.join(TMP_FILE_NAME);
+    remove_if_exists(&tmp)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| StoreError::io(&tmp, "create", e))?;
+    let mut offset: i64 = 0;
+    for chunk in bytes.chunks(REWRITE_CHUNK_BYTES) {
+        file.write_all(chunk)
+            .map_err(|e| StoreError::io(&tmp, "write", e))?;
+        // Start writing this chunk back now (no barrier, no wait), so the
+        // final fsync has little left to do and the disk never gets the
+        // whole snapshot at once; then give the live log's fsyncs room.
+        // SAFETY: sync_file_range only reads the descriptor `file` owns.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset,
+                chunk.len() as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        offset += chunk.len() as i64;
+        std::thread::sleep(REWRITE_CHUNK_PAUSE);
+    }
+    file.sync_all()
+        .map_err(|e| StoreError::io(&tmp, "fsync", e))?;
+    Ok(file)
+}
+
+/// Rename the (synced) temp file over the log and fsync the directory: the
+/// rename is the commit point of a rewrite.
+fn install_temp(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let tmp = dir.join(TMP_FILE_NAME);
+    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, "rename", e))?;
+    sync_dir(dir)
 }
 
 /// Take an exclusive, non-blocking flock on the directory's lock file.

@@ -37,7 +37,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::{LogStore, StoreError};
+use crate::{LogStore, RecordsProducer, StoreError};
 
 /// Completion of a submission, run on the writer thread with the outcome.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -126,6 +126,7 @@ impl GroupCommit {
             failed: None,
             waiting: Vec::new(),
             sync_by: None,
+            rewriting: None,
         };
         let handle = thread::Builder::new()
             .name(format!("log-{name}"))
@@ -170,7 +171,15 @@ impl GroupCommit {
     /// it lands after the new content. `done` gets the outcome; the new
     /// content is durable when it gets `Ok`.
     pub fn submit_rewrite(&self, records: Vec<Vec<u8>>, done: Done) {
-        self.send(Request::Rewrite { records, done });
+        self.submit_rewrite_with(Box::new(move || records), done);
+    }
+
+    /// [`submit_rewrite`](Self::submit_rewrite) with records produced when
+    /// the rewrite runs (in the store's background thread where it has
+    /// one): the caller hands over a large snapshot without encoding it on
+    /// its own thread, and the request still takes its place in order now.
+    pub fn submit_rewrite_with(&self, produce: RecordsProducer, done: Done) {
+        self.send(Request::Rewrite { produce, done });
     }
 
     /// A snapshot of the counters.
@@ -232,7 +241,10 @@ struct Append {
 
 enum Request {
     Append(Append),
-    Rewrite { records: Vec<Vec<u8>>, done: Done },
+    Rewrite {
+        produce: RecordsProducer,
+        done: Done,
+    },
 }
 
 impl Request {
@@ -244,11 +256,11 @@ impl Request {
     }
 
     fn payload_bytes(&self) -> usize {
-        let records = match self {
-            Request::Append(append) => &append.records,
-            Request::Rewrite { records, .. } => records,
-        };
-        records.iter().map(Vec::len).sum()
+        match self {
+            Request::Append(append) => append.records.iter().map(Vec::len).sum(),
+            // Not produced yet; a rewrite ends the batch anyway.
+            Request::Rewrite { .. } => 0,
+        }
     }
 }
 
@@ -290,18 +302,39 @@ struct Writer {
     waiting: Vec<Append>,
     /// When the deferred sync of `waiting` is due at the latest.
     sync_by: Option<Instant>,
+    /// A background rewrite in progress (`LogStore::rewrite_begin`): its
+    /// completion, and a copy of every record appended since it began,
+    /// which `rewrite_commit` carries over into the new log.
+    rewriting: Option<(Done, Vec<Vec<u8>>)>,
 }
+
+/// How often the writer looks whether a background rewrite is ready while
+/// no request arrives.
+const REWRITE_POLL: Duration = Duration::from_millis(1);
 
 impl Writer {
     fn run(mut self) {
         loop {
-            let first = match self.sync_by {
+            if self.rewriting.is_some() && self.store.rewrite_ready() {
+                self.commit_rewrite();
+            }
+            // While a rewrite runs in the background, wake up to commit it.
+            let wake = match (self.sync_by, self.rewriting.is_some()) {
+                (due, true) => Some(
+                    due.unwrap_or_else(|| Instant::now() + REWRITE_POLL)
+                        .min(Instant::now() + REWRITE_POLL),
+                ),
+                (due, false) => due,
+            };
+            let first = match wake {
                 Some(due) => {
                     let wait = due.saturating_duration_since(Instant::now());
                     match self.receiver.recv_timeout(wait) {
                         Ok(request) => request,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.sync_waiting();
+                            if self.sync_by.is_some_and(|d| d <= Instant::now()) {
+                                self.sync_waiting();
+                            }
                             continue;
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -327,7 +360,11 @@ impl Writer {
             }
             self.process(batch);
         }
-        // Shutting down: deferred syncs are due now.
+        // Shutting down: a background rewrite is committed, deferred syncs
+        // are due now.
+        if self.rewriting.is_some() {
+            self.commit_rewrite();
+        }
         self.sync_waiting();
         if self.unsynced && self.failed.is_none() {
             match self.store.sync() {
@@ -348,11 +385,20 @@ impl Writer {
                     bump(&self.counters.forced, usize::from(append.sync.is_forced()));
                     appends.push(append);
                 }
-                Request::Rewrite { records, done } => {
+                Request::Rewrite { produce, done } => {
                     self.write_appends(std::mem::take(&mut appends));
                     self.sync_waiting();
-                    let result = self.rewrite(&records);
-                    finish(&self.name, done, result);
+                    if self.rewriting.is_some() {
+                        self.commit_rewrite(); // one at a time
+                    }
+                    match self.begin_rewrite(produce) {
+                        Ok(None) => self.rewriting = Some((done, Vec::new())),
+                        Ok(Some(produce)) => {
+                            let result = self.rewrite(&produce());
+                            finish(&self.name, done, result);
+                        }
+                        Err(e) => finish(&self.name, done, Err(e)),
+                    }
                 }
             }
         }
@@ -444,6 +490,9 @@ impl Writer {
                 return Err(self.fail(e));
             }
             self.unsynced = true;
+            if let Some((_, tail)) = self.rewriting.as_mut() {
+                tail.extend(records.iter().map(|r| r.to_vec()));
+            }
             bump(&self.counters.batches, 1);
             bump(&self.counters.records, records.len());
             bump(&self.counters.bytes, records.iter().map(|r| r.len()).sum());
@@ -461,6 +510,39 @@ impl Writer {
             bump(&self.counters.syncs, 1);
         }
         Ok(())
+    }
+
+    /// Start a background rewrite; `Ok(Some(records))` hands them back when
+    /// the store has none (then they are rewritten in the foreground).
+    fn begin_rewrite(
+        &mut self,
+        produce: RecordsProducer,
+    ) -> Result<Option<RecordsProducer>, StoreError> {
+        self.check_usable()?;
+        self.store.rewrite_begin(produce).map_err(|e| self.fail(e))
+    }
+
+    /// Commit the background rewrite: the records appended meanwhile go
+    /// into the new log, which is synced, so every waiting submission is
+    /// durable too.
+    fn commit_rewrite(&mut self) {
+        let Some((done, tail)) = self.rewriting.take() else {
+            return;
+        };
+        let result = self.check_usable().and_then(|()| {
+            let tail: Vec<&[u8]> = tail.iter().map(Vec::as_slice).collect();
+            self.store.rewrite_commit(&tail).map_err(|e| self.fail(e))
+        });
+        match &result {
+            Ok(()) => {
+                self.unsynced = false;
+                bump(&self.counters.rewrites, 1);
+                // Their records are in the synced new log now.
+                self.sync_waiting();
+            }
+            Err(e) => self.fail_waiting(e),
+        }
+        finish(&self.name, done, result);
     }
 
     fn rewrite(&mut self, records: &[Vec<u8>]) -> Result<(), StoreError> {

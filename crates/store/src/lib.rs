@@ -27,6 +27,10 @@ pub use file_log::{FileLog, FileLogOptions, Recovered};
 pub use group_commit::{Done, GroupCommit, GroupCommitStats, SyncMode};
 pub use mem_log::MemLog;
 
+/// Produces the records of a rewrite when called: a compaction's snapshot,
+/// encoded off the threads that cannot wait (the driver, the log writer).
+pub type RecordsProducer = Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>;
+
 /// A durable, append-only log of opaque records.
 ///
 /// # Durability contract
@@ -67,6 +71,40 @@ pub trait LogStore: Send + 'static {
     /// After a crash during the call, recovery returns either the old log
     /// or exactly `records`, never a mix.
     fn rewrite(&mut self, records: &[&[u8]]) -> Result<(), StoreError>;
+
+    /// Begin a rewrite that runs beside appends, so that compaction does
+    /// not stall the log: the store writes `records` as a new log in the
+    /// background while `append` and `sync` go on with the current log, with
+    /// their usual guarantees. `records` produces the content (encoding a
+    /// large snapshot is part of the background work). Returns the
+    /// producer back when the store cannot (the default); the caller then
+    /// uses [`rewrite`](Self::rewrite). At most one background rewrite at a
+    /// time.
+    fn rewrite_begin(
+        &mut self,
+        records: RecordsProducer,
+    ) -> Result<Option<RecordsProducer>, StoreError> {
+        Ok(Some(records))
+    }
+
+    /// Whether the background part of the rewrite begun last is done (so
+    /// that [`rewrite_commit`](Self::rewrite_commit) will not block long).
+    fn rewrite_ready(&mut self) -> bool {
+        true
+    }
+
+    /// Complete the rewrite begun last. `tail` is every record appended
+    /// since `rewrite_begin`, in order: it is appended to the new log,
+    /// which is synced and then atomically replaces the current one. After
+    /// Ok, recovery returns the records given to `rewrite_begin`, then
+    /// `tail`, then whatever is appended later, all durable up to here.
+    /// After a crash before it returns, recovery returns the current log
+    /// (under the usual rules), never a mix. Blocks until the background
+    /// part is done.
+    fn rewrite_commit(&mut self, tail: &[&[u8]]) -> Result<(), StoreError> {
+        let _ = tail;
+        Ok(())
+    }
 }
 
 /// Everything that can go wrong in a log store. Each variant says what
