@@ -182,6 +182,10 @@ pub struct Participant {
     actions: Vec<ParticipantAction>,
 }
 
+/// Most outcomes one `Finished` record of a compacted log holds (about
+/// 20 bytes each: ~1.3 MB, far below any store's record size limit).
+pub const FINISHED_PER_RECORD_MAX: usize = 65_536;
+
 /// The inquire timer of `xid`.
 fn inquire_timer(xid: Xid) -> TimerKey {
     TimerKey::new(xid, TimerKind::Inquire)
@@ -566,8 +570,12 @@ impl Participant {
             }
         }
         let mut records = Vec::with_capacity(ready.len() + 1);
-        if !outcomes.is_empty() {
-            records.push(ParticipantRecord::Finished { outcomes });
+        // In records of a bounded size: a log record has a size limit, and
+        // under load the remembered outcomes run into the millions.
+        for chunk in outcomes.chunks(FINISHED_PER_RECORD_MAX) {
+            records.push(ParticipantRecord::Finished {
+                outcomes: chunk.to_vec(),
+            });
         }
         records.extend(ready);
         records

@@ -645,3 +645,34 @@ fn compaction_snapshot_recovers_the_same_in_doubt_branches_and_remembered_outcom
         work: vec![42]
     }));
 }
+
+#[test]
+fn compaction_snapshot_splits_many_outcomes_into_bounded_records() {
+    let mut p = Participant::new(ParticipantConfig {
+        finished_max: usize::MAX,
+        ..config()
+    });
+    let n = concord_proto::participant::FINISHED_PER_RECORD_MAX * 2 + 7;
+    for i in 0..n {
+        // An ABORT before PREPARE is remembered as finished.
+        p.on_message(ms(0), decision(Xid(i as u128 + 1000), Decision::Abort));
+    }
+    p.drain_actions().for_each(drop);
+    let snapshot = p.snapshot_records();
+    assert_eq!(snapshot.len(), 3);
+    let mut total = 0;
+    for record in &snapshot {
+        match record {
+            ParticipantRecord::Finished { outcomes } => {
+                assert!(outcomes.len() <= concord_proto::participant::FINISHED_PER_RECORD_MAX);
+                assert!(concord_proto::codec::encode(record).len() < 4 << 20);
+                total += outcomes.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(total, n);
+    let q = Participant::recover(config(), snapshot, ms(1));
+    assert_eq!(q.state_of(Xid(1000)), TxnState::Aborted);
+    assert_eq!(q.state_of(Xid(n as u128 + 999)), TxnState::Aborted);
+}
