@@ -682,7 +682,10 @@ impl CoordinatorNode {
         CoordinatorStatus {
             xid,
             state: CoordinatorState::NoRecord,
-            detail: "no record of this xid: if it ever existed it is ABORTED (presumed abort)"
+            detail: "no record of this xid: if it ever began here it is ABORTED (presumed \
+                     abort), unless it committed and ended before the coordinator last \
+                     restarted (a compacted log keeps only what is in flight; the participants \
+                     keep their outcome for a while)"
                 .into(),
             branches: self
                 .directory

@@ -21,15 +21,15 @@ use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter};
 use crate::failpoint;
 use crate::outbox::Outbox;
 use crate::wire::Reply;
-use anyhow::{anyhow, bail, Context};
+use anyhow::bail;
 use concord_net::NetConfig;
 use concord_node::{
     ClientId, CoordinatorEvent, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig,
     Timers,
 };
-use concord_proto::codec::{decode, encode};
+use concord_proto::codec::encode;
 use concord_proto::{Body, CoordinatorRecord, Decision, PeerAddr};
-use concord_store::{FileLog, GroupCommit};
+use concord_store::GroupCommit;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -195,32 +195,17 @@ pub async fn run_coordinator_until(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let clock = Clock::start();
-    let options = crate::driver::log_options("coordinator", config.fsync);
-    let (log, recovered) = FileLog::open(&config.data_dir, options).with_context(|| {
-        format!(
-            "cannot open the coordinator log in {}",
-            config.data_dir.display()
-        )
-    })?;
-    for warning in &recovered.warnings {
-        tracing::warn!("coordinator log recovery: {warning}");
-    }
-    let mut records = Vec::with_capacity(recovered.records.len());
-    for (index, bytes) in recovered.records.iter().enumerate() {
-        let record: CoordinatorRecord = decode("coordinator log record", bytes).map_err(|e| {
-            anyhow!(
-                "coordinator log in {}: record #{index} ({} bytes) does not decode: {e}; \
-                     refusing to start rather than lose it",
-                config.data_dir.display(),
-                bytes.len()
-            )
-        })?;
-        records.push(record);
-    }
+    let (log, records) = crate::driver::open_log::<CoordinatorRecord>(
+        "coordinator",
+        "coordinator log record",
+        &config.data_dir,
+        config.fsync,
+    )?;
+    let record_count = records.len();
     let node = CoordinatorNode::recover(config.node_config(), records, clock.now());
     tracing::info!(
         data_dir = %config.data_dir.display(),
-        records = recovered.records.len(),
+        records = record_count,
         epoch = node.epoch(),
         "coordinator log recovered"
     );

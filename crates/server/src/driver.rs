@@ -10,10 +10,12 @@
 //! thread, which reports back through a channel.
 
 use crate::conn::{Inbound, Incoming};
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
+use concord_proto::codec::decode;
 use concord_proto::{Durability, PersistTicket, Time};
-use concord_store::{FileLogOptions, GroupCommit, StoreError, SyncMode};
+use concord_store::{FileLog, FileLogOptions, GroupCommit, StoreError, SyncMode};
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -276,6 +278,35 @@ impl LogWriter {
         self.flush();
         self.group.shutdown();
     }
+}
+
+/// Open the `role`'s log in `dir` and decode every record. A record that
+/// does not decode stops start-up, naming it: starting without it could
+/// lose a vote or a decision.
+pub(crate) fn open_log<R: serde::de::DeserializeOwned>(
+    role: &str,
+    record_name: &'static str,
+    dir: &Path,
+    fsync: bool,
+) -> anyhow::Result<(FileLog, Vec<R>)> {
+    let (log, recovered) = FileLog::open(dir, log_options(role, fsync))
+        .with_context(|| format!("cannot open the {role} log in {}", dir.display()))?;
+    for warning in &recovered.warnings {
+        tracing::warn!("{role} log recovery: {warning}");
+    }
+    let mut records = Vec::with_capacity(recovered.records.len() + 1);
+    for (index, bytes) in recovered.records.iter().enumerate() {
+        let record: R = decode(record_name, bytes).map_err(|e| {
+            anyhow!(
+                "{role} log in {}: record #{index} ({} bytes) does not decode: {e}; \
+                 refusing to start rather than lose it",
+                dir.display(),
+                bytes.len()
+            )
+        })?;
+        records.push(record);
+    }
+    Ok((log, records))
 }
 
 /// Options of a server's log. With `fsync` false (`--unsafe-no-fsync`,

@@ -27,9 +27,9 @@ use concord_node::{
     ParticipantServerNode, Timers,
 };
 use concord_participant::kv::{seed_record, KvStore};
-use concord_proto::codec::{decode, encode};
+use concord_proto::codec::encode;
 use concord_proto::{Body, Decision, ParticipantRecord, PeerAddr, Vote};
-use concord_store::{FileLog, GroupCommit, LogStore};
+use concord_store::{GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -149,23 +149,12 @@ pub async fn run_participant_until(
     config.validate()?;
     let clock = Clock::start();
     let dir = config.data_dir.display().to_string();
-    let options = crate::driver::log_options("participant", config.fsync);
-    let (mut log, recovered) = FileLog::open(&config.data_dir, options)
-        .with_context(|| format!("cannot open the participant log in {dir}"))?;
-    for warning in &recovered.warnings {
-        tracing::warn!("participant log recovery: {warning}");
-    }
-    let mut records = Vec::with_capacity(recovered.records.len() + 1);
-    for (index, bytes) in recovered.records.iter().enumerate() {
-        let record: ParticipantRecord = decode("participant log record", bytes).map_err(|e| {
-            anyhow!(
-                "participant log in {dir}: record #{index} ({} bytes) does not decode: {e}; \
-                 refusing to start rather than lose it",
-                bytes.len()
-            )
-        })?;
-        records.push(record);
-    }
+    let (mut log, mut records) = crate::driver::open_log::<ParticipantRecord>(
+        "participant",
+        "participant log record",
+        &config.data_dir,
+        config.fsync,
+    )?;
     let mut kv = KvStore::replay(&records)
         .map_err(|e| anyhow!("participant log in {dir} cannot be replayed: {e}"))?;
     if let Some((count, balance)) = config.seed {

@@ -619,19 +619,26 @@ fn write_log_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<File, S
 /// for appending. Until [`install_temp`], the log is untouched (and `open`
 /// removes the temp file: a crash before the rename keeps the old log).
 fn write_temp(dir: &Path, bytes: &[u8]) -> Result<File, StoreError> {
-    let tmp = dir.join(TMP_FILE_NAME);
-    remove_if_exists(&tmp)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| StoreError::io(&tmp, "create", e))?;
+    let (mut file, tmp) = create_temp(dir)?;
     file.write_all(bytes)
         .map_err(|e| StoreError::io(&tmp, "write", e))?;
     file.sync_all()
         .map_err(|e| StoreError::io(&tmp, "fsync", e))?;
     Ok(file)
+}
+
+/// A fresh, empty temp file in `dir` (any leftover one removed), open for
+/// appending, and its path.
+fn create_temp(dir: &Path) -> Result<(File, PathBuf), StoreError> {
+    let tmp = dir.join(TMP_FILE_NAME);
+    remove_if_exists(&tmp)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| StoreError::io(&tmp, "create", e))?;
+    Ok((file, tmp))
 }
 
 /// Bytes a background rewrite writes (and starts writing back) at a time,
@@ -645,14 +652,7 @@ const REWRITE_CHUNK_PAUSE: std::time::Duration = std::time::Duration::from_milli
 /// (votes, decisions) never queue behind one fsync of megabytes on the
 /// same disk.
 fn write_temp_in_chunks(dir: &Path, bytes: &[u8]) -> Result<File, StoreError> {
-    let tmp = dir.join(TMP_FILE_NAME);
-    remove_if_exists(&tmp)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| StoreError::io(&tmp, "create", e))?;
+    let (mut file, tmp) = create_temp(dir)?;
     let mut offset: i64 = 0;
     for chunk in bytes.chunks(REWRITE_CHUNK_BYTES) {
         file.write_all(chunk)
