@@ -399,9 +399,8 @@ impl CoordinatorNode {
         }
         let xid = {
             let (core, waiting, recent) = (&self.core, &self.waiting, &self.recent);
-            self.minter.mint(|x| {
-                waiting.contains_key(&x) || recent.contains(x) || core.status(now, x).is_some()
-            })
+            self.minter
+                .mint(|x| waiting.contains_key(&x) || recent.contains(x) || core.is_in_flight(x))
         };
         let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
         // Largest measured timeout over the participants, or the client's.

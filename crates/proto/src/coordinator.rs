@@ -364,6 +364,11 @@ impl Coordinator {
         self.txns.len()
     }
 
+    /// Whether `xid` is in flight here (not yet ended or aborted).
+    pub fn is_in_flight(&self, xid: Xid) -> bool {
+        self.txns.contains_key(&xid)
+    }
+
     /// Start a global transaction: PREPARE goes to every participant with
     /// its work and `prepare_timeout_ms` as its deadline; the WAIT timer is
     /// set to the same value. An un-ACKed COMMIT is first re-sent after the

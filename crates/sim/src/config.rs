@@ -139,7 +139,15 @@ impl SimConfig {
         let balance_initial = rng.gen_range(100..=1000);
         let transactions_max = options.transactions_max.max(1);
         let transactions = rng.gen_range(transactions_max.div_ceil(4)..=transactions_max);
-        let safety_ms = rng.gen_range(100..=5000);
+        // Mostly seconds; sometimes minutes, with downtimes to match, so
+        // that what only happens after a long time (finished branches
+        // forgotten after FINISHED_MS_MIN, long backoffs) is reached too.
+        let long_run = rng.gen_bool(0.05);
+        let safety_ms = if long_run {
+            rng.gen_range(60_000..=120_000)
+        } else {
+            rng.gen_range(100..=5000)
+        };
         let prepare_timeout_ms = rng.gen_range(5..=200);
         let client_timeout_ms = rng.gen_range(20..=2000);
         let resend_ms_initial = rng.gen_range(1..=50);
@@ -219,7 +227,11 @@ impl SimConfig {
             } else {
                 0.0
             },
-            downtime_ms_max: rng.gen_range(1..=1000),
+            downtime_ms_max: if long_run {
+                rng.gen_range(1_000..=70_000)
+            } else {
+                rng.gen_range(1..=1000)
+            },
             partitions: if partition_on {
                 rng.gen_range(1..=4)
             } else {

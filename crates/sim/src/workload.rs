@@ -55,7 +55,13 @@ pub fn plan_transactions(config: &SimConfig, rng: &mut impl Rng) -> Vec<TxnPlan>
 
 fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan {
     let submit_at = Time(rng.gen_range(0..=config.safety_ms * 1000));
-    let width = rng.gen_range(2..=config.participants);
+    // Sometimes a single-branch transaction (a transfer between two
+    // accounts of one participant): 2PC with one participant.
+    let width = if rng.gen_bool(0.1) {
+        1
+    } else {
+        rng.gen_range(2..=config.participants)
+    };
     let mut chosen: Vec<usize> = (0..config.participants).collect();
     chosen.shuffle(rng);
     chosen.truncate(width);
@@ -70,8 +76,12 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
     // A chain of transfers chosen[0] -> chosen[1] -> ... gives every
     // branch at least one operation; sometimes one more transfer between
     // two random branches adds variety.
-    let mut transfers: Vec<(usize, usize)> = (0..width - 1).map(|i| (i, i + 1)).collect();
-    if rng.gen_bool(0.3) {
+    let mut transfers: Vec<(usize, usize)> = if width == 1 {
+        vec![(0, 0)]
+    } else {
+        (0..width - 1).map(|i| (i, i + 1)).collect()
+    };
+    if width > 1 && rng.gen_bool(0.3) {
         let a = rng.gen_range(0..width);
         let b = (a + rng.gen_range(1..width)) % width;
         transfers.push((a, b));
@@ -83,7 +93,14 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
             rng.gen_range(1..=config.workload.amount_max.max(1))
         };
         let debit = pick_account(config, rng);
-        let credit = pick_account(config, rng);
+        let mut credit = pick_account(config, rng);
+        if from == to && credit == debit {
+            // Within one participant a transfer must move money between two
+            // accounts (else an overdraft would net to nothing).
+            let i = rng.gen_range(1..config.accounts_per_participant.max(2));
+            credit =
+                account_name((account_index(&debit) + i) % config.accounts_per_participant.max(2));
+        }
         ops[from].push(KvOp {
             account: debit,
             delta: -amount,
@@ -103,6 +120,13 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
         branches: chosen.into_iter().zip(ops).collect(),
         intent,
     }
+}
+
+/// The index of an account named by [`account_name`].
+fn account_index(name: &str) -> usize {
+    name.strip_prefix("acct-")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
 }
 
 fn pick_account(config: &SimConfig, rng: &mut impl Rng) -> String {
@@ -133,7 +157,7 @@ mod tests {
                     .sum();
                 assert_eq!(sum, 0, "seed {seed}: {plan:?}");
                 let mut who: Vec<usize> = plan.branches.iter().map(|(p, _)| *p).collect();
-                assert!(who.len() >= 2);
+                assert!(!who.is_empty());
                 who.sort();
                 who.dedup();
                 assert_eq!(who.len(), plan.branches.len());
