@@ -780,3 +780,61 @@ fn contradictory_network_flags_are_refused_at_start_up() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("dead_after_missed"), "{stderr}");
 }
+
+/// Bounds: a client that pipelines requests and never reads a reply does
+/// not make the server queue replies without end: once its connection's
+/// queue is full the server closes that connection, and goes on serving
+/// everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_disconnected_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let cluster = Cluster::start(1, 1, 100).await;
+        let mut raw = tokio::net::TcpStream::connect(&cluster.coordinator.addr)
+            .await
+            .expect("connect");
+        // Far more replies than kernel buffers and the 4,096-frame queue
+        // hold; writing stops mattering once the server has closed us.
+        let mut bytes = bytes::BytesMut::new();
+        for request_id in 0..400_000u64 {
+            let frame =
+                concord_server::wire::request_frame(&concord_server::wire::Request::Status {
+                    request_id,
+                    xid: concord_proto::Xid(request_id as u128 + 1),
+                });
+            concord_net::encode_frame(frame.kind, &frame.body, &mut bytes);
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            // Write without reading; the server closes the connection at
+            // some point and the write fails.
+            raw.write_all(&bytes).await.is_err() || {
+                // Everything was written: the close shows as EOF or a reset
+                // once we finally read.
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut raw, &mut buf).await {
+                        Ok(0) | Err(_) => break true,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the server closes a connection that does not read");
+        assert!(closed);
+        // Everyone else is still served.
+        let client = cluster.client().await;
+        client
+            .status(concord_proto::Xid(1))
+            .await
+            .expect("the coordinator still answers");
+        let log = cluster
+            .coordinator
+            .proc
+            .as_ref()
+            .expect("started")
+            .log_text();
+        assert!(log.contains("is not reading its replies"), "{log}");
+    })
+    .await;
+}

@@ -76,6 +76,13 @@ pub const CONNECT_TIMEOUT_MS: u64 = 3000;
 /// dead-peer time (5 s).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
+/// Default of [`ClientOptions::requests_pending_max`]. It also bounds a
+/// connection's queue of frames to write.
+pub const REQUESTS_PENDING_MAX: usize = 65_536;
+
+/// Replies one request gets at most (`Begun`, then the outcome).
+const REPLIES_PER_REQUEST_MAX: usize = 2;
+
 /// Pending output above this many bytes is written before more is taken
 /// from the queue.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
@@ -95,6 +102,9 @@ pub struct ClientOptions {
     /// read for this long: the server is presumed dead. Only meaningful
     /// against servers with heartbeats on; `None` waits forever.
     pub dead_after: Option<Duration>,
+    /// Requests one connection may have waiting for replies; beyond it a
+    /// request fails with [`ClientError::Busy`] before anything is sent.
+    pub requests_pending_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -104,6 +114,7 @@ impl Default for ClientOptions {
             heartbeat_interval: Some(Duration::from_millis(HEARTBEAT_INTERVAL_MS)),
             idle_timeout: None,
             dead_after: None,
+            requests_pending_max: REQUESTS_PENDING_MAX,
         }
     }
 }
@@ -146,6 +157,10 @@ pub enum ClientError {
     Protocol { addr: String, detail: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Too much is already waiting on this connection; nothing was sent,
+    /// so retrying later is safe.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// Requests waiting for replies, and why the connection closed (once it
@@ -153,7 +168,7 @@ pub enum ClientError {
 /// connection gave up and then wait forever.
 #[derive(Default)]
 struct Shared {
-    pending: HashMap<u64, mpsc::UnboundedSender<Reply>>,
+    pending: HashMap<u64, mpsc::Sender<Reply>>,
     closed: Option<String>,
 }
 
@@ -168,7 +183,7 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 /// One TCP connection of a client: its outgoing queue, its pending
 /// requests, and the task that owns the socket (aborted on drop).
 struct Connection {
-    frames: mpsc::UnboundedSender<Frame>,
+    frames: mpsc::Sender<Frame>,
     shared: SharedRef,
     task: tokio::task::JoinHandle<()>,
 }
@@ -387,9 +402,9 @@ impl Client {
     async fn start(
         &self,
         request: Request,
-    ) -> Result<(mpsc::UnboundedReceiver<Reply>, Arc<Connection>), ClientError> {
+    ) -> Result<(mpsc::Receiver<Reply>, Arc<Connection>), ClientError> {
         let conn = self.connection().await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REPLIES_PER_REQUEST_MAX);
         {
             let mut shared = lock(&conn.shared);
             if let Some(why) = &shared.closed {
@@ -400,9 +415,20 @@ impl Client {
                     why: why.clone(),
                 });
             }
+            let max = self.options.requests_pending_max.max(1);
+            if shared.pending.len() >= max {
+                return Err(ClientError::Busy(format!(
+                    "{} requests are already waiting for replies on the connection to {} \
+                     (limit {max}); retry when some have finished",
+                    shared.pending.len(),
+                    self.addr
+                )));
+            }
             shared.pending.insert(request.request_id(), tx);
         }
-        if conn.frames.send(request_frame(&request)).is_err() {
+        // Never full: every frame in it belongs to a pending request, and
+        // those are bounded above.
+        if conn.frames.try_send(request_frame(&request)).is_err() {
             return Err(ClientError::ConnectionLost {
                 addr: self.addr.clone(),
                 why: "the connection's writer stopped".into(),
@@ -463,7 +489,7 @@ async fn open(addr: &str, options: &ClientOptions) -> Result<Connection, ClientE
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
     }
-    let (frames, frames_rx) = mpsc::unbounded_channel();
+    let (frames, frames_rx) = mpsc::channel(options.requests_pending_max.max(1));
     let shared: SharedRef = Arc::default();
     let task = tokio::spawn(run_connection(
         stream,
@@ -485,7 +511,7 @@ async fn open(addr: &str, options: &ClientOptions) -> Result<Connection, ClientE
 /// recorded and every pending request is woken ("connection lost").
 async fn run_connection(
     stream: TcpStream,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
+    mut frames: mpsc::Receiver<Frame>,
     shared: SharedRef,
     addr: String,
     options: ClientOptions,
@@ -593,7 +619,11 @@ fn dispatch(shared: &SharedRef, reply: Reply, addr: &str) {
     let is_final = reply.is_final();
     match shared.pending.get(&id) {
         Some(tx) => {
-            let _ = tx.send(reply);
+            if tx.try_send(reply).is_err() {
+                // More replies than a request can have, or its caller is
+                // gone: nothing to keep.
+                tracing::debug!(%addr, request_id = id, "reply dropped");
+            }
             if is_final {
                 shared.pending.remove(&id);
             }
@@ -664,5 +694,58 @@ mod tests {
         let ops = decode_work(&branches[0].work).expect("kv work");
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[1].account, "z");
+    }
+
+    /// A server that accepts and never answers: requests pile up.
+    async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn bounds_a_connection_with_too_many_requests_waiting_answers_busy_and_sends_nothing() {
+        let (addr, server) = silent_server().await;
+        let options = ClientOptions {
+            requests_pending_max: 3,
+            ..ClientOptions::default()
+        };
+        let client = Arc::new(Client::connect_with(&addr, options).await.expect("connect"));
+        let mut waiting = Vec::new();
+        for i in 0..3u128 {
+            let client = Arc::clone(&client);
+            waiting.push(tokio::spawn(async move { client.status(Xid(i)).await }));
+        }
+        // Let the three register.
+        for _ in 0..100 {
+            if lock(&client.connection().await.expect("conn").shared)
+                .pending
+                .len()
+                == 3
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Without the bound this request would wait forever: time out.
+        let fourth = tokio::time::timeout(Duration::from_secs(5), client.status(Xid(9))).await;
+        match fourth.expect("the fourth request must be refused at once, not wait") {
+            Err(ClientError::Busy(message)) => {
+                assert!(message.contains("limit 3"), "{message}")
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        for task in waiting {
+            task.abort();
+        }
+        server.abort();
     }
 }

@@ -19,7 +19,9 @@
 //! network is unwrapped.
 //!
 //! Client replies go back on the connection the request came in on
-//! ([`ReplyTx`]); a client that is gone makes the reply a no-op. Peer
+//! ([`ReplyTx`]); a client that is gone makes the reply a no-op, and one
+//! that does not read its replies until its connection's queue is full is
+//! disconnected (memory stays bounded). Peer
 //! messages are never answered on their incoming connection (the answer is
 //! a new message to `message.from` through the outbox).
 
@@ -55,17 +57,20 @@ impl ReplyTx {
         match self.network.try_send_to(self.peer, frame) {
             Ok(()) => {}
             Err(SendError::QueueFull { .. }) => {
-                // The client pipelines faster than it reads. Waiting here
-                // would stall the driver for everyone, dropping the reply
-                // would leave the client waiting forever: wait in a task.
-                let network = self.network.clone();
-                let peer = self.peer;
-                let frame = wire::reply_frame(reply);
-                tokio::spawn(async move {
-                    if let Err(e) = network.send_to(peer, frame).await {
-                        tracing::debug!(%peer, "reply not sent: {e}");
-                    }
-                });
+                // The client pipelines faster than it reads, and its
+                // connection's queue (`NetConfig::send_queue_frames_max`,
+                // 4,096 frames) is full. Waiting would stall the driver for everyone, and
+                // queueing more is unbounded memory: close that one
+                // connection. Its requests in flight see the connection
+                // lost (with the xid, for a begun transaction) and can ask
+                // `status`; nothing is decided differently.
+                tracing::warn!(
+                    peer = %self.peer,
+                    request_id = reply.request_id(),
+                    "client is not reading its replies (its send queue is full); closing its \
+                     connection"
+                );
+                self.network.close(self.peer);
             }
             Err(SendError::TooLong { len, max }) => {
                 tracing::warn!(

@@ -230,5 +230,6 @@ fn error_class(e: &ClientError) -> String {
         ClientError::ConnectionLost { .. } => "connection lost".into(),
         ClientError::Protocol { .. } => "protocol error".into(),
         ClientError::Invalid(_) => "invalid request".into(),
+        ClientError::Busy(_) => "busy".into(),
     }
 }
