@@ -129,6 +129,27 @@ pub struct SimConfig {
     pub disk: DiskConfig,
     pub faults: FaultConfig,
     pub workload: WorkloadConfig,
+    /// Each node's clock, by node ordinal (coordinator first): the time a
+    /// node sees runs at its own rate from its own origin, as monotonic
+    /// clocks on different machines do. Safety must not depend on them;
+    /// only timeouts may.
+    pub clocks: Vec<ClockConfig>,
+}
+
+/// One node's clock: node time = `offset_us` + world time × `rate_ppm` /
+/// 1,000,000 (integers, so a seed replays the same on every platform).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockConfig {
+    pub offset_us: u64,
+    pub rate_ppm: u64,
+}
+
+impl ClockConfig {
+    /// A clock that reads world time.
+    pub const EXACT: ClockConfig = ClockConfig {
+        offset_us: 0,
+        rate_ppm: 1_000_000,
+    };
 }
 
 impl SimConfig {
@@ -250,6 +271,21 @@ impl SimConfig {
             overdraft_probability: rng.gen_range(0.0..0.08),
             amount_max: rng.gen_range(1..=balance_initial / 2),
         };
+        // Clock rates differ by up to ±10% between nodes in half the seeds
+        // (drawn last, so the rest of a seed's draws stay as they were).
+        let skew_on = rng.gen_bool(0.5);
+        let clocks = (0..=participants)
+            .map(|_| {
+                if skew_on {
+                    ClockConfig {
+                        offset_us: rng.gen_range(0..=10_000_000),
+                        rate_ppm: rng.gen_range(900_000..=1_100_000),
+                    }
+                } else {
+                    ClockConfig::EXACT
+                }
+            })
+            .collect();
         SimConfig {
             seed,
             participants,
@@ -274,6 +310,7 @@ impl SimConfig {
             disk,
             faults,
             workload,
+            clocks,
         }
     }
 
@@ -331,6 +368,7 @@ impl SimConfig {
                 overdraft_probability: 0.0,
                 amount_max: 10,
             },
+            clocks: vec![ClockConfig::EXACT; participants + 1],
         }
     }
 }

@@ -30,7 +30,9 @@ pub mod trace;
 pub mod workload;
 pub mod world;
 
-pub use config::{DiskConfig, FaultConfig, NetConfig, SimConfig, SimOptions, WorkloadConfig};
+pub use config::{
+    ClockConfig, DiskConfig, FaultConfig, NetConfig, SimConfig, SimOptions, WorkloadConfig,
+};
 pub use ids::NodeId;
 pub use net::{Fate, MessageRule, SentMessage};
 pub use report::{ClientOutcome, SimFailure, SimReport};

@@ -515,7 +515,7 @@ impl World {
                 if self.incarnations[node.ordinal() as usize] != incarnation {
                     return; // a timer of an earlier life
                 }
-                let now = self.now;
+                let now = self.node_now(node);
                 match node {
                     NodeId::Coordinator => {
                         if let Some(c) = self.coordinator.as_mut() {
@@ -616,7 +616,7 @@ impl World {
             self.clients[client].plan.intent,
             show_branches(&self.clients[client].plan.branches)
         );
-        let now = self.now;
+        let now = self.node_now(NodeId::Coordinator);
         let request = Request::Begin {
             request_id: client as u64,
             branches,
@@ -638,7 +638,7 @@ impl World {
             return;
         }
         self.stats.transactions += 1;
-        let give_up = now.plus_ms(self.config.client_timeout_ms);
+        let give_up = self.now.plus_ms(self.config.client_timeout_ms);
         self.schedule(give_up, Event::ClientGiveUp { client });
     }
 
@@ -770,7 +770,7 @@ impl World {
     /// restart): the core's `recover` with the surviving records and, for a
     /// participant, `KvStore::replay` of them.
     fn start(&mut self, node: NodeId) {
-        let now = self.now;
+        let now = self.node_now(node);
         match node {
             NodeId::Coordinator => {
                 let records = match self.coordinator_disk.recover() {
@@ -1003,8 +1003,38 @@ impl World {
         }
     }
 
+    /// The time `node`'s own clock reads now.
+    fn node_now(&self, node: NodeId) -> Time {
+        let clock = self.clock_of(node);
+        let scaled = u128::from(self.now.0) * u128::from(clock.rate_ppm) / 1_000_000;
+        Time(
+            clock
+                .offset_us
+                .saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The world time at which `node`'s clock reads `at` (rounded up, so a
+    /// timer never fires before it is due by the node's own clock).
+    fn world_time(&self, node: NodeId, at: Time) -> Time {
+        let clock = self.clock_of(node);
+        let since = u128::from(at.0.saturating_sub(clock.offset_us));
+        let rate = u128::from(clock.rate_ppm.max(1));
+        let world = (since * 1_000_000).div_ceil(rate);
+        Time(u64::try_from(world).unwrap_or(u64::MAX))
+    }
+
+    fn clock_of(&self, node: NodeId) -> crate::config::ClockConfig {
+        self.config
+            .clocks
+            .get(node.ordinal() as usize)
+            .copied()
+            .unwrap_or(crate::config::ClockConfig::EXACT)
+    }
+
     fn set_timer(&mut self, node: NodeId, key: TimerKey, at: Time) {
         let incarnation = self.incarnations[node.ordinal() as usize];
+        let at = self.world_time(node, at);
         self.schedule(
             at,
             Event::Timer {
@@ -1127,7 +1157,7 @@ impl World {
     /// Tell `node` its forced writes `tickets` are durable, then start the
     /// next fsync if writes wait.
     fn tickets_durable(&mut self, node: NodeId, tickets: Vec<concord_proto::PersistTicket>) {
-        let now = self.now;
+        let now = self.node_now(node);
         for ticket in tickets {
             if self.failure.is_some() || !self.is_up(node) {
                 return;
@@ -1324,7 +1354,7 @@ impl World {
             return;
         }
         trace!(self, Some(to), "recv {} from {from}", show(&message));
-        let now = self.now;
+        let now = self.node_now(to);
         match to {
             NodeId::Coordinator => {
                 if let Some(c) = self.coordinator.as_mut() {

@@ -10,14 +10,14 @@ use concord_sim::{run_seed, Mutant, SimOptions};
 
 /// (mutant, first seed that catches it, the invariant that does).
 const CAUGHT: [(Mutant, u64, &str); 8] = [
-    (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
+    (Mutant::AnswerBeforePersist, 12, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
-    (Mutant::ForgetCommittedOnRecovery, 7, "atomicity"),
-    (Mutant::SkipFundsCheck, 3, "no_overdraft"),
+    (Mutant::ForgetCommittedOnRecovery, 13, "atomicity"),
+    (Mutant::SkipFundsCheck, 11, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
-    (Mutant::CompactionDropsInDoubt, 42, "persist_then_send"),
-    (Mutant::CompactionDropsUnended, 57, "persist_then_send"),
+    (Mutant::CompactionDropsInDoubt, 19, "persist_then_send"),
+    (Mutant::CompactionDropsUnended, 19, "persist_then_send"),
 ];
 
 #[test]
