@@ -16,7 +16,6 @@ pub struct CompactionPolicy {
     since: u64,
     last_snapshot: u64,
     in_flight: bool,
-    compactions: u64,
 }
 
 impl CompactionPolicy {
@@ -27,7 +26,6 @@ impl CompactionPolicy {
             since: 0,
             last_snapshot: 0,
             in_flight: false,
-            compactions: 0,
         }
     }
 
@@ -49,17 +47,11 @@ impl CompactionPolicy {
         self.in_flight = true;
         self.since = 0;
         self.last_snapshot = snapshot_len;
-        self.compactions += 1;
     }
 
     /// The driver rewrote the log (or the node restarted).
     pub fn finished(&mut self) {
         self.in_flight = false;
-    }
-
-    /// Compactions started since the node started.
-    pub fn compactions(&self) -> u64 {
-        self.compactions
     }
 }
 

@@ -179,11 +179,9 @@ pub enum CoordinatorEvent {
         committing: usize,
         aborted: usize,
     },
-    /// A compaction started: the log is rewritten with `records` records
-    /// (`retained_outcomes` of them finished outcomes kept for `status`).
+    /// A compaction started: the log is rewritten with `records` records.
     Compacting {
         records: usize,
-        retained_outcomes: usize,
     },
 }
 
@@ -219,6 +217,8 @@ pub struct CoordinatorNode {
     /// True while the actions of recovery are translated.
     recovering: bool,
     compaction: CompactionPolicy,
+    /// Scratch space for the core's actions while they are translated.
+    core_actions: Vec<CoordinatorAction>,
     actions: Vec<CoordinatorNodeAction>,
 }
 
@@ -255,6 +255,7 @@ impl CoordinatorNode {
             counters: CoordinatorCounters::default(),
             recovering: true,
             compaction: CompactionPolicy::new(config.compact_after_records),
+            core_actions: Vec::new(),
             actions: Vec::new(),
         };
         node.pump();
@@ -281,10 +282,6 @@ impl CoordinatorNode {
 
     pub fn counters(&self) -> CoordinatorCounters {
         self.counters
-    }
-
-    pub fn directory(&self) -> &Directory {
-        &self.directory
     }
 
     /// Take the actions produced so far, in order.
@@ -442,33 +439,21 @@ impl CoordinatorNode {
         self.compaction.finished();
     }
 
-    /// Compactions started since the node started.
-    pub fn compactions(&self) -> u64 {
-        self.compaction.compactions()
-    }
-
-    /// The records of a compacted log: only the core's own (epoch,
-    /// undecided and un-ended transactions: what the protocol must still
-    /// answer). Finished outcomes stay in memory for `status` while the
-    /// process runs, but are not carried into the compacted log: keeping
-    /// them there would make every compaction (and restart) cost
-    /// `recent_outcomes_max` records. Returns the records and how many
-    /// finished outcomes they keep (none).
-    pub fn snapshot_records(&self) -> (Vec<CoordinatorRecord>, usize) {
-        (self.core.snapshot_records(), 0)
-    }
-
     /// Start a compaction if one is due. Runs at the end of every event,
-    /// once all of the event's records were handed to the driver.
+    /// once all of the event's records were handed to the driver. The
+    /// snapshot is the core's alone (epoch, undecided and un-ended
+    /// transactions: what the protocol must still answer). Finished
+    /// outcomes stay in memory for `status` while the process runs, but
+    /// are not carried into the compacted log: that would make every
+    /// compaction (and restart) cost `recent_outcomes_max` records.
     fn maybe_compact(&mut self) {
         if !self.compaction.due() {
             return;
         }
-        let (records, retained_outcomes) = self.snapshot_records();
+        let records = self.core.snapshot_records();
         self.compaction.started(records.len() as u64);
         self.push_event(CoordinatorEvent::Compacting {
             records: records.len(),
-            retained_outcomes,
         });
         self.actions
             .push(CoordinatorNodeAction::Compact { records });
@@ -476,8 +461,10 @@ impl CoordinatorNode {
 
     /// Translate the core's actions into the node's, in order.
     fn pump(&mut self) {
-        let actions: Vec<CoordinatorAction> = self.core.drain_actions().collect();
-        for action in actions {
+        // A buffer kept across events: this runs for every message.
+        let mut actions = std::mem::take(&mut self.core_actions);
+        actions.extend(self.core.drain_actions());
+        for action in actions.drain(..) {
             match action {
                 CoordinatorAction::Persist { record, durability } => {
                     self.compaction.appended(1);
@@ -494,6 +481,7 @@ impl CoordinatorNode {
                 CoordinatorAction::Notice(notice) => self.on_notice(notice),
             }
         }
+        self.core_actions = actions;
         self.maybe_compact();
     }
 

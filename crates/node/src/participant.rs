@@ -127,6 +127,8 @@ pub struct ParticipantServerNode {
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
     compaction: CompactionPolicy,
+    /// Scratch space for the node's IO actions while they are translated.
+    core_actions: Vec<ParticipantAction>,
     actions: Vec<ParticipantNodeAction>,
 }
 
@@ -160,6 +162,7 @@ impl ParticipantServerNode {
             timeouts,
             counters: ParticipantCounters::default(),
             compaction: CompactionPolicy::new(config.compact_after_records),
+            core_actions: Vec::new(),
             actions: Vec::new(),
         };
         node.pump();
@@ -259,11 +262,6 @@ impl ParticipantServerNode {
         self.compaction.finished();
     }
 
-    /// Compactions started since the node started.
-    pub fn compactions(&self) -> u64 {
-        self.compaction.compactions()
-    }
-
     /// Start a compaction if one is due, after all of an event's records.
     fn maybe_compact(&mut self) {
         if !self.compaction.due() {
@@ -288,8 +286,10 @@ impl ParticipantServerNode {
     }
 
     fn pump(&mut self) {
-        let actions: Vec<ParticipantAction> = self.node.drain_io().collect();
-        for action in actions {
+        // A buffer kept across events: this runs for every message.
+        let mut actions = std::mem::take(&mut self.core_actions);
+        actions.extend(self.node.drain_io());
+        for action in actions.drain(..) {
             match action {
                 ParticipantAction::Persist { record, durability } => {
                     self.compaction.appended(1);
@@ -324,6 +324,7 @@ impl ParticipantServerNode {
                 }
             }
         }
+        self.core_actions = actions;
         self.maybe_compact();
     }
 

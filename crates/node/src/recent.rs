@@ -80,13 +80,6 @@ impl RecentOutcomes {
         self.txns.contains_key(&xid)
     }
 
-    /// Every remembered outcome, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = (Xid, &RecentTxn)> {
-        self.order
-            .iter()
-            .filter_map(|xid| self.txns.get(xid).map(|t| (*xid, t)))
-    }
-
     pub fn len(&self) -> usize {
         self.txns.len()
     }

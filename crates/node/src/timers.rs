@@ -40,12 +40,6 @@ impl Timers {
         due
     }
 
-    /// Forget every timer (a crash in the simulator).
-    pub fn clear(&mut self) {
-        self.by_time.clear();
-        self.by_key.clear();
-    }
-
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

@@ -462,13 +462,11 @@ fn log_event(event: CoordinatorEvent) {
             "recovery: {committing} committed transactions to finish (COMMIT re-sent), \
              {aborted} undecided transactions aborted (presumed abort)"
         ),
-        CoordinatorEvent::Compacting {
-            records,
-            retained_outcomes,
-        } => tracing::info!(
-            records,
-            retained_outcomes,
-            "compacting the coordinator log to {records} records"
-        ),
+        CoordinatorEvent::Compacting { records } => {
+            tracing::info!(
+                records,
+                "compacting the coordinator log to {records} records"
+            )
+        }
     }
 }
