@@ -343,7 +343,7 @@ struct ServerProcessArgs {
     /// this many records were appended since the last compaction, and at
     /// least twice as many as that compaction kept. 0 = never (the log then
     /// grows with every transaction).
-    #[arg(long, default_value_t = concord_server::coordinator::COMPACT_AFTER_RECORDS_DEFAULT, value_name = "N")]
+    #[arg(long, default_value_t = concord_node::compaction::COMPACT_AFTER_RECORDS_DEFAULT, value_name = "N")]
     compact_after_records: u64,
 }
 
@@ -734,15 +734,15 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
 
 fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
-    config.prepare_timeout_ms = args.prepare_timeout_ms;
-    config.prepare_timeout_ms_min = args.prepare_timeout_ms_min;
-    config.prepare_timeout_ms_max = args.prepare_timeout_ms_max;
-    config.timeout_samples_min = args.timeout_samples_min;
-    config.resend_ms_min = args.resend_ms_min;
-    config.resend_ms_initial = args.resend_ms_initial;
-    config.resend_ms_max = args.resend_ms_max;
-    config.transactions_in_flight_max = args.transactions_in_flight_max;
-    config.compact_after_records = compact_after(args.process.compact_after_records);
+    config.node.prepare_timeout_ms = args.prepare_timeout_ms;
+    config.node.prepare_timeout_ms_min = args.prepare_timeout_ms_min;
+    config.node.prepare_timeout_ms_max = args.prepare_timeout_ms_max;
+    config.node.timeout_samples_min = args.timeout_samples_min;
+    config.node.resend_ms_min = args.resend_ms_min;
+    config.node.resend_ms_initial = args.resend_ms_initial;
+    config.node.resend_ms_max = args.resend_ms_max;
+    config.node.transactions_in_flight_max = args.transactions_in_flight_max;
+    config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
@@ -752,13 +752,13 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
 fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     let mut config = ParticipantServerConfig::new(args.listen, args.data_dir);
     config.seed = args.seed_accounts.zip(args.balance);
-    config.inquire_ms_initial = args.inquire_ms_initial;
-    config.inquire_ms_min = args.inquire_ms_min;
-    config.inquire_ms_max = args.inquire_ms_max;
-    config.timeout_samples_min = args.timeout_samples_min;
+    config.node.inquire_ms_initial = args.inquire_ms_initial;
+    config.node.inquire_ms_min = args.inquire_ms_min;
+    config.node.inquire_ms_max = args.inquire_ms_max;
+    config.node.timeout_samples_min = args.timeout_samples_min;
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
-    config.compact_after_records = compact_after(args.process.compact_after_records);
+    config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;

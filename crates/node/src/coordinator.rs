@@ -13,7 +13,7 @@
 //! seed exercises the same timeout policy, minting and merging that ships.
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
-use crate::compaction::CompactionPolicy;
+use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Directory};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
@@ -68,6 +68,86 @@ pub struct CoordinatorNodeConfig {
 }
 
 impl CoordinatorNodeConfig {
+    /// The defaults of `concord serve`. `xid_seed` must differ between
+    /// instances and restarts (the server draws it from the OS).
+    pub fn new(
+        addr: impl Into<PeerAddr>,
+        participants: Vec<(String, PeerAddr)>,
+        xid_seed: u64,
+    ) -> CoordinatorNodeConfig {
+        CoordinatorNodeConfig {
+            addr: addr.into(),
+            participants,
+            prepare_timeout_ms: 1000,
+            prepare_timeout_ms_min: 100,
+            prepare_timeout_ms_max: 60_000,
+            resend_ms_initial: 100,
+            resend_ms_min: 10,
+            resend_ms_max: 5000,
+            timeout_samples_min: 8,
+            transactions_in_flight_max: 100_000,
+            recent_outcomes_max: 100_000,
+            xid_seed,
+            compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
+        }
+    }
+
+    /// Refuse settings that contradict each other, naming the flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.participants.is_empty() {
+            return Err(
+                "no participants configured: give at least one --participant NAME=ADDR".into(),
+            );
+        }
+        for (i, (name, addr)) in self.participants.iter().enumerate() {
+            if name.is_empty() || addr.is_empty() {
+                return Err(format!(
+                    "participant {i} has an empty name or address: use NAME=ADDR"
+                ));
+            }
+            if let Some((other, _)) = self.participants[..i].iter().find(|(n, _)| n == name) {
+                return Err(format!("participant name {other:?} is given twice"));
+            }
+            if let Some((other, _)) = self.participants[..i].iter().find(|(_, a)| a == addr) {
+                return Err(format!(
+                    "participants {other:?} and {name:?} have the same address {addr}"
+                ));
+            }
+            if *addr == self.addr {
+                return Err(format!(
+                    "participant {name:?} has the coordinator's own address {addr}"
+                ));
+            }
+        }
+        if self.prepare_timeout_ms == 0 || self.resend_ms_initial == 0 {
+            return Err("timeouts must be at least 1 ms".into());
+        }
+        if self.resend_ms_max < self.resend_ms_initial {
+            return Err(format!(
+                "--resend-ms-max ({}) is below --resend-ms-initial ({})",
+                self.resend_ms_max, self.resend_ms_initial
+            ));
+        }
+        if self.prepare_timeout_ms_min == 0 || self.resend_ms_min == 0 {
+            return Err(
+                "--prepare-timeout-ms-min and --resend-ms-min must be at least 1 ms".into(),
+            );
+        }
+        if self.prepare_timeout_ms_min > self.prepare_timeout_ms_max {
+            return Err(format!(
+                "--prepare-timeout-ms-min ({}) is above --prepare-timeout-ms-max ({})",
+                self.prepare_timeout_ms_min, self.prepare_timeout_ms_max
+            ));
+        }
+        if self.resend_ms_min > self.resend_ms_max {
+            return Err(format!(
+                "--resend-ms-min ({}) is above --resend-ms-max ({})",
+                self.resend_ms_min, self.resend_ms_max
+            ));
+        }
+        Ok(())
+    }
+
     fn timeouts(&self) -> CoordinatorTimeouts {
         CoordinatorTimeouts::new(
             PhaseSettings {

@@ -8,7 +8,7 @@
 //! out of `drain_actions` in order. The tokio server and the simulator both
 //! drive this type. It must never touch a socket, a file or the clock.
 
-use crate::compaction::CompactionPolicy;
+use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
 use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
 use concord_participant::kv::KvStore;
@@ -36,6 +36,41 @@ pub struct ParticipantNodeConfig {
     /// Compact the log once this many records were appended since the last
     /// compaction (and twice the last snapshot); `u64::MAX`: never.
     pub compact_after_records: u64,
+}
+
+impl ParticipantNodeConfig {
+    /// The defaults of `concord participant`.
+    pub fn new(addr: impl Into<PeerAddr>) -> ParticipantNodeConfig {
+        ParticipantNodeConfig {
+            addr: addr.into(),
+            inquire_ms_initial: 200,
+            inquire_ms_min: 10,
+            inquire_ms_max: 5000,
+            timeout_samples_min: 8,
+            finished_max: 100_000,
+            compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
+        }
+    }
+
+    /// Refuse settings that contradict each other, naming the flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.inquire_ms_initial == 0 {
+            return Err("--inquire-ms-initial must be at least 1 ms".into());
+        }
+        if self.inquire_ms_max < self.inquire_ms_initial {
+            return Err(format!(
+                "--inquire-ms-max ({}) is below --inquire-ms-initial ({})",
+                self.inquire_ms_max, self.inquire_ms_initial
+            ));
+        }
+        if self.inquire_ms_min == 0 || self.inquire_ms_min > self.inquire_ms_max {
+            return Err(format!(
+                "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
+                self.inquire_ms_min, self.inquire_ms_max
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the driver must do, in order.

@@ -39,37 +39,13 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug)]
 pub struct CoordinatorServerConfig {
     /// Address to listen on; it is also this coordinator's protocol address
-    /// (participants send votes, ACKs and INQUIREs there).
+    /// (participants send votes, ACKs and INQUIREs there), `node.addr`.
     pub listen: String,
     /// Directory of the coordinator's durable log.
     pub data_dir: PathBuf,
-    /// Participants by name: `(name, address)`.
-    pub participants: Vec<(String, PeerAddr)>,
-    /// Phase-1 timeout (no vote within it means ABORT) until
-    /// `timeout_samples_min` samples of a participant exist; after that it
-    /// comes from measured latency (see [`concord_node::timeouts`]).
-    pub prepare_timeout_ms: u64,
-    /// Bounds of the measured phase-1 timeout; the maximum also bounds a
-    /// timeout a client asks for.
-    pub prepare_timeout_ms_min: u64,
-    pub prepare_timeout_ms_max: u64,
-    /// First delay before re-sending an un-ACKed COMMIT until enough
-    /// samples exist; then measured, within `resend_ms_min..=resend_ms_max`.
-    /// Resends double up to `resend_ms_max`.
-    pub resend_ms_initial: u64,
-    pub resend_ms_min: u64,
-    pub resend_ms_max: u64,
-    /// Samples of a (participant, phase) needed before its timeout comes
-    /// from the estimate instead of the default.
-    pub timeout_samples_min: u64,
-    /// Begin requests beyond this many transactions in flight are refused.
-    pub transactions_in_flight_max: usize,
-    /// Finished transactions remembered for `status` (and kept in a
-    /// compacted log).
-    pub recent_outcomes_max: usize,
-    /// Compact the log after this many appended records (and twice the
-    /// last snapshot); `u64::MAX`: never.
-    pub compact_after_records: u64,
+    /// What the node layer decides with: participants, timeouts (see
+    /// [`concord_node::timeouts`]), admission, retention, compaction.
+    pub node: CoordinatorNodeConfig,
     pub listen_backlog: u32,
     /// Transport settings (frame bound, heartbeats, idle timeouts,
     /// reconnect backoff) for every connection of this process.
@@ -86,20 +62,13 @@ impl CoordinatorServerConfig {
         data_dir: impl Into<PathBuf>,
         participants: Vec<(String, PeerAddr)>,
     ) -> Self {
+        let listen = listen.into();
         CoordinatorServerConfig {
-            listen: listen.into(),
+            // Xids must differ across restarts and instances: seeded from
+            // the OS here, from the run's seed in the simulator.
+            node: CoordinatorNodeConfig::new(listen.clone(), participants, rand::random()),
+            listen,
             data_dir: data_dir.into(),
-            participants,
-            prepare_timeout_ms: 1000,
-            prepare_timeout_ms_min: 100,
-            prepare_timeout_ms_max: 60_000,
-            resend_ms_initial: 100,
-            resend_ms_min: 10,
-            resend_ms_max: 5000,
-            timeout_samples_min: 8,
-            transactions_in_flight_max: 100_000,
-            recent_outcomes_max: 100_000,
-            compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             listen_backlog: 1024,
             net: NetConfig::default(),
             fsync: true,
@@ -107,79 +76,17 @@ impl CoordinatorServerConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.participants.is_empty() {
-            bail!("no participants configured: give at least one --participant NAME=ADDR");
-        }
-        for (i, (name, addr)) in self.participants.iter().enumerate() {
-            if name.is_empty() || addr.is_empty() {
-                bail!("participant {i} has an empty name or address: use NAME=ADDR");
-            }
-            if let Some((other, _)) = self.participants[..i].iter().find(|(n, _)| n == name) {
-                bail!("participant name {other:?} is given twice");
-            }
-            if let Some((other, _)) = self.participants[..i].iter().find(|(_, a)| a == addr) {
-                bail!("participants {other:?} and {name:?} have the same address {addr}");
-            }
-            if *addr == self.listen {
-                bail!("participant {name:?} has the coordinator's own address {addr}");
-            }
-        }
-        if self.prepare_timeout_ms == 0 || self.resend_ms_initial == 0 {
-            bail!("timeouts must be at least 1 ms");
-        }
-        crate::conn::validate_net_config(&self.net)?;
-        if self.resend_ms_max < self.resend_ms_initial {
+        if self.node.addr != self.listen {
             bail!(
-                "--resend-ms-max ({}) is below --resend-ms-initial ({})",
-                self.resend_ms_max,
-                self.resend_ms_initial
+                "the coordinator's protocol address {} differs from --listen {}",
+                self.node.addr,
+                self.listen
             );
         }
-        if self.prepare_timeout_ms_min == 0 || self.resend_ms_min == 0 {
-            bail!("--prepare-timeout-ms-min and --resend-ms-min must be at least 1 ms");
-        }
-        if self.prepare_timeout_ms_min > self.prepare_timeout_ms_max {
-            bail!(
-                "--prepare-timeout-ms-min ({}) is above --prepare-timeout-ms-max ({})",
-                self.prepare_timeout_ms_min,
-                self.prepare_timeout_ms_max
-            );
-        }
-        if self.resend_ms_min > self.resend_ms_max {
-            bail!(
-                "--resend-ms-min ({}) is above --resend-ms-max ({})",
-                self.resend_ms_min,
-                self.resend_ms_max
-            );
-        }
-        Ok(())
-    }
-
-    /// The node layer's settings from these flags.
-    fn node_config(&self) -> CoordinatorNodeConfig {
-        CoordinatorNodeConfig {
-            addr: self.listen.clone(),
-            participants: self.participants.clone(),
-            prepare_timeout_ms: self.prepare_timeout_ms,
-            prepare_timeout_ms_min: self.prepare_timeout_ms_min,
-            prepare_timeout_ms_max: self.prepare_timeout_ms_max,
-            resend_ms_initial: self.resend_ms_initial,
-            resend_ms_min: self.resend_ms_min,
-            resend_ms_max: self.resend_ms_max,
-            timeout_samples_min: self.timeout_samples_min,
-            transactions_in_flight_max: self.transactions_in_flight_max,
-            recent_outcomes_max: self.recent_outcomes_max,
-            // Xids must differ across restarts and instances: seeded from
-            // the OS here, from the run's seed in the simulator.
-            xid_seed: rand::random(),
-            compact_after_records: self.compact_after_records,
-        }
+        self.node.validate().map_err(anyhow::Error::msg)?;
+        crate::conn::validate_net_config(&self.net)
     }
 }
-
-/// Default of `--compact-after-records`: a compaction every 50,000
-/// appended records at least (about 10,000 transactions at a coordinator).
-pub const COMPACT_AFTER_RECORDS_DEFAULT: u64 = 50_000;
 
 /// Run a coordinator until SIGINT or SIGTERM.
 pub async fn run_coordinator(config: CoordinatorServerConfig) -> anyhow::Result<()> {
@@ -202,7 +109,7 @@ pub async fn run_coordinator_until(
         config.fsync,
     )?;
     let record_count = records.len();
-    let node = CoordinatorNode::recover(config.node_config(), records, clock.now());
+    let node = CoordinatorNode::recover(config.node.clone(), records, clock.now());
     tracing::info!(
         data_dir = %config.data_dir.display(),
         records = record_count,
@@ -222,6 +129,7 @@ pub async fn run_coordinator_until(
     tracing::info!(
         listen = %config.listen,
         participants = %config
+            .node
             .participants
             .iter()
             .map(|(n, a)| format!("{n}={a}"))

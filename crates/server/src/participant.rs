@@ -44,22 +44,10 @@ pub struct ParticipantServerConfig {
     /// On first start (no seed record in the log): create `acct-0` …
     /// `acct-{N-1}`, each with the given balance. Ignored on restart.
     pub seed: Option<(usize, i64)>,
-    /// Delay past the PREPARE deadline before a READY branch first
-    /// inquires, until `timeout_samples_min` vote → decision samples of its
-    /// coordinator exist; then measured (see [`concord_node::timeouts`]), within
-    /// `inquire_ms_min..=inquire_ms_max` and never above the deadline the
-    /// PREPARE carried. Later INQUIREs double up to `inquire_ms_max`.
-    pub inquire_ms_initial: u64,
-    pub inquire_ms_min: u64,
-    pub inquire_ms_max: u64,
-    /// Samples needed before the inquire delay comes from the estimate.
-    pub timeout_samples_min: u64,
-    /// Finished branches remembered for answering duplicates (and kept in
-    /// a compacted log).
-    pub finished_max: usize,
-    /// Compact the log after this many appended records (and twice the
-    /// last snapshot); `u64::MAX`: never.
-    pub compact_after_records: u64,
+    /// What the node layer decides with: the inquire delay (see
+    /// [`concord_node::timeouts`]), retention, compaction. Its `addr` is
+    /// set from `advertise` (or `listen`) when the server starts.
+    pub node: ParticipantNodeConfig,
     pub listen_backlog: u32,
     /// Protocol address when it differs from `listen` (behind a proxy or
     /// NAT); `None` means `listen`.
@@ -87,16 +75,12 @@ pub const SEED_ACCOUNTS_MAX: usize = 100_000;
 impl ParticipantServerConfig {
     /// A config with the defaults of `concord participant`.
     pub fn new(listen: impl Into<PeerAddr>, data_dir: impl Into<PathBuf>) -> Self {
+        let listen = listen.into();
         ParticipantServerConfig {
-            listen: listen.into(),
+            node: ParticipantNodeConfig::new(listen.clone()),
+            listen,
             data_dir: data_dir.into(),
             seed: None,
-            inquire_ms_initial: 200,
-            inquire_ms_min: 10,
-            inquire_ms_max: 5000,
-            timeout_samples_min: 8,
-            finished_max: 100_000,
-            compact_after_records: crate::coordinator::COMPACT_AFTER_RECORDS_DEFAULT,
             listen_backlog: 1024,
             advertise: None,
             net: NetConfig::default(),
@@ -106,23 +90,7 @@ impl ParticipantServerConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.inquire_ms_initial == 0 {
-            bail!("--inquire-ms-initial must be at least 1 ms");
-        }
-        if self.inquire_ms_max < self.inquire_ms_initial {
-            bail!(
-                "--inquire-ms-max ({}) is below --inquire-ms-initial ({})",
-                self.inquire_ms_max,
-                self.inquire_ms_initial
-            );
-        }
-        if self.inquire_ms_min == 0 || self.inquire_ms_min > self.inquire_ms_max {
-            bail!(
-                "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
-                self.inquire_ms_min,
-                self.inquire_ms_max
-            );
-        }
+        self.node.validate().map_err(anyhow::Error::msg)?;
         crate::conn::validate_net_config(&self.net)?;
         if let Some((count, balance)) = self.seed {
             if count > SEED_ACCOUNTS_MAX {
@@ -178,23 +146,14 @@ pub async fn run_participant_until(
         }
     }
     let record_count = records.len();
-    let node = ParticipantServerNode::recover(
-        ParticipantNodeConfig {
-            addr: config
-                .advertise
-                .clone()
-                .unwrap_or_else(|| config.listen.clone()),
-            inquire_ms_initial: config.inquire_ms_initial,
-            inquire_ms_min: config.inquire_ms_min,
-            inquire_ms_max: config.inquire_ms_max,
-            timeout_samples_min: config.timeout_samples_min,
-            finished_max: config.finished_max,
-            compact_after_records: config.compact_after_records,
-        },
-        records,
-        kv,
-        clock.now(),
-    );
+    let node_config = ParticipantNodeConfig {
+        addr: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| config.listen.clone()),
+        ..config.node.clone()
+    };
+    let node = ParticipantServerNode::recover(node_config, records, kv, clock.now());
     tracing::info!(
         data_dir = %dir,
         records = record_count,
