@@ -114,7 +114,8 @@ pub enum ParticipantNodeAction {
 /// Typed events of the participant node, for logs, metrics and timelines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParticipantEvent {
-    /// The READY timer fired and an INQUIRE went out.
+    /// The READY timer fired and an INQUIRE went out (the core's
+    /// `TimeoutFired`, with the estimate that set the delay).
     InquireFired {
         xid: Xid,
         phase: &'static str,
@@ -123,29 +124,11 @@ pub enum ParticipantEvent {
         /// The estimate that set the delay.
         basis: String,
     },
-    Finished {
-        xid: Xid,
-        decision: Decision,
-    },
-    Ignored {
-        xid: Xid,
-        kind: &'static str,
-        from: PeerAddr,
-        why: &'static str,
-    },
-    /// A message only a broken coordinator could send; never acted upon.
-    Violation {
-        xid: Xid,
-        detail: String,
-    },
-    Recovered {
-        in_doubt: usize,
-        finished: usize,
-    },
     /// A compaction started: the log is rewritten with `records` records.
-    Compacting {
-        records: usize,
-    },
+    Compacting { records: usize },
+    /// Anything else the core noticed (an outcome, an ignored message, a
+    /// violation, recovery), as the core said it.
+    Core(ParticipantNotice),
 }
 
 /// Monotonic counters of the node.
@@ -352,10 +335,10 @@ impl ParticipantServerNode {
                 | ParticipantAction::Commit { xid }
                 | ParticipantAction::Abort { xid }
                 | ParticipantAction::Restore { xid, .. } => {
-                    self.push_event(ParticipantEvent::Violation {
+                    self.push_event(ParticipantEvent::Core(ParticipantNotice::Violation {
                         xid,
                         detail: "a resource action reached the node's driver (a wiring bug)".into(),
-                    });
+                    }));
                 }
             }
         }
@@ -389,25 +372,14 @@ impl ParticipantServerNode {
                     Decision::Commit => self.counters.committed += 1,
                     Decision::Abort => self.counters.aborted += 1,
                 }
-                ParticipantEvent::Finished { xid, decision }
+                ParticipantEvent::Core(notice)
             }
-            ParticipantNotice::Ignored {
-                xid,
-                kind,
-                from,
-                why,
-            } => ParticipantEvent::Ignored {
-                xid,
-                kind,
-                from,
-                why,
-            },
-            ParticipantNotice::Violation { xid, detail } => {
+            ParticipantNotice::Violation { .. } => {
                 self.counters.violations += 1;
-                ParticipantEvent::Violation { xid, detail }
+                ParticipantEvent::Core(notice)
             }
-            ParticipantNotice::Recovered { in_doubt, finished } => {
-                ParticipantEvent::Recovered { in_doubt, finished }
+            ParticipantNotice::Ignored { .. } | ParticipantNotice::Recovered { .. } => {
+                ParticipantEvent::Core(notice)
             }
             ParticipantNotice::LatencySample {
                 peer,

@@ -28,7 +28,7 @@ use concord_node::{
 };
 use concord_participant::kv::{seed_record, KvStore};
 use concord_proto::codec::encode;
-use concord_proto::{Body, Decision, ParticipantRecord, PeerAddr, Vote};
+use concord_proto::{Body, Decision, ParticipantNotice, ParticipantRecord, PeerAddr, Vote};
 use concord_store::{GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
@@ -353,25 +353,34 @@ fn log_event(event: ParticipantEvent) {
             "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE \
              (attempt {attempt}); {basis}"
         ),
-        ParticipantEvent::Finished { xid, decision } => {
-            tracing::debug!(%xid, ?decision, "branch finished")
-        }
-        ParticipantEvent::Ignored {
-            xid,
-            kind,
-            from,
-            why,
-        } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
-        ParticipantEvent::Violation { xid, detail } => {
-            tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
-        }
         ParticipantEvent::Compacting { records } => {
             tracing::info!(
                 records,
                 "compacting the participant log to {records} records"
             )
         }
-        ParticipantEvent::Recovered { in_doubt, finished } => tracing::info!(
+        ParticipantEvent::Core(notice) => log_notice(notice),
+    }
+}
+
+/// The log line of each notice of the participant core.
+fn log_notice(notice: ParticipantNotice) {
+    match notice {
+        ParticipantNotice::Outcome { xid, decision } => {
+            tracing::debug!(%xid, ?decision, "branch finished")
+        }
+        ParticipantNotice::Ignored {
+            xid,
+            kind,
+            from,
+            why,
+        } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
+        ParticipantNotice::Violation { xid, detail } => {
+            tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
+        }
+        // The node turns these into InquireFired and timeout estimates.
+        ParticipantNotice::TimeoutFired { .. } | ParticipantNotice::LatencySample { .. } => {}
+        ParticipantNotice::Recovered { in_doubt, finished } => tracing::info!(
             in_doubt,
             finished,
             "recovery: {in_doubt} branches in doubt (locks taken back, asking the coordinator), \

@@ -37,7 +37,8 @@ use concord_node::{
 use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore};
 use concord_participant::ParticipantNode;
 use concord_proto::{
-    Coordinator, CoordinatorRecord, Durability, Message, ParticipantRecord, Time, TimerKey, Xid,
+    Coordinator, CoordinatorRecord, Durability, Message, ParticipantNotice, ParticipantRecord,
+    Time, TimerKey, Xid,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -982,10 +983,10 @@ impl World {
                 ParticipantNodeAction::Event(event) => {
                     trace!(self, Some(node), "event {event:?}");
                     match event {
-                        ParticipantEvent::Violation { xid, detail } => {
+                        ParticipantEvent::Core(ParticipantNotice::Violation { xid, detail }) => {
                             self.no_violation_notice(i, xid, detail);
                         }
-                        ParticipantEvent::Finished { xid, decision } => {
+                        ParticipantEvent::Core(ParticipantNotice::Outcome { xid, decision }) => {
                             self.decision_applied(i, xid, decision);
                         }
                         _ => {}
