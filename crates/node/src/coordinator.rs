@@ -16,7 +16,7 @@
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Directory};
 use crate::recent::{RecentOutcomes, RecentTxn};
-use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
+use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
     BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
@@ -173,7 +173,7 @@ impl CoordinatorNodeConfig {
 }
 
 /// What the driver must do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CoordinatorNodeAction {
     /// Append `record`; for `Durability::Forced(t)` sync, then call
     /// `on_durable(t)`.
@@ -214,15 +214,17 @@ pub enum CoordinatorNodeAction {
 
 /// Typed events of the coordinator node. Names are already resolved
 /// ("bank-a (127.0.0.1:7101)") so a log line needs no directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CoordinatorEvent {
     Begun {
         xid: Xid,
         request_id: u64,
         timeout_ms: u64,
         resend_ms: u64,
-        /// How the phase-1 timeout was computed.
-        basis: String,
+        /// How the phase-1 timeout was computed. Kept as it is, not as
+        /// text: this runs for every transaction, and the line that shows
+        /// it is usually off.
+        prepare: TimeoutChoice,
     },
     BeginRefused {
         request_id: u64,
@@ -492,13 +494,12 @@ impl CoordinatorNode {
             return Err((e.to_string(), false));
         }
         self.counters.begun += 1;
-        let basis = self.directory.name_addresses(&timeouts.prepare.to_string());
         self.push_event(CoordinatorEvent::Begun {
             xid,
             request_id,
             timeout_ms,
             resend_ms,
-            basis,
+            prepare: timeouts.prepare,
         });
         // The client learns the xid before anything can go wrong.
         self.reply(client, Reply::Begun { request_id, xid });

@@ -311,13 +311,13 @@ fn log_event(event: CoordinatorEvent) {
             request_id,
             timeout_ms,
             resend_ms,
-            basis,
+            prepare,
         } => tracing::debug!(
             %xid,
             request_id,
             timeout_ms,
             resend_ms,
-            "transaction begun: {basis}"
+            "transaction begun: {prepare}"
         ),
         CoordinatorEvent::BeginRefused {
             request_id,
