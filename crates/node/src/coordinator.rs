@@ -804,19 +804,14 @@ mod tests {
 
     fn config() -> CoordinatorNodeConfig {
         CoordinatorNodeConfig {
-            addr: "127.0.0.1:7100".into(),
-            participants: vec![("bank-a".into(), A.into()), ("bank-b".into(), B.into())],
-            prepare_timeout_ms: 1000,
-            prepare_timeout_ms_min: 100,
-            prepare_timeout_ms_max: 60_000,
-            resend_ms_initial: 100,
-            resend_ms_min: 10,
-            resend_ms_max: 5000,
-            timeout_samples_min: 8,
             transactions_in_flight_max: 1,
             recent_outcomes_max: 100,
-            xid_seed: 7,
             compact_after_records: u64::MAX,
+            ..CoordinatorNodeConfig::new(
+                "127.0.0.1:7100",
+                vec![("bank-a".into(), A.into()), ("bank-b".into(), B.into())],
+                7,
+            )
         }
     }
 
