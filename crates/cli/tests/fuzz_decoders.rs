@@ -902,7 +902,7 @@ proptest! {
 /// panic (in builds with overflow checks too).
 #[test]
 fn kv_offsetting_extreme_deltas_in_one_branch() {
-    use concord_participant::Resource;
+    use concord_participant::{Answer, Resource};
     let ops = [
         KvOp {
             account: "acct-0".into(),
@@ -916,10 +916,12 @@ fn kv_offsetting_extreme_deltas_in_one_branch() {
     let work = kv::encode_work(&ops);
     let seed = kv::seed_record(1, 100);
     let mut store = KvStore::replay([&seed]).expect("seed replays");
-    store
-        .prepare(Xid(1), &work)
-        .expect("ops sum to zero: prepare accepts");
-    store.commit(Xid(1));
+    assert_eq!(
+        store.prepare(Xid(1), &work),
+        Answer::Now(Ok(())),
+        "ops sum to zero: prepare accepts"
+    );
+    assert_eq!(store.commit(Xid(1)), Answer::Now(Ok(())));
     assert_eq!(store.balances()["acct-0"], 100);
 
     let log = [

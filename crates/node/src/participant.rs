@@ -1,8 +1,9 @@
 //! The participant node: everything `concord participant` decides that is
 //! not IO.
 //!
-//! It owns a [`ParticipantNode`] (the protocol core wired to the key-value
-//! resource) and around it the timeout policy (measured vote → decision
+//! It owns a [`ParticipantNode`] (the protocol core wired to a resource:
+//! the key-value store, or in tests a wrapper that answers late and fails
+//! on purpose) and around it the timeout policy (measured vote → decision
 //! time → the READY inquire delay), client request handling, counters and
 //! typed events. Events go in with `now`; [`ParticipantNodeAction`]s come
 //! out of `drain_actions` in order. The tokio server and the simulator both
@@ -11,8 +12,8 @@
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
 use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
-use concord_participant::kv::KvStore;
-use concord_participant::ParticipantNode;
+use concord_participant::kv::{KvStore, KvView};
+use concord_participant::{ParticipantNode, Resource, ResourceOp};
 use concord_proto::{
     Body, Decision, Durability, Message, ParticipantAction, ParticipantConfig, ParticipantNotice,
     ParticipantRecord, PeerAddr, PersistTicket, Time, TimerKey, Vote, Xid,
@@ -36,6 +37,10 @@ pub struct ParticipantNodeConfig {
     /// Compact the log once this many records were appended since the last
     /// compaction (and twice the last snapshot); `u64::MAX`: never.
     pub compact_after_records: u64,
+    /// Wait before a failed resource commit or abort is tried again;
+    /// doubles per failure up to the max. Never given up.
+    pub apply_retry_ms_initial: u64,
+    pub apply_retry_ms_max: u64,
 }
 
 impl ParticipantNodeConfig {
@@ -49,6 +54,8 @@ impl ParticipantNodeConfig {
             timeout_samples_min: 8,
             finished_max: 100_000,
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
+            apply_retry_ms_initial: 10,
+            apply_retry_ms_max: 5000,
         }
     }
 
@@ -67,6 +74,14 @@ impl ParticipantNodeConfig {
             return Err(format!(
                 "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
                 self.inquire_ms_min, self.inquire_ms_max
+            ));
+        }
+        if self.apply_retry_ms_initial == 0 || self.apply_retry_ms_max < self.apply_retry_ms_initial
+        {
+            return Err(format!(
+                "the resource retry delay must be at least 1 ms and at most its max \
+                 (initial {} ms, max {} ms)",
+                self.apply_retry_ms_initial, self.apply_retry_ms_max
             ));
         }
         Ok(())
@@ -138,10 +153,15 @@ pub struct ParticipantCounters {
     pub aborted: u64,
     pub inquiries: u64,
     pub violations: u64,
+    /// Resource commits and aborts that failed (and were retried).
+    pub apply_failures: u64,
 }
 
-pub struct ParticipantServerNode {
-    node: ParticipantNode<KvStore>,
+/// Generic over the resource so that tests and the simulator can run the
+/// same node over a resource that answers late ([`Resource`]); it must
+/// hold key-value accounts ([`KvView`]) for the `accounts` request.
+pub struct ParticipantServerNode<R: Resource = KvStore> {
+    node: ParticipantNode<R>,
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
     compaction: CompactionPolicy,
@@ -150,15 +170,15 @@ pub struct ParticipantServerNode {
     actions: Vec<ParticipantNodeAction>,
 }
 
-impl ParticipantServerNode {
-    /// Rebuild from the log: `kv` must already reflect the committed
+impl<R: Resource + KvView> ParticipantServerNode<R> {
+    /// Rebuild from the log: `resource` must already reflect the committed
     /// history (`KvStore::replay` of the same records).
     pub fn recover(
         config: ParticipantNodeConfig,
         records: impl IntoIterator<Item = ParticipantRecord>,
-        kv: KvStore,
+        resource: R,
         now: Time,
-    ) -> ParticipantServerNode {
+    ) -> ParticipantServerNode<R> {
         let timeouts = ParticipantTimeouts::new(PhaseSettings {
             min_ms: config.inquire_ms_min,
             max_ms: config.inquire_ms_max,
@@ -174,9 +194,11 @@ impl ParticipantServerNode {
             inquire_ms_initial: config.inquire_ms_initial,
             inquire_ms_max: config.inquire_ms_max,
             finished_max: config.finished_max,
+            apply_retry_ms_initial: config.apply_retry_ms_initial,
+            apply_retry_ms_max: config.apply_retry_ms_max,
         };
         let mut node = ParticipantServerNode {
-            node: ParticipantNode::recover(core_config, records, kv, now),
+            node: ParticipantNode::recover(core_config, records, resource, now),
             timeouts,
             counters: ParticipantCounters::default(),
             compaction: CompactionPolicy::new(config.compact_after_records),
@@ -188,12 +210,17 @@ impl ParticipantServerNode {
     }
 
     /// The protocol core and its resource.
-    pub fn inner(&self) -> &ParticipantNode<KvStore> {
+    pub fn inner(&self) -> &ParticipantNode<R> {
         &self.node
     }
 
-    pub fn resource(&self) -> &KvStore {
+    pub fn resource(&self) -> &R {
         self.node.resource()
+    }
+
+    /// For a driver that collects what a late-answering resource started.
+    pub fn resource_mut(&mut self) -> &mut R {
+        self.node.resource_mut()
     }
 
     pub fn counters(&self) -> ParticipantCounters {
@@ -228,10 +255,22 @@ impl ParticipantServerNode {
         self.pump();
     }
 
+    /// A resource that answered later finished `op` for `xid`.
+    pub fn on_resource_done(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        op: ResourceOp,
+        result: Result<(), String>,
+    ) {
+        self.node.on_resource_done(now, xid, op, result);
+        self.pump();
+    }
+
     pub fn on_request(&mut self, client: ClientId, request: Request) {
         let reply = match request {
             Request::Accounts { request_id } => {
-                let kv = self.node.resource();
+                let kv = self.node.resource().kv();
                 let mut locks: Vec<(String, Xid)> =
                     kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
                 locks.sort();
@@ -376,6 +415,10 @@ impl ParticipantServerNode {
             }
             ParticipantNotice::Violation { .. } => {
                 self.counters.violations += 1;
+                ParticipantEvent::Core(notice)
+            }
+            ParticipantNotice::ApplyFailed { .. } => {
+                self.counters.apply_failures += 1;
                 ParticipantEvent::Core(notice)
             }
             ParticipantNotice::Ignored { .. } | ParticipantNotice::Recovered { .. } => {

@@ -8,7 +8,7 @@
 //! the seed record, and the work of every READY record whose outcome is
 //! COMMIT — so it is exactly as durable as the protocol's forced writes.
 
-use crate::resource::Resource;
+use crate::resource::{Answer, Resource};
 use concord_proto::codec::{decode, encode};
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{Decision, ParticipantRecord, Xid};
@@ -226,24 +226,49 @@ impl KvStore {
     }
 }
 
-impl Resource for KvStore {
-    fn prepare(&mut self, xid: Xid, work: &[u8]) -> Result<(), String> {
+/// Read access to a key-value store inside another resource (a test
+/// wrapper around it, say), for reports and the simulator's checks.
+pub trait KvView {
+    fn kv(&self) -> &KvStore;
+}
+
+impl KvView for KvStore {
+    fn kv(&self) -> &KvStore {
+        self
+    }
+}
+
+impl KvStore {
+    fn try_prepare(&mut self, xid: Xid, work: &[u8]) -> Result<(), String> {
         let ops = decode_work(work)?;
         self.check(xid, &ops)?;
         self.lock(xid, ops);
         Ok(())
     }
+}
 
-    fn commit(&mut self, xid: Xid) {
+/// In memory, so every answer is [`Answer::Now`], and commit and abort
+/// never fail (the durable effect is the participant's own COMMITTED
+/// record, which `replay` applies).
+impl Resource for KvStore {
+    fn prepare(&mut self, xid: Xid, work: &[u8]) -> Answer {
+        Answer::Now(self.try_prepare(xid, work))
+    }
+
+    fn commit(&mut self, xid: Xid) -> Answer {
+        // A second commit of the same xid finds nothing prepared and
+        // applies nothing: idempotent.
         if let Some(ops) = self.release(xid) {
             for op in ops {
                 apply(&mut self.balances, op);
             }
         }
+        Answer::Now(Ok(()))
     }
 
-    fn abort(&mut self, xid: Xid) {
+    fn abort(&mut self, xid: Xid) -> Answer {
         self.release(xid);
+        Answer::Now(Ok(()))
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -265,6 +290,14 @@ impl Resource for KvStore {
 mod tests {
     use super::*;
 
+    /// The key-value store always answers at once.
+    fn done(answer: Answer) -> Result<(), String> {
+        match answer {
+            Answer::Now(result) => result,
+            Answer::Later => panic!("the key-value store answered later"),
+        }
+    }
+
     fn op(account: &str, delta: i64) -> KvOp {
         KvOp {
             account: account.into(),
@@ -279,9 +312,7 @@ mod tests {
     #[test]
     fn vote_abort_on_unknown_account() {
         let mut kv = seeded();
-        let err = kv
-            .prepare(Xid(1), &encode_work(&[op("nope", 1)]))
-            .unwrap_err();
+        let err = done(kv.prepare(Xid(1), &encode_work(&[op("nope", 1)]))).unwrap_err();
         assert!(err.contains("unknown account nope"), "{err}");
         assert!(kv.locks().is_empty());
     }
@@ -289,26 +320,23 @@ mod tests {
     #[test]
     fn vote_abort_on_insufficient_funds() {
         let mut kv = seeded();
-        let err = kv
-            .prepare(Xid(1), &encode_work(&[op("acct-0", -101)]))
-            .unwrap_err();
+        let err = done(kv.prepare(Xid(1), &encode_work(&[op("acct-0", -101)]))).unwrap_err();
         assert!(err.contains("insufficient funds in acct-0"), "{err}");
     }
 
     #[test]
     fn vote_abort_on_lock_conflict_until_decision() {
         let mut kv = seeded();
-        kv.prepare(Xid(1), &encode_work(&[op("acct-0", -10)]))
-            .expect("first prepare");
-        let err = kv
-            .prepare(Xid(2), &encode_work(&[op("acct-0", 5)]))
-            .unwrap_err();
+        done(kv.prepare(Xid(1), &encode_work(&[op("acct-0", -10)]))).expect("first prepare");
+        let err = done(kv.prepare(Xid(2), &encode_work(&[op("acct-0", 5)]))).unwrap_err();
         assert!(err.contains("locked by transaction"), "{err}");
-        kv.commit(Xid(1));
+        done(kv.commit(Xid(1))).expect("commit");
         assert_eq!(kv.balances()["acct-0"], 90);
-        kv.prepare(Xid(2), &encode_work(&[op("acct-0", 5)]))
+        done(kv.commit(Xid(1))).expect("a second commit is a no-op");
+        assert_eq!(kv.balances()["acct-0"], 90);
+        done(kv.prepare(Xid(2), &encode_work(&[op("acct-0", 5)])))
             .expect("lock released by commit");
-        kv.abort(Xid(2));
+        done(kv.abort(Xid(2))).expect("abort");
         assert!(kv.locks().is_empty());
         assert_eq!(kv.total(), 290);
     }
@@ -316,7 +344,7 @@ mod tests {
     #[test]
     fn garbage_work_votes_abort() {
         let mut kv = seeded();
-        assert!(kv.prepare(Xid(1), &[0xff, 0xff, 0xff]).is_err());
+        assert!(done(kv.prepare(Xid(1), &[0xff, 0xff, 0xff])).is_err());
     }
 
     #[test]

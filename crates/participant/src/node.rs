@@ -1,15 +1,17 @@
 //! A participant node: the protocol core and a resource, wired together.
 //!
-//! The core's resource actions (prepare, commit, abort, restore) are
-//! carried out here, synchronously, in the order the core emits them; only
-//! IO actions (persist, send, set timer, notices) reach the driver. Both the
+//! The core's resource actions (prepare, commit, abort, restore) are handed
+//! to the resource here, in the order the core emits them; only IO actions
+//! (persist, send, set timer, notices) reach the driver. An answer the
+//! resource gives at once goes straight back to the core; one it gives
+//! later comes in through [`ParticipantNode::on_resource_done`]. Both the
 //! tokio driver and the simulator use this, so the simulator tests the same
 //! wiring that ships.
 
-use crate::resource::Resource;
+use crate::resource::{Answer, Resource, ResourceOp};
 use concord_proto::{
     Message, Participant, ParticipantAction, ParticipantConfig, ParticipantRecord, PersistTicket,
-    Time, TimerKey,
+    Time, TimerKey, Xid,
 };
 
 pub struct ParticipantNode<R: Resource> {
@@ -51,6 +53,20 @@ impl<R: Resource> ParticipantNode<R> {
         self.pump(now);
     }
 
+    /// The resource finished `op` for `xid`, which it answered with
+    /// [`Answer::Later`]. A stale answer (from before a restart, or for a
+    /// branch already finished) is ignored by the core.
+    pub fn on_resource_done(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        op: ResourceOp,
+        result: Result<(), String>,
+    ) {
+        self.answer(now, xid, op, result);
+        self.pump(now);
+    }
+
     /// The IO actions produced so far, in order.
     pub fn drain_io(&mut self) -> std::vec::Drain<'_, ParticipantAction> {
         self.io.drain(..)
@@ -67,6 +83,12 @@ impl<R: Resource> ParticipantNode<R> {
 
     pub fn resource(&self) -> &R {
         &self.resource
+    }
+
+    /// For a driver that must take the resource's started operations (see
+    /// `Delayed::take_started`).
+    pub fn resource_mut(&mut self) -> &mut R {
+        &mut self.resource
     }
 
     /// The records of a compacted log: the resource's snapshot, then the
@@ -90,17 +112,37 @@ impl<R: Resource> ParticipantNode<R> {
                 return;
             }
             for action in actions {
-                match action {
+                let (xid, op, answer) = match action {
                     ParticipantAction::Prepare { xid, work } => {
-                        let result = self.resource.prepare(xid, &work);
-                        self.core.on_prepared(now, xid, result);
+                        (xid, ResourceOp::Prepare, self.resource.prepare(xid, &work))
                     }
-                    ParticipantAction::Commit { xid } => self.resource.commit(xid),
-                    ParticipantAction::Abort { xid } => self.resource.abort(xid),
-                    ParticipantAction::Restore { xid, work } => self.resource.restore(xid, &work),
-                    io => self.io.push(io),
+                    ParticipantAction::Commit { xid } => {
+                        (xid, ResourceOp::Commit, self.resource.commit(xid))
+                    }
+                    ParticipantAction::Abort { xid } => {
+                        (xid, ResourceOp::Abort, self.resource.abort(xid))
+                    }
+                    ParticipantAction::Restore { xid, work } => {
+                        self.resource.restore(xid, &work);
+                        continue;
+                    }
+                    io => {
+                        self.io.push(io);
+                        continue;
+                    }
+                };
+                if let Answer::Now(result) = answer {
+                    self.answer(now, xid, op, result);
                 }
             }
+        }
+    }
+
+    fn answer(&mut self, now: Time, xid: Xid, op: ResourceOp, result: Result<(), String>) {
+        match op {
+            ResourceOp::Prepare => self.core.on_prepared(now, xid, result),
+            ResourceOp::Commit => self.core.on_committed(now, xid, result),
+            ResourceOp::Abort => self.core.on_aborted(now, xid, result),
         }
     }
 }

@@ -1,17 +1,46 @@
 //! The contract between the protocol and the data a participant guards.
+//!
+//! Every operation may finish at once or later: a resource in memory (the
+//! key-value store) answers [`Answer::Now`]; one that talks to a database
+//! or a service answers [`Answer::Later`] and hands its result to the node
+//! with `ParticipantNode::on_resource_done` when it has one. Nothing in the
+//! node waits: other branches go on meanwhile.
 
 use concord_proto::Xid;
 
-/// A resource manager. Calls for one xid come in protocol order; calls for
-/// different xids interleave.
+/// How a resource answers `prepare`, `commit` or `abort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Finished: `Ok`, or why not.
+    Now(Result<(), String>),
+    /// Still working: the result comes later through
+    /// `ParticipantNode::on_resource_done`.
+    Later,
+}
+
+/// Which operation a later answer finishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceOp {
+    Prepare,
+    Commit,
+    Abort,
+}
+
+/// A resource manager. Calls for one xid come in protocol order, and never
+/// two at once for one xid; calls for different xids interleave.
 pub trait Resource {
     /// Check `work` and take whatever makes a later commit certain (locks,
     /// reservations). `Err(reason)` votes ABORT and must leave nothing held.
-    fn prepare(&mut self, xid: Xid, work: &[u8]) -> Result<(), String>;
-    /// Apply the prepared work of `xid` and release what prepare took.
-    fn commit(&mut self, xid: Xid);
-    /// Drop the prepared work of `xid`, if any.
-    fn abort(&mut self, xid: Xid);
+    fn prepare(&mut self, xid: Xid, work: &[u8]) -> Answer;
+    /// Apply the prepared work of `xid` and release what prepare took. It
+    /// must be idempotent: after a crash before the COMMITTED record was
+    /// durable, the branch is committed again. `Err` is a transient
+    /// failure: the node keeps the branch (and its locks) and asks again,
+    /// with backoff, until it succeeds; it never gives up.
+    fn commit(&mut self, xid: Xid) -> Answer;
+    /// Drop the prepared work of `xid`, if any. Failures are retried like
+    /// a commit's.
+    fn abort(&mut self, xid: Xid) -> Answer;
     /// After a restart, `xid` is in doubt: take again what prepare took.
     fn restore(&mut self, xid: Xid, work: &[u8]);
     /// The body of a `ParticipantRecord::Resource` record that holds every

@@ -69,6 +69,9 @@ pub enum TimerKind {
     Resend,
     /// Participant in READY: ask what was decided.
     Inquire,
+    /// Participant: try again a resource commit or abort that failed
+    /// (transiently) last time.
+    Apply,
 }
 
 /// What a latency sample measured, reported by the cores so that the

@@ -33,10 +33,16 @@ pub enum Mutant {
     /// Compaction: the coordinator's snapshot leaves out committed
     /// transactions that have not ended.
     CompactionDropsUnended,
+    /// Resources that answer later: a participant treats a failed resource
+    /// commit as done (records COMMITTED and ACKs without the effect).
+    AckBeforeApplied,
+    /// Resources that answer later: a failed resource commit or abort is
+    /// never tried again.
+    AbandonFailedApply,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -45,6 +51,8 @@ impl Mutant {
         Mutant::SkipLockConflict,
         Mutant::CompactionDropsInDoubt,
         Mutant::CompactionDropsUnended,
+        Mutant::AckBeforeApplied,
+        Mutant::AbandonFailedApply,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -58,6 +66,8 @@ impl Mutant {
             Mutant::SkipLockConflict => "skip-lock-conflict",
             Mutant::CompactionDropsInDoubt => "compaction-drops-in-doubt",
             Mutant::CompactionDropsUnended => "compaction-drops-unended",
+            Mutant::AckBeforeApplied => "ack-before-applied",
+            Mutant::AbandonFailedApply => "abandon-failed-apply",
         }
     }
 

@@ -36,6 +36,11 @@ pub struct ParticipantConfig {
     /// Only branches finished at least [`FINISHED_MS_MIN`] ago are ever
     /// forgotten, so memory may exceed this under load.
     pub finished_max: usize,
+    /// Wait before trying a failed resource commit or abort again; doubles
+    /// after each failure up to `apply_retry_ms_max`, and never gives up (a
+    /// decided branch cannot be undone).
+    pub apply_retry_ms_initial: u64,
+    pub apply_retry_ms_max: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,13 +67,17 @@ pub enum ParticipantAction {
         xid: Xid,
         work: Vec<u8>,
     },
-    /// Resource: make the prepared work of `xid` visible and release it.
-    /// Runs before the outcome record is persisted; it must be idempotent
-    /// with respect to replay (it is redone after a crash from the log).
+    /// Resource: make the prepared work of `xid` visible and release it;
+    /// answer with `on_committed`. It runs before the COMMITTED record is
+    /// persisted, so it must be idempotent (after a crash the branch is in
+    /// doubt again and may be committed a second time). A failure is
+    /// transient: the commit is asked for again, with backoff, until it
+    /// succeeds, and the branch holds its locks until then.
     Commit {
         xid: Xid,
     },
-    /// Resource: drop the prepared work of `xid` (no-op if it holds none).
+    /// Resource: drop the prepared work of `xid` (no-op if it holds none);
+    /// answer with `on_aborted`. Failures are retried like a commit's.
     Abort {
         xid: Xid,
     },
@@ -109,6 +118,15 @@ pub enum ParticipantNotice {
         in_doubt: usize,
         finished: usize,
     },
+    /// The resource failed to carry out `decision`; it is asked again in
+    /// `retry_in_ms` (attempt `attempt` failed).
+    ApplyFailed {
+        xid: Xid,
+        decision: Decision,
+        attempt: u32,
+        error: String,
+        retry_in_ms: u64,
+    },
     /// A measured exchange with the coordinator (for the timeout policy).
     LatencySample {
         xid: Xid,
@@ -146,8 +164,25 @@ enum BranchState {
     /// The READY record is being forced.
     ReadyPending,
     Ready,
-    /// The COMMITTED record is being forced.
+    /// The decision is known and the resource is carrying it out (or will
+    /// try again after a failure): the branch keeps its locks.
+    Applying {
+        decision: Decision,
+    },
+    /// The resource committed; the COMMITTED record is being forced.
     Committing,
+}
+
+/// A resource commit or abort that has not succeeded yet.
+#[derive(Debug)]
+struct Apply {
+    decision: Decision,
+    /// Attempts asked for so far.
+    attempts: u32,
+    /// Wait after the next failure.
+    retry_ms: u64,
+    /// When the retry timer is due (a failure happened).
+    retry_at: Option<Time>,
 }
 
 #[derive(Debug)]
@@ -179,6 +214,10 @@ pub struct Participant {
     /// abort is forced, or a crash plus a duplicate PREPARE could still
     /// get VOTE READY.
     undurable_aborts: HashSet<Xid>,
+    /// Resource commits and aborts asked for and not yet succeeded: those
+    /// of branches in `Applying`, and aborts that release a prepare nobody
+    /// waits for (an ABORT that came while preparing, a late prepare).
+    applying: HashMap<Xid, Apply>,
     actions: Vec<ParticipantAction>,
 }
 
@@ -191,6 +230,11 @@ fn inquire_timer(xid: Xid) -> TimerKey {
     TimerKey::new(xid, TimerKind::Inquire)
 }
 
+/// The timer that retries a failed resource commit or abort of `xid`.
+fn apply_timer(xid: Xid) -> TimerKey {
+    TimerKey::new(xid, TimerKind::Apply)
+}
+
 impl Participant {
     pub fn new(config: ParticipantConfig) -> Participant {
         Participant {
@@ -201,6 +245,7 @@ impl Participant {
             gate: Gate::default(),
             answers_waiting: HashMap::new(),
             undurable_aborts: HashSet::new(),
+            applying: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -316,6 +361,14 @@ impl Participant {
         xids
     }
 
+    /// Branches whose resource commit or abort has not succeeded yet
+    /// (including aborts that only release a prepare).
+    pub fn applying(&self) -> Vec<Xid> {
+        let mut xids: Vec<Xid> = self.applying.keys().copied().collect();
+        xids.sort();
+        xids
+    }
+
     /// What this participant knows of `xid`, as it would answer INQUIRE.
     pub fn state_of(&self, xid: Xid) -> TxnState {
         if let Some(decision) = self.finished.get(&xid) {
@@ -325,7 +378,14 @@ impl Participant {
             };
         }
         match self.branches.get(&xid).map(|b| b.state) {
-            Some(BranchState::Ready) | Some(BranchState::Committing) => TxnState::Ready,
+            // Abort decided: the coordinator can never commit it.
+            Some(BranchState::Applying {
+                decision: Decision::Abort,
+            }) => TxnState::Aborted,
+            // Not COMMITTED until our own record is durable.
+            Some(BranchState::Ready)
+            | Some(BranchState::Applying { .. })
+            | Some(BranchState::Committing) => TxnState::Ready,
             Some(BranchState::Preparing { .. }) | Some(BranchState::ReadyPending) => {
                 TxnState::Initial
             }
@@ -384,16 +444,14 @@ impl Participant {
         let BranchState::Preparing { abort_requested } = branch.state else {
             return;
         };
+        let prepared = result.is_ok();
         let failure = match result {
             _ if abort_requested => Some(None),
             Err(reason) => Some(Some(reason)),
-            Ok(()) if now > branch.deadline => {
-                self.actions.push(ParticipantAction::Abort { xid });
-                Some(Some(format!(
-                    "prepare finished {} ms after the deadline",
-                    now.ms_since(branch.deadline)
-                )))
-            }
+            Ok(()) if now > branch.deadline => Some(Some(format!(
+                "prepare finished {} ms after the deadline",
+                now.ms_since(branch.deadline)
+            ))),
             Ok(()) => None,
         };
         match failure {
@@ -419,10 +477,10 @@ impl Participant {
                 let Some(branch) = self.branches.remove(&xid) else {
                     return;
                 };
-                if abort_requested {
-                    // An ABORT arrived while preparing: release what the
-                    // prepare took; the coordinator needs no vote.
-                    self.actions.push(ParticipantAction::Abort { xid });
+                if prepared {
+                    // An ABORT arrived while preparing, or the prepare
+                    // finished too late: release what it took.
+                    self.start_apply(xid, Decision::Abort);
                 }
                 self.remember(now, xid, Decision::Abort);
                 if reason.is_some() {
@@ -491,8 +549,10 @@ impl Participant {
     }
 
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
-        if key.kind != TimerKind::Inquire {
-            return; // not a participant's timer
+        match key.kind {
+            TimerKind::Inquire => {}
+            TimerKind::Apply => return self.retry_apply(now, key.xid),
+            TimerKind::Votes | TimerKind::Resend => return, // not a participant's timer
         }
         let xid = key.xid;
         let Some(branch) = self.branches.get_mut(&xid) else {
@@ -552,7 +612,10 @@ impl Participant {
         live.sort_by_key(|(xid, _)| **xid);
         for (xid, branch) in live {
             match branch.state {
-                BranchState::Ready | BranchState::ReadyPending
+                // Applying: decided but not carried out, so still in doubt
+                // as far as the log goes; after a crash the decision is
+                // learnt again and carried out then.
+                BranchState::Ready | BranchState::ReadyPending | BranchState::Applying { .. }
                     if !mutant::active(Mutant::CompactionDropsInDoubt) =>
                 {
                     ready.push(ParticipantRecord::Ready {
@@ -566,7 +629,10 @@ impl Participant {
                 // The resource already applied it; its COMMITTED record is
                 // written before the snapshot.
                 BranchState::Committing => outcomes.push((*xid, Decision::Commit)),
-                BranchState::Preparing { .. } | BranchState::Ready | BranchState::ReadyPending => {}
+                BranchState::Preparing { .. }
+                | BranchState::Ready
+                | BranchState::ReadyPending
+                | BranchState::Applying { .. } => {}
             }
         }
         let mut records = Vec::with_capacity(ready.len() + 1);
@@ -712,19 +778,28 @@ impl Participant {
         };
         match (decision, branch.state) {
             (Decision::Commit, BranchState::Ready) => {
-                branch.state = BranchState::Committing;
+                branch.state = BranchState::Applying {
+                    decision: Decision::Commit,
+                };
                 branch.timer_at = None;
-                self.actions.push(ParticipantAction::Commit { xid });
-                let ticket = self.gate.park(Resume::Ack(xid));
-                self.actions.push(ParticipantAction::Persist {
-                    record: ParticipantRecord::Outcome {
-                        xid,
-                        decision: Decision::Commit,
-                    },
-                    durability: Durability::Forced(ticket),
-                });
+                self.start_apply(xid, Decision::Commit);
             }
-            (Decision::Commit, BranchState::Committing) => {} // ACK follows
+            // ACK follows once the commit is applied and recorded.
+            (
+                Decision::Commit,
+                BranchState::Applying {
+                    decision: Decision::Commit,
+                }
+                | BranchState::Committing,
+            ) => {}
+            (
+                Decision::Commit,
+                BranchState::Applying {
+                    decision: Decision::Abort,
+                },
+            ) => {
+                self.violation(xid, format!("COMMIT from {from} after ABORT"));
+            }
             (Decision::Commit, _) => {
                 self.violation(
                     xid,
@@ -737,12 +812,145 @@ impl Participant {
                 };
             }
             (Decision::Abort, BranchState::Ready | BranchState::ReadyPending) => {
-                // Decided by the coordinator: an ABORTED answer needs no
-                // record of ours (the coordinator can never commit it).
+                // The branch keeps its locks until the resource has
+                // released them; then the outcome is recorded.
+                branch.state = BranchState::Applying {
+                    decision: Decision::Abort,
+                };
+                branch.timer_at = None;
+                self.start_apply(xid, Decision::Abort);
+            }
+            (
+                Decision::Abort,
+                BranchState::Applying {
+                    decision: Decision::Abort,
+                },
+            ) => {} // already being carried out
+            (
+                Decision::Abort,
+                BranchState::Committing
+                | BranchState::Applying {
+                    decision: Decision::Commit,
+                },
+            ) => {
+                self.violation(xid, format!("ABORT from {from} after COMMIT"));
+            }
+        }
+        if let Some(sample) = sample {
+            self.actions.push(ParticipantAction::Notice(sample));
+        }
+    }
+
+    /// The resource's answer to `ParticipantAction::Commit`. `Err` is a
+    /// transient failure: the commit is asked for again after a backoff.
+    pub fn on_committed(&mut self, now: Time, xid: Xid, result: Result<(), String>) {
+        self.on_applied(now, xid, Decision::Commit, result);
+    }
+
+    /// The resource's answer to `ParticipantAction::Abort`, like
+    /// [`Participant::on_committed`].
+    pub fn on_aborted(&mut self, now: Time, xid: Xid, result: Result<(), String>) {
+        self.on_applied(now, xid, Decision::Abort, result);
+    }
+
+    /// Ask the resource to carry out `decision` for `xid`, unless it is
+    /// already doing so.
+    fn start_apply(&mut self, xid: Xid, decision: Decision) {
+        if self.applying.contains_key(&xid) {
+            return;
+        }
+        self.applying.insert(
+            xid,
+            Apply {
+                decision,
+                attempts: 1,
+                retry_ms: self.config.apply_retry_ms_initial.max(1),
+                retry_at: None,
+            },
+        );
+        self.actions.push(apply_action(xid, decision));
+    }
+
+    fn on_applied(&mut self, now: Time, xid: Xid, decision: Decision, result: Result<(), String>) {
+        let Some(apply) = self.applying.get_mut(&xid) else {
+            return; // an answer from before a restart, or a duplicate
+        };
+        if apply.decision != decision || apply.retry_at.is_some() {
+            return; // not the answer to the attempt in flight
+        }
+        match result {
+            Err(error) if !mutant::active(Mutant::AckBeforeApplied) => {
+                if mutant::active(Mutant::AbandonFailedApply) {
+                    return;
+                }
+                let retry_in_ms = apply.retry_ms;
+                let attempt = apply.attempts;
+                apply.retry_ms = apply
+                    .retry_ms
+                    .saturating_mul(2)
+                    .min(self.config.apply_retry_ms_max.max(1));
+                let at = now.plus_ms(retry_in_ms);
+                apply.retry_at = Some(at);
+                self.actions.push(ParticipantAction::SetTimer {
+                    key: apply_timer(xid),
+                    at,
+                });
+                self.actions
+                    .push(ParticipantAction::Notice(ParticipantNotice::ApplyFailed {
+                        xid,
+                        decision,
+                        attempt,
+                        error,
+                        retry_in_ms,
+                    }));
+            }
+            _ => {
+                self.applying.remove(&xid);
+                self.applied(now, xid, decision);
+            }
+        }
+    }
+
+    fn retry_apply(&mut self, now: Time, xid: Xid) {
+        let Some(apply) = self.applying.get_mut(&xid) else {
+            return;
+        };
+        match apply.retry_at {
+            Some(at) if now >= at => {}
+            _ => return, // stale timer
+        }
+        apply.retry_at = None;
+        apply.attempts += 1;
+        let action = apply_action(xid, apply.decision);
+        self.actions.push(action);
+    }
+
+    /// The resource carried out `decision` for `xid`: record it and, for a
+    /// commit, ACK once the record is durable. An abort that only released
+    /// a prepare has nothing more to do.
+    fn applied(&mut self, now: Time, xid: Xid, decision: Decision) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        if branch.state != (BranchState::Applying { decision }) {
+            return;
+        }
+        match decision {
+            Decision::Commit => {
+                branch.state = BranchState::Committing;
+                let ticket = self.gate.park(Resume::Ack(xid));
+                self.actions.push(ParticipantAction::Persist {
+                    record: ParticipantRecord::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    },
+                    durability: Durability::Forced(ticket),
+                });
+            }
+            Decision::Abort => {
                 self.branches.remove(&xid);
-                self.actions.push(ParticipantAction::Abort { xid });
-                // Presumed abort: not forced. If lost, recovery finds the
-                // READY record, inquires, and hears ABORTED again.
+                // Presumed abort: not forced, and no ACK. If lost, recovery
+                // finds the READY record, inquires, and hears ABORTED again.
                 self.actions.push(ParticipantAction::Persist {
                     record: ParticipantRecord::Outcome {
                         xid,
@@ -757,12 +965,6 @@ impl Participant {
                         decision: Decision::Abort,
                     }));
             }
-            (Decision::Abort, BranchState::Committing) => {
-                self.violation(xid, format!("ABORT from {from} after COMMIT"));
-            }
-        }
-        if let Some(sample) = sample {
-            self.actions.push(ParticipantAction::Notice(sample));
         }
     }
 
@@ -853,5 +1055,13 @@ impl Participant {
                 xid,
                 detail,
             }));
+    }
+}
+
+/// The resource action that carries out `decision` for `xid`.
+fn apply_action(xid: Xid, decision: Decision) -> ParticipantAction {
+    match decision {
+        Decision::Commit => ParticipantAction::Commit { xid },
+        Decision::Abort => ParticipantAction::Abort { xid },
     }
 }

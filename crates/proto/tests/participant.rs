@@ -13,6 +13,8 @@ fn config() -> ParticipantConfig {
         inquire_ms_initial: 10,
         inquire_ms_max: 40,
         finished_max: 1000,
+        apply_retry_ms_initial: 5,
+        apply_retry_ms_max: 20,
     }
 }
 
@@ -86,6 +88,20 @@ fn ready(p: &mut Participant, xid: Xid) -> Vec<ParticipantAction> {
     p.drain_actions().collect()
 }
 
+/// Deliver COMMIT and have the resource commit at once: the actions of
+/// both steps.
+fn commit_now(p: &mut Participant, at: Time, xid: Xid) -> Vec<ParticipantAction> {
+    p.on_message(at, decision(xid, Decision::Commit));
+    let mut actions: Vec<_> = p.drain_actions().collect();
+    p.on_committed(at, xid, Ok(()));
+    actions.extend(p.drain_actions());
+    actions
+}
+
+fn apply_retry(xid: Xid) -> TimerKey {
+    TimerKey::new(xid, TimerKind::Apply)
+}
+
 #[test]
 fn persist_then_send_vote_ready_only_after_ready_record_is_durable() {
     let mut p = Participant::new(config());
@@ -157,6 +173,10 @@ fn commit_applies_then_forces_outcome_then_acks_and_duplicate_commit_is_reacked(
     p.on_message(ms(3), decision(Xid(5), Decision::Commit));
     let actions: Vec<_> = p.drain_actions().collect();
     assert_eq!(actions[0], ParticipantAction::Commit { xid: Xid(5) });
+    assert!(forced(&actions).is_none() && sent(&actions).is_empty());
+    // The resource answers later: nothing is recorded until it has.
+    p.on_committed(ms(3), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
     let (ticket, record) = forced(&actions).expect("COMMITTED is forced");
     assert_eq!(
         record,
@@ -249,6 +269,141 @@ fn abort_while_preparing_releases_once_prepare_returns_and_sends_no_ready() {
     assert!(actions.contains(&ParticipantAction::Abort { xid: Xid(5) }));
     assert!(sent(&actions).is_empty());
     assert!(forced(&actions).is_none());
+    // The release is retried until it succeeds, though nobody waits for it.
+    p.on_aborted(ms(3), Xid(5), Err("connection reset".into()));
+    assert!(p.drain_actions().any(|a| a
+        == ParticipantAction::SetTimer {
+            key: apply_retry(Xid(5)),
+            at: ms(8)
+        }));
+    p.on_timer(ms(8), apply_retry(Xid(5)));
+    assert_eq!(
+        p.drain_actions().collect::<Vec<_>>(),
+        vec![ParticipantAction::Abort { xid: Xid(5) }]
+    );
+    p.on_aborted(ms(9), Xid(5), Ok(()));
+    assert!(p.applying().is_empty());
+}
+
+/// Resources that answer later: a commit that fails is asked for again
+/// with a doubling backoff (capped), never abandoned; nothing is recorded
+/// and no ACK leaves until it succeeds; duplicate COMMITs and stale
+/// answers change nothing meanwhile.
+#[test]
+fn failed_commit_is_retried_with_backoff_until_it_succeeds_and_only_then_acked() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    p.drain_actions().for_each(drop);
+    let mut now = 3;
+    let mut waits = Vec::new();
+    for attempt in 1..=5u32 {
+        p.on_committed(ms(now), Xid(5), Err(format!("db down {attempt}")));
+        let actions: Vec<_> = p.drain_actions().collect();
+        assert!(
+            forced(&actions).is_none(),
+            "nothing recorded after a failure"
+        );
+        assert!(sent(&actions).is_empty(), "no ACK after a failure");
+        let wait = actions
+            .iter()
+            .find_map(|a| match a {
+                ParticipantAction::Notice(ParticipantNotice::ApplyFailed {
+                    attempt: n,
+                    retry_in_ms,
+                    error,
+                    ..
+                }) => {
+                    assert_eq!(*n, attempt);
+                    assert!(error.contains("db down"));
+                    Some(*retry_in_ms)
+                }
+                _ => None,
+            })
+            .expect("the failure is reported");
+        waits.push(wait);
+        // A duplicate COMMIT and an answer out of turn change nothing.
+        p.on_message(ms(now), decision(Xid(5), Decision::Commit));
+        p.on_committed(ms(now), Xid(5), Ok(()));
+        assert!(p.drain_actions().next().is_none());
+        // An early timer does nothing; the due one asks again.
+        p.on_timer(ms(now + wait - 1), apply_retry(Xid(5)));
+        assert!(p.drain_actions().next().is_none());
+        now += wait;
+        p.on_timer(ms(now), apply_retry(Xid(5)));
+        assert_eq!(
+            p.drain_actions().collect::<Vec<_>>(),
+            vec![ParticipantAction::Commit { xid: Xid(5) }]
+        );
+        assert_eq!(p.state_of(Xid(5)), TxnState::Ready, "not committed yet");
+    }
+    assert_eq!(waits, vec![5, 10, 20, 20, 20]);
+    p.on_committed(ms(now), Xid(5), Ok(()));
+    let (ticket, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("COMMITTED forced");
+    p.on_durable(ms(now + 1), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Ack)]
+    );
+    assert_eq!(p.state_of(Xid(5)), TxnState::Committed);
+    assert!(p.applying().is_empty());
+}
+
+/// An abort that fails is retried the same way; the branch counts as
+/// aborted for anyone who asks, and its outcome is recorded only once the
+/// resource has let go.
+#[test]
+fn failed_abort_is_retried_and_recorded_only_after_it_succeeds() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Abort));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(actions[0], ParticipantAction::Abort { xid: Xid(5) });
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Persist { .. })));
+    assert_eq!(p.state_of(Xid(5)), TxnState::Aborted);
+    p.on_aborted(ms(4), Xid(5), Err("timeout".into()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Persist { .. })));
+    p.on_timer(ms(9), apply_retry(Xid(5)));
+    assert_eq!(
+        p.drain_actions().collect::<Vec<_>>(),
+        vec![ParticipantAction::Abort { xid: Xid(5) }]
+    );
+    p.on_aborted(ms(10), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Persist {
+        record: ParticipantRecord::Outcome {
+            xid: Xid(5),
+            decision: Decision::Abort
+        },
+        durability: Durability::Lazy
+    }));
+    assert!(p.in_doubt().is_empty() && p.applying().is_empty());
+}
+
+/// A compaction while a commit is still being carried out keeps the
+/// branch's READY record: after a crash it is in doubt again, learns the
+/// decision again and commits then.
+#[test]
+fn compaction_keeps_the_ready_record_of_a_branch_whose_commit_has_not_succeeded() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
+    p.on_committed(ms(3), Xid(5), Err("down".into()));
+    p.drain_actions().for_each(drop);
+    let snapshot = p.snapshot_records();
+    assert!(
+        snapshot
+            .iter()
+            .any(|r| matches!(r, ParticipantRecord::Ready { xid: Xid(5), .. })),
+        "{snapshot:?}"
+    );
+    let q = Participant::recover(config(), snapshot, ms(10));
+    assert_eq!(q.in_doubt(), vec![Xid(5)]);
 }
 
 #[test]
@@ -388,8 +543,7 @@ fn cooperative_termination_seam_peer_inquiry_of_unknown_xid_aborts_it_unilateral
 fn late_state_aborted_for_a_committed_branch_is_ignored() {
     let mut p = Participant::new(config());
     let _ = ready(&mut p, Xid(5));
-    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
-    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    let (t, _) = forced(&commit_now(&mut p, ms(3), Xid(5))).expect("forced");
     p.on_durable(ms(4), t);
     p.drain_actions().for_each(drop);
     p.on_message(
@@ -415,8 +569,7 @@ fn duplicates_harmless_finished_branch_not_forgotten_before_finished_ms_min() {
     });
     // Commit x = 5, then finish y = 6 (an abort): past finished_max.
     let _ = ready(&mut p, Xid(5));
-    p.on_message(ms(3), decision(Xid(5), Decision::Commit));
-    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    let (t, _) = forced(&commit_now(&mut p, ms(3), Xid(5))).expect("forced");
     p.on_durable(ms(4), t);
     p.drain_actions().for_each(drop);
     p.on_message(ms(5), decision(Xid(6), Decision::Abort));
@@ -601,14 +754,12 @@ fn compaction_snapshot_recovers_the_same_in_doubt_branches_and_remembered_outcom
     // Xid 1: committed and ACKed. Xid 2: in doubt. Xid 3: committing (its
     // COMMITTED record not durable yet). Xid 4: voted ABORT.
     ready(&mut p, Xid(1));
-    p.on_message(ms(3), decision(Xid(1), Decision::Commit));
-    let (t1, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced");
+    let (t1, _) = forced(&commit_now(&mut p, ms(3), Xid(1))).expect("forced");
     p.on_durable(ms(4), t1);
     p.drain_actions().for_each(drop);
     ready(&mut p, Xid(2));
     ready(&mut p, Xid(3));
-    p.on_message(ms(5), decision(Xid(3), Decision::Commit));
-    p.drain_actions().for_each(drop);
+    let _ = commit_now(&mut p, ms(5), Xid(3));
     p.on_message(ms(6), prepare(Xid(4)));
     p.drain_actions().for_each(drop);
     p.on_prepared(ms(6), Xid(4), Err("no".into()));

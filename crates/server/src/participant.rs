@@ -380,6 +380,20 @@ fn log_notice(notice: ParticipantNotice) {
         }
         // The node turns these into InquireFired and timeout estimates.
         ParticipantNotice::TimeoutFired { .. } | ParticipantNotice::LatencySample { .. } => {}
+        ParticipantNotice::ApplyFailed {
+            xid,
+            decision,
+            attempt,
+            error,
+            retry_in_ms,
+        } => tracing::warn!(
+            %xid,
+            ?decision,
+            attempt,
+            retry_in_ms,
+            "the resource failed to carry out {decision:?} (attempt {attempt}): {error}; \
+             the branch keeps its locks, trying again in {retry_in_ms} ms"
+        ),
         ParticipantNotice::Recovered { in_doubt, finished } => tracing::info!(
             in_doubt,
             finished,

@@ -15,7 +15,7 @@ use crate::ids::NodeId;
 use crate::report::ClientOutcome;
 use crate::workload::Intent;
 use crate::world::World;
-use concord_participant::kv::KvStore;
+use concord_participant::kv::{KvStore, KvView};
 use concord_proto::{Body, Decision, Message, PeerAddr, TxnState, Vote, Xid};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +72,7 @@ impl World {
     fn check_no_overdraft(&mut self, p: usize, xid: Xid) {
         let negative = self.participant(p).and_then(|node| {
             node.resource()
+                .kv()
                 .balances()
                 .iter()
                 .find(|(_, b)| **b < 0)
@@ -141,7 +142,7 @@ impl World {
             return;
         };
         let in_doubt = node.core().in_doubt();
-        let locks = node.resource().locks();
+        let locks = node.resource().kv().locks();
         let lost = held.iter().find_map(|(xid, accounts)| {
             let missing = accounts.iter().find(|a| locks.get(*a) != Some(xid))?;
             Some((*xid, missing.clone()))
@@ -470,6 +471,7 @@ impl World {
             }
             let mut locks: Vec<(String, Xid)> = node
                 .resource()
+                .kv()
                 .locks()
                 .iter()
                 .map(|(a, x)| (a.clone(), *x))

@@ -7,6 +7,7 @@
 //! or only loss, finds bugs that a run with everything at once hides.
 //! Nothing here may read the clock or the environment.
 
+use concord_participant::delayed::DelayConfig;
 use rand::Rng;
 
 /// How the caller wants a random run done; the seed decides the rest.
@@ -94,6 +95,30 @@ pub struct WorkloadConfig {
     pub amount_max: i64,
 }
 
+/// The participants' resources: how late they answer, how often their
+/// commits and aborts fail (transiently), and how the node retries them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceConfig {
+    pub delay: DelayConfig,
+    pub apply_retry_ms_initial: u64,
+    pub apply_retry_ms_max: u64,
+}
+
+impl ResourceConfig {
+    /// A resource that answers at once and never fails.
+    pub const PROMPT: ResourceConfig = ResourceConfig {
+        delay: DelayConfig {
+            prepare_ms: 0,
+            commit_ms: 0,
+            abort_ms: 0,
+            commit_failures: 0,
+            abort_failures: 0,
+        },
+        apply_retry_ms_initial: 10,
+        apply_retry_ms_max: 1000,
+    };
+}
+
 /// Everything about one run that the seed decides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
@@ -134,6 +159,7 @@ pub struct SimConfig {
     /// clocks on different machines do. Safety must not depend on them;
     /// only timeouts may.
     pub clocks: Vec<ClockConfig>,
+    pub resource: ResourceConfig,
 }
 
 /// One node's clock: node time = `offset_us` + world time × `rate_ppm` /
@@ -286,6 +312,32 @@ impl SimConfig {
                 }
             })
             .collect();
+        // Drawn after everything else, for the same reason. Half the seeds
+        // have resources that answer late (a database, a service), and a
+        // third fail their first commits and aborts, which must be
+        // retried with the locks held, never abandoned.
+        let late_on = rng.gen_bool(0.5);
+        let failing_on = rng.gen_bool(0.3);
+        let late_ms = |rng: &mut dyn rand::RngCore| {
+            if late_on && rng.gen_bool(0.7) {
+                rng.gen_range(1..=100)
+            } else {
+                0
+            }
+        };
+        let delay = DelayConfig {
+            prepare_ms: late_ms(rng),
+            commit_ms: late_ms(rng),
+            abort_ms: late_ms(rng),
+            commit_failures: if failing_on { rng.gen_range(1..=4) } else { 0 },
+            abort_failures: if failing_on { rng.gen_range(0..=2) } else { 0 },
+        };
+        let apply_retry_ms_initial = rng.gen_range(1..=50);
+        let resource = ResourceConfig {
+            delay,
+            apply_retry_ms_initial,
+            apply_retry_ms_max: rng.gen_range(apply_retry_ms_initial..=2000),
+        };
         SimConfig {
             seed,
             participants,
@@ -311,6 +363,7 @@ impl SimConfig {
             faults,
             workload,
             clocks,
+            resource,
         }
     }
 
@@ -369,6 +422,7 @@ impl SimConfig {
                 amount_max: 10,
             },
             clocks: vec![ClockConfig::EXACT; participants + 1],
+            resource: ResourceConfig::PROMPT,
         }
     }
 }

@@ -34,8 +34,10 @@ use concord_node::{
     ClientId, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig, ParticipantEvent,
     ParticipantNodeAction, ParticipantNodeConfig, ParticipantServerNode,
 };
-use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore};
+use concord_participant::delayed::Delayed;
+use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore, KvView};
 use concord_participant::ParticipantNode;
+use concord_participant::ResourceOp;
 use concord_proto::{
     Coordinator, CoordinatorRecord, Durability, Message, ParticipantNotice, ParticipantRecord,
     Time, TimerKey, Xid,
@@ -140,9 +142,20 @@ enum Event {
         xid: Xid,
         epoch: concord_proto::Epoch,
     },
+    /// A participant's resource finishes an operation it answered later.
+    ResourceDone {
+        p: usize,
+        incarnation: u32,
+        xid: Xid,
+        op: ResourceOp,
+    },
     /// End of the safety phase.
     Heal,
 }
+
+/// Every participant's resource: the key-value store behind a wrapper that
+/// answers late and fails commits as the seed says.
+pub type SimResource = Delayed<KvStore>;
 
 impl Event {
     fn tag(&self) -> u64 {
@@ -158,6 +171,7 @@ impl Event {
             Event::Heal => 9,
             Event::PeerInquire { .. } => 10,
             Event::RewriteDone { .. } => 11,
+            Event::ResourceDone { .. } => 12,
         }
     }
 }
@@ -222,7 +236,7 @@ pub struct World {
     heal_at: Time,
     pub(crate) coordinator: Option<CoordinatorNode>,
     pub(crate) coordinator_disk: SimDisk<CoordinatorRecord>,
-    pub(crate) participants: Vec<Option<ParticipantServerNode>>,
+    pub(crate) participants: Vec<Option<ParticipantServerNode<SimResource>>>,
     pub(crate) participant_disks: Vec<SimDisk<ParticipantRecord>>,
     /// Per node (by `NodeId::ordinal`): bumped at every crash, so timers
     /// and fsyncs of an earlier life are recognised as stale.
@@ -553,6 +567,28 @@ impl World {
                 }
             }
             Event::Heal => self.heal(),
+            Event::ResourceDone {
+                p,
+                incarnation,
+                xid,
+                op,
+            } => {
+                self.trace.mix(&[100 + p as u64, xid.0 as u64]);
+                if self.incarnations[NodeId::Participant(p).ordinal() as usize] != incarnation {
+                    return; // the resource of an earlier life
+                }
+                let now = self.node_now(NodeId::Participant(p));
+                if let Some(node) = self.participants[p].as_mut() {
+                    let result = node.resource_mut().finish(xid, op);
+                    trace!(
+                        self,
+                        Some(NodeId::Participant(p)),
+                        "resource {op:?} of {xid:?} done: {result:?}"
+                    );
+                    node.on_resource_done(now, xid, op, result);
+                    self.run_participant(p);
+                }
+            }
             Event::PeerInquire {
                 from,
                 to,
@@ -749,6 +785,8 @@ impl World {
             timeout_samples_min: c.timeout_samples_min,
             finished_max: c.finished_max,
             compact_after_records: c.compact_after_records,
+            apply_retry_ms_initial: c.resource.apply_retry_ms_initial,
+            apply_retry_ms_max: c.resource.apply_retry_ms_max,
         }
     }
 
@@ -796,8 +834,10 @@ impl World {
                 };
                 trace!(self, Some(node), "start from {} log records", records.len());
                 let config = self.participant_config(i);
-                self.participants[i] =
-                    Some(ParticipantServerNode::recover(config, records, kv, now));
+                let resource = Delayed::new(kv, self.config.resource.delay);
+                self.participants[i] = Some(ParticipantServerNode::recover(
+                    config, records, resource, now,
+                ));
                 self.check_locks_restored(i);
                 self.run_participant(i);
             }
@@ -944,6 +984,21 @@ impl World {
             return;
         };
         let actions: Vec<ParticipantNodeAction> = p.drain_actions().collect();
+        let started = p.resource_mut().take_started();
+        let incarnation = self.incarnations[node.ordinal() as usize];
+        for op in started {
+            let at = self.now.plus_ms(op.after_ms);
+            let (xid, op) = (op.xid, op.op);
+            self.schedule(
+                at,
+                Event::ResourceDone {
+                    p: i,
+                    incarnation,
+                    xid,
+                    op,
+                },
+            );
+        }
         for action in actions {
             if self.failure.is_some() {
                 return;
@@ -1508,7 +1563,7 @@ impl World {
         self.coordinator.as_ref()
     }
 
-    pub fn participant(&self, i: usize) -> Option<&ParticipantNode<KvStore>> {
+    pub fn participant(&self, i: usize) -> Option<&ParticipantNode<SimResource>> {
         self.participants
             .get(i)
             .and_then(|p| p.as_ref())
@@ -1552,7 +1607,7 @@ impl World {
     /// Committed balances of participant `i` (empty if it is down).
     pub fn balances(&self, i: usize) -> BTreeMap<String, i64> {
         self.participant(i)
-            .map(|p| p.resource().balances().clone())
+            .map(|p| p.resource().kv().balances().clone())
             .unwrap_or_default()
     }
 

@@ -59,6 +59,7 @@ fn locked(w: &World, p: usize) -> Vec<String> {
         .participant(p)
         .expect("participant is up")
         .resource()
+        .inner()
         .locks()
         .keys()
         .cloned()
@@ -124,7 +125,7 @@ fn site_failure_1_participant_crashes_before_writing_ready() {
     // aborts the xid without asking anyone (presumed abort).
     let p0 = w.participant(0).expect("up");
     assert!(p0.core().in_doubt().is_empty());
-    assert!(p0.resource().locks().is_empty());
+    assert!(p0.resource().inner().locks().is_empty());
     settle(&mut w);
     assert_eq!(w.count_sent(P0, C, "INQUIRE", x), 0);
     assert_eq!(w.count_sent(P0, C, "VOTE READY", x), 0);
@@ -617,5 +618,83 @@ fn compaction_keeps_an_in_doubt_branch_and_a_crash_inside_compaction_loses_nothi
     settle(&mut w);
     assert_eq!(state(&w, 0, x), TxnState::Committed);
     assert_transferred(&w, 10);
+    assert_no_locks(&w);
+}
+
+/// A cluster whose resources answer late (prepare 3 ms, commit 2 ms) and
+/// fail the first `failures` commits of every branch.
+fn late_failing_world(failures: u32) -> World {
+    let mut config = SimConfig::scripted(2);
+    config.resource.delay = concord_participant::delayed::DelayConfig {
+        prepare_ms: 3,
+        commit_ms: 2,
+        abort_ms: 2,
+        commit_failures: failures,
+        abort_failures: 1,
+    };
+    World::scripted(config)
+}
+
+/// Resources that answer later: each participant's commit fails three
+/// times. The decision stays COMMIT, the branches keep their locks while
+/// their commits fail, the commits are retried until they succeed, and
+/// the money moves exactly once.
+#[test]
+fn failing_commits_are_retried_with_the_locks_held_until_they_succeed() {
+    let mut w = late_failing_world(3);
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(1_000, |w| trace_has(w, "Commit of") && trace_has(w, "Err(")));
+    assert_eq!(locked(&w, 0), vec!["acct-0".to_string()], "lock held");
+    assert_eq!(state(&w, 0, x), TxnState::Ready, "not committed yet");
+    assert_transferred(&w, 0);
+    settle(&mut w);
+    assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
+    assert_eq!(state(&w, 0, x), TxnState::Committed);
+    assert_eq!(state(&w, 1, x), TxnState::Committed);
+    assert_transferred(&w, 10);
+    assert_no_locks(&w);
+    let failures = w
+        .trace_lines()
+        .iter()
+        .filter(|l| l.contains("resource Commit of") && l.contains("scripted Commit failure"))
+        .count();
+    assert_eq!(
+        failures, 6,
+        "three failed commits at each of two participants"
+    );
+}
+
+/// A participant crashes while its commit keeps failing: its COMMITTED
+/// record was never written, so after the restart it is in doubt again,
+/// takes its locks back, learns COMMIT again and commits then.
+#[test]
+fn crash_while_a_commit_keeps_failing_recovers_and_commits_once() {
+    let mut w = late_failing_world(2);
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(1_000, |w| trace_has(w, "resource Commit of")));
+    w.crash(P0, KeepUnsynced::All);
+    w.run_for(50);
+    w.restart(P0);
+    assert_eq!(locked(&w, 0), vec!["acct-0".to_string()], "locks back");
+    settle(&mut w);
+    assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
+    assert_eq!(state(&w, 0, x), TxnState::Committed);
+    assert_transferred(&w, 10);
+    assert_no_locks(&w);
+}
+
+/// A vote ABORT elsewhere: the prepared branch's abort fails once, is
+/// retried, and only then releases the locks.
+#[test]
+fn failing_abort_is_retried_and_releases_the_locks_only_then() {
+    let mut w = late_failing_world(0);
+    // p1 has no account "nope": it votes ABORT; p0's prepared branch must
+    // be aborted through a failing abort.
+    let x = w.submit(vec![(0, vec![op("acct-0", -5)]), (1, vec![op("nope", 5)])]);
+    settle(&mut w);
+    assert_eq!(w.client_outcome(x), ClientOutcome::Aborted);
+    assert!(trace_has(&w, "scripted Abort failure 1 of 1"));
+    assert_eq!(state(&w, 0, x), TxnState::Aborted);
+    assert_transferred(&w, 0);
     assert_no_locks(&w);
 }
