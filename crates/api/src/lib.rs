@@ -10,18 +10,49 @@
 //!
 //! | kind | body | direction |
 //! |---|---|---|
-//! | [`KIND_PEER`] | a 2PC [`Message`] | coordinator ⇄ participant (and peer ⇄ peer) |
+//! | [`KIND_PEER`] | a [`PeerEnvelope`]: the sender's id and address, and a 2PC [`Message`] or a hello | coordinator ⇄ participant (and peer ⇄ peer) |
 //! | [`KIND_REQUEST`] | a client [`Request`] | client → coordinator or participant |
 //! | [`KIND_REPLY`] | a client [`Reply`] | coordinator or participant → client, on the connection the request came in on |
 //!
 //! Nothing in this crate may panic on bytes that came from the network.
 
 use concord_proto::codec::{decode, DecodeError};
-use concord_proto::{Message, TxnState, Xid};
+use concord_proto::{Message, NodeId, TxnState, Xid};
 use serde::{Deserialize, Serialize};
 
-/// A 2PC protocol message ([`Message`]).
+/// Between nodes: a [`PeerEnvelope`].
 pub const KIND_PEER: u8 = 1;
+
+/// What travels between nodes: who sent it, where it can be answered, and
+/// what it says. The protocol names nodes by id; `reply_to` is how each
+/// node's directory learns (and re-learns, after a move) where an id can
+/// be reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEnvelope {
+    /// The sender's id; equals `message.from` for a message.
+    pub from: NodeId,
+    /// The sender's address for answers (its advertised address).
+    pub reply_to: String,
+    /// The sender's incarnation (a participant's `Started` record, a
+    /// coordinator's epoch): a higher one means a later life, so a delayed
+    /// frame from an earlier life never moves the sender back to an address
+    /// it has left.
+    pub incarnation: u64,
+    pub body: PeerBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerBody {
+    /// A 2PC message.
+    Message(Message),
+    /// "I am `from`, at `reply_to`": sent by a node when it starts to the
+    /// peers it knows of (and again until it hears from each), so that a
+    /// node restarted on a new address is found again. Answered with
+    /// [`PeerBody::Welcome`]. Carries no protocol state.
+    Hello,
+    /// The answer to a hello; not answered.
+    Welcome,
+}
 /// A client request ([`Request`]).
 pub const KIND_REQUEST: u8 = 2;
 /// A reply to a client request ([`Reply`]).
@@ -340,8 +371,51 @@ pub struct PhaseEstimate {
     pub basis: String,
 }
 
-/// Decode a peer message body (a [`KIND_PEER`] frame).
-pub fn decode_peer(body: &[u8]) -> Result<Message, DecodeError> {
+/// A [`PeerBody`] by reference, for [`encode_peer`].
+#[derive(Clone, Copy, Debug)]
+pub enum PeerBodyRef<'a> {
+    Message(&'a Message),
+    Hello,
+    Welcome,
+}
+
+/// The body of a [`KIND_PEER`] frame from borrowed parts: the same bytes
+/// as encoding a [`PeerEnvelope`], without copying the message (this runs
+/// for every message a node sends).
+pub fn encode_peer(
+    from: &str,
+    reply_to: &str,
+    incarnation: u64,
+    message: PeerBodyRef<'_>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct EnvelopeRef<'a> {
+        from: &'a str,
+        reply_to: &'a str,
+        incarnation: u64,
+        body: BodyRef<'a>,
+    }
+    #[derive(Serialize)]
+    enum BodyRef<'a> {
+        Message(&'a Message),
+        Hello,
+        Welcome,
+    }
+    let body = match message {
+        PeerBodyRef::Message(message) => BodyRef::Message(message),
+        PeerBodyRef::Hello => BodyRef::Hello,
+        PeerBodyRef::Welcome => BodyRef::Welcome,
+    };
+    concord_proto::codec::encode(&EnvelopeRef {
+        from,
+        reply_to,
+        incarnation,
+        body,
+    })
+}
+
+/// Decode a peer frame's body (a [`KIND_PEER`] frame).
+pub fn decode_peer(body: &[u8]) -> Result<PeerEnvelope, DecodeError> {
     decode("peer message", body)
 }
 
@@ -376,5 +450,35 @@ mod tests {
             xid: Xid(9),
         };
         assert_eq!(decode_request(&encode(&request)).expect("decodes"), request);
+    }
+
+    #[test]
+    fn borrowed_peer_encoding_is_the_envelope_encoding() {
+        let message = Message {
+            xid: Xid(5),
+            epoch: 2,
+            from: "bank-a".into(),
+            body: concord_proto::Body::Ack,
+        };
+        for body in [
+            PeerBody::Message(message.clone()),
+            PeerBody::Hello,
+            PeerBody::Welcome,
+        ] {
+            let envelope = PeerEnvelope {
+                from: "bank-a".into(),
+                reply_to: "127.0.0.1:7101".into(),
+                incarnation: 300,
+                body: body.clone(),
+            };
+            let by_ref = match &body {
+                PeerBody::Message(m) => PeerBodyRef::Message(m),
+                PeerBody::Hello => PeerBodyRef::Hello,
+                PeerBody::Welcome => PeerBodyRef::Welcome,
+            };
+            let borrowed = encode_peer("bank-a", "127.0.0.1:7101", 300, by_ref);
+            assert_eq!(borrowed, encode(&envelope));
+            assert_eq!(decode_peer(&borrowed).expect("decodes"), envelope);
+        }
     }
 }

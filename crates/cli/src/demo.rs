@@ -119,6 +119,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
     let mut participants = Vec::new();
     for (name, addr) in &named {
         let args = participant_args(
+            name,
             addr,
             &root.join(name),
             options.accounts,
@@ -453,7 +454,9 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             ParticipantRecord::Finished { outcomes } => {
                 branches.outcome.extend(outcomes.iter().copied());
             }
-            ParticipantRecord::Resource { .. } => {}
+            ParticipantRecord::Resource { .. }
+            | ParticipantRecord::Peer { .. }
+            | ParticipantRecord::Started { .. } => {}
         }
         records.push(record);
     }

@@ -212,18 +212,28 @@ struct DemoArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on (host:port). It is also the coordinator's
-    /// protocol address: participants send votes, ACKs and INQUIREs there,
-    /// so use an address they can reach and keep it across restarts.
+    /// This coordinator's name: its id in the protocol (participants'
+    /// READY records name it). Keep it across restarts; the address may
+    /// change.
+    #[arg(long, value_name = "NAME", default_value = concord_server::coordinator::COORDINATOR_NAME_DEFAULT)]
+    name: String,
+    /// Address to listen on (host:port). Participants reach the coordinator
+    /// there unless --advertise says otherwise; it may change across
+    /// restarts (participants are told the new one when it starts).
     #[arg(long, value_name = "ADDR")]
     listen: String,
+    /// The address participants reach this coordinator at when it differs
+    /// from --listen (behind a proxy or NAT).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
     /// Directory of the coordinator's durable log (created if missing). A
     /// restart with the same directory recovers every transaction.
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
-    /// A participant as NAME=ADDR (repeat for each). ADDR must be exactly
-    /// the participant's own --listen address; clients name participants by
-    /// NAME.
+    /// A participant as NAME=ADDR (repeat for each). NAME is the
+    /// participant's --name, ADDR where to find it (its --listen or
+    /// --advertise); if it moves, it says so and is found at the new
+    /// address. Clients name participants by NAME.
     #[arg(long = "participant", value_name = "NAME=ADDR", value_parser = parse_participant, required = true)]
     participants: Vec<(String, String)>,
     /// Phase-1 timeout (a participant that has not voted within it makes
@@ -270,9 +280,13 @@ struct ServeArgs {
 
 #[derive(Args, Debug)]
 struct ParticipantArgs {
-    /// Address to listen on (host:port). It is also this participant's
-    /// protocol address: the coordinator's --participant NAME=ADDR must use
-    /// exactly this string.
+    /// This participant's name: its id in the protocol, the NAME of the
+    /// coordinator's --participant NAME=ADDR. Keep it across restarts; the
+    /// address may change.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Address to listen on (host:port); peers reach it there unless
+    /// --advertise says otherwise.
     #[arg(long, value_name = "ADDR")]
     listen: String,
     /// Directory of the participant's durable log (created if missing).
@@ -310,9 +324,8 @@ struct ParticipantArgs {
     /// sent only once the record is durable, either way.
     #[arg(long, default_value_t = concord_server::participant::OUTCOME_SYNC_DELAY_US_DEFAULT, value_name = "US")]
     outcome_sync_delay_us: u64,
-    /// This participant's protocol address when it differs from --listen
-    /// (behind a proxy or NAT): the coordinator's --participant NAME=ADDR
-    /// and every message's `from` use it.
+    /// The address peers reach this participant at when it differs from
+    /// --listen (behind a proxy or NAT); sent with every message.
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
     #[command(flatten)]
@@ -734,6 +747,11 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
 
 fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
+    config.node.id = args.name;
+    if let Some(advertise) = args.advertise {
+        config.node.addr = advertise.clone();
+        config.advertise = Some(advertise);
+    }
     config.node.prepare_timeout_ms = args.prepare_timeout_ms;
     config.node.prepare_timeout_ms_min = args.prepare_timeout_ms_min;
     config.node.prepare_timeout_ms_max = args.prepare_timeout_ms_max;
@@ -750,7 +768,7 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
 }
 
 fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
-    let mut config = ParticipantServerConfig::new(args.listen, args.data_dir);
+    let mut config = ParticipantServerConfig::new(args.name, args.listen, args.data_dir);
     config.seed = args.seed_accounts.zip(args.balance);
     config.node.inquire_ms_initial = args.inquire_ms_initial;
     config.node.inquire_ms_min = args.inquire_ms_min;

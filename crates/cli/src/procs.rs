@@ -120,6 +120,7 @@ pub(crate) fn strip_ansi(line: &str) -> String {
 /// its log in `dir` and `accounts` accounts of `balance` seeded on first
 /// start, then `extra` flags.
 pub(crate) fn participant_args(
+    name: &str,
     addr: &str,
     dir: &Path,
     accounts: usize,
@@ -128,6 +129,8 @@ pub(crate) fn participant_args(
 ) -> Vec<String> {
     let mut args: Vec<String> = [
         "participant",
+        "--name",
+        name,
         "--listen",
         addr,
         "--data-dir",

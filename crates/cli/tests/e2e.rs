@@ -371,18 +371,19 @@ async fn inquire_for_unknown_xid_answers_aborted() {
         let inquire = Message {
             xid,
             epoch: 1,
-            from: me.clone(),
+            from: "poser".into(),
             body: Body::Inquire,
         };
         let mut stream = tokio::net::TcpStream::connect(&cluster.coordinator.addr)
             .await
             .expect("connect");
-        let frame = wire::peer_frame(&inquire);
+        let frame = wire::peer_frame("poser", &me, 1, wire::PeerBodyRef::Message(&inquire));
         let mut bytes = bytes::BytesMut::new();
         concord_net::encode_frame(frame.kind, &frame.body, &mut bytes);
         stream.write_all(&bytes).await.expect("send INQUIRE");
 
-        // The answer comes on the coordinator's own connection to `from`.
+        // The answer comes on the coordinator's own connection to where
+        // "poser" said it is.
         let (mut incoming, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
             .await
             .expect("coordinator connects back in time")
@@ -394,9 +395,16 @@ async fn inquire_for_unknown_xid_answers_aborted() {
         let mut body = vec![0u8; len];
         incoming.read_exact(&mut body).await.expect("body");
         let answer = wire::decode_peer(&body).expect("a peer message");
-        assert_eq!(answer.xid, xid);
-        assert_eq!(answer.from, cluster.coordinator.addr);
-        assert_eq!(answer.body, Body::State(TxnState::Aborted));
+        assert_eq!(answer.from, "coordinator");
+        assert_eq!(answer.reply_to, cluster.coordinator.addr);
+        match answer.body {
+            wire::PeerBody::Message(m) => {
+                assert_eq!(m.xid, xid);
+                assert_eq!(m.from, "coordinator");
+                assert_eq!(m.body, Body::State(TxnState::Aborted));
+            }
+            other => panic!("expected the STATE answer, got {other:?}"),
+        }
     })
     .await;
 }

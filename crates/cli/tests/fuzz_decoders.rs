@@ -91,11 +91,23 @@ fn err<E: Display>(e: E) -> String {
     e.to_string()
 }
 
-fn peer_codec() -> Codec<Message> {
+fn peer_codec() -> Codec<wire::PeerEnvelope> {
     Codec {
         name: "decode_peer",
         decode: |b| wire::decode_peer(b).map_err(err),
-        encode: |m| wire::peer_frame(m).body.to_vec(),
+        encode: |e| {
+            wire::peer_frame(&e.from, &e.reply_to, e.incarnation, body_ref(&e.body))
+                .body
+                .to_vec()
+        },
+    }
+}
+
+fn body_ref(body: &wire::PeerBody) -> wire::PeerBodyRef<'_> {
+    match body {
+        wire::PeerBody::Message(m) => wire::PeerBodyRef::Message(m),
+        wire::PeerBody::Hello => wire::PeerBodyRef::Hello,
+        wire::PeerBody::Welcome => wire::PeerBodyRef::Welcome,
     }
 }
 
@@ -394,6 +406,22 @@ fn message() -> impl Strategy<Value = Message> {
     })
 }
 
+fn envelope() -> impl Strategy<Value = wire::PeerEnvelope> {
+    let body = prop_oneof![
+        4 => message().prop_map(wire::PeerBody::Message),
+        1 => Just(wire::PeerBody::Hello),
+        1 => Just(wire::PeerBody::Welcome),
+    ];
+    (text(), addr(), int(), body).prop_map(|(from, reply_to, incarnation, body)| {
+        wire::PeerEnvelope {
+            from,
+            reply_to,
+            incarnation,
+            body,
+        }
+    })
+}
+
 fn request() -> impl Strategy<Value = Request> {
     let branch =
         (text(), work()).prop_map(|(participant, work)| BranchRequest { participant, work });
@@ -564,6 +592,14 @@ fn coordinator_record() -> impl Strategy<Value = CoordinatorRecord> {
             }
         }),
         xid().prop_map(|xid| CoordinatorRecord::End { xid }),
+        (text(), addr(), int(), addr()).prop_map(|(id, addr, incarnation, configured)| {
+            CoordinatorRecord::Peer {
+                id,
+                addr,
+                incarnation,
+                configured,
+            }
+        }),
     ]
 }
 
@@ -596,6 +632,13 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
             prop::collection::vec(any::<u8>(), 0..64),
         ]
         .prop_map(|body| ParticipantRecord::Resource { body }),
+        (text(), addr(), int()).prop_map(|(id, addr, incarnation)| ParticipantRecord::Peer {
+            id,
+            addr,
+            incarnation
+        }),
+        (int(), addr())
+            .prop_map(|(incarnation, addr)| ParticipantRecord::Started { incarnation, addr }),
     ]
 }
 
@@ -721,7 +764,7 @@ proptest! {
     /// valid enum tag and more), so the fuzzing gets past the first byte.
     #[test]
     fn valid_prefix_then_noise_never_panics(
-        m in message(),
+        m in envelope(),
         q in request(),
         r in reply(),
         c in coordinator_record(),
@@ -747,10 +790,14 @@ proptest! {
     }
 
     #[test]
-    fn peer_messages_round_trip_then_mutations_never_panic(m in message(), mu in mutation()) {
+    fn peer_messages_round_trip_then_mutations_never_panic(m in envelope(), mu in mutation()) {
         round_trip_then_mutate(&peer_codec(), &m, &mu)?;
         // A PREPARE's work is what the key-value participant decodes next.
-        if let Body::Prepare { work, .. } = &m.body {
+        if let wire::PeerBody::Message(Message {
+            body: Body::Prepare { work, .. },
+            ..
+        }) = &m.body
+        {
             decode_any(&kv_work_codec(), &mu.apply(work))?;
         }
     }
@@ -783,8 +830,12 @@ proptest! {
     /// Frame bodies arrive through the frame codec: a value sent as a real
     /// frame comes out of `FrameCodec` with its kind and decodes to itself.
     #[test]
-    fn values_round_trip_through_real_frames(m in message(), q in request(), r in reply()) {
-        let frames = [wire::peer_frame(&m), wire::request_frame(&q), wire::reply_frame(&r)];
+    fn values_round_trip_through_real_frames(m in envelope(), q in request(), r in reply()) {
+        let frames = [
+            wire::peer_frame(&m.from, &m.reply_to, m.incarnation, body_ref(&m.body)),
+            wire::request_frame(&q),
+            wire::reply_frame(&r),
+        ];
         let mut buf = BytesMut::new();
         for f in &frames {
             encode_frame(f.kind, &f.body, &mut buf);
@@ -826,7 +877,10 @@ proptest! {
             ParticipantRecord::Resource { body } => {
                 decode_any(&kv_record_codec(), &mu.apply(body))?;
             }
-            ParticipantRecord::Outcome { .. } | ParticipantRecord::Finished { .. } => {}
+            ParticipantRecord::Outcome { .. }
+            | ParticipantRecord::Finished { .. }
+            | ParticipantRecord::Peer { .. }
+            | ParticipantRecord::Started { .. } => {}
         }
     }
 

@@ -767,6 +767,8 @@ fn contradictory_network_flags_are_refused_at_start_up() {
     );
     let output = common::run_cli(&[
         "participant",
+        "--name",
+        "p0",
         "--listen",
         &listen,
         "--data-dir",

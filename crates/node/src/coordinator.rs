@@ -14,18 +14,19 @@
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
-use crate::directory::{resolve_branches, Directory};
+use crate::directory::{resolve_branches, Directory, DirectoryEvent, Learnt, Opened};
+use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
-    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
-    TimeoutsReport, IN_FLIGHT_LISTED_MAX,
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, PeerEnvelope, Reply,
+    Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
 };
 use concord_proto::{
     Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
-    CoordinatorRecord, Decision, Durability, Epoch, Message, PeerAddr, PersistTicket, Time,
-    TimerKey, TxnOutcome, Xid,
+    CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Time, TimerKey,
+    TxnOutcome, Xid,
 };
 use std::collections::HashMap;
 
@@ -39,10 +40,15 @@ pub struct ClientId(pub u64);
 /// drawn configuration).
 #[derive(Clone, Debug)]
 pub struct CoordinatorNodeConfig {
-    /// This coordinator's protocol address.
-    pub addr: PeerAddr,
-    /// Participants by name: `(name, address)`.
-    pub participants: Vec<(String, PeerAddr)>,
+    /// This coordinator's id (`--name`): how participants' READY records
+    /// name it.
+    pub id: NodeId,
+    /// Where participants reach it (its advertised address): sent with
+    /// every frame, so participants follow it if it moves.
+    pub addr: String,
+    /// Participants: `(id, address)`; the address is where to find the
+    /// participant until it says otherwise.
+    pub participants: Vec<(NodeId, String)>,
     /// Phase-1 timeout until `timeout_samples_min` samples of a
     /// participant exist, and the bounds of the measured one.
     pub prepare_timeout_ms: u64,
@@ -71,11 +77,13 @@ impl CoordinatorNodeConfig {
     /// The defaults of `concord serve`. `xid_seed` must differ between
     /// instances and restarts (the server draws it from the OS).
     pub fn new(
-        addr: impl Into<PeerAddr>,
-        participants: Vec<(String, PeerAddr)>,
+        id: impl Into<NodeId>,
+        addr: impl Into<String>,
+        participants: Vec<(NodeId, String)>,
         xid_seed: u64,
     ) -> CoordinatorNodeConfig {
         CoordinatorNodeConfig {
+            id: id.into(),
             addr: addr.into(),
             participants,
             prepare_timeout_ms: 1000,
@@ -99,6 +107,9 @@ impl CoordinatorNodeConfig {
                 "no participants configured: give at least one --participant NAME=ADDR".into(),
             );
         }
+        if self.id.is_empty() {
+            return Err("--name must not be empty".into());
+        }
         for (i, (name, addr)) in self.participants.iter().enumerate() {
             if name.is_empty() || addr.is_empty() {
                 return Err(format!(
@@ -116,6 +127,11 @@ impl CoordinatorNodeConfig {
             if *addr == self.addr {
                 return Err(format!(
                     "participant {name:?} has the coordinator's own address {addr}"
+                ));
+            }
+            if *name == self.id {
+                return Err(format!(
+                    "participant {name:?} has the coordinator's own name (--name)"
                 ));
             }
         }
@@ -181,33 +197,32 @@ pub enum CoordinatorNodeAction {
         record: CoordinatorRecord,
         durability: Durability,
     },
+    /// Send `message` to node `to`, at `addr` (from the directory), in a
+    /// frame that names this node and its address.
     Send {
-        to: PeerAddr,
+        to: NodeId,
+        addr: String,
         message: Message,
     },
-    /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
-    SetTimer {
-        key: TimerKey,
-        at: Time,
+    /// Send node `to` (at `addr`) a frame that only says where this node
+    /// is now.
+    Greet {
+        to: NodeId,
+        addr: String,
+        greeting: Greeting,
     },
+    /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
+    SetTimer { key: TimerKey, at: Time },
     /// Send `reply` to the client request `client`. A final reply
     /// ([`Reply::is_final`]) is the last one for that request.
-    Reply {
-        client: ClientId,
-        reply: Reply,
-    },
+    Reply { client: ClientId, reply: Reply },
     /// Answer `Request::Stats`: the counters are the driver's own (log and
     /// network), so the driver fills them in.
-    Stats {
-        client: ClientId,
-        request_id: u64,
-    },
+    Stats { client: ClientId, request_id: u64 },
     /// Replace the whole log with `records` (atomically, after every record
     /// asked for before this action is written), then call
     /// `on_compacted`. A crash during it must leave the old log or the new.
-    Compact {
-        records: Vec<CoordinatorRecord>,
-    },
+    Compact { records: Vec<CoordinatorRecord> },
     /// Something that happened, for logs, metrics and timelines.
     Event(CoordinatorEvent),
 }
@@ -265,6 +280,8 @@ pub enum CoordinatorEvent {
     Compacting {
         records: usize,
     },
+    /// Peers that moved, messages with no address to go to.
+    Directory(DirectoryEvent),
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -284,12 +301,20 @@ pub struct CoordinatorCounters {
 struct Waiter {
     client: ClientId,
     request_id: u64,
-    participants: Vec<PeerAddr>,
+    participants: Vec<NodeId>,
 }
 
 pub struct CoordinatorNode {
     core: Coordinator,
     directory: Directory,
+    /// This coordinator's id and address.
+    id: NodeId,
+    addr: String,
+    /// Each configured participant's configured address (for `Peer`
+    /// records, which say which configuration they overrode).
+    configured: HashMap<NodeId, String>,
+    hellos: Hellos,
+    welcomes: Welcomes,
     timeouts: CoordinatorTimeouts,
     transactions_in_flight_max: usize,
     waiting: HashMap<Xid, Waiter>,
@@ -310,12 +335,38 @@ impl CoordinatorNode {
     /// are waiting in `drain_actions`.
     pub fn recover(
         config: CoordinatorNodeConfig,
-        records: impl IntoIterator<Item = CoordinatorRecord>,
+        records: Vec<CoordinatorRecord>,
         now: Time,
     ) -> CoordinatorNode {
+        // Where each participant was last heard from, while the
+        // configuration has not changed since.
+        let mut heard: HashMap<&str, (&str, u64, &str)> = HashMap::new();
+        for record in &records {
+            if let CoordinatorRecord::Peer {
+                id,
+                addr,
+                incarnation,
+                configured,
+            } = record
+            {
+                heard.insert(id, (addr, *incarnation, configured));
+            }
+        }
+        // Where this coordinator last started.
+        let last_addr = heard
+            .get(config.id.as_str())
+            .map(|(addr, _, _)| addr.to_string());
+        let mut directory = Directory::new(&config.participants);
+        for (id, configured) in &config.participants {
+            if let Some((addr, incarnation, was)) = heard.get(id.as_str()) {
+                if was == configured {
+                    directory.learn(id, addr, *incarnation);
+                }
+            }
+        }
         let mut core = Coordinator::recover(
             CoordinatorConfig {
-                addr: config.addr.clone(),
+                id: config.id.clone(),
                 resend_ms_initial: config.resend_ms_initial,
                 resend_ms_max: config.resend_ms_max,
             },
@@ -326,9 +377,33 @@ impl CoordinatorNode {
             core.take_recovered_outcomes(),
             config.recent_outcomes_max,
         );
+        // Moved since the last start: participants (which know the old
+        // address) hear where we are now, until each welcomes us.
+        let moved = last_addr.as_ref().is_some_and(|a| *a != config.addr);
+        let greet_now: Vec<NodeId> = if moved {
+            config
+                .participants
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (hellos, greet, hello_timer) = Hellos::start(
+            greet_now,
+            now,
+            config.resend_ms_initial,
+            config.resend_ms_max,
+            Some(HELLO_ROUNDS_MAX),
+        );
         let mut node = CoordinatorNode {
             core,
-            directory: Directory::new(&config.participants),
+            directory,
+            id: config.id.clone(),
+            addr: config.addr.clone(),
+            configured: config.participants.iter().cloned().collect(),
+            hellos,
+            welcomes: Welcomes::default(),
             timeouts: config.timeouts(),
             transactions_in_flight_max: config.transactions_in_flight_max,
             waiting: HashMap::new(),
@@ -342,6 +417,14 @@ impl CoordinatorNode {
         };
         node.pump();
         node.recovering = false;
+        if last_addr.as_deref() != Some(config.addr.as_str()) {
+            node.compaction.appended(1);
+            node.actions.push(CoordinatorNodeAction::Persist {
+                record: node.own_address_record(),
+                durability: Durability::Lazy,
+            });
+        }
+        node.greet(greet, Greeting::Hello, hello_timer);
         node
     }
 
@@ -350,6 +433,12 @@ impl CoordinatorNode {
     }
 
     pub fn epoch(&self) -> Epoch {
+        self.core.epoch()
+    }
+
+    /// What this node sends as its incarnation in every frame: its epoch,
+    /// one higher at every start.
+    pub fn incarnation(&self) -> u64 {
         self.core.epoch()
     }
 
@@ -414,10 +503,13 @@ impl CoordinatorNode {
                 );
             }
             Request::Timeouts { request_id } => {
-                let mut phases = self.timeouts.report(self.directory.participants());
-                for phase in &mut phases {
-                    phase.basis = self.directory.name_addresses(&phase.basis);
-                }
+                let labels: Vec<(String, NodeId)> = self
+                    .directory
+                    .configured()
+                    .iter()
+                    .map(|id| (self.directory.display_name(id), id.clone()))
+                    .collect();
+                let phases = self.timeouts.report(&labels);
                 let report = TimeoutsReport {
                     role: "coordinator".into(),
                     phases,
@@ -437,20 +529,98 @@ impl CoordinatorNode {
         }
     }
 
-    /// A message from a participant.
-    pub fn on_message(&mut self, now: Time, message: Message) {
-        self.core.on_message(now, message);
-        self.pump();
+    /// A frame from a peer: its sender's address goes into the directory
+    /// (a participant that moved is reached at its new address from now
+    /// on), then its message, if any, to the core.
+    pub fn on_peer(&mut self, now: Time, envelope: PeerEnvelope) {
+        // Anyone is learnt (within the directory's bound): an INQUIRE's
+        // answer goes to whoever asked.
+        let opened = self.directory.open(envelope);
+        if opened.learnt != Learnt::Stale {
+            if opened.welcome {
+                self.hellos.heard(&opened.from);
+            }
+            self.record_address(&opened);
+        }
+        if let Some(event) = opened.event {
+            self.push_event(CoordinatorEvent::Directory(event));
+        }
+        if let Some(message) = opened.message {
+            self.core.on_message(now, message);
+            self.pump();
+        }
+    }
+
+    /// Keep a configured participant's new address in the log (COMMITs
+    /// still owed to it must find it after a restart of ours), and answer
+    /// a hello. A hello from anywhere but the configured address is
+    /// welcomed only once its `Peer` record is durable: the participant
+    /// stops saying hello once welcomed, so we must not forget it then.
+    fn record_address(&mut self, opened: &Opened) {
+        let configured = self.configured.get(&opened.from).cloned();
+        let moved = matches!(opened.learnt, Learnt::Moved { .. });
+        let durability = match (&configured, opened.hello) {
+            (Some(c), true) if *c != opened.addr => {
+                let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
+                Durability::Forced(ticket)
+            }
+            (Some(_), false) if moved => Durability::Lazy,
+            _ => {
+                if opened.hello {
+                    self.actions.push(CoordinatorNodeAction::Greet {
+                        to: opened.from.clone(),
+                        addr: opened.addr.clone(),
+                        greeting: Greeting::Welcome,
+                    });
+                }
+                return;
+            }
+        };
+        self.compaction.appended(1);
+        self.actions.push(CoordinatorNodeAction::Persist {
+            record: CoordinatorRecord::Peer {
+                id: opened.from.clone(),
+                addr: opened.addr.clone(),
+                incarnation: opened.incarnation,
+                configured: configured.unwrap_or_default(),
+            },
+            durability,
+        });
     }
 
     /// A timer set with `SetTimer` is due.
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        if key == hello::hello_timer() {
+            let (greet, timer) = self.hellos.on_timer(now);
+            return self.greet(greet, Greeting::Hello, timer);
+        }
         self.core.on_timer(now, key);
         self.pump();
     }
 
+    fn greet(&mut self, peers: Vec<NodeId>, greeting: Greeting, timer: Option<(TimerKey, Time)>) {
+        for (to, addr) in hello::addressed(&self.directory, peers) {
+            self.actions
+                .push(CoordinatorNodeAction::Greet { to, addr, greeting });
+        }
+        if let Some((key, at)) = timer {
+            self.actions
+                .push(CoordinatorNodeAction::SetTimer { key, at });
+        }
+    }
+
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        if hello::is_node_ticket(ticket) {
+            if let Some((to, addr)) = self.welcomes.release(ticket) {
+                self.actions.push(CoordinatorNodeAction::Greet {
+                    to,
+                    addr,
+                    greeting: Greeting::Welcome,
+                });
+            }
+            return;
+        }
         self.core.on_durable(now, ticket);
         self.pump();
     }
@@ -481,7 +651,7 @@ impl CoordinatorNode {
             self.minter
                 .mint(|x| waiting.contains_key(&x) || recent.contains(x) || core.is_in_flight(x))
         };
-        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
+        let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
         // Largest measured timeout over the participants, or the client's.
         let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
         let timeout_ms = timeouts.prepare.timeout_ms;
@@ -531,7 +701,23 @@ impl CoordinatorNode {
         if !self.compaction.due() {
             return;
         }
-        let records = self.core.snapshot_records();
+        let mut records = self.core.snapshot_records();
+        records.push(self.own_address_record());
+        // In configured order: a snapshot must not depend on hashing.
+        for id in self.directory.configured() {
+            let Some(configured) = self.configured.get(id) else {
+                continue;
+            };
+            match self.directory.addr_of(id) {
+                Some(addr) if addr != configured => records.push(CoordinatorRecord::Peer {
+                    id: id.clone(),
+                    addr: addr.to_string(),
+                    incarnation: self.directory.incarnation_of(id).unwrap_or(0),
+                    configured: configured.clone(),
+                }),
+                _ => {}
+            }
+        }
         self.compaction.started(records.len() as u64);
         self.push_event(CoordinatorEvent::Compacting {
             records: records.len(),
@@ -552,9 +738,7 @@ impl CoordinatorNode {
                     self.actions
                         .push(CoordinatorNodeAction::Persist { record, durability })
                 }
-                CoordinatorAction::Send { to, message } => self
-                    .actions
-                    .push(CoordinatorNodeAction::Send { to, message }),
+                CoordinatorAction::Send { to, message } => self.send(to, message),
                 CoordinatorAction::SetTimer { key, at } => self
                     .actions
                     .push(CoordinatorNodeAction::SetTimer { key, at }),
@@ -570,9 +754,7 @@ impl CoordinatorNode {
         let waiter = self.waiting.remove(&xid);
         let outcome = match outcome {
             TxnOutcome::Committed => Outcome::Committed,
-            TxnOutcome::Aborted { reason } => Outcome::Aborted {
-                reason: self.directory.name_addresses(&reason),
-            },
+            TxnOutcome::Aborted { reason } => Outcome::Aborted { reason },
         };
         let (decision, reason) = match &outcome {
             Outcome::Committed => (Decision::Commit, None),
@@ -622,7 +804,6 @@ impl CoordinatorNode {
                 let basis = basis.unwrap_or_else(|| {
                     format!("{timeout_ms} ms (configured: recovered transaction)")
                 });
-                let basis = self.directory.name_addresses(&basis);
                 let waiting_for = waiting_for
                     .iter()
                     .map(|a| self.directory.display_name(a))
@@ -648,7 +829,6 @@ impl CoordinatorNode {
                         self.timeouts.finish(xid);
                     }
                 }
-                let reason = reason.map(|r| self.directory.name_addresses(&r));
                 self.push_event(CoordinatorEvent::Decided {
                     xid,
                     decision,
@@ -714,7 +894,7 @@ impl CoordinatorNode {
                     .iter()
                     .map(|b| BranchView {
                         name: self.directory.display_name(&b.participant),
-                        addr: b.participant.clone(),
+                        addr: self.addr_label(&b.participant),
                         voted_ready: Some(b.voted_ready),
                         acked: Some(b.acked),
                     })
@@ -757,19 +937,47 @@ impl CoordinatorNode {
                 .into(),
             branches: self
                 .directory
-                .participants()
+                .configured()
                 .iter()
-                .map(|(_, a)| self.branch_view(a))
+                .map(|id| self.branch_view(id))
                 .collect(),
         }
     }
 
-    fn branch_view(&self, addr: &PeerAddr) -> BranchView {
+    fn branch_view(&self, id: &NodeId) -> BranchView {
         BranchView {
-            name: self.directory.display_name(addr),
-            addr: addr.clone(),
+            name: self.directory.display_name(id),
+            addr: self.addr_label(id),
             voted_ready: None,
             acked: None,
+        }
+    }
+
+    /// The `Peer` record of this coordinator's own address.
+    fn own_address_record(&self) -> CoordinatorRecord {
+        CoordinatorRecord::Peer {
+            id: self.id.clone(),
+            addr: self.addr.clone(),
+            incarnation: self.core.epoch(),
+            configured: String::new(),
+        }
+    }
+
+    /// Where `id` is reached, for status.
+    fn addr_label(&self, id: &str) -> String {
+        self.directory
+            .addr_of(id)
+            .unwrap_or("(address unknown)")
+            .to_string()
+    }
+
+    /// A core message to node `to`, at its address in the directory.
+    fn send(&mut self, to: NodeId, message: Message) {
+        match self.directory.route(&to, &message) {
+            Ok(addr) => self
+                .actions
+                .push(CoordinatorNodeAction::Send { to, addr, message }),
+            Err(event) => self.push_event(CoordinatorEvent::Directory(event)),
         }
     }
 
@@ -796,6 +1004,7 @@ impl CoordinatorNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_api::PeerBody;
     use concord_participant::kv::{encode_work, KvOp};
     use concord_proto::{Body, Vote};
 
@@ -808,6 +1017,7 @@ mod tests {
             recent_outcomes_max: 100,
             compact_after_records: u64::MAX,
             ..CoordinatorNodeConfig::new(
+                "coord",
                 "127.0.0.1:7100",
                 vec![("bank-a".into(), A.into()), ("bank-b".into(), B.into())],
                 7,
@@ -858,23 +1068,29 @@ mod tests {
             [(ClientId(3), Reply::Begun { request_id: 9, xid })] => *xid,
             other => panic!("expected Begun first, got {other:?}"),
         };
-        let sends: Vec<&PeerAddr> = actions
+        let sends: Vec<(&str, &str)> = actions
             .iter()
             .filter_map(|a| match a {
-                CoordinatorNodeAction::Send { to, .. } => Some(to),
+                CoordinatorNodeAction::Send { to, addr, .. } => Some((to.as_str(), addr.as_str())),
                 _ => None,
             })
             .collect();
-        assert_eq!(sends, vec![&A.to_string(), &B.to_string()]);
+        assert_eq!(sends, vec![("bank-a", A), ("bank-b", B)]);
         let epoch = node.epoch();
-        for from in [A, B] {
-            node.on_message(
+        // bank-b answers from another address: it moved.
+        for (from, addr) in [("bank-a", A), ("bank-b", "127.0.0.1:9999")] {
+            node.on_peer(
                 Time(1000),
-                Message {
-                    xid,
-                    epoch,
+                PeerEnvelope {
                     from: from.into(),
-                    body: Body::Vote(Vote::Ready),
+                    reply_to: addr.into(),
+                    incarnation: 1,
+                    body: PeerBody::Message(Message {
+                        xid,
+                        epoch,
+                        from: from.into(),
+                        body: Body::Vote(Vote::Ready),
+                    }),
                 },
             );
         }
@@ -892,6 +1108,11 @@ mod tests {
             .expect("forced COMMIT record");
         node.on_durable(Time(2000), ticket);
         let actions: Vec<_> = node.drain_actions().collect();
+        // The COMMIT goes to where bank-b is now.
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            CoordinatorNodeAction::Send { to, addr, .. } if to == "bank-b" && addr == "127.0.0.1:9999"
+        )));
         assert_eq!(
             replies(&actions),
             vec![(
@@ -929,12 +1150,35 @@ mod tests {
     fn status_after_restart_comes_from_the_one_replay() {
         let records = vec![
             CoordinatorRecord::Epoch { epoch: 1 },
+            // The last life ran somewhere else.
+            CoordinatorRecord::Peer {
+                id: "coord".into(),
+                addr: "10.0.0.9:7100".into(),
+                incarnation: 1,
+                configured: String::new(),
+            },
             CoordinatorRecord::Begin {
                 xid: Xid(5),
-                participants: vec![A.into()],
+                participants: vec!["bank-a".into()],
             },
         ];
-        let node = CoordinatorNode::recover(config(), records, Time(0));
+        let mut node = CoordinatorNode::recover(config(), records.clone(), Time(0));
+        // It moved: every configured participant hears where it is now.
+        let hellos: Vec<(String, String)> = node
+            .drain_actions()
+            .filter_map(|a| match a {
+                CoordinatorNodeAction::Greet {
+                    to,
+                    addr,
+                    greeting: Greeting::Hello,
+                } => Some((to, addr)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            hellos,
+            vec![("bank-a".into(), A.into()), ("bank-b".into(), B.into())]
+        );
         let status = node.status(Time(0), Xid(5));
         assert_eq!(status.state, CoordinatorState::Aborted);
         assert!(
@@ -943,5 +1187,17 @@ mod tests {
             status.detail
         );
         assert_eq!(node.epoch(), 2);
+        // Started where it ran last time: no hellos.
+        let mut same = records;
+        same[1] = CoordinatorRecord::Peer {
+            id: "coord".into(),
+            addr: "127.0.0.1:7100".into(),
+            incarnation: 1,
+            configured: String::new(),
+        };
+        let mut node = CoordinatorNode::recover(config(), same, Time(0));
+        assert!(!node
+            .drain_actions()
+            .any(|a| matches!(a, CoordinatorNodeAction::Greet { .. })));
     }
 }

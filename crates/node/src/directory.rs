@@ -1,91 +1,250 @@
-//! The directory (participant names for humans and configuration ↔ the
-//! addresses the protocol uses) and branch resolution: a client names
-//! participants, the core takes one branch per participant address, so
-//! branches naming the same participant are merged here.
+//! The directory: node ids (the stable names the protocol uses) ↔ the
+//! addresses where those nodes can be reached now, and branch resolution
+//! (a client names participants; the core takes one branch per participant
+//! id, so branches naming the same participant are merged here).
+//!
+//! Addresses come from configuration (the coordinator's `--participant
+//! NAME=ADDR`) and are learnt from every peer frame (its `reply_to`), so a
+//! node that restarted on another address is found again as soon as it has
+//! sent anything, a hello included. Every frame carries its sender's
+//! incarnation: an address heard from a later life replaces one from an
+//! earlier life, never the other way round (a frame delayed in the network
+//! from before a restart must not send us back to an address the node has
+//! left); within one life the latest heard wins.
 
-use concord_api::BranchRequest;
+use concord_api::{BranchRequest, PeerBody, PeerEnvelope};
 use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
-use concord_proto::PeerAddr;
+use concord_proto::mutant::{self, Mutant};
+use concord_proto::{Message, NodeId, Xid};
 use std::collections::HashMap;
 
-/// Participants by name for humans, by address inside the protocol.
+/// Most ids a directory learns beyond its configured ones: any peer can
+/// send a frame with any id, so what is learnt must be bounded.
+pub const LEARNT_MAX: usize = 4096;
+
+/// What learning one frame's sender changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Learnt {
+    /// Already known at this address.
+    Same,
+    /// First heard of (or learnt again after the bound was reached).
+    New,
+    /// Known at another address before: it moved.
+    Moved { from: String },
+    /// Not learnt: the frame is from an earlier life than the address
+    /// known (a frame delayed from before a restart).
+    Stale,
+    /// Not learnt: the directory is full of learnt ids.
+    Full,
+}
+
+/// What a node's directory noticed, for logs, metrics and timelines (the
+/// same for both nodes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectoryEvent {
+    /// A peer was heard from at another address than before: it is reached
+    /// there from now on.
+    PeerMoved {
+        id: NodeId,
+        from: String,
+        to: String,
+    },
+    /// A message for a node whose address is unknown was not sent (timers
+    /// resend what matters).
+    NoAddress {
+        to: NodeId,
+        xid: Xid,
+        kind: &'static str,
+    },
+    /// A frame whose sender id differs from its message's `from`: dropped.
+    Misaddressed {
+        from: NodeId,
+        claimed: NodeId,
+        xid: Xid,
+    },
+}
+
+/// A peer frame, opened: what learning its sender changed, and its message
+/// if the core should see one.
+pub struct Opened {
+    pub from: NodeId,
+    pub addr: String,
+    pub incarnation: u64,
+    pub learnt: Learnt,
+    pub message: Option<Message>,
+    /// The frame was a hello: answer it with a welcome (to `addr`).
+    pub hello: bool,
+    /// The frame was a welcome: its sender has our address durably.
+    pub welcome: bool,
+    pub event: Option<DirectoryEvent>,
+}
+
+/// Node ids ↔ addresses.
 pub struct Directory {
-    participants: Vec<(String, PeerAddr)>,
-    by_name: HashMap<String, PeerAddr>,
-    by_addr: HashMap<PeerAddr, String>,
+    /// Configured participants' ids, in configured order.
+    configured: Vec<NodeId>,
+    /// Address and the incarnation it was heard from (0: configured).
+    addrs: HashMap<NodeId, (String, u64)>,
 }
 
 impl Directory {
-    pub fn new(participants: &[(String, PeerAddr)]) -> Directory {
+    /// A directory of configured `(id, address)` pairs.
+    pub fn new(configured: &[(NodeId, String)]) -> Directory {
         Directory {
-            participants: participants.to_vec(),
-            by_name: participants.iter().cloned().collect(),
-            by_addr: participants
+            configured: configured.iter().map(|(id, _)| id.clone()).collect(),
+            addrs: configured
                 .iter()
-                .map(|(n, a)| (a.clone(), n.clone()))
+                .map(|(id, addr)| (id.clone(), (addr.clone(), 0)))
                 .collect(),
         }
     }
 
-    /// A participant's address from its name (or its address).
-    pub fn resolve(&self, participant: &str) -> Result<PeerAddr, String> {
-        if let Some(addr) = self.by_name.get(participant) {
-            return Ok(addr.clone());
-        }
-        if self.by_addr.contains_key(participant) {
+    /// A configured participant's id from its id or its address as the
+    /// client gave it.
+    pub fn resolve(&self, participant: &str) -> Result<NodeId, String> {
+        if self.configured.iter().any(|id| id == participant) {
             return Ok(participant.to_string());
+        }
+        if let Some(id) = self
+            .configured
+            .iter()
+            .find(|id| self.addr_of(id) == Some(participant))
+        {
+            return Ok(id.clone());
         }
         Err(format!(
             "unknown participant {participant} (known: {})",
-            self.participants
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.configured.join(", ")
         ))
     }
 
-    /// "name (addr)" for logs and status; the bare address if unnamed.
-    pub fn display_name(&self, addr: &PeerAddr) -> String {
-        match self.by_addr.get(addr) {
-            Some(name) => format!("{name} ({addr})"),
-            None => addr.clone(),
-        }
+    /// Where `id` can be reached now, if known.
+    pub fn addr_of(&self, id: &str) -> Option<&str> {
+        self.addrs.get(id).map(|(addr, _)| addr.as_str())
     }
 
-    /// Replace participant addresses in a core message with "name (addr)".
-    pub fn name_addresses(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len() + 16);
-        let mut token = String::new();
-        for c in text.chars().chain(std::iter::once(' ')) {
-            if c == ' ' || c == ',' {
-                match self.by_addr.get(&token) {
-                    Some(name) => out.push_str(&format!("{name} ({token})")),
-                    None => out.push_str(&token),
-                }
-                token.clear();
-                out.push(c);
-            } else {
-                token.push(c);
+    /// `id`, in its life `incarnation`, was heard from at `addr`: remember
+    /// it (bounded, see [`LEARNT_MAX`]) unless what we know is from a later
+    /// life.
+    pub fn learn(&mut self, id: &str, addr: &str, incarnation: u64) -> Learnt {
+        let full = self.addrs.len() >= self.configured.len() + LEARNT_MAX;
+        match self.addrs.get_mut(id) {
+            Some((_, known)) if incarnation < *known => Learnt::Stale,
+            Some((known, life))
+                if known == addr || mutant::active(Mutant::DirectoryIgnoresMoves) =>
+            {
+                *life = incarnation;
+                Learnt::Same
+            }
+            Some((known, life)) => {
+                *life = incarnation;
+                let from = std::mem::replace(known, addr.to_string());
+                Learnt::Moved { from }
+            }
+            None if full => Learnt::Full,
+            None => {
+                self.addrs
+                    .insert(id.to_string(), (addr.to_string(), incarnation));
+                Learnt::New
             }
         }
-        out.pop(); // the sentinel space
-        out
     }
 
-    /// Every configured participant, (name, address), in configured order.
-    pub fn participants(&self) -> &[(String, PeerAddr)] {
-        &self.participants
+    /// The incarnation `id`'s address was heard from (0: configured).
+    pub fn incarnation_of(&self, id: &str) -> Option<u64> {
+        self.addrs.get(id).map(|(_, life)| *life)
+    }
+
+    /// Learn a frame's sender (its `reply_to` is where it is now), and
+    /// check that its message, if any, is from the node the frame names.
+    pub fn open(&mut self, envelope: PeerEnvelope) -> Opened {
+        let PeerEnvelope {
+            from,
+            reply_to,
+            incarnation,
+            body,
+        } = envelope;
+        let learnt = self.learn(&from, &reply_to, incarnation);
+        let mut event = match &learnt {
+            Learnt::Moved { from: old } => Some(DirectoryEvent::PeerMoved {
+                id: from.clone(),
+                from: old.clone(),
+                to: reply_to.clone(),
+            }),
+            _ => None,
+        };
+        let hello = matches!(body, PeerBody::Hello);
+        let welcome = matches!(body, PeerBody::Welcome);
+        let message = match body {
+            PeerBody::Hello | PeerBody::Welcome => None,
+            PeerBody::Message(message) if message.from != from => {
+                event = Some(DirectoryEvent::Misaddressed {
+                    from: from.clone(),
+                    claimed: message.from,
+                    xid: message.xid,
+                });
+                None
+            }
+            PeerBody::Message(message) => Some(message),
+        };
+        Opened {
+            from,
+            addr: reply_to,
+            incarnation,
+            learnt,
+            message,
+            hello,
+            welcome,
+            event,
+        }
+    }
+
+    /// Where a message to `to` goes, or the event that says it cannot.
+    pub fn route(&self, to: &str, message: &Message) -> Result<String, DirectoryEvent> {
+        self.addr_of(to)
+            .map(str::to_string)
+            .ok_or_else(|| DirectoryEvent::NoAddress {
+                to: to.to_string(),
+                xid: message.xid,
+                kind: message.kind(),
+            })
+    }
+
+    /// "id (address)" for logs and status; the bare id if its address is
+    /// unknown.
+    pub fn display_name(&self, id: &str) -> String {
+        match self.addr_of(id) {
+            Some(addr) => format!("{id} ({addr})"),
+            None => id.to_string(),
+        }
+    }
+
+    /// Every configured participant's id, in configured order.
+    pub fn configured(&self) -> &[NodeId] {
+        &self.configured
+    }
+
+    /// Every (id, address, incarnation) known, sorted by id (configured
+    /// and learnt).
+    pub fn entries(&self) -> Vec<(NodeId, String, u64)> {
+        let mut entries: Vec<(NodeId, String, u64)> = self
+            .addrs
+            .iter()
+            .map(|(id, (addr, life))| (id.clone(), addr.clone(), *life))
+            .collect();
+        entries.sort();
+        entries
     }
 }
-/// Names (or addresses) to protocol addresses, merging branches that
-/// name the same participant (the core takes one branch per
+
+/// Names (or addresses) of configured participants to their ids, merging
+/// branches that name the same participant (the core takes one branch per
 /// participant).
 pub fn resolve_branches(
     directory: &Directory,
     branches: Vec<BranchRequest>,
-) -> Result<Vec<(PeerAddr, Vec<u8>)>, String> {
-    let mut resolved: Vec<(PeerAddr, Vec<Vec<u8>>)> = Vec::new();
+) -> Result<Vec<(NodeId, Vec<u8>)>, String> {
+    let mut resolved: Vec<(NodeId, Vec<Vec<u8>>)> = Vec::new();
     for branch in branches {
         let addr = directory.resolve(&branch.participant)?;
         match resolved.iter_mut().find(|(a, _)| *a == addr) {
@@ -162,7 +321,7 @@ mod tests {
         )
         .expect("resolves");
         assert_eq!(resolved.len(), 2);
-        assert_eq!(resolved[0].0, "127.0.0.1:7101");
+        assert_eq!(resolved[0].0, "bank-a");
         let ops = decode_work(&resolved[0].1).expect("kv work");
         assert_eq!(
             ops.iter().map(|o| o.account.as_str()).collect::<Vec<_>>(),
@@ -181,15 +340,30 @@ mod tests {
     }
 
     #[test]
-    fn addresses_in_reasons_get_names_exactly() {
-        let d = directory();
+    fn learning_remembers_moves_and_is_bounded() {
+        let mut d = directory();
+        assert_eq!(d.learn("bank-a", "127.0.0.1:7101", 1), Learnt::Same);
         assert_eq!(
-            d.name_addresses("no vote within 300 ms from 127.0.0.1:7101, 127.0.0.1:710"),
-            "no vote within 300 ms from bank-a (127.0.0.1:7101), bank-b (127.0.0.1:710)"
+            d.learn("bank-a", "127.0.0.1:9000", 2),
+            Learnt::Moved {
+                from: "127.0.0.1:7101".into()
+            }
         );
-        assert_eq!(
-            d.name_addresses("participant 127.0.0.1:71011 voted ABORT"),
-            "participant 127.0.0.1:71011 voted ABORT"
-        );
+        assert_eq!(d.addr_of("bank-a"), Some("127.0.0.1:9000"));
+        // A frame delayed from the earlier life does not move it back.
+        assert_eq!(d.learn("bank-a", "127.0.0.1:7101", 1), Learnt::Stale);
+        assert_eq!(d.addr_of("bank-a"), Some("127.0.0.1:9000"));
+        assert_eq!(d.display_name("bank-a"), "bank-a (127.0.0.1:9000)");
+        // A client may still name it by the address it now has.
+        assert_eq!(d.resolve("127.0.0.1:9000"), Ok("bank-a".to_string()));
+        for i in 0..LEARNT_MAX {
+            assert_eq!(d.learn(&format!("peer-{i}"), "x:1", 1), Learnt::New);
+        }
+        assert_eq!(d.learn("one-too-many", "x:1", 1), Learnt::Full);
+        assert_eq!(d.addr_of("one-too-many"), None);
+        // Known ids still move when the directory is full.
+        assert!(matches!(d.learn("bank-b", "y:2", 1), Learnt::Moved { .. }));
+        // Learnt ids are not participants a client may name.
+        assert!(d.resolve("peer-1").is_err());
     }
 }

@@ -20,6 +20,7 @@
 pub mod compaction;
 pub mod coordinator;
 pub mod directory;
+pub mod hello;
 pub mod latency;
 pub mod participant;
 pub mod recent;

@@ -10,22 +10,29 @@
 //! drive this type. It must never touch a socket, a file or the clock.
 
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
+use crate::directory::{Directory, DirectoryEvent, Learnt, LEARNT_MAX};
+use crate::hello::{self, Greeting, Hellos, Welcomes};
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
-use concord_api::{AccountsReport, Reply, Request, TimeoutsReport};
+use concord_api::{AccountsReport, PeerEnvelope, Reply, Request, TimeoutsReport};
 use concord_participant::kv::{KvStore, KvView};
 use concord_participant::{ParticipantNode, Resource, ResourceOp};
 use concord_proto::{
-    Body, Decision, Durability, Message, ParticipantAction, ParticipantConfig, ParticipantNotice,
-    ParticipantRecord, PeerAddr, PersistTicket, Time, TimerKey, Vote, Xid,
+    Body, Decision, Durability, Message, NodeId, ParticipantAction, ParticipantConfig,
+    ParticipantNotice, ParticipantRecord, PersistTicket, Time, TimerKey, Vote, Xid,
 };
+use std::collections::BTreeSet;
 
 pub use crate::coordinator::ClientId;
 
 /// Settings of a participant node.
 #[derive(Clone, Debug)]
 pub struct ParticipantNodeConfig {
-    /// This participant's protocol address.
-    pub addr: PeerAddr,
+    /// This participant's id (`--name`): the name the coordinator knows
+    /// it by (`--participant NAME=ADDR`).
+    pub id: NodeId,
+    /// Where peers reach it (its advertised address), sent with every
+    /// frame.
+    pub addr: String,
     /// Delay past the PREPARE deadline before the first INQUIRE until
     /// measured, and its bounds; INQUIREs double up to `inquire_ms_max`.
     pub inquire_ms_initial: u64,
@@ -45,8 +52,9 @@ pub struct ParticipantNodeConfig {
 
 impl ParticipantNodeConfig {
     /// The defaults of `concord participant`.
-    pub fn new(addr: impl Into<PeerAddr>) -> ParticipantNodeConfig {
+    pub fn new(id: impl Into<NodeId>, addr: impl Into<String>) -> ParticipantNodeConfig {
         ParticipantNodeConfig {
+            id: id.into(),
             addr: addr.into(),
             inquire_ms_initial: 200,
             inquire_ms_min: 10,
@@ -61,6 +69,9 @@ impl ParticipantNodeConfig {
 
     /// Refuse settings that contradict each other, naming the flags.
     pub fn validate(&self) -> Result<(), String> {
+        if self.id.is_empty() {
+            return Err("--name must not be empty".into());
+        }
         if self.inquire_ms_initial == 0 {
             return Err("--inquire-ms-initial must be at least 1 ms".into());
         }
@@ -100,9 +111,18 @@ pub enum ParticipantNodeAction {
         durability: Durability,
         deferrable: bool,
     },
+    /// Send `message` to node `to` at `addr` (from the directory).
     Send {
-        to: PeerAddr,
+        to: NodeId,
+        addr: String,
         message: Message,
+    },
+    /// Send node `to` (at `addr`) a frame that only says where this node
+    /// is now.
+    Greet {
+        to: NodeId,
+        addr: String,
+        greeting: Greeting,
     },
     SetTimer {
         key: TimerKey,
@@ -141,6 +161,8 @@ pub enum ParticipantEvent {
     },
     /// A compaction started: the log is rewritten with `records` records.
     Compacting { records: usize },
+    /// Peers that moved, messages with no address to go to.
+    Directory(DirectoryEvent),
     /// Anything else the core noticed (an outcome, an ignored message, a
     /// violation, recovery), as the core said it.
     Core(ParticipantNotice),
@@ -157,11 +179,41 @@ pub struct ParticipantCounters {
     pub apply_failures: u64,
 }
 
+/// The record a driver must make durable before it starts the node at
+/// `addr` on `records` (and append to them): the next incarnation. Forced
+/// before anything is sent, so no two lives share a number.
+pub fn started_record(records: &[ParticipantRecord], addr: &str) -> ParticipantRecord {
+    let last = records
+        .iter()
+        .filter_map(|r| match r {
+            ParticipantRecord::Started { incarnation, .. } => Some(*incarnation),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    ParticipantRecord::Started {
+        incarnation: last + 1,
+        addr: addr.to_string(),
+    }
+}
+
 /// Generic over the resource so that tests and the simulator can run the
 /// same node over a resource that answers late ([`Resource`]); it must
 /// hold key-value accounts ([`KvView`]) for the `accounts` request.
 pub struct ParticipantServerNode<R: Resource = KvStore> {
     node: ParticipantNode<R>,
+    /// Coordinators (and peers) by id: learnt from frames, kept in the log
+    /// as `Peer` records.
+    directory: Directory,
+    /// This node's life, from its last `Started` record.
+    incarnation: u64,
+    /// Where it is (its advertised address).
+    addr: String,
+    /// Peers that acted as a coordinator (sent a PREPARE or a decision):
+    /// their addresses are kept in the log and greeted at start.
+    coordinators: BTreeSet<NodeId>,
+    hellos: Hellos,
+    welcomes: Welcomes,
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
     compaction: CompactionPolicy,
@@ -172,13 +224,38 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
 
 impl<R: Resource + KvView> ParticipantServerNode<R> {
     /// Rebuild from the log: `resource` must already reflect the committed
-    /// history (`KvStore::replay` of the same records).
+    /// history (`KvStore::replay` of the same records). Every peer in the
+    /// log's directory hears where this node is now.
     pub fn recover(
         config: ParticipantNodeConfig,
-        records: impl IntoIterator<Item = ParticipantRecord>,
+        records: Vec<ParticipantRecord>,
         resource: R,
         now: Time,
     ) -> ParticipantServerNode<R> {
+        let mut directory = Directory::new(&[]);
+        let mut incarnation = 0;
+        // Where the last two lives started: this one's (the driver wrote
+        // it) and the one before.
+        let mut started_at: [Option<&str>; 2] = [None, None];
+        for record in &records {
+            match record {
+                ParticipantRecord::Peer {
+                    id,
+                    addr,
+                    incarnation,
+                } => {
+                    directory.learn(id, addr, *incarnation);
+                }
+                ParticipantRecord::Started {
+                    incarnation: n,
+                    addr,
+                } => {
+                    incarnation = incarnation.max(*n);
+                    started_at = [started_at[1], Some(addr)];
+                }
+                _ => {}
+            }
+        }
         let timeouts = ParticipantTimeouts::new(PhaseSettings {
             min_ms: config.inquire_ms_min,
             max_ms: config.inquire_ms_max,
@@ -189,8 +266,28 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             flag: "--inquire-ms",
             default_flag: "--inquire-ms-initial",
         });
+        // Moved since the last life: the coordinators this node has heard
+        // from hear where it is now, until each welcomes it.
+        let moved = matches!(started_at, [Some(before), Some(now)] if before != now);
+        let coordinators: BTreeSet<NodeId> = directory
+            .entries()
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
+        let greet_now: Vec<NodeId> = if moved {
+            coordinators.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let (hellos, greet, hello_timer) = Hellos::start(
+            greet_now,
+            now,
+            config.inquire_ms_initial,
+            config.inquire_ms_max,
+            None,
+        );
         let core_config = ParticipantConfig {
-            addr: config.addr,
+            id: config.id,
             inquire_ms_initial: config.inquire_ms_initial,
             inquire_ms_max: config.inquire_ms_max,
             finished_max: config.finished_max,
@@ -199,14 +296,108 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         };
         let mut node = ParticipantServerNode {
             node: ParticipantNode::recover(core_config, records, resource, now),
+            directory,
+            incarnation,
+            addr: config.addr.clone(),
+            coordinators,
+            hellos,
+            welcomes: Welcomes::default(),
             timeouts,
             counters: ParticipantCounters::default(),
             compaction: CompactionPolicy::new(config.compact_after_records),
             core_actions: Vec::new(),
             actions: Vec::new(),
         };
+        node.greet(greet, hello_timer);
         node.pump();
         node
+    }
+
+    fn greet(&mut self, peers: Vec<NodeId>, timer: Option<(TimerKey, Time)>) {
+        for (to, addr) in hello::addressed(&self.directory, peers) {
+            self.actions.push(ParticipantNodeAction::Greet {
+                to,
+                addr,
+                greeting: Greeting::Hello,
+            });
+        }
+        if let Some((key, at)) = timer {
+            self.actions
+                .push(ParticipantNodeAction::SetTimer { key, at });
+        }
+    }
+
+    /// A frame from a peer: its sender's address goes into the directory
+    /// (and, if new or moved, into the log), then its message to the core.
+    pub fn on_peer(&mut self, now: Time, envelope: PeerEnvelope) {
+        let opened = self.directory.open(envelope);
+        let learnt = !matches!(opened.learnt, Learnt::Stale | Learnt::Full);
+        if learnt && opened.welcome {
+            self.hellos.heard(&opened.from);
+        }
+        // Coordinators (whoever sends a PREPARE or a decision) are the
+        // peers whose addresses are kept in the log and greeted at start:
+        // an in-doubt branch must reach its coordinator after a restart.
+        // Other peers (a participant asking for our state) are answered
+        // from memory.
+        let coordinator_role = matches!(
+            opened.message.as_ref().map(|m| &m.body),
+            Some(Body::Prepare { .. } | Body::Decision(_))
+        );
+        // A stale frame still shows who is a coordinator.
+        let new_coordinator = coordinator_role
+            && self.coordinators.len() < LEARNT_MAX
+            && self.coordinators.insert(opened.from.clone());
+        let is_coordinator = self.coordinators.contains(&opened.from);
+        if opened.hello && !is_coordinator {
+            self.actions.push(ParticipantNodeAction::Greet {
+                to: opened.from.clone(),
+                addr: opened.addr.clone(),
+                greeting: Greeting::Welcome,
+            });
+        }
+        // A coordinator's new address goes into the log; its hello is
+        // welcomed only once the address it came from is durable (it stops
+        // saying hello then, so it must not be forgotten by a crash of
+        // ours).
+        let durability = if !is_coordinator {
+            None
+        } else if opened.hello && learnt {
+            let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
+            Some(Durability::Forced(ticket))
+        } else if new_coordinator
+            || (learnt && matches!(opened.learnt, Learnt::New | Learnt::Moved { .. }))
+        {
+            Some(Durability::Lazy)
+        } else {
+            None
+        };
+        // What the directory holds now: a stale frame's address is not it.
+        let known = self.directory.addr_of(&opened.from).map(str::to_string);
+        if let (Some(durability), Some(addr)) = (durability, known) {
+            let incarnation = self.directory.incarnation_of(&opened.from).unwrap_or(0);
+            self.compaction.appended(1);
+            self.actions.push(ParticipantNodeAction::Persist {
+                record: ParticipantRecord::Peer {
+                    id: opened.from.clone(),
+                    addr,
+                    incarnation,
+                },
+                durability,
+                deferrable: false,
+            });
+        }
+        if let Some(event) = opened.event {
+            self.push_event(ParticipantEvent::Directory(event));
+        }
+        if let Some(message) = opened.message {
+            self.on_message(now, message);
+        }
+    }
+
+    /// What this node sends as its incarnation in every frame.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The protocol core and its resource.
@@ -231,7 +422,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         self.actions.drain(..)
     }
 
-    pub fn on_message(&mut self, now: Time, message: Message) {
+    fn on_message(&mut self, now: Time, message: Message) {
         if let Body::Prepare { deadline_ms, .. } = &message.body {
             let chosen = self
                 .timeouts
@@ -246,11 +437,25 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     }
 
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        if key == hello::hello_timer() {
+            let (greet, timer) = self.hellos.on_timer(now);
+            return self.greet(greet, timer);
+        }
         self.node.on_timer(now, key);
         self.pump();
     }
 
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        if hello::is_node_ticket(ticket) {
+            if let Some((to, addr)) = self.welcomes.release(ticket) {
+                self.actions.push(ParticipantNodeAction::Greet {
+                    to,
+                    addr,
+                    greeting: Greeting::Welcome,
+                });
+            }
+            return;
+        }
         self.node.on_durable(now, ticket);
         self.pump();
     }
@@ -324,7 +529,23 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         if !self.compaction.due() {
             return;
         }
-        let records = self.node.snapshot_records();
+        let mut records = self.node.snapshot_records();
+        records.push(ParticipantRecord::Started {
+            incarnation: self.incarnation,
+            addr: self.addr.clone(),
+        });
+        // Only coordinators' addresses are kept (see `coordinators`).
+        records.extend(
+            self.directory
+                .entries()
+                .into_iter()
+                .filter(|(id, _, _)| self.coordinators.contains(id))
+                .map(|(id, addr, incarnation)| ParticipantRecord::Peer {
+                    id,
+                    addr,
+                    incarnation,
+                }),
+        );
         // Weigh the snapshot by what it holds, not by its record count: one
         // `Finished` record carries every remembered outcome.
         let entries: usize = records
@@ -362,8 +583,13 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                         // It voted ABORT: no decision will follow to wait for.
                         self.timeouts.finish(message.xid);
                     }
-                    self.actions
-                        .push(ParticipantNodeAction::Send { to, message });
+                    match self.directory.route(&to, &message) {
+                        Ok(addr) => {
+                            self.actions
+                                .push(ParticipantNodeAction::Send { to, addr, message })
+                        }
+                        Err(event) => self.push_event(ParticipantEvent::Directory(event)),
+                    }
                 }
                 ParticipantAction::SetTimer { key, at } => self
                     .actions

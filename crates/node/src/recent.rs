@@ -3,7 +3,7 @@
 //! after a restart. Filled from what the core's recovery found, never by
 //! replaying the log a second time.
 
-use concord_proto::{Decision, PeerAddr, RecoveredOutcome, Xid};
+use concord_proto::{Decision, NodeId, RecoveredOutcome, Xid};
 use std::collections::{HashMap, VecDeque};
 
 /// Outcome of a finished (or deciding) transaction, kept for `status`.
@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 pub struct RecentTxn {
     pub decision: Decision,
     pub reason: Option<String>,
-    pub participants: Vec<PeerAddr>,
+    pub participants: Vec<NodeId>,
     pub ended: bool,
 }
 
@@ -117,7 +117,7 @@ mod tests {
         // The log is replayed once, by the core's recovery.
         let mut core = concord_proto::Coordinator::recover(
             concord_proto::CoordinatorConfig {
-                addr: "c".into(),
+                id: "c".into(),
                 resend_ms_initial: 10,
                 resend_ms_max: 100,
             },

@@ -53,7 +53,7 @@
 
 use crate::latency::PhaseLatency;
 pub use concord_api::PhaseEstimate;
-use concord_proto::{LatencyPhase, PeerAddr, Time, Xid};
+use concord_proto::{LatencyPhase, NodeId, Time, Xid};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -116,7 +116,7 @@ pub struct TimeoutChoice {
     pub timeout_ms: u64,
     pub phase: &'static str,
     /// The peer whose estimate set it (the largest, for a max over peers).
-    pub peer: Option<PeerAddr>,
+    pub peer: Option<NodeId>,
     pub basis: Basis,
     pub backoff_level: u32,
     /// `Some("min")`/`Some("max")` when a bound limited it.
@@ -180,7 +180,7 @@ impl PhaseSettings {
     pub fn choose(
         &self,
         phase: &'static str,
-        peer: &PeerAddr,
+        peer: &NodeId,
         latency: Option<&PhaseLatency>,
     ) -> TimeoutChoice {
         let samples = latency.map_or(0, |l| l.rtt.samples());
@@ -260,28 +260,28 @@ fn estimate_of(
 /// Latency of every (peer, phase) seen so far.
 #[derive(Debug, Default)]
 struct Estimates {
-    phases: HashMap<(PeerAddr, &'static str), PhaseLatency>,
+    phases: HashMap<(NodeId, &'static str), PhaseLatency>,
 }
 
 impl Estimates {
-    fn get(&self, peer: &PeerAddr, phase: &'static str) -> Option<&PhaseLatency> {
+    fn get(&self, peer: &NodeId, phase: &'static str) -> Option<&PhaseLatency> {
         self.phases.get(&(peer.clone(), phase))
     }
 
-    fn observe(&mut self, peer: &PeerAddr, phase: &'static str, elapsed: Duration) {
+    fn observe(&mut self, peer: &NodeId, phase: &'static str, elapsed: Duration) {
         self.phases
             .entry((peer.clone(), phase))
             .or_default()
             .observe(elapsed);
     }
 
-    fn level(&self, peer: &PeerAddr, phase: &'static str) -> u32 {
+    fn level(&self, peer: &NodeId, phase: &'static str) -> u32 {
         self.get(peer, phase).map_or(0, |l| l.backoff_level)
     }
 
     /// A timeout set at `level_when_set` fired: back off, unless another
     /// timeout of the same round already did.
-    fn fired(&mut self, peer: &PeerAddr, phase: &'static str, level_when_set: u32) {
+    fn fired(&mut self, peer: &NodeId, phase: &'static str, level_when_set: u32) {
         let latency = self.phases.entry((peer.clone(), phase)).or_default();
         if latency.backoff_level == level_when_set {
             latency.timeout_fired();
@@ -303,7 +303,7 @@ pub struct BeginTimeouts {
 struct CoordinatorTxn {
     timeouts: BeginTimeouts,
     /// (participant, prepare level, decision level) at begin.
-    levels: Vec<(PeerAddr, u32, u32)>,
+    levels: Vec<(NodeId, u32, u32)>,
 }
 
 /// Coordinator side: measures the participants, and computes each new
@@ -336,7 +336,7 @@ impl CoordinatorTimeouts {
     }
 
     /// The phase-1 timeout `participant` alone would get now.
-    pub fn prepare_timeout(&self, participant: &PeerAddr) -> TimeoutChoice {
+    pub fn prepare_timeout(&self, participant: &NodeId) -> TimeoutChoice {
         self.prepare.choose(
             PHASE_PREPARE,
             participant,
@@ -345,7 +345,7 @@ impl CoordinatorTimeouts {
     }
 
     /// The first COMMIT resend delay `participant` alone would get now.
-    pub fn decision_timeout(&self, participant: &PeerAddr) -> TimeoutChoice {
+    pub fn decision_timeout(&self, participant: &NodeId) -> TimeoutChoice {
         self.decision.choose(
             PHASE_DECISION,
             participant,
@@ -360,7 +360,7 @@ impl CoordinatorTimeouts {
     pub fn begin(
         &mut self,
         xid: Xid,
-        participants: &[PeerAddr],
+        participants: &[NodeId],
         requested_ms: Option<u64>,
     ) -> BeginTimeouts {
         let largest = |choices: Vec<TimeoutChoice>, fallback: TimeoutChoice| {
@@ -421,7 +421,7 @@ impl CoordinatorTimeouts {
     }
 
     /// A sample the core measured (a `LatencySample` notice).
-    pub fn observe(&mut self, peer: &PeerAddr, phase: LatencyPhase, elapsed_us: u64) {
+    pub fn observe(&mut self, peer: &NodeId, phase: LatencyPhase, elapsed_us: u64) {
         self.estimates
             .observe(peer, phase_name(phase), Duration::from_micros(elapsed_us));
     }
@@ -429,7 +429,7 @@ impl CoordinatorTimeouts {
     /// The phase-1 timer of `xid` fired while waiting for `waiting_for`:
     /// back those participants off and return the explanation of the
     /// timeout that fired.
-    pub fn prepare_fired(&mut self, xid: Xid, waiting_for: &[PeerAddr]) -> Option<String> {
+    pub fn prepare_fired(&mut self, xid: Xid, waiting_for: &[NodeId]) -> Option<String> {
         let txn = self.txns.get(&xid)?;
         for (peer, level, _) in txn.levels.iter().filter(|(p, ..)| waiting_for.contains(p)) {
             self.estimates.fired(peer, PHASE_PREPARE, *level);
@@ -440,7 +440,7 @@ impl CoordinatorTimeouts {
     /// The COMMIT resend timer of `xid` fired (the core re-sends and
     /// doubles): back the un-ACKed participants off once and return the
     /// explanation of the first resend delay.
-    pub fn resend_fired(&mut self, xid: Xid, waiting_for: &[PeerAddr]) -> Option<String> {
+    pub fn resend_fired(&mut self, xid: Xid, waiting_for: &[NodeId]) -> Option<String> {
         let txn = self.txns.get(&xid)?;
         for (peer, _, level) in txn.levels.iter().filter(|(p, ..)| waiting_for.contains(p)) {
             self.estimates.fired(peer, PHASE_DECISION, *level);
@@ -461,19 +461,18 @@ impl CoordinatorTimeouts {
         self.txns.len()
     }
 
-    /// Estimates for `participants` (name, address), both phases.
-    pub fn report(&self, participants: &[(String, PeerAddr)]) -> Vec<PhaseEstimate> {
+    /// Estimates for `participants` (label for humans, id), both phases.
+    pub fn report(&self, participants: &[(String, NodeId)]) -> Vec<PhaseEstimate> {
         let mut out = Vec::new();
-        for (name, addr) in participants {
-            let label = format!("{name} ({addr})");
+        for (label, id) in participants {
             for (phase, choice) in [
-                (PHASE_PREPARE, self.prepare_timeout(addr)),
-                (PHASE_DECISION, self.decision_timeout(addr)),
+                (PHASE_PREPARE, self.prepare_timeout(id)),
+                (PHASE_DECISION, self.decision_timeout(id)),
             ] {
                 out.push(estimate_of(
                     label.clone(),
                     &choice,
-                    self.estimates.get(addr, phase),
+                    self.estimates.get(id, phase),
                 ));
             }
         }
@@ -484,7 +483,7 @@ impl CoordinatorTimeouts {
 /// The inquire delay chosen for one branch at a participant.
 #[derive(Debug)]
 struct ParticipantBranch {
-    coordinator: PeerAddr,
+    coordinator: NodeId,
     inquire: TimeoutChoice,
     level: u32,
     created_at: Time,
@@ -515,7 +514,7 @@ impl ParticipantTimeouts {
     /// it), and never longer than the deadline the PREPARE carried: a
     /// coordinator that gave its participants `deadline_ms` to vote
     /// decides within about that much.
-    pub fn inquire_delay(&self, coordinator: &PeerAddr, deadline_ms: u64) -> TimeoutChoice {
+    pub fn inquire_delay(&self, coordinator: &NodeId, deadline_ms: u64) -> TimeoutChoice {
         let mut choice = self.inquire.choose(
             PHASE_VOTE_TO_DECISION,
             coordinator,
@@ -536,7 +535,7 @@ impl ParticipantTimeouts {
         &mut self,
         now: Time,
         xid: Xid,
-        coordinator: &PeerAddr,
+        coordinator: &NodeId,
         deadline_ms: u64,
     ) -> Option<u64> {
         if self.branches.contains_key(&xid) {
@@ -560,7 +559,7 @@ impl ParticipantTimeouts {
     }
 
     /// A sample the core measured (a `LatencySample` notice).
-    pub fn observe(&mut self, peer: &PeerAddr, phase: LatencyPhase, elapsed_us: u64) {
+    pub fn observe(&mut self, peer: &NodeId, phase: LatencyPhase, elapsed_us: u64) {
         self.estimates
             .observe(peer, phase_name(phase), Duration::from_micros(elapsed_us));
     }
@@ -592,7 +591,7 @@ impl ParticipantTimeouts {
 
     /// Estimates for every coordinator measured so far.
     pub fn report(&self) -> Vec<PhaseEstimate> {
-        let mut coordinators: Vec<&PeerAddr> = self
+        let mut coordinators: Vec<&NodeId> = self
             .estimates
             .phases
             .keys()
@@ -671,7 +670,7 @@ mod tests {
         _t0: u64,
         peers: &[(&str, u64, u64)],
     ) -> BeginTimeouts {
-        let addrs: Vec<PeerAddr> = peers.iter().map(|(p, _, _)| p.to_string()).collect();
+        let addrs: Vec<NodeId> = peers.iter().map(|(p, _, _)| p.to_string()).collect();
         let begun = t.begin(Xid(xid), &addrs, None);
         for (p, vote, ack) in peers {
             t.observe(&p.to_string(), LatencyPhase::Prepare, vote * 1000);
@@ -827,10 +826,7 @@ mod tests {
         let report = t.report(&[("a".into(), A.into()), ("b".into(), B.into())]);
         assert_eq!(report.len(), 4);
         let a = &report[0];
-        assert_eq!(
-            (a.peer.as_str(), a.phase.as_str()),
-            ("a (127.0.0.1:1)", "prepare")
-        );
+        assert_eq!((a.peer.as_str(), a.phase.as_str()), ("a", "prepare"));
         assert_eq!(a.samples, 10);
         assert_eq!(a.p50_us / 1000, 30);
         assert_eq!(a.srtt_us.map(|v| v / 1000), Some(30));

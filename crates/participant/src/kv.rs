@@ -130,6 +130,8 @@ impl KvStore {
                 ParticipantRecord::Ready { xid, work, .. } => {
                     ready_work.insert(*xid, work);
                 }
+                // The directory's; nothing for the balances.
+                ParticipantRecord::Peer { .. } | ParticipantRecord::Started { .. } => {}
                 ParticipantRecord::Outcome { xid, decision } => {
                     let work = ready_work.remove(xid);
                     if *decision == Decision::Commit {

@@ -19,7 +19,7 @@ fn node(delay: DelayConfig) -> ParticipantNode<Delayed<KvStore>> {
     let seed = seed_record(2, 100);
     let kv = KvStore::replay([&seed]).expect("seed replays");
     let config = ParticipantConfig {
-        addr: ME.into(),
+        id: ME.into(),
         inquire_ms_initial: 1000,
         inquire_ms_max: 1000,
         finished_max: 100,

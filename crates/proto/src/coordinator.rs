@@ -15,7 +15,7 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, LatencyPhase, PeerAddr, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -24,9 +24,9 @@ use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
-    /// This coordinator's address, sent as `from` and as the address
-    /// participants inquire at.
-    pub addr: PeerAddr,
+    /// This coordinator's id, sent as `from` and written into every
+    /// participant's READY record (participants inquire of it by id).
+    pub id: NodeId,
     /// First delay before re-sending an un-ACKed COMMIT; doubles after each
     /// resend up to `resend_ms_max`, and resending never stops.
     pub resend_ms_initial: u64,
@@ -44,7 +44,7 @@ pub enum CoordinatorAction {
         durability: Durability,
     },
     Send {
-        to: PeerAddr,
+        to: NodeId,
         message: Message,
     },
     /// Call `on_timer(key)` at `at` (or later). Setting a timer for a key
@@ -76,7 +76,7 @@ pub enum CoordinatorNotice {
         xid: Xid,
         phase: &'static str,
         timeout_ms: u64,
-        waiting_for: Vec<PeerAddr>,
+        waiting_for: Vec<NodeId>,
     },
     Decided {
         xid: Xid,
@@ -90,7 +90,7 @@ pub enum CoordinatorNotice {
     Ignored {
         xid: Xid,
         kind: &'static str,
-        from: PeerAddr,
+        from: NodeId,
         why: &'static str,
     },
     Recovered {
@@ -101,7 +101,7 @@ pub enum CoordinatorNotice {
     /// A measured exchange with `peer` (for the timeout policy).
     LatencySample {
         xid: Xid,
-        peer: PeerAddr,
+        peer: NodeId,
         phase: LatencyPhase,
         elapsed_us: u64,
     },
@@ -116,10 +116,10 @@ pub enum BeginError {
     #[error("{count} participants is more than the limit of {max}")]
     TooManyParticipants { count: usize, max: usize },
     #[error("participant {0} appears twice; merge its work into one branch")]
-    DuplicateParticipant(PeerAddr),
+    DuplicateParticipant(NodeId),
     #[error("work for {participant} is {len} bytes, more than the limit of {max}")]
     WorkTooLarge {
-        participant: PeerAddr,
+        participant: NodeId,
         len: usize,
         max: usize,
     },
@@ -148,7 +148,7 @@ pub struct TxnStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchStatus {
-    pub participant: PeerAddr,
+    pub participant: NodeId,
     pub voted_ready: bool,
     pub acked: bool,
 }
@@ -160,7 +160,7 @@ pub struct BranchStatus {
 pub struct RecoveredOutcome {
     pub xid: Xid,
     pub decision: Decision,
-    pub participants: Vec<PeerAddr>,
+    pub participants: Vec<NodeId>,
     /// An END record follows the decision: every participant ACKed.
     pub ended: bool,
     /// Begun and never decided before the restart: aborted by recovery.
@@ -189,7 +189,7 @@ enum Resume {
 
 #[derive(Debug)]
 struct Txn {
-    participants: Vec<PeerAddr>,
+    participants: Vec<NodeId>,
     phase: Phase,
     /// Per participant, in `participants` order.
     ready: Vec<bool>,
@@ -239,8 +239,8 @@ impl Coordinator {
         now: Time,
     ) -> Coordinator {
         let mut last_epoch = 0;
-        let mut begun: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
-        let mut committed: HashMap<Xid, Vec<PeerAddr>> = HashMap::new();
+        let mut begun: HashMap<Xid, Vec<NodeId>> = HashMap::new();
+        let mut committed: HashMap<Xid, Vec<NodeId>> = HashMap::new();
         // Replay order matters: a later record supersedes an earlier one.
         let mut order: Vec<Xid> = Vec::new();
         // Outcomes in log order, by index for marking END.
@@ -278,6 +278,8 @@ impl Coordinator {
                         outcomes[i].ended = true;
                     }
                 }
+                // The node layer's directory.
+                CoordinatorRecord::Peer { .. } => {}
             }
         }
         let epoch = last_epoch + 1;
@@ -355,8 +357,8 @@ impl Coordinator {
         self.epoch
     }
 
-    pub fn addr(&self) -> &PeerAddr {
-        &self.config.addr
+    pub fn id(&self) -> &NodeId {
+        &self.config.id
     }
 
     /// Transactions not yet ended (WAIT or COMMIT).
@@ -377,7 +379,7 @@ impl Coordinator {
         &mut self,
         now: Time,
         xid: Xid,
-        branches: Vec<(PeerAddr, Vec<u8>)>,
+        branches: Vec<(NodeId, Vec<u8>)>,
         prepare_timeout_ms: u64,
     ) -> Result<(), BeginError> {
         let resend_ms_initial = self.config.resend_ms_initial;
@@ -392,7 +394,7 @@ impl Coordinator {
         &mut self,
         now: Time,
         xid: Xid,
-        branches: Vec<(PeerAddr, Vec<u8>)>,
+        branches: Vec<(NodeId, Vec<u8>)>,
         prepare_timeout_ms: u64,
         resend_ms_initial: u64,
     ) -> Result<(), BeginError> {
@@ -421,7 +423,7 @@ impl Coordinator {
                 });
             }
         }
-        let participants: Vec<PeerAddr> = branches.iter().map(|(p, _)| p.clone()).collect();
+        let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
         self.actions.push(CoordinatorAction::Persist {
             record: CoordinatorRecord::Begin {
                 xid,
@@ -576,7 +578,7 @@ impl Coordinator {
         txn.timer_at = None;
         match txn.phase {
             Phase::Wait => {
-                let waiting_for: Vec<PeerAddr> = missing(&txn.participants, &txn.ready);
+                let waiting_for: Vec<NodeId> = missing(&txn.participants, &txn.ready);
                 let timeout_ms = txn.timeout_ms;
                 let reason = format!(
                     "no vote within {timeout_ms} ms from {}",
@@ -591,7 +593,7 @@ impl Coordinator {
                 self.decide_abort(xid, reason);
             }
             Phase::Committed => {
-                let waiting_for: Vec<PeerAddr> = missing(&txn.participants, &txn.acked);
+                let waiting_for: Vec<NodeId> = missing(&txn.participants, &txn.acked);
                 let timeout_ms = txn.timeout_ms;
                 txn.resends += 1;
                 txn.timeout_ms = (timeout_ms.saturating_mul(2)).min(self.config.resend_ms_max);
@@ -759,7 +761,7 @@ impl Coordinator {
         txn.timeout_ms = txn.resend_ms_initial;
         let at = now.plus_ms(txn.timeout_ms);
         txn.timer_at = Some(at);
-        let targets: Vec<PeerAddr> = missing(&txn.participants, &txn.acked);
+        let targets: Vec<NodeId> = missing(&txn.participants, &txn.acked);
         for to in targets {
             let message = self.message(xid, Body::Decision(Decision::Commit));
             self.actions.push(CoordinatorAction::Send { to, message });
@@ -791,7 +793,7 @@ impl Coordinator {
 
     /// Presumed abort: the ABORT record is lazy and ABORTs are not ACKed; a
     /// participant that misses this ABORT learns it by inquiry.
-    fn record_and_send_abort(&mut self, xid: Xid, participants: &[PeerAddr]) {
+    fn record_and_send_abort(&mut self, xid: Xid, participants: &[NodeId]) {
         self.actions.push(CoordinatorAction::Persist {
             record: CoordinatorRecord::Decision {
                 xid,
@@ -809,7 +811,7 @@ impl Coordinator {
         }
     }
 
-    fn answer_inquire(&mut self, xid: Xid, from: PeerAddr) {
+    fn answer_inquire(&mut self, xid: Xid, from: NodeId) {
         let state = match self.txns.get(&xid).map(|t| t.phase) {
             Some(Phase::Committed) | Some(Phase::RecoveredCommit) => TxnState::Committed,
             // Not decided, or the COMMIT record is not durable yet: saying
@@ -827,12 +829,12 @@ impl Coordinator {
         Message {
             xid,
             epoch: self.epoch,
-            from: self.config.addr.clone(),
+            from: self.config.id.clone(),
             body,
         }
     }
 
-    fn ignored(&mut self, xid: Xid, kind: &'static str, from: PeerAddr, why: &'static str) {
+    fn ignored(&mut self, xid: Xid, kind: &'static str, from: NodeId, why: &'static str) {
         self.push_notice(CoordinatorNotice::Ignored {
             xid,
             kind,
@@ -848,7 +850,7 @@ impl Coordinator {
 
 /// The participants whose flag (vote READY received, ACK received) is
 /// still false, in participant-list order.
-fn missing(participants: &[PeerAddr], done: &[bool]) -> Vec<PeerAddr> {
+fn missing(participants: &[NodeId], done: &[bool]) -> Vec<NodeId> {
     participants
         .iter()
         .zip(done)

@@ -40,6 +40,15 @@ impl<T> Default for Gate<T> {
 }
 
 impl<T> Gate<T> {
+    /// A gate whose tickets start at `first`: a layer above a core keeps
+    /// its own forced writes apart from the core's with a range of its own.
+    pub fn starting_at(first: u64) -> Gate<T> {
+        Gate {
+            next: first,
+            parked: HashMap::new(),
+        }
+    }
+
     /// A new ticket with `resume` parked behind it.
     pub fn park(&mut self, resume: T) -> PersistTicket {
         let ticket = PersistTicket(self.next);

@@ -52,9 +52,11 @@ impl std::str::FromStr for Xid {
 /// have seen for that transaction.
 pub type Epoch = u64;
 
-/// Network address of a process ("127.0.0.1:7101"). Participants are named
-/// by address inside the protocol; names for humans live in the driver.
-pub type PeerAddr = String;
+/// A node's stable id: its configured name (`--name`), never its network
+/// address. Messages, participant lists and records name nodes by id; the
+/// directory of each node maps ids to where they can be reached now, so a
+/// node that moves to another address is still the same node.
+pub type NodeId = String;
 
 /// Which of a node's timers for one xid. A node can hold several timers
 /// for the same xid (a sub-coordinator of hierarchical 2PC is both a
@@ -72,6 +74,9 @@ pub enum TimerKind {
     /// Participant: try again a resource commit or abort that failed
     /// (transiently) last time.
     Apply,
+    /// Node layer, one per node (keyed with xid 0, which is never minted):
+    /// say hello again to peers not heard from since this node started.
+    Hello,
 }
 
 /// What a latency sample measured, reported by the cores so that the

@@ -30,8 +30,8 @@ pub use coordinator::{
 };
 pub use gate::{Durability, PersistTicket};
 pub use ids::{
-    Epoch, LatencyPhase, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN,
-    PARTICIPANTS_MAX, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
+    WORK_BYTES_MAX,
 };
 pub use message::{Body, Decision, Message, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};

@@ -6,14 +6,14 @@
 //! `Decision::Commit` / `Decision::Abort`: two types on purpose, so a vote can
 //! never be mistaken for a decision.
 
-use crate::ids::{Epoch, PeerAddr, Xid};
+use crate::ids::{Epoch, NodeId, Xid};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub xid: Xid,
     pub epoch: Epoch,
-    pub from: PeerAddr,
+    pub from: NodeId,
     pub body: Body,
 }
 
@@ -24,7 +24,7 @@ pub enum Body {
     /// `deadline_ms` is the time left to vote; the participant never takes
     /// longer than that.
     Prepare {
-        participants: Vec<PeerAddr>,
+        participants: Vec<NodeId>,
         work: Vec<u8>,
         deadline_ms: u64,
     },

@@ -39,10 +39,13 @@ pub enum Mutant {
     /// Resources that answer later: a failed resource commit or abort is
     /// never tried again.
     AbandonFailedApply,
+    /// Logical node identity: the directory keeps a node's first address
+    /// and never follows it to a new one.
+    DirectoryIgnoresMoves,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 10] = [
+    pub const ALL: [Mutant; 11] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -53,6 +56,7 @@ impl Mutant {
         Mutant::CompactionDropsUnended,
         Mutant::AckBeforeApplied,
         Mutant::AbandonFailedApply,
+        Mutant::DirectoryIgnoresMoves,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -68,6 +72,7 @@ impl Mutant {
             Mutant::CompactionDropsUnended => "compaction-drops-unended",
             Mutant::AckBeforeApplied => "ack-before-applied",
             Mutant::AbandonFailedApply => "abandon-failed-apply",
+            Mutant::DirectoryIgnoresMoves => "directory-ignores-moves",
         }
     }
 

@@ -16,7 +16,7 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, LatencyPhase, PeerAddr, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -25,9 +25,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct ParticipantConfig {
-    /// This participant's address: sent as `from`, and how the coordinator
+    /// This participant's id: sent as `from`, and how the coordinator
     /// names it in participant lists.
-    pub addr: PeerAddr,
+    pub id: NodeId,
     /// Time in READY past the PREPARE deadline before the first INQUIRE;
     /// doubles after each one up to `inquire_ms_max`, and never stops.
     pub inquire_ms_initial: u64,
@@ -52,7 +52,7 @@ pub enum ParticipantAction {
         durability: Durability,
     },
     Send {
-        to: PeerAddr,
+        to: NodeId,
         message: Message,
     },
     /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
@@ -105,7 +105,7 @@ pub enum ParticipantNotice {
     Ignored {
         xid: Xid,
         kind: &'static str,
-        from: PeerAddr,
+        from: NodeId,
         why: &'static str,
     },
     /// A message that only a broken coordinator could send (COMMIT after we
@@ -130,7 +130,7 @@ pub enum ParticipantNotice {
     /// A measured exchange with the coordinator (for the timeout policy).
     LatencySample {
         xid: Xid,
-        peer: PeerAddr,
+        peer: NodeId,
         phase: LatencyPhase,
         elapsed_us: u64,
     },
@@ -141,8 +141,8 @@ pub enum ParticipantNotice {
 struct Branch {
     state: BranchState,
     epoch: Epoch,
-    coordinator: PeerAddr,
-    participants: Vec<PeerAddr>,
+    coordinator: NodeId,
+    participants: Vec<NodeId>,
     work: Vec<u8>,
     /// Absolute time by which the vote must be cast.
     deadline: Time,
@@ -207,7 +207,7 @@ pub struct Participant {
     gate: Gate<Resume>,
     /// INQUIREs about xids being aborted unilaterally, answered ABORTED
     /// once that abort is durable: (asker, epoch) per xid.
-    answers_waiting: HashMap<Xid, Vec<(PeerAddr, Epoch)>>,
+    answers_waiting: HashMap<Xid, Vec<(NodeId, Epoch)>>,
     /// Finished xids this participant aborted on its own (it voted ABORT)
     /// with nothing in its log. Harmless while nobody acts on it (the
     /// coordinator aborts anyway), but before a peer is told ABORTED the
@@ -260,7 +260,7 @@ impl Participant {
         now: Time,
     ) -> Participant {
         let mut participant = Participant::new(config);
-        let mut ready: HashMap<Xid, (Epoch, PeerAddr, Vec<PeerAddr>, Vec<u8>)> = HashMap::new();
+        let mut ready: HashMap<Xid, (Epoch, NodeId, Vec<NodeId>, Vec<u8>)> = HashMap::new();
         let mut order: Vec<Xid> = Vec::new();
         for record in records {
             match record {
@@ -286,7 +286,9 @@ impl Participant {
                         participant.remember(now, xid, decision);
                     }
                 }
-                ParticipantRecord::Resource { .. } => {}
+                ParticipantRecord::Resource { .. }
+                | ParticipantRecord::Peer { .. }
+                | ParticipantRecord::Started { .. } => {}
             }
         }
         let in_doubt = ready.len();
@@ -330,8 +332,8 @@ impl Participant {
         participant
     }
 
-    pub fn addr(&self) -> &PeerAddr {
-        &self.config.addr
+    pub fn id(&self) -> &NodeId {
+        &self.config.id
     }
 
     /// Change the delay past the PREPARE deadline before a READY branch
@@ -552,7 +554,8 @@ impl Participant {
         match key.kind {
             TimerKind::Inquire => {}
             TimerKind::Apply => return self.retry_apply(now, key.xid),
-            TimerKind::Votes | TimerKind::Resend => return, // not a participant's timer
+            // Not a participant core's timer.
+            TimerKind::Votes | TimerKind::Resend | TimerKind::Hello => return,
         }
         let xid = key.xid;
         let Some(branch) = self.branches.get_mut(&xid) else {
@@ -657,8 +660,8 @@ impl Participant {
         now: Time,
         xid: Xid,
         epoch: Epoch,
-        from: PeerAddr,
-        participants: Vec<PeerAddr>,
+        from: NodeId,
+        participants: Vec<NodeId>,
         work: Vec<u8>,
         deadline_ms: u64,
     ) {
@@ -685,11 +688,11 @@ impl Participant {
             // Preparing / ReadyPending: the vote goes out when ready.
             return;
         }
-        if work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.addr) {
+        if work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.id) {
             let reason = if work.len() > WORK_BYTES_MAX {
                 format!("work of {} bytes is over the limit", work.len())
             } else {
-                format!("{} is not in the participant list", self.config.addr)
+                format!("{} is not in the participant list", self.config.id)
             };
             self.remember(now, xid, Decision::Abort);
             self.undurable_aborts.insert(xid);
@@ -719,14 +722,7 @@ impl Participant {
         self.actions.push(ParticipantAction::Prepare { xid, work });
     }
 
-    fn on_decision(
-        &mut self,
-        now: Time,
-        xid: Xid,
-        epoch: Epoch,
-        from: PeerAddr,
-        decision: Decision,
-    ) {
+    fn on_decision(&mut self, now: Time, xid: Xid, epoch: Epoch, from: NodeId, decision: Decision) {
         if let Some(done) = self.finished.get(&xid).copied() {
             if decision == Decision::Abort {
                 // The coordinator decided it too: it can never commit now.
@@ -969,7 +965,7 @@ impl Participant {
     }
 
     /// A peer (cooperative termination) or anyone asks what we know.
-    fn on_inquire(&mut self, now: Time, xid: Xid, epoch: Epoch, from: PeerAddr) {
+    fn on_inquire(&mut self, now: Time, xid: Xid, epoch: Epoch, from: NodeId) {
         if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
             // The unilateral abort is still being forced: answer with it.
             waiting.push((from, epoch));
@@ -1034,12 +1030,12 @@ impl Participant {
         Message {
             xid,
             epoch,
-            from: self.config.addr.clone(),
+            from: self.config.id.clone(),
             body,
         }
     }
 
-    fn ignored(&mut self, xid: Xid, kind: &'static str, from: PeerAddr, why: &'static str) {
+    fn ignored(&mut self, xid: Xid, kind: &'static str, from: NodeId, why: &'static str) {
         self.actions
             .push(ParticipantAction::Notice(ParticipantNotice::Ignored {
                 xid,

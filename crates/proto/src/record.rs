@@ -1,7 +1,7 @@
 //! Durable log records of SPEC §1 "Logs". The store treats them as opaque
 //! bytes; recovery replays them in order.
 
-use crate::ids::{Epoch, PeerAddr, Xid};
+use crate::ids::{Epoch, NodeId, Xid};
 use crate::message::Decision;
 use serde::{Deserialize, Serialize};
 
@@ -12,19 +12,31 @@ pub enum CoordinatorRecord {
     /// Begin record with the participant list. Not forced: with presumed
     /// abort a lost begin record only means participants learn ABORTED by
     /// inquiry instead of by an ABORT message.
-    Begin {
-        xid: Xid,
-        participants: Vec<PeerAddr>,
-    },
+    Begin { xid: Xid, participants: Vec<NodeId> },
     /// The decision. COMMIT is forced before any COMMIT is sent; ABORT is
     /// not forced (presumed abort).
     Decision {
         xid: Xid,
         decision: Decision,
-        participants: Vec<PeerAddr>,
+        participants: Vec<NodeId>,
     },
     /// Every participant acknowledged the COMMIT; not forced.
     End { xid: Xid },
+    /// Participant `id`, configured at `configured`, was heard from at
+    /// `addr`: the durable part of the coordinator's directory. With the
+    /// coordinator's own id, where it last started (a different address at
+    /// the next start means it moved, and says hello). At start
+    /// the latest one for an id is used while the configuration still says
+    /// `configured` (the operator has not changed it since). Not forced;
+    /// the protocol core ignores it.
+    Peer {
+        id: NodeId,
+        addr: String,
+        /// The peer's incarnation when it was heard there (see
+        /// `ParticipantRecord::Started`).
+        incarnation: u64,
+        configured: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,9 +45,9 @@ pub enum ParticipantRecord {
     /// restarts.
     Ready {
         xid: Xid,
-        coordinator: PeerAddr,
+        coordinator: NodeId,
         epoch: Epoch,
-        participants: Vec<PeerAddr>,
+        participants: Vec<NodeId>,
         work: Vec<u8>,
     },
     /// The outcome. COMMIT is forced before the ACK; ABORT is not forced.
@@ -50,4 +62,23 @@ pub enum ParticipantRecord {
     /// nothing for them. One record for all of them, so that a snapshot of
     /// many finished branches costs one encode and one log record.
     Finished { outcomes: Vec<(Xid, Decision)> },
+    /// Where node `id` (a coordinator) was last heard from: the durable
+    /// part of the participant's directory, so that after a restart an
+    /// in-doubt branch can inquire of its coordinator (named by id in the
+    /// READY record) even before that coordinator has sent anything. Not
+    /// forced; the latest record for an id wins. The protocol core and the
+    /// resource ignore it.
+    Peer {
+        id: NodeId,
+        addr: String,
+        /// The peer's incarnation when it was heard there.
+        incarnation: u64,
+    },
+    /// Forced before this participant sends anything after a start: its
+    /// incarnation (one more than the last), sent with every frame so that
+    /// peers can tell its current address from one a delayed frame of an
+    /// earlier life claims, and the address it started at (a different one
+    /// than last time means it moved, and says hello). The protocol core
+    /// and the resource ignore it.
+    Started { incarnation: u64, addr: String },
 }

@@ -9,7 +9,7 @@ const P2: &str = "p2:1";
 
 fn config() -> CoordinatorConfig {
     CoordinatorConfig {
-        addr: C.into(),
+        id: C.into(),
         resend_ms_initial: 10,
         resend_ms_max: 40,
     }
@@ -579,7 +579,7 @@ fn compaction_snapshot_keeps_the_epoch_undecided_and_unended_transactions_only()
     // Recovery from it: the next epoch, COMMIT re-sent for 1, 2 aborted.
     let mut r = Coordinator::recover(
         CoordinatorConfig {
-            addr: C.into(),
+            id: C.into(),
             resend_ms_initial: 10,
             resend_ms_max: 40,
         },

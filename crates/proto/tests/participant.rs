@@ -9,7 +9,7 @@ const P2: &str = "p2:1";
 
 fn config() -> ParticipantConfig {
     ParticipantConfig {
-        addr: P1.into(),
+        id: P1.into(),
         inquire_ms_initial: 10,
         inquire_ms_max: 40,
         finished_max: 1000,

@@ -25,9 +25,8 @@
 //! messages are never answered on their incoming connection (the answer is
 //! a new message to `message.from` through the outbox).
 
-use crate::wire::{self, Reply, Request, KIND_PEER, KIND_REPLY, KIND_REQUEST};
+use crate::wire::{self, PeerEnvelope, Reply, Request, KIND_PEER, KIND_REPLY, KIND_REQUEST};
 use concord_net::{Frame, NetConfig, Network, Peer, SendError};
-use concord_proto::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -39,7 +38,7 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Something that arrived on an incoming connection, for the driver.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    Peer(Message),
+    Peer(PeerEnvelope),
     Request { request: Request, reply: ReplyTx },
 }
 

@@ -28,19 +28,26 @@ use concord_node::{
     Timers,
 };
 use concord_proto::codec::encode;
-use concord_proto::{Body, CoordinatorRecord, Decision, PeerAddr};
+use concord_proto::{Body, CoordinatorRecord, Decision, NodeId};
 use concord_store::GroupCommit;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
+/// The coordinator's `--name` when none is given.
+pub const COORDINATOR_NAME_DEFAULT: &str = "coordinator";
+
 /// Everything `concord serve` needs.
 #[derive(Clone, Debug)]
 pub struct CoordinatorServerConfig {
-    /// Address to listen on; it is also this coordinator's protocol address
-    /// (participants send votes, ACKs and INQUIREs there), `node.addr`.
+    /// Address to listen on. Unless `advertise` says otherwise it is also
+    /// where participants reach this coordinator (`node.addr`, sent with
+    /// every frame).
     pub listen: String,
+    /// Address participants reach this coordinator at when it differs
+    /// from `listen` (behind a proxy or NAT).
+    pub advertise: Option<String>,
     /// Directory of the coordinator's durable log.
     pub data_dir: PathBuf,
     /// What the node layer decides with: participants, timeouts (see
@@ -60,14 +67,20 @@ impl CoordinatorServerConfig {
     pub fn new(
         listen: impl Into<String>,
         data_dir: impl Into<PathBuf>,
-        participants: Vec<(String, PeerAddr)>,
+        participants: Vec<(NodeId, String)>,
     ) -> Self {
         let listen = listen.into();
         CoordinatorServerConfig {
             // Xids must differ across restarts and instances: seeded from
             // the OS here, from the run's seed in the simulator.
-            node: CoordinatorNodeConfig::new(listen.clone(), participants, rand::random()),
+            node: CoordinatorNodeConfig::new(
+                COORDINATOR_NAME_DEFAULT,
+                listen.clone(),
+                participants,
+                rand::random(),
+            ),
             listen,
+            advertise: None,
             data_dir: data_dir.into(),
             listen_backlog: 1024,
             net: NetConfig::default(),
@@ -76,11 +89,11 @@ impl CoordinatorServerConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.node.addr != self.listen {
+        let addr = self.advertise.as_deref().unwrap_or(&self.listen);
+        if self.node.addr != addr {
             bail!(
-                "the coordinator's protocol address {} differs from --listen {}",
+                "the coordinator's address {} differs from --listen/--advertise {addr}",
                 self.node.addr,
-                self.listen
             );
         }
         self.node.validate().map_err(anyhow::Error::msg)?;
@@ -127,7 +140,9 @@ pub async fn run_coordinator_until(
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     tracing::info!(
+        name = %config.node.id,
         listen = %config.listen,
+        advertise = %config.node.addr,
         participants = %config
             .node
             .participants
@@ -137,12 +152,18 @@ pub async fn run_coordinator_until(
             .join(", "),
         "coordinator serving"
     );
+    let incarnation = node.incarnation();
     let mut driver = CoordinatorDriver {
         node,
         clock,
         timers: Timers::default(),
         log,
-        outbox: Outbox::new(network.clone()),
+        outbox: Outbox::new(
+            network.clone(),
+            &config.node.id,
+            &config.node.addr,
+            incarnation,
+        ),
         clients: HashMap::new(),
         next_client: 0,
     };
@@ -209,7 +230,7 @@ impl DriverNode for CoordinatorDriver {
     fn on_inbound(&mut self, event: Inbound) {
         let now = self.clock.now();
         match event {
-            Inbound::Peer(message) => self.node.on_message(now, message),
+            Inbound::Peer(envelope) => self.node.on_peer(now, envelope),
             Inbound::Request { request, reply } => {
                 let client = ClientId(self.next_client);
                 self.next_client += 1;
@@ -268,11 +289,14 @@ impl CoordinatorDriver {
                     }
                     self.log.push(encode(&record), durability);
                 }
-                CoordinatorNodeAction::Send { to, message } => {
+                CoordinatorNodeAction::Send { to, addr, message } => {
                     if matches!(message.body, Body::Decision(Decision::Commit)) {
                         failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
                     }
-                    self.outbox.send(&to, message);
+                    self.outbox.send(&to, &addr, &message);
+                }
+                CoordinatorNodeAction::Greet { to, addr, greeting } => {
+                    self.outbox.greet(&to, &addr, greeting)
                 }
                 CoordinatorNodeAction::SetTimer { key, at } => self.timers.set(key, at),
                 CoordinatorNodeAction::Reply { client, reply } => self.reply(client, &reply),
@@ -306,6 +330,7 @@ impl CoordinatorDriver {
 /// The log line of each node event.
 fn log_event(event: CoordinatorEvent) {
     match event {
+        CoordinatorEvent::Directory(event) => crate::driver::log_directory_event(event),
         CoordinatorEvent::Begun {
             xid,
             request_id,

@@ -331,3 +331,26 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// The log line of a directory event (either node).
+pub(crate) fn log_directory_event(event: concord_node::directory::DirectoryEvent) {
+    use concord_node::directory::DirectoryEvent;
+    match event {
+        DirectoryEvent::PeerMoved { id, from, to } => {
+            tracing::info!(peer = %id, %from, %to, "{id} moved from {from} to {to}: reached there now")
+        }
+        DirectoryEvent::NoAddress { to, xid, kind } => tracing::warn!(
+            peer = %to,
+            %xid,
+            kind,
+            "no address known for {to}: {kind} not sent (it is found again once it sends \
+             anything, a hello at its start included)"
+        ),
+        DirectoryEvent::Misaddressed { from, claimed, xid } => tracing::warn!(
+            %from,
+            %claimed,
+            %xid,
+            "frame from {from} carries a message from {claimed}: dropped"
+        ),
+    }
+}

@@ -20,13 +20,17 @@
 //! participant: INQUIRE until answered; a lost vote or PREPARE ends in an
 //! ABORT).
 //!
-//! Peer addresses are protocol strings (`"127.0.0.1:7101"`); literal socket
-//! addresses are used as they are, host names are resolved in a task (never
-//! blocking the driver) and cached.
+//! Peers are named by id; the node layer's directory gives the address
+//! each message goes to, and every frame carries this node's own id and
+//! address (`reply_to`) so the receiver's directory follows it. Literal
+//! socket addresses are used as they are, host names are resolved in a
+//! task (never blocking the driver) and cached.
 
-use crate::wire;
+use crate::wire::{self, PeerBodyRef};
+use concord_net::Frame;
 use concord_net::{Network, SendError};
-use concord_proto::{Message, PeerAddr};
+use concord_node::hello::Greeting;
+use concord_proto::{Message, Xid};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,15 +42,27 @@ const RESOLVED_MAX: usize = 4096;
 /// The sending side of a node: `send(addr, message)` and forget.
 pub struct Outbox {
     network: Network,
-    resolved: Arc<Mutex<HashMap<PeerAddr, SocketAddr>>>,
+    /// This node's id, address and incarnation, sent with every frame.
+    id: String,
+    reply_to: String,
+    incarnation: u64,
+    resolved: Arc<Mutex<HashMap<String, SocketAddr>>>,
 }
 
 impl Outbox {
     /// An outbox over `network` (normally the one the process listens
     /// with, so outgoing and incoming connections share one shutdown).
-    pub fn new(network: Network) -> Outbox {
+    pub fn new(
+        network: Network,
+        id: impl Into<String>,
+        reply_to: impl Into<String>,
+        incarnation: u64,
+    ) -> Outbox {
         Outbox {
             network,
+            id: id.into(),
+            reply_to: reply_to.into(),
+            incarnation,
             resolved: Arc::default(),
         }
     }
@@ -56,23 +72,60 @@ impl Outbox {
         &self.network
     }
 
-    /// Queue `message` for `to`. Never blocks; must run inside a tokio
-    /// runtime (the first message to a peer starts its connection task).
-    pub fn send(&mut self, to: &PeerAddr, message: Message) {
-        if let Ok(addr) = to.parse::<SocketAddr>() {
-            send_to(&self.network, addr, to, &message);
+    /// Queue `message` for node `to` at `addr`. Never blocks; must run
+    /// inside a tokio runtime (the first message to a peer starts its
+    /// connection task).
+    pub fn send(&mut self, to: &str, addr: &str, message: &Message) {
+        let what = What {
+            to,
+            xid: Some(message.xid),
+            kind: message.kind(),
+        };
+        let frame = wire::peer_frame(
+            &self.id,
+            &self.reply_to,
+            self.incarnation,
+            PeerBodyRef::Message(message),
+        );
+        self.send_frame(addr, frame, what);
+    }
+
+    /// Tell node `to` at `addr` where this node is.
+    pub fn greet(&mut self, to: &str, addr: &str, greeting: Greeting) {
+        let (kind, body) = match greeting {
+            Greeting::Hello => ("HELLO", PeerBodyRef::Hello),
+            Greeting::Welcome => ("WELCOME", PeerBodyRef::Welcome),
+        };
+        let what = What {
+            to,
+            xid: None,
+            kind,
+        };
+        let frame = wire::peer_frame(&self.id, &self.reply_to, self.incarnation, body);
+        self.send_frame(addr, frame, what);
+    }
+
+    fn send_frame(&mut self, addr: &str, frame: Frame, what: What<'_>) {
+        if let Ok(socket) = addr.parse::<SocketAddr>() {
+            send_to(&self.network, socket, addr, frame, &what);
             return;
         }
-        let cached = lock(&self.resolved).get(to).copied();
-        if let Some(addr) = cached {
-            send_to(&self.network, addr, to, &message);
+        let cached = lock(&self.resolved).get(addr).copied();
+        if let Some(socket) = cached {
+            send_to(&self.network, socket, addr, frame, &what);
             return;
         }
         // A host name: resolve off the driver's task.
         let network = self.network.clone();
         let resolved = Arc::clone(&self.resolved);
-        let to = to.clone();
+        let to = addr.to_string();
+        let (peer, xid, kind) = (what.to.to_string(), what.xid, what.kind);
         tokio::spawn(async move {
+            let what = What {
+                to: &peer,
+                xid,
+                kind,
+            };
             match tokio::net::lookup_host(to.as_str())
                 .await
                 .map(|mut a| a.next())
@@ -85,18 +138,20 @@ impl Outbox {
                         }
                         cache.insert(to.clone(), addr);
                     }
-                    send_to(&network, addr, &to, &message);
+                    send_to(&network, addr, &to, frame, &what);
                 }
                 Ok(None) => tracing::warn!(
-                    peer = %to,
-                    xid = %message.xid,
-                    kind = message.kind(),
+                    peer = %what.to,
+                    addr = %to,
+                    xid = ?what.xid,
+                    kind = what.kind,
                     "peer address resolves to nothing: message dropped"
                 ),
                 Err(e) => tracing::warn!(
-                    peer = %to,
-                    xid = %message.xid,
-                    kind = message.kind(),
+                    peer = %what.to,
+                    addr = %to,
+                    xid = ?what.xid,
+                    kind = what.kind,
                     "cannot resolve peer address ({e}): message dropped; timers will resend"
                 ),
             }
@@ -108,19 +163,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn send_to(network: &Network, addr: SocketAddr, to: &str, message: &Message) {
-    match network.try_send(addr, wire::peer_frame(message)) {
+/// What a frame is, for log lines about it (borrowed: built for every
+/// message, read only when something goes wrong).
+struct What<'a> {
+    to: &'a str,
+    /// None for a hello.
+    xid: Option<Xid>,
+    kind: &'static str,
+}
+
+fn send_to(network: &Network, socket: SocketAddr, addr: &str, frame: Frame, what: &What<'_>) {
+    match network.try_send(socket, frame) {
         Ok(()) => {}
         Err(SendError::Shutdown) => tracing::debug!(
-            peer = %to,
-            xid = %message.xid,
-            kind = message.kind(),
+            peer = %what.to,
+            addr,
+            xid = ?what.xid,
+            kind = what.kind,
             "shutting down: message not sent"
         ),
         Err(e) => tracing::warn!(
-            peer = %to,
-            xid = %message.xid,
-            kind = message.kind(),
+            peer = %what.to,
+            addr,
+            xid = ?what.xid,
+            kind = what.kind,
             "message dropped ({e}); timers will resend"
         ),
     }

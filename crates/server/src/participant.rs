@@ -28,7 +28,7 @@ use concord_node::{
 };
 use concord_participant::kv::{seed_record, KvStore};
 use concord_proto::codec::encode;
-use concord_proto::{Body, Decision, ParticipantNotice, ParticipantRecord, PeerAddr, Vote};
+use concord_proto::{Body, Decision, ParticipantNotice, ParticipantRecord, Vote};
 use concord_store::{GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
@@ -37,8 +37,9 @@ use tokio::sync::mpsc;
 /// Everything `concord participant` needs.
 #[derive(Clone, Debug)]
 pub struct ParticipantServerConfig {
-    /// Address to listen on; also this participant's protocol address.
-    pub listen: PeerAddr,
+    /// Address to listen on; also where peers reach it unless `advertise`
+    /// says otherwise.
+    pub listen: String,
     /// Directory of the participant's durable log.
     pub data_dir: PathBuf,
     /// On first start (no seed record in the log): create `acct-0` …
@@ -51,7 +52,7 @@ pub struct ParticipantServerConfig {
     pub listen_backlog: u32,
     /// Protocol address when it differs from `listen` (behind a proxy or
     /// NAT); `None` means `listen`.
-    pub advertise: Option<PeerAddr>,
+    pub advertise: Option<String>,
     /// Transport settings (frame bound, heartbeats, idle timeouts,
     /// reconnect backoff) for every connection of this process.
     pub net: NetConfig,
@@ -74,10 +75,16 @@ pub const SEED_ACCOUNTS_MAX: usize = 100_000;
 
 impl ParticipantServerConfig {
     /// A config with the defaults of `concord participant`.
-    pub fn new(listen: impl Into<PeerAddr>, data_dir: impl Into<PathBuf>) -> Self {
+    /// `name` is the participant's id: the NAME the coordinator knows it
+    /// by (`--participant NAME=ADDR`).
+    pub fn new(
+        name: impl Into<String>,
+        listen: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
         let listen = listen.into();
         ParticipantServerConfig {
-            node: ParticipantNodeConfig::new(listen.clone()),
+            node: ParticipantNodeConfig::new(name, listen.clone()),
             listen,
             data_dir: data_dir.into(),
             seed: None,
@@ -145,15 +152,22 @@ pub async fn run_participant_until(
             );
         }
     }
+    // A new life: forced before anything is sent (see `started_record`).
+    let addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.clone());
+    let started = concord_node::participant::started_record(&records, &addr);
+    log.append(&[&encode(&started)])
+        .and_then(|()| log.sync())
+        .with_context(|| format!("cannot write the start record to the log in {dir}"))?;
+    records.push(started);
     let record_count = records.len();
     let node_config = ParticipantNodeConfig {
-        addr: config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| config.listen.clone()),
+        addr,
         ..config.node.clone()
     };
-    let node = ParticipantServerNode::recover(node_config, records, kv, clock.now());
+    let node = ParticipantServerNode::recover(node_config.clone(), records, kv, clock.now());
     tracing::info!(
         data_dir = %dir,
         records = record_count,
@@ -177,16 +191,23 @@ pub async fn run_participant_until(
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     tracing::info!(
+        name = %node_config.id,
         listen = %config.listen,
-        advertise = config.advertise.as_deref().unwrap_or(&config.listen),
+        advertise = %node_config.addr,
         "participant serving"
     );
+    let incarnation = node.incarnation();
     let mut driver = ParticipantDriver {
         node,
         clock,
         timers: Timers::default(),
         log,
-        outbox: Outbox::new(network.clone()),
+        outbox: Outbox::new(
+            network.clone(),
+            &node_config.id,
+            &node_config.addr,
+            incarnation,
+        ),
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: write out the log, then let the transport flush queued
@@ -236,8 +257,8 @@ impl DriverNode for ParticipantDriver {
 
     fn on_inbound(&mut self, event: Inbound) {
         match event {
-            Inbound::Peer(message) => {
-                self.node.on_message(self.clock.now(), message);
+            Inbound::Peer(envelope) => {
+                self.node.on_peer(self.clock.now(), envelope);
                 self.drain_actions(None);
             }
             Inbound::Request { request, reply } => {
@@ -303,7 +324,7 @@ impl ParticipantDriver {
                         self.log.push(encode(&record), durability);
                     }
                 }
-                ParticipantNodeAction::Send { to, message } => {
+                ParticipantNodeAction::Send { to, addr, message } => {
                     match message.body {
                         Body::Vote(Vote::Ready) => {
                             failpoint::hit(failpoint::PARTICIPANT_AFTER_READY_DURABLE)
@@ -311,7 +332,10 @@ impl ParticipantDriver {
                         Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
                         _ => {}
                     }
-                    self.outbox.send(&to, message);
+                    self.outbox.send(&to, &addr, &message);
+                }
+                ParticipantNodeAction::Greet { to, addr, greeting } => {
+                    self.outbox.greet(&to, &addr, greeting)
                 }
                 ParticipantNodeAction::SetTimer { key, at } => self.timers.set(key, at),
                 ParticipantNodeAction::Reply { reply: r, .. } => match reply {
@@ -339,6 +363,7 @@ impl ParticipantDriver {
 /// The log line of each node event.
 fn log_event(event: ParticipantEvent) {
     match event {
+        ParticipantEvent::Directory(event) => crate::driver::log_directory_event(event),
         ParticipantEvent::InquireFired {
             xid,
             phase,

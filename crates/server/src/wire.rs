@@ -3,18 +3,19 @@
 //! frames that carry them. See [`concord_api`] for the frame kinds.
 //!
 //! Peer messages never get an answer on the connection they came in on:
-//! the answer is a new peer message sent to `message.from` over the
-//! sender's own outgoing connection. Client requests are answered on their
+//! the answer is a new peer message sent to the sender's id, at the
+//! address the receiver's directory has for it (learnt from the frame's
+//! `reply_to`), over the receiver's own outgoing connection. Client requests are answered on their
 //! connection, matched by `request_id` (so a client may pipeline).
 
 pub use concord_api::*;
 use concord_net::Frame;
 use concord_proto::codec::encode;
-use concord_proto::Message;
 
-/// A frame carrying `message`.
-pub fn peer_frame(message: &Message) -> Frame {
-    Frame::new(KIND_PEER, encode(message))
+/// A frame from node `from` in its life `incarnation`, answerable at
+/// `reply_to`.
+pub fn peer_frame(from: &str, reply_to: &str, incarnation: u64, body: PeerBodyRef<'_>) -> Frame {
+    Frame::new(KIND_PEER, encode_peer(from, reply_to, incarnation, body))
 }
 
 /// A frame carrying a client request.
@@ -55,19 +56,27 @@ pub fn server_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_proto::{Body, Xid};
+    use concord_proto::{Body, Message, Xid};
 
     #[test]
     fn messages_round_trip() {
         let message = Message {
             xid: Xid(7),
             epoch: 3,
-            from: "127.0.0.1:1".into(),
+            from: "bank-a".into(),
             body: Body::Inquire,
         };
-        let frame = peer_frame(&message);
+        let frame = peer_frame("bank-a", "127.0.0.1:1", 4, PeerBodyRef::Message(&message));
         assert_eq!(frame.kind, KIND_PEER);
-        assert_eq!(decode_peer(&frame.body).expect("decodes"), message);
+        assert_eq!(
+            decode_peer(&frame.body).expect("decodes"),
+            PeerEnvelope {
+                from: "bank-a".into(),
+                reply_to: "127.0.0.1:1".into(),
+                incarnation: 4,
+                body: PeerBody::Message(message)
+            }
+        );
 
         let request = Request::Begin {
             request_id: 9,

@@ -16,7 +16,7 @@ use crate::report::ClientOutcome;
 use crate::workload::Intent;
 use crate::world::World;
 use concord_participant::kv::{KvStore, KvView};
-use concord_proto::{Body, Decision, Message, PeerAddr, TxnState, Vote, Xid};
+use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the all-seeing observer remembers.
@@ -135,23 +135,25 @@ impl World {
     /// Isolation across restarts: an in-doubt branch keeps its locks. Run
     /// when participant `p` has just recovered.
     pub(crate) fn check_locks_restored(&mut self, p: usize) {
-        let Some(held) = self.ghost.holding.get(&p) else {
-            return;
-        };
         let Some(node) = self.participant(p) else {
             return;
         };
-        let in_doubt = node.core().in_doubt();
-        let locks = node.resource().kv().locks();
+        let in_doubt: BTreeSet<Xid> = node.core().in_doubt().into_iter().collect();
+        let locks = node.resource().kv().locks().clone();
+        let Some(held) = self.ghost.holding.get_mut(&p) else {
+            return;
+        };
+        // Only in-doubt branches hold anything after a restart (a branch
+        // whose outcome record survived the crash is finished, whether or
+        // not the crash came before the node reported it).
+        held.retain(|xid, _| in_doubt.contains(xid));
         let lost = held.iter().find_map(|(xid, accounts)| {
             let missing = accounts.iter().find(|a| locks.get(*a) != Some(xid))?;
             Some((*xid, missing.clone()))
         });
         if let Some((xid, account)) = lost {
-            if in_doubt.contains(&xid) {
-                let detail = format!("p{p} restarted in doubt but lost its lock on {account}");
-                self.fail("isolation", Some(xid), detail);
-            }
+            let detail = format!("p{p} restarted in doubt but lost its lock on {account}");
+            self.fail("isolation", Some(xid), detail);
         }
     }
 
@@ -194,13 +196,13 @@ impl World {
     /// Validity: COMMIT is decided only if every participant of the xid
     /// durably voted READY, and the participant list is the one the client
     /// asked for.
-    fn validity_at_commit_decision(&mut self, xid: Xid, participants: &[PeerAddr]) {
-        let mut asked: Vec<PeerAddr> = match self.client_of.get(&xid) {
+    fn validity_at_commit_decision(&mut self, xid: Xid, participants: &[concord_proto::NodeId]) {
+        let mut asked: Vec<concord_proto::NodeId> = match self.client_of.get(&xid) {
             Some(&c) => self.clients[c]
                 .plan
                 .branches
                 .iter()
-                .map(|(p, _)| NodeId::Participant(*p).addr())
+                .map(|(p, _)| NodeId::Participant(*p).name())
                 .collect(),
             None => {
                 return self.fail(
@@ -219,7 +221,7 @@ impl World {
             return self.fail("validity", Some(xid), detail);
         }
         for addr in participants {
-            let Some(NodeId::Participant(i)) = NodeId::from_addr(addr) else {
+            let Some(NodeId::Participant(i)) = NodeId::from_name(addr) else {
                 let detail = format!("COMMIT names {addr}, which is no participant");
                 return self.fail("validity", Some(xid), detail);
             };

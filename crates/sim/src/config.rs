@@ -78,6 +78,10 @@ pub struct FaultConfig {
     /// another for its STATE (INQUIRE), as a peer running cooperative
     /// termination does, at a random moment while it runs.
     pub peer_inquiry_probability: f64,
+    /// A participant that restarts comes back at a new address (the
+    /// coordinator's configuration still names the old one): it must be
+    /// found again through its hellos and frames.
+    pub restart_elsewhere: bool,
 }
 
 /// The bank workload.
@@ -290,6 +294,7 @@ impl SimConfig {
             } else {
                 0.0
             },
+            restart_elsewhere: false, // drawn last, below
         };
         let workload = WorkloadConfig {
             hot_probability: rng.gen_range(0.0..0.3),
@@ -338,6 +343,8 @@ impl SimConfig {
             apply_retry_ms_initial,
             apply_retry_ms_max: rng.gen_range(apply_retry_ms_initial..=2000),
         };
+        let mut faults = faults;
+        faults.restart_elsewhere = rng.gen_bool(0.3);
         SimConfig {
             seed,
             participants,
@@ -414,6 +421,7 @@ impl SimConfig {
                 partitions: 0,
                 partition_ms_max: 0,
                 peer_inquiry_probability: 0.0,
+                restart_elsewhere: false,
             },
             workload: WorkloadConfig {
                 hot_probability: 0.0,

@@ -55,6 +55,7 @@ impl SimRecord for CoordinatorRecord {
                 vec![(*xid, decision_kind(*decision))]
             }
             CoordinatorRecord::End { xid } => vec![(*xid, RecordKind::End)],
+            CoordinatorRecord::Peer { .. } => vec![],
         }
     }
 }
@@ -70,7 +71,9 @@ impl SimRecord for ParticipantRecord {
                 .iter()
                 .map(|(xid, decision)| (*xid, decision_kind(*decision)))
                 .collect(),
-            ParticipantRecord::Resource { .. } => vec![],
+            ParticipantRecord::Resource { .. }
+            | ParticipantRecord::Peer { .. }
+            | ParticipantRecord::Started { .. } => vec![],
         }
     }
 }
@@ -130,6 +133,15 @@ impl<R: SimRecord> SimDisk<R> {
         }
         self.mirror.push(record);
         index
+    }
+
+    /// Append `record` and make everything durable at once: only for a
+    /// node that is starting (nothing of it waits for an fsync yet), as the
+    /// server writes its start record synchronously before it serves.
+    pub fn append_synced(&mut self, record: R) {
+        self.append(record);
+        self.log.sync().expect("MemLog never fails");
+        self.mark_durable(self.mirror.len());
     }
 
     /// A forced write of the record at `index` waits for an fsync.

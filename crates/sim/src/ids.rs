@@ -1,39 +1,40 @@
-//! Names of the simulated processes and their protocol addresses.
+//! Names of the simulated processes.
 //!
-//! The protocol names processes by address ([`PeerAddr`]); the simulator
-//! names them by [`NodeId`]. The mapping is fixed and total for the nodes
-//! of a run; an address that maps to no node is a message into the void.
-//! It must never depend on anything but the node's index: addresses appear
-//! in log records and traces that a replay must reproduce.
-
-use concord_proto::PeerAddr;
+//! The protocol names processes by id (`concord_proto::NodeId`, their
+//! configured name: "coord", "p0", …); the simulator names them by
+//! [`NodeId`]. The mapping is fixed and total for the nodes of a run. Where
+//! a node can be reached (its address, "p0@2") is separate and changes when
+//! a node restarts somewhere else; the world keeps it. Neither may depend
+//! on anything but the node's index and the run: both appear in log records
+//! and traces that a replay must reproduce.
 use std::fmt;
 
-/// The coordinator's address inside the simulation.
-pub const COORDINATOR_ADDR: &str = "coord";
+/// The coordinator's name (protocol id) inside the simulation.
+pub const COORDINATOR_NAME: &str = "coord";
 
 /// One simulated process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NodeId {
     Coordinator,
-    /// Participant `i`, with address `p{i}`.
+    /// Participant `i`, named `p{i}`.
     Participant(usize),
 }
 
 impl NodeId {
-    pub fn addr(self) -> PeerAddr {
+    /// The node's protocol id.
+    pub fn name(self) -> concord_proto::NodeId {
         match self {
-            NodeId::Coordinator => COORDINATOR_ADDR.to_string(),
+            NodeId::Coordinator => COORDINATOR_NAME.to_string(),
             NodeId::Participant(i) => format!("p{i}"),
         }
     }
 
-    /// The node with address `addr`, if it is one of ours.
-    pub fn from_addr(addr: &str) -> Option<NodeId> {
-        if addr == COORDINATOR_ADDR {
+    /// The node with protocol id `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<NodeId> {
+        if name == COORDINATOR_NAME {
             return Some(NodeId::Coordinator);
         }
-        let digits = addr.strip_prefix('p')?;
+        let digits = name.strip_prefix('p')?;
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -52,7 +53,7 @@ impl NodeId {
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NodeId::Coordinator => f.write_str(COORDINATOR_ADDR),
+            NodeId::Coordinator => f.write_str(COORDINATOR_NAME),
             NodeId::Participant(i) => write!(f, "p{i}"),
         }
     }
@@ -63,17 +64,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_round_trip() {
+    fn names_round_trip() {
         for node in [
             NodeId::Coordinator,
             NodeId::Participant(0),
             NodeId::Participant(6),
         ] {
-            assert_eq!(NodeId::from_addr(&node.addr()), Some(node));
+            assert_eq!(NodeId::from_name(&node.name()), Some(node));
         }
-        assert_eq!(NodeId::from_addr("p"), None);
-        assert_eq!(NodeId::from_addr("px"), None);
-        assert_eq!(NodeId::from_addr("p+1"), None);
-        assert_eq!(NodeId::from_addr("elsewhere"), None);
+        assert_eq!(NodeId::from_name("p"), None);
+        assert_eq!(NodeId::from_name("px"), None);
+        assert_eq!(NodeId::from_name("p+1"), None);
+        assert_eq!(NodeId::from_name("elsewhere"), None);
     }
 }

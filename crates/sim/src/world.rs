@@ -29,7 +29,8 @@ use crate::net::{Fate, MessageRule, SentMessage};
 use crate::report::{fmt_time, ClientOutcome, SimFailure, SimReport};
 use crate::trace::Trace;
 use crate::workload::{plan_transactions, Intent, TxnPlan};
-use concord_api::{BranchRequest, Outcome, Reply, Request};
+use concord_api::{BranchRequest, Outcome, PeerBody, PeerEnvelope, Reply, Request};
+use concord_node::hello::Greeting;
 use concord_node::{
     ClientId, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig, ParticipantEvent,
     ParticipantNodeAction, ParticipantNodeConfig, ParticipantServerNode,
@@ -39,8 +40,8 @@ use concord_participant::kv::{encode_work, seed_record, KvOp, KvStore, KvView};
 use concord_participant::ParticipantNode;
 use concord_participant::ResourceOp;
 use concord_proto::{
-    Coordinator, CoordinatorRecord, Durability, Message, ParticipantNotice, ParticipantRecord,
-    Time, TimerKey, Xid,
+    Coordinator, CoordinatorRecord, Decision, Durability, Message, ParticipantNotice,
+    ParticipantRecord, Time, TimerKey, Xid,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,10 +99,17 @@ enum Event {
     ClientGiveUp {
         client: usize,
     },
+    /// A frame arrives: from `from` (at its address of generation
+    /// `reply_gen`, its `reply_to`) for `to` at its address of generation
+    /// `to_gen` (lost if `to` has moved on since).
     Deliver {
         from: NodeId,
+        /// The sender's incarnation when it sent the frame.
+        incarnation: u64,
+        reply_gen: u32,
         to: NodeId,
-        message: Message,
+        to_gen: u32,
+        body: PeerBody,
     },
     Timer {
         node: NodeId,
@@ -241,6 +249,9 @@ pub struct World {
     /// Per node (by `NodeId::ordinal`): bumped at every crash, so timers
     /// and fsyncs of an earlier life are recognised as stale.
     incarnations: Vec<u32>,
+    /// Per node (by ordinal): the generation of its address ("p0@2"),
+    /// bumped when it restarts somewhere else.
+    addr_gen: Vec<u32>,
     partitions: BTreeMap<NodeId, Partition>,
     rules: Vec<MessageRule>,
     sent_log: Option<Vec<SentMessage>>,
@@ -330,6 +341,7 @@ impl World {
                 .map(|_| SimDisk::with_durable(vec![seed.clone()]))
                 .collect(),
             incarnations: vec![0; n + 1],
+            addr_gen: vec![0; n + 1],
             partitions: BTreeMap::new(),
             rules: Vec::new(),
             sent_log: log_sent.then(Vec::new),
@@ -520,7 +532,14 @@ impl World {
                     trace!(self, None, "client of {xid:?} gives up: outcome unknown");
                 }
             }
-            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Deliver {
+                from,
+                incarnation,
+                reply_gen,
+                to,
+                to_gen,
+                body,
+            } => self.deliver(from, (incarnation, reply_gen), to, to_gen, body),
             Event::Timer {
                 node,
                 incarnation,
@@ -601,10 +620,10 @@ impl World {
                 let message = Message {
                     xid,
                     epoch,
-                    from: NodeId::Participant(from).addr(),
+                    from: NodeId::Participant(from).name(),
                     body: concord_proto::Body::Inquire,
                 };
-                let to = NodeId::Participant(to).addr();
+                let to = self.addr_of(NodeId::Participant(to));
                 self.send(NodeId::Participant(from), &to, message);
             }
         }
@@ -642,7 +661,7 @@ impl World {
             .branches
             .iter()
             .map(|(p, ops)| BranchRequest {
-                participant: NodeId::Participant(*p).addr(),
+                participant: NodeId::Participant(*p).name(),
                 work: encode_work(ops),
             })
             .collect();
@@ -755,10 +774,18 @@ impl World {
     fn coordinator_config(&self) -> CoordinatorNodeConfig {
         let c = &self.config;
         CoordinatorNodeConfig {
-            addr: NodeId::Coordinator.addr(),
+            id: NodeId::Coordinator.name(),
+            addr: self.addr_of(NodeId::Coordinator),
             // Named by their addresses, which are already names ("p0").
             participants: (0..c.participants)
-                .map(|i| (NodeId::Participant(i).addr(), NodeId::Participant(i).addr()))
+                // Where each participant first was: a configuration that is
+                // never updated, so a participant that moved must be found
+                // through its hellos and frames, and remembered across the
+                // coordinator's restarts.
+                .map(|i| {
+                    let node = NodeId::Participant(i);
+                    (node.name(), self.addr_string(node, 0))
+                })
                 .collect(),
             prepare_timeout_ms: c.prepare_timeout_ms,
             prepare_timeout_ms_min: c.prepare_timeout_ms_min,
@@ -778,7 +805,8 @@ impl World {
     fn participant_config(&self, i: usize) -> ParticipantNodeConfig {
         let c = &self.config;
         ParticipantNodeConfig {
-            addr: NodeId::Participant(i).addr(),
+            id: NodeId::Participant(i).name(),
+            addr: self.addr_of(NodeId::Participant(i)),
             inquire_ms_initial: c.inquire_ms_initial,
             inquire_ms_min: c.inquire_ms_min,
             inquire_ms_max: c.inquire_ms_max,
@@ -822,10 +850,16 @@ impl World {
                 self.run_coordinator();
             }
             NodeId::Participant(i) => {
-                let records = match self.participant_disks[i].recover() {
+                let mut records = match self.participant_disks[i].recover() {
                     Ok(r) => r,
                     Err(e) => return self.fail("log_recovery", None, format!("{node}: {e}")),
                 };
+                // A new life, durable before anything is sent, as the
+                // server does it.
+                let started =
+                    concord_node::participant::started_record(&records, &self.addr_of(node));
+                self.participant_disks[i].append_synced(started.clone());
+                records.push(started);
                 let kv = match KvStore::replay(records.iter()) {
                     Ok(kv) => kv,
                     Err(e) => {
@@ -903,7 +937,13 @@ impl World {
             return;
         }
         self.stats.restarts += 1;
-        trace!(self, Some(node), "RESTART");
+        if let (NodeId::Participant(_), true) = (node, self.config.faults.restart_elsewhere) {
+            self.addr_gen[node.ordinal() as usize] += 1;
+            let addr = self.addr_of(node);
+            trace!(self, Some(node), "RESTART at a new address, {addr}");
+        } else {
+            trace!(self, Some(node), "RESTART");
+        }
         self.start(node);
     }
 
@@ -951,7 +991,12 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                CoordinatorNodeAction::Send { to, message } => self.send(node, &to, message),
+                CoordinatorNodeAction::Send { addr, message, .. } => {
+                    self.send(node, &addr, message)
+                }
+                CoordinatorNodeAction::Greet { addr, greeting, .. } => {
+                    self.greet(node, &addr, greeting)
+                }
                 CoordinatorNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
                 CoordinatorNodeAction::Reply { client, reply } => self.on_reply(client, reply),
                 CoordinatorNodeAction::Stats { .. } => {
@@ -1014,8 +1059,18 @@ impl World {
                         show_participant_record(&record),
                         show_durability(durability)
                     );
-                    if let ParticipantRecord::Outcome { xid, decision } = &record {
-                        self.decision_applied(i, *xid, *decision);
+                    // A COMMITTED record follows the resource's commit: it
+                    // is applied. An ABORTED record may be a unilateral
+                    // abort being forced before an answer (answers persist
+                    // first); until it is durable and told, a crash may
+                    // undo it, and a later READY is then no contradiction.
+                    // Aborts count when the node reports the outcome.
+                    if let ParticipantRecord::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    } = &record
+                    {
+                        self.decision_applied(i, *xid, Decision::Commit);
                     }
                     let index = self.participant_disks[i].append(record);
                     if let Durability::Forced(ticket) = durability {
@@ -1023,7 +1078,12 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                ParticipantNodeAction::Send { to, message } => self.send(node, &to, message),
+                ParticipantNodeAction::Send { addr, message, .. } => {
+                    self.send(node, &addr, message)
+                }
+                ParticipantNodeAction::Greet { addr, greeting, .. } => {
+                    self.greet(node, &addr, greeting)
+                }
                 ParticipantNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
                 ParticipantNodeAction::Compact { records } => {
                     trace!(
@@ -1286,8 +1346,8 @@ impl World {
         Some(rule.fate)
     }
 
-    /// A node sends `message` to `to`: the network loses, duplicates,
-    /// delays it as the seed (or a scripted rule) says.
+    /// A node sends `message` to the address `to`: the network loses,
+    /// duplicates, delays it as the seed (or a scripted rule) says.
     fn send(&mut self, from: NodeId, to: &str, message: Message) {
         self.persist_then_send(from, &message);
         self.answers_persist_first(from, &message);
@@ -1300,19 +1360,65 @@ impl World {
         let kind = message.kind();
         self.trace.mix_str(kind);
         self.trace.mix(&[from.ordinal(), message.xid.0 as u64]);
-        let Some(to) = NodeId::from_addr(to).filter(|n| self.exists(*n)) else {
+        let Some((to, to_gen)) = self.node_at(to) else {
             self.stats.dropped += 1;
+            trace!(self, Some(from), "send {kind} to {to}: nobody there, lost");
+            return;
+        };
+        let rule = self.rule_fate(from, to, &message);
+        let shown = if self.trace.enabled() {
+            show(&message)
+        } else {
+            String::new()
+        };
+        let (xid, epoch) = (message.xid, message.epoch);
+        let copies = self.transmit(from, to, to_gen, rule, PeerBody::Message(message), &shown);
+        if let Some(log) = self.sent_log.as_mut() {
+            log.push(SentMessage {
+                at: self.now,
+                from,
+                to,
+                kind,
+                xid,
+                epoch,
+                copies,
+            });
+        }
+    }
+
+    /// A node says hello (or welcome) to the address `to`.
+    fn greet(&mut self, from: NodeId, to: &str, greeting: Greeting) {
+        let Some((to, to_gen)) = self.node_at(to) else {
             trace!(
                 self,
                 Some(from),
-                "send {kind} to unknown address {to}: lost"
+                "send {greeting:?} to {to}: nobody there, lost"
             );
             return;
         };
+        let body = match greeting {
+            Greeting::Hello => PeerBody::Hello,
+            Greeting::Welcome => PeerBody::Welcome,
+        };
+        self.transmit(from, to, to_gen, None, body, &format!("{greeting:?}"));
+    }
+
+    /// Put one frame from `from` on the wire to `to` (at its address of
+    /// generation `to_gen`): loss, partitions, duplicates and delays as the
+    /// seed says. Returns how many copies will arrive.
+    fn transmit(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        to_gen: u32,
+        rule: Option<Fate>,
+        body: PeerBody,
+        shown: &str,
+    ) -> u32 {
         let mut copies = 1u32;
         let mut extra_us = 0;
         let mut lost: Option<&'static str> = None;
-        match self.rule_fate(from, to, &message) {
+        match rule {
             Some(Fate::Drop) => lost = Some("scripted drop"),
             Some(Fate::Duplicate) => copies = 2,
             Some(Fate::DelayMs(ms)) => extra_us = ms * 1000,
@@ -1337,6 +1443,8 @@ impl World {
             copies += 1;
         }
         self.stats.duplicated += u64::from(copies.saturating_sub(1));
+        let reply_gen = self.addr_gen[from.ordinal() as usize];
+        let incarnation = self.incarnation_of(from);
         let mut delays = Vec::with_capacity(copies as usize);
         for copy in 0..copies {
             // A scripted duplicate follows its original by 1 ms.
@@ -1346,85 +1454,121 @@ impl World {
                 Time(self.now.0 + delay),
                 Event::Deliver {
                     from,
+                    incarnation,
+                    reply_gen,
                     to,
-                    message: message.clone(),
+                    to_gen,
+                    body: body.clone(),
                 },
             );
         }
         self.trace.mix(&[to.ordinal(), u64::from(copies)]);
-        if let Some(log) = self.sent_log.as_mut() {
-            log.push(SentMessage {
-                at: self.now,
-                from,
-                to,
-                kind,
-                xid: message.xid,
-                epoch: message.epoch,
-                copies,
-            });
-        }
         match lost {
-            Some(why) => {
-                trace!(
-                    self,
-                    Some(from),
-                    "send {} to {to}: LOST ({why})",
-                    show(&message)
-                );
-            }
+            Some(why) => trace!(self, Some(from), "send {shown} to {to}: LOST ({why})"),
             None => {
                 let delays: Vec<String> = delays.iter().map(|d| fmt_time(Time(*d))).collect();
                 trace!(
                     self,
                     Some(from),
-                    "send {} to {to}, arrives in {}",
-                    show(&message),
+                    "send {shown} to {to}, arrives in {}",
                     delays.join(" and ")
                 );
             }
         }
+        copies
     }
 
-    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
-        self.trace.mix_str(message.kind());
-        self.trace
-            .mix(&[from.ordinal(), to.ordinal(), message.xid.0 as u64]);
+    /// The frame `body` from `from` (in its life and at its address of
+    /// generation `sender`) arrives for `to` at its address of generation
+    /// `to_gen`.
+    fn deliver(
+        &mut self,
+        from: NodeId,
+        sender: (u64, u32),
+        to: NodeId,
+        to_gen: u32,
+        body: PeerBody,
+    ) {
+        let (incarnation, reply_gen) = sender;
+        let (kind, xid) = match &body {
+            PeerBody::Message(m) => (m.kind(), m.xid.0 as u64),
+            PeerBody::Hello => ("HELLO", 0),
+            PeerBody::Welcome => ("WELCOME", 0),
+        };
+        self.trace.mix_str(kind);
+        self.trace.mix(&[from.ordinal(), to.ordinal(), xid]);
+        let shown = match (&body, self.trace.enabled()) {
+            (PeerBody::Message(m), true) => show(m),
+            _ => kind.to_string(),
+        };
         if self.cut_off(from, to) {
             self.stats.dropped += 1;
-            trace!(
-                self,
-                Some(to),
-                "recv {} from {from}: LOST (partition)",
-                show(&message)
-            );
+            trace!(self, Some(to), "recv {shown} from {from}: LOST (partition)");
             return;
         }
         if !self.is_up(to) {
             self.stats.dropped += 1;
+            trace!(self, Some(to), "recv {shown} from {from}: LOST (node down)");
+            return;
+        }
+        if self.addr_gen[to.ordinal() as usize] != to_gen {
+            self.stats.dropped += 1;
             trace!(
                 self,
                 Some(to),
-                "recv {} from {from}: LOST (node down)",
-                show(&message)
+                "recv {shown} from {from}: LOST (sent to an address it has left)"
             );
             return;
         }
-        trace!(self, Some(to), "recv {} from {from}", show(&message));
+        trace!(self, Some(to), "recv {shown} from {from}");
         let now = self.node_now(to);
+        let envelope = PeerEnvelope {
+            from: from.name(),
+            reply_to: self.addr_string(from, reply_gen),
+            incarnation,
+            body,
+        };
         match to {
             NodeId::Coordinator => {
                 if let Some(c) = self.coordinator.as_mut() {
-                    c.on_message(now, message);
+                    c.on_peer(now, envelope);
                 }
                 self.run_coordinator();
             }
             NodeId::Participant(i) => {
                 if let Some(p) = self.participants[i].as_mut() {
-                    p.on_message(now, message);
+                    p.on_peer(now, envelope);
                 }
                 self.run_participant(i);
             }
         }
+    }
+
+    /// The incarnation `node` sends with its frames now (0 while down:
+    /// only injected frames are sent then).
+    fn incarnation_of(&self, node: NodeId) -> u64 {
+        match node {
+            NodeId::Coordinator => self.coordinator.as_ref().map_or(0, |c| c.incarnation()),
+            NodeId::Participant(i) => self.participants[i].as_ref().map_or(0, |p| p.incarnation()),
+        }
+    }
+
+    /// `node`'s address of generation `gen` ("p0@2").
+    fn addr_string(&self, node: NodeId, gen: u32) -> String {
+        format!("{}@{gen}", node.name())
+    }
+
+    /// `node`'s address now.
+    pub fn addr_of(&self, node: NodeId) -> String {
+        self.addr_string(node, self.addr_gen[node.ordinal() as usize])
+    }
+
+    /// The node an address names, with the address's generation (the
+    /// node may have moved on since).
+    fn node_at(&self, addr: &str) -> Option<(NodeId, u32)> {
+        let (name, gen) = addr.split_once('@')?;
+        let node = NodeId::from_name(name).filter(|n| self.exists(*n))?;
+        Some((node, gen.parse().ok()?))
     }
 
     // ----- the scripted scenarios' handles ----------------------------------
@@ -1512,9 +1656,21 @@ impl World {
     pub fn inject(&mut self, from: NodeId, to: NodeId, message: Message) {
         trace!(self, Some(from), "inject {} to {to}", show(&message));
         let delay = self.sample_delay_us();
+        let (reply_gen, to_gen) = (
+            self.addr_gen[from.ordinal() as usize],
+            self.addr_gen[to.ordinal() as usize],
+        );
+        let incarnation = self.incarnation_of(from);
         self.schedule(
             Time(self.now.0 + delay),
-            Event::Deliver { from, to, message },
+            Event::Deliver {
+                from,
+                incarnation,
+                reply_gen,
+                to,
+                to_gen,
+                body: PeerBody::Message(message),
+            },
         );
     }
 
@@ -1699,6 +1855,7 @@ fn show_coordinator_record(record: &CoordinatorRecord) -> String {
             participants,
         } => format!("DECISION {decision:?} {xid:?} {participants:?}"),
         CoordinatorRecord::End { xid } => format!("END {xid:?}"),
+        CoordinatorRecord::Peer { id, addr, .. } => format!("PEER {id} at {addr}"),
     }
 }
 
@@ -1715,6 +1872,14 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
         ParticipantRecord::Outcome { xid, decision } => format!("OUTCOME {decision:?} {xid:?}"),
         ParticipantRecord::Finished { outcomes } => format!("FINISHED {outcomes:?}"),
         ParticipantRecord::Resource { body } => format!("RESOURCE ({} bytes)", body.len()),
+        ParticipantRecord::Peer {
+            id,
+            addr,
+            incarnation,
+        } => format!("PEER {id} at {addr} (life {incarnation})"),
+        ParticipantRecord::Started { incarnation, addr } => {
+            format!("STARTED life {incarnation} at {addr}")
+        }
     }
 }
 

@@ -9,17 +9,18 @@ use concord_proto::mutant::set as set_mutant;
 use concord_sim::{run_seed, Mutant, SimOptions};
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 10] = [
+const CAUGHT: [(Mutant, u64, &str); 11] = [
     (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
-    (Mutant::ForgetCommittedOnRecovery, 5, "atomicity"),
+    (Mutant::ForgetCommittedOnRecovery, 0, "atomicity"),
     (Mutant::SkipFundsCheck, 4, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
     (Mutant::CompactionDropsInDoubt, 19, "persist_then_send"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
     (Mutant::AbandonFailedApply, 1, "durability"),
+    (Mutant::DirectoryIgnoresMoves, 0, "durability"),
 ];
 
 #[test]

@@ -378,9 +378,9 @@ fn late_duplicate_prepare_after_commit_is_answered_not_redone() {
     let prepare = Message {
         xid: x,
         epoch: 1,
-        from: C.addr(),
+        from: C.name(),
         body: Body::Prepare {
-            participants: vec![P0.addr(), P1.addr()],
+            participants: vec![P0.name(), P1.name()],
             work: concord_participant::kv::encode_work(&[op("acct-0", -10)]),
             deadline_ms: 50,
         },
@@ -408,7 +408,7 @@ fn stale_epoch_message_rejected() {
     let stale = Message {
         xid: x,
         epoch: 1,
-        from: C.addr(),
+        from: C.name(),
         body: Body::Decision(Decision::Abort),
     };
     w.inject(C, P0, stale);
@@ -489,9 +489,9 @@ fn duplicates_harmless_late_prepare_after_finished_max_is_not_prepared_again() {
     let prepare = Message {
         xid: x,
         epoch: 1,
-        from: C.addr(),
+        from: C.name(),
         body: Body::Prepare {
-            participants: vec![P0.addr(), P1.addr()],
+            participants: vec![P0.name(), P1.name()],
             work: concord_participant::kv::encode_work(&[op("acct-0", -10)]),
             deadline_ms: 50,
         },
@@ -528,7 +528,7 @@ fn peer_asks_then_answerer_crashes(w: &mut World) -> Xid {
         Message {
             xid: x,
             epoch: 1,
-            from: P1.addr(),
+            from: P1.name(),
             body: Body::Inquire,
         },
     );
@@ -612,9 +612,11 @@ fn compaction_keeps_an_in_doubt_branch_and_a_crash_inside_compaction_loses_nothi
     }
     assert!(crashed, "a compaction of p0's log was caught in progress");
     w.restart(P0);
-    // The branch is still in doubt with its lock, from the old log.
-    assert_eq!(w.participant(0).expect("up").core().in_doubt(), vec![x]);
-    assert_eq!(locked(&w, 0), vec!["acct-0".to_string()]);
+    // The branch is still in doubt with its lock, from the old log (the
+    // transfer in flight when the power went may be in doubt too).
+    let in_doubt = w.participant(0).expect("up").core().in_doubt();
+    assert!(in_doubt.contains(&x), "{in_doubt:?}");
+    assert!(locked(&w, 0).contains(&"acct-0".to_string()));
     settle(&mut w);
     assert_eq!(state(&w, 0, x), TxnState::Committed);
     assert_transferred(&w, 10);

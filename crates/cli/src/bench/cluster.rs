@@ -66,6 +66,7 @@ impl Cluster {
             let name = format!("p{i}");
             let addr = format!("127.0.0.1:{port}");
             let args = participant_args(
+                &name,
                 &addr,
                 &spec.root.join(&name),
                 spec.accounts,

@@ -258,6 +258,8 @@ impl Cluster {
             "--log-level".into(),
             "debug".into(),
             "participant".into(),
+            "--name".into(),
+            p.name.clone(),
             "--listen".into(),
             p.bind.clone().unwrap_or_else(|| p.addr.clone()),
             "--data-dir".into(),
