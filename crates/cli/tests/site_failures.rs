@@ -408,3 +408,68 @@ async fn participant_crashes_after_commit_durable_before_ack() {
     })
     .await;
 }
+
+/// Logical node identity: p1 dies holding a COMMIT it has not carried out
+/// and comes back on another port, under the same --name and data dir,
+/// while the coordinator's --participant still names the old address. p1's
+/// READY record names the coordinator by id and its log keeps where the
+/// coordinator is: it inquires, commits, and says hello; the coordinator
+/// follows it to the new address, keeps that across its own restart, and
+/// new transactions reach p1 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_restarted_on_a_new_address_is_found_again() {
+    bounded(async {
+        let mut cluster = Cluster::new(2, 2, 100);
+        cluster.start_participant(0, &[]);
+        cluster.start_participant(
+            1,
+            &failpoint_env(failpoint::PARTICIPANT_BEFORE_COMMIT_WRITE),
+        );
+        cluster.start_coordinator(&[]);
+        cluster.wait_all_listening().await;
+        let result = cluster
+            .client()
+            .await
+            .transfer(("p0", "acct-0"), ("p1", "acct-0"), 10)
+            .await
+            .expect("the coordinator decides");
+        assert!(result.committed(), "{result:?}");
+        assert_killed(cluster.participant_proc(1).wait_exit(EXIT), "p1");
+
+        // Back on a new port; the coordinator was told the old one.
+        let old = cluster.participants[1].addr.clone();
+        let new = format!("127.0.0.1:{}", free_ports(1)[0]);
+        cluster.participants[1].addr = new.clone();
+        cluster.start_participant(1, &[]);
+        wait_listening(&new).await;
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(reports[1].balance("acct-0"), Some(110), "p1 committed");
+        wait_coordinator_state(&cluster, result.xid, &[CoordinatorState::Committed]).await;
+        let log = cluster.coordinator_proc().log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("p1 moved from") && l.contains(&old) && l.contains(&new)),
+            "the coordinator does not say p1 moved:\n{log}"
+        );
+
+        // The coordinator restarts with its stale --participant p1=OLD:
+        // the new address came back from its log.
+        cluster.coordinator_proc().kill();
+        cluster.participants[1].addr = old.clone();
+        cluster.start_coordinator(&[]);
+        cluster.participants[1].addr = new.clone();
+        wait_listening(&cluster.coordinator.addr).await;
+        let client = cluster.client().await;
+        let again = client
+            .transfer(("p0", "acct-1"), ("p1", "acct-1"), 5)
+            .await
+            .expect("runs");
+        assert!(again.committed(), "{again:?}");
+        let status = client.status(again.xid).await.expect("status");
+        assert!(
+            status.branches.iter().any(|b| b.addr == new),
+            "status names p1 at its new address: {status:?}"
+        );
+    })
+    .await;
+}

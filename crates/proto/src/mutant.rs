@@ -42,10 +42,13 @@ pub enum Mutant {
     /// Logical node identity: the directory keeps a node's first address
     /// and never follows it to a new one.
     DirectoryIgnoresMoves,
+    /// Epochs: a participant acts on a message from an older coordinator
+    /// epoch than its branch has seen.
+    AdoptOlderEpoch,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 11] = [
+    pub const ALL: [Mutant; 12] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -57,6 +60,7 @@ impl Mutant {
         Mutant::AckBeforeApplied,
         Mutant::AbandonFailedApply,
         Mutant::DirectoryIgnoresMoves,
+        Mutant::AdoptOlderEpoch,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -73,6 +77,7 @@ impl Mutant {
             Mutant::AckBeforeApplied => "ack-before-applied",
             Mutant::AbandonFailedApply => "abandon-failed-apply",
             Mutant::DirectoryIgnoresMoves => "directory-ignores-moves",
+            Mutant::AdoptOlderEpoch => "adopt-older-epoch",
         }
     }
 

@@ -371,6 +371,11 @@ impl Participant {
         xids
     }
 
+    /// The newest coordinator epoch a live branch of `xid` has seen.
+    pub fn epoch_of(&self, xid: Xid) -> Option<Epoch> {
+        self.branches.get(&xid).map(|b| b.epoch)
+    }
+
     /// What this participant knows of `xid`, as it would answer INQUIRE.
     pub fn state_of(&self, xid: Xid) -> TxnState {
         if let Some(decision) = self.finished.get(&xid) {
@@ -404,7 +409,10 @@ impl Participant {
         } = message;
         let kind = body.kind();
         if let Some(branch) = self.branches.get_mut(&xid) {
-            if epoch < branch.epoch && !matches!(body, Body::Inquire) {
+            if epoch < branch.epoch
+                && !matches!(body, Body::Inquire)
+                && !mutant::active(Mutant::AdoptOlderEpoch)
+            {
                 self.ignored(xid, kind, from, "older epoch than this branch has seen");
                 return;
             }

@@ -15,8 +15,18 @@ use crate::ids::NodeId;
 use crate::report::ClientOutcome;
 use crate::workload::Intent;
 use crate::world::World;
+use concord_api::{PeerBody, PeerEnvelope};
 use concord_participant::kv::{KvStore, KvView};
-use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
+use concord_proto::{Body, Decision, Epoch, Message, TxnState, Vote, Xid};
+
+/// A branch's state before a message from an older epoch (see
+/// `World::check_epoch`).
+pub(crate) struct EpochState {
+    xid: Xid,
+    message_epoch: Epoch,
+    branch_epoch: Epoch,
+    state: TxnState,
+}
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the all-seeing observer remembers.
@@ -154,6 +164,44 @@ impl World {
         if let Some((xid, account)) = lost {
             let detail = format!("p{p} restarted in doubt but lost its lock on {account}");
             self.fail("isolation", Some(xid), detail);
+        }
+    }
+
+    /// What the epoch invariant compares: for a message to participant `p`
+    /// from an older epoch than its branch has seen, the branch's state
+    /// before the message.
+    pub(crate) fn epoch_state(&self, p: usize, envelope: &PeerEnvelope) -> Option<EpochState> {
+        let PeerBody::Message(message) = &envelope.body else {
+            return None;
+        };
+        if matches!(message.body, Body::Inquire) {
+            return None; // anyone may ask, from any epoch
+        }
+        let core = self.participant(p)?.core();
+        let epoch = core.epoch_of(message.xid)?;
+        (message.epoch < epoch).then(|| EpochState {
+            xid: message.xid,
+            message_epoch: message.epoch,
+            branch_epoch: epoch,
+            state: core.state_of(message.xid),
+        })
+    }
+
+    /// Epochs: no message from an older epoch changes any state. (With one
+    /// coordinator an older epoch never carries a different decision, so
+    /// only injected messages reach this; coordinator takeover will.)
+    pub(crate) fn check_epoch(&mut self, p: usize, before: EpochState) {
+        let Some(node) = self.participant(p) else {
+            return;
+        };
+        let core = node.core();
+        let (state, epoch) = (core.state_of(before.xid), core.epoch_of(before.xid));
+        if state != before.state || epoch != Some(before.branch_epoch) {
+            let detail = format!(
+                "p{p}: a message of epoch {} moved a branch of epoch {} from {:?} to {state:?}",
+                before.message_epoch, before.branch_epoch, before.state
+            );
+            self.fail("epoch", Some(before.xid), detail);
         }
     }
 

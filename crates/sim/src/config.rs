@@ -82,6 +82,10 @@ pub struct FaultConfig {
     /// coordinator's configuration still names the old one): it must be
     /// found again through its hellos and frames.
     pub restart_elsewhere: bool,
+    /// Chance that an fsync fails: the store cannot say what reached the
+    /// disk, so the node stops (fail-stop, as the servers do) with any
+    /// prefix of its unsynced records on disk, and restarts later.
+    pub fsync_error_probability: f64,
 }
 
 /// The bank workload.
@@ -294,7 +298,8 @@ impl SimConfig {
             } else {
                 0.0
             },
-            restart_elsewhere: false, // drawn last, below
+            restart_elsewhere: false,     // drawn last, below
+            fsync_error_probability: 0.0, // drawn last, below
         };
         let workload = WorkloadConfig {
             hot_probability: rng.gen_range(0.0..0.3),
@@ -345,6 +350,11 @@ impl SimConfig {
         };
         let mut faults = faults;
         faults.restart_elsewhere = rng.gen_bool(0.3);
+        faults.fsync_error_probability = if rng.gen_bool(0.3) {
+            rng.gen_range(0.0..0.02)
+        } else {
+            0.0
+        };
         SimConfig {
             seed,
             participants,
@@ -422,6 +432,7 @@ impl SimConfig {
                 partition_ms_max: 0,
                 peer_inquiry_probability: 0.0,
                 restart_elsewhere: false,
+                fsync_error_probability: 0.0,
             },
             workload: WorkloadConfig {
                 hot_probability: 0.0,

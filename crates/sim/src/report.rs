@@ -44,6 +44,8 @@ pub struct SimReport {
     /// Log compactions started, and crashes that hit a node while one ran.
     pub compactions: u64,
     pub crashes_in_compaction: u64,
+    /// Crashes that were an fsync error's fail-stop.
+    pub fsync_errors: u64,
     pub events: u64,
     /// Virtual time at the end of the run.
     pub virtual_time: Time,
@@ -62,7 +64,7 @@ impl fmt::Display for SimReport {
             f,
             "seed {}: {} participants, {} txns ({} committed, {} aborted, {} unknown to the \
              client; {} committed in fact), {} msgs ({} dropped, {} duplicated), {} crashes \
-             ({} during a compaction), {} restarts, {} fsyncs, {} compactions, {} events, \
+             ({} during a compaction, {} fsync errors), {} restarts, {} fsyncs, {} compactions, {} events, \
              {:.3} s virtual, trace {:016x}",
             self.seed,
             self.participants,
@@ -76,6 +78,7 @@ impl fmt::Display for SimReport {
             self.messages_duplicated,
             self.crashes,
             self.crashes_in_compaction,
+            self.fsync_errors,
             self.restarts,
             self.fsyncs,
             self.compactions,

@@ -230,6 +230,7 @@ struct Stats {
     fsyncs: u64,
     compactions: u64,
     crashes_in_compaction: u64,
+    fsync_errors: u64,
     events: u64,
 }
 
@@ -513,6 +514,7 @@ impl World {
             fsyncs: self.stats.fsyncs,
             compactions: self.stats.compactions,
             crashes_in_compaction: self.stats.crashes_in_compaction,
+            fsync_errors: self.stats.fsync_errors,
             events: self.stats.events,
             virtual_time: self.now,
             liveness_time: Time(self.now.0.saturating_sub(self.heal_at.0)),
@@ -933,11 +935,22 @@ impl World {
 
     /// Restart `node` from its log, if it is down.
     pub fn restart(&mut self, node: NodeId) {
+        let elsewhere =
+            matches!(node, NodeId::Participant(_)) && self.config.faults.restart_elsewhere;
+        self.restart_with(node, elsewhere);
+    }
+
+    /// Restart `node` at a new address (scripted scenarios), if it is down.
+    pub fn restart_elsewhere(&mut self, node: NodeId) {
+        self.restart_with(node, true);
+    }
+
+    fn restart_with(&mut self, node: NodeId, elsewhere: bool) {
         if self.is_up(node) {
             return;
         }
         self.stats.restarts += 1;
-        if let (NodeId::Participant(_), true) = (node, self.config.faults.restart_elsewhere) {
+        if elsewhere {
             self.addr_gen[node.ordinal() as usize] += 1;
             let addr = self.addr_of(node);
             trace!(self, Some(node), "RESTART at a new address, {addr}");
@@ -1258,6 +1271,19 @@ impl World {
         if self.disk_generation(node) != generation {
             return; // a compaction finished meanwhile and covered it
         }
+        let p = self.config.faults.fsync_error_probability;
+        if self.phase == Phase::Safety && p > 0.0 && self.rng.gen_bool(p) {
+            // The fail-stop path: an fsync error leaves the disk's state
+            // unknown, so the node stops without releasing any forced
+            // write (no answer that waited on it leaves).
+            trace!(self, Some(node), "FSYNC ERROR: fail-stop");
+            self.stats.fsync_errors += 1;
+            self.crash(node, KeepUnsynced::Random);
+            if let Some(back) = self.random_downtime(node) {
+                self.schedule(Time(self.now.0 + back), Event::Restart { node });
+            }
+            return;
+        }
         let tickets = match node {
             NodeId::Coordinator => self.coordinator_disk.fsync_done(upto),
             NodeId::Participant(i) => self.participant_disks[i].fsync_done(upto),
@@ -1536,8 +1562,12 @@ impl World {
                 self.run_coordinator();
             }
             NodeId::Participant(i) => {
+                let before = self.epoch_state(i, &envelope);
                 if let Some(p) = self.participants[i].as_mut() {
                     p.on_peer(now, envelope);
+                }
+                if let Some(before) = before {
+                    self.check_epoch(i, before);
                 }
                 self.run_participant(i);
             }

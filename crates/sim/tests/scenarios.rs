@@ -700,3 +700,37 @@ fn failing_abort_is_retried_and_releases_the_locks_only_then() {
     assert_transferred(&w, 0);
     assert_no_locks(&w);
 }
+
+/// Logical node identity: p0 commits, its ACK is lost, and it restarts at
+/// a new address. It is not in doubt, so it never inquires; the
+/// coordinator's configuration still names the old address, where its
+/// COMMIT resends go unanswered. p0's hello (it moved) tells the
+/// coordinator where it is, the coordinator welcomes it once the address
+/// is durable, and the next resend reaches it: the transaction ends.
+#[test]
+fn a_participant_that_restarts_elsewhere_is_found_by_its_hello() {
+    let mut w = world();
+    w.add_rule(MessageRule::new("ACK", Fate::Drop).from(P0).times(1));
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
+    w.crash(P0, KeepUnsynced::All);
+    w.run_for(100);
+    w.restart_elsewhere(P0);
+    assert_eq!(w.addr_of(P0), "p0@1");
+    settle(&mut w);
+    assert!(trace_has(
+        &w,
+        "PeerMoved { id: \"p0\", from: \"p0@0\", to: \"p0@1\" }"
+    ));
+    assert!(trace_has(&w, "coord send Welcome to p0"));
+    assert!(w
+        .coordinator_log()
+        .contains(&CoordinatorRecord::End { xid: x }));
+    assert_eq!(
+        w.count_sent(P0, C, "INQUIRE", x),
+        0,
+        "found by its hello alone"
+    );
+    assert_transferred(&w, 10);
+    assert_no_locks(&w);
+}

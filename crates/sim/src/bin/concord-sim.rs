@@ -149,6 +149,7 @@ struct Totals {
     crashes: u64,
     compactions: u64,
     crashes_in_compaction: u64,
+    fsync_errors: u64,
     events: u64,
     virtual_us: u64,
     failures: Vec<SimFailure>,
@@ -167,6 +168,7 @@ impl Totals {
         self.crashes += report.crashes;
         self.compactions += report.compactions;
         self.crashes_in_compaction += report.crashes_in_compaction;
+        self.fsync_errors += report.fsync_errors;
         self.events += report.events;
         self.virtual_us += report.virtual_time.0;
     }
@@ -228,8 +230,8 @@ fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode 
     );
     println!(
         "totals: {} txns ({} committed, {} aborted, {} unknown to the client), {} messages \
-         ({} dropped, {} duplicated), {} crashes ({} during a compaction), {} compactions, \
-         {} events, {:.1} s virtual",
+         ({} dropped, {} duplicated), {} crashes ({} during a compaction, {} fsync errors), \
+         {} compactions, {} events, {:.1} s virtual",
         totals.transactions,
         totals.committed,
         totals.aborted,
@@ -239,6 +241,7 @@ fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode 
         totals.duplicated,
         totals.crashes,
         totals.crashes_in_compaction,
+        totals.fsync_errors,
         totals.compactions,
         totals.events,
         totals.virtual_us as f64 / 1e6
