@@ -324,6 +324,12 @@ struct ParticipantArgs {
     /// sent only once the record is durable, either way.
     #[arg(long, default_value_t = concord_server::participant::OUTCOME_SYNC_DELAY_US_DEFAULT, value_name = "US")]
     outcome_sync_delay_us: u64,
+    /// A PREPARE for a new branch while this many branches are in flight
+    /// (preparing, READY, or carrying out their decision) gets VOTE ABORT
+    /// "busy: … retry later": memory, locks and the log's queue stay
+    /// bounded.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    branches_in_flight_max: usize,
     /// The address peers reach this participant at when it differs from
     /// --listen (behind a proxy or NAT); sent with every message.
     #[arg(long, value_name = "ADDR")]
@@ -776,6 +782,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.node.timeout_samples_min = args.timeout_samples_min;
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
+    config.node.branches_in_flight_max = args.branches_in_flight_max;
     config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();

@@ -48,6 +48,9 @@ pub struct ParticipantNodeConfig {
     /// doubles per failure up to the max. Never given up.
     pub apply_retry_ms_initial: u64,
     pub apply_retry_ms_max: u64,
+    /// Admission: PREPAREs for new branches beyond this many live ones get
+    /// VOTE ABORT "busy, retry later".
+    pub branches_in_flight_max: usize,
 }
 
 impl ParticipantNodeConfig {
@@ -64,6 +67,7 @@ impl ParticipantNodeConfig {
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             apply_retry_ms_initial: 10,
             apply_retry_ms_max: 5000,
+            branches_in_flight_max: 100_000,
         }
     }
 
@@ -86,6 +90,9 @@ impl ParticipantNodeConfig {
                 "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
                 self.inquire_ms_min, self.inquire_ms_max
             ));
+        }
+        if self.branches_in_flight_max == 0 {
+            return Err("--branches-in-flight-max must be at least 1".into());
         }
         if self.apply_retry_ms_initial == 0 || self.apply_retry_ms_max < self.apply_retry_ms_initial
         {
@@ -293,6 +300,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             finished_max: config.finished_max,
             apply_retry_ms_initial: config.apply_retry_ms_initial,
             apply_retry_ms_max: config.apply_retry_ms_max,
+            branches_in_flight_max: config.branches_in_flight_max,
         };
         let mut node = ParticipantServerNode {
             node: ParticipantNode::recover(core_config, records, resource, now),

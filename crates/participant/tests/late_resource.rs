@@ -25,6 +25,7 @@ fn node(delay: DelayConfig) -> ParticipantNode<Delayed<KvStore>> {
         finished_max: 100,
         apply_retry_ms_initial: 10,
         apply_retry_ms_max: 40,
+        branches_in_flight_max: 100,
     };
     ParticipantNode::recover(config, [seed], Delayed::new(kv, delay), Time(0))
 }

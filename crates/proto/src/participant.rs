@@ -41,6 +41,10 @@ pub struct ParticipantConfig {
     /// decided branch cannot be undone).
     pub apply_retry_ms_initial: u64,
     pub apply_retry_ms_max: u64,
+    /// Admission: a PREPARE for a new branch while this many are live
+    /// (preparing, READY, or carrying out their decision) gets VOTE ABORT
+    /// "busy": memory, locks and the log's queue stay bounded.
+    pub branches_in_flight_max: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -696,8 +700,16 @@ impl Participant {
             // Preparing / ReadyPending: the vote goes out when ready.
             return;
         }
-        if work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.id) {
-            let reason = if work.len() > WORK_BYTES_MAX {
+        let busy = self.branches.len() >= self.config.branches_in_flight_max;
+        if busy || work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.id) {
+            let reason = if busy {
+                format!(
+                    "busy: {} branches in flight at {} (limit {}); retry later",
+                    self.branches.len(),
+                    self.config.id,
+                    self.config.branches_in_flight_max
+                )
+            } else if work.len() > WORK_BYTES_MAX {
                 format!("work of {} bytes is over the limit", work.len())
             } else {
                 format!("{} is not in the participant list", self.config.id)

@@ -15,7 +15,40 @@ fn config() -> ParticipantConfig {
         finished_max: 1000,
         apply_retry_ms_initial: 5,
         apply_retry_ms_max: 20,
+        branches_in_flight_max: 1000,
     }
+}
+
+/// Admission: past `branches_in_flight_max` live branches a PREPARE gets
+/// VOTE ABORT "busy" at once, is remembered as aborted (a duplicate gets
+/// the same vote), and takes nothing from the resource.
+#[test]
+fn admission_limit_votes_abort_busy_and_remembers_it() {
+    let mut p = Participant::new(ParticipantConfig {
+        branches_in_flight_max: 1,
+        ..config()
+    });
+    ready(&mut p, Xid(5));
+    p.on_message(ms(3), prepare(Xid(6)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ParticipantAction::Prepare { .. })));
+    match &sent(&actions)[..] {
+        [(_, Body::Vote(Vote::Abort { reason }))] => {
+            assert!(reason.starts_with("busy:"), "{reason}")
+        }
+        other => panic!("expected VOTE ABORT busy, got {other:?}"),
+    }
+    assert_eq!(p.state_of(Xid(6)), TxnState::Aborted);
+    // Once xid 5 is finished (committed, recorded, ACKed) there is room.
+    let (t, _) = forced(&commit_now(&mut p, ms(4), Xid(5))).expect("COMMITTED forced");
+    p.on_durable(ms(4), t);
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(5), prepare(Xid(7)));
+    assert!(p
+        .drain_actions()
+        .any(|a| matches!(a, ParticipantAction::Prepare { xid: Xid(7), .. })));
 }
 
 fn ms(v: u64) -> Time {

@@ -129,6 +129,9 @@ pub async fn run_coordinator_until(
         epoch = node.epoch(),
         "coordinator log recovered"
     );
+    // Unbounded on purpose: the log's writer thread must never block on
+    // the driver. It holds at most one event per submission, and those are
+    // bounded by the node's admission limit (see `GroupCommit`).
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let log = LogWriter::new(
         GroupCommit::start(Box::new(log), "coordinator"),

@@ -33,11 +33,17 @@ use concord_node::hello::Greeting;
 use concord_proto::{Message, Xid};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Above this many cached name resolutions the cache is cleared (a peer
 /// can put any `from` address in a message).
 const RESOLVED_MAX: usize = 4096;
+
+/// Most host-name resolutions running at once; a message that would need
+/// another is dropped with a log line (timers resend what matters), so a
+/// flood of unresolvable names cannot pile up tasks.
+const RESOLVING_MAX: usize = 64;
 
 /// The sending side of a node: `send(addr, message)` and forget.
 pub struct Outbox {
@@ -47,6 +53,8 @@ pub struct Outbox {
     reply_to: String,
     incarnation: u64,
     resolved: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    /// Resolutions running now (see [`RESOLVING_MAX`]).
+    resolving: Arc<AtomicUsize>,
 }
 
 impl Outbox {
@@ -64,6 +72,7 @@ impl Outbox {
             reply_to: reply_to.into(),
             incarnation,
             resolved: Arc::default(),
+            resolving: Arc::default(),
         }
     }
 
@@ -115,7 +124,20 @@ impl Outbox {
             send_to(&self.network, socket, addr, frame, &what);
             return;
         }
-        // A host name: resolve off the driver's task.
+        // A host name: resolve off the driver's task, a bounded number at
+        // a time.
+        if self.resolving.fetch_add(1, Ordering::AcqRel) >= RESOLVING_MAX {
+            self.resolving.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                peer = %what.to,
+                addr,
+                kind = what.kind,
+                "{RESOLVING_MAX} peer address resolutions already running: message dropped; \
+                 timers will resend"
+            );
+            return;
+        }
+        let resolving = Arc::clone(&self.resolving);
         let network = self.network.clone();
         let resolved = Arc::clone(&self.resolved);
         let to = addr.to_string();
@@ -155,6 +177,7 @@ impl Outbox {
                     "cannot resolve peer address ({e}): message dropped; timers will resend"
                 ),
             }
+            resolving.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }

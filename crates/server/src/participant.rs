@@ -176,6 +176,9 @@ pub async fn run_participant_until(
         in_doubt = node.inner().core().in_doubt().len(),
         "participant log recovered"
     );
+    // Unbounded on purpose: the log's writer thread must never block on
+    // the driver. It holds at most one event per submission, and those are
+    // bounded by the node's admission limit (see `GroupCommit`).
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let log = LogWriter::new(
         GroupCommit::start(Box::new(log), "participant"),

@@ -168,6 +168,9 @@ pub struct SimConfig {
     /// only timeouts may.
     pub clocks: Vec<ClockConfig>,
     pub resource: ResourceConfig,
+    /// Each participant's admission limit (live branches); small in some
+    /// seeds, so that "busy" votes happen.
+    pub branches_in_flight_max: usize,
 }
 
 /// One node's clock: node time = `offset_us` + world time × `rate_ppm` /
@@ -355,6 +358,11 @@ impl SimConfig {
         } else {
             0.0
         };
+        let branches_in_flight_max = if rng.gen_bool(0.1) {
+            rng.gen_range(1..=4)
+        } else {
+            100_000
+        };
         SimConfig {
             seed,
             participants,
@@ -381,6 +389,7 @@ impl SimConfig {
             workload,
             clocks,
             resource,
+            branches_in_flight_max,
         }
     }
 
@@ -442,6 +451,7 @@ impl SimConfig {
             },
             clocks: vec![ClockConfig::EXACT; participants + 1],
             resource: ResourceConfig::PROMPT,
+            branches_in_flight_max: 100_000,
         }
     }
 }

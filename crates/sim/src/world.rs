@@ -817,6 +817,7 @@ impl World {
             compact_after_records: c.compact_after_records,
             apply_retry_ms_initial: c.resource.apply_retry_ms_initial,
             apply_retry_ms_max: c.resource.apply_retry_ms_max,
+            branches_in_flight_max: c.branches_in_flight_max,
         }
     }
 

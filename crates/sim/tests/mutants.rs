@@ -21,10 +21,10 @@ const CAUGHT: [(Mutant, u64, &str); 11] = [
     (Mutant::ForgetCommittedOnRecovery, 0, "atomicity"),
     (Mutant::SkipFundsCheck, 4, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
-    (Mutant::CompactionDropsInDoubt, 19, "persist_then_send"),
+    (Mutant::CompactionDropsInDoubt, 19, "log_recovery"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
-    (Mutant::AbandonFailedApply, 1, "durability"),
+    (Mutant::AbandonFailedApply, 1, "termination"),
     (Mutant::DirectoryIgnoresMoves, 0, "durability"),
 ];
 

@@ -27,9 +27,14 @@
 //! on a hole (the PostgreSQL fsync-gate lesson). The owner must restart and
 //! recover.
 //!
-//! The queue is unbounded: callers bound it by bounding transactions in
-//! flight. This module must never block a submitter (they may be async
-//! drivers) and never depend on tokio.
+//! The queue has no bound of its own: a bound here would have to block or
+//! fail a submitter, and a driver must do neither halfway through a
+//! protocol step. The callers bound it at admission instead: the
+//! coordinator's `transactions_in_flight_max` and the participant's
+//! `branches_in_flight_max` (a few records per transaction, each bounded by
+//! the record size limit), which answer "busy, retry later" when full. This
+//! module must never block a submitter (they may be async drivers) and
+//! never depend on tokio.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
