@@ -45,10 +45,13 @@ pub enum Mutant {
     /// Epochs: a participant acts on a message from an older coordinator
     /// epoch than its branch has seen.
     AdoptOlderEpoch,
+    /// Late paths: a COMMIT re-sent for a branch the participant finished
+    /// and forgot long ago is not ACKed (only reached after minutes).
+    ForgottenCommitNotAcked,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 12] = [
+    pub const ALL: [Mutant; 13] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -61,6 +64,7 @@ impl Mutant {
         Mutant::AbandonFailedApply,
         Mutant::DirectoryIgnoresMoves,
         Mutant::AdoptOlderEpoch,
+        Mutant::ForgottenCommitNotAcked,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -78,6 +82,7 @@ impl Mutant {
             Mutant::AbandonFailedApply => "abandon-failed-apply",
             Mutant::DirectoryIgnoresMoves => "directory-ignores-moves",
             Mutant::AdoptOlderEpoch => "adopt-older-epoch",
+            Mutant::ForgottenCommitNotAcked => "forgotten-commit-not-acked",
         }
     }
 

@@ -762,6 +762,7 @@ impl Participant {
             match decision {
                 // We never voted READY on it or forgot it long after
                 // finishing: either way its outcome record is durable.
+                Decision::Commit if mutant::active(Mutant::ForgottenCommitNotAcked) => {}
                 Decision::Commit => {
                     let message = self.message(xid, epoch, Body::Ack);
                     self.actions

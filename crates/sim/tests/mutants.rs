@@ -14,7 +14,7 @@ use concord_sim::{
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 11] = [
+const CAUGHT: [(Mutant, u64, &str); 12] = [
     (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
@@ -26,6 +26,7 @@ const CAUGHT: [(Mutant, u64, &str); 11] = [
     (Mutant::AckBeforeApplied, 1, "termination"),
     (Mutant::AbandonFailedApply, 1, "termination"),
     (Mutant::DirectoryIgnoresMoves, 0, "durability"),
+    (Mutant::ForgottenCommitNotAcked, 940, "termination"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that
