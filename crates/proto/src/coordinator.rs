@@ -514,7 +514,7 @@ impl Coordinator {
                 }
             }
             Body::Vote(Vote::Abort { reason }) => {
-                if txn.phase != Phase::Wait {
+                if txn.phase != Phase::Wait && !mutant::active(Mutant::LateVoteAbortHonoured) {
                     // A VOTE ABORT after every vote was READY would mean a
                     // participant broke its promise; keep the commit.
                     self.ignored(xid, kind, from, "vote after the decision");
@@ -776,7 +776,10 @@ impl Coordinator {
         let Some(txn) = self.txns.remove(&xid) else {
             return;
         };
-        debug_assert_eq!(txn.phase, Phase::Wait, "abort is decided only in WAIT");
+        debug_assert!(
+            txn.phase == Phase::Wait || mutant::active(Mutant::LateVoteAbortHonoured),
+            "abort is decided only in WAIT"
+        );
         self.record_and_send_abort(xid, &txn.participants);
         self.push_notice(CoordinatorNotice::Decided {
             xid,

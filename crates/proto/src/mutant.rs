@@ -48,10 +48,13 @@ pub enum Mutant {
     /// Late paths: a COMMIT re-sent for a branch the participant finished
     /// and forgot long ago is not ACKed (only reached after minutes).
     ForgottenCommitNotAcked,
+    /// Late paths: a VOTE ABORT that arrives after the decision COMMIT
+    /// makes the coordinator abort.
+    LateVoteAbortHonoured,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 13] = [
+    pub const ALL: [Mutant; 14] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -65,6 +68,7 @@ impl Mutant {
         Mutant::DirectoryIgnoresMoves,
         Mutant::AdoptOlderEpoch,
         Mutant::ForgottenCommitNotAcked,
+        Mutant::LateVoteAbortHonoured,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -83,6 +87,7 @@ impl Mutant {
             Mutant::DirectoryIgnoresMoves => "directory-ignores-moves",
             Mutant::AdoptOlderEpoch => "adopt-older-epoch",
             Mutant::ForgottenCommitNotAcked => "forgotten-commit-not-acked",
+            Mutant::LateVoteAbortHonoured => "late-vote-abort-honoured",
         }
     }
 

@@ -33,8 +33,48 @@ const CAUGHT: [(Mutant, u64, &str); 12] = [
 /// injects what only a later feature makes possible: (mutant, script, the
 /// invariant that catches it).
 type Script = fn() -> Result<(), SimFailure>;
-const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 1] =
-    [(Mutant::AdoptOlderEpoch, stale_epoch_abort, "epoch")];
+const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 2] = [
+    (Mutant::AdoptOlderEpoch, stale_epoch_abort, "epoch"),
+    (
+        Mutant::LateVoteAbortHonoured,
+        late_vote_abort,
+        "no_violation_notice",
+    ),
+];
+
+/// A correct participant never votes ABORT after voting READY, so no seed
+/// sends a VOTE ABORT after the decision; a misbehaving one could. Here p1
+/// "votes ABORT" once the coordinator has decided COMMIT and p0 has
+/// committed (p1's ACK is held back so the transaction is still in flight).
+fn late_vote_abort() -> Result<(), SimFailure> {
+    let mut w = World::scripted(SimConfig::scripted(2));
+    let p1 = NodeId::Participant(1);
+    w.add_rule(MessageRule::new("COMMIT", Fate::DelayMs(30)).to(p1));
+    let op = |account: &str, delta| KvOp {
+        account: account.into(),
+        delta,
+    };
+    let x = w.submit(vec![
+        (0, vec![op("acct-0", -10)]),
+        (1, vec![op("acct-1", 10)]),
+    ]);
+    w.run_until(100, |w| {
+        w.participant(0)
+            .is_some_and(|p| p.core().state_of(x) == concord_proto::TxnState::Committed)
+    });
+    let epoch = w.coordinator().map_or(1, |c| c.epoch());
+    let late = Message {
+        xid: x,
+        epoch,
+        from: p1.name(),
+        body: Body::Vote(concord_proto::Vote::Abort {
+            reason: "changed its mind".into(),
+        }),
+    };
+    w.inject(p1, NodeId::Coordinator, late);
+    w.run_until_quiet(60_000);
+    w.check_invariants()
+}
 
 /// With one coordinator, a message from an older epoch never carries a
 /// decision other than the current one, so no seed can tell whether the
