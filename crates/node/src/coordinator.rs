@@ -5,7 +5,7 @@
 //! timeout and first COMMIT resend delay), xid minting, branch merging,
 //! admission limits, the clients waiting for an outcome, recent outcomes
 //! for `status`, counters and typed events. Events go in (`on_request`,
-//! `on_message`, `on_timer`, `on_durable`, each with `now`), and
+//! `on_peer`, `on_timer`, `on_durable`, each with `now`), and
 //! [`CoordinatorNodeAction`]s come out of `drain_actions`, in the order they
 //! must be carried out.
 //!

@@ -6,7 +6,10 @@
 //!   ([`xids`]), branch merging, [`recent`] outcomes, the timeout policy
 //!   ([`timeouts`]), admission limits, counters and typed events.
 //! - [`participant::ParticipantServerNode`]: `concord participant`'s
-//!   decisions around the participant core and its resource.
+//!   decisions around the participant core and its resource (which may
+//!   answer later), admission, its directory of coordinators.
+//! - [`directory`]: node ids ↔ addresses, learnt from every frame, and
+//!   [`hello`]: how a node that moved is found again.
 //! - [`timers`]: the timer table keyed by (xid, kind).
 //! - [`compaction`]: when a node's log is compacted.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.

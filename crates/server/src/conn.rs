@@ -23,7 +23,8 @@
 //! that does not read its replies until its connection's queue is full is
 //! disconnected (memory stays bounded). Peer
 //! messages are never answered on their incoming connection (the answer is
-//! a new message to `message.from` through the outbox).
+//! a new message to the sender's id, at its address in the directory,
+//! through the outbox).
 
 use crate::wire::{self, PeerEnvelope, Reply, Request, KIND_PEER, KIND_REPLY, KIND_REQUEST};
 use concord_net::{Frame, NetConfig, Network, Peer, SendError};

@@ -10,9 +10,11 @@
 //! take their locks back and inquire at once), start group commit, and only
 //! then bind the listener.
 //!
-//! The `--listen` address is this participant's protocol address: the
-//! coordinator must name it with the same string. Replies to peer messages
-//! go to `message.from` through the [`Outbox`], never back on the
+//! The participant is known by its `--name`; `--listen` (or `--advertise`)
+//! is only where it is now, sent with every frame. Before anything is
+//! sent, a `Started` record (this life's incarnation and address) is
+//! forced. Replies to peer messages go to the sender's id, at the address
+//! the node's directory has for it, through the [`Outbox`], never back on the
 //! connection the message came in on.
 
 use crate::conn::{self, Inbound};

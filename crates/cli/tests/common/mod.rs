@@ -152,7 +152,8 @@ fn libc_sigkill() -> i32 {
 
 pub struct Node {
     pub name: String,
-    /// The protocol address (what the coordinator dials for a participant).
+    /// Where the node is reached (what the coordinator's --participant
+    /// NAME=ADDR names for a participant; its --advertise behind a proxy).
     pub addr: String,
     /// For a participant behind a proxy: the address it really listens on
     /// (`addr` is then the proxy's, passed as `--advertise`).
