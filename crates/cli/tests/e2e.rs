@@ -71,18 +71,27 @@ async fn transfer_commits_and_balances_move() {
         // `status` shows the coordinator's view and each participant's.
         let xid =
             stdout_xid(&output_text(&run_transfer(&cluster, "p1:acct-0", "p0:acct-1", 5).await).0);
-        // (Once the participants have applied it: the client hears COMMIT
-        // as soon as the decision is durable, before the participants.)
+        // Once the participants have recorded it and ACKed: the client
+        // hears COMMIT as soon as the decision is durable, and a
+        // participant's locks are released before its COMMITTED record is
+        // durable (that fsync may wait to be shared), so poll.
         cluster.wait_settled(Duration::from_secs(5)).await;
-        let coordinator = cluster.coordinator.addr.clone();
-        let xid_arg = xid.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            run_cli(&["status", "--coordinator", &coordinator, &xid_arg])
-        })
-        .await
-        .expect("cli task");
-        let (stdout, stderr) = output_text(&output);
-        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let stdout = loop {
+            let coordinator = cluster.coordinator.addr.clone();
+            let xid_arg = xid.clone();
+            let output = tokio::task::spawn_blocking(move || {
+                run_cli(&["status", "--coordinator", &coordinator, &xid_arg])
+            })
+            .await
+            .expect("cli task");
+            let (stdout, stderr) = output_text(&output);
+            assert_eq!(output.status.code(), Some(0), "{stderr}");
+            if stdout.matches(": COMMITTED").count() == 3 || std::time::Instant::now() > deadline {
+                break stdout;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
         assert!(stdout.contains("coordinator: COMMITTED"), "{stdout}");
         assert_eq!(stdout.matches(": COMMITTED").count(), 3, "{stdout}");
 
