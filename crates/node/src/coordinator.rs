@@ -556,10 +556,12 @@ impl CoordinatorNode {
     /// a hello. A hello from anywhere but the configured address is
     /// welcomed only once its `Peer` record is durable: the participant
     /// stops saying hello once welcomed, so we must not forget it then.
+    /// Runs for every frame: nothing is allocated unless a record or a
+    /// welcome results.
     fn record_address(&mut self, opened: &Opened) {
-        let configured = self.configured.get(&opened.from).cloned();
+        let configured = self.configured.get(&opened.from);
         let moved = matches!(opened.learnt, Learnt::Moved { .. });
-        let durability = match (&configured, opened.hello) {
+        let durability = match (configured, opened.hello) {
             (Some(c), true) if *c != opened.addr => {
                 let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
                 Durability::Forced(ticket)
@@ -582,7 +584,7 @@ impl CoordinatorNode {
                 id: opened.from.clone(),
                 addr: opened.addr.clone(),
                 incarnation: opened.incarnation,
-                configured: configured.unwrap_or_default(),
+                configured: configured.cloned().unwrap_or_default(),
             },
             durability,
         });

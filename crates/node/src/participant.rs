@@ -353,7 +353,9 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             Some(Body::Prepare { .. } | Body::Decision(_))
         );
         // A stale frame still shows who is a coordinator.
+        // (Every PREPARE passes here: the id is copied only when new.)
         let new_coordinator = coordinator_role
+            && !self.coordinators.contains(&opened.from)
             && self.coordinators.len() < LEARNT_MAX
             && self.coordinators.insert(opened.from.clone());
         let is_coordinator = self.coordinators.contains(&opened.from);
@@ -381,8 +383,11 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             None
         };
         // What the directory holds now: a stale frame's address is not it.
-        let known = self.directory.addr_of(&opened.from).map(str::to_string);
-        if let (Some(durability), Some(addr)) = (durability, known) {
+        let known = durability.and_then(|d| {
+            let addr = self.directory.addr_of(&opened.from)?.to_string();
+            Some((d, addr))
+        });
+        if let Some((durability, addr)) = known {
             let incarnation = self.directory.incarnation_of(&opened.from).unwrap_or(0);
             self.compaction.appended(1);
             self.actions.push(ParticipantNodeAction::Persist {
