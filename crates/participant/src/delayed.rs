@@ -139,6 +139,10 @@ fn at_once(answer: Answer) -> Result<(), String> {
 
 impl<R: Resource> Resource for Delayed<R> {
     fn prepare(&mut self, xid: Xid, work: &[u8]) -> Answer {
+        if self.config.prepare_ms == 0 {
+            return Answer::Now(at_once(self.inner.prepare(xid, work)));
+        }
+        // Kept until `finish`: the work is prepared then.
         self.preparing.insert(xid, work.to_vec());
         self.start(xid, ResourceOp::Prepare)
     }

@@ -47,6 +47,11 @@ pub trait Resource {
     /// committed effect so far, for a compacted log: replaying it (and
     /// nothing before it) must give the resource's committed state back.
     /// Prepared-but-undecided work is not in it (it is restored from the
-    /// READY records that follow it).
+    /// READY records that follow it). Nor is a commit the node has not
+    /// heard succeed yet: its branch is still in doubt in the compacted
+    /// log (its READY record follows), so after a crash it is committed
+    /// again, and a snapshot that already held it would apply it twice. A
+    /// resource whose state lives elsewhere (a database) returns what it
+    /// needs to find that state, not the state.
     fn snapshot(&self) -> Vec<u8>;
 }
