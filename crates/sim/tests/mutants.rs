@@ -7,7 +7,7 @@
 
 use concord_participant::kv::KvOp;
 use concord_proto::mutant::set as set_mutant;
-use concord_proto::{Body, Decision, Message};
+use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
 use concord_sim::{
     run_seed, Fate, KeepUnsynced, MessageRule, Mutant, NodeId, SimConfig, SimFailure, SimOptions,
     World,
@@ -42,14 +42,19 @@ const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 2] = [
     ),
 ];
 
-/// A correct participant never votes ABORT after voting READY, so no seed
-/// sends a VOTE ABORT after the decision; a misbehaving one could. Here p1
-/// "votes ABORT" once the coordinator has decided COMMIT and p0 has
-/// committed (p1's ACK is held back so the transaction is still in flight).
-fn late_vote_abort() -> Result<(), SimFailure> {
-    let mut w = World::scripted(SimConfig::scripted(2));
-    let p1 = NodeId::Participant(1);
-    w.add_rule(MessageRule::new("COMMIT", Fate::DelayMs(30)).to(p1));
+/// The two scripts' common course: in a quiet two-participant world `w`,
+/// a transfer p0 → p1 whose COMMIT to `slow` is held back `delay_ms`;
+/// once `ready(w, xid)`, `message(w, xid)` is injected from `from` to
+/// `to`; then the world settles and every invariant is checked.
+fn inject_into_a_transfer(
+    mut w: World,
+    slow: NodeId,
+    delay_ms: u64,
+    ready: impl Fn(&World, Xid) -> bool,
+    (from, to): (NodeId, NodeId),
+    message: impl FnOnce(&World, Xid) -> Message,
+) -> Result<(), SimFailure> {
+    w.add_rule(MessageRule::new("COMMIT", Fate::DelayMs(delay_ms)).to(slow));
     let op = |account: &str, delta| KvOp {
         account: account.into(),
         delta,
@@ -58,22 +63,38 @@ fn late_vote_abort() -> Result<(), SimFailure> {
         (0, vec![op("acct-0", -10)]),
         (1, vec![op("acct-1", 10)]),
     ]);
-    w.run_until(100, |w| {
-        w.participant(0)
-            .is_some_and(|p| p.core().state_of(x) == concord_proto::TxnState::Committed)
-    });
-    let epoch = w.coordinator().map_or(1, |c| c.epoch());
-    let late = Message {
-        xid: x,
-        epoch,
-        from: p1.name(),
-        body: Body::Vote(concord_proto::Vote::Abort {
-            reason: "changed its mind".into(),
-        }),
-    };
-    w.inject(p1, NodeId::Coordinator, late);
+    w.run_until(100, |w| ready(w, x));
+    let message = message(&w, x);
+    w.inject(from, to, message);
     w.run_until_quiet(60_000);
     w.check_invariants()
+}
+
+/// A correct participant never votes ABORT after voting READY, so no seed
+/// sends a VOTE ABORT after the decision; a misbehaving one could. Here p1
+/// "votes ABORT" once the coordinator has decided COMMIT and p0 has
+/// committed (p1's COMMIT is held back so the transaction is still in
+/// flight).
+fn late_vote_abort() -> Result<(), SimFailure> {
+    let p1 = NodeId::Participant(1);
+    inject_into_a_transfer(
+        World::scripted(SimConfig::scripted(2)),
+        p1,
+        30,
+        |w, x| {
+            w.participant(0)
+                .is_some_and(|p| p.core().state_of(x) == TxnState::Committed)
+        },
+        (p1, NodeId::Coordinator),
+        |w, x| Message {
+            xid: x,
+            epoch: w.coordinator().map_or(1, |c| c.epoch()),
+            from: p1.name(),
+            body: Body::Vote(Vote::Abort {
+                reason: "changed its mind".into(),
+            }),
+        },
+    )
 }
 
 /// With one coordinator, a message from an older epoch never carries a
@@ -84,28 +105,23 @@ fn stale_epoch_abort() -> Result<(), SimFailure> {
     let mut w = World::scripted(SimConfig::scripted(2));
     w.crash(NodeId::Coordinator, KeepUnsynced::All);
     w.restart(NodeId::Coordinator);
-    w.add_rule(MessageRule::new("COMMIT", Fate::DelayMs(20)).to(NodeId::Participant(0)));
-    let op = |account: &str, delta| KvOp {
-        account: account.into(),
-        delta,
-    };
-    let x = w.submit(vec![
-        (0, vec![op("acct-0", -10)]),
-        (1, vec![op("acct-1", 10)]),
-    ]);
-    w.run_until(100, |w| {
-        w.participant(0)
-            .is_some_and(|p| p.core().in_doubt().contains(&x))
-    });
-    let stale = Message {
-        xid: x,
-        epoch: 1,
-        from: NodeId::Coordinator.name(),
-        body: Body::Decision(Decision::Abort),
-    };
-    w.inject(NodeId::Coordinator, NodeId::Participant(0), stale);
-    w.run_until_quiet(60_000);
-    w.check_invariants()
+    let p0 = NodeId::Participant(0);
+    inject_into_a_transfer(
+        w,
+        p0,
+        20,
+        |w, x| {
+            w.participant(0)
+                .is_some_and(|p| p.core().in_doubt().contains(&x))
+        },
+        (NodeId::Coordinator, p0),
+        |_, x| Message {
+            xid: x,
+            epoch: 1,
+            from: NodeId::Coordinator.name(),
+            body: Body::Decision(Decision::Abort),
+        },
+    )
 }
 
 #[test]
