@@ -23,6 +23,7 @@ use concord_api::{
     BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, PeerEnvelope, Reply,
     Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
 };
+use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
     Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
     CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Time, TimerKey,
@@ -562,11 +563,24 @@ impl CoordinatorNode {
         let configured = self.configured.get(&opened.from);
         let moved = matches!(opened.learnt, Learnt::Moved { .. });
         let durability = match (configured, opened.hello) {
-            (Some(c), true) if *c != opened.addr => {
+            (Some(c), true)
+                if *c != opened.addr && !mutant::active(Mutant::WelcomeBeforeDurable) =>
+            {
                 let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
                 Durability::Forced(ticket)
             }
-            (Some(_), false) if moved => Durability::Lazy,
+            (Some(c), hello) if (moved && !hello) || (hello && *c != opened.addr) => {
+                // (Reached with a hello only under the mutant: the welcome
+                // below leaves before the record is durable.)
+                if hello {
+                    self.actions.push(CoordinatorNodeAction::Greet {
+                        to: opened.from.clone(),
+                        addr: opened.addr.clone(),
+                        greeting: Greeting::Welcome,
+                    });
+                }
+                Durability::Lazy
+            }
             _ => {
                 if opened.hello {
                     self.actions.push(CoordinatorNodeAction::Greet {

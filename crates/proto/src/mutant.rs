@@ -51,10 +51,16 @@ pub enum Mutant {
     /// Late paths: a VOTE ABORT that arrives after the decision COMMIT
     /// makes the coordinator abort.
     LateVoteAbortHonoured,
+    /// Bounds: a participant prepares new branches beyond its admission
+    /// limit.
+    AdmitBeyondLimit,
+    /// Node identity: the coordinator welcomes a participant at a new
+    /// address before that address is durable in its log.
+    WelcomeBeforeDurable,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 14] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -69,6 +75,8 @@ impl Mutant {
         Mutant::AdoptOlderEpoch,
         Mutant::ForgottenCommitNotAcked,
         Mutant::LateVoteAbortHonoured,
+        Mutant::AdmitBeyondLimit,
+        Mutant::WelcomeBeforeDurable,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -88,6 +96,8 @@ impl Mutant {
             Mutant::AdoptOlderEpoch => "adopt-older-epoch",
             Mutant::ForgottenCommitNotAcked => "forgotten-commit-not-acked",
             Mutant::LateVoteAbortHonoured => "late-vote-abort-honoured",
+            Mutant::AdmitBeyondLimit => "admit-beyond-limit",
+            Mutant::WelcomeBeforeDurable => "welcome-before-durable",
         }
     }
 

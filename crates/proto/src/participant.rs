@@ -375,6 +375,12 @@ impl Participant {
         xids
     }
 
+    /// Branches in flight (preparing, READY, or carrying out their
+    /// decision): what the admission limit counts.
+    pub fn branches_in_flight(&self) -> usize {
+        self.branches.len()
+    }
+
     /// The newest coordinator epoch a live branch of `xid` has seen.
     pub fn epoch_of(&self, xid: Xid) -> Option<Epoch> {
         self.branches.get(&xid).map(|b| b.epoch)
@@ -700,7 +706,8 @@ impl Participant {
             // Preparing / ReadyPending: the vote goes out when ready.
             return;
         }
-        let busy = self.branches.len() >= self.config.branches_in_flight_max;
+        let busy = self.branches.len() >= self.config.branches_in_flight_max
+            && !mutant::active(Mutant::AdmitBeyondLimit);
         if busy || work.len() > WORK_BYTES_MAX || !participants.contains(&self.config.id) {
             let reason = if busy {
                 format!(

@@ -205,6 +205,20 @@ impl World {
         }
     }
 
+    /// Admission: a participant never has more branches in flight than
+    /// its limit (so its memory, locks and log queue stay bounded).
+    pub(crate) fn check_admission(&mut self, p: usize) {
+        let Some(node) = self.participant(p) else {
+            return;
+        };
+        let live = node.core().branches_in_flight();
+        let limit = self.config.branches_in_flight_max;
+        if live > limit {
+            let detail = format!("p{p} has {live} branches in flight, over its limit of {limit}");
+            self.fail("admission", None, detail);
+        }
+    }
+
     /// Atomicity: the decisions applied for one xid are all of one kind.
     fn check_atomicity_of(&mut self, xid: Xid) {
         let Some(applied) = self.ghost.applied.get(&xid) else {

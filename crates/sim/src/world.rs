@@ -1044,6 +1044,7 @@ impl World {
         };
         let actions: Vec<ParticipantNodeAction> = p.drain_actions().collect();
         let started = p.resource_mut().take_started();
+        self.check_admission(i);
         let incarnation = self.incarnations[node.ordinal() as usize];
         for op in started {
             let at = self.now.plus_ms(op.after_ms);

@@ -14,7 +14,7 @@ use concord_sim::{
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 12] = [
+const CAUGHT: [(Mutant, u64, &str); 14] = [
     (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
@@ -27,6 +27,8 @@ const CAUGHT: [(Mutant, u64, &str); 12] = [
     (Mutant::AbandonFailedApply, 1, "termination"),
     (Mutant::DirectoryIgnoresMoves, 0, "durability"),
     (Mutant::ForgottenCommitNotAcked, 940, "termination"),
+    (Mutant::AdmitBeyondLimit, 7, "admission"),
+    (Mutant::WelcomeBeforeDurable, 106, "termination"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that
