@@ -64,10 +64,6 @@ impl<R: Resource> Delayed<R> {
         &self.inner
     }
 
-    pub fn config(&self) -> DelayConfig {
-        self.config
-    }
-
     /// Operations started since the last call, oldest first.
     pub fn take_started(&mut self) -> Vec<Started> {
         std::mem::take(&mut self.started)

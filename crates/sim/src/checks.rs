@@ -533,6 +533,12 @@ impl World {
                 let detail = format!("p{p} is still in doubt about {in_doubt:?}");
                 return self.fail("termination", Some(xid), detail);
             }
+            let applying = node.core().applying();
+            if let Some(xid) = applying.first().copied() {
+                let detail =
+                    format!("p{p} still has resource commits or aborts to carry out: {applying:?}");
+                return self.fail("termination", Some(xid), detail);
+            }
             let mut locks: Vec<(String, Xid)> = node
                 .resource()
                 .kv()
