@@ -14,7 +14,7 @@
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
-use crate::directory::{resolve_branches, Directory, DirectoryEvent, Learnt, Opened};
+use crate::directory::{resolve_branches, Addr, Directory, DirectoryEvent, Learnt, Opened};
 use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
@@ -202,7 +202,7 @@ pub enum CoordinatorNodeAction {
     /// frame that names this node and its address.
     Send {
         to: NodeId,
-        addr: String,
+        addr: Addr,
         message: Message,
     },
     /// Send node `to` (at `addr`) a frame that only says where this node
@@ -1087,7 +1087,7 @@ mod tests {
         let sends: Vec<(&str, &str)> = actions
             .iter()
             .filter_map(|a| match a {
-                CoordinatorNodeAction::Send { to, addr, .. } => Some((to.as_str(), addr.as_str())),
+                CoordinatorNodeAction::Send { to, addr, .. } => Some((to.as_str(), &**addr)),
                 _ => None,
             })
             .collect();
@@ -1127,7 +1127,7 @@ mod tests {
         // The COMMIT goes to where bank-b is now.
         assert!(actions.iter().any(|a| matches!(
             a,
-            CoordinatorNodeAction::Send { to, addr, .. } if to == "bank-b" && addr == "127.0.0.1:9999"
+            CoordinatorNodeAction::Send { to, addr, .. } if to == "bank-b" && &**addr == "127.0.0.1:9999"
         )));
         assert_eq!(
             replies(&actions),

@@ -17,6 +17,11 @@ use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{Message, NodeId, Xid};
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// An address as the directory hands it out: shared, so that routing a
+/// message (every send) copies a pointer, not the string.
+pub type Addr = Arc<str>;
 
 /// Most ids a directory learns beyond its configured ones: any peer can
 /// send a frame with any id, so what is learnt must be bounded.
@@ -84,7 +89,7 @@ pub struct Directory {
     /// Configured participants' ids, in configured order.
     configured: Vec<NodeId>,
     /// Address and the incarnation it was heard from (0: configured).
-    addrs: HashMap<NodeId, (String, u64)>,
+    addrs: HashMap<NodeId, (Addr, u64)>,
 }
 
 impl Directory {
@@ -94,7 +99,7 @@ impl Directory {
             configured: configured.iter().map(|(id, _)| id.clone()).collect(),
             addrs: configured
                 .iter()
-                .map(|(id, addr)| (id.clone(), (addr.clone(), 0)))
+                .map(|(id, addr)| (id.clone(), (Addr::from(addr.as_str()), 0)))
                 .collect(),
         }
     }
@@ -120,7 +125,7 @@ impl Directory {
 
     /// Where `id` can be reached now, if known.
     pub fn addr_of(&self, id: &str) -> Option<&str> {
-        self.addrs.get(id).map(|(addr, _)| addr.as_str())
+        self.addrs.get(id).map(|(addr, _)| &**addr)
     }
 
     /// `id`, in its life `incarnation`, was heard from at `addr`: remember
@@ -131,20 +136,20 @@ impl Directory {
         match self.addrs.get_mut(id) {
             Some((_, known)) if incarnation < *known => Learnt::Stale,
             Some((known, life))
-                if known == addr || mutant::active(Mutant::DirectoryIgnoresMoves) =>
+                if **known == *addr || mutant::active(Mutant::DirectoryIgnoresMoves) =>
             {
                 *life = incarnation;
                 Learnt::Same
             }
             Some((known, life)) => {
                 *life = incarnation;
-                let from = std::mem::replace(known, addr.to_string());
+                let from = std::mem::replace(known, Addr::from(addr)).to_string();
                 Learnt::Moved { from }
             }
             None if full => Learnt::Full,
             None => {
                 self.addrs
-                    .insert(id.to_string(), (addr.to_string(), incarnation));
+                    .insert(id.to_string(), (Addr::from(addr), incarnation));
                 Learnt::New
             }
         }
@@ -200,9 +205,10 @@ impl Directory {
     }
 
     /// Where a message to `to` goes, or the event that says it cannot.
-    pub fn route(&self, to: &str, message: &Message) -> Result<String, DirectoryEvent> {
-        self.addr_of(to)
-            .map(str::to_string)
+    pub fn route(&self, to: &str, message: &Message) -> Result<Addr, DirectoryEvent> {
+        self.addrs
+            .get(to)
+            .map(|(addr, _)| Arc::clone(addr))
             .ok_or_else(|| DirectoryEvent::NoAddress {
                 to: to.to_string(),
                 xid: message.xid,
@@ -230,7 +236,7 @@ impl Directory {
         let mut entries: Vec<(NodeId, String, u64)> = self
             .addrs
             .iter()
-            .map(|(id, (addr, life))| (id.clone(), addr.clone(), *life))
+            .map(|(id, (addr, life))| (id.clone(), addr.to_string(), *life))
             .collect();
         entries.sort();
         entries

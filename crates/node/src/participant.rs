@@ -10,7 +10,7 @@
 //! drive this type. It must never touch a socket, a file or the clock.
 
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
-use crate::directory::{Directory, DirectoryEvent, Learnt, LEARNT_MAX};
+use crate::directory::{Addr, Directory, DirectoryEvent, Learnt, LEARNT_MAX};
 use crate::hello::{self, Greeting, Hellos, Welcomes};
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
 use concord_api::{AccountsReport, PeerEnvelope, Reply, Request, TimeoutsReport};
@@ -121,7 +121,7 @@ pub enum ParticipantNodeAction {
     /// Send `message` to node `to` at `addr` (from the directory).
     Send {
         to: NodeId,
-        addr: String,
+        addr: Addr,
         message: Message,
     },
     /// Send node `to` (at `addr`) a frame that only says where this node
