@@ -38,7 +38,23 @@ pub struct PeerEnvelope {
     /// frame from an earlier life never moves the sender back to an address
     /// it has left.
     pub incarnation: u64,
+    /// Where other nodes this message names can be reached, as far as the
+    /// sender knows: a PREPARE carries the addresses of the other
+    /// participants, so that cooperative termination (SPEC §1.6) can ask
+    /// them when the coordinator is down. Hints only: a receiver learns
+    /// them like any address, never over what it heard from a later life.
+    /// Empty for every other frame.
+    pub peers: Vec<PeerHint>,
     pub body: PeerBody,
+}
+
+/// One directory hint of a [`PeerEnvelope`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHint {
+    pub id: NodeId,
+    pub addr: std::sync::Arc<str>,
+    /// The incarnation that address was heard from (0: configured).
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,6 +402,7 @@ pub fn encode_peer(
     from: &str,
     reply_to: &str,
     incarnation: u64,
+    peers: &[PeerHint],
     message: PeerBodyRef<'_>,
 ) -> Vec<u8> {
     #[derive(Serialize)]
@@ -393,6 +410,7 @@ pub fn encode_peer(
         from: &'a str,
         reply_to: &'a str,
         incarnation: u64,
+        peers: &'a [PeerHint],
         body: BodyRef<'a>,
     }
     #[derive(Serialize)]
@@ -410,6 +428,7 @@ pub fn encode_peer(
         from,
         reply_to,
         incarnation,
+        peers,
         body,
     })
 }
@@ -469,6 +488,11 @@ mod tests {
                 from: "bank-a".into(),
                 reply_to: "127.0.0.1:7101".into(),
                 incarnation: 300,
+                peers: vec![PeerHint {
+                    id: "bank-b".into(),
+                    addr: "127.0.0.1:7102".into(),
+                    incarnation: 4,
+                }],
                 body: body.clone(),
             };
             let by_ref = match &body {
@@ -476,7 +500,7 @@ mod tests {
                 PeerBody::Hello => PeerBodyRef::Hello,
                 PeerBody::Welcome => PeerBodyRef::Welcome,
             };
-            let borrowed = encode_peer("bank-a", "127.0.0.1:7101", 300, by_ref);
+            let borrowed = encode_peer("bank-a", "127.0.0.1:7101", 300, &envelope.peers, by_ref);
             assert_eq!(borrowed, encode(&envelope));
             assert_eq!(decode_peer(&borrowed).expect("decodes"), envelope);
         }

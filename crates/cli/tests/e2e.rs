@@ -381,12 +381,14 @@ async fn inquire_for_unknown_xid_answers_aborted() {
             xid,
             epoch: 1,
             from: "poser".into(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: None,
+            },
         };
         let mut stream = tokio::net::TcpStream::connect(&cluster.coordinator.addr)
             .await
             .expect("connect");
-        let frame = wire::peer_frame("poser", &me, 1, wire::PeerBodyRef::Message(&inquire));
+        let frame = wire::peer_frame("poser", &me, 1, &[], wire::PeerBodyRef::Message(&inquire));
         let mut bytes = bytes::BytesMut::new();
         concord_net::encode_frame(frame.kind, &frame.body, &mut bytes);
         stream.write_all(&bytes).await.expect("send INQUIRE");

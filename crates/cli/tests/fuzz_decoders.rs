@@ -96,9 +96,15 @@ fn peer_codec() -> Codec<wire::PeerEnvelope> {
         name: "decode_peer",
         decode: |b| wire::decode_peer(b).map_err(err),
         encode: |e| {
-            wire::peer_frame(&e.from, &e.reply_to, e.incarnation, body_ref(&e.body))
-                .body
-                .to_vec()
+            wire::peer_frame(
+                &e.from,
+                &e.reply_to,
+                e.incarnation,
+                &e.peers,
+                body_ref(&e.body),
+            )
+            .body
+            .to_vec()
         },
     }
 }
@@ -392,7 +398,7 @@ fn body() -> impl Strategy<Value = Body> {
         text().prop_map(|reason| Body::Vote(Vote::Abort { reason })),
         decision().prop_map(Body::Decision),
         Just(Body::Ack),
-        Just(Body::Inquire),
+        proptest::option::of(int()).prop_map(|prepared_ms_ago| Body::Inquire { prepared_ms_ago }),
         txn_state().prop_map(Body::State),
     ]
 }
@@ -412,11 +418,18 @@ fn envelope() -> impl Strategy<Value = wire::PeerEnvelope> {
         1 => Just(wire::PeerBody::Hello),
         1 => Just(wire::PeerBody::Welcome),
     ];
-    (text(), addr(), int(), body).prop_map(|(from, reply_to, incarnation, body)| {
+    let hint = (text(), addr(), int()).prop_map(|(id, addr, incarnation)| wire::PeerHint {
+        id,
+        addr: addr.into(),
+        incarnation,
+    });
+    let peers = prop::collection::vec(hint, 0..4);
+    (text(), addr(), int(), peers, body).prop_map(|(from, reply_to, incarnation, peers, body)| {
         wire::PeerEnvelope {
             from,
             reply_to,
             incarnation,
+            peers,
             body,
         }
     })
@@ -832,7 +845,7 @@ proptest! {
     #[test]
     fn values_round_trip_through_real_frames(m in envelope(), q in request(), r in reply()) {
         let frames = [
-            wire::peer_frame(&m.from, &m.reply_to, m.incarnation, body_ref(&m.body)),
+            wire::peer_frame(&m.from, &m.reply_to, m.incarnation, &m.peers, body_ref(&m.body)),
             wire::request_frame(&q),
             wire::reply_frame(&r),
         ];

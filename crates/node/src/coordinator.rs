@@ -20,12 +20,12 @@ use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
-    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, PeerEnvelope, Reply,
-    Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, PeerEnvelope,
+    PeerHint, Reply, Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
 };
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
-    Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
+    Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
     CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Time, TimerKey,
     TxnOutcome, Xid,
 };
@@ -199,11 +199,14 @@ pub enum CoordinatorNodeAction {
         durability: Durability,
     },
     /// Send `message` to node `to`, at `addr` (from the directory), in a
-    /// frame that names this node and its address.
+    /// frame that names this node and its address. `peers`: directory
+    /// hints for the receiver (for a PREPARE, where the other participants
+    /// are, so cooperative termination can reach them).
     Send {
         to: NodeId,
         addr: Addr,
         message: Message,
+        peers: Vec<PeerHint>,
     },
     /// Send node `to` (at `addr`) a frame that only says where this node
     /// is now.
@@ -990,11 +993,35 @@ impl CoordinatorNode {
     /// A core message to node `to`, at its address in the directory.
     fn send(&mut self, to: NodeId, message: Message) {
         match self.directory.route(&to, &message) {
-            Ok(addr) => self
-                .actions
-                .push(CoordinatorNodeAction::Send { to, addr, message }),
+            Ok(addr) => {
+                let peers = match &message.body {
+                    Body::Prepare { participants, .. } => self.hints(participants, &to),
+                    _ => Vec::new(),
+                };
+                self.actions.push(CoordinatorNodeAction::Send {
+                    to,
+                    addr,
+                    message,
+                    peers,
+                })
+            }
             Err(event) => self.push_event(CoordinatorEvent::Directory(event)),
         }
+    }
+
+    /// Where the participants other than `to` are, for `to`'s directory.
+    fn hints(&self, participants: &[NodeId], to: &str) -> Vec<PeerHint> {
+        participants
+            .iter()
+            .filter(|p| p.as_str() != to)
+            .filter_map(|p| {
+                Some(PeerHint {
+                    id: p.clone(),
+                    addr: self.directory.addr_arc(p)?,
+                    incarnation: self.directory.incarnation_of(p).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     fn reply(&mut self, client: ClientId, reply: Reply) {
@@ -1101,6 +1128,7 @@ mod tests {
                     from: from.into(),
                     reply_to: addr.into(),
                     incarnation: 1,
+                    peers: Vec::new(),
                     body: PeerBody::Message(Message {
                         xid,
                         epoch,

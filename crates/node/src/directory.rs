@@ -128,6 +128,11 @@ impl Directory {
         self.addrs.get(id).map(|(addr, _)| &**addr)
     }
 
+    /// [`Directory::addr_of`], shared.
+    pub fn addr_arc(&self, id: &str) -> Option<Addr> {
+        self.addrs.get(id).map(|(addr, _)| addr.clone())
+    }
+
     /// `id`, in its life `incarnation`, was heard from at `addr`: remember
     /// it (bounded, see [`LEARNT_MAX`]) unless what we know is from a later
     /// life.
@@ -160,16 +165,24 @@ impl Directory {
         self.addrs.get(id).map(|(_, life)| *life)
     }
 
-    /// Learn a frame's sender (its `reply_to` is where it is now), and
-    /// check that its message, if any, is from the node the frame names.
+    /// Learn a frame's sender (its `reply_to` is where it is now) and its
+    /// hints about other nodes, and check that its message, if any, is
+    /// from the node the frame names.
     pub fn open(&mut self, envelope: PeerEnvelope) -> Opened {
         let PeerEnvelope {
             from,
             reply_to,
             incarnation,
+            peers,
             body,
         } = envelope;
         let learnt = self.learn(&from, &reply_to, incarnation);
+        // Second-hand, so kept in memory only and never over the sender's
+        // own word about itself; the incarnation ordering of `learn` keeps
+        // a stale hint from moving a node back.
+        for hint in peers.iter().filter(|h| h.id != from) {
+            self.learn(&hint.id, &hint.addr, hint.incarnation);
+        }
         let mut event = match &learnt {
             Learnt::Moved { from: old } => Some(DirectoryEvent::PeerMoved {
                 id: from.clone(),

@@ -476,7 +476,7 @@ impl Coordinator {
             body,
         } = message;
         let kind = body.kind();
-        if let Body::Inquire = body {
+        if let Body::Inquire { .. } = body {
             // Answered whatever the epoch: the answer is the truth as this
             // instance knows it, and presumed abort covers unknown xids.
             self.answer_inquire(xid, from);

@@ -15,6 +15,17 @@ pub const WORK_BYTES_MAX: usize = 64 * 1024;
 /// it answers the participant's INQUIRE with COMMITTED and the branch is
 /// applied twice. Duplicates must therefore not outlive this.
 pub const FINISHED_MS_MIN: u64 = 60_000;
+/// Cooperative termination: the oldest PREPARE (by the asker's account)
+/// for which a peer with no record of the xid may abort it unilaterally
+/// and answer ABORTED. Such a peer either never saw the PREPARE or
+/// finished the branch and forgot it; it can only have forgotten it
+/// `FINISHED_MS_MIN` after finishing, and it finished after the PREPARE
+/// was sent. So for an asker that received its PREPARE less than this
+/// long ago the peer would still remember: "no record" means "never
+/// prepared". Half of `FINISHED_MS_MIN` leaves the rest for message
+/// delays and clock-rate differences. Older (or of unknown age, after the
+/// asker restarted): the peer answers UNKNOWN and the asker stays blocked.
+pub const PEER_ABORT_AGE_MS_MAX: u64 = FINISHED_MS_MIN / 2;
 
 /// Global transaction id. Chosen by the driver (random, or seeded in the
 /// simulator) so the core stays deterministic.

@@ -31,7 +31,7 @@ pub use coordinator::{
 pub use gate::{Durability, PersistTicket};
 pub use ids::{
     Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
-    WORK_BYTES_MAX,
+    PEER_ABORT_AGE_MS_MAX, WORK_BYTES_MAX,
 };
 pub use message::{Body, Decision, Message, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};

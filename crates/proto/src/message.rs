@@ -36,8 +36,13 @@ pub enum Body {
     /// outcome record is durable.
     Ack,
     /// "What was decided?" — from a READY participant after a timeout or a
-    /// restart, to the coordinator or (cooperative termination) to a peer.
-    Inquire,
+    /// restart, to the coordinator or (cooperative termination, SPEC §1.6)
+    /// to a peer. `prepared_ms_ago`: how long ago the asker received its
+    /// PREPARE (`None` after a restart, when it no longer knows). A peer
+    /// that has no record of the xid uses it to tell "never prepared" (it
+    /// may abort unilaterally) from "finished and forgotten" (it must not
+    /// answer at all): see `PEER_ABORT_AGE_MS_MAX`.
+    Inquire { prepared_ms_ago: Option<u64> },
     /// The answer to INQUIRE.
     State(TxnState),
 }
@@ -58,7 +63,7 @@ impl Body {
             Body::Decision(Decision::Commit) => "COMMIT",
             Body::Decision(Decision::Abort) => "ABORT",
             Body::Ack => "ACK",
-            Body::Inquire => "INQUIRE",
+            Body::Inquire { .. } => "INQUIRE",
             Body::State(_) => "STATE",
         }
     }

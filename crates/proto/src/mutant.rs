@@ -57,10 +57,21 @@ pub enum Mutant {
     /// Node identity: the coordinator welcomes a participant at a new
     /// address before that address is durable in its log.
     WelcomeBeforeDurable,
+    /// Cooperative termination as a "watchdog re-vote": a READY
+    /// participant whose peers all answer READY commits (as if their
+    /// states were a new round of votes).
+    WatchdogRevote,
+    /// Cooperative termination: a peer with no record of an xid aborts it
+    /// and answers ABORTED however old the asker's PREPARE is (so a
+    /// branch it committed and forgot is reported aborted).
+    ForgottenPeerAborts,
+    /// Cooperative termination: a peer still preparing answers INITIAL
+    /// and goes on to vote READY (instead of aborting first).
+    PreparingPeerKeepsVoting,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 19] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -77,6 +88,9 @@ impl Mutant {
         Mutant::LateVoteAbortHonoured,
         Mutant::AdmitBeyondLimit,
         Mutant::WelcomeBeforeDurable,
+        Mutant::WatchdogRevote,
+        Mutant::ForgottenPeerAborts,
+        Mutant::PreparingPeerKeepsVoting,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -98,6 +112,9 @@ impl Mutant {
             Mutant::LateVoteAbortHonoured => "late-vote-abort-honoured",
             Mutant::AdmitBeyondLimit => "admit-beyond-limit",
             Mutant::WelcomeBeforeDurable => "welcome-before-durable",
+            Mutant::WatchdogRevote => "watchdog-revote",
+            Mutant::ForgottenPeerAborts => "forgotten-peer-aborts",
+            Mutant::PreparingPeerKeepsVoting => "preparing-peer-keeps-voting",
         }
     }
 

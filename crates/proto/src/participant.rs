@@ -8,7 +8,12 @@
 //!
 //! A READY participant never decides on its own: when its timer fires it
 //! sends INQUIRE to the coordinator, with backoff, until it learns the
-//! outcome. Finished branches are remembered (bounded by
+//! outcome. From the second unanswered INQUIRE on it also asks its peers
+//! (the participant list of the PREPARE) for their STATE: cooperative
+//! termination (SPEC §1.6). A peer's COMMITTED or ABORTED is an outcome the
+//! coordinator decided (or can no longer contradict); READY says nothing,
+//! so with every peer READY or silent the branch stays blocked. It is a
+//! query of states, never a new vote. Finished branches are remembered (bounded by
 //! `finished_max`, but never for less than [`FINISHED_MS_MIN`]) so that
 //! duplicates and late messages get the same answer:
 //! a late PREPARE after an ABORT gets VOTE ABORT, a repeated COMMIT gets the
@@ -16,7 +21,8 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN,
+    PEER_ABORT_AGE_MS_MAX, WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -157,6 +163,67 @@ struct Branch {
     /// PREPARE repeats it): the vote → decision sample needs exactly one.
     voted_at: Option<Time>,
     votes: u32,
+    /// When the PREPARE arrived (`None` for a branch recovered from the
+    /// log): peers are told how old it is when asked.
+    prepared_at: Option<Time>,
+    /// The latest answer to our INQUIRE from each node asked (the
+    /// coordinator and peers), in the order first heard: what `status`
+    /// shows for a blocked branch.
+    answers: Vec<(NodeId, TxnState)>,
+}
+
+/// What a READY branch that does not know its outcome has heard so far
+/// (`concord accounts`, `concord status --participant`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    pub xid: Xid,
+    pub coordinator: NodeId,
+    /// The other participants, asked from the second INQUIRE on.
+    pub peers: Vec<NodeId>,
+    /// INQUIREs sent so far (0: still within the time the decision
+    /// should take).
+    pub inquiries: u32,
+    /// The latest answer of each node that answered; a node missing here
+    /// has not answered (unreachable, or the answer was lost).
+    pub answers: Vec<(NodeId, TxnState)>,
+}
+
+impl InDoubt {
+    /// One line saying why the branch is still waiting.
+    pub fn why(&self) -> String {
+        if self.inquiries == 0 {
+            return format!(
+                "READY, waiting for the decision of {} (not overdue yet)",
+                self.coordinator
+            );
+        }
+        let heard = |node: &NodeId| {
+            self.answers
+                .iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, s)| format!("{s:?}").to_uppercase())
+                .unwrap_or_else(|| "no answer".into())
+        };
+        let mut why = format!(
+            "READY and blocked: coordinator {} {}",
+            self.coordinator,
+            heard(&self.coordinator)
+        );
+        if self.inquiries >= 2 && !self.peers.is_empty() {
+            let peers: Vec<String> = self
+                .peers
+                .iter()
+                .map(|p| format!("{p} {}", heard(p)))
+                .collect();
+            why.push_str(&format!(
+                "; peers asked: {}; none knows the outcome (READY or no answer), so it \
+                 waits for the coordinator",
+                peers.join(", ")
+            ));
+        }
+        why.push_str(&format!("; asked {} times", self.inquiries));
+        why
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +386,8 @@ impl Participant {
                     inquiries: 0,
                     voted_at: None,
                     votes: 0,
+                    prepared_at: None,
+                    answers: Vec::new(),
                 },
             );
             participant.actions.push(ParticipantAction::SetTimer {
@@ -365,6 +434,31 @@ impl Participant {
             .collect();
         xids.sort();
         xids
+    }
+
+    /// What the in-doubt branch `xid` has heard while waiting for its
+    /// outcome; `None` unless it is READY without an outcome.
+    pub fn in_doubt_report(&self, xid: Xid) -> Option<InDoubt> {
+        let branch = self.branches.get(&xid)?;
+        if branch.state != BranchState::Ready {
+            return None;
+        }
+        Some(InDoubt {
+            xid,
+            coordinator: branch.coordinator.clone(),
+            peers: self.peers_of(branch).cloned().collect(),
+            inquiries: branch.inquiries,
+            answers: branch.answers.clone(),
+        })
+    }
+
+    /// The other participants of `branch` (those cooperative termination
+    /// asks), in the order of its participant list.
+    fn peers_of<'a>(&'a self, branch: &'a Branch) -> impl Iterator<Item = &'a NodeId> + 'a {
+        branch
+            .participants
+            .iter()
+            .filter(move |p| **p != self.config.id && **p != branch.coordinator)
     }
 
     /// Branches whose resource commit or abort has not succeeded yet
@@ -420,7 +514,7 @@ impl Participant {
         let kind = body.kind();
         if let Some(branch) = self.branches.get_mut(&xid) {
             if epoch < branch.epoch
-                && !matches!(body, Body::Inquire)
+                && !matches!(body, Body::Inquire { .. })
                 && !mutant::active(Mutant::AdoptOlderEpoch)
             {
                 self.ignored(xid, kind, from, "older epoch than this branch has seen");
@@ -442,14 +536,13 @@ impl Participant {
             // it: for a finished branch a late answer says nothing new (an
             // ABORTED may just be presumed abort after the coordinator
             // forgot a transaction we long since committed).
-            Body::State(state) if self.branches.contains_key(&xid) => match state {
-                TxnState::Committed => self.on_decision(now, xid, epoch, from, Decision::Commit),
-                TxnState::Aborted => self.on_decision(now, xid, epoch, from, Decision::Abort),
-                // Not decided yet: keep waiting, never guess.
-                _ => {}
-            },
+            Body::State(state) if self.branches.contains_key(&xid) => {
+                self.on_state(now, xid, epoch, from, state)
+            }
             Body::State(_) => {}
-            Body::Inquire => self.on_inquire(now, xid, epoch, from),
+            Body::Inquire { prepared_ms_ago } => {
+                self.on_inquire(now, xid, epoch, from, prepared_ms_ago)
+            }
             Body::Vote(_) | Body::Ack => {
                 self.ignored(xid, kind, from, "not a message a participant handles")
             }
@@ -459,6 +552,11 @@ impl Participant {
     /// The resource's answer to `ParticipantAction::Prepare`.
     pub fn on_prepared(&mut self, now: Time, xid: Xid, result: Result<(), String>) {
         let Some(branch) = self.branches.get_mut(&xid) else {
+            // Aborted unilaterally while the resource was preparing (a
+            // peer asked): release what the prepare took.
+            if result.is_ok() && self.finished.get(&xid) == Some(&Decision::Abort) {
+                self.start_apply(xid, Decision::Abort);
+            }
             return;
         };
         let BranchState::Preparing { abort_requested } = branch.state else {
@@ -597,10 +695,22 @@ impl Participant {
             .min(self.config.inquire_ms_max);
         let at = now.plus_ms(branch.inquire_ms);
         branch.timer_at = Some(at);
-        let to = branch.coordinator.clone();
         let epoch = branch.epoch;
-        let message = self.message(xid, epoch, Body::Inquire);
-        self.actions.push(ParticipantAction::Send { to, message });
+        let body = Body::Inquire {
+            prepared_ms_ago: branch.prepared_at.map(|at| now.ms_since(at)),
+        };
+        // The coordinator first; from the second unanswered INQUIRE on it
+        // may be down, so ask the peers too (cooperative termination).
+        let cooperative = attempt >= 2;
+        let mut asked = vec![branch.coordinator.clone()];
+        if cooperative {
+            let branch = &self.branches[&xid];
+            asked.extend(self.peers_of(branch).cloned());
+        }
+        for to in asked {
+            let message = self.message(xid, epoch, body.clone());
+            self.actions.push(ParticipantAction::Send { to, message });
+        }
         self.actions.push(ParticipantAction::SetTimer {
             key: inquire_timer(xid),
             at,
@@ -608,7 +718,11 @@ impl Participant {
         self.actions
             .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
                 xid,
-                phase: "READY (waiting for the decision)",
+                phase: if cooperative {
+                    "READY (asking the coordinator and the peers)"
+                } else {
+                    "READY (waiting for the decision)"
+                },
                 timeout_ms,
                 attempt,
             }));
@@ -744,6 +858,8 @@ impl Participant {
                 inquiries: 0,
                 voted_at: None,
                 votes: 0,
+                prepared_at: Some(now),
+                answers: Vec::new(),
             },
         );
         self.actions.push(ParticipantAction::Prepare { xid, work });
@@ -992,45 +1108,135 @@ impl Participant {
         }
     }
 
+    /// An answer to our INQUIRE, from the coordinator or a peer, for a
+    /// branch we still hold.
+    fn on_state(&mut self, now: Time, xid: Xid, epoch: Epoch, from: NodeId, state: TxnState) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        match branch.answers.iter_mut().find(|(n, _)| *n == from) {
+            Some(answer) => answer.1 = state,
+            None => branch.answers.push((from.clone(), state)),
+        }
+        match state {
+            TxnState::Committed => self.on_decision(now, xid, epoch, from, Decision::Commit),
+            // ABORTED: decided, or presumed by a coordinator that has no
+            // record (it never decided COMMIT). INITIAL: a peer that had not
+            // voted and, per SPEC §1.6, aborted on being asked (concord's
+            // own peers answer ABORTED once that abort is durable).
+            TxnState::Aborted | TxnState::Initial => {
+                self.on_decision(now, xid, epoch, from, Decision::Abort)
+            }
+            TxnState::Ready if mutant::active(Mutant::WatchdogRevote) => {
+                let branch = &self.branches[&xid];
+                let all_ready = self.peers_of(branch).all(|p| {
+                    branch
+                        .answers
+                        .iter()
+                        .any(|(n, s)| n == p && *s == TxnState::Ready)
+                });
+                if all_ready {
+                    self.on_decision(now, xid, epoch, from, Decision::Commit);
+                }
+            }
+            // READY says nothing about the outcome, UNKNOWN means "not
+            // decided yet": keep waiting, never guess.
+            TxnState::Ready | TxnState::Unknown => {}
+        }
+    }
+
     /// A peer (cooperative termination) or anyone asks what we know.
-    fn on_inquire(&mut self, now: Time, xid: Xid, epoch: Epoch, from: NodeId) {
+    /// `prepared_ms_ago` is the asker's account of its PREPARE's age.
+    fn on_inquire(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        epoch: Epoch,
+        from: NodeId,
+        prepared_ms_ago: Option<u64>,
+    ) {
         if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
             // The unilateral abort is still being forced: answer with it.
             waiting.push((from, epoch));
             return;
         }
         let state = self.state_of(xid);
-        let broken = mutant::active(Mutant::AnswerBeforePersist);
-        if (state == TxnState::Unknown || self.undurable_aborts.remove(&xid)) && !broken {
-            // We never voted on it (or voted ABORT and logged nothing):
-            // abort unilaterally so that we never vote READY (SPEC §1.6),
-            // and say so, but only once that abort is durable. A peer may act on our ABORTED (cooperative
-            // termination); if we crashed with the abort only in memory, a
-            // re-sent PREPARE after the restart could get VOTE READY and
-            // the transaction commit against what the peer was told.
-            self.remember(now, xid, Decision::Abort);
-            self.answers_waiting.insert(xid, vec![(from, epoch)]);
-            let ticket = self.gate.park(Resume::AnswerAborted(xid));
-            self.actions.push(ParticipantAction::Persist {
-                record: ParticipantRecord::Outcome {
-                    xid,
-                    decision: Decision::Abort,
-                },
-                durability: Durability::Forced(ticket),
-            });
+        let preparing = matches!(
+            self.branches.get(&xid).map(|b| b.state),
+            Some(BranchState::Preparing { .. })
+        );
+        if preparing && mutant::active(Mutant::PreparingPeerKeepsVoting) {
+            let message = self.message(xid, epoch, Body::State(TxnState::Initial));
+            self.actions
+                .push(ParticipantAction::Send { to: from, message });
             return;
         }
-        let state = match state {
+        if preparing {
+            // Not voted yet: abort now, so that this branch never votes
+            // READY (SPEC §1.6), tell the coordinator at once, and answer
+            // once the abort is durable. The resource's prepare is released
+            // when it returns.
+            if let Some(branch) = self.branches.remove(&xid) {
+                let reason = format!(
+                    "aborted unilaterally: peer {from} asked for its state before this branch \
+                     was prepared"
+                );
+                let message = self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
+                self.actions.push(ParticipantAction::Send {
+                    to: branch.coordinator,
+                    message,
+                });
+            }
+            self.abort_then_answer(now, xid, from, epoch);
+            return;
+        }
+        // No record of it: never prepared, or finished and forgotten. Only
+        // for a PREPARE young enough that we would still remember is it the
+        // first (see `PEER_ABORT_AGE_MS_MAX`).
+        let young = prepared_ms_ago.is_some_and(|age| age <= PEER_ABORT_AGE_MS_MAX)
+            || mutant::active(Mutant::ForgottenPeerAborts);
+        let broken = mutant::active(Mutant::AnswerBeforePersist);
+        if ((state == TxnState::Unknown && young) || self.undurable_aborts.remove(&xid)) && !broken
+        {
+            // We never voted on it (or voted ABORT and logged nothing):
+            // abort unilaterally so that we never vote READY (SPEC §1.6),
+            // and say so, but only once that abort is durable. A peer may
+            // act on our ABORTED (cooperative termination); if we crashed
+            // with the abort only in memory, a re-sent PREPARE after the
+            // restart could get VOTE READY and the transaction commit
+            // against what the peer was told.
+            self.abort_then_answer(now, xid, from, epoch);
+            return;
+        }
+        let answer = match state {
             // Only reached under the mutant: an abort kept in memory.
-            TxnState::Unknown => {
+            TxnState::Unknown if young => {
                 self.remember(now, xid, Decision::Abort);
                 TxnState::Aborted
             }
+            // The READY record is being forced: as good as READY (it
+            // will vote READY, or crash and be in doubt).
+            TxnState::Initial => TxnState::Ready,
             other => other,
         };
-        let message = self.message(xid, epoch, Body::State(state));
+        let message = self.message(xid, epoch, Body::State(answer));
         self.actions
             .push(ParticipantAction::Send { to: from, message });
+    }
+
+    /// Abort `xid` unilaterally and answer `to` ABORTED once the abort
+    /// record is durable.
+    fn abort_then_answer(&mut self, now: Time, xid: Xid, to: NodeId, epoch: Epoch) {
+        self.remember(now, xid, Decision::Abort);
+        self.answers_waiting.insert(xid, vec![(to, epoch)]);
+        let ticket = self.gate.park(Resume::AnswerAborted(xid));
+        self.actions.push(ParticipantAction::Persist {
+            record: ParticipantRecord::Outcome {
+                xid,
+                decision: Decision::Abort,
+            },
+            durability: Durability::Forced(ticket),
+        });
     }
 
     /// Remember that `xid` finished with `decision`. Past `finished_max`

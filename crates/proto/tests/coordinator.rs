@@ -128,7 +128,17 @@ fn global_commit_rule_commit_only_when_every_vote_is_ready_and_only_after_forced
         "client hears nothing before durable"
     );
     // An inquiry now must not hear COMMITTED: the decision could still be lost.
-    c.on_message(ms(3), msg(&c, Xid(7), P1, Body::Inquire));
+    c.on_message(
+        ms(3),
+        msg(
+            &c,
+            Xid(7),
+            P1,
+            Body::Inquire {
+                prepared_ms_ago: None,
+            },
+        ),
+    );
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(
         matches!(&actions[0], CoordinatorAction::Send { message, .. } if message.body == Body::State(TxnState::Unknown))
@@ -248,7 +258,17 @@ fn message_loss_4_missing_ack_resends_decision_with_backoff_forever() {
 #[test]
 fn presumed_abort_inquire_for_unknown_xid_answers_aborted() {
     let mut c = started();
-    c.on_message(ms(0), msg(&c, Xid(99), P1, Body::Inquire));
+    c.on_message(
+        ms(0),
+        msg(
+            &c,
+            Xid(99),
+            P1,
+            Body::Inquire {
+                prepared_ms_ago: None,
+            },
+        ),
+    );
     let actions: Vec<_> = c.drain_actions().collect();
     match &actions[..] {
         [CoordinatorAction::Send { to, message }] => {
@@ -318,7 +338,17 @@ fn site_failure_4_coordinator_restart_after_commit_resends_it_once_epoch_is_dura
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(sends(&actions).is_empty());
     // Recovered COMMIT is known before the re-send: inquiries hear COMMITTED.
-    c.on_message(ms(0), msg(&c, Xid(7), P1, Body::Inquire));
+    c.on_message(
+        ms(0),
+        msg(
+            &c,
+            Xid(7),
+            P1,
+            Body::Inquire {
+                prepared_ms_ago: None,
+            },
+        ),
+    );
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(
         matches!(&actions[0], CoordinatorAction::Send { message, .. } if message.body == Body::State(TxnState::Committed))

@@ -241,10 +241,19 @@ fn message_loss_3_decision_lost_ready_participant_inquires_with_backoff_and_neve
     ready(&mut p, Xid(5));
     let mut now = 110;
     let mut waits = Vec::new();
-    for _ in 0..4 {
+    for attempt in 1..=4 {
         p.on_timer(ms(now), inquire(Xid(5)));
         let actions: Vec<_> = p.drain_actions().collect();
-        assert_eq!(sent(&actions), vec![(C.into(), Body::Inquire)]);
+        let asked = Body::Inquire {
+            prepared_ms_ago: Some(now),
+        };
+        // The coordinator first; from the second attempt on the peers too
+        // (cooperative termination), with the PREPARE's age.
+        let mut expected = vec![(C.to_string(), asked.clone())];
+        if attempt >= 2 {
+            expected.push((P2.into(), asked));
+        }
+        assert_eq!(sent(&actions), expected);
         assert!(!actions.iter().any(|a| matches!(
             a,
             ParticipantAction::Commit { .. } | ParticipantAction::Abort { .. }
@@ -506,7 +515,12 @@ fn site_failure_2_restart_with_ready_record_restores_locks_and_inquires_at_once(
     p.on_timer(ms(0), inquire(Xid(5)));
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
-        vec![(C.into(), Body::Inquire)]
+        vec![(
+            C.into(),
+            Body::Inquire {
+                prepared_ms_ago: None
+            }
+        )]
     );
     // The finished branch answers duplicates from memory rebuilt from the log.
     p.on_message(ms(1), decision(Xid(6), Decision::Commit));
@@ -531,7 +545,9 @@ fn cooperative_termination_seam_peer_inquiry_of_unknown_xid_aborts_it_unilateral
         xid: Xid(5),
         epoch: 1,
         from: from.into(),
-        body: Body::Inquire,
+        body: Body::Inquire {
+            prepared_ms_ago: Some(1),
+        },
     };
     p.on_message(ms(0), inquire_from(P2));
     // Answers persist first: the unilateral abort is forced, and nothing
@@ -665,7 +681,9 @@ fn answers_persist_first_unilateral_abort_survives_a_crash_and_a_late_prepare_vo
             xid: Xid(5),
             epoch: 1,
             from: P2.into(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: Some(1),
+            },
         },
     );
     let (_, record) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("forced abort");
@@ -697,7 +715,9 @@ fn answers_persist_first_a_vote_abort_kept_only_in_memory_is_forced_before_a_pee
             xid: Xid(6),
             epoch: 1,
             from: P2.into(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: Some(1),
+            },
         },
     );
     let actions: Vec<_> = p.drain_actions().collect();
@@ -732,7 +752,9 @@ fn an_abort_decided_by_the_coordinator_is_answered_at_once() {
             xid: Xid(7),
             epoch: 1,
             from: P2.into(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: Some(1),
+            },
         },
     );
     assert_eq!(
@@ -859,4 +881,141 @@ fn compaction_snapshot_splits_many_outcomes_into_bounded_records() {
     let q = Participant::recover(config(), snapshot, ms(1));
     assert_eq!(q.state_of(Xid(1000)), TxnState::Aborted);
     assert_eq!(q.state_of(Xid(n as u128 + 999)), TxnState::Aborted);
+}
+
+fn peer_inquiry(xid: Xid, prepared_ms_ago: Option<u64>) -> Message {
+    Message {
+        xid,
+        epoch: 1,
+        from: P2.into(),
+        body: Body::Inquire { prepared_ms_ago },
+    }
+}
+
+fn from_peer(xid: Xid, body: Body) -> Message {
+    Message {
+        xid,
+        epoch: 1,
+        from: P2.into(),
+        body,
+    }
+}
+
+/// SPEC §1.6: the coordinator does not answer, a peer says COMMITTED: the
+/// branch commits, and its ACK still goes to the coordinator.
+#[test]
+fn cooperative_termination_a_committed_peer_makes_the_blocked_branch_commit() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_timer(ms(110), inquire(Xid(5)));
+    p.on_timer(ms(130), inquire(Xid(5)));
+    p.drain_actions().for_each(drop);
+    let report = p.in_doubt_report(Xid(5)).expect("in doubt");
+    assert_eq!(report.inquiries, 2);
+    assert_eq!(report.peers, vec![P2.to_string()]);
+    p.on_message(ms(131), from_peer(Xid(5), Body::State(TxnState::Committed)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Commit { xid: Xid(5) }));
+    p.on_committed(ms(131), Xid(5), Ok(()));
+    let (ticket, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("COMMITTED forced");
+    p.on_durable(ms(132), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Ack)]
+    );
+    assert_eq!(p.state_of(Xid(5)), TxnState::Committed);
+}
+
+/// SPEC §1.6: peers that are READY say nothing about the outcome: the
+/// branch stays blocked, keeps asking, and its report says why.
+#[test]
+fn cooperative_termination_every_peer_ready_stays_blocked_and_says_why() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    for at in [110, 130, 170, 210] {
+        p.on_timer(ms(at), inquire(Xid(5)));
+        p.on_message(ms(at), from_peer(Xid(5), Body::State(TxnState::Ready)));
+        p.on_message(
+            ms(at),
+            from_coordinator(Xid(5), 1, Body::State(TxnState::Unknown)),
+        );
+        let actions: Vec<_> = p.drain_actions().collect();
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            ParticipantAction::Commit { .. } | ParticipantAction::Abort { .. }
+        )));
+    }
+    assert_eq!(p.in_doubt(), vec![Xid(5)]);
+    let why = p.in_doubt_report(Xid(5)).expect("in doubt").why();
+    assert!(why.contains("blocked"), "{why}");
+    assert!(why.contains("p2:1 READY"), "{why}");
+    assert!(why.contains("coord:1 UNKNOWN"), "{why}");
+    assert!(why.contains("asked 4 times"), "{why}");
+}
+
+/// SPEC §1.6: a peer that has not voted yet aborts on being asked (and
+/// tells the coordinator), answers ABORTED only once that abort is
+/// durable, and releases its prepare when the resource returns.
+#[test]
+fn cooperative_termination_a_preparing_peer_aborts_first_then_answers() {
+    let mut p = Participant::new(config());
+    p.on_message(ms(0), prepare(Xid(5)));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(1), peer_inquiry(Xid(5), Some(1)));
+    let actions: Vec<_> = p.drain_actions().collect();
+    match &sent(&actions)[..] {
+        [(to, Body::Vote(Vote::Abort { reason }))] => {
+            assert_eq!(to, C);
+            assert!(reason.contains("unilaterally"), "{reason}");
+        }
+        other => panic!("expected VOTE ABORT to the coordinator, got {other:?}"),
+    }
+    let (ticket, _) = forced(&actions).expect("the abort is forced");
+    p.on_durable(ms(2), ticket);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(P2.into(), Body::State(TxnState::Aborted))]
+    );
+    p.on_prepared(ms(3), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(actions, vec![ParticipantAction::Abort { xid: Xid(5) }]);
+    assert_eq!(p.state_of(Xid(5)), TxnState::Aborted);
+}
+
+/// A peer with no record of an xid may have committed it and forgotten
+/// it (after FINISHED_MS_MIN): asked about an old PREPARE, or by an asker
+/// that restarted and no longer knows its age, it answers UNKNOWN and
+/// writes nothing; asked about a young one, "no record" can only mean
+/// "never prepared", and it aborts.
+#[test]
+fn cooperative_termination_no_record_means_never_prepared_only_for_a_young_prepare() {
+    let mut p = Participant::new(ParticipantConfig {
+        finished_max: 1,
+        ..config()
+    });
+    ready(&mut p, Xid(5));
+    let (t, _) = forced(&commit_now(&mut p, ms(3), Xid(5))).expect("forced");
+    p.on_durable(ms(4), t);
+    // Later branches push xid 5 out of memory once it is old enough.
+    let later = FINISHED_MS_MIN + 10;
+    p.on_message(ms(later), decision(Xid(6), Decision::Abort));
+    p.on_message(ms(later + 1), decision(Xid(7), Decision::Abort));
+    p.drain_actions().for_each(drop);
+    assert_eq!(p.state_of(Xid(5)), TxnState::Unknown, "forgotten");
+    for age in [None, Some(PEER_ABORT_AGE_MS_MAX + 1), Some(later)] {
+        p.on_message(ms(later + 2), peer_inquiry(Xid(5), age));
+        let actions: Vec<_> = p.drain_actions().collect();
+        assert!(forced(&actions).is_none(), "{age:?}: nothing written");
+        assert_eq!(
+            sent(&actions),
+            vec![(P2.into(), Body::State(TxnState::Unknown))],
+            "{age:?}"
+        );
+    }
+    p.on_message(
+        ms(later + 3),
+        peer_inquiry(Xid(8), Some(PEER_ABORT_AGE_MS_MAX)),
+    );
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(forced(&actions).is_some(), "young and unknown: aborted");
 }

@@ -292,11 +292,16 @@ impl CoordinatorDriver {
                     }
                     self.log.push(encode(&record), durability);
                 }
-                CoordinatorNodeAction::Send { to, addr, message } => {
+                CoordinatorNodeAction::Send {
+                    to,
+                    addr,
+                    message,
+                    peers,
+                } => {
                     if matches!(message.body, Body::Decision(Decision::Commit)) {
                         failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
                     }
-                    self.outbox.send(&to, &addr, &message);
+                    self.outbox.send(&to, &addr, &message, &peers);
                 }
                 CoordinatorNodeAction::Greet { to, addr, greeting } => {
                     self.outbox.greet(&to, &addr, greeting)

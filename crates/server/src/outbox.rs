@@ -26,7 +26,7 @@
 //! socket addresses are used as they are, host names are resolved in a
 //! task (never blocking the driver) and cached.
 
-use crate::wire::{self, PeerBodyRef};
+use crate::wire::{self, PeerBodyRef, PeerHint};
 use concord_net::Frame;
 use concord_net::{Network, SendError};
 use concord_node::hello::Greeting;
@@ -81,10 +81,10 @@ impl Outbox {
         &self.network
     }
 
-    /// Queue `message` for node `to` at `addr`. Never blocks; must run
-    /// inside a tokio runtime (the first message to a peer starts its
-    /// connection task).
-    pub fn send(&mut self, to: &str, addr: &str, message: &Message) {
+    /// Queue `message` for node `to` at `addr`, with directory hints
+    /// `peers`. Never blocks; must run inside a tokio runtime (the first
+    /// message to a peer starts its connection task).
+    pub fn send(&mut self, to: &str, addr: &str, message: &Message, peers: &[PeerHint]) {
         let what = What {
             to,
             xid: Some(message.xid),
@@ -94,6 +94,7 @@ impl Outbox {
             &self.id,
             &self.reply_to,
             self.incarnation,
+            peers,
             PeerBodyRef::Message(message),
         );
         self.send_frame(addr, frame, what);
@@ -110,7 +111,7 @@ impl Outbox {
             xid: None,
             kind,
         };
-        let frame = wire::peer_frame(&self.id, &self.reply_to, self.incarnation, body);
+        let frame = wire::peer_frame(&self.id, &self.reply_to, self.incarnation, &[], body);
         self.send_frame(addr, frame, what);
     }
 

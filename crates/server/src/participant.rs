@@ -337,7 +337,7 @@ impl ParticipantDriver {
                         Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
                         _ => {}
                     }
-                    self.outbox.send(&to, &addr, &message);
+                    self.outbox.send(&to, &addr, &message, &[]);
                 }
                 ParticipantNodeAction::Greet { to, addr, greeting } => {
                     self.outbox.greet(&to, &addr, greeting)

@@ -13,9 +13,18 @@ use concord_net::Frame;
 use concord_proto::codec::encode;
 
 /// A frame from node `from` in its life `incarnation`, answerable at
-/// `reply_to`.
-pub fn peer_frame(from: &str, reply_to: &str, incarnation: u64, body: PeerBodyRef<'_>) -> Frame {
-    Frame::new(KIND_PEER, encode_peer(from, reply_to, incarnation, body))
+/// `reply_to`, with directory hints `peers` (see [`PeerEnvelope::peers`]).
+pub fn peer_frame(
+    from: &str,
+    reply_to: &str,
+    incarnation: u64,
+    peers: &[PeerHint],
+    body: PeerBodyRef<'_>,
+) -> Frame {
+    Frame::new(
+        KIND_PEER,
+        encode_peer(from, reply_to, incarnation, peers, body),
+    )
 }
 
 /// A frame carrying a client request.
@@ -64,9 +73,17 @@ mod tests {
             xid: Xid(7),
             epoch: 3,
             from: "bank-a".into(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: Some(12),
+            },
         };
-        let frame = peer_frame("bank-a", "127.0.0.1:1", 4, PeerBodyRef::Message(&message));
+        let frame = peer_frame(
+            "bank-a",
+            "127.0.0.1:1",
+            4,
+            &[],
+            PeerBodyRef::Message(&message),
+        );
         assert_eq!(frame.kind, KIND_PEER);
         assert_eq!(
             decode_peer(&frame.body).expect("decodes"),
@@ -74,6 +91,7 @@ mod tests {
                 from: "bank-a".into(),
                 reply_to: "127.0.0.1:1".into(),
                 incarnation: 4,
+                peers: vec![],
                 body: PeerBody::Message(message)
             }
         );

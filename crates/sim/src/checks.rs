@@ -62,6 +62,7 @@ impl World {
         if decision == Decision::Commit {
             self.check_no_overdraft(p, xid);
         }
+        self.check_termination_agrees(p, xid, decision);
         let applied = self.ghost.applied.entry(xid).or_default();
         match decision {
             Decision::Commit => applied.commit.insert(p),
@@ -174,7 +175,7 @@ impl World {
         let PeerBody::Message(message) = &envelope.body else {
             return None;
         };
-        if matches!(message.body, Body::Inquire) {
+        if matches!(message.body, Body::Inquire { .. }) {
             return None; // anyone may ask, from any epoch
         }
         let core = self.participant(p)?.core();
@@ -216,6 +217,23 @@ impl World {
         if live > limit {
             let detail = format!("p{p} has {live} branches in flight, over its limit of {limit}");
             self.fail("admission", None, detail);
+        }
+    }
+
+    /// Termination never contradicts the coordinator: whatever a
+    /// participant carries out (learnt from the coordinator or, by
+    /// cooperative termination, from a peer) is what the coordinator
+    /// decided, if it decided: no commit of an xid it aborted (or answered
+    /// ABORTED for), no abort of one whose COMMIT record is durable.
+    fn check_termination_agrees(&mut self, p: usize, xid: Xid, decision: Decision) {
+        let contradicts = match decision {
+            Decision::Commit => self.ghost.coordinator_aborted.contains(&xid),
+            Decision::Abort => self.coordinator_disk.was_durable(xid, RecordKind::Commit),
+        };
+        if contradicts {
+            let detail =
+                format!("p{p} carried out {decision:?}, the coordinator decided otherwise");
+            self.fail("termination_agrees", Some(xid), detail);
         }
     }
 
@@ -330,9 +348,11 @@ impl World {
 
     /// Answers persist first: a participant that tells anyone ABORTED acts
     /// on an abort that can never be undone: one the coordinator decided,
-    /// or one in its own durable log. Otherwise a crash could forget it and
-    /// a late PREPARE get VOTE READY, while the asker (a peer running
-    /// cooperative termination) already aborted on the answer.
+    /// or one in a participant's durable log (its own, or a peer's it
+    /// learnt by cooperative termination: that peer never votes READY, so
+    /// the transaction can never commit). Otherwise a crash could forget
+    /// it and a late PREPARE get VOTE READY, while the asker (a peer
+    /// running cooperative termination) already aborted on the answer.
     pub(crate) fn answers_persist_first(&mut self, from: NodeId, message: &Message) {
         let xid = message.xid;
         match (from, &message.body) {
@@ -340,11 +360,14 @@ impl World {
                 self.ghost.coordinator_aborted.insert(xid);
             }
             (NodeId::Participant(i), Body::State(TxnState::Aborted)) => {
-                let durable = self.participant_disks[i].has_durable(xid, RecordKind::Abort);
+                let durable = self
+                    .participant_disks
+                    .iter()
+                    .any(|disk| disk.has_durable(xid, RecordKind::Abort));
                 if !durable && !self.ghost.coordinator_aborted.contains(&xid) {
                     let detail = format!(
-                        "p{i} answered ABORTED before its own abort was durable (and the \
-                         coordinator never decided ABORT)"
+                        "p{i} answered ABORTED while no participant's abort was durable (and \
+                         the coordinator never decided ABORT)"
                     );
                     self.fail("answers_persist_first", Some(xid), detail);
                 }

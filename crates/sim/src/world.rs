@@ -29,7 +29,7 @@ use crate::net::{Fate, MessageRule, SentMessage};
 use crate::report::{fmt_time, ClientOutcome, SimFailure, SimReport};
 use crate::trace::Trace;
 use crate::workload::{plan_transactions, Intent, TxnPlan};
-use concord_api::{BranchRequest, Outcome, PeerBody, PeerEnvelope, Reply, Request};
+use concord_api::{BranchRequest, Outcome, PeerBody, PeerEnvelope, PeerHint, Reply, Request};
 use concord_node::hello::Greeting;
 use concord_node::{
     ClientId, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig, ParticipantEvent,
@@ -110,6 +110,8 @@ enum Event {
         to: NodeId,
         to_gen: u32,
         body: PeerBody,
+        /// The frame's directory hints (a PREPARE's other participants).
+        peers: Vec<PeerHint>,
     },
     Timer {
         node: NodeId,
@@ -143,12 +145,15 @@ enum Event {
         until: Time,
     },
     /// Participant `from` asks participant `to` for its STATE of `xid`
-    /// (a peer's INQUIRE, as in cooperative termination).
+    /// (a peer's INQUIRE, as in cooperative termination). `submitted`:
+    /// when the client submitted `xid`; the asker claims its PREPARE is
+    /// that old, which is never younger than the truth.
     PeerInquire {
         from: usize,
         to: usize,
         xid: Xid,
         epoch: concord_proto::Epoch,
+        submitted: Time,
     },
     /// A participant's resource finishes an operation it answered later.
     ResourceDone {
@@ -541,7 +546,8 @@ impl World {
                 to,
                 to_gen,
                 body,
-            } => self.deliver(from, (incarnation, reply_gen), to, to_gen, body),
+                peers,
+            } => self.deliver(from, (incarnation, reply_gen), to, to_gen, (body, peers)),
             Event::Timer {
                 node,
                 incarnation,
@@ -615,6 +621,7 @@ impl World {
                 to,
                 xid,
                 epoch,
+                submitted,
             } => {
                 if !self.is_up(NodeId::Participant(from)) {
                     return; // a crashed node asks nobody
@@ -623,10 +630,12 @@ impl World {
                     xid,
                     epoch,
                     from: NodeId::Participant(from).name(),
-                    body: concord_proto::Body::Inquire,
+                    body: concord_proto::Body::Inquire {
+                        prepared_ms_ago: Some(self.now.ms_since(submitted)),
+                    },
                 };
                 let to = self.addr_of(NodeId::Participant(to));
-                self.send(NodeId::Participant(from), &to, message);
+                self.send(NodeId::Participant(from), &to, message, Vec::new());
             }
         }
     }
@@ -748,6 +757,7 @@ impl World {
                 to,
                 xid,
                 epoch,
+                submitted: self.now,
             },
         );
     }
@@ -1005,9 +1015,12 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                CoordinatorNodeAction::Send { addr, message, .. } => {
-                    self.send(node, &addr, message)
-                }
+                CoordinatorNodeAction::Send {
+                    addr,
+                    message,
+                    peers,
+                    ..
+                } => self.send(node, &addr, message, peers),
                 CoordinatorNodeAction::Greet { addr, greeting, .. } => {
                     self.greet(node, &addr, greeting)
                 }
@@ -1094,7 +1107,7 @@ impl World {
                     }
                 }
                 ParticipantNodeAction::Send { addr, message, .. } => {
-                    self.send(node, &addr, message)
+                    self.send(node, &addr, message, Vec::new())
                 }
                 ParticipantNodeAction::Greet { addr, greeting, .. } => {
                     self.greet(node, &addr, greeting)
@@ -1376,7 +1389,7 @@ impl World {
 
     /// A node sends `message` to the address `to`: the network loses,
     /// duplicates, delays it as the seed (or a scripted rule) says.
-    fn send(&mut self, from: NodeId, to: &str, message: Message) {
+    fn send(&mut self, from: NodeId, to: &str, message: Message, peers: Vec<PeerHint>) {
         self.persist_then_send(from, &message);
         self.answers_persist_first(from, &message);
         if let (NodeId::Participant(i), concord_proto::Body::Vote(concord_proto::Vote::Ready)) =
@@ -1400,7 +1413,8 @@ impl World {
             String::new()
         };
         let (xid, epoch) = (message.xid, message.epoch);
-        let copies = self.transmit(from, to, to_gen, rule, PeerBody::Message(message), &shown);
+        let frame = (PeerBody::Message(message), peers);
+        let copies = self.transmit(from, to, to_gen, rule, frame, &shown);
         if let Some(log) = self.sent_log.as_mut() {
             log.push(SentMessage {
                 at: self.now,
@@ -1428,7 +1442,8 @@ impl World {
             Greeting::Hello => PeerBody::Hello,
             Greeting::Welcome => PeerBody::Welcome,
         };
-        self.transmit(from, to, to_gen, None, body, &format!("{greeting:?}"));
+        let frame = (body, Vec::new());
+        self.transmit(from, to, to_gen, None, frame, &format!("{greeting:?}"));
     }
 
     /// Put one frame from `from` on the wire to `to` (at its address of
@@ -1440,7 +1455,7 @@ impl World {
         to: NodeId,
         to_gen: u32,
         rule: Option<Fate>,
-        body: PeerBody,
+        (body, peers): (PeerBody, Vec<PeerHint>),
         shown: &str,
     ) -> u32 {
         let mut copies = 1u32;
@@ -1487,6 +1502,7 @@ impl World {
                     to,
                     to_gen,
                     body: body.clone(),
+                    peers: peers.clone(),
                 },
             );
         }
@@ -1515,7 +1531,7 @@ impl World {
         sender: (u64, u32),
         to: NodeId,
         to_gen: u32,
-        body: PeerBody,
+        (body, peers): (PeerBody, Vec<PeerHint>),
     ) {
         let (incarnation, reply_gen) = sender;
         let (kind, xid) = match &body {
@@ -1554,6 +1570,7 @@ impl World {
             from: from.name(),
             reply_to: self.addr_string(from, reply_gen),
             incarnation,
+            peers,
             body,
         };
         match to {
@@ -1702,6 +1719,7 @@ impl World {
                 to,
                 to_gen,
                 body: PeerBody::Message(message),
+                peers: Vec::new(),
             },
         );
     }

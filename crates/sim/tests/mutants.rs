@@ -5,6 +5,8 @@
 //! moves the first catching seed, `concord-sim --features mutants --
 //! --mutant all --seeds 20000` prints the new one.
 
+mod courses;
+
 use concord_participant::kv::KvOp;
 use concord_proto::mutant::set as set_mutant;
 use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
@@ -14,29 +16,41 @@ use concord_sim::{
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 14] = [
+const CAUGHT: [(Mutant, u64, &str); 16] = [
     (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
-    (Mutant::ForgetCommittedOnRecovery, 0, "atomicity"),
+    (Mutant::ForgetCommittedOnRecovery, 0, "termination_agrees"),
     (Mutant::SkipFundsCheck, 4, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
-    (Mutant::CompactionDropsInDoubt, 19, "log_recovery"),
+    (Mutant::CompactionDropsInDoubt, 19, "persist_then_send"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
     (Mutant::AbandonFailedApply, 1, "termination"),
     (Mutant::DirectoryIgnoresMoves, 0, "durability"),
     (Mutant::ForgottenCommitNotAcked, 940, "termination"),
     (Mutant::AdmitBeyondLimit, 7, "admission"),
-    (Mutant::WelcomeBeforeDurable, 106, "termination"),
+    (Mutant::WelcomeBeforeDurable, 88, "termination"),
+    (Mutant::WatchdogRevote, 19, "no_violation_notice"),
+    (Mutant::PreparingPeerKeepsVoting, 50, "no_violation_notice"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that
 /// injects what only a later feature makes possible: (mutant, script, the
 /// invariant that catches it).
 type Script = fn() -> Result<(), SimFailure>;
-const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 2] = [
+const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 4] = [
     (Mutant::AdoptOlderEpoch, stale_epoch_abort, "epoch"),
+    (
+        Mutant::WatchdogRevote,
+        watchdog_revote,
+        "termination_agrees",
+    ),
+    (
+        Mutant::ForgottenPeerAborts,
+        peer_forgot_a_commit,
+        "termination_agrees",
+    ),
     (
         Mutant::LateVoteAbortHonoured,
         late_vote_abort,
@@ -124,6 +138,27 @@ fn stale_epoch_abort() -> Result<(), SimFailure> {
             body: Body::Decision(Decision::Abort),
         },
     )
+}
+
+/// Cooperative termination with the coordinator's ABORT lost: READY peers
+/// must stay blocked (random seeds rarely keep a coordinator down with
+/// every participant READY; the script does).
+fn watchdog_revote() -> Result<(), SimFailure> {
+    let (w, _) = courses::abort_lost_then_coordinator_down(5_000);
+    restart_and_settle(w)
+}
+
+/// A peer that forgot a commit (over a minute later): no random seed
+/// runs that long with one branch cut off.
+fn peer_forgot_a_commit() -> Result<(), SimFailure> {
+    let (w, _) = courses::peer_forgot_a_commit();
+    restart_and_settle(w)
+}
+
+fn restart_and_settle(mut w: World) -> Result<(), SimFailure> {
+    w.restart(NodeId::Coordinator);
+    w.run_until_quiet(120_000);
+    w.check_invariants()
 }
 
 #[test]

@@ -529,7 +529,9 @@ fn peer_asks_then_answerer_crashes(w: &mut World) -> Xid {
             xid: x,
             epoch: 1,
             from: P1.name(),
-            body: Body::Inquire,
+            body: Body::Inquire {
+                prepared_ms_ago: Some(1),
+            },
         },
     );
     assert!(w.run_until(10, |w| w.count_sent(P0, P1, "STATE", x) == 1));

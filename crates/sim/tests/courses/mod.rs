@@ -1,0 +1,80 @@
+//! Scripted courses of cooperative termination (SPEC §1.6) shared by the
+//! scenario tests (which assert what happens) and the mutant tests (which
+//! show that breaking a rule is caught). Each returns the world when the
+//! interesting part is over, before it settles.
+
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
+use concord_participant::kv::KvOp;
+use concord_proto::{TxnState, Xid};
+use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, World};
+
+pub const C: NodeId = NodeId::Coordinator;
+pub const P0: NodeId = NodeId::Participant(0);
+pub const P1: NodeId = NodeId::Participant(1);
+pub const P2: NodeId = NodeId::Participant(2);
+
+pub fn op(account: &str, delta: i64) -> KvOp {
+    KvOp {
+        account: account.into(),
+        delta,
+    }
+}
+
+pub fn state(w: &World, p: usize, xid: Xid) -> TxnState {
+    w.participant(p)
+        .map_or(TxnState::Unknown, |n| n.core().state_of(xid))
+}
+
+/// The "watchdog re-vote" of the source material: p1's VOTE READY is
+/// lost, so the coordinator times out and decides ABORT; every ABORT is
+/// lost too, and the coordinator crashes and stays down for `down_ms`.
+/// Both participants voted READY and can only ask each other: their
+/// states say nothing about the outcome, so they must stay blocked (a
+/// re-vote would commit what the coordinator aborted).
+pub fn abort_lost_then_coordinator_down(down_ms: u64) -> (World, Xid) {
+    let mut w = World::scripted(SimConfig::scripted(2));
+    w.add_rule(MessageRule::new("VOTE READY", Fate::Drop).from(P1));
+    w.add_rule(MessageRule::new("ABORT", Fate::Drop));
+    let x = w.submit(vec![
+        (0, vec![op("acct-0", -10)]),
+        (1, vec![op("acct-1", 10)]),
+    ]);
+    assert!(w.run_until(1_000, |w| w.client_outcome(x) == ClientOutcome::Aborted));
+    w.crash(C, KeepUnsynced::All);
+    w.run_for(down_ms);
+    (w, x)
+}
+
+/// A peer that committed a branch and forgot it: x commits at p0 while p1
+/// (READY, its COMMITs lost) is cut off for 70 s. p0 forgets x once it is
+/// older than FINISHED_MS_MIN and two later branches pass its
+/// `finished_max` of 1. Then the coordinator crashes, p1's partition
+/// heals, and p1 can only ask p0, which has no record of x: it must not
+/// call that ABORTED. Returned 10 s after the partition healed.
+pub fn peer_forgot_a_commit() -> (World, Xid) {
+    let mut config = SimConfig::scripted(3);
+    config.finished_max = 1;
+    let mut w = World::scripted(config);
+    w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P1));
+    let x = w.submit(vec![
+        (0, vec![op("acct-0", -10)]),
+        (1, vec![op("acct-1", 10)]),
+    ]);
+    assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
+    let healed_at = w.now().plus_ms(70_000);
+    w.isolate(P1, 70_000);
+    w.run_for(61_000);
+    for amount in [1, 2] {
+        let y = w.submit(vec![
+            (0, vec![op("acct-2", -amount)]),
+            (2, vec![op("acct-2", amount)]),
+        ]);
+        assert!(w.run_until(1_000, |w| state(w, 0, y) == TxnState::Committed));
+    }
+    assert_eq!(state(&w, 0, x), TxnState::Unknown, "p0 forgot x");
+    w.crash(C, KeepUnsynced::All);
+    w.run_for(healed_at.ms_since(w.now()) + 10_000);
+    (w, x)
+}
