@@ -186,6 +186,9 @@ pub enum Reply {
         request_id: u64,
         xid: Xid,
         state: TxnState,
+        /// For a branch in doubt: why it still waits (who it asked and
+        /// what they answered; see cooperative termination, SPEC §1.6).
+        detail: Option<String>,
     },
     /// The request could not be carried out; `message` says why.
     Error {
@@ -327,6 +330,8 @@ pub struct AccountsReport {
     pub in_doubt: Vec<Xid>,
     /// Locked accounts with the transaction holding each.
     pub locks: Vec<(String, Xid)>,
+    /// Why each branch in doubt still waits, in the order of `in_doubt`.
+    pub waiting: Vec<(Xid, String)>,
 }
 
 impl AccountsReport {

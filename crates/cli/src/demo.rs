@@ -456,7 +456,8 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             }
             ParticipantRecord::Resource { .. }
             | ParticipantRecord::Peer { .. }
-            | ParticipantRecord::Started { .. } => {}
+            | ParticipantRecord::Started { .. }
+            | ParticipantRecord::PeerHint { .. } => {}
         }
         records.push(record);
     }

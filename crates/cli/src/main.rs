@@ -14,7 +14,7 @@ mod procs;
 use clap::{Args, Parser, Subcommand};
 use concord_api::{AccountsReport, Outcome};
 use concord_client::{self as client, Client, ClientError};
-use concord_proto::Xid;
+use concord_proto::{TxnState, Xid};
 use concord_server::{CoordinatorServerConfig, ParticipantServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +74,28 @@ enum Command {
     /// fsyncs: a closed-loop workload per concurrency level, then the
     /// baselines (raw fsync ceiling, durability off) in the same run.
     Bench(BenchArgs),
+    /// Benchmark baseline process (started by `concord bench`): the
+    /// message pattern of centralized 2PC over the same transport, with no
+    /// protocol, no log and no fsync. Never a real coordinator or
+    /// participant.
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// The relay's node name.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Relay participant as NAME=ADDR (repeatable): makes this the relay
+    /// coordinator; without any it is a relay participant.
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_participant)]
+    participant: Vec<(String, String)>,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +146,7 @@ struct BenchArgs {
     /// A running participant as NAME=ADDR (its name at the coordinator).
     #[arg(long, value_name = "NAME=ADDR", value_parser = parse_participant, requires = "coordinator")]
     participant: Vec<(String, String)>,
-    /// Skip the baselines (fsync ceiling, durability off).
+    /// Skip the baselines (bare relay, fsync ceiling, durability off).
     #[arg(long)]
     no_baselines: bool,
     /// Print the report as JSON on stdout (progress stays on stderr).
@@ -144,7 +166,10 @@ durability-off baseline is). Accounts: each task uses its own account per
 participant unless --hot-share sends it to the shared hot ones, so without
 contention there are no lock conflicts. The report gives transactions/s,
 latency p50/p99/p999 (client-side, Begin to outcome), aborts by reason,
-fsyncs, messages, socket writes and CPU time per transaction.";
+fsyncs, messages, socket writes and CPU time per transaction. The bare-relay
+baseline runs the same message pattern over the same transport with no
+protocol and no log (NOT durable): concord's ratio to it is the figure that
+carries across machines (JSON: relay_baseline).";
 
 #[derive(Args, Debug)]
 #[command(after_help = PROXY_COMMANDS_HELP)]
@@ -472,8 +497,13 @@ struct TxnArgs {
 #[derive(Args, Debug)]
 struct StatusArgs {
     /// The coordinator's address.
-    #[arg(long, value_name = "ADDR")]
-    coordinator: String,
+    #[arg(long, value_name = "ADDR", required_unless_present = "participants")]
+    coordinator: Option<String>,
+    /// Ask this participant directly (repeatable), instead of the
+    /// participants the coordinator names: with the coordinator down this
+    /// shows what an in-doubt branch waits for and whom it asked.
+    #[arg(long = "participant", value_name = "ADDR", conflicts_with = "timeouts")]
+    participants: Vec<String>,
     /// The transaction id (hex, as printed by transfer/txn).
     #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present = "timeouts")]
     xid: Option<Xid>,
@@ -551,11 +581,14 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let server = matches!(
         cli.command,
-        Command::Serve(_) | Command::Participant(_) | Command::Proxy(_)
+        Command::Serve(_) | Command::Participant(_) | Command::Proxy(_) | Command::Relay(_)
     );
     let server_threads = match &cli.command {
         Command::Serve(args) => Some(args.process.worker_threads),
         Command::Participant(args) => Some(args.process.worker_threads),
+        // As the servers run by default (one thread), to compare like with
+        // like.
+        Command::Relay(_) => Some(1),
         _ => None,
     };
     let runtime = if let Some(threads) = server_threads {
@@ -631,6 +664,25 @@ async fn run(command: Command) -> ExitCode {
         Command::Demo(args) => demo(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Relay(args) => {
+            let role = if args.participant.is_empty() {
+                concord_server::relay::RelayRole::Participant
+            } else {
+                concord_server::relay::RelayRole::Coordinator {
+                    participants: args.participant,
+                }
+            };
+            let config = concord_server::relay::RelayConfig {
+                name: args.name,
+                listen: args.listen,
+                role,
+                net: args.net.net_config(),
+            };
+            server_exit(
+                concord_server::relay::run_relay_until(config, concord_server::shutdown_signal())
+                    .await,
+            )
+        }
     }
 }
 
@@ -874,14 +926,90 @@ async fn query<T>(
     }
 }
 
+/// Ask every participant at `addrs` concurrently for its state of `xid`
+/// (and, in doubt, why it waits); an error says why one could not answer.
+async fn branch_reports(
+    addrs: &[String],
+    xid: Xid,
+) -> Vec<Result<(TxnState, Option<String>), String>> {
+    let asks = addrs.iter().map(|addr| async move {
+        match tokio::time::timeout(QUERY_TIMEOUT, client::branch_report(addr, xid)).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", QUERY_TIMEOUT.as_secs())),
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// One participant's answer as a status line's tail: "READY — why".
+fn branch_line(report: &Result<(TxnState, Option<String>), String>) -> String {
+    match report {
+        Ok((state, None)) => format!("{state:?}").to_uppercase(),
+        Ok((state, Some(why))) => format!("{} — {why}", format!("{state:?}").to_uppercase()),
+        Err(e) => format!("unreachable ({e})"),
+    }
+}
+
+fn branch_json(
+    report: &Result<(TxnState, Option<String>), String>,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    match report {
+        Ok((state, detail)) => (
+            format!("{state:?}").to_uppercase().into(),
+            detail.clone().into(),
+            serde_json::Value::Null,
+        ),
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            e.clone().into(),
+        ),
+    }
+}
+
+/// `concord status --participant ADDR... XID`: what the participants
+/// themselves say, without the coordinator.
+async fn participants_status(args: &StatusArgs, xid: Xid) -> ExitCode {
+    let reports = branch_reports(&args.participants, xid).await;
+    if args.json {
+        let branches: Vec<serde_json::Value> = args
+            .participants
+            .iter()
+            .zip(&reports)
+            .map(|(addr, r)| {
+                let (state, detail, error) = branch_json(r);
+                serde_json::json!({
+                    "addr": addr,
+                    "participant_state": state,
+                    "participant_detail": detail,
+                    "error": error,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "xid": xid.to_string(), "branches": branches });
+        println!("{out:#}");
+        return ExitCode::SUCCESS;
+    }
+    println!("xid {xid}");
+    for (addr, report) in args.participants.iter().zip(&reports) {
+        println!("  {addr}: {}", branch_line(report));
+    }
+    ExitCode::SUCCESS
+}
+
 async fn status(args: StatusArgs) -> ExitCode {
     let xid = match (args.timeouts, args.xid) {
         (false, Some(xid)) => xid,
         _ => return timeouts_status(&args).await,
     };
-    let who = format!("the coordinator at {}", args.coordinator);
+    let coordinator = match (&args.coordinator, args.participants.is_empty()) {
+        (Some(coordinator), true) => coordinator.clone(),
+        _ => return participants_status(&args, xid).await,
+    };
+    let who = format!("the coordinator at {coordinator}");
     let status = match query(&who, async {
-        let client = Client::connect(&args.coordinator).await?;
+        let client = Client::connect(&coordinator).await?;
         client.status(xid).await
     })
     .await
@@ -889,31 +1017,23 @@ async fn status(args: StatusArgs) -> ExitCode {
         Ok(status) => status,
         Err(code) => return code,
     };
-    // Ask every participant concurrently.
-    let asks = status.branches.iter().map(|b| {
-        let addr = b.addr.clone();
-        async move {
-            match tokio::time::timeout(QUERY_TIMEOUT, client::branch_state(&addr, xid)).await {
-                Ok(Ok(state)) => Ok(state),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} s", QUERY_TIMEOUT.as_secs())),
-            }
-        }
-    });
-    let states = futures::future::join_all(asks).await;
+    let addrs: Vec<String> = status.branches.iter().map(|b| b.addr.clone()).collect();
+    let states = branch_reports(&addrs, xid).await;
     if args.json {
         let branches: Vec<serde_json::Value> = status
             .branches
             .iter()
             .zip(&states)
             .map(|(b, s)| {
+                let (state, detail, error) = branch_json(s);
                 serde_json::json!({
                     "name": b.name,
                     "addr": b.addr,
                     "voted_ready": b.voted_ready,
                     "acked": b.acked,
-                    "participant_state": s.as_ref().map(|s| format!("{s:?}").to_uppercase()).ok(),
-                    "error": s.as_ref().err(),
+                    "participant_state": state,
+                    "participant_detail": detail,
+                    "error": error,
                 })
             })
             .collect();
@@ -928,12 +1048,8 @@ async fn status(args: StatusArgs) -> ExitCode {
     }
     println!("xid {}", status.xid);
     println!("coordinator: {} — {}", status.state, status.detail);
-    for (branch, state) in status.branches.iter().zip(states) {
-        let mut line = format!("  {}: ", branch.name);
-        match state {
-            Ok(state) => line.push_str(&format!("{state:?}").to_uppercase()),
-            Err(e) => line.push_str(&format!("unreachable ({e})")),
-        }
+    for (branch, state) in status.branches.iter().zip(&states) {
+        let mut line = format!("  {}: {}", branch.name, branch_line(state));
         if let (Some(ready), Some(acked)) = (branch.voted_ready, branch.acked) {
             line.push_str(&format!(
                 " [coordinator: voted READY {}, ACKed {}]",
@@ -948,8 +1064,14 @@ async fn status(args: StatusArgs) -> ExitCode {
 
 /// `concord status --timeouts`: the estimates and the timeouts in force.
 async fn timeouts_status(args: &StatusArgs) -> ExitCode {
-    let report = match query(&args.coordinator, async {
-        let client = Client::connect(&args.coordinator).await?;
+    // clap requires --coordinator unless --participant, which --timeouts
+    // excludes.
+    let Some(addr) = args.coordinator.as_deref() else {
+        eprintln!("concord: error: --timeouts needs --coordinator ADDR");
+        return ExitCode::from(2);
+    };
+    let report = match query(addr, async {
+        let client = Client::connect(addr).await?;
         client.timeouts().await
     })
     .await
@@ -1043,6 +1165,9 @@ async fn accounts(args: AccountsArgs) -> ExitCode {
                     .map(|(a, _)| a.as_str())
                     .collect();
                 println!("  {xid} (locks: {})", locked.join(", "));
+                if let Some((_, why)) = report.waiting.iter().find(|(x, _)| x == xid) {
+                    println!("    {why}");
+                }
             }
         }
         let in_doubt_locks = report
@@ -1072,6 +1197,11 @@ fn accounts_json(report: &AccountsReport) -> serde_json::Value {
         "balances": balances,
         "total": report.total(),
         "in_doubt": report.in_doubt.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+        "waiting": report
+            .waiting
+            .iter()
+            .map(|(x, why)| (x.to_string(), serde_json::Value::from(why.clone())))
+            .collect::<serde_json::Map<_, _>>(),
         "locks": locks,
     })
 }

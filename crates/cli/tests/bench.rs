@@ -118,6 +118,23 @@ fn bench_reports_sane_fields_and_labels_durability() {
         report["durability"]
     );
 
+    // The bare relay: the same levels and the same frames per
+    // transaction, no log at all, and concord's ratios to it.
+    let relay = &report["relay_baseline"];
+    let relay_runs = relay["runs"].as_array().expect("relay runs");
+    assert_eq!(relay_runs.len(), 2, "{relay}");
+    for (run, concord) in relay_runs.iter().zip(runs) {
+        assert_eq!(f(run, "concurrency"), f(concord, "concurrency"));
+        assert_eq!(run["durable"], Value::Bool(false), "{run}");
+        assert_eq!(f(run, "fsyncs_per_txn"), 0.0, "{run}");
+        assert_eq!(f(run, "forced_records_per_txn"), 0.0, "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        let (relay_msgs, msgs) = (f(run, "messages_per_txn"), f(concord, "messages_per_txn"));
+        assert!((relay_msgs - msgs).abs() <= 1.0, "{relay_msgs} vs {msgs}");
+    }
+    assert!(f(relay, "throughput_ratio_at_best") > 0.0, "{relay}");
+    assert!(relay["extra_p50_ms_at_concurrency_1"].is_f64(), "{relay}");
+
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg"), "{svg}");
 }

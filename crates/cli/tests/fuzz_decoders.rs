@@ -547,11 +547,13 @@ fn reply() -> impl Strategy<Value = Reply> {
         prop::collection::vec((text(), any::<i64>()), 0..5),
         prop::collection::vec(xid(), 0..4),
         prop::collection::vec((text(), xid()), 0..4),
+        prop::collection::vec((xid(), text()), 0..4),
     )
-        .prop_map(|(balances, in_doubt, locks)| AccountsReport {
+        .prop_map(|(balances, in_doubt, locks, waiting)| AccountsReport {
             balances,
             in_doubt,
             locks,
+            waiting,
         });
     let timeouts = (text(), prop::collection::vec(phase_estimate(), 0..4))
         .prop_map(|(role, phases)| TimeoutsReport { role, phases });
@@ -578,11 +580,14 @@ fn reply() -> impl Strategy<Value = Reply> {
             request_id,
             accounts
         }),
-        (int(), xid(), txn_state()).prop_map(|(request_id, xid, state)| Reply::BranchState {
-            request_id,
-            xid,
-            state
-        }),
+        (int(), xid(), txn_state(), prop::option::of(text())).prop_map(
+            |(request_id, xid, state, detail)| Reply::BranchState {
+                request_id,
+                xid,
+                state,
+                detail
+            }
+        ),
         (int(), text()).prop_map(|(request_id, message)| Reply::Error {
             request_id,
             message
@@ -652,6 +657,11 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
         }),
         (int(), addr())
             .prop_map(|(incarnation, addr)| ParticipantRecord::Started { incarnation, addr }),
+        (text(), addr(), int()).prop_map(|(id, addr, incarnation)| ParticipantRecord::PeerHint {
+            id,
+            addr,
+            incarnation
+        }),
     ]
 }
 
@@ -893,7 +903,8 @@ proptest! {
             ParticipantRecord::Outcome { .. }
             | ParticipantRecord::Finished { .. }
             | ParticipantRecord::Peer { .. }
-            | ParticipantRecord::Started { .. } => {}
+            | ParticipantRecord::Started { .. }
+            | ParticipantRecord::PeerHint { .. } => {}
         }
     }
 

@@ -201,9 +201,12 @@ async fn site_failure_2_participant_crashes_after_ready_keeps_locks_and_commits(
         assert!(result.committed(), "{result:?}");
         assert_killed(cluster.participant_proc(1).wait_exit(EXIT), "p1");
 
-        // Take the coordinator away too, so the restarted p1 cannot learn
-        // the outcome yet: it must hold its lock and stay in doubt.
+        // Take the coordinator away too, and p0 (which may have committed
+        // already: cooperative termination would tell p1), so the
+        // restarted p1 cannot learn the outcome yet: it must hold its lock
+        // and stay in doubt.
         cluster.coordinator_proc().kill();
+        cluster.participant_proc(0).kill();
         cluster.start_participant(1, &[]);
         wait_listening(&cluster.participants[1].addr).await;
         tokio::time::sleep(Duration::from_millis(400)).await; // several INQUIRE rounds
@@ -211,10 +214,11 @@ async fn site_failure_2_participant_crashes_after_ready_keeps_locks_and_commits(
         assert_eq!(p1.in_doubt, vec![result.xid], "{p1:?}");
         assert_eq!(p1.locks, vec![("acct-0".to_string(), result.xid)], "{p1:?}");
         assert_eq!(p1.balance("acct-0"), Some(100), "not committed yet");
-        // (p0 may or may not have got its COMMIT before the coordinator
-        // was killed: either way it finishes after the restart.)
+        // (p0 may or may not have got its COMMIT before it was killed:
+        // either way it finishes after the restart.)
 
         // The coordinator comes back, re-sends COMMIT: p1 commits.
+        cluster.start_participant(0, &[]);
         cluster.start_coordinator(&[]);
         cluster.wait_all_listening().await;
         let reports = cluster.wait_settled(SETTLE).await;

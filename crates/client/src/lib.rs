@@ -372,9 +372,15 @@ impl Client {
     /// Ask a participant (this client must be connected to one) for its
     /// state of `xid`; no side effect.
     pub async fn branch_state(&self, xid: Xid) -> Result<TxnState, ClientError> {
+        Ok(self.branch_report(xid).await?.0)
+    }
+
+    /// A participant's state of `xid`, and for a branch in doubt why it
+    /// still waits.
+    pub async fn branch_report(&self, xid: Xid) -> Result<(TxnState, Option<String>), ClientError> {
         let request_id = self.next_id();
         match self.call(Request::BranchState { request_id, xid }).await? {
-            Reply::BranchState { state, .. } => Ok(state),
+            Reply::BranchState { state, detail, .. } => Ok((state, detail)),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -671,9 +677,17 @@ pub async fn accounts(participant_addr: &str) -> Result<AccountsReport, ClientEr
 
 /// A participant's state of one branch.
 pub async fn branch_state(participant_addr: &str, xid: Xid) -> Result<TxnState, ClientError> {
+    Ok(branch_report(participant_addr, xid).await?.0)
+}
+
+/// [`Client::branch_report`] over a fresh connection.
+pub async fn branch_report(
+    participant_addr: &str,
+    xid: Xid,
+) -> Result<(TxnState, Option<String>), ClientError> {
     Client::connect(participant_addr)
         .await?
-        .branch_state(xid)
+        .branch_report(xid)
         .await
 }
 

@@ -82,6 +82,9 @@ pub struct Opened {
     /// The frame was a welcome: its sender has our address durably.
     pub welcome: bool,
     pub event: Option<DirectoryEvent>,
+    /// Nodes the frame's hints told of that are new here or moved: a
+    /// participant keeps them in its log.
+    pub hinted: Vec<NodeId>,
 }
 
 /// Node ids ↔ addresses.
@@ -177,11 +180,15 @@ impl Directory {
             body,
         } = envelope;
         let learnt = self.learn(&from, &reply_to, incarnation);
-        // Second-hand, so kept in memory only and never over the sender's
-        // own word about itself; the incarnation ordering of `learn` keeps
-        // a stale hint from moving a node back.
+        // Second-hand, so never over the sender's own word about itself;
+        // the incarnation ordering of `learn` keeps a stale hint from
+        // moving a node back.
+        let mut hinted = Vec::new();
         for hint in peers.iter().filter(|h| h.id != from) {
-            self.learn(&hint.id, &hint.addr, hint.incarnation);
+            let learnt = self.learn(&hint.id, &hint.addr, hint.incarnation);
+            if matches!(learnt, Learnt::New | Learnt::Moved { .. }) {
+                hinted.push(hint.id.clone());
+            }
         }
         let mut event = match &learnt {
             Learnt::Moved { from: old } => Some(DirectoryEvent::PeerMoved {
@@ -214,6 +221,7 @@ impl Directory {
             hello,
             welcome,
             event,
+            hinted,
         }
     }
 

@@ -244,9 +244,18 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         // Where the last two lives started: this one's (the driver wrote
         // it) and the one before.
         let mut started_at: [Option<&str>; 2] = [None, None];
+        let mut coordinators: BTreeSet<NodeId> = BTreeSet::new();
         for record in &records {
             match record {
                 ParticipantRecord::Peer {
+                    id,
+                    addr,
+                    incarnation,
+                } => {
+                    directory.learn(id, addr, *incarnation);
+                    coordinators.insert(id.clone());
+                }
+                ParticipantRecord::PeerHint {
                     id,
                     addr,
                     incarnation,
@@ -276,11 +285,6 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         // Moved since the last life: the coordinators this node has heard
         // from hear where it is now, until each welcomes it.
         let moved = matches!(started_at, [Some(before), Some(now)] if before != now);
-        let coordinators: BTreeSet<NodeId> = directory
-            .entries()
-            .into_iter()
-            .map(|(id, _, _)| id)
-            .collect();
         let greet_now: Vec<NodeId> = if moved {
             coordinators.iter().cloned().collect()
         } else {
@@ -400,6 +404,29 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 deferrable: false,
             });
         }
+        // Other participants a PREPARE told of: kept so that cooperative
+        // termination can reach them after a restart.
+        for id in &opened.hinted {
+            if self.coordinators.contains(id) {
+                continue; // kept as a `Peer` record already
+            }
+            let (Some(addr), Some(incarnation)) = (
+                self.directory.addr_of(id),
+                self.directory.incarnation_of(id),
+            ) else {
+                continue;
+            };
+            self.compaction.appended(1);
+            self.actions.push(ParticipantNodeAction::Persist {
+                record: ParticipantRecord::PeerHint {
+                    id: id.clone(),
+                    addr: addr.to_string(),
+                    incarnation,
+                },
+                durability: Durability::Lazy,
+                deferrable: false,
+            });
+        }
         if let Some(event) = opened.event {
             self.push_event(ParticipantEvent::Directory(event));
         }
@@ -492,10 +519,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 let mut locks: Vec<(String, Xid)> =
                     kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
                 locks.sort();
+                let core = self.node.core();
+                let in_doubt = core.in_doubt();
+                let waiting = in_doubt
+                    .iter()
+                    .filter_map(|x| Some((*x, core.in_doubt_report(*x)?.why())))
+                    .collect();
                 let accounts = AccountsReport {
                     balances: kv.balances().iter().map(|(a, b)| (a.clone(), *b)).collect(),
-                    in_doubt: self.node.core().in_doubt(),
+                    in_doubt,
                     locks,
+                    waiting,
                 };
                 Reply::Accounts {
                     request_id,
@@ -506,6 +540,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 request_id,
                 xid,
                 state: self.node.core().state_of(xid),
+                detail: self.node.core().in_doubt_report(xid).map(|r| r.why()),
             },
             Request::Timeouts { request_id } => Reply::Timeouts {
                 request_id,
@@ -547,16 +582,26 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             incarnation: self.incarnation,
             addr: self.addr.clone(),
         });
-        // Only coordinators' addresses are kept (see `coordinators`).
+        // Coordinators as `Peer` records (greeted after a move), everyone
+        // else it knows (other participants) as hints.
         records.extend(
             self.directory
                 .entries()
                 .into_iter()
-                .filter(|(id, _, _)| self.coordinators.contains(id))
-                .map(|(id, addr, incarnation)| ParticipantRecord::Peer {
-                    id,
-                    addr,
-                    incarnation,
+                .map(|(id, addr, incarnation)| {
+                    if self.coordinators.contains(&id) {
+                        ParticipantRecord::Peer {
+                            id,
+                            addr,
+                            incarnation,
+                        }
+                    } else {
+                        ParticipantRecord::PeerHint {
+                            id,
+                            addr,
+                            incarnation,
+                        }
+                    }
                 }),
         );
         // Weigh the snapshot by what it holds, not by its record count: one

@@ -131,7 +131,9 @@ impl KvStore {
                     ready_work.insert(*xid, work);
                 }
                 // The directory's; nothing for the balances.
-                ParticipantRecord::Peer { .. } | ParticipantRecord::Started { .. } => {}
+                ParticipantRecord::Peer { .. }
+                | ParticipantRecord::Started { .. }
+                | ParticipantRecord::PeerHint { .. } => {}
                 ParticipantRecord::Outcome { xid, decision } => {
                     let work = ready_work.remove(xid);
                     if *decision == Decision::Commit {

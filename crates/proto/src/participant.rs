@@ -8,8 +8,9 @@
 //!
 //! A READY participant never decides on its own: when its timer fires it
 //! sends INQUIRE to the coordinator, with backoff, until it learns the
-//! outcome. From the second unanswered INQUIRE on it also asks its peers
-//! (the participant list of the PREPARE) for their STATE: cooperative
+//! outcome. While the coordinator does not answer (from the second INQUIRE
+//! on) it also asks its peers (the participant list of the PREPARE) for
+//! their STATE: cooperative
 //! termination (SPEC §1.6). A peer's COMMITTED or ABORTED is an outcome the
 //! coordinator decided (or can no longer contradict); READY says nothing,
 //! so with every peer READY or silent the branch stays blocked. It is a
@@ -170,6 +171,13 @@ struct Branch {
     /// coordinator and peers), in the order first heard: what `status`
     /// shows for a blocked branch.
     answers: Vec<(NodeId, TxnState)>,
+    /// The coordinator answered since our last INQUIRE: it is reachable,
+    /// so the next round asks only it (peers are asked only while it is
+    /// silent: a busy coordinator's UNKNOWN must not turn into load on
+    /// every participant).
+    coordinator_answered: bool,
+    /// Peers were asked at least once.
+    peers_asked: bool,
 }
 
 /// What a READY branch that does not know its outcome has heard so far
@@ -178,8 +186,10 @@ struct Branch {
 pub struct InDoubt {
     pub xid: Xid,
     pub coordinator: NodeId,
-    /// The other participants, asked from the second INQUIRE on.
+    /// The other participants, asked while the coordinator is silent.
     pub peers: Vec<NodeId>,
+    /// Whether the peers were asked yet.
+    pub peers_asked: bool,
     /// INQUIREs sent so far (0: still within the time the decision
     /// should take).
     pub inquiries: u32,
@@ -205,15 +215,15 @@ impl InDoubt {
                 .unwrap_or_else(|| "no answer".into())
         };
         let mut why = format!(
-            "READY and blocked: coordinator {} {}",
+            "READY and blocked: coordinator {}: {}",
             self.coordinator,
             heard(&self.coordinator)
         );
-        if self.inquiries >= 2 && !self.peers.is_empty() {
+        if self.peers_asked && !self.peers.is_empty() {
             let peers: Vec<String> = self
                 .peers
                 .iter()
-                .map(|p| format!("{p} {}", heard(p)))
+                .map(|p| format!("{p}: {}", heard(p)))
                 .collect();
             why.push_str(&format!(
                 "; peers asked: {}; none knows the outcome (READY or no answer), so it \
@@ -359,7 +369,8 @@ impl Participant {
                 }
                 ParticipantRecord::Resource { .. }
                 | ParticipantRecord::Peer { .. }
-                | ParticipantRecord::Started { .. } => {}
+                | ParticipantRecord::Started { .. }
+                | ParticipantRecord::PeerHint { .. } => {}
             }
         }
         let in_doubt = ready.len();
@@ -388,6 +399,8 @@ impl Participant {
                     votes: 0,
                     prepared_at: None,
                     answers: Vec::new(),
+                    coordinator_answered: false,
+                    peers_asked: false,
                 },
             );
             participant.actions.push(ParticipantAction::SetTimer {
@@ -448,6 +461,7 @@ impl Participant {
             coordinator: branch.coordinator.clone(),
             peers: self.peers_of(branch).cloned().collect(),
             inquiries: branch.inquiries,
+            peers_asked: branch.peers_asked,
             answers: branch.answers.clone(),
         })
     }
@@ -699,9 +713,11 @@ impl Participant {
         let body = Body::Inquire {
             prepared_ms_ago: branch.prepared_at.map(|at| now.ms_since(at)),
         };
-        // The coordinator first; from the second unanswered INQUIRE on it
+        // The coordinator first; if it did not answer the last INQUIRE it
         // may be down, so ask the peers too (cooperative termination).
-        let cooperative = attempt >= 2;
+        let cooperative = attempt >= 2 && !branch.coordinator_answered;
+        branch.coordinator_answered = false;
+        branch.peers_asked |= cooperative;
         let mut asked = vec![branch.coordinator.clone()];
         if cooperative {
             let branch = &self.branches[&xid];
@@ -860,6 +876,8 @@ impl Participant {
                 votes: 0,
                 prepared_at: Some(now),
                 answers: Vec::new(),
+                coordinator_answered: false,
+                peers_asked: false,
             },
         );
         self.actions.push(ParticipantAction::Prepare { xid, work });
@@ -1117,6 +1135,9 @@ impl Participant {
         match branch.answers.iter_mut().find(|(n, _)| *n == from) {
             Some(answer) => answer.1 = state,
             None => branch.answers.push((from.clone(), state)),
+        }
+        if from == branch.coordinator {
+            branch.coordinator_answered = true;
         }
         match state {
             TxnState::Committed => self.on_decision(now, xid, epoch, from, Decision::Commit),

@@ -81,4 +81,14 @@ pub enum ParticipantRecord {
     /// than last time means it moved, and says hello). The protocol core
     /// and the resource ignore it.
     Started { incarnation: u64, addr: String },
+    /// Where another participant (a peer, not a coordinator) was, as a
+    /// coordinator's PREPARE said: so that an in-doubt branch can run
+    /// cooperative termination after a restart, when the coordinator may
+    /// be down. Not forced; the latest record for an id wins; never
+    /// greeted. The protocol core and the resource ignore it.
+    PeerHint {
+        id: NodeId,
+        addr: String,
+        incarnation: u64,
+    },
 }

@@ -27,6 +27,7 @@ mod driver;
 pub mod failpoint;
 pub mod outbox;
 pub mod participant;
+pub mod relay;
 pub mod wire;
 
 pub use coordinator::{run_coordinator, run_coordinator_until, CoordinatorServerConfig};

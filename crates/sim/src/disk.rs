@@ -73,7 +73,8 @@ impl SimRecord for ParticipantRecord {
                 .collect(),
             ParticipantRecord::Resource { .. }
             | ParticipantRecord::Peer { .. }
-            | ParticipantRecord::Started { .. } => vec![],
+            | ParticipantRecord::Started { .. }
+            | ParticipantRecord::PeerHint { .. } => vec![],
         }
     }
 }

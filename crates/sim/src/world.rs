@@ -1930,6 +1930,11 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
         ParticipantRecord::Started { incarnation, addr } => {
             format!("STARTED life {incarnation} at {addr}")
         }
+        ParticipantRecord::PeerHint {
+            id,
+            addr,
+            incarnation,
+        } => format!("PEER HINT {id} at {addr} (life {incarnation})"),
     }
 }
 

@@ -17,22 +17,22 @@ use concord_sim::{
 
 /// (mutant, first seed that catches it, the invariant that does).
 const CAUGHT: [(Mutant, u64, &str); 16] = [
-    (Mutant::AnswerBeforePersist, 6, "answers_persist_first"),
+    (Mutant::AnswerBeforePersist, 0, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
     (Mutant::ForgetCommittedOnRecovery, 0, "termination_agrees"),
     (Mutant::SkipFundsCheck, 4, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
-    (Mutant::CompactionDropsInDoubt, 19, "persist_then_send"),
+    (Mutant::CompactionDropsInDoubt, 19, "log_recovery"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
     (Mutant::AbandonFailedApply, 1, "termination"),
     (Mutant::DirectoryIgnoresMoves, 0, "durability"),
-    (Mutant::ForgottenCommitNotAcked, 940, "termination"),
+    (Mutant::ForgottenCommitNotAcked, 7849, "termination"),
     (Mutant::AdmitBeyondLimit, 7, "admission"),
-    (Mutant::WelcomeBeforeDurable, 88, "termination"),
-    (Mutant::WatchdogRevote, 19, "no_violation_notice"),
-    (Mutant::PreparingPeerKeepsVoting, 50, "no_violation_notice"),
+    (Mutant::WelcomeBeforeDurable, 31, "termination"),
+    (Mutant::WatchdogRevote, 17, "termination_agrees"),
+    (Mutant::PreparingPeerKeepsVoting, 6, "answers_persist_first"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that

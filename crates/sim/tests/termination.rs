@@ -5,7 +5,7 @@
 
 mod courses;
 
-use concord_proto::{Body, Message, TxnState};
+use concord_proto::{Body, Message, ParticipantRecord, TxnState};
 use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, SimConfig, World};
 use courses::*;
 
@@ -129,4 +129,30 @@ fn cooperative_termination_a_peer_still_preparing_aborts_before_it_answers() {
     assert_eq!(state(&w, 1, x), TxnState::Aborted);
     assert_eq!(w.balances(0)["acct-0"], 100);
     assert!(no_locks(&w));
+}
+
+/// As above, but p1 crashes while READY and restarts with the coordinator
+/// down: its log holds where p0 is (a PREPARE told it), so it still finds
+/// p0 and commits.
+#[test]
+fn cooperative_termination_after_a_restart_finds_the_peers_from_the_log() {
+    let mut w = World::scripted(SimConfig::scripted(2));
+    w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P1).times(1));
+    let x = w.submit(vec![
+        (0, vec![op("acct-0", -10)]),
+        (1, vec![op("acct-1", 10)]),
+    ]);
+    assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
+    w.crash(C, KeepUnsynced::All);
+    w.crash(P1, KeepUnsynced::Nothing);
+    w.restart(P1);
+    assert!(w
+        .participant_log(1)
+        .iter()
+        .any(|r| matches!(r, ParticipantRecord::PeerHint { id, .. } if *id == P0.name())));
+    assert!(w.run_until(5_000, |w| state(w, 1, x) == TxnState::Committed));
+    assert!(!w.is_up(C));
+    w.restart(C);
+    settle(&mut w);
+    assert_eq!(w.balances(1)["acct-1"], 110);
 }

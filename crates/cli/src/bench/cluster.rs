@@ -103,6 +103,56 @@ impl Cluster {
         Cluster::attach(coordinator, participants, procs).await
     }
 
+    /// Start the bare relay (`concord relay`) in the shape of
+    /// [`Cluster::start`]: a relay coordinator and `spec.participants`
+    /// relay participants, nothing on disk but their stderr logs.
+    pub async fn start_relay(spec: &ClusterSpec) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(&spec.root)
+            .with_context(|| format!("create {}", spec.root.display()))?;
+        let mut ports = free_ports(spec.participants + 1)?;
+        let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
+        let relay_args = |name: &str, addr: &str| -> Vec<String> {
+            [
+                "--log-level",
+                "warn",
+                "relay",
+                "--name",
+                name,
+                "--listen",
+                addr,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let mut participants = Vec::new();
+        let mut procs = Vec::new();
+        for (i, port) in ports.into_iter().enumerate() {
+            let name = format!("p{i}");
+            let addr = format!("127.0.0.1:{port}");
+            let log = spec.root.join(format!("relay-{name}.log"));
+            procs.push(Proc::start(
+                &spec.exe,
+                &name,
+                relay_args(&name, &addr),
+                log,
+            )?);
+            participants.push((name, addr));
+        }
+        let mut args = relay_args("coordinator", &coordinator);
+        for (name, addr) in &participants {
+            args.push("--participant".into());
+            args.push(format!("{name}={addr}"));
+        }
+        let log = spec.root.join("relay-coordinator.log");
+        procs.insert(0, Proc::start(&spec.exe, "coordinator", args, log)?);
+        for (name, addr) in &participants {
+            wait_listening(addr, name).await?;
+        }
+        wait_listening(&coordinator, "relay coordinator").await?;
+        Cluster::attach(coordinator, participants, procs).await
+    }
+
     /// Use servers that are already running.
     pub async fn existing(
         coordinator: String,

@@ -6,9 +6,12 @@
 //! concurrency level runs a closed-loop workload ([`workload`]): a warm-up,
 //! then a fixed measuring window whose edges are marked by reading every
 //! server's own counters ([`cluster`]). Then, unless told not to, the
-//! baselines: the raw fsync ceiling of the data directory's disk
-//! ([`baseline`]) and the same workload against servers with fsync off,
-//! labelled NOT durable. [`report`] turns it all into text, JSON and an SVG
+//! baselines: the bare relay at every level (`concord relay` processes:
+//! the same processes, connections and frames per transaction over the
+//! same transport, with no protocol and no log: this machine's ceiling
+//! for the message pattern, see `concord_server::relay`), the raw fsync
+//! ceiling of the data directory's disk ([`baseline`]) and the same
+//! workload against servers with fsync off, labelled NOT durable. [`report`] turns it all into text, JSON and an SVG
 //! ([`plot`]).
 //!
 //! A benchmark must never claim durability it did not have: whether the
@@ -186,7 +189,19 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
 
     let mut fsync_baseline = None;
     let mut no_fsync_baseline = None;
+    let mut relay_baseline = None;
     if options.baselines {
+        // The transport's ceiling at every level concord ran.
+        let relay = Cluster::start_relay(&options.cluster_spec(false, root.join("relay"))).await?;
+        let result = sweep(
+            options,
+            &relay,
+            &options.concurrency,
+            "bare relay (no protocol, no log)",
+        )
+        .await;
+        relay.stop().await;
+        relay_baseline = Some(report::RelayBaseline::new(result?, &runs));
         let record_bytes = runs
             .iter()
             .map(|r| r.participant_record_bytes)
@@ -238,6 +253,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         runs,
         fsync_baseline,
         no_fsync_baseline,
+        relay_baseline,
     })
 }
 

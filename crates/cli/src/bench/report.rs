@@ -222,6 +222,44 @@ pub struct BenchReport {
     pub fsync_baseline: Option<FsyncBaseline>,
     /// The same workload with every server's fsync off: NOT durable.
     pub no_fsync_baseline: Option<RunResult>,
+    /// The transport's ceiling for this message pattern: the same
+    /// processes, connections and frames with no protocol and no log.
+    pub relay_baseline: Option<RelayBaseline>,
+}
+
+/// The bare-relay baseline and concord's ratio to it (`concord relay`
+/// processes; see `concord_server::relay`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayBaseline {
+    /// One run per concurrency level, as for concord (NOT durable: there
+    /// is no log).
+    pub runs: Vec<RunResult>,
+    /// Concord's best throughput over the relay's at that same
+    /// concurrency (1.0 = as fast as the bare transport).
+    pub throughput_ratio_at_best: Option<f64>,
+    /// Concord's p50 at concurrency 1 minus the relay's: what the
+    /// protocol and its forced writes add to one transaction.
+    pub extra_p50_ms_at_concurrency_1: Option<f64>,
+}
+
+impl RelayBaseline {
+    pub fn new(runs: Vec<RunResult>, concord: &[RunResult]) -> RelayBaseline {
+        let at = |list: &[RunResult], c: usize| list.iter().find(|r| r.concurrency == c).cloned();
+        let throughput_ratio_at_best = best_run(concord).and_then(|best| {
+            let relay = at(&runs, best.concurrency)?;
+            (relay.transactions_per_sec > 0.0)
+                .then(|| best.transactions_per_sec / relay.transactions_per_sec)
+        });
+        let extra_p50_ms_at_concurrency_1 = match (at(concord, 1), at(&runs, 1)) {
+            (Some(c), Some(r)) => Some(c.latency.p50_ms - r.latency.p50_ms),
+            _ => None,
+        };
+        RelayBaseline {
+            runs,
+            throughput_ratio_at_best,
+            extra_p50_ms_at_concurrency_1,
+        }
+    }
 }
 
 impl BenchReport {
@@ -306,6 +344,33 @@ impl BenchReport {
             }
             _ => {
                 let _ = writeln!(out, "  durability off: not measured");
+            }
+        }
+        match &self.relay_baseline {
+            Some(relay) => {
+                let _ = writeln!(
+                    out,
+                    "  bare relay (the transport's ceiling for this pattern: same processes, connections and frames, no protocol, no log, NOT durable):"
+                );
+                for line in run_table(&relay.runs).lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+                if let Some(ratio) = relay.throughput_ratio_at_best {
+                    let _ = writeln!(
+                        out,
+                        "    concord's best throughput = {:.0}% of the relay's at the same concurrency (a ratio: it carries across machines, the absolute figures do not)",
+                        ratio * 100.0
+                    );
+                }
+                if let Some(extra) = relay.extra_p50_ms_at_concurrency_1 {
+                    let _ = writeln!(
+                        out,
+                        "    concord adds {extra:.2} ms to the p50 at concurrency 1 (protocol, forced writes, the participants' work)"
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(out, "  bare relay: not measured");
             }
         }
         if let Some(best) = self.best() {
