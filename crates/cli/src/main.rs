@@ -72,7 +72,8 @@ enum Command {
     Proxy(ProxyArgs),
     /// Throughput and latency of real processes over loopback TCP with real
     /// fsyncs: a closed-loop workload per concurrency level, then the
-    /// baselines (raw fsync ceiling, durability off) in the same run.
+    /// baselines (bare relay, raw fsync ceiling, durability off) in the
+    /// same run.
     Bench(BenchArgs),
     /// Benchmark baseline process (started by `concord bench`): the
     /// message pattern of centralized 2PC over the same transport, with no
@@ -502,7 +503,11 @@ struct StatusArgs {
     /// Ask this participant directly (repeatable), instead of the
     /// participants the coordinator names: with the coordinator down this
     /// shows what an in-doubt branch waits for and whom it asked.
-    #[arg(long = "participant", value_name = "ADDR", conflicts_with = "timeouts")]
+    #[arg(
+        long = "participant",
+        value_name = "ADDR",
+        conflicts_with_all = ["timeouts", "coordinator"]
+    )]
     participants: Vec<String>,
     /// The transaction id (hex, as printed by transfer/txn).
     #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present = "timeouts")]

@@ -344,7 +344,10 @@ async fn black_holed_participant_is_given_up_on_within_3x_the_learned_timeout() 
                 .map(|e| e.basis.as_str())
                 .unwrap_or("")
         );
-        assert!(p1_samples >= 100, "{report:?}");
+        // One sample per warm-up transaction that got both votes in time
+        // (an aborted one, allowed above, may give none).
+        let warmed = (100 - aborts(&warm_up).len()) as u64;
+        assert!(p1_samples >= warmed, "{report:?}");
         assert!(
             (51..1000).contains(&learned),
             "learned {learned} ms (the 50 ms floor would mean nothing was learned): {report:?}"

@@ -9,12 +9,6 @@ use concord_store::{FileLog, FileLogOptions, LogStore};
 use std::io::Write;
 use std::time::Duration;
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out");
-}
-
 /// A cluster whose participant 0 has a few committed transfers in its log,
 /// then is killed.
 async fn cluster_with_history() -> Cluster {

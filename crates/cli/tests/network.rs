@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Cluster, TEST_TIMEOUT};
+use common::{bounded, Cluster};
 use concord_client::{Client, ClientError};
 use concord_net::proxy::{self, Faults, ProxyHandle};
 use concord_proto::Xid;
@@ -19,12 +19,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test exceeded its time bound");
-}
 
 fn flags(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

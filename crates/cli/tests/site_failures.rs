@@ -15,12 +15,6 @@ use concord_server::failpoint;
 use concord_server::wire::{CoordinatorState, Outcome};
 use std::time::{Duration, Instant};
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out");
-}
-
 const SETTLE: Duration = Duration::from_secs(15);
 const EXIT: Duration = Duration::from_secs(10);
 
@@ -68,14 +62,6 @@ fn last_run_log(proc: &Proc) -> String {
         Some(i) => text[i..].to_string(),
         None => text,
     }
-}
-
-fn assert_conserved(cluster: &Cluster, reports: &[concord_server::wire::AccountsReport]) {
-    assert_eq!(
-        reports.iter().map(|r| r.total()).sum::<i64>(),
-        cluster.total_seeded(),
-        "money created or destroyed: {reports:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

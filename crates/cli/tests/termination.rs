@@ -15,19 +15,8 @@ use concord_server::failpoint;
 use concord_server::wire::CoordinatorState;
 use std::time::{Duration, Instant};
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out");
-}
-
 const SETTLE: Duration = Duration::from_secs(15);
 const EXIT: Duration = Duration::from_secs(10);
-
-fn conserved(cluster: &Cluster, reports: &[concord_server::wire::AccountsReport]) {
-    let total: i64 = reports.iter().map(|r| r.total()).sum();
-    assert_eq!(total, cluster.total_seeded(), "money: {reports:?}");
-}
 
 /// Poll participant `i` until its state of `xid` is `want`.
 async fn wait_branch(cluster: &Cluster, i: usize, xid: concord_proto::Xid, want: TxnState) {
@@ -95,7 +84,7 @@ async fn coordinator_killed_after_one_branch_committed_the_rest_commit_without_i
         assert_eq!(reports[0].balance("acct-0"), Some(90));
         assert_eq!(reports[1].balance("acct-0"), Some(104));
         assert_eq!(reports[2].balance("acct-0"), Some(106));
-        conserved(&cluster, &reports);
+        assert_conserved(&cluster, &reports);
         let log = cluster.participant_proc_log(1);
         assert!(
             log.contains("asking the coordinator and the peers"),
@@ -194,7 +183,7 @@ async fn all_branches_ready_stay_blocked_say_why_and_resolve_when_the_coordinato
         let reports = cluster.wait_settled(SETTLE).await;
         assert_eq!(reports[0].balance("acct-0"), Some(100));
         assert_eq!(reports[1].balance("acct-0"), Some(100));
-        conserved(&cluster, &reports);
+        assert_conserved(&cluster, &reports);
         for i in 0..2 {
             wait_branch(&cluster, i, xid, TxnState::Aborted).await;
         }

@@ -15,7 +15,7 @@
 use concord_api::{BranchRequest, PeerBody, PeerEnvelope};
 use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
 use concord_proto::mutant::{self, Mutant};
-use concord_proto::{Message, NodeId, Xid};
+use concord_proto::{Body, Message, NodeId, Xid};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -182,9 +182,12 @@ impl Directory {
         let learnt = self.learn(&from, &reply_to, incarnation);
         // Second-hand, so never over the sender's own word about itself;
         // the incarnation ordering of `learn` keeps a stale hint from
-        // moving a node back.
+        // moving a node back. Only a PREPARE's hints count: it is the one
+        // message that names the other participants.
+        let prepare =
+            matches!(&body, PeerBody::Message(m) if matches!(m.body, Body::Prepare { .. }));
         let mut hinted = Vec::new();
-        for hint in peers.iter().filter(|h| h.id != from) {
+        for hint in peers.iter().filter(|h| prepare && h.id != from) {
             let learnt = self.learn(&hint.id, &hint.addr, hint.incarnation);
             if matches!(learnt, Learnt::New | Learnt::Moved { .. }) {
                 hinted.push(hint.id.clone());

@@ -1132,6 +1132,17 @@ impl Participant {
         let Some(branch) = self.branches.get_mut(&xid) else {
             return;
         };
+        if from != branch.coordinator && !branch.participants.contains(&from) {
+            // Only the nodes we asked can answer (and `answers` stays
+            // bounded by the participant list).
+            self.ignored(
+                xid,
+                "STATE",
+                from,
+                "not this branch's coordinator or a peer",
+            );
+            return;
+        }
         match branch.answers.iter_mut().find(|(n, _)| *n == from) {
             Some(answer) => answer.1 = state,
             None => branch.answers.push((from.clone(), state)),

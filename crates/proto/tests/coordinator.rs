@@ -56,6 +56,18 @@ fn outcome(actions: &[CoordinatorAction]) -> Option<TxnOutcome> {
     })
 }
 
+/// A participant's INQUIRE about `xid`, from P1.
+fn inquiry(c: &Coordinator, xid: Xid) -> Message {
+    msg(
+        c,
+        xid,
+        P1,
+        Body::Inquire {
+            prepared_ms_ago: None,
+        },
+    )
+}
+
 fn msg(c: &Coordinator, xid: Xid, from: &str, body: Body) -> Message {
     Message {
         xid,
@@ -128,17 +140,7 @@ fn global_commit_rule_commit_only_when_every_vote_is_ready_and_only_after_forced
         "client hears nothing before durable"
     );
     // An inquiry now must not hear COMMITTED: the decision could still be lost.
-    c.on_message(
-        ms(3),
-        msg(
-            &c,
-            Xid(7),
-            P1,
-            Body::Inquire {
-                prepared_ms_ago: None,
-            },
-        ),
-    );
+    c.on_message(ms(3), inquiry(&c, Xid(7)));
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(
         matches!(&actions[0], CoordinatorAction::Send { message, .. } if message.body == Body::State(TxnState::Unknown))
@@ -258,17 +260,7 @@ fn message_loss_4_missing_ack_resends_decision_with_backoff_forever() {
 #[test]
 fn presumed_abort_inquire_for_unknown_xid_answers_aborted() {
     let mut c = started();
-    c.on_message(
-        ms(0),
-        msg(
-            &c,
-            Xid(99),
-            P1,
-            Body::Inquire {
-                prepared_ms_ago: None,
-            },
-        ),
-    );
+    c.on_message(ms(0), inquiry(&c, Xid(99)));
     let actions: Vec<_> = c.drain_actions().collect();
     match &actions[..] {
         [CoordinatorAction::Send { to, message }] => {
@@ -338,17 +330,7 @@ fn site_failure_4_coordinator_restart_after_commit_resends_it_once_epoch_is_dura
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(sends(&actions).is_empty());
     // Recovered COMMIT is known before the re-send: inquiries hear COMMITTED.
-    c.on_message(
-        ms(0),
-        msg(
-            &c,
-            Xid(7),
-            P1,
-            Body::Inquire {
-                prepared_ms_ago: None,
-            },
-        ),
-    );
+    c.on_message(ms(0), inquiry(&c, Xid(7)));
     let actions: Vec<_> = c.drain_actions().collect();
     assert!(
         matches!(&actions[0], CoordinatorAction::Send { message, .. } if message.body == Body::State(TxnState::Committed))

@@ -1021,3 +1021,28 @@ fn cooperative_termination_no_record_means_never_prepared_only_for_a_young_prepa
     let actions: Vec<_> = p.drain_actions().collect();
     assert!(forced(&actions).is_some(), "young and unknown: aborted");
 }
+
+/// Only the coordinator and the peers of the branch are heard: a STATE
+/// COMMITTED from any other node changes nothing.
+#[test]
+fn cooperative_termination_a_state_from_a_stranger_is_ignored() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_message(
+        ms(120),
+        Message {
+            xid: Xid(5),
+            epoch: 1,
+            from: "stranger:1".into(),
+            body: Body::State(TxnState::Committed),
+        },
+    );
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(!actions.contains(&ParticipantAction::Commit { xid: Xid(5) }));
+    assert_eq!(p.in_doubt(), vec![Xid(5)]);
+    assert!(p
+        .in_doubt_report(Xid(5))
+        .expect("in doubt")
+        .answers
+        .is_empty());
+}

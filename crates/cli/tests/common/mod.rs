@@ -365,6 +365,23 @@ impl Cluster {
     }
 }
 
+/// Run one test body within [`TEST_TIMEOUT`].
+pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test exceeded its time bound");
+}
+
+/// No money created or destroyed: the participants' totals add up to what
+/// was seeded.
+pub fn assert_conserved(cluster: &Cluster, reports: &[AccountsReport]) {
+    assert_eq!(
+        reports.iter().map(|r| r.total()).sum::<i64>(),
+        cluster.total_seeded(),
+        "money created or destroyed: {reports:?}"
+    );
+}
+
 /// Wait until something accepts connections at `addr` (10 s at most).
 pub async fn wait_listening(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
