@@ -16,6 +16,8 @@
 //!
 //! Nothing in this crate may panic on bytes that came from the network.
 
+pub mod tree;
+
 use concord_proto::codec::{decode, DecodeError};
 use concord_proto::{Message, NodeId, TxnState, Xid};
 use serde::{Deserialize, Serialize};

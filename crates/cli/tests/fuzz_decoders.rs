@@ -772,6 +772,16 @@ fn log_round_trip_then_mutate<T: PartialEq + Debug>(
 proptest! {
     #![proptest_config(config(2048))]
 
+    /// Tree text from a user (`--tree`, later): any text is an error or a
+    /// tree, never a panic, and a tree prints back to text that parses to
+    /// the same tree.
+    #[test]
+    fn tree_text_never_panics_and_round_trips(text in "[a-c(), ]{0,40}") {
+        if let Ok(tree) = concord_api::tree::Tree::parse(&text) {
+            prop_assert_eq!(concord_api::tree::Tree::parse(&tree.to_string()), Ok(tree));
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_any_decoder(bytes in noise()) {
         decode_any(&peer_codec(), &bytes)?;
