@@ -13,7 +13,7 @@ use concord_client::{self as client, ClientError, TxnResult};
 use concord_proto::{TxnState, Xid};
 use concord_server::failpoint;
 use concord_server::wire::{CoordinatorState, Outcome};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(15);
 const EXIT: Duration = Duration::from_secs(10);
@@ -30,29 +30,6 @@ fn xid_of(result: &Result<TxnResult, ClientError>) -> Xid {
 
 fn failpoint_env(name: &'static str) -> [(&'static str, &'static str); 1] {
     [(failpoint::ENV_FAILPOINT, name)]
-}
-
-/// Poll the coordinator's status of `xid` until it is `want` (after a
-/// restart the coordinator needs a moment to resend and collect ACKs).
-async fn wait_coordinator_state(cluster: &Cluster, xid: Xid, want: &[CoordinatorState]) {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Ok(client) = client::Client::connect(&cluster.coordinator.addr).await {
-            if let Ok(status) = client.status(xid).await {
-                if want.contains(&status.state) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "coordinator state of {xid} is {:?}, want one of {want:?}: {}",
-                    status.state,
-                    status.detail
-                );
-            }
-        }
-        assert!(Instant::now() < deadline, "coordinator unreachable");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// The text a process logged since its last start.

@@ -94,15 +94,7 @@ async fn coordinator_killed_after_one_branch_committed_the_rest_commit_without_i
         // The coordinator, back, re-sends COMMIT and collects the ACKs.
         cluster.start_coordinator(&[]);
         cluster.wait_all_listening().await;
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let status = cluster.client().await.status(xid).await;
-            if matches!(&status, Ok(s) if s.state == CoordinatorState::Committed) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{xid} did not end: {status:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_coordinator_state(&cluster, xid, &[CoordinatorState::Committed]).await;
     })
     .await;
 }

@@ -6,7 +6,8 @@
 #![allow(dead_code)]
 
 use concord_client::{self as client, Client};
-use concord_server::wire::AccountsReport;
+use concord_proto::Xid;
+use concord_server::wire::{AccountsReport, CoordinatorState};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -362,6 +363,29 @@ impl Cluster {
     /// Money in the whole system when nothing has moved.
     pub fn total_seeded(&self) -> i64 {
         self.participants.len() as i64 * self.accounts as i64 * self.balance
+    }
+}
+
+/// Poll the coordinator's status of `xid` until it is `want` (after a
+/// restart the coordinator needs a moment to resend and collect ACKs).
+pub async fn wait_coordinator_state(cluster: &Cluster, xid: Xid, want: &[CoordinatorState]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(client) = client::Client::connect(&cluster.coordinator.addr).await {
+            if let Ok(status) = client.status(xid).await {
+                if want.contains(&status.state) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "coordinator state of {xid} is {:?}, want one of {want:?}: {}",
+                    status.state,
+                    status.detail
+                );
+            }
+        }
+        assert!(Instant::now() < deadline, "coordinator unreachable");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
