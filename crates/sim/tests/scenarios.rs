@@ -6,72 +6,15 @@
 //! go quiet, asserts who committed or aborted, that no lock is left and what
 //! the balances are, and finally runs every invariant checker.
 
+mod courses;
+
 use concord_participant::kv::KvOp;
 use concord_proto::{Body, CoordinatorRecord, Decision, Message, ParticipantRecord, TxnState, Xid};
-use concord_sim::{
-    ClientOutcome, Cut, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, SimFailure, World,
-};
-
-const C: NodeId = NodeId::Coordinator;
-const P0: NodeId = NodeId::Participant(0);
-const P1: NodeId = NodeId::Participant(1);
-
-fn op(account: &str, delta: i64) -> KvOp {
-    KvOp {
-        account: account.into(),
-        delta,
-    }
-}
-
-/// p0's acct-0 pays `amount` to p1's acct-1.
-fn transfer(amount: i64) -> Vec<(usize, Vec<KvOp>)> {
-    vec![
-        (0, vec![op("acct-0", -amount)]),
-        (1, vec![op("acct-1", amount)]),
-    ]
-}
+use concord_sim::{ClientOutcome, Cut, Fate, KeepUnsynced, MessageRule, SimConfig, World};
+use courses::*;
 
 fn world() -> World {
     World::scripted(SimConfig::scripted(2))
-}
-
-fn explain(f: SimFailure) -> String {
-    format!("{f}\n--- trace ---\n{}", f.trace.join("\n"))
-}
-
-/// Let everything finish, then run every invariant checker.
-fn settle(w: &mut World) {
-    assert!(w.run_until_quiet(60_000), "world did not go quiet");
-    if let Err(f) = w.check_invariants() {
-        panic!("{}", explain(f));
-    }
-}
-
-fn state(w: &World, p: usize, xid: Xid) -> TxnState {
-    w.participant(p)
-        .expect("participant is up")
-        .core()
-        .state_of(xid)
-}
-
-fn locked(w: &World, p: usize) -> Vec<String> {
-    let mut accounts: Vec<String> = w
-        .participant(p)
-        .expect("participant is up")
-        .resource()
-        .inner()
-        .locks()
-        .keys()
-        .cloned()
-        .collect();
-    accounts.sort();
-    accounts
-}
-
-fn assert_no_locks(w: &World) {
-    for p in 0..w.config().participants {
-        assert!(locked(w, p).is_empty(), "p{p} holds {:?}", locked(w, p));
-    }
 }
 
 /// p0's acct-0 and p1's acct-1 moved by `amount` (0: untouched).

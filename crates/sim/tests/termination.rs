@@ -9,20 +9,6 @@ use concord_proto::{Body, Message, ParticipantRecord, TxnState};
 use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, SimConfig, World};
 use courses::*;
 
-fn settle(w: &mut World) {
-    assert!(w.run_until_quiet(120_000), "world did not go quiet");
-    if let Err(f) = w.check_invariants() {
-        panic!("{f}\n--- trace ---\n{}", f.trace.join("\n"));
-    }
-}
-
-fn no_locks(w: &World) -> bool {
-    (0..w.config().participants).all(|p| {
-        w.participant(p)
-            .is_some_and(|n| n.resource().inner().locks().is_empty())
-    })
-}
-
 /// The coordinator decided COMMIT, p0 got it and committed, and the
 /// coordinator died before its COMMITs reached p1 and p2: they learn the
 /// outcome from p0 without it, and their ACKs wait for it.
@@ -44,7 +30,7 @@ fn cooperative_termination_one_peer_committed_the_others_commit_without_the_coor
     assert!(!w.is_up(C), "without the coordinator");
     assert!(w.count_sent(P1, P0, "INQUIRE", x) >= 1);
     assert!(w.count_sent(P0, P1, "STATE", x) >= 1);
-    assert!(no_locks(&w));
+    assert_no_locks(&w);
     w.restart(C);
     settle(&mut w);
     assert_eq!(w.balances(1)["acct-1"], 105);
@@ -75,7 +61,7 @@ fn watchdog_revote_is_never_done_ready_peers_stay_blocked_until_the_coordinator_
     assert_eq!(state(&w, 0, x), TxnState::Aborted);
     assert_eq!(state(&w, 1, x), TxnState::Aborted);
     assert_eq!(w.balances(0)["acct-0"], 100);
-    assert!(no_locks(&w));
+    assert_no_locks(&w);
 }
 
 /// A peer with no record of a transaction whose PREPARE is old may have
@@ -106,10 +92,7 @@ fn cooperative_termination_a_peer_still_preparing_aborts_before_it_answers() {
     let mut config = SimConfig::scripted(2);
     config.resource.delay.prepare_ms = 30;
     let mut w = World::scripted(config);
-    let x = w.submit(vec![
-        (0, vec![op("acct-0", -10)]),
-        (1, vec![op("acct-1", 10)]),
-    ]);
+    let x = w.submit(transfer(10));
     assert!(w.run_until(100, |w| state(w, 0, x) == TxnState::Initial));
     let asked = Message {
         xid: x,
@@ -128,7 +111,7 @@ fn cooperative_termination_a_peer_still_preparing_aborts_before_it_answers() {
     assert_eq!(w.client_outcome(x), ClientOutcome::Aborted);
     assert_eq!(state(&w, 1, x), TxnState::Aborted);
     assert_eq!(w.balances(0)["acct-0"], 100);
-    assert!(no_locks(&w));
+    assert_no_locks(&w);
 }
 
 /// As above, but p1 crashes while READY and restarts with the coordinator
@@ -138,10 +121,7 @@ fn cooperative_termination_a_peer_still_preparing_aborts_before_it_answers() {
 fn cooperative_termination_after_a_restart_finds_the_peers_from_the_log() {
     let mut w = World::scripted(SimConfig::scripted(2));
     w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P1).times(1));
-    let x = w.submit(vec![
-        (0, vec![op("acct-0", -10)]),
-        (1, vec![op("acct-1", 10)]),
-    ]);
+    let x = w.submit(transfer(10));
     assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
     w.crash(C, KeepUnsynced::All);
     w.crash(P1, KeepUnsynced::Nothing);

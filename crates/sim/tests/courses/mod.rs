@@ -1,14 +1,19 @@
-//! Scripted courses of cooperative termination (SPEC §1.6) shared by the
-//! scenario tests (which assert what happens) and the mutant tests (which
-//! show that breaking a rule is caught). Each returns the world when the
-//! interesting part is over, before it settles.
+//! What the scripted tests share: the helpers every scenario uses (a
+//! transfer, a participant's state and locks, settling a world and
+//! checking every invariant), and the courses of cooperative termination
+//! (SPEC §1.6) that both the scenario tests (which assert what happens)
+//! and the mutant tests (which show that breaking a rule is caught) run.
+//! Each course returns the world when the interesting part is over,
+//! before it settles.
 
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code)]
 
 use concord_participant::kv::KvOp;
 use concord_proto::{TxnState, Xid};
-use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, World};
+use concord_sim::{
+    ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, SimFailure, World,
+};
 
 pub const C: NodeId = NodeId::Coordinator;
 pub const P0: NodeId = NodeId::Participant(0);
@@ -22,9 +27,51 @@ pub fn op(account: &str, delta: i64) -> KvOp {
     }
 }
 
+/// p0's acct-0 pays `amount` to p1's acct-1.
+pub fn transfer(amount: i64) -> Vec<(usize, Vec<KvOp>)> {
+    vec![
+        (0, vec![op("acct-0", -amount)]),
+        (1, vec![op("acct-1", amount)]),
+    ]
+}
+
+pub fn explain(f: SimFailure) -> String {
+    format!("{f}\n--- trace ---\n{}", f.trace.join("\n"))
+}
+
+/// Let everything finish, then run every invariant checker.
+pub fn settle(w: &mut World) {
+    assert!(w.run_until_quiet(120_000), "world did not go quiet");
+    if let Err(f) = w.check_invariants() {
+        panic!("{}", explain(f));
+    }
+}
+
 pub fn state(w: &World, p: usize, xid: Xid) -> TxnState {
     w.participant(p)
-        .map_or(TxnState::Unknown, |n| n.core().state_of(xid))
+        .expect("participant is up")
+        .core()
+        .state_of(xid)
+}
+
+pub fn locked(w: &World, p: usize) -> Vec<String> {
+    let mut accounts: Vec<String> = w
+        .participant(p)
+        .expect("participant is up")
+        .resource()
+        .inner()
+        .locks()
+        .keys()
+        .cloned()
+        .collect();
+    accounts.sort();
+    accounts
+}
+
+pub fn assert_no_locks(w: &World) {
+    for p in 0..w.config().participants {
+        assert!(locked(w, p).is_empty(), "p{p} holds {:?}", locked(w, p));
+    }
 }
 
 /// The "watchdog re-vote" of the source material: p1's VOTE READY is
@@ -37,10 +84,7 @@ pub fn abort_lost_then_coordinator_down(down_ms: u64) -> (World, Xid) {
     let mut w = World::scripted(SimConfig::scripted(2));
     w.add_rule(MessageRule::new("VOTE READY", Fate::Drop).from(P1));
     w.add_rule(MessageRule::new("ABORT", Fate::Drop));
-    let x = w.submit(vec![
-        (0, vec![op("acct-0", -10)]),
-        (1, vec![op("acct-1", 10)]),
-    ]);
+    let x = w.submit(transfer(10));
     assert!(w.run_until(1_000, |w| w.client_outcome(x) == ClientOutcome::Aborted));
     w.crash(C, KeepUnsynced::All);
     w.run_for(down_ms);
@@ -58,10 +102,7 @@ pub fn peer_forgot_a_commit() -> (World, Xid) {
     config.finished_max = 1;
     let mut w = World::scripted(config);
     w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P1));
-    let x = w.submit(vec![
-        (0, vec![op("acct-0", -10)]),
-        (1, vec![op("acct-1", 10)]),
-    ]);
+    let x = w.submit(transfer(10));
     assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
     let healed_at = w.now().plus_ms(70_000);
     w.isolate(P1, 70_000);
