@@ -333,6 +333,66 @@ mod tests {
         }
     }
 
+    /// A frame from the coordinator at 127.0.0.1:7000 carrying `body`, with
+    /// a hint that bank-c is at `addr` (life `incarnation`) and one about
+    /// the sender itself.
+    fn hinted(body: Body, addr: &str, incarnation: u64) -> PeerEnvelope {
+        let hint = |id: &str, addr: &str| concord_api::PeerHint {
+            id: id.into(),
+            addr: addr.into(),
+            incarnation,
+        };
+        PeerEnvelope {
+            from: "coord".into(),
+            reply_to: "127.0.0.1:7000".into(),
+            incarnation: 1,
+            peers: vec![hint("bank-c", addr), hint("coord", "127.0.0.1:9999")],
+            body: PeerBody::Message(Message {
+                xid: Xid(1),
+                epoch: 1,
+                from: "coord".into(),
+                body,
+            }),
+        }
+    }
+
+    fn prepare() -> Body {
+        Body::Prepare {
+            participants: vec!["bank-a".into(), "bank-c".into()],
+            work: vec![],
+            deadline_ms: 100,
+        }
+    }
+
+    /// Directory hints: learnt only from a PREPARE, reported when new or
+    /// moved (the participant logs those), never about the sender itself,
+    /// and never moving a node back to an earlier life's address.
+    #[test]
+    fn hints_are_learnt_from_a_prepare_only_and_never_from_an_earlier_life() {
+        let mut d = directory();
+        let ack = d.open(hinted(Body::Ack, "127.0.0.1:7103", 2));
+        assert!(ack.hinted.is_empty());
+        assert_eq!(d.addr_of("bank-c"), None, "an ACK's hints are not learnt");
+
+        let first = d.open(hinted(prepare(), "127.0.0.1:7103", 2));
+        assert_eq!(first.hinted, vec!["bank-c".to_string()]);
+        assert_eq!(d.addr_of("bank-c"), Some("127.0.0.1:7103"));
+        assert_eq!(d.addr_of("coord"), Some("127.0.0.1:7000"), "its own word");
+
+        let same = d.open(hinted(prepare(), "127.0.0.1:7103", 2));
+        assert!(same.hinted.is_empty(), "nothing new to log");
+        let stale = d.open(hinted(prepare(), "127.0.0.1:7999", 1));
+        assert!(stale.hinted.is_empty());
+        assert_eq!(
+            d.addr_of("bank-c"),
+            Some("127.0.0.1:7103"),
+            "not moved back"
+        );
+        let moved = d.open(hinted(prepare(), "127.0.0.1:7104", 3));
+        assert_eq!(moved.hinted, vec!["bank-c".to_string()]);
+        assert_eq!(d.addr_of("bank-c"), Some("127.0.0.1:7104"));
+    }
+
     #[test]
     fn unknown_participant_lists_the_known_ones() {
         let err = resolve_branches(&directory(), vec![branch("bank-z", kv("x", 1))]).unwrap_err();

@@ -136,3 +136,36 @@ fn cooperative_termination_after_a_restart_finds_the_peers_from_the_log() {
     settle(&mut w);
     assert_eq!(w.balances(1)["acct-1"], 110);
 }
+
+/// The peers' addresses survive compaction: p1's log is compacted after
+/// the PREPARE told it where p0 is (so the `PeerHint` record it appended
+/// is gone with the rest of the old log), and after a crash with the
+/// coordinator down p1 still finds p0 from the compacted log.
+#[test]
+fn cooperative_termination_peer_addresses_survive_compaction() {
+    let mut config = SimConfig::scripted(2);
+    config.compact_after_records = 6;
+    let mut w = World::scripted(config);
+    for amount in [1, 2, 3] {
+        let y = w.submit(transfer(amount));
+        assert!(w.run_until(1_000, |w| state(w, 1, y) == TxnState::Committed));
+    }
+    assert!(w.run_until(1_000, |w| !w.compacting(P1)));
+    w.add_rule(MessageRule::new("COMMIT", Fate::Drop).to(P1).times(1));
+    let x = w.submit(transfer(10));
+    assert!(w.run_until(1_000, |w| state(w, 0, x) == TxnState::Committed));
+    w.crash(C, KeepUnsynced::All);
+    w.crash(P1, KeepUnsynced::Nothing);
+    assert!(w.compactions() > 0, "p1's log was compacted");
+    let hints = |w: &World| {
+        w.participant_durable_log(1)
+            .iter()
+            .filter(|r| matches!(r, ParticipantRecord::PeerHint { id, .. } if *id == P0.name()))
+            .count()
+    };
+    assert!(hints(&w) >= 1, "the compacted log keeps where p0 is");
+    w.restart(P1);
+    assert!(w.run_until(5_000, |w| state(w, 1, x) == TxnState::Committed));
+    w.restart(C);
+    settle(&mut w);
+}
