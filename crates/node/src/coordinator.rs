@@ -1015,10 +1015,11 @@ impl CoordinatorNode {
             .iter()
             .filter(|p| p.as_str() != to)
             .filter_map(|p| {
+                let (addr, incarnation) = self.directory.entry(p)?;
                 Some(PeerHint {
                     id: p.clone(),
-                    addr: self.directory.addr_arc(p)?,
-                    incarnation: self.directory.incarnation_of(p).unwrap_or(0),
+                    addr,
+                    incarnation,
                 })
             })
             .collect()

@@ -131,9 +131,10 @@ impl Directory {
         self.addrs.get(id).map(|(addr, _)| &**addr)
     }
 
-    /// [`Directory::addr_of`], shared.
-    pub fn addr_arc(&self, id: &str) -> Option<Addr> {
-        self.addrs.get(id).map(|(addr, _)| addr.clone())
+    /// Where `id` is and the incarnation that address was heard from, in
+    /// one lookup (a PREPARE's hints need both for every participant).
+    pub fn entry(&self, id: &str) -> Option<(Addr, u64)> {
+        self.addrs.get(id).map(|(addr, life)| (addr.clone(), *life))
     }
 
     /// `id`, in its life `incarnation`, was heard from at `addr`: remember

@@ -410,10 +410,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             if self.coordinators.contains(id) {
                 continue; // kept as a `Peer` record already
             }
-            let (Some(addr), Some(incarnation)) = (
-                self.directory.addr_of(id),
-                self.directory.incarnation_of(id),
-            ) else {
+            let Some((addr, incarnation)) = self.directory.entry(id) else {
                 continue;
             };
             self.compaction.appended(1);
