@@ -260,6 +260,9 @@ pub enum CoordinatorState {
     /// ABORTED if the transaction ever existed (or the record was older
     /// than the coordinator's memory of recent outcomes).
     NoRecord,
+    /// One-phase commit: the single branch decides; waiting for its
+    /// answer.
+    OnePhase,
 }
 
 impl std::fmt::Display for CoordinatorState {
@@ -271,6 +274,7 @@ impl std::fmt::Display for CoordinatorState {
             CoordinatorState::Committed => "COMMITTED (ended)",
             CoordinatorState::Aborted => "ABORTED",
             CoordinatorState::NoRecord => "NO RECORD (presumed aborted)",
+            CoordinatorState::OnePhase => "ONE-PHASE (the single branch decides)",
         })
     }
 }

@@ -454,6 +454,10 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             ParticipantRecord::Finished { outcomes } => {
                 branches.outcome.extend(outcomes.iter().copied());
             }
+            // A one-phase commit record is the branch's commit point.
+            ParticipantRecord::OnePhase { xid, .. } => {
+                branches.outcome.insert(*xid, Decision::Commit);
+            }
             ParticipantRecord::Resource { .. }
             | ParticipantRecord::Peer { .. }
             | ParticipantRecord::Started { .. }
@@ -474,7 +478,7 @@ fn check_durable_state(
     let mut total = 0i64;
     for name in PARTICIPANTS {
         let (records, branches) = read_participant_log(&root.join(name))?;
-        let kv = KvStore::replay(&records).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let kv = KvStore::replay_decided(&records).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         total += kv.total();
         logs.push((name, branches));
     }

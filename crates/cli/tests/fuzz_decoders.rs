@@ -400,6 +400,8 @@ fn body() -> impl Strategy<Value = Body> {
         Just(Body::Ack),
         proptest::option::of(int()).prop_map(|prepared_ms_ago| Body::Inquire { prepared_ms_ago }),
         txn_state().prop_map(Body::State),
+        Just(Body::Vote(Vote::ReadOnly)),
+        (work(), int()).prop_map(|(work, deadline_ms)| Body::OnePhase { work, deadline_ms }),
     ]
 }
 
@@ -662,6 +664,14 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
             addr,
             incarnation
         }),
+        (xid(), addr(), int(), work()).prop_map(|(xid, coordinator, epoch, work)| {
+            ParticipantRecord::OnePhase {
+                xid,
+                coordinator,
+                epoch,
+                work,
+            }
+        }),
     ]
 }
 
@@ -904,7 +914,7 @@ proptest! {
         round_trip_then_mutate(&participant_record_codec(), &p, &mu)?;
         // The payloads a participant record carries are decoded too.
         match &p {
-            ParticipantRecord::Ready { work, .. } => {
+            ParticipantRecord::Ready { work, .. } | ParticipantRecord::OnePhase { work, .. } => {
                 decode_any(&kv_work_codec(), &mu.apply(work))?;
             }
             ParticipantRecord::Resource { body } => {

@@ -72,6 +72,9 @@ pub struct CoordinatorNodeConfig {
     /// Compact the log once this many records were appended since the last
     /// compaction (and twice the last snapshot); `u64::MAX`: never.
     pub compact_after_records: u64,
+    /// One-phase commit for single-branch transactions (`--no-one-phase`
+    /// turns it off): see `CoordinatorConfig::one_phase`.
+    pub one_phase: bool,
 }
 
 impl CoordinatorNodeConfig {
@@ -98,6 +101,7 @@ impl CoordinatorNodeConfig {
             recent_outcomes_max: 100_000,
             xid_seed,
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
+            one_phase: true,
         }
     }
 
@@ -286,6 +290,13 @@ pub enum CoordinatorEvent {
     },
     /// Peers that moved, messages with no address to go to.
     Directory(DirectoryEvent),
+    /// A one-phase commit's branch, asked too late, no longer knows what
+    /// it did; the coordinator stopped asking (the client, if still
+    /// waiting, times out: outcome unknown).
+    OutcomeUnknown {
+        xid: Xid,
+        participant: String,
+    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -373,6 +384,7 @@ impl CoordinatorNode {
                 id: config.id.clone(),
                 resend_ms_initial: config.resend_ms_initial,
                 resend_ms_max: config.resend_ms_max,
+                one_phase: config.one_phase,
             },
             records,
             now,
@@ -890,6 +902,11 @@ impl CoordinatorNode {
                 elapsed_us,
                 ..
             } => self.timeouts.observe(&peer, phase, elapsed_us),
+            CoordinatorNotice::OutcomeUnknown { xid, participant } => {
+                self.timeouts.finish(xid);
+                let participant = self.directory.display_name(&participant);
+                self.push_event(CoordinatorEvent::OutcomeUnknown { xid, participant });
+            }
         }
     }
 
@@ -900,6 +917,7 @@ impl CoordinatorNode {
                 CoordinatorPhase::Wait => CoordinatorState::Wait,
                 CoordinatorPhase::Committing => CoordinatorState::Committing,
                 CoordinatorPhase::Committed => CoordinatorState::CommittedWaitingForAcks,
+                CoordinatorPhase::Delegated => CoordinatorState::OnePhase,
             };
             return CoordinatorStatus {
                 xid,

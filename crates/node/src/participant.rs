@@ -51,6 +51,9 @@ pub struct ParticipantNodeConfig {
     /// Admission: PREPAREs for new branches beyond this many live ones get
     /// VOTE ABORT "busy, retry later".
     pub branches_in_flight_max: usize,
+    /// Branches with nothing to change vote READ-ONLY (`--no-read-only`
+    /// turns it off: they vote READY and take both phases).
+    pub read_only_votes: bool,
 }
 
 impl ParticipantNodeConfig {
@@ -68,6 +71,7 @@ impl ParticipantNodeConfig {
             apply_retry_ms_initial: 10,
             apply_retry_ms_max: 5000,
             branches_in_flight_max: 100_000,
+            read_only_votes: true,
         }
     }
 
@@ -320,6 +324,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             core_actions: Vec::new(),
             actions: Vec::new(),
         };
+        node.node.set_read_only_votes(config.read_only_votes);
         node.greet(greet, hello_timer);
         node.pump();
         node
@@ -347,14 +352,20 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         if learnt && opened.welcome {
             self.hellos.heard(&opened.from);
         }
-        // Coordinators (whoever sends a PREPARE or a decision) are the
+        // Coordinators (whoever sends a PREPARE, a one-phase commit or a
+        // decision) are the
         // peers whose addresses are kept in the log and greeted at start:
         // an in-doubt branch must reach its coordinator after a restart.
         // Other peers (a participant asking for our state) are answered
         // from memory.
         let coordinator_role = matches!(
             opened.message.as_ref().map(|m| &m.body),
-            Some(Body::Prepare { .. } | Body::Decision(_))
+            Some(
+                Body::Prepare { .. }
+                    | Body::Decision(_)
+                    | Body::OnePhase { .. }
+                    | Body::OnePhaseStatus { .. }
+            )
         );
         // A stale frame still shows who is a coordinator.
         // (Every PREPARE passes here: the id is copied only when new.)

@@ -120,6 +120,7 @@ mod tests {
                 id: "c".into(),
                 resend_ms_initial: 10,
                 resend_ms_max: 100,
+                one_phase: true,
             },
             log,
             concord_proto::Time(0),

@@ -151,6 +151,10 @@ impl<R: Resource> Resource for Delayed<R> {
         self.start(xid, ResourceOp::Abort)
     }
 
+    fn is_read_only(&self, work: &[u8]) -> bool {
+        self.inner.is_read_only(work)
+    }
+
     fn restore(&mut self, xid: Xid, work: &[u8]) {
         self.inner.restore(xid, work);
     }

@@ -36,6 +36,15 @@ pub enum KvRecord {
     Snapshot { balances: Vec<(String, i64)> },
 }
 
+/// Whether `ops` change nothing: every delta is 0 (a balance check, which
+/// prepare validates like any other op: the account exists, is not locked
+/// by another transaction, is not overdrawn). Such a branch takes no
+/// locks, since nothing it read can be changed by its own commit, and
+/// votes READ-ONLY.
+pub fn read_only(ops: &[KvOp]) -> bool {
+    ops.iter().all(|op| op.delta == 0)
+}
+
 /// A branch's work as it travels in PREPARE and sits in the READY record:
 /// the operations, and an opaque `memo` the application may attach (an
 /// order reference, a description). The memo is kept durably with the
@@ -101,8 +110,27 @@ impl KvStore {
     pub fn replay<'a>(
         records: impl IntoIterator<Item = &'a ParticipantRecord>,
     ) -> Result<KvStore, String> {
+        Self::replay_as(records, false)
+    }
+
+    /// The balances the log commits to: [`KvStore::replay`] plus the
+    /// one-phase commits whose outcome record is not there yet (their
+    /// one-phase record already decided them; recovery carries them out).
+    /// For checks of a log from outside; a node recovers with `replay`.
+    pub fn replay_decided<'a>(
+        records: impl IntoIterator<Item = &'a ParticipantRecord>,
+    ) -> Result<KvStore, String> {
+        Self::replay_as(records, true)
+    }
+
+    fn replay_as<'a>(
+        records: impl IntoIterator<Item = &'a ParticipantRecord>,
+        with_one_phase: bool,
+    ) -> Result<KvStore, String> {
         let mut store = KvStore::default();
         let mut ready_work: HashMap<Xid, &'a [u8]> = HashMap::new();
+        // One-phase records in log order (some may have an outcome since).
+        let mut one_phase: Vec<Xid> = Vec::new();
         for record in records {
             match record {
                 ParticipantRecord::Resource { body } => {
@@ -117,6 +145,7 @@ impl KvStore {
                         KvRecord::Snapshot { balances } => {
                             store.balances = balances.into_iter().collect();
                             ready_work.clear();
+                            one_phase.clear();
                         }
                     }
                     store.seeded = true;
@@ -127,8 +156,17 @@ impl KvStore {
                         ready_work.remove(xid);
                     }
                 }
+                // A one-phase record decides COMMIT, but like a READY
+                // record its effect counts from the outcome record on:
+                // without one, recovery restores and commits it through the
+                // resource (so a snapshot never holds a commit the node has
+                // not seen succeed).
                 ParticipantRecord::Ready { xid, work, .. } => {
                     ready_work.insert(*xid, work);
+                }
+                ParticipantRecord::OnePhase { xid, work, .. } => {
+                    ready_work.insert(*xid, work);
+                    one_phase.push(*xid);
                 }
                 // The directory's; nothing for the balances.
                 ParticipantRecord::Peer { .. }
@@ -143,6 +181,15 @@ impl KvStore {
                         for op in decode_work(work)? {
                             apply(&mut store.balances, op);
                         }
+                    }
+                }
+            }
+        }
+        if with_one_phase {
+            for xid in one_phase {
+                if let Some(work) = ready_work.remove(&xid) {
+                    for op in decode_work(work)? {
+                        apply(&mut store.balances, op);
                     }
                 }
             }
@@ -246,7 +293,9 @@ impl KvStore {
     fn try_prepare(&mut self, xid: Xid, work: &[u8]) -> Result<(), String> {
         let ops = decode_work(work)?;
         self.check(xid, &ops)?;
-        self.lock(xid, ops);
+        if !read_only(&ops) {
+            self.lock(xid, ops);
+        }
         Ok(())
     }
 }
@@ -275,6 +324,10 @@ impl Resource for KvStore {
         Answer::Now(Ok(()))
     }
 
+    fn is_read_only(&self, work: &[u8]) -> bool {
+        decode_work(work).is_ok_and(|ops| !ops.is_empty() && read_only(&ops))
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         let balances = self.balances.iter().map(|(a, b)| (a.clone(), *b)).collect();
         encode(&KvRecord::Snapshot { balances })
@@ -284,8 +337,11 @@ impl Resource for KvStore {
         // The READY record was written only after prepare succeeded, so
         // its work decodes; if it did not, holding nothing is the only
         // choice, and the commit (if any) would apply nothing.
+        // Nor does work that only reads (it took no locks at prepare).
         if let Ok(ops) = decode_work(work) {
-            self.lock(xid, ops);
+            if !read_only(&ops) {
+                self.lock(xid, ops);
+            }
         }
     }
 }

@@ -13,11 +13,18 @@ use concord_proto::{
     Message, Participant, ParticipantAction, ParticipantConfig, ParticipantRecord, PersistTicket,
     Time, TimerKey, Xid,
 };
+use std::collections::HashSet;
 
 pub struct ParticipantNode<R: Resource> {
     core: Participant,
     resource: R,
     io: Vec<ParticipantAction>,
+    /// Prepares in flight whose work the resource called read-only: a
+    /// success becomes a READ-ONLY vote.
+    read_only: HashSet<Xid>,
+    /// Whether read-only branches vote READ-ONLY (off: they vote READY and
+    /// go through both phases, for comparison).
+    read_only_votes: bool,
 }
 
 impl<R: Resource> ParticipantNode<R> {
@@ -33,6 +40,8 @@ impl<R: Resource> ParticipantNode<R> {
             core: Participant::recover(config, records, now),
             resource,
             io: Vec::new(),
+            read_only: HashSet::new(),
+            read_only_votes: true,
         };
         node.pump(now);
         node
@@ -81,6 +90,12 @@ impl<R: Resource> ParticipantNode<R> {
         self.core.set_inquire_ms_initial(inquire_ms);
     }
 
+    /// Switch the read-only vote off (or on again): see
+    /// `Resource::is_read_only`.
+    pub fn set_read_only_votes(&mut self, on: bool) {
+        self.read_only_votes = on;
+    }
+
     pub fn resource(&self) -> &R {
         &self.resource
     }
@@ -114,6 +129,11 @@ impl<R: Resource> ParticipantNode<R> {
             for action in actions {
                 let (xid, op, answer) = match action {
                     ParticipantAction::Prepare { xid, work } => {
+                        if self.read_only_votes && self.resource.is_read_only(&work) {
+                            self.read_only.insert(xid);
+                        } else {
+                            self.read_only.remove(&xid);
+                        }
                         (xid, ResourceOp::Prepare, self.resource.prepare(xid, &work))
                     }
                     ParticipantAction::Commit { xid } => {
@@ -140,7 +160,13 @@ impl<R: Resource> ParticipantNode<R> {
 
     fn answer(&mut self, now: Time, xid: Xid, op: ResourceOp, result: Result<(), String>) {
         match op {
-            ResourceOp::Prepare => self.core.on_prepared(now, xid, result),
+            ResourceOp::Prepare => {
+                let read_only = self.read_only.remove(&xid);
+                match result {
+                    Ok(()) if read_only => self.core.on_prepared_read_only(now, xid),
+                    result => self.core.on_prepared(now, xid, result),
+                }
+            }
             ResourceOp::Commit => self.core.on_committed(now, xid, result),
             ResourceOp::Abort => self.core.on_aborted(now, xid, result),
         }

@@ -41,6 +41,14 @@ pub trait Resource {
     /// Drop the prepared work of `xid`, if any. Failures are retried like
     /// a commit's.
     fn abort(&mut self, xid: Xid) -> Answer;
+    /// Whether a branch with this work changes nothing, so that once its
+    /// prepare succeeds it votes READ-ONLY: nothing is logged for it and
+    /// it gets no phase 2 (neither commit nor abort is called). Its
+    /// prepare must then hold nothing. By default no work is read-only.
+    fn is_read_only(&self, work: &[u8]) -> bool {
+        let _ = work;
+        false
+    }
     /// After a restart, `xid` is in doubt: take again what prepare took.
     fn restore(&mut self, xid: Xid, work: &[u8]);
     /// The body of a `ParticipantRecord::Resource` record that holds every

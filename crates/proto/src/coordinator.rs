@@ -15,7 +15,8 @@
 
 use crate::gate::{Durability, Gate, PersistTicket};
 use crate::ids::{
-    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, PARTICIPANTS_MAX, WORK_BYTES_MAX,
+    Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
+    WORK_BYTES_MAX,
 };
 use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
@@ -31,6 +32,11 @@ pub struct CoordinatorConfig {
     /// resend up to `resend_ms_max`, and resending never stops.
     pub resend_ms_initial: u64,
     pub resend_ms_max: u64,
+    /// One-phase commit for single-branch transactions: the branch is
+    /// asked to prepare and commit in one step and decides itself, so the
+    /// coordinator forces nothing and the transaction takes one round
+    /// trip. Off, a single branch goes through both phases like any other.
+    pub one_phase: bool,
 }
 
 /// What the driver must do. Actions are returned in the order they must be
@@ -105,6 +111,14 @@ pub enum CoordinatorNotice {
         phase: LatencyPhase,
         elapsed_us: u64,
     },
+    /// A one-phase commit whose branch no longer knows what it did (it
+    /// was asked too late to tell "never got it" from "committed long ago
+    /// and forgot"): the coordinator stops asking. Nothing is held
+    /// anywhere; the outcome is the branch's, and unknown here.
+    OutcomeUnknown {
+        xid: Xid,
+        participant: NodeId,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -134,6 +148,9 @@ pub enum CoordinatorPhase {
     Committing,
     /// COMMIT is durable and sent; collecting ACKs.
     Committed,
+    /// One-phase commit: the single branch decides; waiting for its
+    /// answer (asking it, after the timeout).
+    Delegated,
 }
 
 /// A snapshot of one in-flight transaction for `concord status`.
@@ -150,6 +167,9 @@ pub struct TxnStatus {
 pub struct BranchStatus {
     pub participant: NodeId,
     pub voted_ready: bool,
+    /// It voted READ-ONLY: no phase 2 (`voted_ready` and `acked` are set
+    /// too).
+    pub read_only: bool,
     pub acked: bool,
 }
 
@@ -193,6 +213,9 @@ struct Txn {
     phase: Phase,
     /// Per participant, in `participants` order.
     ready: Vec<bool>,
+    /// Voted READ-ONLY (then `ready` and `acked` are set too): left out
+    /// of the decision record and of phase 2.
+    read_only: Vec<bool>,
     acked: Vec<bool>,
     timer_at: Option<Time>,
     /// The timeout in force, for the log line when it fires.
@@ -218,6 +241,10 @@ enum Phase {
     Committed,
     /// Recovered COMMIT, waiting for this instance's epoch record.
     RecoveredCommit,
+    /// One-phase commit sent to the single branch, which decides: the
+    /// coordinator never decides on its own here, and after the timeout
+    /// asks the branch what it did.
+    Delegated,
 }
 
 impl Coordinator {
@@ -267,7 +294,8 @@ impl Coordinator {
                         ended: false,
                         aborted_by_recovery: false,
                     });
-                    if decision == Decision::Commit {
+                    // No one to tell: every branch voted READ-ONLY.
+                    if decision == Decision::Commit && !participants.is_empty() {
                         order.push(xid);
                         committed.insert(xid, participants);
                     }
@@ -326,6 +354,7 @@ impl Coordinator {
                         participants,
                         phase: Phase::RecoveredCommit,
                         ready: vec![true; n],
+                        read_only: vec![false; n],
                         acked: vec![false; n],
                         timer_at: None,
                         timeout_ms: coordinator.config.resend_ms_initial,
@@ -424,23 +453,40 @@ impl Coordinator {
             }
         }
         let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
-        self.actions.push(CoordinatorAction::Persist {
-            record: CoordinatorRecord::Begin {
-                xid,
-                participants: participants.clone(),
-            },
-            durability: Durability::Lazy,
-        });
-        for (to, work) in branches {
-            let message = self.message(
-                xid,
-                Body::Prepare {
+        let one_phase = self.config.one_phase && branches.len() == 1;
+        if one_phase {
+            // No begin record: the branch decides, and there is nothing a
+            // restarted coordinator could do for it (presumed abort would
+            // even tell it ABORT after it committed).
+            for (to, work) in branches {
+                let message = self.message(
+                    xid,
+                    Body::OnePhase {
+                        work,
+                        deadline_ms: prepare_timeout_ms,
+                    },
+                );
+                self.actions.push(CoordinatorAction::Send { to, message });
+            }
+        } else {
+            self.actions.push(CoordinatorAction::Persist {
+                record: CoordinatorRecord::Begin {
+                    xid,
                     participants: participants.clone(),
-                    work,
-                    deadline_ms: prepare_timeout_ms,
                 },
-            );
-            self.actions.push(CoordinatorAction::Send { to, message });
+                durability: Durability::Lazy,
+            });
+            for (to, work) in branches {
+                let message = self.message(
+                    xid,
+                    Body::Prepare {
+                        participants: participants.clone(),
+                        work,
+                        deadline_ms: prepare_timeout_ms,
+                    },
+                );
+                self.actions.push(CoordinatorAction::Send { to, message });
+            }
         }
         let n = participants.len();
         let at = now.plus_ms(prepare_timeout_ms);
@@ -448,8 +494,13 @@ impl Coordinator {
             xid,
             Txn {
                 participants,
-                phase: Phase::Wait,
+                phase: if one_phase {
+                    Phase::Delegated
+                } else {
+                    Phase::Wait
+                },
                 ready: vec![false; n],
+                read_only: vec![false; n],
                 acked: vec![false; n],
                 timer_at: Some(at),
                 timeout_ms: prepare_timeout_ms,
@@ -494,7 +545,30 @@ impl Coordinator {
             self.ignored(xid, kind, from, "sender is not a participant");
             return;
         };
+        if txn.phase == Phase::Delegated {
+            return self.on_delegated_answer(now, xid, from, body);
+        }
         match body {
+            Body::Vote(Vote::ReadOnly) => {
+                if txn.phase != Phase::Wait || txn.ready[index] {
+                    return;
+                }
+                txn.ready[index] = true;
+                txn.read_only[index] = true;
+                // No phase 2 for it.
+                txn.acked[index] = true;
+                let elapsed_us = now.us_since(txn.began_at);
+                let all_ready = txn.ready.iter().all(|r| *r);
+                self.push_notice(CoordinatorNotice::LatencySample {
+                    xid,
+                    peer: from,
+                    phase: LatencyPhase::Prepare,
+                    elapsed_us,
+                });
+                if all_ready || mutant::active(Mutant::ReadOnlySkipsVotes) {
+                    self.decide_commit(xid);
+                }
+            }
             Body::Vote(Vote::Ready) => {
                 if txn.phase != Phase::Wait || txn.ready[index] {
                     return; // duplicate or late vote: harmless
@@ -568,7 +642,7 @@ impl Coordinator {
             _ => return, // stale timer: a later one replaced it
         }
         let expected = match txn.phase {
-            Phase::Wait => Some(TimerKind::Votes),
+            Phase::Wait | Phase::Delegated => Some(TimerKind::Votes),
             Phase::Committed => Some(TimerKind::Resend),
             Phase::CommitPending | Phase::RecoveredCommit => None,
         };
@@ -591,6 +665,45 @@ impl Coordinator {
                     waiting_for,
                 });
                 self.decide_abort(xid, reason);
+            }
+            Phase::Delegated if now.ms_since(txn.began_at) >= FINISHED_MS_MIN => {
+                // Past the time a branch remembers what it did: an answer
+                // could no longer be trusted to mean anything, and nothing
+                // is held anywhere for it. Stop asking.
+                let participant = txn.participants[0].clone();
+                self.txns.remove(&xid);
+                self.push_notice(CoordinatorNotice::OutcomeUnknown { xid, participant });
+            }
+            Phase::Delegated => {
+                // The branch decides; never abort over its head. Ask it,
+                // with backoff, until it says what it did.
+                let timeout_ms = txn.timeout_ms;
+                txn.resends += 1;
+                txn.timeout_ms = txn
+                    .resend_ms_initial
+                    .saturating_mul(1 << txn.resends.min(16))
+                    .min(self.config.resend_ms_max.max(1));
+                let at = now.plus_ms(txn.timeout_ms);
+                txn.timer_at = Some(at);
+                let waiting_for = txn.participants.clone();
+                let sent_ms_ago = now.ms_since(txn.began_at);
+                for to in &waiting_for {
+                    let message = self.message(xid, Body::OnePhaseStatus { sent_ms_ago });
+                    self.actions.push(CoordinatorAction::Send {
+                        to: to.clone(),
+                        message,
+                    });
+                }
+                self.actions.push(CoordinatorAction::SetTimer {
+                    key: TimerKey::new(xid, TimerKind::Votes),
+                    at,
+                });
+                self.push_notice(CoordinatorNotice::TimeoutFired {
+                    xid,
+                    phase: "ONE-PHASE (asking the branch what it did)",
+                    timeout_ms,
+                    waiting_for,
+                });
             }
             Phase::Committed => {
                 let waiting_for: Vec<NodeId> = missing(&txn.participants, &txn.acked);
@@ -671,19 +784,20 @@ impl Coordinator {
             if txn.phase != Phase::Wait && mutant::active(Mutant::CompactionDropsUnended) {
                 continue;
             }
-            let participants = txn.participants.clone();
             records.push(match txn.phase {
                 Phase::Wait => CoordinatorRecord::Begin {
                     xid: *xid,
-                    participants,
+                    participants: txn.participants.clone(),
                 },
                 Phase::CommitPending | Phase::Committed | Phase::RecoveredCommit => {
                     CoordinatorRecord::Decision {
                         xid: *xid,
                         decision: Decision::Commit,
-                        participants,
+                        participants: txn.writers(),
                     }
                 }
+                // The branch decides; the log never held it.
+                Phase::Delegated => continue,
             });
         }
         records
@@ -704,6 +818,7 @@ impl Coordinator {
                 Phase::Wait => CoordinatorPhase::Wait,
                 Phase::CommitPending => CoordinatorPhase::Committing,
                 Phase::Committed | Phase::RecoveredCommit => CoordinatorPhase::Committed,
+                Phase::Delegated => CoordinatorPhase::Delegated,
             },
             age_ms: now.ms_since(txn.began_at),
             resends: txn.resends,
@@ -714,6 +829,7 @@ impl Coordinator {
                 .map(|(i, p)| BranchStatus {
                     participant: p.clone(),
                     voted_ready: txn.ready[i],
+                    read_only: txn.read_only[i],
                     acked: txn.acked[i],
                 })
                 .collect(),
@@ -731,9 +847,34 @@ impl Coordinator {
         let Some(txn) = self.txns.get_mut(&xid) else {
             return;
         };
+        let participants = txn.writers();
+        if participants.is_empty() {
+            // Every branch voted READ-ONLY: nothing anywhere to commit, so
+            // no forced write and no phase 2. The lazy record only lets
+            // `status` say COMMITTED after a restart (lost, the xid is
+            // presumed aborted, which for reads means the same).
+            self.txns.remove(&xid);
+            self.actions.push(CoordinatorAction::Persist {
+                record: CoordinatorRecord::Decision {
+                    xid,
+                    decision: Decision::Commit,
+                    participants,
+                },
+                durability: Durability::Lazy,
+            });
+            self.push_notice(CoordinatorNotice::Decided {
+                xid,
+                decision: Decision::Commit,
+                reason: Some("every branch voted READ-ONLY".into()),
+            });
+            self.actions.push(CoordinatorAction::Outcome {
+                xid,
+                outcome: TxnOutcome::Committed,
+            });
+            return;
+        }
         txn.phase = Phase::CommitPending;
         txn.timer_at = None;
-        let participants = txn.participants.clone();
         let ticket = self.gate.park(Resume::CommitDecided(xid));
         self.actions.push(CoordinatorAction::Persist {
             record: CoordinatorRecord::Decision {
@@ -780,7 +921,8 @@ impl Coordinator {
             txn.phase == Phase::Wait || mutant::active(Mutant::LateVoteAbortHonoured),
             "abort is decided only in WAIT"
         );
-        self.record_and_send_abort(xid, &txn.participants);
+        // READ-ONLY voters are done: no ABORT for them.
+        self.record_and_send_abort(xid, &txn.writers());
         self.push_notice(CoordinatorNotice::Decided {
             xid,
             decision: Decision::Abort,
@@ -814,12 +956,101 @@ impl Coordinator {
         }
     }
 
+    /// What the single branch of a one-phase transaction says it did: an
+    /// ACK or STATE COMMITTED (its one-phase commit record is durable),
+    /// VOTE ABORT or STATE ABORTED. Anything else (READY: still forcing
+    /// its record; UNKNOWN) means ask again later.
+    fn on_delegated_answer(&mut self, now: Time, xid: Xid, from: NodeId, body: Body) {
+        let committed = match body {
+            Body::Ack | Body::State(TxnState::Committed) | Body::Vote(Vote::ReadOnly) => true,
+            Body::Vote(Vote::Abort { .. }) | Body::State(TxnState::Aborted) => false,
+            Body::State(TxnState::Unknown) => {
+                self.txns.remove(&xid);
+                return self.push_notice(CoordinatorNotice::OutcomeUnknown {
+                    xid,
+                    participant: from,
+                });
+            }
+            _ => return,
+        };
+        let Some(txn) = self.txns.remove(&xid) else {
+            return;
+        };
+        // A READ-ONLY branch has nothing to commit: the record names no one.
+        let read_only = body == Body::Vote(Vote::ReadOnly);
+        if committed {
+            // Lazy: the branch's record is the commit point. The END right
+            // after it means a restart re-sends nothing (if only the
+            // decision survives, the branch ACKs the repeated COMMIT).
+            if txn.resends == 0 {
+                self.push_notice(CoordinatorNotice::LatencySample {
+                    xid,
+                    peer: from.clone(),
+                    phase: LatencyPhase::Prepare,
+                    elapsed_us: now.us_since(txn.began_at),
+                });
+            }
+            self.actions.push(CoordinatorAction::Persist {
+                record: CoordinatorRecord::Decision {
+                    xid,
+                    decision: Decision::Commit,
+                    participants: if read_only {
+                        Vec::new()
+                    } else {
+                        txn.participants.clone()
+                    },
+                },
+                durability: Durability::Lazy,
+            });
+            self.actions.push(CoordinatorAction::Persist {
+                record: CoordinatorRecord::End { xid },
+                durability: Durability::Lazy,
+            });
+            self.push_notice(CoordinatorNotice::Decided {
+                xid,
+                decision: Decision::Commit,
+                reason: Some(format!("one-phase commit decided by {from}")),
+            });
+            self.push_notice(CoordinatorNotice::Ended { xid });
+            self.actions.push(CoordinatorAction::Outcome {
+                xid,
+                outcome: TxnOutcome::Committed,
+            });
+        } else {
+            let reason = match body {
+                Body::Vote(Vote::Abort { reason }) => {
+                    format!("participant {from} voted ABORT: {reason}")
+                }
+                _ => format!("participant {from} aborted its one-phase commit"),
+            };
+            self.actions.push(CoordinatorAction::Persist {
+                record: CoordinatorRecord::Decision {
+                    xid,
+                    decision: Decision::Abort,
+                    participants: txn.participants.clone(),
+                },
+                durability: Durability::Lazy,
+            });
+            self.push_notice(CoordinatorNotice::Decided {
+                xid,
+                decision: Decision::Abort,
+                reason: Some(reason.clone()),
+            });
+            self.actions.push(CoordinatorAction::Outcome {
+                xid,
+                outcome: TxnOutcome::Aborted { reason },
+            });
+        }
+    }
+
     fn answer_inquire(&mut self, xid: Xid, from: NodeId) {
         let state = match self.txns.get(&xid).map(|t| t.phase) {
             Some(Phase::Committed) | Some(Phase::RecoveredCommit) => TxnState::Committed,
             // Not decided, or the COMMIT record is not durable yet: saying
             // COMMITTED now could be undone by a crash.
-            Some(Phase::Wait) | Some(Phase::CommitPending) => TxnState::Unknown,
+            Some(Phase::Wait) | Some(Phase::CommitPending) | Some(Phase::Delegated) => {
+                TxnState::Unknown
+            }
             // Presumed abort: no record means aborted.
             None => TxnState::Aborted,
         };
@@ -848,6 +1079,19 @@ impl Coordinator {
 
     fn push_notice(&mut self, notice: CoordinatorNotice) {
         self.actions.push(CoordinatorAction::Notice(notice));
+    }
+}
+
+impl Txn {
+    /// The participants that did not vote READ-ONLY: those phase 2 is
+    /// for, and the only ones a decision record names.
+    fn writers(&self) -> Vec<NodeId> {
+        self.participants
+            .iter()
+            .zip(&self.read_only)
+            .filter(|(_, ro)| !**ro)
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 }
 

@@ -45,6 +45,23 @@ pub enum Body {
     Inquire { prepared_ms_ago: Option<u64> },
     /// The answer to INQUIRE.
     State(TxnState),
+    /// One-phase commit, coordinator → the single participant of a
+    /// transaction: prepare `work` and, if it can, commit it at once. The
+    /// participant decides: its forced one-phase record is the commit
+    /// point, and it answers ACK (committed) or VOTE ABORT. The coordinator
+    /// forces nothing. `deadline_ms` as in PREPARE.
+    OnePhase { work: Vec<u8>, deadline_ms: u64 },
+    /// Coordinator → the branch of a one-phase commit, after its timeout:
+    /// what did you do? `sent_ms_ago`: how long ago ONE-PHASE COMMIT left.
+    /// The branch answers STATE COMMITTED or ABORTED (a branch that never
+    /// got it, or is still preparing, aborts it first, durably), READY
+    /// while its record is being forced, or UNKNOWN when the question comes
+    /// too late to tell "never got it" from "committed and forgot" (see
+    /// `PEER_ABORT_AGE_MS_MAX`). Not INQUIRE: a peer's INQUIRE must not
+    /// be answered ABORTED for an xid a READ-ONLY vote before a restart
+    /// may have let commit, but here the asker is the one who decides
+    /// what a READ-ONLY single branch means (nothing changed either way).
+    OnePhaseStatus { sent_ms_ago: u64 },
 }
 
 impl Message {
@@ -60,11 +77,14 @@ impl Body {
             Body::Prepare { .. } => "PREPARE",
             Body::Vote(Vote::Ready) => "VOTE READY",
             Body::Vote(Vote::Abort { .. }) => "VOTE ABORT",
+            Body::Vote(Vote::ReadOnly) => "VOTE READ-ONLY",
             Body::Decision(Decision::Commit) => "COMMIT",
             Body::Decision(Decision::Abort) => "ABORT",
             Body::Ack => "ACK",
             Body::Inquire { .. } => "INQUIRE",
             Body::State(_) => "STATE",
+            Body::OnePhase { .. } => "ONE-PHASE COMMIT",
+            Body::OnePhaseStatus { .. } => "ONE-PHASE STATUS",
         }
     }
 }
@@ -76,6 +96,10 @@ pub enum Vote {
     Ready,
     /// I cannot commit; the reason is shown to the client.
     Abort { reason: String },
+    /// I have nothing to change (the work only reads): I wrote nothing,
+    /// hold nothing, and need no phase 2. The coordinator leaves me out of
+    /// the decision record and of COMMIT/ABORT.
+    ReadOnly,
 }
 
 /// The coordinator's global decision.

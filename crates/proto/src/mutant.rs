@@ -68,10 +68,21 @@ pub enum Mutant {
     /// Cooperative termination: a peer still preparing answers INITIAL
     /// and goes on to vote READY (instead of aborting first).
     PreparingPeerKeepsVoting,
+    /// Read-only vote: after a restart, a participant with no record of
+    /// an xid aborts it for a peer as if it had never prepared it, though
+    /// a READ-ONLY vote of its earlier life left no record.
+    ReadOnlyForgottenAcrossRestart,
+    /// Read-only vote: the coordinator counts READ-ONLY as READY but also
+    /// leaves the branch out of the vote count, deciding COMMIT before the
+    /// other votes are in.
+    ReadOnlySkipsVotes,
+    /// One-phase commit: the participant reports COMMITTED before its
+    /// one-phase commit record is durable.
+    OnePhaseAckBeforeDurable,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 19] = [
+    pub const ALL: [Mutant; 22] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -91,6 +102,9 @@ impl Mutant {
         Mutant::WatchdogRevote,
         Mutant::ForgottenPeerAborts,
         Mutant::PreparingPeerKeepsVoting,
+        Mutant::ReadOnlyForgottenAcrossRestart,
+        Mutant::ReadOnlySkipsVotes,
+        Mutant::OnePhaseAckBeforeDurable,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -115,6 +129,9 @@ impl Mutant {
             Mutant::WatchdogRevote => "watchdog-revote",
             Mutant::ForgottenPeerAborts => "forgotten-peer-aborts",
             Mutant::PreparingPeerKeepsVoting => "preparing-peer-keeps-voting",
+            Mutant::ReadOnlyForgottenAcrossRestart => "read-only-forgotten-across-restart",
+            Mutant::ReadOnlySkipsVotes => "read-only-skips-votes",
+            Mutant::OnePhaseAckBeforeDurable => "one-phase-ack-before-durable",
         }
     }
 

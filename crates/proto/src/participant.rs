@@ -178,6 +178,9 @@ struct Branch {
     coordinator_answered: bool,
     /// Peers were asked at least once.
     peers_asked: bool,
+    /// One-phase commit: this branch is the whole transaction and decides
+    /// it (its forced `OnePhase` record is the commit point).
+    one_phase: bool,
 }
 
 /// What a READY branch that does not know its outcome has heard so far
@@ -275,6 +278,16 @@ enum Resume {
     /// A unilateral abort, made because someone asked about an xid this
     /// participant never prepared, is durable: the answers may leave.
     AnswerAborted(Xid),
+    /// The one-phase record is durable: the branch is committed, the ACK
+    /// may leave and the resource may apply it.
+    OnePhaseCommitted(Xid),
+    /// A one-phase branch's abort is durable: its VOTE ABORT may leave.
+    VoteAbort {
+        xid: Xid,
+        to: NodeId,
+        epoch: Epoch,
+        reason: String,
+    },
 }
 
 pub struct Participant {
@@ -299,6 +312,18 @@ pub struct Participant {
     /// of branches in `Applying`, and aborts that release a prepare nobody
     /// waits for (an ABORT that came while preparing, a late prepare).
     applying: HashMap<Xid, Apply>,
+    /// Branches that voted READ-ONLY (nothing written, nothing held), with
+    /// when, oldest first: a duplicate PREPARE gets the same vote, and a
+    /// peer that asks is told READY ("I said yes, I do not know the
+    /// outcome"), never ABORTED, since the coordinator may have committed
+    /// without us. Kept like `finished`, in memory only.
+    read_only: HashMap<Xid, Time>,
+    read_only_order: VecDeque<(Xid, Time)>,
+    /// When this life began, if an earlier one existed. A READ-ONLY vote
+    /// leaves nothing in the log, so after a restart "no record of the
+    /// xid" no longer means "never prepared" for a PREPARE that may have
+    /// come before the restart: see `may_abort_unknown`.
+    life_began: Option<Time>,
     actions: Vec<ParticipantAction>,
 }
 
@@ -327,6 +352,9 @@ impl Participant {
             answers_waiting: HashMap::new(),
             undurable_aborts: HashSet::new(),
             applying: HashMap::new(),
+            read_only: HashMap::new(),
+            read_only_order: VecDeque::new(),
+            life_began: None,
             actions: Vec::new(),
         }
     }
@@ -342,8 +370,20 @@ impl Participant {
     ) -> Participant {
         let mut participant = Participant::new(config);
         let mut ready: HashMap<Xid, (Epoch, NodeId, Vec<NodeId>, Vec<u8>)> = HashMap::new();
+        // One-phase commits whose resource commit may not have run.
+        let mut one_phase: HashMap<Xid, (Epoch, NodeId, Vec<u8>)> = HashMap::new();
         let mut order: Vec<Xid> = Vec::new();
+        // The driver writes this life's `Started` record before recovery,
+        // so a second one, or any protocol record, means an earlier life.
+        let mut lives = 0;
+        let mut earlier_life = false;
         for record in records {
+            earlier_life |= matches!(
+                record,
+                ParticipantRecord::Ready { .. }
+                    | ParticipantRecord::Outcome { .. }
+                    | ParticipantRecord::Finished { .. }
+            );
             match record {
                 ParticipantRecord::Ready {
                     xid,
@@ -357,24 +397,73 @@ impl Participant {
                     }
                     ready.insert(xid, (epoch, coordinator, participants, work));
                 }
+                ParticipantRecord::OnePhase {
+                    xid,
+                    coordinator,
+                    epoch,
+                    work,
+                } => {
+                    if !one_phase.contains_key(&xid) {
+                        order.push(xid);
+                    }
+                    one_phase.insert(xid, (epoch, coordinator, work));
+                }
                 ParticipantRecord::Outcome { xid, decision } => {
                     ready.remove(&xid);
+                    one_phase.remove(&xid);
                     participant.remember(now, xid, decision);
                 }
                 ParticipantRecord::Finished { outcomes } => {
                     for (xid, decision) in outcomes {
                         ready.remove(&xid);
+                        one_phase.remove(&xid);
                         participant.remember(now, xid, decision);
                     }
                 }
+                ParticipantRecord::Started { .. } => lives += 1,
                 ParticipantRecord::Resource { .. }
                 | ParticipantRecord::Peer { .. }
-                | ParticipantRecord::Started { .. }
                 | ParticipantRecord::PeerHint { .. } => {}
             }
         }
+        if earlier_life || lives >= 2 {
+            participant.life_began = Some(now);
+        }
         let in_doubt = ready.len();
         for xid in order {
+            if let Some((epoch, coordinator, work)) = one_phase.remove(&xid) {
+                // Committed by its own record: carry it out, ask no one.
+                participant.actions.push(ParticipantAction::Restore {
+                    xid,
+                    work: work.clone(),
+                });
+                let inquire_ms = participant.config.inquire_ms_initial;
+                participant.branches.insert(
+                    xid,
+                    Branch {
+                        state: BranchState::Applying {
+                            decision: Decision::Commit,
+                        },
+                        epoch,
+                        participants: vec![participant.config.id.clone()],
+                        coordinator,
+                        work,
+                        deadline: now,
+                        timer_at: None,
+                        inquire_ms,
+                        inquiries: 0,
+                        voted_at: None,
+                        votes: 0,
+                        prepared_at: None,
+                        answers: Vec::new(),
+                        coordinator_answered: false,
+                        peers_asked: false,
+                        one_phase: true,
+                    },
+                );
+                participant.start_apply(xid, Decision::Commit);
+                continue;
+            }
             let Some((epoch, coordinator, participants, work)) = ready.remove(&xid) else {
                 continue;
             };
@@ -401,6 +490,7 @@ impl Participant {
                     answers: Vec::new(),
                     coordinator_answered: false,
                     peers_asked: false,
+                    one_phase: false,
                 },
             );
             participant.actions.push(ParticipantAction::SetTimer {
@@ -496,17 +586,26 @@ impl Participant {
 
     /// What this participant knows of `xid`, as it would answer INQUIRE.
     pub fn state_of(&self, xid: Xid) -> TxnState {
+        if self.read_only.contains_key(&xid) && !self.finished.contains_key(&xid) {
+            // Voted yes with nothing to change; the outcome is not ours.
+            return TxnState::Ready;
+        }
         if let Some(decision) = self.finished.get(&xid) {
             return match decision {
                 Decision::Commit => TxnState::Committed,
                 Decision::Abort => TxnState::Aborted,
             };
         }
-        match self.branches.get(&xid).map(|b| b.state) {
+        let branch = self.branches.get(&xid);
+        match branch.map(|b| b.state) {
             // Abort decided: the coordinator can never commit it.
             Some(BranchState::Applying {
                 decision: Decision::Abort,
             }) => TxnState::Aborted,
+            // One-phase: our own durable record decided COMMIT.
+            Some(BranchState::Applying {
+                decision: Decision::Commit,
+            }) if branch.is_some_and(|b| b.one_phase) => TxnState::Committed,
             // Not COMMITTED until our own record is durable.
             Some(BranchState::Ready)
             | Some(BranchState::Applying { .. })
@@ -544,7 +643,20 @@ impl Participant {
                 participants,
                 work,
                 deadline_ms,
-            } => self.on_prepare(now, xid, epoch, from, participants, work, deadline_ms),
+            } => self.on_prepare(
+                now,
+                xid,
+                epoch,
+                from,
+                participants,
+                work,
+                deadline_ms,
+                false,
+            ),
+            Body::OnePhase { work, deadline_ms } => {
+                let participants = vec![self.config.id.clone()];
+                self.on_prepare(now, xid, epoch, from, participants, work, deadline_ms, true)
+            }
             Body::Decision(decision) => self.on_decision(now, xid, epoch, from, decision),
             // An answer to our INQUIRE. Only a branch still in doubt acts on
             // it: for a finished branch a late answer says nothing new (an
@@ -556,6 +668,9 @@ impl Participant {
             Body::State(_) => {}
             Body::Inquire { prepared_ms_ago } => {
                 self.on_inquire(now, xid, epoch, from, prepared_ms_ago)
+            }
+            Body::OnePhaseStatus { sent_ms_ago } => {
+                self.on_one_phase_status(now, xid, epoch, from, sent_ms_ago)
             }
             Body::Vote(_) | Body::Ack => {
                 self.ignored(xid, kind, from, "not a message a participant handles")
@@ -587,6 +702,23 @@ impl Participant {
             Ok(()) => None,
         };
         match failure {
+            None if branch.one_phase => {
+                branch.state = BranchState::ReadyPending;
+                let record = ParticipantRecord::OnePhase {
+                    xid,
+                    coordinator: branch.coordinator.clone(),
+                    epoch: branch.epoch,
+                    work: branch.work.clone(),
+                };
+                let ticket = self.gate.park(Resume::OnePhaseCommitted(xid));
+                self.actions.push(ParticipantAction::Persist {
+                    record,
+                    durability: Durability::Forced(ticket),
+                });
+                if mutant::active(Mutant::OnePhaseAckBeforeDurable) {
+                    self.on_durable(now, ticket);
+                }
+            }
             None => {
                 branch.state = BranchState::ReadyPending;
                 let record = ParticipantRecord::Ready {
@@ -614,20 +746,82 @@ impl Participant {
                     // finished too late: release what it took.
                     self.start_apply(xid, Decision::Abort);
                 }
-                self.remember(now, xid, Decision::Abort);
-                if reason.is_some() {
-                    self.undurable_aborts.insert(xid);
-                }
-                if let Some(reason) = reason {
-                    let message =
-                        self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
-                    self.actions.push(ParticipantAction::Send {
-                        to: branch.coordinator,
-                        message,
-                    });
+                match reason {
+                    Some(reason) => self.vote_abort(
+                        now,
+                        xid,
+                        branch.coordinator,
+                        branch.epoch,
+                        reason,
+                        branch.one_phase,
+                    ),
+                    None => self.remember(now, xid, Decision::Abort),
                 }
             }
         }
+    }
+
+    /// The resource prepared `xid` and has nothing to change (the work
+    /// only reads; it holds nothing): vote READ-ONLY. Nothing is written
+    /// and no phase 2 follows; the branch is done here. A failed or late
+    /// prepare goes through [`Participant::on_prepared`] instead.
+    pub fn on_prepared_read_only(&mut self, now: Time, xid: Xid) {
+        let Some(branch) = self.branches.get(&xid) else {
+            return; // aborted meanwhile (a peer asked); it holds nothing
+        };
+        let BranchState::Preparing { abort_requested } = branch.state else {
+            return;
+        };
+        if abort_requested || now > branch.deadline {
+            // The coordinator aborted, or will have: the vote would be
+            // ignored. Nothing to release either.
+            return self.on_prepared(now, xid, Err("prepare finished after the deadline".into()));
+        }
+        let Some(branch) = self.branches.remove(&xid) else {
+            return;
+        };
+        self.remember_read_only(now, xid);
+        let message = self.message(xid, branch.epoch, Body::Vote(Vote::ReadOnly));
+        self.actions.push(ParticipantAction::Send {
+            to: branch.coordinator,
+            message,
+        });
+    }
+
+    fn remember_read_only(&mut self, now: Time, xid: Xid) {
+        if self.read_only.insert(xid, now).is_none() {
+            self.read_only_order.push_back((xid, now));
+        }
+        while self.read_only_order.len() > self.config.finished_max {
+            match self.read_only_order.front() {
+                Some(&(old, at)) if now.ms_since(at) >= FINISHED_MS_MIN => {
+                    self.read_only_order.pop_front();
+                    self.read_only.remove(&old);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Whether a peer's INQUIRE about an xid this participant has no
+    /// record of may be answered by aborting it unilaterally: only if
+    /// "no record" must mean "never prepared". That needs the asker's
+    /// PREPARE to be young enough that we would still remember a finished
+    /// branch (`PEER_ABORT_AGE_MS_MAX`), and, after a restart, to have
+    /// been sent in this life: a READ-ONLY vote of an earlier life left no
+    /// record, and the coordinator may have committed on it. The same
+    /// margin covers the PREPARE's delivery delay.
+    fn may_abort_unknown(&self, now: Time, prepared_ms_ago: Option<u64>) -> bool {
+        let Some(age) = prepared_ms_ago else {
+            return false;
+        };
+        let lived_since = match self.life_began {
+            Some(began) if !mutant::active(Mutant::ReadOnlyForgottenAcrossRestart) => {
+                now.ms_since(began) >= age.saturating_add(PEER_ABORT_AGE_MS_MAX)
+            }
+            _ => true,
+        };
+        age <= PEER_ABORT_AGE_MS_MAX && lived_since
     }
 
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
@@ -654,12 +848,34 @@ impl Participant {
                     at,
                 });
             }
-            Some(Resume::AnswerAborted(xid)) => {
-                for (to, epoch) in self.answers_waiting.remove(&xid).unwrap_or_default() {
-                    let message = self.message(xid, epoch, Body::State(TxnState::Aborted));
-                    self.actions.push(ParticipantAction::Send { to, message });
+            Some(Resume::OnePhaseCommitted(xid)) => {
+                let Some(branch) = self.branches.get_mut(&xid) else {
+                    return;
+                };
+                if branch.state != BranchState::ReadyPending {
+                    return;
                 }
+                // Decided: tell the coordinator now (the record is the
+                // commit point), then let the resource apply it.
+                branch.state = BranchState::Applying {
+                    decision: Decision::Commit,
+                };
+                let (epoch, to) = (branch.epoch, branch.coordinator.clone());
+                let message = self.message(xid, epoch, Body::Ack);
+                self.actions.push(ParticipantAction::Send { to, message });
+                self.start_apply(xid, Decision::Commit);
             }
+            Some(Resume::VoteAbort {
+                xid,
+                to,
+                epoch,
+                reason,
+            }) => {
+                let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
+                self.actions.push(ParticipantAction::Send { to, message });
+                self.answer_aborted(xid);
+            }
+            Some(Resume::AnswerAborted(xid)) => self.answer_aborted(xid),
             Some(Resume::Ack(xid)) => {
                 let Some(branch) = self.branches.remove(&xid) else {
                     return;
@@ -762,6 +978,25 @@ impl Participant {
         let mut live: Vec<(&Xid, &Branch)> = self.branches.iter().collect();
         live.sort_by_key(|(xid, _)| **xid);
         for (xid, branch) in live {
+            if branch.one_phase {
+                // Decided by its record (or about to be): keep the record,
+                // so that recovery commits it rather than asking anyone.
+                if matches!(
+                    branch.state,
+                    BranchState::ReadyPending
+                        | BranchState::Applying {
+                            decision: Decision::Commit
+                        }
+                ) {
+                    ready.push(ParticipantRecord::OnePhase {
+                        xid: *xid,
+                        coordinator: branch.coordinator.clone(),
+                        epoch: branch.epoch,
+                        work: branch.work.clone(),
+                    });
+                }
+                continue;
+            }
             match branch.state {
                 // Applying: decided but not carried out, so still in doubt
                 // as far as the log goes; after a crash the decision is
@@ -812,21 +1047,41 @@ impl Participant {
         participants: Vec<NodeId>,
         work: Vec<u8>,
         deadline_ms: u64,
+        one_phase: bool,
     ) {
         if let Some(decision) = self.finished.get(&xid).copied() {
-            // Duplicate or late PREPARE: repeat the vote we gave.
-            let vote = match decision {
-                Decision::Commit => Vote::Ready,
-                Decision::Abort => Vote::Abort {
+            // Duplicate or late PREPARE: repeat the vote we gave (for a
+            // one-phase commit, what we did).
+            let body = match decision {
+                Decision::Commit if one_phase => Body::Ack,
+                Decision::Commit => Body::Vote(Vote::Ready),
+                Decision::Abort => Body::Vote(Vote::Abort {
                     reason: "branch already aborted".into(),
-                },
+                }),
             };
-            let message = self.message(xid, epoch, Body::Vote(vote));
+            let message = self.message(xid, epoch, body);
+            self.actions
+                .push(ParticipantAction::Send { to: from, message });
+            return;
+        }
+        if self.read_only.contains_key(&xid) {
+            let message = self.message(xid, epoch, Body::Vote(Vote::ReadOnly));
             self.actions
                 .push(ParticipantAction::Send { to: from, message });
             return;
         }
         if let Some(branch) = self.branches.get_mut(&xid) {
+            let decided = branch.state
+                == BranchState::Applying {
+                    decision: Decision::Commit,
+                };
+            if branch.one_phase && decided {
+                // Committed; the resource is still applying it.
+                let (epoch, to) = (branch.epoch, branch.coordinator.clone());
+                let message = self.message(xid, epoch, Body::Ack);
+                self.actions.push(ParticipantAction::Send { to, message });
+                return;
+            }
             if branch.state == BranchState::Ready {
                 branch.votes += 1;
                 let (epoch, to) = (branch.epoch, branch.coordinator.clone());
@@ -851,12 +1106,7 @@ impl Participant {
             } else {
                 format!("{} is not in the participant list", self.config.id)
             };
-            self.remember(now, xid, Decision::Abort);
-            self.undurable_aborts.insert(xid);
-            let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
-            self.actions
-                .push(ParticipantAction::Send { to: from, message });
-            return;
+            return self.vote_abort(now, xid, from, epoch, reason, one_phase);
         }
         self.branches.insert(
             xid,
@@ -878,6 +1128,7 @@ impl Participant {
                 answers: Vec::new(),
                 coordinator_answered: false,
                 peers_asked: false,
+                one_phase,
             },
         );
         self.actions.push(ParticipantAction::Prepare { xid, work });
@@ -934,6 +1185,14 @@ impl Participant {
         let Some(branch) = self.branches.get_mut(&xid) else {
             return;
         };
+        if branch.one_phase
+            && decision == Decision::Abort
+            && branch.state == BranchState::ReadyPending
+        {
+            // Its one-phase record is being forced: this branch decides,
+            // and only a broken coordinator would abort over its head.
+            return self.violation(xid, format!("ABORT from {from} during a one-phase commit"));
+        }
         match (decision, branch.state) {
             (Decision::Commit, BranchState::Ready) => {
                 branch.state = BranchState::Applying {
@@ -1094,6 +1353,24 @@ impl Participant {
             return;
         }
         match decision {
+            Decision::Commit if branch.one_phase => {
+                // The one-phase record decided it: the outcome record only
+                // saves recovery from applying it again, so it is lazy.
+                self.branches.remove(&xid);
+                self.actions.push(ParticipantAction::Persist {
+                    record: ParticipantRecord::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    },
+                    durability: Durability::Lazy,
+                });
+                self.remember(now, xid, Decision::Commit);
+                self.actions
+                    .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
+                        xid,
+                        decision: Decision::Commit,
+                    }));
+            }
             Decision::Commit => {
                 branch.state = BranchState::Committing;
                 let ticket = self.gate.park(Resume::Ack(xid));
@@ -1225,7 +1502,7 @@ impl Participant {
         // No record of it: never prepared, or finished and forgotten. Only
         // for a PREPARE young enough that we would still remember is it the
         // first (see `PEER_ABORT_AGE_MS_MAX`).
-        let young = prepared_ms_ago.is_some_and(|age| age <= PEER_ABORT_AGE_MS_MAX)
+        let young = self.may_abort_unknown(now, prepared_ms_ago)
             || mutant::active(Mutant::ForgottenPeerAborts);
         let broken = mutant::active(Mutant::AnswerBeforePersist);
         if ((state == TxnState::Unknown && young) || self.undurable_aborts.remove(&xid)) && !broken
@@ -1254,6 +1531,107 @@ impl Participant {
         let message = self.message(xid, epoch, Body::State(answer));
         self.actions
             .push(ParticipantAction::Send { to: from, message });
+    }
+
+    /// Vote ABORT on `xid` to `to`. In 2PC the abort stays in memory (the
+    /// coordinator decides, and presumed abort covers a crash), unless a
+    /// peer is later told ABORTED. A one-phase branch decides, so its
+    /// abort is forced before the vote leaves: the client is told
+    /// ABORTED on it, and after a crash a duplicate ONE-PHASE COMMIT must
+    /// find the abort, not commit.
+    fn vote_abort(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        to: NodeId,
+        epoch: Epoch,
+        reason: String,
+        one_phase: bool,
+    ) {
+        self.remember(now, xid, Decision::Abort);
+        if !one_phase {
+            self.undurable_aborts.insert(xid);
+            let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
+            self.actions.push(ParticipantAction::Send { to, message });
+            return;
+        }
+        // Whoever asks meanwhile is answered once the abort is durable.
+        self.answers_waiting.entry(xid).or_default();
+        let ticket = self.gate.park(Resume::VoteAbort {
+            xid,
+            to,
+            epoch,
+            reason,
+        });
+        self.actions.push(ParticipantAction::Persist {
+            record: ParticipantRecord::Outcome {
+                xid,
+                decision: Decision::Abort,
+            },
+            durability: Durability::Forced(ticket),
+        });
+    }
+
+    /// The coordinator of a one-phase commit asks what this branch did
+    /// (`Body::OnePhaseStatus`). Unlike a peer's INQUIRE, "no record"
+    /// needs no care for READ-ONLY votes of an earlier life: the asker
+    /// decides what a READ-ONLY single branch means, and nothing changed.
+    fn on_one_phase_status(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        epoch: Epoch,
+        from: NodeId,
+        sent_ms_ago: u64,
+    ) {
+        if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
+            waiting.push((from, epoch));
+            return;
+        }
+        let answer = if self.read_only.contains_key(&xid) && !self.finished.contains_key(&xid) {
+            Body::Vote(Vote::ReadOnly)
+        } else if let Some(branch) = self.branches.get(&xid) {
+            match branch.state {
+                BranchState::Preparing { .. } => {
+                    // Not decided yet: abort, and say so once durable (the
+                    // resource's prepare is released when it returns).
+                    self.branches.remove(&xid);
+                    return self.abort_then_answer(now, xid, from, epoch);
+                }
+                // Its record is being forced: ask again.
+                BranchState::ReadyPending => Body::State(TxnState::Ready),
+                _ => Body::State(self.state_of(xid)),
+            }
+        } else {
+            match self.finished.get(&xid) {
+                Some(Decision::Commit) => Body::State(TxnState::Committed),
+                Some(Decision::Abort) if !self.undurable_aborts.contains(&xid) => {
+                    Body::State(TxnState::Aborted)
+                }
+                // Never got it (or an abort only in memory): abort it for
+                // good, then answer. Too old to tell from a branch that
+                // committed and was forgotten: UNKNOWN.
+                Some(Decision::Abort) => {
+                    self.undurable_aborts.remove(&xid);
+                    return self.abort_then_answer(now, xid, from, epoch);
+                }
+                None if sent_ms_ago <= PEER_ABORT_AGE_MS_MAX => {
+                    return self.abort_then_answer(now, xid, from, epoch);
+                }
+                None => Body::State(TxnState::Unknown),
+            }
+        };
+        let message = self.message(xid, epoch, answer);
+        self.actions
+            .push(ParticipantAction::Send { to: from, message });
+    }
+
+    /// The abort of `xid` is durable: answer ABORTED to whoever asked.
+    fn answer_aborted(&mut self, xid: Xid) {
+        for (to, epoch) in self.answers_waiting.remove(&xid).unwrap_or_default() {
+            let message = self.message(xid, epoch, Body::State(TxnState::Aborted));
+            self.actions.push(ParticipantAction::Send { to, message });
+        }
     }
 
     /// Abort `xid` unilaterally and answer `to` ABORTED once the abort

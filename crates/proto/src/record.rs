@@ -51,6 +51,8 @@ pub enum ParticipantRecord {
         work: Vec<u8>,
     },
     /// The outcome. COMMIT is forced before the ACK; ABORT is not forced.
+    /// After a `OnePhase` record the COMMIT is lazy (the one-phase record
+    /// already decided it).
     Outcome { xid: Xid, decision: Decision },
     /// A record that belongs to the resource (for example the key-value
     /// resource's seed accounts, or its snapshot); the protocol ignores it.
@@ -90,5 +92,19 @@ pub enum ParticipantRecord {
         id: NodeId,
         addr: String,
         incarnation: u64,
+    },
+    // Variants are only ever added at the end: the log holds their
+    // index (postcard), and logs written by an earlier build must still
+    // decode.
+    /// One-phase commit: forced once the resource prepared the single
+    /// branch of a transaction, and its commit point (the branch decides;
+    /// the coordinator logs nothing that matters). Holds what a READY
+    /// record holds, so that recovery can commit it (not ask anyone) if
+    /// no outcome record follows.
+    OnePhase {
+        xid: Xid,
+        coordinator: NodeId,
+        epoch: Epoch,
+        work: Vec<u8>,
     },
 }

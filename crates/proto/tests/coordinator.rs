@@ -12,6 +12,8 @@ fn config() -> CoordinatorConfig {
         id: C.into(),
         resend_ms_initial: 10,
         resend_ms_max: 40,
+        // Single-branch tests here are about 2PC; one-phase commit has its own.
+        one_phase: false,
     }
 }
 
@@ -594,6 +596,8 @@ fn compaction_snapshot_keeps_the_epoch_undecided_and_unended_transactions_only()
             id: C.into(),
             resend_ms_initial: 10,
             resend_ms_max: 40,
+            // Single-branch tests here are about 2PC; one-phase commit has its own.
+            one_phase: false,
         },
         snapshot,
         ms(100),

@@ -409,5 +409,12 @@ fn log_event(event: CoordinatorEvent) {
                 "compacting the coordinator log to {records} records"
             )
         }
+        CoordinatorEvent::OutcomeUnknown { xid, participant } => tracing::warn!(
+            %xid,
+            %participant,
+            "one-phase commit: {participant} was asked too late and no longer knows whether it \
+             committed (it never got the request, or committed and forgot); nothing is held \
+             anywhere; ask {participant} with `concord status --participant`"
+        ),
     }
 }

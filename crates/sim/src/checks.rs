@@ -43,6 +43,8 @@ pub struct Ghost {
     /// Per participant: the branches that voted READY and have not applied
     /// a decision yet, with the accounts their locks cover.
     pub holding: BTreeMap<usize, BTreeMap<Xid, BTreeSet<String>>>,
+    /// Per xid, the participants that voted READ-ONLY.
+    pub read_only: BTreeMap<Xid, BTreeSet<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -105,7 +107,7 @@ impl World {
     }
 
     /// Isolation: participant `p` voted READY on `xid`, so it holds locks on
-    /// the accounts `xid` touches there until a decision is applied. No other
+    /// the accounts `xid` changes there until a decision is applied. No other
     /// undecided branch at `p` may hold a lock on any of them.
     pub(crate) fn check_isolation_at_vote(&mut self, p: usize, xid: Xid) {
         let Some(&c) = self.client_of.get(&xid) else {
@@ -124,7 +126,10 @@ impl World {
             .branches
             .iter()
             .filter(|(q, _)| *q == p)
-            .flat_map(|(_, ops)| ops.iter().map(|o| o.account.clone()))
+            // Only what it changes: a balance check takes no lock once
+            // it has passed (see `kv::read_only`).
+            .flat_map(|(_, ops)| ops.iter().filter(|o| o.delta != 0))
+            .map(|o| o.account.clone())
             .collect();
         let held = self.ghost.holding.entry(p).or_default();
         let conflict =
@@ -295,9 +300,22 @@ impl World {
         let mut listed = participants.to_vec();
         asked.sort();
         listed.sort();
-        if asked != listed {
-            let detail =
-                format!("COMMIT names participants {listed:?}, the client asked {asked:?}");
+        // The record leaves out exactly the branches that voted READ-ONLY
+        // (and a one-phase record names the one branch).
+        let read_only = self.ghost.read_only.get(&xid);
+        let left_out: Vec<&concord_proto::NodeId> =
+            asked.iter().filter(|p| !listed.contains(p)).collect();
+        let unasked = listed.iter().any(|p| !asked.contains(p));
+        let silent = left_out.iter().any(|p| match NodeId::from_name(p) {
+            Some(NodeId::Participant(i)) => !read_only.is_some_and(|r| r.contains(&i)),
+            _ => true,
+        });
+        if unasked || silent {
+            let detail = format!(
+                "COMMIT names participants {listed:?}, the client asked {asked:?}, and \
+                 {:?} voted READ-ONLY",
+                read_only.map(names).unwrap_or_default()
+            );
             return self.fail("validity", Some(xid), detail);
         }
         for addr in participants {
@@ -305,7 +323,12 @@ impl World {
                 let detail = format!("COMMIT names {addr}, which is no participant");
                 return self.fail("validity", Some(xid), detail);
             };
-            if !self.participant_disks[i].has_durable(xid, RecordKind::Ready) {
+            // A one-phase commit is logged once its branch committed,
+            // and compaction may have replaced that record since.
+            let disk = &self.participant_disks[i];
+            if !disk.has_durable(xid, RecordKind::Ready)
+                && !disk.was_durable(xid, RecordKind::OnePhase)
+            {
                 let detail = format!("COMMIT decided but p{i} has no durable READY record");
                 return self.fail("validity", Some(xid), detail);
             }
@@ -338,6 +361,12 @@ impl World {
             (NodeId::Coordinator, Body::State(TxnState::Committed)) => {
                 (!self.coordinator_disk.has_durable(xid, RecordKind::Commit))
                     .then_some("STATE COMMITTED sent before the COMMIT record was durable")
+            }
+            (NodeId::Participant(i), Body::Vote(Vote::ReadOnly)) => {
+                self.ghost.read_only.entry(xid).or_default().insert(i);
+                self.branch_writers(xid)
+                    .contains(&i)
+                    .then_some("VOTE READ-ONLY for a branch that changes balances")
             }
             _ => None,
         };
@@ -392,9 +421,7 @@ impl World {
             .get(&xid)
             .map(|a| names(&a.commit))
             .filter(|c| !c.is_empty());
-        if told == ClientOutcome::Committed
-            && !self.coordinator_disk.has_durable(xid, RecordKind::Commit)
-        {
+        if told == ClientOutcome::Committed && !self.commit_point_durable(xid) {
             let detail = "client told COMMITTED before the COMMIT record was durable";
             self.fail("durability", Some(xid), detail.into());
         } else if told == ClientOutcome::Aborted {
@@ -458,11 +485,13 @@ impl World {
             .map(|(x, _)| *x)
             .collect();
         for xid in committed {
-            if !self.coordinator_disk.was_durable(xid, RecordKind::Commit) {
+            let one_phase = (0..self.config.participants)
+                .any(|p| self.participant_disks[p].was_durable(xid, RecordKind::OnePhase));
+            if !self.coordinator_disk.was_durable(xid, RecordKind::Commit) && !one_phase {
                 let detail = "committed by participants without a durable COMMIT decision";
                 return self.fail("validity", Some(xid), detail.into());
             }
-            for p in self.branch_participants(xid) {
+            for p in self.branch_writers(xid) {
                 if !self.participant_disks[p].was_durable(xid, RecordKind::Ready) {
                     let detail = format!("committed, but p{p} has no durable READY record");
                     return self.fail("validity", Some(xid), detail);
@@ -504,7 +533,7 @@ impl World {
             .map(|(x, _)| *x)
             .collect();
         for xid in reported {
-            for p in self.branch_participants(xid) {
+            for p in self.branch_writers(xid) {
                 let applied = self
                     .ghost
                     .applied
@@ -589,7 +618,7 @@ impl World {
                 continue;
             }
             let missing: Vec<usize> = self
-                .branch_participants(xid)
+                .branch_writers(xid)
                 .into_iter()
                 .filter(|p| !applied.commit.contains(p))
                 .collect();
@@ -632,7 +661,7 @@ impl World {
                 );
                 return self.fail("durability", None, detail);
             }
-            match KvStore::replay(self.participant_durable_log(p)) {
+            match KvStore::replay_decided(self.participant_durable_log(p)) {
                 Ok(kv) if kv.balances() == &expected => {}
                 Ok(kv) => {
                     let detail = format!(
@@ -672,6 +701,40 @@ impl World {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The participants whose branch of `xid` changes a balance (the rest
+    /// only read, and may vote READ-ONLY: no records, no phase 2).
+    fn branch_writers(&self, xid: Xid) -> Vec<usize> {
+        self.client_of
+            .get(&xid)
+            .map(|c| {
+                self.clients[*c]
+                    .plan
+                    .branches
+                    .iter()
+                    .filter(|(_, ops)| ops.iter().any(|op| op.delta != 0))
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether what makes `xid` committed is durable: the coordinator's
+    /// COMMIT record; for a one-phase commit, the branch's one-phase
+    /// record; with every branch READ-ONLY, their votes (nothing changes).
+    fn commit_point_durable(&self, xid: Xid) -> bool {
+        if self.coordinator_disk.has_durable(xid, RecordKind::Commit) {
+            return true;
+        }
+        if (0..self.config.participants)
+            .any(|p| self.participant_disks[p].was_durable(xid, RecordKind::OnePhase))
+        {
+            return true;
+        }
+        let all = self.branch_participants(xid);
+        let read_only = self.ghost.read_only.get(&xid);
+        !all.is_empty() && all.iter().all(|p| read_only.is_some_and(|r| r.contains(p)))
     }
 
     fn queued(&self) -> usize {

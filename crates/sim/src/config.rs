@@ -101,6 +101,10 @@ pub struct WorkloadConfig {
     pub overdraft_probability: f64,
     /// Largest amount of an ordinary transfer.
     pub amount_max: i64,
+    /// Chance a transaction gets one more branch that only reads (a
+    /// balance check on another participant: it votes READ-ONLY), and a
+    /// quarter of it that a transaction only reads.
+    pub read_only_probability: f64,
 }
 
 /// The participants' resources: how late they answer, how often their
@@ -171,6 +175,10 @@ pub struct SimConfig {
     /// Each participant's admission limit (live branches); small in some
     /// seeds, so that "busy" votes happen.
     pub branches_in_flight_max: usize,
+    /// One-phase commit of single-branch transactions at the coordinator.
+    pub one_phase: bool,
+    /// READ-ONLY votes at the participants.
+    pub read_only_votes: bool,
 }
 
 /// One node's clock: node time = `offset_us` + world time × `rate_ppm` /
@@ -309,6 +317,7 @@ impl SimConfig {
             unknown_account_probability: rng.gen_range(0.0..0.08),
             overdraft_probability: rng.gen_range(0.0..0.08),
             amount_max: rng.gen_range(1..=balance_initial / 2),
+            read_only_probability: 0.0, // drawn last, below
         };
         // Clock rates differ by up to ±10% between nodes in half the seeds
         // (drawn last, so the rest of a seed's draws stay as they were).
@@ -363,6 +372,16 @@ impl SimConfig {
         } else {
             100_000
         };
+        // The optimizations, drawn last: most seeds run them as shipped,
+        // some without, so both paths stay tested.
+        let mut workload = workload;
+        workload.read_only_probability = if rng.gen_bool(0.7) {
+            rng.gen_range(0.0..0.4)
+        } else {
+            0.0
+        };
+        let one_phase = rng.gen_bool(0.8);
+        let read_only_votes = rng.gen_bool(0.8);
         SimConfig {
             seed,
             participants,
@@ -390,6 +409,8 @@ impl SimConfig {
             clocks,
             resource,
             branches_in_flight_max,
+            one_phase,
+            read_only_votes,
         }
     }
 
@@ -448,10 +469,13 @@ impl SimConfig {
                 unknown_account_probability: 0.0,
                 overdraft_probability: 0.0,
                 amount_max: 10,
+                read_only_probability: 0.0,
             },
             clocks: vec![ClockConfig::EXACT; participants + 1],
             resource: ResourceConfig::PROMPT,
             branches_in_flight_max: 100_000,
+            one_phase: true,
+            read_only_votes: true,
         }
     }
 }

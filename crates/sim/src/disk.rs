@@ -31,6 +31,9 @@ pub enum RecordKind {
     Commit,
     Abort,
     End,
+    /// A participant's one-phase commit record (also indexed as READY and
+    /// COMMIT: it is both).
+    OnePhase,
 }
 
 /// A log record the simulated disk can store and index.
@@ -64,6 +67,11 @@ impl SimRecord for ParticipantRecord {
     fn keys(&self) -> Vec<(Xid, RecordKind)> {
         match self {
             ParticipantRecord::Ready { xid, .. } => vec![(*xid, RecordKind::Ready)],
+            ParticipantRecord::OnePhase { xid, .. } => vec![
+                (*xid, RecordKind::Ready),
+                (*xid, RecordKind::Commit),
+                (*xid, RecordKind::OnePhase),
+            ],
             ParticipantRecord::Outcome { xid, decision } => {
                 vec![(*xid, decision_kind(*decision))]
             }

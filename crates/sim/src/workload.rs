@@ -115,6 +115,31 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
         let op = rng.gen_range(0..ops[branch].len());
         ops[branch][op].account = "acct-missing".to_string();
     }
+    let p_read = config.workload.read_only_probability;
+    if p_read > 0.0 {
+        if intent != Intent::Overdraft && rng.gen_bool(p_read / 4.0) {
+            // Only reads: every change becomes a balance check (an unknown
+            // account still fails its prepare).
+            for op in ops.iter_mut().flatten() {
+                op.delta = 0;
+            }
+        }
+        if width < config.participants && rng.gen_bool(p_read) {
+            // A balance check on one more participant: a READ-ONLY vote.
+            let extra = (0..config.participants)
+                .filter(|p| !chosen.contains(p))
+                .collect::<Vec<_>>();
+            let who = extra[rng.gen_range(0..extra.len())];
+            chosen.push(who);
+            let reads = (0..rng.gen_range(1..=2))
+                .map(|_| KvOp {
+                    account: pick_account(config, rng),
+                    delta: 0,
+                })
+                .collect();
+            ops.push(reads);
+        }
+    }
     TxnPlan {
         submit_at,
         branches: chosen.into_iter().zip(ops).collect(),

@@ -811,6 +811,7 @@ impl World {
             recent_outcomes_max: 100_000,
             // A new seed per incarnation, as a restarted server reseeds.
             xid_seed: c.seed ^ (u64::from(self.incarnations[0]) << 48),
+            one_phase: c.one_phase,
         }
     }
 
@@ -828,6 +829,7 @@ impl World {
             apply_retry_ms_initial: c.resource.apply_retry_ms_initial,
             apply_retry_ms_max: c.resource.apply_retry_ms_max,
             branches_in_flight_max: c.branches_in_flight_max,
+            read_only_votes: c.read_only_votes,
         }
     }
 
@@ -1935,6 +1937,7 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
             addr,
             incarnation,
         } => format!("PEER HINT {id} at {addr} (life {incarnation})"),
+        ParticipantRecord::OnePhase { xid, epoch, .. } => format!("ONE-PHASE {xid:?} e{epoch}"),
     }
 }
 

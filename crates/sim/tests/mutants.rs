@@ -16,30 +16,32 @@ use concord_sim::{
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 16] = [
+const CAUGHT: [(Mutant, u64, &str); 18] = [
     (Mutant::AnswerBeforePersist, 0, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
-    (Mutant::ForgetCommittedOnRecovery, 0, "termination_agrees"),
-    (Mutant::SkipFundsCheck, 4, "no_overdraft"),
+    (Mutant::ForgetCommittedOnRecovery, 20, "termination_agrees"),
+    (Mutant::SkipFundsCheck, 8, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
     (Mutant::CompactionDropsInDoubt, 19, "log_recovery"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
-    (Mutant::AbandonFailedApply, 1, "termination"),
-    (Mutant::DirectoryIgnoresMoves, 0, "durability"),
-    (Mutant::ForgottenCommitNotAcked, 7849, "termination"),
+    (Mutant::AbandonFailedApply, 1, "durability"),
+    (Mutant::DirectoryIgnoresMoves, 0, "termination"),
+    (Mutant::ForgottenCommitNotAcked, 20423, "termination"),
     (Mutant::AdmitBeyondLimit, 7, "admission"),
     (Mutant::WelcomeBeforeDurable, 31, "termination"),
-    (Mutant::WatchdogRevote, 17, "termination_agrees"),
-    (Mutant::PreparingPeerKeepsVoting, 6, "answers_persist_first"),
+    (Mutant::WatchdogRevote, 0, "validity"),
+    (Mutant::PreparingPeerKeepsVoting, 50, "no_violation_notice"),
+    (Mutant::ReadOnlySkipsVotes, 0, "validity"),
+    (Mutant::OnePhaseAckBeforeDurable, 0, "persist_then_send"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that
 /// injects what only a later feature makes possible: (mutant, script, the
 /// invariant that catches it).
 type Script = fn() -> Result<(), SimFailure>;
-const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 4] = [
+const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 5] = [
     (Mutant::AdoptOlderEpoch, stale_epoch_abort, "epoch"),
     (
         Mutant::WatchdogRevote,
@@ -55,6 +57,11 @@ const CAUGHT_BY_SCRIPT: [(Mutant, Script, &str); 4] = [
         Mutant::LateVoteAbortHonoured,
         late_vote_abort,
         "no_violation_notice",
+    ),
+    (
+        Mutant::ReadOnlyForgottenAcrossRestart,
+        read_only_voter_restarted,
+        "termination_agrees",
     ),
 ];
 
@@ -152,6 +159,14 @@ fn watchdog_revote() -> Result<(), SimFailure> {
 /// runs that long with one branch cut off.
 fn peer_forgot_a_commit() -> Result<(), SimFailure> {
     let (w, _) = courses::peer_forgot_a_commit();
+    restart_and_settle(w)
+}
+
+/// A read-only voter that restarted, asked by READY peers (no random
+/// seed lines up both lost COMMITs, the coordinator's crash and the
+/// restart).
+fn read_only_voter_restarted() -> Result<(), SimFailure> {
+    let (w, _) = courses::read_only_voter_restarted();
     restart_and_settle(w)
 }
 

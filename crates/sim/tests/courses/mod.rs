@@ -119,3 +119,25 @@ pub fn peer_forgot_a_commit() -> (World, Xid) {
     w.run_for(healed_at.ms_since(w.now()) + 10_000);
     (w, x)
 }
+
+/// The read-only voter forgets across a restart: x commits with p2 only
+/// reading (VOTE READ-ONLY: nothing logged), both COMMITs to the writers
+/// p0 and p1 are lost, the coordinator dies right after deciding, and p2
+/// restarts. The writers, READY, ask their peers: p0 and p1 answer READY,
+/// and p2, which has no record of x, must not call it ABORTED. Returned
+/// 5 s later, the coordinator still down.
+pub fn read_only_voter_restarted() -> (World, Xid) {
+    let mut w = World::scripted(SimConfig::scripted(3));
+    w.add_rule(MessageRule::new("COMMIT", Fate::Drop).times(2));
+    let x = w.submit(vec![
+        (0, vec![op("acct-0", -10)]),
+        (1, vec![op("acct-1", 10)]),
+        (2, vec![op("acct-2", 0)]),
+    ]);
+    assert!(w.run_until(1_000, |w| w.client_outcome(x) == ClientOutcome::Committed));
+    w.crash(C, KeepUnsynced::All);
+    w.crash(P2, KeepUnsynced::All);
+    w.restart(P2);
+    w.run_for(5_000);
+    (w, x)
+}
