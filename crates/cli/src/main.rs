@@ -150,6 +150,12 @@ struct BenchArgs {
     /// Skip the baselines (bare relay, fsync ceiling, durability off).
     #[arg(long)]
     no_baselines: bool,
+    /// Also measure each optimization off and on, at concurrency 1 and at
+    /// the best level: one-phase commit (single-branch transactions) and
+    /// the READ-ONLY vote (transactions with one branch that only reads).
+    /// Each starts its own servers.
+    #[arg(long)]
+    optimizations: bool,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
@@ -298,6 +304,12 @@ struct ServeArgs {
     /// flight.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     transactions_in_flight_max: usize,
+    /// Run single-branch transactions through both phases instead of
+    /// one-phase commit (where the branch decides: no forced write here
+    /// and one round trip instead of two). For comparison; `concord bench
+    /// --optimizations` measures both.
+    #[arg(long)]
+    no_one_phase: bool,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -356,6 +368,12 @@ struct ParticipantArgs {
     /// bounded.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     branches_in_flight_max: usize,
+    /// Branches that change nothing (every operation a balance check, an
+    /// amount of 0) vote READY and take both phases instead of voting
+    /// READ-ONLY (nothing logged, no phase 2). For comparison; `concord
+    /// bench --optimizations` measures both.
+    #[arg(long)]
+    no_read_only_vote: bool,
     /// The address peers reach this participant at when it differs from
     /// --listen (behind a proxy or NAT); sent with every message.
     #[arg(long, value_name = "ADDR")]
@@ -823,6 +841,7 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     config.node.resend_ms_initial = args.resend_ms_initial;
     config.node.resend_ms_max = args.resend_ms_max;
     config.node.transactions_in_flight_max = args.transactions_in_flight_max;
+    config.node.one_phase = !args.no_one_phase;
     config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
@@ -840,6 +859,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
     config.node.branches_in_flight_max = args.branches_in_flight_max;
+    config.node.read_only_votes = !args.no_read_only_vote;
     config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
@@ -1256,6 +1276,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         data_dir: args.data_dir,
         existing: args.coordinator.map(|c| (c, args.participant)),
         baselines: !args.no_baselines,
+        optimizations: args.optimizations,
         seed: args.seed,
     };
     let report = match bench::run_bench(options).await {

@@ -139,6 +139,70 @@ fn bench_reports_sane_fields_and_labels_durability() {
     assert!(svg.starts_with("<svg"), "{svg}");
 }
 
+/// `--optimizations`: each one off and on, with what it saves by
+/// construction (messages and forced writes per transaction) visible in
+/// the report. Counts only: speed is not asserted.
+#[test]
+fn bench_measures_each_optimization_off_and_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args([
+            "bench",
+            "--concurrency",
+            "1",
+            "--warmup-secs",
+            "0.3",
+            "--window-secs",
+            "1",
+            "--no-baselines",
+            "--optimizations",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run concord bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("bench --json prints JSON");
+    let list = report["optimizations"].as_array().expect("optimizations");
+    let find = |name: &str| {
+        let o = list
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {report}"));
+        let run = |side: &str| o[side].as_array().and_then(|r| r.first()).cloned();
+        (
+            run("before").expect("before run"),
+            run("after").expect("after run"),
+        )
+    };
+    // One-phase commit: the coordinator forces nothing and two messages
+    // (VOTE and COMMIT) are gone.
+    let (before, after) = find("one-phase commit");
+    assert!(f(&before, "coordinator_fsyncs_per_txn") > 0.9, "{before}");
+    assert_eq!(f(&after, "coordinator_fsyncs_per_txn"), 0.0, "{after}");
+    let saved = f(&before, "messages_per_txn") - f(&after, "messages_per_txn");
+    assert!((saved - 2.0).abs() < 0.2, "messages saved: {saved}");
+    // The READ-ONLY vote: the reading branch gets no phase 2 (COMMIT and
+    // ACK) and forces no READY record.
+    let (before, after) = find("read-only vote");
+    let saved = f(&before, "messages_per_txn") - f(&after, "messages_per_txn");
+    assert!((saved - 2.0).abs() < 0.2, "messages saved: {saved}");
+    let (fb, fa) = (
+        f(&before, "forced_records_per_txn"),
+        f(&after, "forced_records_per_txn"),
+    );
+    assert!(fb - fa > 1.5, "forced records {fb} → {fa}");
+    for (b, a) in [find("one-phase commit"), find("read-only vote")] {
+        assert!(f(&b, "committed") > 0.0 && f(&a, "committed") > 0.0);
+        assert_eq!(b["durable"], Value::Bool(true));
+        assert_eq!(a["durable"], Value::Bool(true));
+    }
+}
+
 #[test]
 fn bench_rejects_bad_settings_with_a_clear_message() {
     for (args, needle) in [

@@ -919,13 +919,26 @@ impl CoordinatorNode {
                 CoordinatorPhase::Committed => CoordinatorState::CommittedWaitingForAcks,
                 CoordinatorPhase::Delegated => CoordinatorState::OnePhase,
             };
+            let read_only: Vec<String> = status
+                .branches
+                .iter()
+                .filter(|b| b.read_only)
+                .map(|b| self.directory.display_name(&b.participant))
+                .collect();
+            let mut detail = format!(
+                "in flight for {} ms; {} resends of the decision",
+                status.age_ms, status.resends
+            );
+            if !read_only.is_empty() {
+                detail.push_str(&format!(
+                    "; voted READ-ONLY (no phase 2): {}",
+                    read_only.join(", ")
+                ));
+            }
             return CoordinatorStatus {
                 xid,
                 state,
-                detail: format!(
-                    "in flight for {} ms; {} resends of the decision",
-                    status.age_ms, status.resends
-                ),
+                detail,
                 branches: status
                     .branches
                     .iter()

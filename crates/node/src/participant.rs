@@ -637,7 +637,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             match action {
                 ParticipantAction::Persist { record, durability } => {
                     self.compaction.appended(1);
-                    let deferrable = matches!(record, ParticipantRecord::Outcome { .. });
+                    // Only a COMMIT outcome: its ACK just lets the
+                    // coordinator forget. A forced ABORT outcome has
+                    // someone waiting on it (a peer's answer, a one-phase
+                    // client's VOTE ABORT).
+                    let deferrable = matches!(
+                        record,
+                        ParticipantRecord::Outcome {
+                            decision: Decision::Commit,
+                            ..
+                        }
+                    );
                     self.actions.push(ParticipantNodeAction::Persist {
                         record,
                         durability,

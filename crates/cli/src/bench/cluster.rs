@@ -21,6 +21,11 @@ pub struct ClusterSpec {
     pub balance: i64,
     /// False: start the servers with `--unsafe-no-fsync` (baseline only).
     pub fsync: bool,
+    /// False: the coordinator runs with `--no-one-phase` (the
+    /// optimizations' before-and-after runs).
+    pub one_phase: bool,
+    /// False: the participants run with `--no-read-only-vote`.
+    pub read_only_votes: bool,
     /// Directory under which each server gets its data directory.
     pub root: PathBuf,
 }
@@ -55,11 +60,17 @@ impl Cluster {
             .with_context(|| format!("create {}", spec.root.display()))?;
         let mut ports = free_ports(spec.participants + 1)?;
         let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
-        let extra: &[&str] = if spec.fsync {
-            &["--log-level", "warn"]
-        } else {
-            &["--log-level", "warn", "--unsafe-no-fsync"]
-        };
+        let mut extra: Vec<&str> = vec!["--log-level", "warn"];
+        if !spec.fsync {
+            extra.push("--unsafe-no-fsync");
+        }
+        let mut participant_extra = extra.clone();
+        if !spec.read_only_votes {
+            participant_extra.push("--no-read-only-vote");
+        }
+        if !spec.one_phase {
+            extra.push("--no-one-phase");
+        }
         let mut participants = Vec::new();
         let mut procs = Vec::new();
         for (i, port) in ports.into_iter().enumerate() {
@@ -71,7 +82,7 @@ impl Cluster {
                 &spec.root.join(&name),
                 spec.accounts,
                 spec.balance,
-                extra,
+                &participant_extra,
             );
             procs.push(Proc::start(
                 &spec.exe,
@@ -85,7 +96,7 @@ impl Cluster {
             &coordinator,
             &spec.root.join("coordinator"),
             &participants,
-            extra,
+            &extra,
         );
         procs.insert(
             0,

@@ -67,6 +67,10 @@ pub struct BenchOptions {
     pub existing: Option<(String, Vec<(String, String)>)>,
     /// Measure the fsync ceiling and the durability-off run.
     pub baselines: bool,
+    /// Measure each optimization off and on (one-phase commit on a
+    /// single-branch workload, the READ-ONLY vote on one with a branch
+    /// that only reads).
+    pub optimizations: bool,
     pub seed: u64,
 }
 
@@ -113,6 +117,15 @@ impl BenchOptions {
         if self.window.is_zero() {
             bail!("--window-secs must be above 0");
         }
+        if self.existing.is_some() && self.optimizations {
+            bail!(
+                "--optimizations restarts the servers with the optimizations off and on, which \
+                 it cannot do with --coordinator/--participant"
+            );
+        }
+        if self.optimizations && self.cluster_size() < 2 {
+            bail!("--optimizations needs at least 2 participants (a writer and a reader)");
+        }
         if self.existing.is_some() && self.baselines {
             bail!(
                 "the durability-off baseline restarts the servers, which it cannot do with \
@@ -136,6 +149,8 @@ impl BenchOptions {
             accounts: self.accounts(),
             balance: BALANCE,
             fsync,
+            one_phase: true,
+            read_only_votes: true,
             root,
         }
     }
@@ -183,7 +198,18 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         }
         None => Cluster::start(&options.cluster_spec(true, root.join("durable"))).await?,
     };
-    let runs = sweep(options, &cluster, &options.concurrency, "durable").await;
+    let everything = Branches {
+        total: options.branches(),
+        read_only: 0,
+    };
+    let runs = sweep(
+        options,
+        &cluster,
+        &options.concurrency,
+        everything,
+        "durable",
+    )
+    .await;
     cluster.stop().await;
     let runs = runs?;
 
@@ -197,6 +223,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
             options,
             &relay,
             &options.concurrency,
+            everything,
             "bare relay (no protocol, no log)",
         )
         .await;
@@ -221,9 +248,58 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         // The durability-off run at the concurrency that did best durably.
         let best = report::best_run(&runs).map(|r| r.concurrency).unwrap_or(1);
         let off = Cluster::start(&options.cluster_spec(false, root.join("no-fsync"))).await?;
-        let result = sweep(options, &off, &[best], "durability OFF (not durable)").await;
+        let result = sweep(
+            options,
+            &off,
+            &[best],
+            everything,
+            "durability OFF (not durable)",
+        )
+        .await;
         off.stop().await;
         no_fsync_baseline = result?.pop();
+    }
+    let mut optimizations = Vec::new();
+    if options.optimizations {
+        let best = report::best_run(&runs).map(|r| r.concurrency).unwrap_or(1);
+        let mut levels = vec![1, best];
+        levels.dedup();
+        // One-phase commit: single-branch transactions.
+        let single = Branches {
+            total: 1,
+            read_only: 0,
+        };
+        // The READ-ONLY vote: one more branch that only reads.
+        let reading = Branches {
+            total: options.branches().max(2),
+            read_only: 1,
+        };
+        for (name, branches, switch) in [
+            ("one-phase commit", single, Switch::OnePhase),
+            ("read-only vote", reading, Switch::ReadOnly),
+        ] {
+            let mut both = Vec::new();
+            for on in [false, true] {
+                let mut spec = options.cluster_spec(true, root.join(format!("{switch:?}-{on}")));
+                match switch {
+                    Switch::OnePhase => spec.one_phase = on,
+                    Switch::ReadOnly => spec.read_only_votes = on,
+                }
+                let cluster = Cluster::start(&spec).await?;
+                let label = format!("{name} {}", if on { "ON" } else { "OFF" });
+                let result = sweep(options, &cluster, &levels, branches, &label).await;
+                cluster.stop().await;
+                both.push(result?);
+            }
+            let after = both.pop().unwrap_or_default();
+            let before = both.pop().unwrap_or_default();
+            optimizations.push(report::Optimization {
+                name: name.into(),
+                workload: branches.describe(),
+                before,
+                after,
+            });
+        }
     }
 
     // Asked from the servers (their `Stats`), never assumed.
@@ -254,7 +330,33 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         fsync_baseline,
         no_fsync_baseline,
         relay_baseline,
+        optimizations,
     })
+}
+
+/// The branches of every benchmark transaction.
+#[derive(Clone, Copy, Debug)]
+struct Branches {
+    total: usize,
+    /// How many of them (the last) only read.
+    read_only: usize,
+}
+
+impl Branches {
+    fn describe(self) -> String {
+        match (self.total, self.read_only) {
+            (1, _) => "1 branch".into(),
+            (n, 0) => format!("{n} branches"),
+            (n, r) => format!("{n} branches, {r} of them only reading"),
+        }
+    }
+}
+
+/// Which optimization a before-and-after pair switches.
+#[derive(Clone, Copy, Debug)]
+enum Switch {
+    OnePhase,
+    ReadOnly,
 }
 
 /// One run per concurrency level against `cluster`.
@@ -262,6 +364,7 @@ async fn sweep(
     options: &BenchOptions,
     cluster: &Cluster,
     levels: &[usize],
+    branches: Branches,
     label: &str,
 ) -> anyhow::Result<Vec<RunResult>> {
     let names: Vec<String> = cluster
@@ -274,7 +377,8 @@ async fn sweep(
         let workload = Workload {
             concurrency,
             connections: options.connections_for(concurrency),
-            branches: options.branches(),
+            branches: branches.total,
+            read_only_branches: branches.read_only,
             participants: names.clone(),
             hot_accounts: options.hot_accounts,
             hot_share: options.hot_share,

@@ -225,6 +225,18 @@ pub struct BenchReport {
     /// The transport's ceiling for this message pattern: the same
     /// processes, connections and frames with no protocol and no log.
     pub relay_baseline: Option<RelayBaseline>,
+    /// Each optimization measured off, then on (`--optimizations`).
+    pub optimizations: Vec<Optimization>,
+}
+
+/// One optimization off (`before`) and on (`after`), on the workload it
+/// is for, at concurrency 1 and at the best level of the main runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Optimization {
+    pub name: String,
+    pub workload: String,
+    pub before: Vec<RunResult>,
+    pub after: Vec<RunResult>,
 }
 
 /// The bare-relay baseline and concord's ratio to it (`concord relay`
@@ -373,6 +385,10 @@ impl BenchReport {
                 let _ = writeln!(out, "  bare relay: not measured");
             }
         }
+        if !self.optimizations.is_empty() {
+            let _ = writeln!(out);
+            out.push_str(&optimization_table(&self.optimizations));
+        }
         if let Some(best) = self.best() {
             let _ = writeln!(out);
             let _ = writeln!(
@@ -387,6 +403,58 @@ impl BenchReport {
         }
         out
     }
+}
+
+/// Each optimization off → on: per-transaction messages and fsyncs (what
+/// it saves by construction) and latency and throughput (what that buys
+/// on this machine).
+fn optimization_table(list: &[Optimization]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "optimizations, off → on (durable; same machine, same run):"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<17} {:<34} {:>5} {:>14} {:>14} {:>14} {:>16} {:>16}",
+        "optimization",
+        "workload",
+        "conc",
+        "msg/tx",
+        "fsync/tx",
+        "coord fsync/tx",
+        "p50 ms",
+        "txn/s"
+    );
+    for o in list {
+        for after in &o.after {
+            let Some(before) = o.before.iter().find(|b| b.concurrency == after.concurrency) else {
+                continue;
+            };
+            let pair = |b: f64, a: f64, digits: usize| format!("{b:.digits$} → {a:.digits$}");
+            let _ = writeln!(
+                out,
+                "  {:<17} {:<34} {:>5} {:>14} {:>14} {:>14} {:>16} {:>16}",
+                o.name,
+                o.workload,
+                after.concurrency,
+                pair(before.messages_per_txn, after.messages_per_txn, 1),
+                pair(before.fsyncs_per_txn, after.fsyncs_per_txn, 2),
+                pair(
+                    before.coordinator_fsyncs_per_txn,
+                    after.coordinator_fsyncs_per_txn,
+                    2
+                ),
+                pair(before.latency.p50_ms, after.latency.p50_ms, 2),
+                pair(before.transactions_per_sec, after.transactions_per_sec, 0),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  (fsyncs count group commit as it happened: under load one fsync serves many records)"
+    );
+    out
 }
 
 fn run_table(runs: &[RunResult]) -> String {

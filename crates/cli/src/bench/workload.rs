@@ -29,6 +29,9 @@ pub struct Workload {
     /// Client connections the tasks share.
     pub connections: usize,
     pub branches: usize,
+    /// How many of the branches (the last ones) only read: a balance
+    /// check of amount 0, which votes READ-ONLY.
+    pub read_only_branches: usize,
     /// Participant names at the coordinator.
     pub participants: Vec<String>,
     pub hot_accounts: usize,
@@ -158,19 +161,29 @@ impl Workload {
             };
             let branches: Vec<BranchRequest> = (0..self.branches)
                 .map(|b| {
-                    // Branch 0 pays 1 to each other branch: the sum is 0.
+                    // Branch 0 pays 1 to each other writing branch: the
+                    // sum is 0. The read-only ones move 0.
+                    let writers = self.branches - self.read_only_branches.min(self.branches - 1);
                     let delta = if b == 0 {
-                        -(self.branches as i64 - 1)
-                    } else {
+                        -(writers as i64 - 1)
+                    } else if b < writers {
                         1
+                    } else {
+                        0
                     };
-                    let op = KvOp {
+                    let op = |delta| KvOp {
                         account: account.to_string(),
                         delta,
                     };
+                    // A single writer still writes: 1 out and 1 back in.
+                    let ops = if writers == 1 && b == 0 {
+                        vec![op(-1), op(1)]
+                    } else {
+                        vec![op(delta)]
+                    };
                     BranchRequest {
                         participant: self.participants[(first + b) % n].clone(),
-                        work: encode_work_with_memo(&[op], &memo),
+                        work: encode_work_with_memo(&ops, &memo),
                     }
                 })
                 .collect();
