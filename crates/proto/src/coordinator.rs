@@ -1011,11 +1011,13 @@ impl Coordinator {
                 decision: Decision::Commit,
                 reason: Some(format!("one-phase commit decided by {from}")),
             });
-            self.push_notice(CoordinatorNotice::Ended { xid });
+            // The outcome before the END: the node records the outcome,
+            // then marks it ended.
             self.actions.push(CoordinatorAction::Outcome {
                 xid,
                 outcome: TxnOutcome::Committed,
             });
+            self.push_notice(CoordinatorNotice::Ended { xid });
         } else {
             let reason = match body {
                 Body::Vote(Vote::Abort { reason }) => {

@@ -314,7 +314,7 @@ impl ParticipantDriver {
                     deferrable,
                 } => {
                     match &record {
-                        ParticipantRecord::Ready { .. } => {
+                        ParticipantRecord::Ready { .. } | ParticipantRecord::OnePhase { .. } => {
                             failpoint::hit(failpoint::PARTICIPANT_BEFORE_READY_WRITE)
                         }
                         ParticipantRecord::Outcome {
