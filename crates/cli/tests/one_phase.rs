@@ -35,6 +35,26 @@ fn inside_p0(amount: i64) -> Vec<BranchRequest> {
     }]
 }
 
+/// A coordinator and p0, armed to kill itself at fail-point `point`, running a
+/// one-phase transfer of 30 inside p0 (its client waits in a task); back
+/// once p0 is dead.
+async fn branch_dies_at(
+    point: &'static str,
+) -> (
+    Cluster,
+    tokio::task::JoinHandle<Result<concord_client::TxnResult, ClientError>>,
+) {
+    let mut cluster = Cluster::new(1, 2, 100);
+    cluster.start_participant(0, &[(failpoint::ENV_FAILPOINT, point)]);
+    cluster.start_coordinator(&[]);
+    cluster.wait_all_listening().await;
+    let client = cluster.client().await;
+    let pending =
+        tokio::spawn(async move { client.transact_with_timeout(inside_p0(30), Some(200)).await });
+    assert_killed(cluster.participant_proc(0).wait_exit(EXIT), "p0");
+    (cluster, pending)
+}
+
 /// The branch dies after its one-phase record is durable and before its
 /// ACK: it has committed. The coordinator asks it (ONE-PHASE STATUS) and
 /// never aborts on its own; restarted, the branch commits from its record
@@ -42,22 +62,8 @@ fn inside_p0(amount: i64) -> Vec<BranchRequest> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_phase_branch_killed_after_its_record_is_committed_after_restart() {
     bounded(async {
-        let mut cluster = Cluster::new(1, 2, 100);
-        cluster.start_participant(
-            0,
-            &[(
-                failpoint::ENV_FAILPOINT,
-                failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE,
-            )],
-        );
-        cluster.start_coordinator(&[]);
-        cluster.wait_all_listening().await;
-        let client = cluster.client().await;
-        let pending =
-            tokio::spawn(
-                async move { client.transact_with_timeout(inside_p0(30), Some(200)).await },
-            );
-        assert_killed(cluster.participant_proc(0).wait_exit(EXIT), "p0");
+        let (mut cluster, pending) =
+            branch_dies_at(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE).await;
         // Down for longer than the timeout: the coordinator keeps asking.
         tokio::time::sleep(Duration::from_millis(600)).await;
         cluster.start_participant(0, &[]);
@@ -83,22 +89,8 @@ async fn one_phase_branch_killed_after_its_record_is_committed_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_phase_branch_killed_before_its_record_is_aborted_for_good() {
     bounded(async {
-        let mut cluster = Cluster::new(1, 2, 100);
-        cluster.start_participant(
-            0,
-            &[(
-                failpoint::ENV_FAILPOINT,
-                failpoint::PARTICIPANT_BEFORE_READY_WRITE,
-            )],
-        );
-        cluster.start_coordinator(&[]);
-        cluster.wait_all_listening().await;
-        let client = cluster.client().await;
-        let pending =
-            tokio::spawn(
-                async move { client.transact_with_timeout(inside_p0(30), Some(200)).await },
-            );
-        assert_killed(cluster.participant_proc(0).wait_exit(EXIT), "p0");
+        let (mut cluster, pending) =
+            branch_dies_at(failpoint::PARTICIPANT_BEFORE_READY_WRITE).await;
         cluster.start_participant(0, &[]);
         cluster.wait_all_listening().await;
         let result = pending.await.expect("client task").expect("an outcome");

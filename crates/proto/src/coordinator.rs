@@ -549,31 +549,17 @@ impl Coordinator {
             return self.on_delegated_answer(now, xid, from, body);
         }
         match body {
-            Body::Vote(Vote::ReadOnly) => {
-                if txn.phase != Phase::Wait || txn.ready[index] {
-                    return;
-                }
-                txn.ready[index] = true;
-                txn.read_only[index] = true;
-                // No phase 2 for it.
-                txn.acked[index] = true;
-                let elapsed_us = now.us_since(txn.began_at);
-                let all_ready = txn.ready.iter().all(|r| *r);
-                self.push_notice(CoordinatorNotice::LatencySample {
-                    xid,
-                    peer: from,
-                    phase: LatencyPhase::Prepare,
-                    elapsed_us,
-                });
-                if all_ready || mutant::active(Mutant::ReadOnlySkipsVotes) {
-                    self.decide_commit(xid);
-                }
-            }
-            Body::Vote(Vote::Ready) => {
+            Body::Vote(vote @ (Vote::Ready | Vote::ReadOnly)) => {
                 if txn.phase != Phase::Wait || txn.ready[index] {
                     return; // duplicate or late vote: harmless
                 }
                 txn.ready[index] = true;
+                let read_only = vote == Vote::ReadOnly;
+                if read_only {
+                    // A yes with no phase 2 for it.
+                    txn.read_only[index] = true;
+                    txn.acked[index] = true;
+                }
                 // PREPARE went out once, at begin.
                 let elapsed_us = now.us_since(txn.began_at);
                 let all_ready = txn.ready.iter().all(|r| *r);
@@ -583,7 +569,12 @@ impl Coordinator {
                     phase: LatencyPhase::Prepare,
                     elapsed_us,
                 });
-                if all_ready || mutant::active(Mutant::CommitOnFirstReady) {
+                let broken = if read_only {
+                    mutant::active(Mutant::ReadOnlySkipsVotes)
+                } else {
+                    mutant::active(Mutant::CommitOnFirstReady)
+                };
+                if all_ready || broken {
                     self.decide_commit(xid);
                 }
             }
@@ -686,24 +677,16 @@ impl Coordinator {
                 let at = now.plus_ms(txn.timeout_ms);
                 txn.timer_at = Some(at);
                 let waiting_for = txn.participants.clone();
-                let sent_ms_ago = now.ms_since(txn.began_at);
-                for to in &waiting_for {
-                    let message = self.message(xid, Body::OnePhaseStatus { sent_ms_ago });
-                    self.actions.push(CoordinatorAction::Send {
-                        to: to.clone(),
-                        message,
-                    });
-                }
-                self.actions.push(CoordinatorAction::SetTimer {
-                    key: TimerKey::new(xid, TimerKind::Votes),
-                    at,
-                });
-                self.push_notice(CoordinatorNotice::TimeoutFired {
-                    xid,
+                let body = Body::OnePhaseStatus {
+                    sent_ms_ago: now.ms_since(txn.began_at),
+                };
+                let round = Round {
                     phase: "ONE-PHASE (asking the branch what it did)",
+                    timer: TimerKind::Votes,
+                    at,
                     timeout_ms,
-                    waiting_for,
-                });
+                };
+                self.send_round(xid, waiting_for, body, round);
             }
             Phase::Committed => {
                 let waiting_for: Vec<NodeId> = missing(&txn.participants, &txn.acked);
@@ -712,23 +695,13 @@ impl Coordinator {
                 txn.timeout_ms = (timeout_ms.saturating_mul(2)).min(self.config.resend_ms_max);
                 let at = now.plus_ms(txn.timeout_ms);
                 txn.timer_at = Some(at);
-                for to in &waiting_for {
-                    let message = self.message(xid, Body::Decision(Decision::Commit));
-                    self.actions.push(CoordinatorAction::Send {
-                        to: to.clone(),
-                        message,
-                    });
-                }
-                self.actions.push(CoordinatorAction::SetTimer {
-                    key: TimerKey::new(xid, TimerKind::Resend),
-                    at,
-                });
-                self.push_notice(CoordinatorNotice::TimeoutFired {
-                    xid,
+                let round = Round {
                     phase: "COMMIT (acks)",
+                    timer: TimerKind::Resend,
+                    at,
                     timeout_ms,
-                    waiting_for,
-                });
+                };
+                self.send_round(xid, waiting_for, Body::Decision(Decision::Commit), round);
             }
             Phase::CommitPending | Phase::RecoveredCommit => {}
         }
@@ -1061,6 +1034,28 @@ impl Coordinator {
             .push(CoordinatorAction::Send { to: from, message });
     }
 
+    /// One more round of asking after a timer fired: `body` to each of
+    /// `to`, the next timer, and the notice saying so.
+    fn send_round(&mut self, xid: Xid, to: Vec<NodeId>, body: Body, round: Round) {
+        for peer in &to {
+            let message = self.message(xid, body.clone());
+            self.actions.push(CoordinatorAction::Send {
+                to: peer.clone(),
+                message,
+            });
+        }
+        self.actions.push(CoordinatorAction::SetTimer {
+            key: TimerKey::new(xid, round.timer),
+            at: round.at,
+        });
+        self.push_notice(CoordinatorNotice::TimeoutFired {
+            xid,
+            phase: round.phase,
+            timeout_ms: round.timeout_ms,
+            waiting_for: to,
+        });
+    }
+
     fn message(&self, xid: Xid, body: Body) -> Message {
         Message {
             xid,
@@ -1082,6 +1077,15 @@ impl Coordinator {
     fn push_notice(&mut self, notice: CoordinatorNotice) {
         self.actions.push(CoordinatorAction::Notice(notice));
     }
+}
+
+/// A round of re-sending after a timeout (see `Coordinator::send_round`).
+struct Round {
+    phase: &'static str,
+    timer: TimerKind,
+    at: Time,
+    /// The timeout that fired.
+    timeout_ms: u64,
 }
 
 impl Txn {

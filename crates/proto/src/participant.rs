@@ -183,6 +183,38 @@ struct Branch {
     one_phase: bool,
 }
 
+impl Branch {
+    /// A branch in `state` that has heard and sent nothing yet.
+    fn new(
+        state: BranchState,
+        epoch: Epoch,
+        coordinator: NodeId,
+        participants: Vec<NodeId>,
+        work: Vec<u8>,
+        deadline: Time,
+        inquire_ms: u64,
+    ) -> Branch {
+        Branch {
+            state,
+            epoch,
+            coordinator,
+            participants,
+            work,
+            deadline,
+            timer_at: None,
+            inquire_ms,
+            inquiries: 0,
+            voted_at: None,
+            votes: 0,
+            prepared_at: None,
+            answers: Vec::new(),
+            coordinator_answered: false,
+            peers_asked: false,
+            one_phase: false,
+        }
+    }
+}
+
 /// What a READY branch that does not know its outcome has heard so far
 /// (`concord accounts`, `concord status --participant`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,28 +469,17 @@ impl Participant {
                     xid,
                     work: work.clone(),
                 });
+                let applying = BranchState::Applying {
+                    decision: Decision::Commit,
+                };
+                let me = vec![participant.config.id.clone()];
                 let inquire_ms = participant.config.inquire_ms_initial;
+                let branch = Branch::new(applying, epoch, coordinator, me, work, now, inquire_ms);
                 participant.branches.insert(
                     xid,
                     Branch {
-                        state: BranchState::Applying {
-                            decision: Decision::Commit,
-                        },
-                        epoch,
-                        participants: vec![participant.config.id.clone()],
-                        coordinator,
-                        work,
-                        deadline: now,
-                        timer_at: None,
-                        inquire_ms,
-                        inquiries: 0,
-                        voted_at: None,
-                        votes: 0,
-                        prepared_at: None,
-                        answers: Vec::new(),
-                        coordinator_answered: false,
-                        peers_asked: false,
                         one_phase: true,
+                        ..branch
                     },
                 );
                 participant.start_apply(xid, Decision::Commit);
@@ -472,25 +493,20 @@ impl Participant {
                 work: work.clone(),
             });
             let inquire_ms = participant.config.inquire_ms_initial;
+            let branch = Branch::new(
+                BranchState::Ready,
+                epoch,
+                coordinator,
+                participants,
+                work,
+                now,
+                inquire_ms,
+            );
             participant.branches.insert(
                 xid,
                 Branch {
-                    state: BranchState::Ready,
-                    epoch,
-                    coordinator,
-                    participants,
-                    work,
-                    deadline: now,
                     timer_at: Some(now),
-                    inquire_ms,
-                    inquiries: 0,
-                    voted_at: None,
-                    votes: 0,
-                    prepared_at: None,
-                    answers: Vec::new(),
-                    coordinator_answered: false,
-                    peers_asked: false,
-                    one_phase: false,
+                    ..branch
                 },
             );
             participant.actions.push(ParticipantAction::SetTimer {
@@ -702,38 +718,41 @@ impl Participant {
             Ok(()) => None,
         };
         match failure {
-            None if branch.one_phase => {
-                branch.state = BranchState::ReadyPending;
-                let record = ParticipantRecord::OnePhase {
-                    xid,
-                    coordinator: branch.coordinator.clone(),
-                    epoch: branch.epoch,
-                    work: branch.work.clone(),
-                };
-                let ticket = self.gate.park(Resume::OnePhaseCommitted(xid));
-                self.actions.push(ParticipantAction::Persist {
-                    record,
-                    durability: Durability::Forced(ticket),
-                });
-                if mutant::active(Mutant::OnePhaseAckBeforeDurable) {
-                    self.on_durable(now, ticket);
-                }
-            }
             None => {
                 branch.state = BranchState::ReadyPending;
-                let record = ParticipantRecord::Ready {
-                    xid,
-                    coordinator: branch.coordinator.clone(),
-                    epoch: branch.epoch,
-                    participants: branch.participants.clone(),
-                    work: branch.work.clone(),
+                // A one-phase branch forces its commit point, any other its
+                // READY record; either way nothing leaves before it is
+                // durable.
+                let (record, resume, early) = if branch.one_phase {
+                    (
+                        ParticipantRecord::OnePhase {
+                            xid,
+                            coordinator: branch.coordinator.clone(),
+                            epoch: branch.epoch,
+                            work: branch.work.clone(),
+                        },
+                        Resume::OnePhaseCommitted(xid),
+                        Mutant::OnePhaseAckBeforeDurable,
+                    )
+                } else {
+                    (
+                        ParticipantRecord::Ready {
+                            xid,
+                            coordinator: branch.coordinator.clone(),
+                            epoch: branch.epoch,
+                            participants: branch.participants.clone(),
+                            work: branch.work.clone(),
+                        },
+                        Resume::VoteReady(xid),
+                        Mutant::VoteBeforeReadyDurable,
+                    )
                 };
-                let ticket = self.gate.park(Resume::VoteReady(xid));
+                let ticket = self.gate.park(resume);
                 self.actions.push(ParticipantAction::Persist {
                     record,
                     durability: Durability::Forced(ticket),
                 });
-                if mutant::active(Mutant::VoteBeforeReadyDurable) {
+                if mutant::active(early) {
                     self.on_durable(now, ticket);
                 }
             }
@@ -1108,27 +1127,23 @@ impl Participant {
             };
             return self.vote_abort(now, xid, from, epoch, reason, one_phase);
         }
+        let branch = Branch::new(
+            BranchState::Preparing {
+                abort_requested: false,
+            },
+            epoch,
+            from,
+            participants,
+            work.clone(),
+            now.plus_ms(deadline_ms),
+            self.config.inquire_ms_initial,
+        );
         self.branches.insert(
             xid,
             Branch {
-                state: BranchState::Preparing {
-                    abort_requested: false,
-                },
-                epoch,
-                coordinator: from,
-                participants,
-                work: work.clone(),
-                deadline: now.plus_ms(deadline_ms),
-                timer_at: None,
-                inquire_ms: self.config.inquire_ms_initial,
-                inquiries: 0,
-                voted_at: None,
-                votes: 0,
                 prepared_at: Some(now),
-                answers: Vec::new(),
-                coordinator_answered: false,
-                peers_asked: false,
                 one_phase,
+                ..branch
             },
         );
         self.actions.push(ParticipantAction::Prepare { xid, work });
@@ -1353,25 +1368,7 @@ impl Participant {
             return;
         }
         match decision {
-            Decision::Commit if branch.one_phase => {
-                // The one-phase record decided it: the outcome record only
-                // saves recovery from applying it again, so it is lazy.
-                self.branches.remove(&xid);
-                self.actions.push(ParticipantAction::Persist {
-                    record: ParticipantRecord::Outcome {
-                        xid,
-                        decision: Decision::Commit,
-                    },
-                    durability: Durability::Lazy,
-                });
-                self.remember(now, xid, Decision::Commit);
-                self.actions
-                    .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
-                        xid,
-                        decision: Decision::Commit,
-                    }));
-            }
-            Decision::Commit => {
+            Decision::Commit if !branch.one_phase => {
                 branch.state = BranchState::Committing;
                 let ticket = self.gate.park(Resume::Ack(xid));
                 self.actions.push(ParticipantAction::Persist {
@@ -1382,22 +1379,22 @@ impl Participant {
                     durability: Durability::Forced(ticket),
                 });
             }
-            Decision::Abort => {
+            // An abort (presumed abort: not forced, and no ACK; if lost,
+            // recovery finds the READY record, inquires, and hears ABORTED
+            // again), or a one-phase commit (its one-phase record decided
+            // it: the outcome record only saves recovery from applying it
+            // again).
+            _ => {
                 self.branches.remove(&xid);
-                // Presumed abort: not forced, and no ACK. If lost, recovery
-                // finds the READY record, inquires, and hears ABORTED again.
                 self.actions.push(ParticipantAction::Persist {
-                    record: ParticipantRecord::Outcome {
-                        xid,
-                        decision: Decision::Abort,
-                    },
+                    record: ParticipantRecord::Outcome { xid, decision },
                     durability: Durability::Lazy,
                 });
-                self.remember(now, xid, Decision::Abort);
+                self.remember(now, xid, decision);
                 self.actions
                     .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
                         xid,
-                        decision: Decision::Abort,
+                        decision,
                     }));
             }
         }

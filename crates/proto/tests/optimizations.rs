@@ -338,6 +338,20 @@ fn coordinator_delegates_a_single_branch_and_asks_instead_of_aborting() {
     assert!(!c.is_in_flight(x));
 }
 
+/// The ticket of the one action, a forced ABORT outcome record.
+fn forced_abort(actions: &[ParticipantAction]) -> PersistTicket {
+    match &persisted(actions)[..] {
+        [(
+            ParticipantRecord::Outcome {
+                decision: Decision::Abort,
+                ..
+            },
+            Durability::Forced(t),
+        )] => *t,
+        other => panic!("expected a forced abort, got {other:?}"),
+    }
+}
+
 fn outcome_of(actions: &[CoordinatorAction]) -> Option<TxnOutcome> {
     actions.iter().find_map(|a| match a {
         CoordinatorAction::Outcome { outcome, .. } => Some(outcome.clone()),
@@ -358,16 +372,7 @@ fn one_phase_aborts_are_durable_before_anyone_hears_of_them() {
     );
     let actions: Vec<_> = p.drain_actions().collect();
     assert!(sent(&actions).is_empty());
-    let ticket = match &persisted(&actions)[..] {
-        [(
-            ParticipantRecord::Outcome {
-                decision: Decision::Abort,
-                ..
-            },
-            Durability::Forced(t),
-        )] => *t,
-        other => panic!("expected a forced abort, got {other:?}"),
-    };
+    let ticket = forced_abort(&actions);
     p.on_durable(ms(1), ticket);
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
@@ -387,16 +392,7 @@ fn one_phase_aborts_are_durable_before_anyone_hears_of_them() {
     p.on_prepared(ms(3), y, Err("insufficient funds".into()));
     let actions: Vec<_> = p.drain_actions().collect();
     assert!(sent(&actions).is_empty(), "the vote waits for the record");
-    let ticket = match &persisted(&actions)[..] {
-        [(
-            ParticipantRecord::Outcome {
-                decision: Decision::Abort,
-                ..
-            },
-            Durability::Forced(t),
-        )] => *t,
-        other => panic!("expected a forced abort, got {other:?}"),
-    };
+    let ticket = forced_abort(&actions);
     p.on_durable(ms(4), ticket);
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),

@@ -16,7 +16,7 @@ use crate::report::ClientOutcome;
 use crate::workload::Intent;
 use crate::world::World;
 use concord_api::{PeerBody, PeerEnvelope};
-use concord_participant::kv::{KvStore, KvView};
+use concord_participant::kv::{read_only, KvOp, KvStore, KvView};
 use concord_proto::{Body, Decision, Epoch, Message, TxnState, Vote, Xid};
 
 /// A branch's state before a message from an older epoch (see
@@ -690,6 +690,12 @@ impl World {
 
     /// Participant indexes of `xid`'s branches, as the client asked.
     fn branch_participants(&self, xid: Xid) -> Vec<usize> {
+        self.branches_where(xid, |_| true)
+    }
+
+    /// Participant indexes of the branches of `xid` whose operations pass
+    /// `keep`.
+    fn branches_where(&self, xid: Xid, keep: impl Fn(&[KvOp]) -> bool) -> Vec<usize> {
         self.client_of
             .get(&xid)
             .map(|c| {
@@ -697,6 +703,7 @@ impl World {
                     .plan
                     .branches
                     .iter()
+                    .filter(|(_, ops)| keep(ops))
                     .map(|(p, _)| *p)
                     .collect()
             })
@@ -706,18 +713,7 @@ impl World {
     /// The participants whose branch of `xid` changes a balance (the rest
     /// only read, and may vote READ-ONLY: no records, no phase 2).
     fn branch_writers(&self, xid: Xid) -> Vec<usize> {
-        self.client_of
-            .get(&xid)
-            .map(|c| {
-                self.clients[*c]
-                    .plan
-                    .branches
-                    .iter()
-                    .filter(|(_, ops)| ops.iter().any(|op| op.delta != 0))
-                    .map(|(p, _)| *p)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.branches_where(xid, |ops| !read_only(ops))
     }
 
     /// Whether what makes `xid` committed is durable: the coordinator's
