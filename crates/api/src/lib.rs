@@ -19,7 +19,7 @@
 pub mod tree;
 
 use concord_proto::codec::{decode, DecodeError};
-use concord_proto::{Message, NodeId, TxnState, Xid};
+use concord_proto::{Message, NodeId, Shape, TxnState, Xid};
 use serde::{Deserialize, Serialize};
 
 /// Between nodes: a [`PeerEnvelope`].
@@ -108,6 +108,9 @@ pub enum Request {
         /// Phase-1 timeout for this transaction; the server's default when
         /// `None`.
         prepare_timeout_ms: Option<u64>,
+        /// How its messages flow: centralized, or linear in the order of
+        /// `branches` (the last one decides).
+        shape: Shape,
     },
     /// Coordinator: what it knows about `xid`.
     Status { request_id: u64, xid: Xid },

@@ -134,9 +134,10 @@ struct BenchArgs {
     /// Number of hot accounts.
     #[arg(long, default_value_t = 8, value_name = "N")]
     hot_accounts: usize,
-    /// Communication shape; only centralized exists so far.
-    #[arg(long, default_value = "centralized", value_parser = ["centralized"])]
-    shape: String,
+    /// Communication shape: centralized, or linear (each transaction a
+    /// chain over its branches, the last one deciding).
+    #[arg(long, default_value = "centralized", value_parser = parse_shape)]
+    shape: concord_proto::Shape,
     /// Keep the servers' logs here instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -485,6 +486,12 @@ struct ClientArgs {
     /// not given).
     #[arg(long, value_name = "MS")]
     prepare_timeout_ms: Option<u64>,
+    /// How the transaction's messages flow: centralized (the coordinator
+    /// talks to every branch), or linear (a chain in the order the
+    /// branches are given, the last one deciding: about half the messages,
+    /// no forced write at the coordinator, more latency).
+    #[arg(long, default_value = "centralized", value_parser = parse_shape)]
+    shape: concord_proto::Shape,
 }
 
 #[derive(Args, Debug)]
@@ -548,6 +555,12 @@ struct AccountsArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_shape(s: &str) -> Result<concord_proto::Shape, String> {
+    concord_proto::Shape::from_name(s).ok_or_else(|| {
+        format!("unknown shape {s:?}: centralized or linear (hierarchical is not built yet)")
+    })
 }
 
 fn parse_participant(s: &str) -> Result<(String, String), String> {
@@ -664,10 +677,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Transfer(args) => {
             let from = (args.from.0.as_str(), args.from.1.as_str());
             let to = (args.to.0.as_str(), args.to.1.as_str());
-            let timeout = args.client.prepare_timeout_ms;
+            let (timeout, shape) = (args.client.prepare_timeout_ms, args.client.shape);
             let result = with_client(&args.client, |client| async move {
                 client
-                    .transfer_with_timeout(from, to, args.amount, timeout)
+                    .transfer_shaped(from, to, args.amount, timeout, shape)
                     .await
             })
             .await;
@@ -675,9 +688,9 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Txn(args) => {
             let branches = client::kv_branches(&args.ops);
-            let timeout = args.client.prepare_timeout_ms;
+            let (timeout, shape) = (args.client.prepare_timeout_ms, args.client.shape);
             let result = with_client(&args.client, |client| async move {
-                client.transact_with_timeout(branches, timeout).await
+                client.transact_shaped(branches, timeout, shape).await
             })
             .await;
             print_txn_result(result)
@@ -1277,6 +1290,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         existing: args.coordinator.map(|c| (c, args.participant)),
         baselines: !args.no_baselines,
         optimizations: args.optimizations,
+        shape: args.shape,
         seed: args.seed,
     };
     let report = match bench::run_bench(options).await {

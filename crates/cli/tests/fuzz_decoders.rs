@@ -402,6 +402,15 @@ fn body() -> impl Strategy<Value = Body> {
         txn_state().prop_map(Body::State),
         Just(Body::Vote(Vote::ReadOnly)),
         (work(), int()).prop_map(|(work, deadline_ms)| Body::OnePhase { work, deadline_ms }),
+        (addrs(), prop::collection::vec(work(), 0..4), int()).prop_map(
+            |(chain, works, deadline_ms)| Body::Chain {
+                chain,
+                works,
+                deadline_ms
+            }
+        ),
+        int().prop_map(|sent_ms_ago| Body::OnePhaseStatus { sent_ms_ago }),
+        Just(Body::ChainInquire),
     ]
 }
 
@@ -446,6 +455,11 @@ fn request() -> impl Strategy<Value = Request> {
                 request_id,
                 branches,
                 prepare_timeout_ms,
+                shape: if request_id % 2 == 0 {
+                    concord_proto::Shape::Centralized
+                } else {
+                    concord_proto::Shape::Linear
+                },
             }
         ),
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Status { request_id, xid }),
@@ -664,14 +678,15 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
             addr,
             incarnation
         }),
-        (xid(), addr(), int(), work()).prop_map(|(xid, coordinator, epoch, work)| {
-            ParticipantRecord::OnePhase {
+        (xid(), addr(), int(), work(), addrs()).prop_map(
+            |(xid, coordinator, epoch, work, chain)| ParticipantRecord::OnePhase {
                 xid,
                 coordinator,
                 epoch,
                 work,
+                chain,
             }
-        }),
+        ),
     ]
 }
 

@@ -637,6 +637,7 @@ async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
                 ("p1".into(), "acct-0".into(), 1),
             ]),
             prepare_timeout_ms: Some(prepare_timeout_ms),
+            shape: concord_proto::Shape::Centralized,
         };
         let frame = concord_server::wire::request_frame(&begin);
         let mut bytes = bytes::BytesMut::new();

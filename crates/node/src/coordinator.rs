@@ -26,8 +26,8 @@ use concord_api::{
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
     Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
-    CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Time, TimerKey,
-    TxnOutcome, Xid,
+    CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Shape, Time,
+    TimerKey, TxnOutcome, Xid,
 };
 use std::collections::HashMap;
 
@@ -218,6 +218,10 @@ pub enum CoordinatorNodeAction {
         to: NodeId,
         addr: String,
         greeting: Greeting,
+        /// With a welcome: where the coordinator knows the participants
+        /// are, so that two participants that both moved find each other
+        /// through it (a linear chain's members ask one another).
+        peers: Vec<PeerHint>,
     },
     /// Call `on_timer(key)` at `at` (or later); a stale firing is ignored.
     SetTimer { key: TimerKey, at: Time },
@@ -485,9 +489,10 @@ impl CoordinatorNode {
                 request_id,
                 branches,
                 prepare_timeout_ms,
+                shape,
             } => {
                 if let Err((reason, busy)) =
-                    self.begin(now, client, request_id, branches, prepare_timeout_ms)
+                    self.begin(now, client, request_id, branches, prepare_timeout_ms, shape)
                 {
                     self.counters.refused += 1;
                     if busy {
@@ -575,34 +580,26 @@ impl CoordinatorNode {
     /// Runs for every frame: nothing is allocated unless a record or a
     /// welcome results.
     fn record_address(&mut self, opened: &Opened) {
-        let configured = self.configured.get(&opened.from);
+        let configured = self.configured.get(&opened.from).cloned();
         let moved = matches!(opened.learnt, Learnt::Moved { .. });
-        let durability = match (configured, opened.hello) {
+        let durability = match (configured.as_deref(), opened.hello) {
             (Some(c), true)
-                if *c != opened.addr && !mutant::active(Mutant::WelcomeBeforeDurable) =>
+                if c != opened.addr.as_str() && !mutant::active(Mutant::WelcomeBeforeDurable) =>
             {
                 let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
                 Durability::Forced(ticket)
             }
-            (Some(c), hello) if (moved && !hello) || (hello && *c != opened.addr) => {
+            (Some(c), hello) if (moved && !hello) || (hello && c != opened.addr.as_str()) => {
                 // (Reached with a hello only under the mutant: the welcome
                 // below leaves before the record is durable.)
                 if hello {
-                    self.actions.push(CoordinatorNodeAction::Greet {
-                        to: opened.from.clone(),
-                        addr: opened.addr.clone(),
-                        greeting: Greeting::Welcome,
-                    });
+                    self.welcome(opened.from.clone(), opened.addr.clone());
                 }
                 Durability::Lazy
             }
             _ => {
                 if opened.hello {
-                    self.actions.push(CoordinatorNodeAction::Greet {
-                        to: opened.from.clone(),
-                        addr: opened.addr.clone(),
-                        greeting: Greeting::Welcome,
-                    });
+                    self.welcome(opened.from.clone(), opened.addr.clone());
                 }
                 return;
             }
@@ -613,7 +610,7 @@ impl CoordinatorNode {
                 id: opened.from.clone(),
                 addr: opened.addr.clone(),
                 incarnation: opened.incarnation,
-                configured: configured.cloned().unwrap_or_default(),
+                configured: configured.unwrap_or_default(),
             },
             durability,
         });
@@ -631,8 +628,12 @@ impl CoordinatorNode {
 
     fn greet(&mut self, peers: Vec<NodeId>, greeting: Greeting, timer: Option<(TimerKey, Time)>) {
         for (to, addr) in hello::addressed(&self.directory, peers) {
-            self.actions
-                .push(CoordinatorNodeAction::Greet { to, addr, greeting });
+            self.actions.push(CoordinatorNodeAction::Greet {
+                to,
+                addr,
+                greeting,
+                peers: Vec::new(),
+            });
         }
         if let Some((key, at)) = timer {
             self.actions
@@ -640,15 +641,23 @@ impl CoordinatorNode {
         }
     }
 
+    /// Welcome `to` (at `addr`), telling it where the other participants
+    /// are.
+    fn welcome(&mut self, to: NodeId, addr: String) {
+        let peers = self.directory.hints(self.directory.configured(), &to);
+        self.actions.push(CoordinatorNodeAction::Greet {
+            to,
+            addr,
+            greeting: Greeting::Welcome,
+            peers,
+        });
+    }
+
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         if hello::is_node_ticket(ticket) {
             if let Some((to, addr)) = self.welcomes.release(ticket) {
-                self.actions.push(CoordinatorNodeAction::Greet {
-                    to,
-                    addr,
-                    greeting: Greeting::Welcome,
-                });
+                self.welcome(to, addr);
             }
             return;
         }
@@ -663,6 +672,7 @@ impl CoordinatorNode {
         request_id: u64,
         branches: Vec<BranchRequest>,
         prepare_timeout_ms: Option<u64>,
+        shape: Shape,
     ) -> Result<(), (String, bool)> {
         if branches.is_empty() {
             return Err(("a transaction needs at least one branch".into(), false));
@@ -685,11 +695,19 @@ impl CoordinatorNode {
         let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
         // Largest measured timeout over the participants, or the client's.
         let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
-        let timeout_ms = timeouts.prepare.timeout_ms;
+        // A chain's members prepare one after the other: its budget is
+        // the sum of theirs (n times the largest).
+        let timeout_ms = match shape {
+            Shape::Linear if participants.len() > 1 => timeouts
+                .prepare
+                .timeout_ms
+                .saturating_mul(participants.len() as u64),
+            _ => timeouts.prepare.timeout_ms,
+        };
         let resend_ms = timeouts.resend.timeout_ms;
         if let Err(e) = self
             .core
-            .begin_with_resend(now, xid, branches, timeout_ms, resend_ms)
+            .begin_shaped(now, xid, branches, timeout_ms, resend_ms, shape)
         {
             self.timeouts.finish(xid);
             return Err((e.to_string(), false));
@@ -1026,7 +1044,19 @@ impl CoordinatorNode {
         match self.directory.route(&to, &message) {
             Ok(addr) => {
                 let peers = match &message.body {
-                    Body::Prepare { participants, .. } => self.hints(participants, &to),
+                    Body::Prepare { participants, .. } => self.directory.hints(participants, &to),
+                    // A chain's members also learn where this coordinator
+                    // is: they say hello to it when they move, and its
+                    // welcome tells them where the others are.
+                    Body::Chain { chain, .. } => {
+                        let mut hints = self.directory.hints(chain, &to);
+                        hints.push(PeerHint {
+                            id: self.id.clone(),
+                            addr: std::sync::Arc::from(self.addr.as_str()),
+                            incarnation: self.core.epoch(),
+                        });
+                        hints
+                    }
                     _ => Vec::new(),
                 };
                 self.actions.push(CoordinatorNodeAction::Send {
@@ -1038,22 +1068,6 @@ impl CoordinatorNode {
             }
             Err(event) => self.push_event(CoordinatorEvent::Directory(event)),
         }
-    }
-
-    /// Where the participants other than `to` are, for `to`'s directory.
-    fn hints(&self, participants: &[NodeId], to: &str) -> Vec<PeerHint> {
-        participants
-            .iter()
-            .filter(|p| p.as_str() != to)
-            .filter_map(|p| {
-                let (addr, incarnation) = self.directory.entry(p)?;
-                Some(PeerHint {
-                    id: p.clone(),
-                    addr,
-                    incarnation,
-                })
-            })
-            .collect()
     }
 
     fn reply(&mut self, client: ClientId, reply: Reply) {
@@ -1120,6 +1134,7 @@ mod tests {
                 },
             ],
             prepare_timeout_ms: None,
+            shape: Shape::Centralized,
         }
     }
 
@@ -1247,6 +1262,7 @@ mod tests {
                     to,
                     addr,
                     greeting: Greeting::Hello,
+                    ..
                 } => Some((to, addr)),
                 _ => None,
             })

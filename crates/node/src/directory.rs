@@ -12,7 +12,7 @@
 //! from before a restart must not send us back to an address the node has
 //! left); within one life the latest heard wins.
 
-use concord_api::{BranchRequest, PeerBody, PeerEnvelope};
+use concord_api::{BranchRequest, PeerBody, PeerEnvelope, PeerHint};
 use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{Body, Message, NodeId, Xid};
@@ -137,6 +137,23 @@ impl Directory {
         self.addrs.get(id).map(|(addr, life)| (addr.clone(), *life))
     }
 
+    /// Directory hints for a frame to `to` that names `ids` (a PREPARE's
+    /// participants, a chain's members): where each other one is, as far
+    /// as this directory knows.
+    pub fn hints(&self, ids: &[NodeId], to: &str) -> Vec<PeerHint> {
+        ids.iter()
+            .filter(|p| p.as_str() != to)
+            .filter_map(|p| {
+                let (addr, incarnation) = self.entry(p)?;
+                Some(PeerHint {
+                    id: p.clone(),
+                    addr,
+                    incarnation,
+                })
+            })
+            .collect()
+    }
+
     /// `id`, in its life `incarnation`, was heard from at `addr`: remember
     /// it (bounded, see [`LEARNT_MAX`]) unless what we know is from a later
     /// life.
@@ -183,10 +200,15 @@ impl Directory {
         let learnt = self.learn(&from, &reply_to, incarnation);
         // Second-hand, so never over the sender's own word about itself;
         // the incarnation ordering of `learn` keeps a stale hint from
-        // moving a node back. Only a PREPARE's hints count: it is the one
-        // message that names the other participants.
-        let prepare =
-            matches!(&body, PeerBody::Message(m) if matches!(m.body, Body::Prepare { .. }));
+        // moving a node back. Only the hints of a PREPARE or a CHAIN
+        // PREPARE count: they are the messages that name the other
+        // participants.
+        // A welcome's hints count too (a coordinator telling a node that
+        // moved where the others are).
+        let prepare = matches!(
+            &body,
+            PeerBody::Message(m) if matches!(m.body, Body::Prepare { .. } | Body::Chain { .. })
+        ) || matches!(&body, PeerBody::Welcome);
         let mut hinted = Vec::new();
         for hint in peers.iter().filter(|h| prepare && h.id != from) {
             let learnt = self.learn(&hint.id, &hint.addr, hint.incarnation);

@@ -90,6 +90,11 @@ pub fn hello_timer() -> TimerKey {
     TimerKey::new(Xid(0), TimerKind::Hello)
 }
 
+/// The timer that repeats a moved participant's hellos to its peers.
+pub fn peer_hello_timer() -> TimerKey {
+    TimerKey::new(Xid(1), TimerKind::Hello)
+}
+
 /// Peers not heard from since start, and when to say hello again.
 #[derive(Debug)]
 pub struct Hellos {
@@ -100,6 +105,7 @@ pub struct Hellos {
     rounds: u32,
     /// None: until every peer is heard from.
     rounds_max: Option<u32>,
+    timer: TimerKey,
 }
 
 impl Hellos {
@@ -119,10 +125,27 @@ impl Hellos {
             due: None,
             rounds: 1,
             rounds_max,
+            timer: hello_timer(),
         };
         let greet: Vec<NodeId> = hellos.unheard.iter().cloned().collect();
         let timer = hellos.arm(now);
         (hellos, greet, timer)
+    }
+
+    /// The same, on timer `key` (for a second set of hellos at one node).
+    pub fn with_timer(mut self, key: TimerKey) -> Hellos {
+        self.timer = key;
+        self
+    }
+
+    /// Say hello to `peer` too, from now on until it welcomes us: returns
+    /// the timer to set if none was armed.
+    pub fn add(&mut self, peer: NodeId, now: Time) -> Option<(TimerKey, Time)> {
+        self.unheard.insert(peer);
+        if self.due.is_some() {
+            return None;
+        }
+        self.arm(now)
     }
 
     /// `peer` welcomed us.
@@ -159,7 +182,7 @@ impl Hellos {
         }
         let at = now.plus_ms(self.wait_ms);
         self.due = Some(at);
-        Some((hello_timer(), at))
+        Some((self.timer, at))
     }
 }
 

@@ -13,7 +13,9 @@ use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{Addr, Directory, DirectoryEvent, Learnt, LEARNT_MAX};
 use crate::hello::{self, Greeting, Hellos, Welcomes};
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
-use concord_api::{AccountsReport, PeerEnvelope, Reply, Request, TimeoutsReport};
+use concord_api::{
+    AccountsReport, PeerBody, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport,
+};
 use concord_participant::kv::{KvStore, KvView};
 use concord_participant::{ParticipantNode, Resource, ResourceOp};
 use concord_proto::{
@@ -127,6 +129,9 @@ pub enum ParticipantNodeAction {
         to: NodeId,
         addr: Addr,
         message: Message,
+        /// Directory hints: where the other members of a chain are, for a
+        /// CHAIN PREPARE passed on (empty otherwise).
+        peers: Vec<PeerHint>,
     },
     /// Send node `to` (at `addr`) a frame that only says where this node
     /// is now.
@@ -224,6 +229,15 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
     /// their addresses are kept in the log and greeted at start.
     coordinators: BTreeSet<NodeId>,
     hellos: Hellos,
+    /// After a move: hellos to the peers a coordinator's welcome named, so
+    /// that they (a linear chain's members, which ask one another) learn
+    /// where this node is now. At most `HELLO_ROUNDS_MAX` rounds.
+    peer_hellos: Hellos,
+    /// This life started at another address than the last.
+    moved: bool,
+    /// Peers with a `PeerHint` record in the log: a hint about a peer
+    /// known only in memory (heard from, never hinted) is written once.
+    hint_records: BTreeSet<NodeId>,
     welcomes: Welcomes,
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
@@ -249,6 +263,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         // it) and the one before.
         let mut started_at: [Option<&str>; 2] = [None, None];
         let mut coordinators: BTreeSet<NodeId> = BTreeSet::new();
+        let mut hint_records: BTreeSet<NodeId> = BTreeSet::new();
         for record in &records {
             match record {
                 ParticipantRecord::Peer {
@@ -265,6 +280,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                     incarnation,
                 } => {
                     directory.learn(id, addr, *incarnation);
+                    hint_records.insert(id.clone());
                 }
                 ParticipantRecord::Started {
                     incarnation: n,
@@ -287,7 +303,8 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             default_flag: "--inquire-ms-initial",
         });
         // Moved since the last life: the coordinators this node has heard
-        // from hear where it is now, until each welcomes it.
+        // from hear where it is now, until each welcomes it (and a
+        // coordinator's welcome says where the participants are).
         let moved = matches!(started_at, [Some(before), Some(now)] if before != now);
         let greet_now: Vec<NodeId> = if moved {
             coordinators.iter().cloned().collect()
@@ -317,6 +334,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             addr: config.addr.clone(),
             coordinators,
             hellos,
+            peer_hellos: Hellos::start(
+                Vec::new(),
+                now,
+                config.inquire_ms_initial,
+                config.inquire_ms_max,
+                Some(hello::HELLO_ROUNDS_MAX),
+            )
+            .0
+            .with_timer(hello::peer_hello_timer()),
+            moved,
+            hint_records,
             welcomes: Welcomes::default(),
             timeouts,
             counters: ParticipantCounters::default(),
@@ -347,10 +375,53 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     /// A frame from a peer: its sender's address goes into the directory
     /// (and, if new or moved, into the log), then its message to the core.
     pub fn on_peer(&mut self, now: Time, envelope: PeerEnvelope) {
+        // A CHAIN PREPARE's hints name the chain's members and, besides
+        // them, the coordinator that began it: a coordinator of ours from
+        // now on (kept, and greeted when this node moves).
+        let chain_coordinator = match &envelope.body {
+            PeerBody::Message(Message {
+                body: Body::Chain { chain, .. },
+                ..
+            }) => envelope
+                .peers
+                .iter()
+                .find(|h| !chain.contains(&h.id))
+                .map(|h| h.id.clone()),
+            _ => None,
+        };
+        // The ids a PREPARE or CHAIN PREPARE names besides its sender.
+        let frame_hints: Vec<NodeId> = match &envelope.body {
+            PeerBody::Message(Message {
+                body: Body::Prepare { .. } | Body::Chain { .. },
+                ..
+            }) => envelope.peers.iter().map(|h| h.id.clone()).collect(),
+            _ => Vec::new(),
+        };
+        let welcome_hints: Vec<NodeId> = match &envelope.body {
+            PeerBody::Welcome if self.moved => {
+                envelope.peers.iter().map(|h| h.id.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
         let opened = self.directory.open(envelope);
+        if let Some(id) = chain_coordinator {
+            self.adopt_coordinator(id);
+        }
+        if self.coordinators.contains(&opened.from) {
+            // A coordinator welcomed us after our move and named the
+            // participants: they hear where we are now too.
+            let me = self.node.core().id().clone();
+            for peer in welcome_hints {
+                if peer != me && peer != opened.from {
+                    let timer = self.peer_hellos.add(peer.clone(), now);
+                    self.greet(vec![peer], timer);
+                }
+            }
+        }
         let learnt = !matches!(opened.learnt, Learnt::Stale | Learnt::Full);
         if learnt && opened.welcome {
             self.hellos.heard(&opened.from);
+            self.peer_hellos.heard(&opened.from);
         }
         // Coordinators (whoever sends a PREPARE, a one-phase commit or a
         // decision) are the
@@ -365,6 +436,10 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                     | Body::Decision(_)
                     | Body::OnePhase { .. }
                     | Body::OnePhaseStatus { .. }
+                    // A chain's members ask its decider as they would a
+                    // coordinator: it must find them again if it moves.
+                    | Body::Chain { .. }
+                    | Body::ChainInquire
             )
         );
         // A stale frame still shows who is a coordinator.
@@ -374,12 +449,36 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             && self.coordinators.len() < LEARNT_MAX
             && self.coordinators.insert(opened.from.clone());
         let is_coordinator = self.coordinators.contains(&opened.from);
-        if opened.hello && !is_coordinator {
+        // A peer (not a coordinator) that moved and says so: its new
+        // address is kept as a `PeerHint`, and, as for a coordinator, the
+        // welcome waits until that is durable, since the peer stops saying
+        // hello then (a chain's member must still find its decider after
+        // a restart of its own).
+        let peer_moved = opened.hello
+            && !is_coordinator
+            && learnt
+            && matches!(opened.learnt, Learnt::New | Learnt::Moved { .. });
+        if opened.hello && !is_coordinator && !peer_moved {
             self.actions.push(ParticipantNodeAction::Greet {
                 to: opened.from.clone(),
                 addr: opened.addr.clone(),
                 greeting: Greeting::Welcome,
             });
+        }
+        if peer_moved {
+            if let Some((addr, incarnation)) = self.directory.entry(&opened.from) {
+                let ticket = self.welcomes.park(opened.from.clone(), opened.addr.clone());
+                self.compaction.appended(1);
+                self.actions.push(ParticipantNodeAction::Persist {
+                    record: ParticipantRecord::PeerHint {
+                        id: opened.from.clone(),
+                        addr: addr.to_string(),
+                        incarnation,
+                    },
+                    durability: Durability::Forced(ticket),
+                    deferrable: false,
+                });
+            }
         }
         // A coordinator's new address goes into the log; its hello is
         // welcomed only once the address it came from is durable (it stops
@@ -416,10 +515,19 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             });
         }
         // Other participants a PREPARE told of: kept so that cooperative
-        // termination can reach them after a restart.
-        for id in &opened.hinted {
-            if self.coordinators.contains(id) {
+        // termination (and a chain's members) can reach them after a
+        // restart. New or moved ones always; ones known only from memory
+        // (heard from directly) once.
+        let unrecorded = frame_hints
+            .into_iter()
+            .filter(|id| !self.hint_records.contains(id) && !opened.hinted.contains(id));
+        let to_record: Vec<NodeId> = opened.hinted.iter().cloned().chain(unrecorded).collect();
+        for id in &to_record {
+            if self.coordinators.contains(id) || *id == *self.node.core().id() {
                 continue; // kept as a `Peer` record already
+            }
+            if self.hint_records.len() < LEARNT_MAX {
+                self.hint_records.insert(id.clone());
             }
             let Some((addr, incarnation)) = self.directory.entry(id) else {
                 continue;
@@ -441,6 +549,48 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         if let Some(message) = opened.message {
             self.on_message(now, message);
         }
+    }
+
+    /// An operator says where coordinator `id` is (`concord participant
+    /// --coordinator`): for a participant that moved before it ever heard
+    /// from it, and so has nobody to tell. It is kept like a coordinator
+    /// heard from, and greeted until it welcomes this node.
+    pub fn introduce(&mut self, now: Time, id: NodeId, addr: &str) {
+        if id == *self.node.core().id() {
+            return;
+        }
+        self.directory.learn(&id, addr, 0);
+        self.adopt_coordinator(id.clone());
+        let timer = self.hellos.add(id.clone(), now);
+        self.greet(vec![id], timer);
+    }
+
+    /// Whether this node knows coordinator `id` (has heard from it, or
+    /// was told where it is).
+    pub fn knows_coordinator(&self, id: &str) -> bool {
+        self.coordinators.contains(id)
+    }
+
+    /// Take `id` for a coordinator (kept in the log as a `Peer` record,
+    /// greeted when this node moves), if it is not one already.
+    fn adopt_coordinator(&mut self, id: NodeId) {
+        if self.coordinators.contains(&id) || self.coordinators.len() >= LEARNT_MAX {
+            return;
+        }
+        let Some((addr, incarnation)) = self.directory.entry(&id) else {
+            return;
+        };
+        self.coordinators.insert(id.clone());
+        self.compaction.appended(1);
+        self.actions.push(ParticipantNodeAction::Persist {
+            record: ParticipantRecord::Peer {
+                id,
+                addr: addr.to_string(),
+                incarnation,
+            },
+            durability: Durability::Lazy,
+            deferrable: false,
+        });
     }
 
     /// What this node sends as its incarnation in every frame.
@@ -487,6 +637,10 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
         if key == hello::hello_timer() {
             let (greet, timer) = self.hellos.on_timer(now);
+            return self.greet(greet, timer);
+        }
+        if key == hello::peer_hello_timer() {
+            let (greet, timer) = self.peer_hellos.on_timer(now);
             return self.greet(greet, timer);
         }
         self.node.on_timer(now, key);
@@ -641,13 +795,15 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                     // coordinator forget. A forced ABORT outcome has
                     // someone waiting on it (a peer's answer, a one-phase
                     // client's VOTE ABORT).
-                    let deferrable = matches!(
-                        record,
+                    // Not in a linear chain either: there the record
+                    // gates the COMMIT passed back.
+                    let deferrable = match &record {
                         ParticipantRecord::Outcome {
+                            xid,
                             decision: Decision::Commit,
-                            ..
-                        }
-                    );
+                        } => !self.node.core().in_chain(*xid),
+                        _ => false,
+                    };
                     self.actions.push(ParticipantNodeAction::Persist {
                         record,
                         durability,
@@ -661,8 +817,16 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                     }
                     match self.directory.route(&to, &message) {
                         Ok(addr) => {
-                            self.actions
-                                .push(ParticipantNodeAction::Send { to, addr, message })
+                            let peers = match &message.body {
+                                Body::Chain { chain, .. } => self.directory.hints(chain, &to),
+                                _ => Vec::new(),
+                            };
+                            self.actions.push(ParticipantNodeAction::Send {
+                                to,
+                                addr,
+                                message,
+                                peers,
+                            })
                         }
                         Err(event) => self.push_event(ParticipantEvent::Directory(event)),
                     }

@@ -18,7 +18,7 @@ use crate::ids::{
     Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
     WORK_BYTES_MAX,
 };
-use crate::message::{Body, Decision, Message, TxnState, Vote};
+use crate::message::{Body, Decision, Message, Shape, TxnState, Vote};
 use crate::mutant::{self, Mutant};
 use crate::record::CoordinatorRecord;
 use std::collections::HashMap;
@@ -427,6 +427,32 @@ impl Coordinator {
         prepare_timeout_ms: u64,
         resend_ms_initial: u64,
     ) -> Result<(), BeginError> {
+        let shape = Shape::Centralized;
+        self.begin_shaped(
+            now,
+            xid,
+            branches,
+            prepare_timeout_ms,
+            resend_ms_initial,
+            shape,
+        )
+    }
+
+    /// [`begin_with_resend`](Self::begin_with_resend) in a given shape. A
+    /// linear transaction is delegated like a one-phase commit: the chain
+    /// decides (its last member), the coordinator forces nothing, hears
+    /// the outcome from the first member, and after the timeout asks the
+    /// last one. A single branch is a one-phase commit in either shape
+    /// (when `config.one_phase`).
+    pub fn begin_shaped(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        branches: Vec<(NodeId, Vec<u8>)>,
+        prepare_timeout_ms: u64,
+        resend_ms_initial: u64,
+        shape: Shape,
+    ) -> Result<(), BeginError> {
         let resend_ms_initial = resend_ms_initial.clamp(1, self.config.resend_ms_max.max(1));
         if self.txns.contains_key(&xid) {
             return Err(BeginError::DuplicateXid(xid));
@@ -454,7 +480,22 @@ impl Coordinator {
         }
         let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
         let one_phase = self.config.one_phase && branches.len() == 1;
-        if one_phase {
+        let linear = shape == Shape::Linear && branches.len() >= 2;
+        if linear {
+            // No begin record, as for one-phase commit: the chain decides.
+            let (order, works): (Vec<NodeId>, Vec<Vec<u8>>) = branches.into_iter().unzip();
+            let first = order[0].clone();
+            let message = self.message(
+                xid,
+                Body::Chain {
+                    chain: order,
+                    works,
+                    deadline_ms: prepare_timeout_ms,
+                },
+            );
+            self.actions
+                .push(CoordinatorAction::Send { to: first, message });
+        } else if one_phase {
             // No begin record: the branch decides, and there is nothing a
             // restarted coordinator could do for it (presumed abort would
             // even tell it ABORT after it committed).
@@ -494,7 +535,7 @@ impl Coordinator {
             xid,
             Txn {
                 participants,
-                phase: if one_phase {
+                phase: if one_phase || linear {
                     Phase::Delegated
                 } else {
                     Phase::Wait
@@ -661,7 +702,7 @@ impl Coordinator {
                 // Past the time a branch remembers what it did: an answer
                 // could no longer be trusted to mean anything, and nothing
                 // is held anywhere for it. Stop asking.
-                let participant = txn.participants[0].clone();
+                let participant = txn.participants.last().cloned().unwrap_or_default();
                 self.txns.remove(&xid);
                 self.push_notice(CoordinatorNotice::OutcomeUnknown { xid, participant });
             }
@@ -676,7 +717,9 @@ impl Coordinator {
                     .min(self.config.resend_ms_max.max(1));
                 let at = now.plus_ms(txn.timeout_ms);
                 txn.timer_at = Some(at);
-                let waiting_for = txn.participants.clone();
+                // The decider: the single branch, or the chain's last.
+                let waiting_for: Vec<NodeId> =
+                    txn.participants.last().cloned().into_iter().collect();
                 let body = Body::OnePhaseStatus {
                     sent_ms_ago: now.ms_since(txn.began_at),
                 };
@@ -955,7 +998,8 @@ impl Coordinator {
             // Lazy: the branch's record is the commit point. The END right
             // after it means a restart re-sends nothing (if only the
             // decision survives, the branch ACKs the repeated COMMIT).
-            if txn.resends == 0 {
+            // A chain's round trip is everyone's: no sample of one peer.
+            if txn.resends == 0 && txn.participants.len() == 1 {
                 self.push_notice(CoordinatorNotice::LatencySample {
                     xid,
                     peer: from.clone(),
@@ -993,6 +1037,10 @@ impl Coordinator {
             self.push_notice(CoordinatorNotice::Ended { xid });
         } else {
             let reason = match body {
+                // A chain's abort names the member that stopped it.
+                Body::Vote(Vote::Abort { reason }) if txn.participants.len() > 1 => {
+                    format!("linear chain stopped at {reason}")
+                }
                 Body::Vote(Vote::Abort { reason }) => {
                     format!("participant {from} voted ABORT: {reason}")
                 }

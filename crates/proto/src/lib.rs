@@ -33,6 +33,6 @@ pub use ids::{
     Epoch, LatencyPhase, NodeId, Time, TimerKey, TimerKind, Xid, FINISHED_MS_MIN, PARTICIPANTS_MAX,
     PEER_ABORT_AGE_MS_MAX, WORK_BYTES_MAX,
 };
-pub use message::{Body, Decision, Message, TxnState, Vote};
+pub use message::{Body, Decision, Message, Shape, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
 pub use record::{CoordinatorRecord, ParticipantRecord};

@@ -62,6 +62,54 @@ pub enum Body {
     /// may have let commit, but here the asker is the one who decides
     /// what a READ-ONLY single branch means (nothing changed either way).
     OnePhaseStatus { sent_ms_ago: u64 },
+    /// Linear 2PC (SPEC §1.7): PREPARE travelling along `chain`, the
+    /// participants in order. `works` are the works of the receiver and of
+    /// everyone after it, the receiver's first; every member before it has
+    /// voted READY (the votes so far: a VOTE ABORT stops the chain). The
+    /// receiver prepares, forces its READY record (naming the last member,
+    /// the decider, as the one to ask) and passes the rest on; the last
+    /// member decides, and its forced one-phase record is the commit point.
+    /// The decision travels back as COMMIT (or VOTE ABORT) from each
+    /// member to the one before it; the first tells the coordinator (ACK
+    /// or VOTE ABORT) and the decider (ACK: every branch is committed).
+    Chain {
+        chain: Vec<NodeId>,
+        works: Vec<Vec<u8>>,
+        deadline_ms: u64,
+    },
+    /// A member of a linear chain, READY and without the decision, asks
+    /// the chain's decider (answered like ONE-PHASE STATUS). A decider
+    /// forgets a decision only after the whole chain confirmed it
+    /// committed, so no member can be in doubt about one it forgot: with
+    /// no record, the chain never reached it, and it aborts (durably)
+    /// before answering ABORTED.
+    ChainInquire,
+}
+
+/// How a global transaction's messages flow (SPEC §1.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Shape {
+    /// The coordinator talks to every participant; about 4n messages.
+    #[default]
+    Centralized,
+    /// A chain in the order of the branches, the last one deciding; about
+    /// 2n messages.
+    Linear,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Centralized => "centralized",
+            Shape::Linear => "linear",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Shape> {
+        [Shape::Centralized, Shape::Linear]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
 }
 
 impl Message {
@@ -85,6 +133,8 @@ impl Body {
             Body::State(_) => "STATE",
             Body::OnePhase { .. } => "ONE-PHASE COMMIT",
             Body::OnePhaseStatus { .. } => "ONE-PHASE STATUS",
+            Body::Chain { .. } => "CHAIN PREPARE",
+            Body::ChainInquire => "CHAIN INQUIRE",
         }
     }
 }

@@ -179,8 +179,27 @@ struct Branch {
     /// Peers were asked at least once.
     peers_asked: bool,
     /// One-phase commit: this branch is the whole transaction and decides
-    /// it (its forced `OnePhase` record is the commit point).
+    /// it (its forced `OnePhase` record is the commit point). Also the
+    /// last member of a linear chain, which decides for the chain.
     one_phase: bool,
+    /// Linear 2PC: this branch's place in the chain (`None` otherwise, and
+    /// for a member recovered from its READY record, which then acts as a
+    /// plain in-doubt branch whose coordinator is the decider).
+    chain: Option<ChainPlace>,
+}
+
+/// Where a branch of a linear transaction sits (see `Body::Chain`).
+#[derive(Debug, Clone)]
+struct ChainPlace {
+    /// Its index in the chain (the branch's `participants`).
+    me: usize,
+    /// Who sent the CHAIN PREPARE: the member before it, or the
+    /// coordinator for the first. The decision (or the abort) goes back
+    /// there.
+    back_to: NodeId,
+    /// The works of the members after it, passed on with the chain once
+    /// its READY record is durable.
+    rest: Vec<Vec<u8>>,
 }
 
 impl Branch {
@@ -211,6 +230,7 @@ impl Branch {
             coordinator_answered: false,
             peers_asked: false,
             one_phase: false,
+            chain: None,
         }
     }
 }
@@ -287,6 +307,12 @@ enum BranchState {
     },
     /// The resource committed; the COMMITTED record is being forced.
     Committing,
+    /// The decider of a linear chain: its one-phase record (COMMIT) is
+    /// durable and sent back down the chain; it waits, holding its locks,
+    /// until the first member confirms (ACK, or asked: COMMITTED) that
+    /// every branch committed, so that it can never forget a decision a
+    /// member may still ask for. Then it applies its own commit.
+    Decided,
 }
 
 /// A resource commit or abort that has not succeeded yet.
@@ -403,7 +429,7 @@ impl Participant {
         let mut participant = Participant::new(config);
         let mut ready: HashMap<Xid, (Epoch, NodeId, Vec<NodeId>, Vec<u8>)> = HashMap::new();
         // One-phase commits whose resource commit may not have run.
-        let mut one_phase: HashMap<Xid, (Epoch, NodeId, Vec<u8>)> = HashMap::new();
+        let mut one_phase: HashMap<Xid, (Epoch, NodeId, Vec<u8>, Vec<NodeId>)> = HashMap::new();
         let mut order: Vec<Xid> = Vec::new();
         // The driver writes this life's `Started` record before recovery,
         // so a second one, or any protocol record, means an earlier life.
@@ -434,11 +460,12 @@ impl Participant {
                     coordinator,
                     epoch,
                     work,
+                    chain,
                 } => {
                     if !one_phase.contains_key(&xid) {
                         order.push(xid);
                     }
-                    one_phase.insert(xid, (epoch, coordinator, work));
+                    one_phase.insert(xid, (epoch, coordinator, work, chain));
                 }
                 ParticipantRecord::Outcome { xid, decision } => {
                     ready.remove(&xid);
@@ -463,26 +490,57 @@ impl Participant {
         }
         let in_doubt = ready.len();
         for xid in order {
-            if let Some((epoch, coordinator, work)) = one_phase.remove(&xid) {
-                // Committed by its own record: carry it out, ask no one.
+            if let Some((epoch, coordinator, work, chain)) = one_phase.remove(&xid) {
+                // Committed by its own record: carry it out, ask no one. A
+                // chain's decider first waits for the chain to confirm
+                // (asking its first member at once).
                 participant.actions.push(ParticipantAction::Restore {
                     xid,
                     work: work.clone(),
                 });
-                let applying = BranchState::Applying {
-                    decision: Decision::Commit,
-                };
-                let me = vec![participant.config.id.clone()];
                 let inquire_ms = participant.config.inquire_ms_initial;
-                let branch = Branch::new(applying, epoch, coordinator, me, work, now, inquire_ms);
+                let decider = chain.len() >= 2;
+                let place = decider.then(|| ChainPlace {
+                    me: chain.len() - 1,
+                    back_to: coordinator.clone(),
+                    rest: Vec::new(),
+                });
+                let (state, participants) = if decider {
+                    (BranchState::Decided, chain)
+                } else {
+                    let applying = BranchState::Applying {
+                        decision: Decision::Commit,
+                    };
+                    (applying, vec![participant.config.id.clone()])
+                };
+                let branch = Branch::new(
+                    state,
+                    epoch,
+                    coordinator,
+                    participants,
+                    work,
+                    now,
+                    inquire_ms,
+                );
                 participant.branches.insert(
                     xid,
                     Branch {
                         one_phase: true,
+                        chain: place,
                         ..branch
                     },
                 );
-                participant.start_apply(xid, Decision::Commit);
+                if decider {
+                    participant.actions.push(ParticipantAction::SetTimer {
+                        key: inquire_timer(xid),
+                        at: now,
+                    });
+                    if let Some(b) = participant.branches.get_mut(&xid) {
+                        b.timer_at = Some(now);
+                    }
+                } else {
+                    participant.start_apply(xid, Decision::Commit);
+                }
                 continue;
             }
             let Some((epoch, coordinator, participants, work)) = ready.remove(&xid) else {
@@ -589,6 +647,14 @@ impl Participant {
         xids
     }
 
+    /// Whether `xid` is a branch of a linear chain: its COMMITTED record
+    /// gates the COMMIT it passes back, so nothing should delay its fsync.
+    pub fn in_chain(&self, xid: Xid) -> bool {
+        self.branches
+            .get(&xid)
+            .is_some_and(|b| b.chain.is_some() || b.participants.contains(&b.coordinator))
+    }
+
     /// Branches in flight (preparing, READY, or carrying out their
     /// decision): what the admission limit counts.
     pub fn branches_in_flight(&self) -> usize {
@@ -618,10 +684,12 @@ impl Participant {
             Some(BranchState::Applying {
                 decision: Decision::Abort,
             }) => TxnState::Aborted,
-            // One-phase: our own durable record decided COMMIT.
+            // One-phase (or a chain's decider): our own durable record
+            // decided COMMIT.
             Some(BranchState::Applying {
                 decision: Decision::Commit,
             }) if branch.is_some_and(|b| b.one_phase) => TxnState::Committed,
+            Some(BranchState::Decided) => TxnState::Committed,
             // Not COMMITTED until our own record is durable.
             Some(BranchState::Ready)
             | Some(BranchState::Applying { .. })
@@ -668,11 +736,31 @@ impl Participant {
                 work,
                 deadline_ms,
                 false,
+                false,
             ),
             Body::OnePhase { work, deadline_ms } => {
                 let participants = vec![self.config.id.clone()];
-                self.on_prepare(now, xid, epoch, from, participants, work, deadline_ms, true)
+                self.on_prepare(
+                    now,
+                    xid,
+                    epoch,
+                    from,
+                    participants,
+                    work,
+                    deadline_ms,
+                    true,
+                    true,
+                )
             }
+            Body::Chain {
+                chain,
+                works,
+                deadline_ms,
+            } => self.on_chain(now, xid, epoch, from, chain, works, deadline_ms),
+            Body::Vote(Vote::Abort { reason }) if self.chain_successor(xid) == Some(&from) => {
+                self.on_chain_abort(xid, epoch, reason)
+            }
+            Body::Ack if self.awaits_chain_end(xid, &from) => self.chain_ended(xid),
             Body::Decision(decision) => self.on_decision(now, xid, epoch, from, decision),
             // An answer to our INQUIRE. Only a branch still in doubt acts on
             // it: for a finished branch a late answer says nothing new (an
@@ -688,6 +776,10 @@ impl Participant {
             Body::OnePhaseStatus { sent_ms_ago } => {
                 self.on_one_phase_status(now, xid, epoch, from, sent_ms_ago)
             }
+            // A decider forgets a chain's decision only once the whole
+            // chain committed, so for a member in doubt "no record" can
+            // only mean "never decided": the age check is not needed.
+            Body::ChainInquire => self.on_one_phase_status(now, xid, epoch, from, 0),
             Body::Vote(_) | Body::Ack => {
                 self.ignored(xid, kind, from, "not a message a participant handles")
             }
@@ -730,6 +822,7 @@ impl Participant {
                             coordinator: branch.coordinator.clone(),
                             epoch: branch.epoch,
                             work: branch.work.clone(),
+                            chain: chain_of(branch),
                         },
                         Resume::OnePhaseCommitted(xid),
                         Mutant::OnePhaseAckBeforeDurable,
@@ -766,14 +859,20 @@ impl Participant {
                     self.start_apply(xid, Decision::Abort);
                 }
                 match reason {
-                    Some(reason) => self.vote_abort(
-                        now,
-                        xid,
-                        branch.coordinator,
-                        branch.epoch,
-                        reason,
-                        branch.one_phase,
-                    ),
+                    Some(reason) => {
+                        // In a chain the abort goes back to the member
+                        // before, naming where the chain stopped; like a
+                        // one-phase branch, this branch decides the abort.
+                        let (to, reason) = match &branch.chain {
+                            Some(place) => (
+                                place.back_to.clone(),
+                                format!("{}: {reason}", self.config.id),
+                            ),
+                            None => (branch.coordinator, reason),
+                        };
+                        let durable = branch.one_phase || branch.chain.is_some();
+                        self.vote_abort(now, xid, to, branch.epoch, reason, durable)
+                    }
                     None => self.remember(now, xid, Decision::Abort),
                 }
             }
@@ -791,6 +890,11 @@ impl Participant {
         let BranchState::Preparing { abort_requested } = branch.state else {
             return;
         };
+        if branch.chain.is_some() {
+            // A chain member passes the chain on only from a durable
+            // READY record: no READ-ONLY shortcut there.
+            return self.on_prepared(now, xid, Ok(()));
+        }
         if abort_requested || now > branch.deadline {
             // The coordinator aborted, or will have: the vote would be
             // ignored. Nothing to release either.
@@ -858,9 +962,21 @@ impl Participant {
                 // No point asking before the coordinator's own deadline.
                 let at = branch.deadline.max(now).plus_ms(branch.inquire_ms);
                 branch.timer_at = Some(at);
-                let to = branch.coordinator.clone();
                 let epoch = branch.epoch;
-                let message = self.message(xid, epoch, Body::Vote(Vote::Ready));
+                let (to, body) = match branch.chain.as_mut() {
+                    // Linear: our READY is the vote; pass the chain on
+                    // with the time that is left.
+                    Some(place) => (
+                        branch.participants[place.me + 1].clone(),
+                        Body::Chain {
+                            chain: branch.participants.clone(),
+                            works: std::mem::take(&mut place.rest),
+                            deadline_ms: branch.deadline.ms_since(now).max(1),
+                        },
+                    ),
+                    None => (branch.coordinator.clone(), Body::Vote(Vote::Ready)),
+                };
+                let message = self.message(xid, epoch, body);
                 self.actions.push(ParticipantAction::Send { to, message });
                 self.actions.push(ParticipantAction::SetTimer {
                     key: inquire_timer(xid),
@@ -874,12 +990,28 @@ impl Participant {
                 if branch.state != BranchState::ReadyPending {
                     return;
                 }
+                let epoch = branch.epoch;
+                if let Some(place) = &branch.chain {
+                    // The chain's decider: COMMIT goes back down the chain;
+                    // it applies its own part once the chain confirms.
+                    let to = place.back_to.clone();
+                    branch.state = BranchState::Decided;
+                    let at = now.plus_ms(branch.inquire_ms);
+                    branch.timer_at = Some(at);
+                    let message = self.message(xid, epoch, Body::Decision(Decision::Commit));
+                    self.actions.push(ParticipantAction::Send { to, message });
+                    self.actions.push(ParticipantAction::SetTimer {
+                        key: inquire_timer(xid),
+                        at,
+                    });
+                    return;
+                }
                 // Decided: tell the coordinator now (the record is the
                 // commit point), then let the resource apply it.
                 branch.state = BranchState::Applying {
                     decision: Decision::Commit,
                 };
-                let (epoch, to) = (branch.epoch, branch.coordinator.clone());
+                let to = branch.coordinator.clone();
                 let message = self.message(xid, epoch, Body::Ack);
                 self.actions.push(ParticipantAction::Send { to, message });
                 self.start_apply(xid, Decision::Commit);
@@ -900,11 +1032,43 @@ impl Participant {
                     return;
                 };
                 self.remember(now, xid, Decision::Commit);
-                let message = self.message(xid, branch.epoch, Body::Ack);
-                self.actions.push(ParticipantAction::Send {
-                    to: branch.coordinator,
-                    message,
-                });
+                let epoch = branch.epoch;
+                match &branch.chain {
+                    // Linear: COMMIT goes on back down the chain; the first
+                    // member tells the coordinator and, since every branch
+                    // after it committed before passing COMMIT back, tells
+                    // the decider it may forget.
+                    Some(place) if place.me > 0 => {
+                        let message = self.message(xid, epoch, Body::Decision(Decision::Commit));
+                        self.actions.push(ParticipantAction::Send {
+                            to: place.back_to.clone(),
+                            message,
+                        });
+                    }
+                    Some(place) => {
+                        let message = self.message(xid, epoch, Body::Ack);
+                        self.actions.push(ParticipantAction::Send {
+                            to: place.back_to.clone(),
+                            message,
+                        });
+                        let message = self.message(xid, epoch, Body::Ack);
+                        self.actions.push(ParticipantAction::Send {
+                            to: branch.coordinator,
+                            message,
+                        });
+                    }
+                    // The ACK to the coordinator (for a chain member
+                    // recovered from its READY record: to the decider,
+                    // which from the first member takes it as the chain's
+                    // confirmation).
+                    None => {
+                        let message = self.message(xid, epoch, Body::Ack);
+                        self.actions.push(ParticipantAction::Send {
+                            to: branch.coordinator,
+                            message,
+                        });
+                    }
+                }
                 self.actions
                     .push(ParticipantAction::Notice(ParticipantNotice::Outcome {
                         xid,
@@ -931,6 +1095,38 @@ impl Participant {
             _ => return,
         }
         branch.timer_at = None;
+        if branch.state == BranchState::Decided {
+            // A chain's decider asks the first member whether the chain is
+            // done (it committed: every branch did).
+            let timeout_ms = branch.inquire_ms;
+            branch.inquiries += 1;
+            let attempt = branch.inquiries;
+            branch.inquire_ms = branch
+                .inquire_ms
+                .saturating_mul(2)
+                .min(self.config.inquire_ms_max);
+            let at = now.plus_ms(branch.inquire_ms);
+            branch.timer_at = Some(at);
+            let to = branch.participants[0].clone();
+            let body = Body::Inquire {
+                prepared_ms_ago: branch.prepared_at.map(|at| now.ms_since(at)),
+            };
+            let epoch = branch.epoch;
+            let message = self.message(xid, epoch, body);
+            self.actions.push(ParticipantAction::Send { to, message });
+            self.actions.push(ParticipantAction::SetTimer {
+                key: inquire_timer(xid),
+                at,
+            });
+            self.actions
+                .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
+                    xid,
+                    phase: "DECIDED (asking the chain's first member whether it is done)",
+                    timeout_ms,
+                    attempt,
+                }));
+            return;
+        }
         if branch.state != BranchState::Ready {
             return;
         }
@@ -953,14 +1149,27 @@ impl Participant {
         let cooperative = attempt >= 2 && !branch.coordinator_answered;
         branch.coordinator_answered = false;
         branch.peers_asked |= cooperative;
-        let mut asked = vec![branch.coordinator.clone()];
+        // A linear chain's member asks its decider (the "coordinator" it
+        // names, which is one of the participants) with CHAIN INQUIRE.
+        let chain_member = branch.participants.contains(&branch.coordinator);
+        let to_coordinator = if chain_member {
+            Body::ChainInquire
+        } else {
+            body.clone()
+        };
+        let coordinator = branch.coordinator.clone();
+        let message = self.message(xid, epoch, to_coordinator);
+        self.actions.push(ParticipantAction::Send {
+            to: coordinator,
+            message,
+        });
         if cooperative {
             let branch = &self.branches[&xid];
-            asked.extend(self.peers_of(branch).cloned());
-        }
-        for to in asked {
-            let message = self.message(xid, epoch, body.clone());
-            self.actions.push(ParticipantAction::Send { to, message });
+            let peers: Vec<NodeId> = self.peers_of(branch).cloned().collect();
+            for to in peers {
+                let message = self.message(xid, epoch, body.clone());
+                self.actions.push(ParticipantAction::Send { to, message });
+            }
         }
         self.actions.push(ParticipantAction::SetTimer {
             key: inquire_timer(xid),
@@ -1003,6 +1212,7 @@ impl Participant {
                 if matches!(
                     branch.state,
                     BranchState::ReadyPending
+                        | BranchState::Decided
                         | BranchState::Applying {
                             decision: Decision::Commit
                         }
@@ -1012,6 +1222,7 @@ impl Participant {
                         coordinator: branch.coordinator.clone(),
                         epoch: branch.epoch,
                         work: branch.work.clone(),
+                        chain: chain_of(branch),
                     });
                 }
                 continue;
@@ -1037,6 +1248,7 @@ impl Participant {
                 BranchState::Preparing { .. }
                 | BranchState::Ready
                 | BranchState::ReadyPending
+                | BranchState::Decided
                 | BranchState::Applying { .. } => {}
             }
         }
@@ -1067,6 +1279,9 @@ impl Participant {
         work: Vec<u8>,
         deadline_ms: u64,
         one_phase: bool,
+        // The vote decides (one-phase) or stops a chain: an abort is made
+        // durable before it leaves (see `vote_abort`).
+        abort_durably: bool,
     ) {
         if let Some(decision) = self.finished.get(&xid).copied() {
             // Duplicate or late PREPARE: repeat the vote we gave (for a
@@ -1125,7 +1340,7 @@ impl Participant {
             } else {
                 format!("{} is not in the participant list", self.config.id)
             };
-            return self.vote_abort(now, xid, from, epoch, reason, one_phase);
+            return self.vote_abort(now, xid, from, epoch, reason, abort_durably);
         }
         let branch = Branch::new(
             BranchState::Preparing {
@@ -1209,6 +1424,14 @@ impl Participant {
             return self.violation(xid, format!("ABORT from {from} during a one-phase commit"));
         }
         match (decision, branch.state) {
+            // The decider has it already.
+            (Decision::Commit, BranchState::Decided) => {}
+            (Decision::Abort, BranchState::Decided) => {
+                self.violation(
+                    xid,
+                    format!("ABORT from {from} after this chain decided COMMIT"),
+                );
+            }
             (Decision::Commit, BranchState::Ready) => {
                 branch.state = BranchState::Applying {
                     decision: Decision::Commit,
@@ -1417,6 +1640,17 @@ impl Participant {
             );
             return;
         }
+        if branch.state == BranchState::Decided {
+            // Our question to the chain's first member: COMMITTED, or no
+            // record at all (it was READY, so it finished and forgot),
+            // means every branch committed.
+            if branch.participants.first() == Some(&from)
+                && matches!(state, TxnState::Committed | TxnState::Unknown)
+            {
+                self.chain_ended(xid);
+            }
+            return;
+        }
         match branch.answers.iter_mut().find(|(n, _)| *n == from) {
             Some(answer) => answer.1 = state,
             None => branch.answers.push((from.clone(), state)),
@@ -1528,6 +1762,131 @@ impl Participant {
         let message = self.message(xid, epoch, Body::State(answer));
         self.actions
             .push(ParticipantAction::Send { to: from, message });
+    }
+
+    /// Linear 2PC: a CHAIN PREPARE from the member before (or the
+    /// coordinator). Duplicates get the answer already given; a new one is
+    /// prepared like any branch, with its place in the chain kept.
+    #[allow(clippy::too_many_arguments)]
+    fn on_chain(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        epoch: Epoch,
+        from: NodeId,
+        chain: Vec<NodeId>,
+        works: Vec<Vec<u8>>,
+        deadline_ms: u64,
+    ) {
+        let me = chain.len().checked_sub(works.len());
+        let placed = me.is_some_and(|m| chain.get(m) == Some(&self.config.id));
+        let Some(me) = me.filter(|_| placed && chain.len() >= 2 && !works.is_empty()) else {
+            let reason = format!("{} is not where the chain says", self.config.id);
+            return self.vote_abort(now, xid, from, epoch, reason, true);
+        };
+        let decider = me + 1 == chain.len();
+        if let Some(decision) = self.finished.get(&xid).copied() {
+            if decision == Decision::Abort {
+                // The member before acts on it: the abort must be durable
+                // (a remembered one may be in memory only), so force it
+                // again before the vote leaves.
+                let reason = format!("{}: branch already aborted", self.config.id);
+                return self.vote_abort(now, xid, from, epoch, reason, true);
+            }
+            let message = self.message(xid, epoch, Body::Decision(Decision::Commit));
+            self.actions
+                .push(ParticipantAction::Send { to: from, message });
+            return;
+        }
+        if let Some(branch) = self.branches.get(&xid) {
+            if branch.state == BranchState::Decided {
+                let message = self.message(xid, epoch, Body::Decision(Decision::Commit));
+                self.actions
+                    .push(ParticipantAction::Send { to: from, message });
+            }
+            return; // in progress: the answer follows
+        }
+        let mut works = works;
+        let rest = works.split_off(1);
+        let work = works.pop().unwrap_or_default();
+        let decider_id = chain[chain.len() - 1].clone();
+        self.on_prepare(
+            now,
+            xid,
+            epoch,
+            from.clone(),
+            chain,
+            work,
+            deadline_ms,
+            decider,
+            true,
+        );
+        if let Some(branch) = self.branches.get_mut(&xid) {
+            branch.chain = Some(ChainPlace {
+                me,
+                back_to: from,
+                rest,
+            });
+            if !decider {
+                // In doubt, a member asks the one that decides.
+                branch.coordinator = decider_id;
+            }
+        }
+    }
+
+    /// The member after this one in `xid`'s chain, while it holds one.
+    fn chain_successor(&self, xid: Xid) -> Option<&NodeId> {
+        let branch = self.branches.get(&xid)?;
+        let place = branch.chain.as_ref()?;
+        branch.participants.get(place.me + 1)
+    }
+
+    /// Whether `from` is the first member of a chain this participant
+    /// decided and waits on.
+    fn awaits_chain_end(&self, xid: Xid, from: &NodeId) -> bool {
+        self.branches.get(&xid).is_some_and(|b| {
+            b.state == BranchState::Decided && b.participants.first() == Some(from)
+        })
+    }
+
+    /// The chain confirmed every branch committed: the decider applies its
+    /// own part and may forget it after that.
+    fn chain_ended(&mut self, xid: Xid) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        if branch.state != BranchState::Decided {
+            return;
+        }
+        branch.state = BranchState::Applying {
+            decision: Decision::Commit,
+        };
+        branch.timer_at = None;
+        self.start_apply(xid, Decision::Commit);
+    }
+
+    /// The member after this one stopped the chain: it aborted durably, so
+    /// nothing after it prepared and nothing can commit. Abort, and pass
+    /// the abort back.
+    fn on_chain_abort(&mut self, xid: Xid, epoch: Epoch, reason: String) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        let Some(place) = branch.chain.clone() else {
+            return;
+        };
+        if branch.state == BranchState::Ready {
+            branch.state = BranchState::Applying {
+                decision: Decision::Abort,
+            };
+            branch.timer_at = None;
+            self.start_apply(xid, Decision::Abort);
+        }
+        let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
+        self.actions.push(ParticipantAction::Send {
+            to: place.back_to,
+            message,
+        });
     }
 
     /// Vote ABORT on `xid` to `to`. In 2PC the abort stays in memory (the
@@ -1692,6 +2051,16 @@ impl Participant {
                 xid,
                 detail,
             }));
+    }
+}
+
+/// The chain a decider's one-phase record names (empty for a one-phase
+/// commit of a single branch).
+fn chain_of(branch: &Branch) -> Vec<NodeId> {
+    if branch.chain.is_some() {
+        branch.participants.clone()
+    } else {
+        Vec::new()
     }
 }
 

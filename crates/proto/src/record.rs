@@ -106,5 +106,9 @@ pub enum ParticipantRecord {
         coordinator: NodeId,
         epoch: Epoch,
         work: Vec<u8>,
+        /// Linear 2PC: the chain this branch ends (it is the decider);
+        /// empty for a one-phase commit. Recovery of a decider whose
+        /// chain has not confirmed waits for that confirmation first.
+        chain: Vec<NodeId>,
     },
 }

@@ -298,6 +298,7 @@ fn one_phase_branch_forces_its_record_acks_then_applies_and_recovers_committed()
         coordinator: C.into(),
         epoch: 1,
         work: vec![7],
+        chain: Vec::new(),
     };
     let mut r = Participant::recover(participant_config(), [record], ms(10));
     let actions: Vec<_> = r.drain_actions().collect();

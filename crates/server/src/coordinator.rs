@@ -303,9 +303,12 @@ impl CoordinatorDriver {
                     }
                     self.outbox.send(&to, &addr, &message, &peers);
                 }
-                CoordinatorNodeAction::Greet { to, addr, greeting } => {
-                    self.outbox.greet(&to, &addr, greeting)
-                }
+                CoordinatorNodeAction::Greet {
+                    to,
+                    addr,
+                    greeting,
+                    peers,
+                } => self.outbox.greet(&to, &addr, greeting, &peers),
                 CoordinatorNodeAction::SetTimer { key, at } => self.timers.set(key, at),
                 CoordinatorNodeAction::Reply { client, reply } => self.reply(client, &reply),
                 CoordinatorNodeAction::Stats { client, request_id } => {

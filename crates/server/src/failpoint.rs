@@ -12,9 +12,9 @@
 //! | name | where it fires |
 //! |---|---|
 //! | `participant.before_ready_write` | prepare succeeded, before the READY (or one-phase) record is submitted to the log (site failure 1) |
-//! | `participant.after_ready_durable` | READY record durable, before VOTE READY is sent (site failure 2) |
+//! | `participant.after_ready_durable` | READY record durable, before VOTE READY (or, in a linear chain, the CHAIN PREPARE to the next member) is sent (site failure 2) |
 //! | `participant.before_commit_write` | COMMIT received and READY held, before the COMMITTED record is submitted (site failure 2, commit path) |
-//! | `participant.after_commit_durable` | COMMITTED (or one-phase) record durable, before the ACK is sent |
+//! | `participant.after_commit_durable` | COMMITTED (or one-phase) record durable, before the ACK (or, in a linear chain, the COMMIT passed back) is sent |
 //! | `coordinator.after_begin` | PREPAREs sent and every vote received, before the decision record is submitted (site failure 3) |
 //! | `coordinator.after_decision_durable` | COMMIT record durable, before any COMMIT is sent (site failure 4) |
 //! | `coordinator.after_end` | END record written to the log (site failure 5) |

@@ -101,7 +101,7 @@ impl Outbox {
     }
 
     /// Tell node `to` at `addr` where this node is.
-    pub fn greet(&mut self, to: &str, addr: &str, greeting: Greeting) {
+    pub fn greet(&mut self, to: &str, addr: &str, greeting: Greeting, peers: &[PeerHint]) {
         let (kind, body) = match greeting {
             Greeting::Hello => ("HELLO", PeerBodyRef::Hello),
             Greeting::Welcome => ("WELCOME", PeerBodyRef::Welcome),
@@ -111,7 +111,7 @@ impl Outbox {
             xid: None,
             kind,
         };
-        let frame = wire::peer_frame(&self.id, &self.reply_to, self.incarnation, &[], body);
+        let frame = wire::peer_frame(&self.id, &self.reply_to, self.incarnation, peers, body);
         self.send_frame(addr, frame, what);
     }
 

@@ -329,18 +329,27 @@ impl ParticipantDriver {
                         self.log.push(encode(&record), durability);
                     }
                 }
-                ParticipantNodeAction::Send { to, addr, message } => {
+                ParticipantNodeAction::Send {
+                    to,
+                    addr,
+                    message,
+                    peers,
+                } => {
                     match message.body {
-                        Body::Vote(Vote::Ready) => {
+                        // A linear chain's member votes by passing the
+                        // chain on; its COMMIT goes back as a decision.
+                        Body::Vote(Vote::Ready) | Body::Chain { .. } => {
                             failpoint::hit(failpoint::PARTICIPANT_AFTER_READY_DURABLE)
                         }
-                        Body::Ack => failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE),
+                        Body::Ack | Body::Decision(Decision::Commit) => {
+                            failpoint::hit(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE)
+                        }
                         _ => {}
                     }
-                    self.outbox.send(&to, &addr, &message, &[]);
+                    self.outbox.send(&to, &addr, &message, &peers);
                 }
                 ParticipantNodeAction::Greet { to, addr, greeting } => {
-                    self.outbox.greet(&to, &addr, greeting)
+                    self.outbox.greet(&to, &addr, greeting, &[])
                 }
                 ParticipantNodeAction::SetTimer { key, at } => self.timers.set(key, at),
                 ParticipantNodeAction::Reply { reply: r, .. } => match reply {

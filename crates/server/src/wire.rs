@@ -103,6 +103,7 @@ mod tests {
                 work: vec![1, 2],
             }],
             prepare_timeout_ms: Some(5),
+            shape: concord_proto::Shape::Linear,
         };
         assert_eq!(
             decode_request(&request_frame(&request).body).expect("decodes"),

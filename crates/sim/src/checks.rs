@@ -233,7 +233,12 @@ impl World {
     fn check_termination_agrees(&mut self, p: usize, xid: Xid, decision: Decision) {
         let contradicts = match decision {
             Decision::Commit => self.ghost.coordinator_aborted.contains(&xid),
-            Decision::Abort => self.coordinator_disk.was_durable(xid, RecordKind::Commit),
+            // Whoever decided: the coordinator, or the branch (one-phase)
+            // or chain member (linear) whose one-phase record is durable.
+            Decision::Abort => {
+                self.coordinator_disk.was_durable(xid, RecordKind::Commit)
+                    || self.one_phase_durable(xid)
+            }
         };
         if contradicts {
             let detail =
@@ -323,12 +328,14 @@ impl World {
                 let detail = format!("COMMIT names {addr}, which is no participant");
                 return self.fail("validity", Some(xid), detail);
             };
-            // A one-phase commit is logged once its branch committed,
-            // and compaction may have replaced that record since.
+            // A one-phase or linear commit is logged once its branches
+            // committed, and compaction may have replaced their records
+            // since.
+            let delegated = self.one_phase_durable(xid);
             let disk = &self.participant_disks[i];
-            if !disk.has_durable(xid, RecordKind::Ready)
-                && !disk.was_durable(xid, RecordKind::OnePhase)
-            {
+            let ready = disk.has_durable(xid, RecordKind::Ready)
+                || (delegated && disk.was_durable(xid, RecordKind::Ready));
+            if !ready {
                 let detail = format!("COMMIT decided but p{i} has no durable READY record");
                 return self.fail("validity", Some(xid), detail);
             }
@@ -362,6 +369,15 @@ impl World {
                 (!self.coordinator_disk.has_durable(xid, RecordKind::Commit))
                     .then_some("STATE COMMITTED sent before the COMMIT record was durable")
             }
+            // Linear 2PC: a member passes the chain on only once its
+            // READY record is durable (that is its vote), and COMMIT
+            // travels back only once the decider's one-phase record is.
+            (NodeId::Participant(i), Body::Chain { .. }) => (!self.participant_disks[i]
+                .has_durable(xid, RecordKind::Ready))
+            .then_some("CHAIN PREPARE passed on before the READY record was durable"),
+            (NodeId::Participant(_), Body::Decision(Decision::Commit)) => (!self
+                .one_phase_durable(xid))
+            .then_some("COMMIT sent back down a chain before its decider's record was durable"),
             (NodeId::Participant(i), Body::Vote(Vote::ReadOnly)) => {
                 self.ghost.read_only.entry(xid).or_default().insert(i);
                 self.branch_writers(xid)
@@ -485,9 +501,9 @@ impl World {
             .map(|(x, _)| *x)
             .collect();
         for xid in committed {
-            let one_phase = (0..self.config.participants)
-                .any(|p| self.participant_disks[p].was_durable(xid, RecordKind::OnePhase));
-            if !self.coordinator_disk.was_durable(xid, RecordKind::Commit) && !one_phase {
+            if !self.coordinator_disk.was_durable(xid, RecordKind::Commit)
+                && !self.one_phase_durable(xid)
+            {
                 let detail = "committed by participants without a durable COMMIT decision";
                 return self.fail("validity", Some(xid), detail.into());
             }
@@ -716,6 +732,13 @@ impl World {
         self.branches_where(xid, |ops| !read_only(ops))
     }
 
+    /// Whether some participant's one-phase record of `xid` (a one-phase
+    /// commit's, or a linear chain's decider's) was ever durable.
+    fn one_phase_durable(&self, xid: Xid) -> bool {
+        (0..self.config.participants)
+            .any(|p| self.participant_disks[p].was_durable(xid, RecordKind::OnePhase))
+    }
+
     /// Whether what makes `xid` committed is durable: the coordinator's
     /// COMMIT record; for a one-phase commit, the branch's one-phase
     /// record; with every branch READ-ONLY, their votes (nothing changes).
@@ -723,9 +746,7 @@ impl World {
         if self.coordinator_disk.has_durable(xid, RecordKind::Commit) {
             return true;
         }
-        if (0..self.config.participants)
-            .any(|p| self.participant_disks[p].was_durable(xid, RecordKind::OnePhase))
-        {
+        if self.one_phase_durable(xid) {
             return true;
         }
         let all = self.branch_participants(xid);

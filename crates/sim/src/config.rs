@@ -22,6 +22,8 @@ pub struct SimOptions {
     pub liveness_ms_max: u64,
     /// Events one run may process before it is declared stuck.
     pub events_max: u64,
+    /// The shape of the run's transactions.
+    pub shape: ShapeMode,
 }
 
 impl Default for SimOptions {
@@ -31,7 +33,35 @@ impl Default for SimOptions {
             transactions_max: 60,
             liveness_ms_max: 120_000,
             events_max: 2_000_000,
+            shape: ShapeMode::Centralized,
         }
+    }
+}
+
+/// Which shapes a run's transactions take (`concord-sim --shape`).
+/// Centralized and linear runs draw nothing for it, so a seed's other
+/// draws are the same in both; mixed draws the shape per transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShapeMode {
+    #[default]
+    Centralized,
+    Linear,
+    Mixed,
+}
+
+impl ShapeMode {
+    pub const ALL: [ShapeMode; 3] = [ShapeMode::Centralized, ShapeMode::Linear, ShapeMode::Mixed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ShapeMode::Centralized => "centralized",
+            ShapeMode::Linear => "linear",
+            ShapeMode::Mixed => "mixed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ShapeMode> {
+        ShapeMode::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -179,6 +209,8 @@ pub struct SimConfig {
     pub one_phase: bool,
     /// READ-ONLY votes at the participants.
     pub read_only_votes: bool,
+    /// The shapes of the transactions (from `SimOptions::shape`).
+    pub shape: ShapeMode,
 }
 
 /// One node's clock: node time = `offset_us` + world time × `rate_ppm` /
@@ -411,6 +443,7 @@ impl SimConfig {
             branches_in_flight_max,
             one_phase,
             read_only_votes,
+            shape: options.shape,
         }
     }
 
@@ -476,6 +509,7 @@ impl SimConfig {
             branches_in_flight_max: 100_000,
             one_phase: true,
             read_only_votes: true,
+            shape: ShapeMode::Centralized,
         }
     }
 }

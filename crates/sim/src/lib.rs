@@ -31,7 +31,8 @@ pub mod workload;
 pub mod world;
 
 pub use config::{
-    ClockConfig, DiskConfig, FaultConfig, NetConfig, SimConfig, SimOptions, WorkloadConfig,
+    ClockConfig, DiskConfig, FaultConfig, NetConfig, ShapeMode, SimConfig, SimOptions,
+    WorkloadConfig,
 };
 pub use ids::NodeId;
 pub use net::{Fate, MessageRule, SentMessage};

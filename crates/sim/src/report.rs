@@ -93,21 +93,28 @@ impl fmt::Display for SimReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimFailure {
     pub seed: u64,
+    /// The shapes the run drew from (part of what replays it).
+    pub shape: crate::config::ShapeMode,
     /// The invariant's name, as its checker function is named.
     pub invariant: &'static str,
     pub xid: Option<Xid>,
     /// Virtual time at which it was detected.
     pub at: Time,
     pub detail: String,
-    /// The trace up to the failure, when tracing was on.
-    pub trace: Vec<String>,
+    /// The trace up to the failure, when tracing was on (boxed: a
+    /// failure is returned by value everywhere, so it stays small).
+    pub trace: Box<[String]>,
 }
 
 impl SimFailure {
     /// The command that replays this run with a trace.
     pub fn replay_command(&self) -> String {
+        let shape = match self.shape {
+            crate::config::ShapeMode::Centralized => String::new(),
+            other => format!(" --shape {}", other.name()),
+        };
         format!(
-            "cargo run -p concord-sim --release -- --seed {} --trace",
+            "cargo run -p concord-sim --release -- --seed {}{shape} --trace",
             self.seed
         )
     }

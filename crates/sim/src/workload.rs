@@ -9,9 +9,9 @@
 //! account `acct-0` so that transactions collide on locks. All choices come
 //! from the run's RNG; nothing here looks at the cluster's state.
 
-use crate::config::SimConfig;
+use crate::config::{ShapeMode, SimConfig};
 use concord_participant::kv::KvOp;
-use concord_proto::Time;
+use concord_proto::{Shape, Time};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -39,6 +39,8 @@ pub struct TxnPlan {
     /// (participant index, its operations); participants are distinct.
     pub branches: Vec<(usize, Vec<KvOp>)>,
     pub intent: Intent,
+    /// Linear: the chain runs in the order of `branches`.
+    pub shape: Shape,
 }
 
 /// Draw the run's client transactions, sorted by submission time.
@@ -140,10 +142,17 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
             ops.push(reads);
         }
     }
+    let shape = match config.shape {
+        ShapeMode::Centralized => Shape::Centralized,
+        ShapeMode::Linear => Shape::Linear,
+        ShapeMode::Mixed if rng.gen_bool(0.5) => Shape::Linear,
+        ShapeMode::Mixed => Shape::Centralized,
+    };
     TxnPlan {
         submit_at,
         branches: chosen.into_iter().zip(ops).collect(),
         intent,
+        shape,
     }
 }
 

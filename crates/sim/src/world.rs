@@ -41,7 +41,7 @@ use concord_participant::ParticipantNode;
 use concord_participant::ResourceOp;
 use concord_proto::{
     Coordinator, CoordinatorRecord, Decision, Durability, Message, ParticipantNotice,
-    ParticipantRecord, Time, TimerKey, Xid,
+    ParticipantRecord, Shape, Time, TimerKey, Xid,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -489,7 +489,7 @@ impl World {
             self.check_final();
         }
         if let Some(mut failure) = self.failure.take() {
-            failure.trace = self.trace.take_lines();
+            failure.trace = self.trace.take_lines().into();
             return Err(failure);
         }
         Ok(self.report())
@@ -654,6 +654,30 @@ impl World {
         for i in 0..self.config.participants {
             self.restart(NodeId::Participant(i));
         }
+        // A participant that moved may have heard from no coordinator it
+        // could tell; the operator gives it the coordinator's address
+        // (`concord participant --coordinator`), as it would for a node it
+        // moved: healed means reachable again.
+        let coordinator = (
+            NodeId::Coordinator.name(),
+            self.addr_of(NodeId::Coordinator),
+        );
+        for i in 0..self.config.participants {
+            if self.addr_gen[NodeId::Participant(i).ordinal() as usize] == 0 {
+                continue;
+            }
+            let now = self.node_now(NodeId::Participant(i));
+            if let Some(p) = self.participants[i].as_mut() {
+                // Only one that cannot know where the coordinator is: one
+                // that heard from it says hello by itself (and a bug in
+                // that must stay visible).
+                if p.knows_coordinator(&coordinator.0) {
+                    continue;
+                }
+                p.introduce(now, coordinator.0.clone(), &coordinator.1);
+                self.run_participant(i);
+            }
+        }
     }
 
     // ----- clients ----------------------------------------------------------
@@ -676,11 +700,13 @@ impl World {
                 work: encode_work(ops),
             })
             .collect();
+        let shape = self.clients[client].plan.shape;
         trace!(
             self,
             None,
-            "client {client} submits ({:?}): {}",
+            "client {client} submits ({:?}, {}): {}",
             self.clients[client].plan.intent,
+            shape.name(),
             show_branches(&self.clients[client].plan.branches)
         );
         let now = self.node_now(NodeId::Coordinator);
@@ -688,6 +714,7 @@ impl World {
             request_id: client as u64,
             branches,
             prepare_timeout_ms: None,
+            shape,
         };
         let coordinator = self.coordinator.as_mut().expect("checked above");
         coordinator.on_request(now, ClientId(client as u64), request);
@@ -1023,9 +1050,12 @@ impl World {
                     peers,
                     ..
                 } => self.send(node, &addr, message, peers),
-                CoordinatorNodeAction::Greet { addr, greeting, .. } => {
-                    self.greet(node, &addr, greeting)
-                }
+                CoordinatorNodeAction::Greet {
+                    addr,
+                    greeting,
+                    peers,
+                    ..
+                } => self.greet(node, &addr, greeting, peers),
                 CoordinatorNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
                 CoordinatorNodeAction::Reply { client, reply } => self.on_reply(client, reply),
                 CoordinatorNodeAction::Stats { .. } => {
@@ -1108,11 +1138,14 @@ impl World {
                         self.issue_fsync(node);
                     }
                 }
-                ParticipantNodeAction::Send { addr, message, .. } => {
-                    self.send(node, &addr, message, Vec::new())
-                }
+                ParticipantNodeAction::Send {
+                    addr,
+                    message,
+                    peers,
+                    ..
+                } => self.send(node, &addr, message, peers),
                 ParticipantNodeAction::Greet { addr, greeting, .. } => {
-                    self.greet(node, &addr, greeting)
+                    self.greet(node, &addr, greeting, Vec::new())
                 }
                 ParticipantNodeAction::SetTimer { key, at } => self.set_timer(node, key, at),
                 ParticipantNodeAction::Compact { records } => {
@@ -1394,8 +1427,12 @@ impl World {
     fn send(&mut self, from: NodeId, to: &str, message: Message, peers: Vec<PeerHint>) {
         self.persist_then_send(from, &message);
         self.answers_persist_first(from, &message);
-        if let (NodeId::Participant(i), concord_proto::Body::Vote(concord_proto::Vote::Ready)) =
-            (from, &message.body)
+        // A chain member's vote is the CHAIN PREPARE it passes on.
+        if let (
+            NodeId::Participant(i),
+            concord_proto::Body::Vote(concord_proto::Vote::Ready)
+            | concord_proto::Body::Chain { .. },
+        ) = (from, &message.body)
         {
             self.check_isolation_at_vote(i, message.xid);
         }
@@ -1431,7 +1468,7 @@ impl World {
     }
 
     /// A node says hello (or welcome) to the address `to`.
-    fn greet(&mut self, from: NodeId, to: &str, greeting: Greeting) {
+    fn greet(&mut self, from: NodeId, to: &str, greeting: Greeting, peers: Vec<PeerHint>) {
         let Some((to, to_gen)) = self.node_at(to) else {
             trace!(
                 self,
@@ -1444,7 +1481,7 @@ impl World {
             Greeting::Hello => PeerBody::Hello,
             Greeting::Welcome => PeerBody::Welcome,
         };
-        let frame = (body, Vec::new());
+        let frame = (body, peers);
         self.transmit(from, to, to_gen, None, frame, &format!("{greeting:?}"));
     }
 
@@ -1627,10 +1664,16 @@ impl World {
     /// Submit a transaction now (scripted scenarios): branches are
     /// (participant index, operations). Returns its xid.
     pub fn submit(&mut self, branches: Vec<(usize, Vec<KvOp>)>) -> Xid {
+        self.submit_shaped(branches, Shape::Centralized)
+    }
+
+    /// [`World::submit`] in `shape` (linear: in the order of `branches`).
+    pub fn submit_shaped(&mut self, branches: Vec<(usize, Vec<KvOp>)>, shape: Shape) -> Xid {
         let client = self.add_client(TxnPlan {
             submit_at: self.now,
             branches,
             intent: Intent::Transfer,
+            shape,
         });
         self.submit_client(client);
         self.clients[client].xid
@@ -1850,7 +1893,7 @@ impl World {
         match &self.failure {
             Some(f) => {
                 let mut f = f.clone();
-                f.trace = self.trace.lines().to_vec();
+                f.trace = self.trace.lines().into();
                 Err(f)
             }
             None => Ok(()),
@@ -1869,11 +1912,12 @@ impl World {
         trace!(self, None, "INVARIANT {invariant} VIOLATED: {detail}");
         self.failure = Some(SimFailure {
             seed: self.config.seed,
+            shape: self.config.shape,
             invariant,
             xid,
             at: self.now,
             detail,
-            trace: Vec::new(),
+            trace: Box::default(),
         });
     }
 }

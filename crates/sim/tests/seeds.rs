@@ -2,17 +2,25 @@
 //! its own cluster, workload and fault schedule, runs the safety phase and
 //! the liveness phase and checks every invariant. The seed ranges are split
 //! over several tests so that the harness runs them in parallel; together
-//! they cover `SEEDS_PER_TEST * 8` seeds.
+//! they cover `SEEDS_PER_TEST * 8` centralized seeds, and 2,000 seeds each
+//! of linear and mixed (each transaction drawing its shape) runs.
 //!
 //! A failure prints the broken invariant, the seed, the xid and the command
 //! that replays the run with a full trace.
 
-use concord_sim::{run_seed, SimOptions};
+use concord_sim::{run_seed, ShapeMode, SimOptions};
 
 const SEEDS_PER_TEST: u64 = 1000;
 
 fn run_range(part: u64) {
-    let options = SimOptions::default();
+    run_shape(part, ShapeMode::Centralized);
+}
+
+fn run_shape(part: u64, shape: ShapeMode) {
+    let options = SimOptions {
+        shape,
+        ..SimOptions::default()
+    };
     let start = part * SEEDS_PER_TEST;
     let mut failures = Vec::new();
     let mut committed = 0;
@@ -70,4 +78,24 @@ fn seeds_6() {
 #[test]
 fn seeds_7() {
     run_range(7);
+}
+
+#[test]
+fn linear_seeds_0() {
+    run_shape(0, ShapeMode::Linear);
+}
+
+#[test]
+fn linear_seeds_1() {
+    run_shape(1, ShapeMode::Linear);
+}
+
+#[test]
+fn mixed_seeds_0() {
+    run_shape(0, ShapeMode::Mixed);
+}
+
+#[test]
+fn mixed_seeds_1() {
+    run_shape(1, ShapeMode::Mixed);
 }

@@ -67,6 +67,8 @@ pub struct BenchOptions {
     pub existing: Option<(String, Vec<(String, String)>)>,
     /// Measure the fsync ceiling and the durability-off run.
     pub baselines: bool,
+    /// The shape of every transaction of the main runs.
+    pub shape: concord_proto::Shape,
     /// Measure each optimization off and on (one-phase commit on a
     /// single-branch workload, the READ-ONLY vote on one with a branch
     /// that only reads).
@@ -201,6 +203,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
     let everything = Branches {
         total: options.branches(),
         read_only: 0,
+        shape: options.shape,
     };
     let runs = sweep(
         options,
@@ -268,11 +271,13 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         let single = Branches {
             total: 1,
             read_only: 0,
+            shape: concord_proto::Shape::Centralized,
         };
         // The READ-ONLY vote: one more branch that only reads.
         let reading = Branches {
             total: options.branches().max(2),
             read_only: 1,
+            shape: concord_proto::Shape::Centralized,
         };
         for (name, branches, switch) in [
             ("one-phase commit", single, Switch::OnePhase),
@@ -307,7 +312,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
     Ok(BenchReport {
         machine: Machine::probe(),
         settings: Settings {
-            shape: "centralized".into(),
+            shape: options.shape.name().into(),
             participants: options.cluster_size(),
             branches: options.branches(),
             payload_bytes: options.payload_bytes,
@@ -340,6 +345,7 @@ struct Branches {
     total: usize,
     /// How many of them (the last) only read.
     read_only: usize,
+    shape: concord_proto::Shape,
 }
 
 impl Branches {
@@ -379,6 +385,7 @@ async fn sweep(
             connections: options.connections_for(concurrency),
             branches: branches.total,
             read_only_branches: branches.read_only,
+            shape: branches.shape,
             participants: names.clone(),
             hot_accounts: options.hot_accounts,
             hot_share: options.hot_share,

@@ -32,6 +32,7 @@ pub struct Workload {
     /// How many of the branches (the last ones) only read: a balance
     /// check of amount 0, which votes READ-ONLY.
     pub read_only_branches: usize,
+    pub shape: concord_proto::Shape,
     /// Participant names at the coordinator.
     pub participants: Vec<String>,
     pub hot_accounts: usize,
@@ -188,7 +189,7 @@ impl Workload {
                 })
                 .collect();
             let sent = Instant::now();
-            let result = client.transact(branches).await;
+            let result = client.transact_shaped(branches, None, self.shape).await;
             let latency = sent.elapsed();
             // Count only what both started and finished in the window.
             if started_in != MEASURE || phase.load(Ordering::Relaxed) != MEASURE {

@@ -6,7 +6,9 @@
 //! out seeds, they never touch a run).
 
 use clap::Parser;
-use concord_sim::{run_seed, Mutant, SimFailure, SimOptions, SimReport, MUTANTS_AVAILABLE};
+use concord_sim::{
+    run_seed, Mutant, ShapeMode, SimFailure, SimOptions, SimReport, MUTANTS_AVAILABLE,
+};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,11 @@ struct Args {
     #[arg(long, default_value_t = SimOptions::default().transactions_max)]
     transactions_max: usize,
 
+    /// The shape of the transactions: centralized, linear, or mixed (each
+    /// transaction draws one).
+    #[arg(long, default_value = "centralized", value_parser = parse_shape)]
+    shape: ShapeMode,
+
     /// Worker threads for a --seeds run (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -59,11 +66,19 @@ struct Args {
     mutant: Option<String>,
 }
 
+fn parse_shape(s: &str) -> Result<ShapeMode, String> {
+    ShapeMode::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = ShapeMode::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown shape {s:?}: one of {}", names.join(", "))
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let options = SimOptions {
         trace: args.trace,
         transactions_max: args.transactions_max,
+        shape: args.shape,
         ..SimOptions::default()
     };
     let mutants = match args.mutant.as_deref() {
@@ -116,12 +131,12 @@ fn replay(seed: u64, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
     let wall = started.elapsed().as_secs_f64();
     let (trace, last, code) = match &result {
         Ok(report) => (
-            &report.trace,
+            &report.trace[..],
             format!("{report}\nok in {wall:.3} s wall"),
             ExitCode::SUCCESS,
         ),
         Err(failure) => (
-            &failure.trace,
+            &failure.trace[..],
             format!("FAILED: {failure}"),
             ExitCode::FAILURE,
         ),
