@@ -1095,42 +1095,11 @@ impl Participant {
             _ => return,
         }
         branch.timer_at = None;
-        if branch.state == BranchState::Decided {
-            // A chain's decider asks the first member whether the chain is
-            // done (it committed: every branch did).
-            let timeout_ms = branch.inquire_ms;
-            branch.inquiries += 1;
-            let attempt = branch.inquiries;
-            branch.inquire_ms = branch
-                .inquire_ms
-                .saturating_mul(2)
-                .min(self.config.inquire_ms_max);
-            let at = now.plus_ms(branch.inquire_ms);
-            branch.timer_at = Some(at);
-            let to = branch.participants[0].clone();
-            let body = Body::Inquire {
-                prepared_ms_ago: branch.prepared_at.map(|at| now.ms_since(at)),
-            };
-            let epoch = branch.epoch;
-            let message = self.message(xid, epoch, body);
-            self.actions.push(ParticipantAction::Send { to, message });
-            self.actions.push(ParticipantAction::SetTimer {
-                key: inquire_timer(xid),
-                at,
-            });
-            self.actions
-                .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
-                    xid,
-                    phase: "DECIDED (asking the chain's first member whether it is done)",
-                    timeout_ms,
-                    attempt,
-                }));
+        let decided = branch.state == BranchState::Decided;
+        if !decided && branch.state != BranchState::Ready {
             return;
         }
-        if branch.state != BranchState::Ready {
-            return;
-        }
-        // Never decide alone: ask the coordinator, again and again.
+        // Never decide alone: ask, again and again, with backoff.
         let timeout_ms = branch.inquire_ms;
         branch.inquiries += 1;
         let attempt = branch.inquiries;
@@ -1144,33 +1113,47 @@ impl Participant {
         let body = Body::Inquire {
             prepared_ms_ago: branch.prepared_at.map(|at| now.ms_since(at)),
         };
-        // The coordinator first; if it did not answer the last INQUIRE it
-        // may be down, so ask the peers too (cooperative termination).
-        let cooperative = attempt >= 2 && !branch.coordinator_answered;
-        branch.coordinator_answered = false;
-        branch.peers_asked |= cooperative;
-        // A linear chain's member asks its decider (the "coordinator" it
-        // names, which is one of the participants) with CHAIN INQUIRE.
-        let chain_member = branch.participants.contains(&branch.coordinator);
-        let to_coordinator = if chain_member {
-            Body::ChainInquire
+        let phase = if decided {
+            // A chain's decider asks the first member whether the chain is
+            // done (it committed: every branch did).
+            let to = branch.participants[0].clone();
+            let message = self.message(xid, epoch, body);
+            self.actions.push(ParticipantAction::Send { to, message });
+            "DECIDED (asking the chain's first member whether it is done)"
         } else {
-            body.clone()
-        };
-        let coordinator = branch.coordinator.clone();
-        let message = self.message(xid, epoch, to_coordinator);
-        self.actions.push(ParticipantAction::Send {
-            to: coordinator,
-            message,
-        });
-        if cooperative {
-            let branch = &self.branches[&xid];
-            let peers: Vec<NodeId> = self.peers_of(branch).cloned().collect();
-            for to in peers {
-                let message = self.message(xid, epoch, body.clone());
-                self.actions.push(ParticipantAction::Send { to, message });
+            // The coordinator first; if it did not answer the last INQUIRE
+            // it may be down, so ask the peers too (cooperative
+            // termination).
+            let cooperative = attempt >= 2 && !branch.coordinator_answered;
+            branch.coordinator_answered = false;
+            branch.peers_asked |= cooperative;
+            // A linear chain's member asks its decider (the "coordinator"
+            // it names, which is one of the participants) with CHAIN
+            // INQUIRE.
+            let chain_member = branch.participants.contains(&branch.coordinator);
+            let to_coordinator = if chain_member {
+                Body::ChainInquire
+            } else {
+                body.clone()
+            };
+            let coordinator = branch.coordinator.clone();
+            let message = self.message(xid, epoch, to_coordinator);
+            self.actions.push(ParticipantAction::Send {
+                to: coordinator,
+                message,
+            });
+            if cooperative {
+                let branch = &self.branches[&xid];
+                let peers: Vec<NodeId> = self.peers_of(branch).cloned().collect();
+                for to in peers {
+                    let message = self.message(xid, epoch, body.clone());
+                    self.actions.push(ParticipantAction::Send { to, message });
+                }
+                "READY (asking the coordinator and the peers)"
+            } else {
+                "READY (waiting for the decision)"
             }
-        }
+        };
         self.actions.push(ParticipantAction::SetTimer {
             key: inquire_timer(xid),
             at,
@@ -1178,11 +1161,7 @@ impl Participant {
         self.actions
             .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
                 xid,
-                phase: if cooperative {
-                    "READY (asking the coordinator and the peers)"
-                } else {
-                    "READY (waiting for the decision)"
-                },
+                phase,
                 timeout_ms,
                 attempt,
             }));
