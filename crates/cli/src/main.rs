@@ -369,6 +369,13 @@ struct ParticipantArgs {
     /// bounded.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     branches_in_flight_max: usize,
+    /// A coordinator as NAME=ADDR (repeat for each) that hears where this
+    /// participant is at start. Only needed for a participant restarted at
+    /// a new address before it ever heard from its coordinator (it learns
+    /// coordinators from their messages, and tells those it knows when it
+    /// moves); one it knows already is not greeted again.
+    #[arg(long = "coordinator", value_name = "NAME=ADDR", value_parser = parse_participant)]
+    coordinators: Vec<(String, String)>,
     /// Branches that change nothing (every operation a balance check, an
     /// amount of 0) vote READY and take both phases instead of voting
     /// READ-ONLY (nothing logged, no phase 2). For comparison; `concord
@@ -873,6 +880,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
     config.node.branches_in_flight_max = args.branches_in_flight_max;
     config.node.read_only_votes = !args.no_read_only_vote;
+    config.coordinators = args.coordinators;
     config.node.compact_after_records = compact_after(args.process.compact_after_records);
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();

@@ -440,3 +440,64 @@ async fn a_participant_restarted_on_a_new_address_is_found_again() {
     })
     .await;
 }
+
+/// 10 from p0 to p1, with a short phase-1 timeout.
+async fn ten_to_p1(cluster: &Cluster) -> TxnResult {
+    cluster
+        .client()
+        .await
+        .transfer_with_timeout(("p0", "acct-0"), ("p1", "acct-0"), 10, Some(300))
+        .await
+        .expect("the coordinator decides")
+}
+
+/// A participant restarted at a new address before it ever heard from the
+/// coordinator knows no one to tell: transactions to it cannot reach it
+/// (the coordinator's --participant names the old address). Given
+/// `--coordinator NAME=ADDR`, it says hello there, and is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_moved_before_any_contact_is_found_with_its_coordinator_flag() {
+    bounded(async {
+        let mut cluster = Cluster::new(2, 2, 100);
+        cluster.start_participant(0, &[]);
+        // The coordinator is told p1's first address, where p1 never is.
+        cluster.start_coordinator(&[]);
+        let new = format!("127.0.0.1:{}", free_ports(1)[0]);
+        cluster.participants[1].addr = new.clone();
+        cluster.start_participant(1, &[]);
+        cluster.wait_all_listening().await;
+        let lost = ten_to_p1(&cluster).await;
+        assert!(
+            matches!(&lost.outcome, Outcome::Aborted { reason } if reason.contains("no vote")),
+            "{lost:?}"
+        );
+
+        // The operator tells it where the coordinator is.
+        cluster.participants[1].extra_flags = vec![
+            "--coordinator".into(),
+            format!("coordinator={}", cluster.coordinator.addr),
+        ];
+        cluster.start_participant(1, &[]);
+        cluster.wait_all_listening().await;
+        let mut committed = None;
+        for _ in 0..50 {
+            let result = ten_to_p1(&cluster).await;
+            if result.committed() {
+                committed = Some(result);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(committed.is_some(), "p1 was never reached at {new}");
+        let log = cluster.coordinator_proc().log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("p1 moved from") && l.contains(&new)),
+            "the coordinator does not say p1 moved:\n{log}"
+        );
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(reports[1].balance("acct-0"), Some(110));
+        assert_conserved(&cluster, &reports);
+    })
+    .await;
+}

@@ -552,8 +552,8 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     }
 
     /// An operator says where coordinator `id` is (`concord participant
-    /// --coordinator`): for a participant that moved before it ever heard
-    /// from it, and so has nobody to tell. It is kept like a coordinator
+    /// --coordinator NAME=ADDR`): for a participant that moved before it
+    /// ever heard from it, and so has nobody to tell. It is kept like a coordinator
     /// heard from, and greeted until it welcomes this node.
     pub fn introduce(&mut self, now: Time, id: NodeId, addr: &str) {
         if id == *self.node.core().id() {

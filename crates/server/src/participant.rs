@@ -64,6 +64,10 @@ pub struct ParticipantServerConfig {
     /// How long a COMMITTED/ABORTED record (forced before the ACK) may
     /// wait for an fsync it can share with a READY record; 0 = at once.
     pub outcome_sync_delay_us: u64,
+    /// Coordinators to tell where this participant is at start
+    /// (`--coordinator NAME=ADDR`): for one that moved before it ever
+    /// heard from them, and so would know no one to tell.
+    pub coordinators: Vec<(String, String)>,
 }
 
 /// Default of [`ParticipantServerConfig::outcome_sync_delay_us`]: short
@@ -95,6 +99,7 @@ impl ParticipantServerConfig {
             net: NetConfig::default(),
             fsync: true,
             outcome_sync_delay_us: OUTCOME_SYNC_DELAY_US_DEFAULT,
+            coordinators: Vec::new(),
         }
     }
 
@@ -169,7 +174,12 @@ pub async fn run_participant_until(
         addr,
         ..config.node.clone()
     };
-    let node = ParticipantServerNode::recover(node_config.clone(), records, kv, clock.now());
+    let mut node = ParticipantServerNode::recover(node_config.clone(), records, kv, clock.now());
+    for (id, at) in &config.coordinators {
+        if !node.knows_coordinator(id) {
+            node.introduce(clock.now(), id.clone(), at);
+        }
+    }
     tracing::info!(
         data_dir = %dir,
         records = record_count,

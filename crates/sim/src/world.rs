@@ -656,8 +656,8 @@ impl World {
         }
         // A participant that moved may have heard from no coordinator it
         // could tell; the operator gives it the coordinator's address
-        // (`concord participant --coordinator`), as it would for a node it
-        // moved: healed means reachable again.
+        // (`concord participant --coordinator NAME=ADDR`), as one would for
+        // a node one moved: healed means reachable again.
         let coordinator = (
             NodeId::Coordinator.name(),
             self.addr_of(NodeId::Coordinator),
