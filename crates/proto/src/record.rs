@@ -84,10 +84,13 @@ pub enum ParticipantRecord {
     /// and the resource ignore it.
     Started { incarnation: u64, addr: String },
     /// Where another participant (a peer, not a coordinator) was, as a
-    /// coordinator's PREPARE said: so that an in-doubt branch can run
-    /// cooperative termination after a restart, when the coordinator may
-    /// be down. Not forced; the latest record for an id wins; never
-    /// greeted. The protocol core and the resource ignore it.
+    /// PREPARE, a CHAIN PREPARE or a coordinator's welcome said, or as the
+    /// peer's own hello after it moved: so that an in-doubt branch can run
+    /// cooperative termination, and a linear chain's member reach its
+    /// decider, after a restart, when the coordinator may be down. Lazy,
+    /// except for a moved peer's hello (forced before the welcome); the
+    /// latest record for an id wins; not greeted at start. The protocol
+    /// core and the resource ignore it.
     PeerHint {
         id: NodeId,
         addr: String,
