@@ -389,12 +389,21 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 .map(|h| h.id.clone()),
             _ => None,
         };
-        // The ids a PREPARE or CHAIN PREPARE names besides its sender.
-        let frame_hints: Vec<NodeId> = match &envelope.body {
+        // The ids a PREPARE or CHAIN PREPARE names that have no PeerHint
+        // record yet. Every PREPARE passes here: nothing is copied unless
+        // one is missing (rare once a peer was seen).
+        let unrecorded: Vec<NodeId> = match &envelope.body {
             PeerBody::Message(Message {
                 body: Body::Prepare { .. } | Body::Chain { .. },
                 ..
-            }) => envelope.peers.iter().map(|h| h.id.clone()).collect(),
+            }) => envelope
+                .peers
+                .iter()
+                .filter(|h| {
+                    !self.hint_records.contains(&h.id) && !self.coordinators.contains(&h.id)
+                })
+                .map(|h| h.id.clone())
+                .collect(),
             _ => Vec::new(),
         };
         let welcome_hints: Vec<NodeId> = match &envelope.body {
@@ -518,9 +527,9 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         // termination (and a chain's members) can reach them after a
         // restart. New or moved ones always; ones known only from memory
         // (heard from directly) once.
-        let unrecorded = frame_hints
+        let unrecorded = unrecorded
             .into_iter()
-            .filter(|id| !self.hint_records.contains(id) && !opened.hinted.contains(id));
+            .filter(|id| !opened.hinted.contains(id));
         let to_record: Vec<NodeId> = opened.hinted.iter().cloned().chain(unrecorded).collect();
         for id in &to_record {
             if self.coordinators.contains(id) || *id == *self.node.core().id() {
@@ -554,21 +563,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     /// An operator says where coordinator `id` is (`concord participant
     /// --coordinator NAME=ADDR`): for a participant that moved before it
     /// ever heard from it, and so has nobody to tell. It is kept like a coordinator
-    /// heard from, and greeted until it welcomes this node.
+    /// heard from, and greeted until it welcomes this node. A coordinator
+    /// it already knows is left alone: it is greeted by itself when this
+    /// node moves (and a bug there must stay visible).
     pub fn introduce(&mut self, now: Time, id: NodeId, addr: &str) {
-        if id == *self.node.core().id() {
+        if id == *self.node.core().id() || self.coordinators.contains(&id) {
             return;
         }
         self.directory.learn(&id, addr, 0);
         self.adopt_coordinator(id.clone());
         let timer = self.hellos.add(id.clone(), now);
         self.greet(vec![id], timer);
-    }
-
-    /// Whether this node knows coordinator `id` (has heard from it, or
-    /// was told where it is).
-    pub fn knows_coordinator(&self, id: &str) -> bool {
-        self.coordinators.contains(id)
     }
 
     /// Take `id` for a coordinator (kept in the log as a `Peer` record,

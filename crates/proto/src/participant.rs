@@ -203,6 +203,13 @@ struct ChainPlace {
 }
 
 impl Branch {
+    /// A linear chain's member: the "coordinator" it asks is its decider,
+    /// one of the participants (never so in a centralized transaction).
+    /// Also true for a member recovered from its READY record.
+    fn asks_a_member(&self) -> bool {
+        self.participants.contains(&self.coordinator)
+    }
+
     /// A branch in `state` that has heard and sent nothing yet.
     fn new(
         state: BranchState,
@@ -527,6 +534,7 @@ impl Participant {
                     Branch {
                         one_phase: true,
                         chain: place,
+                        timer_at: decider.then_some(now),
                         ..branch
                     },
                 );
@@ -535,9 +543,6 @@ impl Participant {
                         key: inquire_timer(xid),
                         at: now,
                     });
-                    if let Some(b) = participant.branches.get_mut(&xid) {
-                        b.timer_at = Some(now);
-                    }
                 } else {
                     participant.start_apply(xid, Decision::Commit);
                 }
@@ -652,7 +657,7 @@ impl Participant {
     pub fn in_chain(&self, xid: Xid) -> bool {
         self.branches
             .get(&xid)
-            .is_some_and(|b| b.chain.is_some() || b.participants.contains(&b.coordinator))
+            .is_some_and(|b| b.chain.is_some() || b.asks_a_member())
     }
 
     /// Branches in flight (preparing, READY, or carrying out their
@@ -774,12 +779,13 @@ impl Participant {
                 self.on_inquire(now, xid, epoch, from, prepared_ms_ago)
             }
             Body::OnePhaseStatus { sent_ms_ago } => {
-                self.on_one_phase_status(now, xid, epoch, from, sent_ms_ago)
+                let young = sent_ms_ago <= PEER_ABORT_AGE_MS_MAX;
+                self.on_one_phase_status(now, xid, epoch, from, young)
             }
             // A decider forgets a chain's decision only once the whole
             // chain committed, so for a member in doubt "no record" can
             // only mean "never decided": the age check is not needed.
-            Body::ChainInquire => self.on_one_phase_status(now, xid, epoch, from, 0),
+            Body::ChainInquire => self.on_one_phase_status(now, xid, epoch, from, true),
             Body::Vote(_) | Body::Ack => {
                 self.ignored(xid, kind, from, "not a message a participant handles")
             }
@@ -1130,8 +1136,7 @@ impl Participant {
             // A linear chain's member asks its decider (the "coordinator"
             // it names, which is one of the participants) with CHAIN
             // INQUIRE.
-            let chain_member = branch.participants.contains(&branch.coordinator);
-            let to_coordinator = if chain_member {
+            let to_coordinator = if branch.asks_a_member() {
                 Body::ChainInquire
             } else {
                 body.clone()
@@ -1911,13 +1916,16 @@ impl Participant {
     /// (`Body::OnePhaseStatus`). Unlike a peer's INQUIRE, "no record"
     /// needs no care for READ-ONLY votes of an earlier life: the asker
     /// decides what a READ-ONLY single branch means, and nothing changed.
+    /// Also a chain member's CHAIN INQUIRE to its decider. `never_got_it`:
+    /// "no record" can only mean the request never arrived (not that it
+    /// was committed and forgotten), so the xid may be aborted.
     fn on_one_phase_status(
         &mut self,
         now: Time,
         xid: Xid,
         epoch: Epoch,
         from: NodeId,
-        sent_ms_ago: u64,
+        never_got_it: bool,
     ) {
         if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
             waiting.push((from, epoch));
@@ -1950,7 +1958,7 @@ impl Participant {
                     self.undurable_aborts.remove(&xid);
                     return self.abort_then_answer(now, xid, from, epoch);
                 }
-                None if sent_ms_ago <= PEER_ABORT_AGE_MS_MAX => {
+                None if never_got_it => {
                     return self.abort_then_answer(now, xid, from, epoch);
                 }
                 None => Body::State(TxnState::Unknown),

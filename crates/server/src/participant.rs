@@ -176,9 +176,7 @@ pub async fn run_participant_until(
     };
     let mut node = ParticipantServerNode::recover(node_config.clone(), records, kv, clock.now());
     for (id, at) in &config.coordinators {
-        if !node.knows_coordinator(id) {
-            node.introduce(clock.now(), id.clone(), at);
-        }
+        node.introduce(clock.now(), id.clone(), at);
     }
     tracing::info!(
         data_dir = %dir,

@@ -668,12 +668,6 @@ impl World {
             }
             let now = self.node_now(NodeId::Participant(i));
             if let Some(p) = self.participants[i].as_mut() {
-                // Only one that cannot know where the coordinator is: one
-                // that heard from it says hello by itself (and a bug in
-                // that must stay visible).
-                if p.knows_coordinator(&coordinator.0) {
-                    continue;
-                }
                 p.introduce(now, coordinator.0.clone(), &coordinator.1);
                 self.run_participant(i);
             }
