@@ -13,27 +13,21 @@ fn f(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
 
-#[test]
-fn bench_reports_sane_fields_and_labels_durability() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plot = dir.path().join("bench.svg");
+/// `concord bench --json` with short runs, its data under `dir`: the
+/// report, or a failure that shows what the bench printed.
+fn bench_json(args: &[&str], dir: &std::path::Path) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args([
             "bench",
-            "--concurrency",
-            "1,8",
             "--warmup-secs",
             "0.3",
             "--window-secs",
             "1",
-            "--payload-bytes",
-            "100",
             "--json",
-            "--plot",
         ])
-        .arg(&plot)
+        .args(args)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .env_remove("RUST_LOG")
         .output()
         .expect("run concord bench");
@@ -44,7 +38,25 @@ fn bench_reports_sane_fields_and_labels_durability() {
         "bench failed ({:?}):\n{stdout}\n{stderr}",
         output.status
     );
-    let report: Value = serde_json::from_str(&stdout).expect("bench --json prints JSON");
+    serde_json::from_str(&stdout).expect("bench --json prints JSON")
+}
+
+#[test]
+fn bench_reports_sane_fields_and_labels_durability() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plot = dir.path().join("bench.svg");
+    let plot_arg = plot.display().to_string();
+    let report = bench_json(
+        &[
+            "--concurrency",
+            "1,8",
+            "--payload-bytes",
+            "100",
+            "--plot",
+            &plot_arg,
+        ],
+        dir.path(),
+    );
 
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "one run per concurrency level");
@@ -145,28 +157,10 @@ fn bench_reports_sane_fields_and_labels_durability() {
 #[test]
 fn bench_measures_each_optimization_off_and_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args([
-            "bench",
-            "--concurrency",
-            "1",
-            "--warmup-secs",
-            "0.3",
-            "--window-secs",
-            "1",
-            "--no-baselines",
-            "--optimizations",
-            "--json",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run concord bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout).expect("bench --json prints JSON");
+    let report = bench_json(
+        &["--concurrency", "1", "--no-baselines", "--optimizations"],
+        dir.path(),
+    );
     let list = report["optimizations"].as_array().expect("optimizations");
     let find = |name: &str| {
         let o = list

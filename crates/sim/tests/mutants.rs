@@ -11,8 +11,8 @@ use concord_participant::kv::KvOp;
 use concord_proto::mutant::set as set_mutant;
 use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
 use concord_sim::{
-    run_seed, Fate, KeepUnsynced, MessageRule, Mutant, NodeId, SimConfig, SimFailure, SimOptions,
-    World,
+    run_seed, Fate, KeepUnsynced, MessageRule, Mutant, NodeId, ShapeMode, SimConfig, SimFailure,
+    SimOptions, World,
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
@@ -174,6 +174,47 @@ fn restart_and_settle(mut w: World) -> Result<(), SimFailure> {
     w.restart(NodeId::Coordinator);
     w.run_until_quiet(120_000);
     w.check_invariants()
+}
+
+/// Linear 2PC's own persist-then-send rules (a member passes the chain on
+/// only from a durable READY record; COMMIT goes back only from a durable
+/// decider record), each broken by a mutant and caught in a linear run.
+const CAUGHT_LINEAR: [(Mutant, u64, &str, &str); 2] = [
+    (
+        Mutant::VoteBeforeReadyDurable,
+        0,
+        "persist_then_send",
+        "CHAIN PREPARE passed on before the READY record was durable",
+    ),
+    (
+        Mutant::OnePhaseAckBeforeDurable,
+        0,
+        "persist_then_send",
+        "COMMIT sent back down a chain before its decider's record was durable",
+    ),
+];
+
+#[test]
+fn linear_rules_are_caught_by_their_checks_and_the_seed_passes_without_them() {
+    let options = SimOptions {
+        shape: ShapeMode::Linear,
+        ..SimOptions::default()
+    };
+    for (mutant, seed, invariant, detail) in CAUGHT_LINEAR {
+        set_mutant(Some(mutant));
+        let broken = run_seed(seed, &options);
+        set_mutant(None);
+        match broken {
+            Err(f) => {
+                assert_eq!(f.invariant, invariant, "mutant {}: {f}", mutant.name());
+                assert!(f.detail.contains(detail), "mutant {}: {f}", mutant.name());
+            }
+            Ok(_) => panic!("mutant {} not caught at linear seed {seed}", mutant.name()),
+        }
+        if let Err(f) = run_seed(seed, &options) {
+            panic!("linear seed {seed} fails without any mutant: {f}");
+        }
+    }
 }
 
 #[test]
