@@ -108,9 +108,14 @@ pub enum Request {
         /// Phase-1 timeout for this transaction; the server's default when
         /// `None`.
         prepare_timeout_ms: Option<u64>,
-        /// How its messages flow: centralized, or linear in the order of
-        /// `branches` (the last one decides).
+        /// How its messages flow: centralized, linear in the order of
+        /// `branches` (the last one decides), or hierarchical.
         shape: Shape,
+        /// Hierarchical only: each branch's parent in the tree, in the
+        /// order of `branches` (0: the coordinator; `k`: branch `k - 1`,
+        /// which comes earlier). Empty: every branch the coordinator's own
+        /// (a flat tree). See `concord_proto::tree`.
+        parents: Vec<u32>,
     },
     /// Coordinator: what it knows about `xid`.
     Status { request_id: u64, xid: Xid },

@@ -445,6 +445,9 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
         match &record {
             ParticipantRecord::Ready {
                 xid, participants, ..
+            }
+            | ParticipantRecord::SubtreeReady {
+                xid, participants, ..
             } => {
                 branches.ready.insert(*xid, participants.clone());
             }

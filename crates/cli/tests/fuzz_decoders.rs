@@ -411,6 +411,27 @@ fn body() -> impl Strategy<Value = Body> {
         ),
         int().prop_map(|sent_ms_ago| Body::OnePhaseStatus { sent_ms_ago }),
         Just(Body::ChainInquire),
+        (
+            addrs(),
+            work(),
+            prop::collection::vec((addr(), int(), work()), 0..4),
+            int()
+        )
+            .prop_map(
+                |(participants, work, tree, deadline_ms)| Body::TreePrepare {
+                    participants,
+                    work,
+                    tree: tree
+                        .into_iter()
+                        .map(|(node, parent, work)| concord_proto::TreeEntry {
+                            node,
+                            parent: parent as u32,
+                            work,
+                        })
+                        .collect(),
+                    deadline_ms,
+                }
+            ),
     ]
 }
 
@@ -455,11 +476,12 @@ fn request() -> impl Strategy<Value = Request> {
                 request_id,
                 branches,
                 prepare_timeout_ms,
-                shape: if request_id % 2 == 0 {
-                    concord_proto::Shape::Centralized
-                } else {
-                    concord_proto::Shape::Linear
+                shape: match request_id % 3 {
+                    0 => concord_proto::Shape::Centralized,
+                    1 => concord_proto::Shape::Linear,
+                    _ => concord_proto::Shape::Hierarchical,
                 },
+                parents: (0..(request_id % 4) as u32).collect(),
             }
         ),
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Status { request_id, xid }),
@@ -685,6 +707,18 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
                 epoch,
                 work,
                 chain,
+            }
+        ),
+        (xid(), addr(), int(), addrs(), work(), addrs()).prop_map(
+            |(xid, coordinator, epoch, participants, work, children)| {
+                ParticipantRecord::SubtreeReady {
+                    xid,
+                    coordinator,
+                    epoch,
+                    participants,
+                    work,
+                    children,
+                }
             }
         ),
     ]
@@ -929,7 +963,9 @@ proptest! {
         round_trip_then_mutate(&participant_record_codec(), &p, &mu)?;
         // The payloads a participant record carries are decoded too.
         match &p {
-            ParticipantRecord::Ready { work, .. } | ParticipantRecord::OnePhase { work, .. } => {
+            ParticipantRecord::Ready { work, .. }
+            | ParticipantRecord::OnePhase { work, .. }
+            | ParticipantRecord::SubtreeReady { work, .. } => {
                 decode_any(&kv_work_codec(), &mu.apply(work))?;
             }
             ParticipantRecord::Resource { body } => {

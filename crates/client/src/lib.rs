@@ -275,6 +275,7 @@ impl Client {
                 branches,
                 prepare_timeout_ms,
                 shape,
+                parents: Vec::new(),
             })
             .await?;
         let mut xid = None;

@@ -27,9 +27,40 @@ use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
     Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
     CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Shape, Time,
-    TimerKey, TxnOutcome, Xid,
+    TimerKey, TreeEntry, TxnOutcome, Xid,
 };
 use std::collections::HashMap;
+
+/// The tree of a hierarchical begin: each branch's participant resolved
+/// on its own (a tree names each participant once), with its parent.
+/// Checked here only for what the core cannot see (the parent list's
+/// length); the core checks the shape.
+fn tree_of(
+    directory: &Directory,
+    branches: &[BranchRequest],
+    parents: &[u32],
+) -> Result<Vec<TreeEntry>, (String, bool)> {
+    if !parents.is_empty() && parents.len() != branches.len() {
+        let detail = format!(
+            "the tree gives {} parents for {} branches",
+            parents.len(),
+            branches.len()
+        );
+        return Err((detail, false));
+    }
+    branches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let node = directory.resolve(&b.participant).map_err(|e| (e, false))?;
+            Ok(TreeEntry {
+                node,
+                parent: parents.get(i).copied().unwrap_or(0),
+                work: b.work.clone(),
+            })
+        })
+        .collect()
+}
 
 /// The driver's handle for one client request waiting for replies (a
 /// connection and request in the server, a client index in the simulator).
@@ -490,9 +521,11 @@ impl CoordinatorNode {
                 branches,
                 prepare_timeout_ms,
                 shape,
+                parents,
             } => {
+                let plan = (branches, shape, parents);
                 if let Err((reason, busy)) =
-                    self.begin(now, client, request_id, branches, prepare_timeout_ms, shape)
+                    self.begin(now, client, request_id, plan, prepare_timeout_ms)
                 {
                     self.counters.refused += 1;
                     if busy {
@@ -670,13 +703,23 @@ impl CoordinatorNode {
         now: Time,
         client: ClientId,
         request_id: u64,
-        branches: Vec<BranchRequest>,
+        (branches, shape, parents): (Vec<BranchRequest>, Shape, Vec<u32>),
         prepare_timeout_ms: Option<u64>,
-        shape: Shape,
     ) -> Result<(), (String, bool)> {
         if branches.is_empty() {
             return Err(("a transaction needs at least one branch".into(), false));
         }
+        let tree = match shape {
+            Shape::Hierarchical => Some(tree_of(&self.directory, &branches, &parents)?),
+            _ if !parents.is_empty() => {
+                let shape = shape.name();
+                return Err((
+                    format!("a {shape} transaction has no tree (parents)"),
+                    false,
+                ));
+            }
+            _ => None,
+        };
         let branches = resolve_branches(&self.directory, branches).map_err(|e| (e, false))?;
         if self.core.in_flight() >= self.transactions_in_flight_max {
             return Err((
@@ -696,19 +739,25 @@ impl CoordinatorNode {
         // Largest measured timeout over the participants, or the client's.
         let timeouts = self.timeouts.begin(xid, &participants, prepare_timeout_ms);
         // A chain's members prepare one after the other: its budget is
-        // the sum of theirs (n times the largest).
-        let timeout_ms = match shape {
-            Shape::Linear if participants.len() > 1 => timeouts
-                .prepare
-                .timeout_ms
-                .saturating_mul(participants.len() as u64),
-            _ => timeouts.prepare.timeout_ms,
+        // the sum of theirs (n times the largest); a tree's levels too
+        // (its height times the largest).
+        let levels = match (&tree, shape) {
+            (Some(tree), _) => concord_proto::tree::height(tree),
+            (None, Shape::Linear) => participants.len(),
+            _ => 1,
         };
+        let timeout_ms = timeouts
+            .prepare
+            .timeout_ms
+            .saturating_mul(levels.max(1) as u64);
         let resend_ms = timeouts.resend.timeout_ms;
-        if let Err(e) = self
-            .core
-            .begin_shaped(now, xid, branches, timeout_ms, resend_ms, shape)
-        {
+        let begun = match tree {
+            Some(tree) => self.core.begin_tree(now, xid, tree, timeout_ms, resend_ms),
+            None => self
+                .core
+                .begin_shaped(now, xid, branches, timeout_ms, resend_ms, shape),
+        };
+        if let Err(e) = begun {
             self.timeouts.finish(xid);
             return Err((e.to_string(), false));
         }
@@ -1045,6 +1094,10 @@ impl CoordinatorNode {
             Ok(addr) => {
                 let peers = match &message.body {
                     Body::Prepare { participants, .. } => self.directory.hints(participants, &to),
+                    // A sub-coordinator learns where its subtree is.
+                    Body::TreePrepare { .. } => {
+                        self.directory.hints(&message.body.named_nodes(), &to)
+                    }
                     // A chain's members also learn where this coordinator
                     // is: they say hello to it when they move, and its
                     // welcome tells them where the others are.
@@ -1135,6 +1188,7 @@ mod tests {
             ],
             prepare_timeout_ms: None,
             shape: Shape::Centralized,
+            parents: Vec::new(),
         }
     }
 

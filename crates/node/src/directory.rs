@@ -207,7 +207,10 @@ impl Directory {
         // moved where the others are).
         let prepare = matches!(
             &body,
-            PeerBody::Message(m) if matches!(m.body, Body::Prepare { .. } | Body::Chain { .. })
+            PeerBody::Message(m) if matches!(
+                m.body,
+                Body::Prepare { .. } | Body::Chain { .. } | Body::TreePrepare { .. }
+            )
         ) || matches!(&body, PeerBody::Welcome);
         let mut hinted = Vec::new();
         for hint in peers.iter().filter(|h| prepare && h.id != from) {

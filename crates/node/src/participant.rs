@@ -394,7 +394,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         // one is missing (rare once a peer was seen).
         let unrecorded: Vec<NodeId> = match &envelope.body {
             PeerBody::Message(Message {
-                body: Body::Prepare { .. } | Body::Chain { .. },
+                body: Body::Prepare { .. } | Body::Chain { .. } | Body::TreePrepare { .. },
                 ..
             }) => envelope
                 .peers
@@ -442,6 +442,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             opened.message.as_ref().map(|m| &m.body),
             Some(
                 Body::Prepare { .. }
+                    | Body::TreePrepare { .. }
                     | Body::Decision(_)
                     | Body::OnePhase { .. }
                     | Body::OnePhaseStatus { .. }
@@ -626,7 +627,9 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     }
 
     fn on_message(&mut self, now: Time, message: Message) {
-        if let Body::Prepare { deadline_ms, .. } = &message.body {
+        if let Body::Prepare { deadline_ms, .. } | Body::TreePrepare { deadline_ms, .. } =
+            &message.body
+        {
             let chosen = self
                 .timeouts
                 .on_prepare(now, message.xid, &message.from, *deadline_ms);
@@ -824,6 +827,11 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                         Ok(addr) => {
                             let peers = match &message.body {
                                 Body::Chain { chain, .. } => self.directory.hints(chain, &to),
+                                // A sub-coordinator's child learns where
+                                // its siblings (and its own subtree) are.
+                                Body::Prepare { .. } | Body::TreePrepare { .. } => {
+                                    self.directory.hints(&message.body.named_nodes(), &to)
+                                }
                                 _ => Vec::new(),
                             };
                             self.actions.push(ParticipantNodeAction::Send {

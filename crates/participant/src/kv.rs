@@ -161,7 +161,8 @@ impl KvStore {
                 // without one, recovery restores and commits it through the
                 // resource (so a snapshot never holds a commit the node has
                 // not seen succeed).
-                ParticipantRecord::Ready { xid, work, .. } => {
+                ParticipantRecord::Ready { xid, work, .. }
+                | ParticipantRecord::SubtreeReady { xid, work, .. } => {
                     ready_work.insert(*xid, work);
                 }
                 ParticipantRecord::OnePhase { xid, work, .. } => {

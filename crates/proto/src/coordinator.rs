@@ -21,6 +21,7 @@ use crate::ids::{
 use crate::message::{Body, Decision, Message, Shape, TxnState, Vote};
 use crate::mutant::{self, Mutant};
 use crate::record::CoordinatorRecord;
+use crate::tree::TreeEntry;
 use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
@@ -131,6 +132,8 @@ pub enum BeginError {
     TooManyParticipants { count: usize, max: usize },
     #[error("participant {0} appears twice; merge its work into one branch")]
     DuplicateParticipant(NodeId),
+    #[error("bad tree: {0}")]
+    BadTree(String),
     #[error("work for {participant} is {len} bytes, more than the limit of {max}")]
     WorkTooLarge {
         participant: NodeId,
@@ -479,6 +482,18 @@ impl Coordinator {
             }
         }
         let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
+        if shape == Shape::Hierarchical {
+            // Flat: every branch the coordinator's own child.
+            let tree = branches
+                .into_iter()
+                .map(|(node, work)| TreeEntry {
+                    node,
+                    parent: 0,
+                    work,
+                })
+                .collect();
+            return self.begin_tree(now, xid, tree, prepare_timeout_ms, resend_ms_initial);
+        }
         let one_phase = self.config.one_phase && branches.len() == 1;
         let linear = shape == Shape::Linear && branches.len() >= 2;
         if linear {
@@ -529,17 +544,125 @@ impl Coordinator {
                 self.actions.push(CoordinatorAction::Send { to, message });
             }
         }
+        let phase = if one_phase || linear {
+            Phase::Delegated
+        } else {
+            Phase::Wait
+        };
+        self.start(
+            now,
+            xid,
+            participants,
+            phase,
+            prepare_timeout_ms,
+            resend_ms_initial,
+        );
+        Ok(())
+    }
+
+    /// Start a hierarchical transaction (SPEC §1.7) over `tree` (flat,
+    /// see [`crate::tree`]): the coordinator is the tree's root and runs
+    /// centralized 2PC with its children; each child that has children of
+    /// its own gets TREE PREPARE with its subtree and is their
+    /// sub-coordinator. A tree of one branch is a one-phase commit (when
+    /// `config.one_phase`).
+    pub fn begin_tree(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        tree: Vec<TreeEntry>,
+        prepare_timeout_ms: u64,
+        resend_ms_initial: u64,
+    ) -> Result<(), BeginError> {
+        if tree.len() == 1 || tree.iter().all(|e| e.parent == 0) {
+            let branches = tree.into_iter().map(|e| (e.node, e.work)).collect();
+            return self.begin_shaped(
+                now,
+                xid,
+                branches,
+                prepare_timeout_ms,
+                resend_ms_initial,
+                Shape::Centralized,
+            );
+        }
+        let resend_ms_initial = resend_ms_initial.clamp(1, self.config.resend_ms_max.max(1));
+        if self.txns.contains_key(&xid) {
+            return Err(BeginError::DuplicateXid(xid));
+        }
+        if tree.len() > PARTICIPANTS_MAX {
+            return Err(BeginError::TooManyParticipants {
+                count: tree.len(),
+                max: PARTICIPANTS_MAX,
+            });
+        }
+        crate::tree::check(&tree, "the coordinator", 0)
+            .map_err(|e| BeginError::BadTree(e.to_string()))?;
+        if let Some(e) = tree.iter().find(|e| e.work.len() > WORK_BYTES_MAX) {
+            return Err(BeginError::WorkTooLarge {
+                participant: e.node.clone(),
+                len: e.work.len(),
+                max: WORK_BYTES_MAX,
+            });
+        }
+        let roots = crate::tree::children_of(&tree, 0);
+        let participants: Vec<NodeId> = roots.iter().map(|&i| tree[i].node.clone()).collect();
+        self.actions.push(CoordinatorAction::Persist {
+            record: CoordinatorRecord::Begin {
+                xid,
+                participants: participants.clone(),
+            },
+            durability: Durability::Lazy,
+        });
+        for &i in &roots {
+            let below = crate::tree::subtree(&tree, i);
+            let (participants, work) = (participants.clone(), tree[i].work.clone());
+            let deadline_ms = prepare_timeout_ms;
+            let body = if below.is_empty() {
+                Body::Prepare {
+                    participants,
+                    work,
+                    deadline_ms,
+                }
+            } else {
+                Body::TreePrepare {
+                    participants,
+                    work,
+                    tree: below,
+                    deadline_ms,
+                }
+            };
+            let message = self.message(xid, body);
+            let to = tree[i].node.clone();
+            self.actions.push(CoordinatorAction::Send { to, message });
+        }
+        self.start(
+            now,
+            xid,
+            participants,
+            Phase::Wait,
+            prepare_timeout_ms,
+            resend_ms_initial,
+        );
+        Ok(())
+    }
+
+    /// Track a transaction whose first messages are out.
+    fn start(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        participants: Vec<NodeId>,
+        phase: Phase,
+        prepare_timeout_ms: u64,
+        resend_ms_initial: u64,
+    ) {
         let n = participants.len();
         let at = now.plus_ms(prepare_timeout_ms);
         self.txns.insert(
             xid,
             Txn {
                 participants,
-                phase: if one_phase || linear {
-                    Phase::Delegated
-                } else {
-                    Phase::Wait
-                },
+                phase,
                 ready: vec![false; n],
                 read_only: vec![false; n],
                 acked: vec![false; n],
@@ -556,7 +679,6 @@ impl Coordinator {
             key: TimerKey::new(xid, TimerKind::Votes),
             at,
         });
-        Ok(())
     }
 
     /// A message from a participant.

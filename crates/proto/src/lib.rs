@@ -23,6 +23,7 @@ pub mod message;
 pub mod mutant;
 pub mod participant;
 pub mod record;
+pub mod tree;
 
 pub use coordinator::{
     BeginError, BranchStatus, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice,
@@ -36,3 +37,4 @@ pub use ids::{
 pub use message::{Body, Decision, Message, Shape, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
 pub use record::{CoordinatorRecord, ParticipantRecord};
+pub use tree::{TreeEntry, TREE_DEPTH_MAX, TREE_FAN_OUT_MAX};

@@ -7,6 +7,7 @@
 //! never be mistaken for a decision.
 
 use crate::ids::{Epoch, NodeId, Xid};
+use crate::tree::TreeEntry;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,21 @@ pub enum Body {
     /// no record, the chain never reached it, and it aborts (durably)
     /// before answering ABORTED.
     ChainInquire,
+    /// Hierarchical 2PC (SPEC §1.7): PREPARE to a sub-coordinator, with
+    /// the subtree below it (`tree`, flat: see [`crate::tree`]). The
+    /// receiver prepares its own `work` and sends each child its PREPARE
+    /// (or TREE PREPARE) with a shorter deadline, collects their votes,
+    /// forces its READY record naming the children that voted READY, and
+    /// only then votes READY itself. A VOTE ABORT or a silent child
+    /// aborts the subtree. In phase 2 it passes the decision down and
+    /// ACKs only once every READY child has ACKed; its children ask it,
+    /// with CHAIN INQUIRE, when in doubt.
+    TreePrepare {
+        participants: Vec<NodeId>,
+        work: Vec<u8>,
+        tree: Vec<TreeEntry>,
+        deadline_ms: u64,
+    },
 }
 
 /// How a global transaction's messages flow (SPEC §1.7).
@@ -95,6 +111,9 @@ pub enum Shape {
     /// A chain in the order of the branches, the last one deciding; about
     /// 2n messages.
     Linear,
+    /// A tree: the coordinator talks to the roots, each inner node is the
+    /// sub-coordinator of its children.
+    Hierarchical,
 }
 
 impl Shape {
@@ -102,11 +121,12 @@ impl Shape {
         match self {
             Shape::Centralized => "centralized",
             Shape::Linear => "linear",
+            Shape::Hierarchical => "hierarchical",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Shape> {
-        [Shape::Centralized, Shape::Linear]
+        [Shape::Centralized, Shape::Linear, Shape::Hierarchical]
             .into_iter()
             .find(|s| s.name() == name)
     }
@@ -120,6 +140,22 @@ impl Message {
 }
 
 impl Body {
+    /// The nodes a PREPARE (or TREE PREPARE) names: the participant list
+    /// and the subtree, for the hints that go along.
+    pub fn named_nodes(&self) -> Vec<NodeId> {
+        match self {
+            Body::Prepare { participants, .. } => participants.clone(),
+            Body::TreePrepare {
+                participants, tree, ..
+            } => participants
+                .iter()
+                .cloned()
+                .chain(tree.iter().map(|e| e.node.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Prepare { .. } => "PREPARE",
@@ -135,6 +171,7 @@ impl Body {
             Body::OnePhaseStatus { .. } => "ONE-PHASE STATUS",
             Body::Chain { .. } => "CHAIN PREPARE",
             Body::ChainInquire => "CHAIN INQUIRE",
+            Body::TreePrepare { .. } => "TREE PREPARE",
         }
     }
 }

@@ -79,10 +79,13 @@ pub enum Mutant {
     /// One-phase commit: the participant reports COMMITTED before its
     /// one-phase commit record is durable.
     OnePhaseAckBeforeDurable,
+    /// Hierarchical 2PC: a sub-coordinator votes READY as soon as its own
+    /// part is prepared, without waiting for its children's votes.
+    SubtreeVotesBeforeChildren,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 22] = [
+    pub const ALL: [Mutant; 23] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -105,6 +108,7 @@ impl Mutant {
         Mutant::ReadOnlyForgottenAcrossRestart,
         Mutant::ReadOnlySkipsVotes,
         Mutant::OnePhaseAckBeforeDurable,
+        Mutant::SubtreeVotesBeforeChildren,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -132,6 +136,7 @@ impl Mutant {
             Mutant::ReadOnlyForgottenAcrossRestart => "read-only-forgotten-across-restart",
             Mutant::ReadOnlySkipsVotes => "read-only-skips-votes",
             Mutant::OnePhaseAckBeforeDurable => "one-phase-ack-before-durable",
+            Mutant::SubtreeVotesBeforeChildren => "subtree-votes-before-children",
         }
     }
 

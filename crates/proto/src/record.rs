@@ -114,4 +114,17 @@ pub enum ParticipantRecord {
         /// chain has not confirmed waits for that confirmation first.
         chain: Vec<NodeId>,
     },
+    /// Hierarchical 2PC: a sub-coordinator's READY record, forced once
+    /// its own part is prepared and every child voted, before its VOTE
+    /// READY. Like `Ready`, plus the children that voted READY: after a
+    /// restart in doubt, the decision it learns goes on to them, and a
+    /// COMMIT is ACKed upward only once each of them ACKed it.
+    SubtreeReady {
+        xid: Xid,
+        coordinator: NodeId,
+        epoch: Epoch,
+        participants: Vec<NodeId>,
+        work: Vec<u8>,
+        children: Vec<NodeId>,
+    },
 }

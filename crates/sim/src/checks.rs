@@ -287,13 +287,17 @@ impl World {
     /// durably voted READY, and the participant list is the one the client
     /// asked for.
     fn validity_at_commit_decision(&mut self, xid: Xid, participants: &[concord_proto::NodeId]) {
+        // In a tree the record names the coordinator's own children.
         let mut asked: Vec<concord_proto::NodeId> = match self.client_of.get(&xid) {
-            Some(&c) => self.clients[c]
-                .plan
-                .branches
-                .iter()
-                .map(|(p, _)| NodeId::Participant(*p).name())
-                .collect(),
+            Some(&c) => {
+                let plan = &self.clients[c].plan;
+                plan.branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| plan.parents.get(*k).map_or(true, |&parent| parent == 0))
+                    .map(|(_, (p, _))| NodeId::Participant(*p).name())
+                    .collect()
+            }
             None => {
                 return self.fail(
                     "validity",
@@ -322,6 +326,26 @@ impl World {
                 read_only.map(names).unwrap_or_default()
             );
             return self.fail("validity", Some(xid), detail);
+        }
+        // Below a sub-coordinator's READY, every writer of its subtree
+        // must be READY too.
+        let below: Vec<usize> = participants
+            .iter()
+            .filter_map(|addr| match NodeId::from_name(addr) {
+                Some(NodeId::Participant(i)) => Some(i),
+                _ => None,
+            })
+            .flat_map(|i| self.subtree_of(xid, i).into_iter().filter(move |p| *p != i))
+            .filter(|i| self.branch_writers(xid).contains(i))
+            .collect();
+        for i in below {
+            if !self.participant_disks[i].has_durable(xid, RecordKind::Ready) {
+                let detail = format!(
+                    "COMMIT decided but p{i}, in a sub-coordinator's subtree, has no durable \
+                     READY record"
+                );
+                return self.fail("validity", Some(xid), detail);
+            }
         }
         for addr in participants {
             let Some(NodeId::Participant(i)) = NodeId::from_name(addr) else {
@@ -375,14 +399,20 @@ impl World {
             (NodeId::Participant(i), Body::Chain { .. }) => (!self.participant_disks[i]
                 .has_durable(xid, RecordKind::Ready))
             .then_some("CHAIN PREPARE passed on before the READY record was durable"),
+            // A chain's COMMIT travels back from its decider's record, a
+            // tree's down from the coordinator's.
             (NodeId::Participant(_), Body::Decision(Decision::Commit)) => (!self
-                .one_phase_durable(xid))
-            .then_some("COMMIT sent back down a chain before its decider's record was durable"),
+                .one_phase_durable(xid)
+                && !self.coordinator_disk.was_durable(xid, RecordKind::Commit))
+            .then_some("COMMIT passed on before its decider's or coordinator's record was durable"),
             (NodeId::Participant(i), Body::Vote(Vote::ReadOnly)) => {
                 self.ghost.read_only.entry(xid).or_default().insert(i);
-                self.branch_writers(xid)
-                    .contains(&i)
-                    .then_some("VOTE READ-ONLY for a branch that changes balances")
+                // A sub-coordinator's READ-ONLY speaks for its subtree.
+                let writers = self.branch_writers(xid);
+                self.subtree_of(xid, i)
+                    .iter()
+                    .any(|p| writers.contains(p))
+                    .then_some("VOTE READ-ONLY for a branch (or subtree) that changes balances")
             }
             _ => None,
         };
@@ -724,6 +754,29 @@ impl World {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Participant `p` and every participant below it in `xid`'s tree
+    /// (just `p` outside hierarchical transactions).
+    fn subtree_of(&self, xid: Xid, p: usize) -> Vec<usize> {
+        let Some(plan) = self.client_of.get(&xid).map(|c| &self.clients[*c].plan) else {
+            return vec![p];
+        };
+        let Some(root) = plan.branches.iter().position(|(q, _)| *q == p) else {
+            return vec![p];
+        };
+        // Parents come before children: one pass collects the subtree.
+        let mut inside = vec![false; plan.branches.len()];
+        inside[root] = true;
+        for k in root + 1..plan.branches.len() {
+            if let Some(&parent) = plan.parents.get(k) {
+                inside[k] = parent > 0 && inside[parent as usize - 1];
+            }
+        }
+        (0..plan.branches.len())
+            .filter(|&k| inside[k])
+            .map(|k| plan.branches[k].0)
+            .collect()
     }
 
     /// The participants whose branch of `xid` changes a balance (the rest

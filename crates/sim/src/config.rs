@@ -40,22 +40,30 @@ impl Default for SimOptions {
 
 /// Which shapes a run's transactions take (`concord-sim --shape`).
 /// Centralized and linear runs draw nothing for it, so a seed's other
-/// draws are the same in both; mixed draws the shape per transaction.
+/// draws are the same in both; hierarchical runs draw each tree after
+/// everything else; mixed draws the shape per transaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShapeMode {
     #[default]
     Centralized,
     Linear,
+    Hierarchical,
     Mixed,
 }
 
 impl ShapeMode {
-    pub const ALL: [ShapeMode; 3] = [ShapeMode::Centralized, ShapeMode::Linear, ShapeMode::Mixed];
+    pub const ALL: [ShapeMode; 4] = [
+        ShapeMode::Centralized,
+        ShapeMode::Linear,
+        ShapeMode::Hierarchical,
+        ShapeMode::Mixed,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ShapeMode::Centralized => "centralized",
             ShapeMode::Linear => "linear",
+            ShapeMode::Hierarchical => "hierarchical",
             ShapeMode::Mixed => "mixed",
         }
     }

@@ -66,7 +66,9 @@ impl SimRecord for CoordinatorRecord {
 impl SimRecord for ParticipantRecord {
     fn keys(&self) -> Vec<(Xid, RecordKind)> {
         match self {
-            ParticipantRecord::Ready { xid, .. } => vec![(*xid, RecordKind::Ready)],
+            ParticipantRecord::Ready { xid, .. } | ParticipantRecord::SubtreeReady { xid, .. } => {
+                vec![(*xid, RecordKind::Ready)]
+            }
             ParticipantRecord::OnePhase { xid, .. } => vec![
                 (*xid, RecordKind::Ready),
                 (*xid, RecordKind::Commit),

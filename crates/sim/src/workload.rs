@@ -11,7 +11,7 @@
 
 use crate::config::{ShapeMode, SimConfig};
 use concord_participant::kv::KvOp;
-use concord_proto::{Shape, Time};
+use concord_proto::{Shape, Time, TREE_DEPTH_MAX};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -41,6 +41,9 @@ pub struct TxnPlan {
     pub intent: Intent,
     /// Linear: the chain runs in the order of `branches`.
     pub shape: Shape,
+    /// Hierarchical: each branch's parent (0: the coordinator, `k`:
+    /// branch `k - 1`), as in `Request::Begin`; empty otherwise.
+    pub parents: Vec<u32>,
 }
 
 /// Draw the run's client transactions, sorted by submission time.
@@ -145,15 +148,44 @@ fn plan_one(config: &SimConfig, total_money: i64, rng: &mut impl Rng) -> TxnPlan
     let shape = match config.shape {
         ShapeMode::Centralized => Shape::Centralized,
         ShapeMode::Linear => Shape::Linear,
-        ShapeMode::Mixed if rng.gen_bool(0.5) => Shape::Linear,
-        ShapeMode::Mixed => Shape::Centralized,
+        ShapeMode::Hierarchical => Shape::Hierarchical,
+        ShapeMode::Mixed => *[Shape::Centralized, Shape::Linear, Shape::Hierarchical]
+            .choose(rng)
+            .unwrap_or(&Shape::Centralized),
+    };
+    let parents = if shape == Shape::Hierarchical {
+        draw_tree(chosen.len(), rng)
+    } else {
+        Vec::new()
     };
     TxnPlan {
         submit_at,
         branches: chosen.into_iter().zip(ops).collect(),
         intent,
         shape,
+        parents,
     }
+}
+
+/// A random tree over `n` branches, depth at most `TREE_DEPTH_MAX`:
+/// branch `k`'s parent is the coordinator or an earlier branch not yet at
+/// the deepest level. Half the time a deep one (each branch under the one
+/// before, as deep as allowed), so depths 3 and 4 come up often.
+pub fn draw_tree(n: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let deep = rng.gen_bool(0.5);
+    let mut depth = vec![0usize]; // index 0: the coordinator
+    let mut parents = Vec::with_capacity(n);
+    for k in 0..n {
+        let open: Vec<usize> = (0..=k).filter(|&i| depth[i] < TREE_DEPTH_MAX).collect();
+        let parent = if deep && depth[k] < TREE_DEPTH_MAX {
+            k
+        } else {
+            *open.choose(rng).unwrap_or(&0)
+        };
+        depth.push(depth[parent] + 1);
+        parents.push(parent as u32);
+    }
+    parents
 }
 
 /// The index of an account named by [`account_name`].

@@ -695,12 +695,18 @@ impl World {
             })
             .collect();
         let shape = self.clients[client].plan.shape;
+        let parents = self.clients[client].plan.parents.clone();
         trace!(
             self,
             None,
-            "client {client} submits ({:?}, {}): {}",
+            "client {client} submits ({:?}, {}{}): {}",
             self.clients[client].plan.intent,
             shape.name(),
+            if parents.is_empty() {
+                String::new()
+            } else {
+                format!(" parents {parents:?}")
+            },
             show_branches(&self.clients[client].plan.branches)
         );
         let now = self.node_now(NodeId::Coordinator);
@@ -709,6 +715,7 @@ impl World {
             branches,
             prepare_timeout_ms: None,
             shape,
+            parents,
         };
         let coordinator = self.coordinator.as_mut().expect("checked above");
         coordinator.on_request(now, ClientId(client as u64), request);
@@ -1663,11 +1670,23 @@ impl World {
 
     /// [`World::submit`] in `shape` (linear: in the order of `branches`).
     pub fn submit_shaped(&mut self, branches: Vec<(usize, Vec<KvOp>)>, shape: Shape) -> Xid {
+        self.submit_tree(branches, shape, Vec::new())
+    }
+
+    /// [`World::submit`] as a tree: `parents` as in `Request::Begin`
+    /// (0: the coordinator, `k`: branch `k - 1`).
+    pub fn submit_tree(
+        &mut self,
+        branches: Vec<(usize, Vec<KvOp>)>,
+        shape: Shape,
+        parents: Vec<u32>,
+    ) -> Xid {
         let client = self.add_client(TxnPlan {
             submit_at: self.now,
             branches,
             intent: Intent::Transfer,
             shape,
+            parents,
         });
         self.submit_client(client);
         self.clients[client].xid
@@ -1976,6 +1995,13 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
             incarnation,
         } => format!("PEER HINT {id} at {addr} (life {incarnation})"),
         ParticipantRecord::OnePhase { xid, epoch, .. } => format!("ONE-PHASE {xid:?} e{epoch}"),
+        ParticipantRecord::SubtreeReady {
+            xid,
+            epoch,
+            participants,
+            children,
+            ..
+        } => format!("SUBTREE READY {xid:?} e{epoch} {participants:?} children {children:?}"),
     }
 }
 

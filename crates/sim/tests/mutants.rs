@@ -176,31 +176,42 @@ fn restart_and_settle(mut w: World) -> Result<(), SimFailure> {
     w.check_invariants()
 }
 
-/// Linear 2PC's own persist-then-send rules (a member passes the chain on
-/// only from a durable READY record; COMMIT goes back only from a durable
-/// decider record), each broken by a mutant and caught in a linear run.
-const CAUGHT_LINEAR: [(Mutant, u64, &str, &str); 2] = [
+/// The rules of the other shapes, each broken by a mutant and caught in
+/// a run of that shape: linear 2PC's persist-then-send rules (a member
+/// passes the chain on only from a durable READY record; COMMIT goes back
+/// only from a durable decider record), and hierarchical 2PC's "a
+/// sub-coordinator votes READY only once all its children did".
+const CAUGHT_SHAPED: [(Mutant, ShapeMode, u64, &str, &str); 3] = [
     (
         Mutant::VoteBeforeReadyDurable,
+        ShapeMode::Linear,
         0,
         "persist_then_send",
         "CHAIN PREPARE passed on before the READY record was durable",
     ),
     (
         Mutant::OnePhaseAckBeforeDurable,
+        ShapeMode::Linear,
         0,
         "persist_then_send",
-        "COMMIT sent back down a chain before its decider's record was durable",
+        "COMMIT passed on before its decider's or coordinator's record was durable",
+    ),
+    (
+        Mutant::SubtreeVotesBeforeChildren,
+        ShapeMode::Hierarchical,
+        0,
+        "validity",
+        "in a sub-coordinator's subtree, has no durable READY record",
     ),
 ];
 
 #[test]
-fn linear_rules_are_caught_by_their_checks_and_the_seed_passes_without_them() {
-    let options = SimOptions {
-        shape: ShapeMode::Linear,
-        ..SimOptions::default()
-    };
-    for (mutant, seed, invariant, detail) in CAUGHT_LINEAR {
+fn shape_rules_are_caught_by_their_checks_and_the_seed_passes_without_them() {
+    for (mutant, shape, seed, invariant, detail) in CAUGHT_SHAPED {
+        let options = SimOptions {
+            shape,
+            ..SimOptions::default()
+        };
         set_mutant(Some(mutant));
         let broken = run_seed(seed, &options);
         set_mutant(None);
@@ -209,10 +220,14 @@ fn linear_rules_are_caught_by_their_checks_and_the_seed_passes_without_them() {
                 assert_eq!(f.invariant, invariant, "mutant {}: {f}", mutant.name());
                 assert!(f.detail.contains(detail), "mutant {}: {f}", mutant.name());
             }
-            Ok(_) => panic!("mutant {} not caught at linear seed {seed}", mutant.name()),
+            Ok(_) => panic!(
+                "mutant {} not caught at {} seed {seed}",
+                mutant.name(),
+                shape.name()
+            ),
         }
         if let Err(f) = run_seed(seed, &options) {
-            panic!("linear seed {seed} fails without any mutant: {f}");
+            panic!("{} seed {seed} fails without any mutant: {f}", shape.name());
         }
     }
 }
@@ -222,8 +237,9 @@ fn every_mutant_is_listed_here() {
     for m in Mutant::ALL {
         assert!(
             CAUGHT.iter().any(|(c, _, _)| *c == m)
-                || CAUGHT_BY_SCRIPT.iter().any(|(c, _, _)| *c == m),
-            "mutant {} has no entry in CAUGHT or CAUGHT_BY_SCRIPT",
+                || CAUGHT_BY_SCRIPT.iter().any(|(c, _, _)| *c == m)
+                || CAUGHT_SHAPED.iter().any(|(c, ..)| *c == m),
+            "mutant {} has no entry in CAUGHT, CAUGHT_BY_SCRIPT or CAUGHT_SHAPED",
             m.name()
         );
     }

@@ -91,6 +91,16 @@ fn linear_seeds_1() {
 }
 
 #[test]
+fn hierarchical_seeds_0() {
+    run_shape(0, ShapeMode::Hierarchical);
+}
+
+#[test]
+fn hierarchical_seeds_1() {
+    run_shape(1, ShapeMode::Hierarchical);
+}
+
+#[test]
 fn mixed_seeds_0() {
     run_shape(0, ShapeMode::Mixed);
 }

@@ -29,6 +29,9 @@ use crate::message::{Body, Decision, Message, TxnState, Vote};
 use crate::mutant::{self, Mutant};
 use crate::record::ParticipantRecord;
 use std::collections::{HashMap, HashSet, VecDeque};
+use subtree::Subtree;
+
+mod subtree;
 
 #[derive(Clone, Debug)]
 pub struct ParticipantConfig {
@@ -186,6 +189,9 @@ struct Branch {
     /// for a member recovered from its READY record, which then acts as a
     /// plain in-doubt branch whose coordinator is the decider).
     chain: Option<ChainPlace>,
+    /// Hierarchical 2PC: this branch is the sub-coordinator of these
+    /// children (`None` for a leaf).
+    subtree: Option<Subtree>,
 }
 
 /// Where a branch of a linear transaction sits (see `Body::Chain`).
@@ -238,6 +244,7 @@ impl Branch {
             peers_asked: false,
             one_phase: false,
             chain: None,
+            subtree: None,
         }
     }
 }
@@ -304,6 +311,9 @@ enum BranchState {
     Preparing {
         abort_requested: bool,
     },
+    /// A sub-coordinator whose own part is prepared, waiting for its
+    /// children's votes.
+    Gathering,
     /// The READY record is being forced.
     ReadyPending,
     Ready,
@@ -320,6 +330,9 @@ enum BranchState {
     /// every branch committed, so that it can never forget a decision a
     /// member may still ask for. Then it applies its own commit.
     Decided,
+    /// A sub-coordinator that knows COMMIT and passed it down: its own
+    /// part is applied once every READY child ACKed.
+    Relaying,
 }
 
 /// A resource commit or abort that has not succeeded yet.
@@ -346,12 +359,15 @@ enum Resume {
     /// The one-phase record is durable: the branch is committed, the ACK
     /// may leave and the resource may apply it.
     OnePhaseCommitted(Xid),
-    /// A one-phase branch's abort is durable: its VOTE ABORT may leave.
+    /// A one-phase branch's abort is durable: its VOTE ABORT may leave
+    /// (if `to`). A sub-coordinator's own abort: also the ABORTs to its
+    /// `kids` (who may tell their peers ABORTED on it).
     VoteAbort {
         xid: Xid,
-        to: NodeId,
+        to: Option<NodeId>,
         epoch: Epoch,
         reason: String,
+        kids: Vec<NodeId>,
     },
 }
 
@@ -389,6 +405,9 @@ pub struct Participant {
     /// xid" no longer means "never prepared" for a PREPARE that may have
     /// come before the restart: see `may_abort_unknown`.
     life_began: Option<Time>,
+    /// Hierarchical 2PC: the most a child may be given to vote (its
+    /// measured timeout, set by the driver).
+    child_timeouts: HashMap<NodeId, u64>,
     actions: Vec<ParticipantAction>,
 }
 
@@ -420,6 +439,7 @@ impl Participant {
             read_only: HashMap::new(),
             read_only_order: VecDeque::new(),
             life_began: None,
+            child_timeouts: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -434,7 +454,9 @@ impl Participant {
         now: Time,
     ) -> Participant {
         let mut participant = Participant::new(config);
-        let mut ready: HashMap<Xid, (Epoch, NodeId, Vec<NodeId>, Vec<u8>)> = HashMap::new();
+        // READY records, with the children a sub-coordinator's names.
+        type Ready = (Epoch, NodeId, Vec<NodeId>, Vec<u8>, Option<Vec<NodeId>>);
+        let mut ready: HashMap<Xid, Ready> = HashMap::new();
         // One-phase commits whose resource commit may not have run.
         let mut one_phase: HashMap<Xid, (Epoch, NodeId, Vec<u8>, Vec<NodeId>)> = HashMap::new();
         let mut order: Vec<Xid> = Vec::new();
@@ -446,6 +468,7 @@ impl Participant {
             earlier_life |= matches!(
                 record,
                 ParticipantRecord::Ready { .. }
+                    | ParticipantRecord::SubtreeReady { .. }
                     | ParticipantRecord::Outcome { .. }
                     | ParticipantRecord::Finished { .. }
             );
@@ -460,7 +483,21 @@ impl Participant {
                     if !ready.contains_key(&xid) {
                         order.push(xid);
                     }
-                    ready.insert(xid, (epoch, coordinator, participants, work));
+                    ready.insert(xid, (epoch, coordinator, participants, work, None));
+                }
+                ParticipantRecord::SubtreeReady {
+                    xid,
+                    coordinator,
+                    epoch,
+                    participants,
+                    work,
+                    children,
+                } => {
+                    if !ready.contains_key(&xid) {
+                        order.push(xid);
+                    }
+                    let entry = (epoch, coordinator, participants, work, Some(children));
+                    ready.insert(xid, entry);
                 }
                 ParticipantRecord::OnePhase {
                     xid,
@@ -548,7 +585,8 @@ impl Participant {
                 }
                 continue;
             }
-            let Some((epoch, coordinator, participants, work)) = ready.remove(&xid) else {
+            let Some((epoch, coordinator, participants, work, children)) = ready.remove(&xid)
+            else {
                 continue;
             };
             participant.actions.push(ParticipantAction::Restore {
@@ -569,6 +607,7 @@ impl Participant {
                 xid,
                 Branch {
                     timer_at: Some(now),
+                    subtree: children.map(|c| Subtree::recovered(c, inquire_ms)),
                     ..branch
                 },
             );
@@ -695,13 +734,15 @@ impl Participant {
                 decision: Decision::Commit,
             }) if branch.is_some_and(|b| b.one_phase) => TxnState::Committed,
             Some(BranchState::Decided) => TxnState::Committed,
+            // The COMMIT reached us (it is durable above): passing it on.
+            Some(BranchState::Relaying) => TxnState::Committed,
             // Not COMMITTED until our own record is durable.
             Some(BranchState::Ready)
             | Some(BranchState::Applying { .. })
             | Some(BranchState::Committing) => TxnState::Ready,
-            Some(BranchState::Preparing { .. }) | Some(BranchState::ReadyPending) => {
-                TxnState::Initial
-            }
+            Some(BranchState::Preparing { .. })
+            | Some(BranchState::Gathering)
+            | Some(BranchState::ReadyPending) => TxnState::Initial,
             None => TxnState::Unknown,
         }
     }
@@ -762,6 +803,33 @@ impl Participant {
                 works,
                 deadline_ms,
             } => self.on_chain(now, xid, epoch, from, chain, works, deadline_ms),
+            Body::TreePrepare {
+                participants,
+                work,
+                tree,
+                deadline_ms,
+            } => self.on_tree_prepare(now, xid, epoch, from, participants, work, tree, deadline_ms),
+            Body::Vote(vote) if self.is_child(xid, &from) => {
+                self.on_child_vote(now, xid, from, vote)
+            }
+            Body::Ack if self.is_child(xid, &from) => self.on_child_ack(xid, from),
+            // A child's READY for a subtree we already aborted.
+            Body::Vote(Vote::Ready)
+                if self.finished.get(&xid) == Some(&Decision::Abort)
+                    && !self.branches.contains_key(&xid) =>
+            {
+                // Told only once that abort is durable: the child may pass
+                // it on to its peers as ABORTED.
+                if let Some(waiting) = self.answers_waiting.get_mut(&xid) {
+                    waiting.push((from, epoch));
+                } else if self.undurable_aborts.remove(&xid) {
+                    self.abort_then_answer(now, xid, from, epoch);
+                } else {
+                    let message = self.message(xid, epoch, Body::Decision(Decision::Abort));
+                    self.actions
+                        .push(ParticipantAction::Send { to: from, message });
+                }
+            }
             Body::Vote(Vote::Abort { reason }) if self.chain_successor(xid) == Some(&from) => {
                 self.on_chain_abort(xid, epoch, reason)
             }
@@ -815,45 +883,19 @@ impl Participant {
             ))),
             Ok(()) => None,
         };
+        let inner = branch.subtree.is_some();
         match failure {
-            None => {
-                branch.state = BranchState::ReadyPending;
-                // A one-phase branch forces its commit point, any other its
-                // READY record; either way nothing leaves before it is
-                // durable.
-                let (record, resume, early) = if branch.one_phase {
-                    (
-                        ParticipantRecord::OnePhase {
-                            xid,
-                            coordinator: branch.coordinator.clone(),
-                            epoch: branch.epoch,
-                            work: branch.work.clone(),
-                            chain: chain_of(branch),
-                        },
-                        Resume::OnePhaseCommitted(xid),
-                        Mutant::OnePhaseAckBeforeDurable,
-                    )
-                } else {
-                    (
-                        ParticipantRecord::Ready {
-                            xid,
-                            coordinator: branch.coordinator.clone(),
-                            epoch: branch.epoch,
-                            participants: branch.participants.clone(),
-                            work: branch.work.clone(),
-                        },
-                        Resume::VoteReady(xid),
-                        Mutant::VoteBeforeReadyDurable,
-                    )
-                };
-                let ticket = self.gate.park(resume);
-                self.actions.push(ParticipantAction::Persist {
-                    record,
-                    durability: Durability::Forced(ticket),
-                });
-                if mutant::active(early) {
-                    self.on_durable(now, ticket);
+            None if inner => self.own_part_prepared(now, xid),
+            None => self.force_ready(now, xid),
+            Some(reason) if inner => {
+                if prepared {
+                    self.start_apply(xid, Decision::Abort);
                 }
+                // The children are told ABORT; the coordinator too unless
+                // the abort came from it.
+                let tell = reason.is_some();
+                let reason = format!("{}: {}", self.config.id, reason.unwrap_or_default());
+                self.abort_unvoted(now, xid, reason, tell);
             }
             Some(reason) => {
                 let Some(branch) = self.branches.remove(&xid) else {
@@ -885,6 +927,43 @@ impl Participant {
         }
     }
 
+    /// Prepared (and, for a sub-coordinator, every child voted): force
+    /// the READY record (a one-phase branch: its commit point); nothing
+    /// leaves before it is durable.
+    fn force_ready(&mut self, now: Time, xid: Xid) {
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return;
+        };
+        branch.state = BranchState::ReadyPending;
+        let (record, resume, early) = if branch.one_phase {
+            (
+                ParticipantRecord::OnePhase {
+                    xid,
+                    coordinator: branch.coordinator.clone(),
+                    epoch: branch.epoch,
+                    work: branch.work.clone(),
+                    chain: chain_of(branch),
+                },
+                Resume::OnePhaseCommitted(xid),
+                Mutant::OnePhaseAckBeforeDurable,
+            )
+        } else {
+            (
+                ready_record(xid, branch),
+                Resume::VoteReady(xid),
+                Mutant::VoteBeforeReadyDurable,
+            )
+        };
+        let ticket = self.gate.park(resume);
+        self.actions.push(ParticipantAction::Persist {
+            record,
+            durability: Durability::Forced(ticket),
+        });
+        if mutant::active(early) {
+            self.on_durable(now, ticket);
+        }
+    }
+
     /// The resource prepared `xid` and has nothing to change (the work
     /// only reads; it holds nothing): vote READ-ONLY. Nothing is written
     /// and no phase 2 follows; the branch is done here. A failed or late
@@ -899,6 +978,13 @@ impl Participant {
         if branch.chain.is_some() {
             // A chain member passes the chain on only from a durable
             // READY record: no READ-ONLY shortcut there.
+            return self.on_prepared(now, xid, Ok(()));
+        }
+        if branch.subtree.is_some() {
+            // A sub-coordinator's vote waits for its children's.
+            if let Some(subtree) = self.branches.get_mut(&xid).and_then(|b| b.subtree.as_mut()) {
+                subtree.own_read_only = true;
+            }
             return self.on_prepared(now, xid, Ok(()));
         }
         if abort_requested || now > branch.deadline {
@@ -1027,9 +1113,16 @@ impl Participant {
                 to,
                 epoch,
                 reason,
+                kids,
             }) => {
-                let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
-                self.actions.push(ParticipantAction::Send { to, message });
+                if let Some(to) = to {
+                    let message = self.message(xid, epoch, Body::Vote(Vote::Abort { reason }));
+                    self.actions.push(ParticipantAction::Send { to, message });
+                }
+                for to in kids {
+                    let message = self.message(xid, epoch, Body::Decision(Decision::Abort));
+                    self.actions.push(ParticipantAction::Send { to, message });
+                }
                 self.answer_aborted(xid);
             }
             Some(Resume::AnswerAborted(xid)) => self.answer_aborted(xid),
@@ -1089,8 +1182,11 @@ impl Participant {
         match key.kind {
             TimerKind::Inquire => {}
             TimerKind::Apply => return self.retry_apply(now, key.xid),
+            // A sub-coordinator's.
+            TimerKind::Votes => return self.votes_timer_fired(now, key.xid),
+            TimerKind::Resend => return self.resend_timer_fired(now, key.xid),
             // Not a participant core's timer.
-            TimerKind::Votes | TimerKind::Resend | TimerKind::Hello => return,
+            TimerKind::Hello => return,
         }
         let xid = key.xid;
         let Some(branch) = self.branches.get_mut(&xid) else {
@@ -1215,24 +1311,24 @@ impl Participant {
                 // Applying: decided but not carried out, so still in doubt
                 // as far as the log goes; after a crash the decision is
                 // learnt again and carried out then.
-                BranchState::Ready | BranchState::ReadyPending | BranchState::Applying { .. }
+                // Relaying: its own commit waits for the children.
+                BranchState::Ready
+                | BranchState::ReadyPending
+                | BranchState::Applying { .. }
+                | BranchState::Relaying
                     if !mutant::active(Mutant::CompactionDropsInDoubt) =>
                 {
-                    ready.push(ParticipantRecord::Ready {
-                        xid: *xid,
-                        coordinator: branch.coordinator.clone(),
-                        epoch: branch.epoch,
-                        participants: branch.participants.clone(),
-                        work: branch.work.clone(),
-                    })
+                    ready.push(ready_record(*xid, branch))
                 }
                 // The resource already applied it; its COMMITTED record is
                 // written before the snapshot.
                 BranchState::Committing => outcomes.push((*xid, Decision::Commit)),
                 BranchState::Preparing { .. }
+                | BranchState::Gathering
                 | BranchState::Ready
                 | BranchState::ReadyPending
                 | BranchState::Decided
+                | BranchState::Relaying
                 | BranchState::Applying { .. } => {}
             }
         }
@@ -1416,12 +1512,23 @@ impl Participant {
                     format!("ABORT from {from} after this chain decided COMMIT"),
                 );
             }
+            (Decision::Commit, BranchState::Ready) if branch.subtree.is_some() => {
+                self.relay_decision(now, xid, Decision::Commit);
+            }
             (Decision::Commit, BranchState::Ready) => {
                 branch.state = BranchState::Applying {
                     decision: Decision::Commit,
                 };
                 branch.timer_at = None;
                 self.start_apply(xid, Decision::Commit);
+            }
+            // Passing it on; our own commit follows the children's ACKs.
+            (Decision::Commit, BranchState::Relaying) => {}
+            (Decision::Abort, BranchState::Relaying) => {
+                self.violation(xid, format!("ABORT from {from} after COMMIT"));
+            }
+            (Decision::Abort, BranchState::Gathering) => {
+                self.abort_unvoted(now, xid, String::new(), false);
             }
             // ACK follows once the commit is applied and recorded.
             (
@@ -1457,6 +1564,7 @@ impl Participant {
                     decision: Decision::Abort,
                 };
                 branch.timer_at = None;
+                self.relay_decision(now, xid, Decision::Abort);
                 self.start_apply(xid, Decision::Abort);
             }
             (
@@ -1687,7 +1795,7 @@ impl Participant {
         let state = self.state_of(xid);
         let preparing = matches!(
             self.branches.get(&xid).map(|b| b.state),
-            Some(BranchState::Preparing { .. })
+            Some(BranchState::Preparing { .. } | BranchState::Gathering)
         );
         if preparing && mutant::active(Mutant::PreparingPeerKeepsVoting) {
             let message = self.message(xid, epoch, Body::State(TxnState::Initial));
@@ -1700,17 +1808,13 @@ impl Participant {
             // READY (SPEC §1.6), tell the coordinator at once, and answer
             // once the abort is durable. The resource's prepare is released
             // when it returns.
-            if let Some(branch) = self.branches.remove(&xid) {
-                let reason = format!(
-                    "aborted unilaterally: peer {from} asked for its state before this branch \
-                     was prepared"
-                );
-                let message = self.message(xid, branch.epoch, Body::Vote(Vote::Abort { reason }));
-                self.actions.push(ParticipantAction::Send {
-                    to: branch.coordinator,
-                    message,
-                });
-            }
+            let reason = format!(
+                "aborted unilaterally: peer {from} asked for its state before this branch was \
+                 prepared"
+            );
+            self.abort_unvoted(now, xid, reason, true);
+            // Forced now, before the answer.
+            self.undurable_aborts.remove(&xid);
             self.abort_then_answer(now, xid, from, epoch);
             return;
         }
@@ -1895,13 +1999,26 @@ impl Participant {
             self.actions.push(ParticipantAction::Send { to, message });
             return;
         }
-        // Whoever asks meanwhile is answered once the abort is durable.
+        self.force_abort(xid, Some(to), epoch, reason, Vec::new());
+    }
+
+    /// Force the abort of `xid`, then send VOTE ABORT to `to` (if any)
+    /// and ABORT to `kids`, and answer whoever asked meanwhile.
+    fn force_abort(
+        &mut self,
+        xid: Xid,
+        to: Option<NodeId>,
+        epoch: Epoch,
+        reason: String,
+        kids: Vec<NodeId>,
+    ) {
         self.answers_waiting.entry(xid).or_default();
         let ticket = self.gate.park(Resume::VoteAbort {
             xid,
             to,
             epoch,
             reason,
+            kids,
         });
         self.actions.push(ParticipantAction::Persist {
             record: ParticipantRecord::Outcome {
@@ -1935,10 +2052,16 @@ impl Participant {
             Body::Vote(Vote::ReadOnly)
         } else if let Some(branch) = self.branches.get(&xid) {
             match branch.state {
-                BranchState::Preparing { .. } => {
+                BranchState::Preparing { .. } | BranchState::Gathering => {
                     // Not decided yet: abort, and say so once durable (the
-                    // resource's prepare is released when it returns).
-                    self.branches.remove(&xid);
+                    // resource's prepare is released when it returns). A
+                    // sub-coordinator's child asks: tell its coordinator.
+                    // (Only there: a chain's member learns it by asking,
+                    // once the abort is durable.)
+                    let tell = branch.subtree.is_some() && from != branch.coordinator;
+                    let reason = format!("aborted: {from} asked before this branch voted");
+                    self.abort_unvoted(now, xid, reason, tell);
+                    self.undurable_aborts.remove(&xid);
                     return self.abort_then_answer(now, xid, from, epoch);
                 }
                 // Its record is being forced: ask again.
@@ -2048,6 +2171,30 @@ fn chain_of(branch: &Branch) -> Vec<NodeId> {
         branch.participants.clone()
     } else {
         Vec::new()
+    }
+}
+
+/// The READY record of `branch` (a sub-coordinator's names the children
+/// that voted READY).
+fn ready_record(xid: Xid, branch: &Branch) -> ParticipantRecord {
+    let (coordinator, epoch) = (branch.coordinator.clone(), branch.epoch);
+    let (participants, work) = (branch.participants.clone(), branch.work.clone());
+    match &branch.subtree {
+        Some(subtree) => ParticipantRecord::SubtreeReady {
+            xid,
+            coordinator,
+            epoch,
+            participants,
+            work,
+            children: subtree.ready_kids(),
+        },
+        None => ParticipantRecord::Ready {
+            xid,
+            coordinator,
+            epoch,
+            participants,
+            work,
+        },
     }
 }
 
