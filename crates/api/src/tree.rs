@@ -3,9 +3,9 @@
 //! talks to `bank-a` and `bank-d`, and `bank-a` is the sub-coordinator of
 //! `bank-b` and `bank-c`.
 //!
-//! Parsing and validation only, so that a bad tree gets a clear error
-//! before anything is sent. The hierarchical shape that runs such a tree
-//! is not built yet (issue 9); nothing executes a [`Tree`] so far.
+//! Parsing and validation, so that a bad tree gets a clear error before
+//! anything is sent; [`Tree::flat`] gives the parent list a begin request
+//! carries (`concord_proto::tree`).
 //!
 //! Hand-written rather than a parser crate: the grammar is three tokens
 //! (a name, parentheses, commas) and the errors must name the byte where
@@ -123,6 +123,22 @@ impl Tree {
         }
         let mut out = Vec::new();
         walk(&self.roots, &mut out);
+        out
+    }
+
+    /// Every participant with its parent, parents first, as
+    /// `Request::Begin` carries a tree: 0 is the coordinator, `k` the
+    /// `k`-th participant of this list.
+    pub fn flat(&self) -> Vec<(String, u32)> {
+        fn walk(nodes: &[TreeNode], parent: u32, out: &mut Vec<(String, u32)>) {
+            for node in nodes {
+                out.push((node.name.clone(), parent));
+                let me = out.len() as u32;
+                walk(&node.children, me, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.roots, 0, &mut out);
         out
     }
 
@@ -294,6 +310,12 @@ mod tests {
         let tree = Tree::parse(" bank-a ( bank-b, bank-c ), bank-d ").expect("parses");
         assert_eq!(tree.names(), vec!["bank-a", "bank-b", "bank-c", "bank-d"]);
         assert_eq!(tree.depth(), 2);
+        let flat = tree.flat();
+        let names: Vec<(&str, u32)> = flat.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        assert_eq!(
+            names,
+            vec![("bank-a", 0), ("bank-b", 1), ("bank-c", 1), ("bank-d", 0)]
+        );
         assert_eq!(tree.to_string(), "bank-a(bank-b,bank-c),bank-d");
         assert_eq!(Tree::parse(&tree.to_string()), Ok(tree));
     }

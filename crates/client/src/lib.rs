@@ -43,6 +43,7 @@
 //! effect.
 
 use bytes::BytesMut;
+pub use concord_api::tree::Tree;
 use concord_api::{decode_reply, KIND_REPLY, KIND_REQUEST, REPLY_BYTES_MAX};
 pub use concord_api::{
     AccountsReport, BranchRequest, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
@@ -268,6 +269,75 @@ impl Client {
         prepare_timeout_ms: Option<u64>,
         shape: Shape,
     ) -> Result<TxnResult, ClientError> {
+        self.transact_planned(branches, prepare_timeout_ms, shape, Vec::new())
+            .await
+    }
+
+    /// Run a hierarchical transaction over `tree` (or, without one, a
+    /// balanced binary tree over the branches in the order given: the
+    /// first is the root, node `k`'s children are `2k + 1` and `2k + 2`).
+    /// Every branch's participant must be in the tree; a participant of
+    /// the tree without a branch takes part with empty key-value work (it
+    /// only passes messages on).
+    pub async fn transact_tree(
+        &self,
+        branches: Vec<BranchRequest>,
+        prepare_timeout_ms: Option<u64>,
+        tree: Option<&Tree>,
+    ) -> Result<TxnResult, ClientError> {
+        let flat: Vec<(String, u32)> = match tree {
+            Some(tree) => tree.flat(),
+            None => {
+                let mut names: Vec<String> = Vec::new();
+                for b in &branches {
+                    if !names.contains(&b.participant) {
+                        names.push(b.participant.clone());
+                    }
+                }
+                let nodes = names.into_iter().map(|n| (n, Vec::new())).collect();
+                let entries = concord_proto::tree::balanced_binary(nodes);
+                concord_proto::tree::check(&entries, "the coordinator", 0)
+                    .map_err(|e| ClientError::Invalid(format!("{e}; give the tree (--tree)")))?;
+                entries.into_iter().map(|e| (e.node, e.parent)).collect()
+            }
+        };
+        if let Some(b) = branches
+            .iter()
+            .find(|b| !flat.iter().any(|(n, _)| *n == b.participant))
+        {
+            return Err(ClientError::Invalid(format!(
+                "participant {} has a branch but is not in the tree",
+                b.participant
+            )));
+        }
+        let mut ordered = Vec::with_capacity(flat.len());
+        let mut parents = Vec::with_capacity(flat.len());
+        for (name, parent) in flat {
+            let mut ops = Vec::new();
+            for b in branches.iter().filter(|b| b.participant == name) {
+                let work = concord_participant::kv::decode_work(&b.work).map_err(|e| {
+                    ClientError::Invalid(format!("branch for {name}: not key-value work: {e}"))
+                })?;
+                ops.extend(work);
+            }
+            ordered.push(BranchRequest {
+                participant: name,
+                work: encode_work(&ops),
+            });
+            parents.push(parent);
+        }
+        let shape = Shape::Hierarchical;
+        self.transact_planned(ordered, prepare_timeout_ms, shape, parents)
+            .await
+    }
+
+    async fn transact_planned(
+        &self,
+        branches: Vec<BranchRequest>,
+        prepare_timeout_ms: Option<u64>,
+        shape: Shape,
+        parents: Vec<u32>,
+    ) -> Result<TxnResult, ClientError> {
         let request_id = self.next_id();
         let (mut replies, conn) = self
             .start(Request::Begin {
@@ -275,7 +345,7 @@ impl Client {
                 branches,
                 prepare_timeout_ms,
                 shape,
-                parents: Vec::new(),
+                parents,
             })
             .await?;
         let mut xid = None;
