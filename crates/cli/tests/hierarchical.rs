@@ -50,24 +50,6 @@ async fn sub_coordinator_dies(
     (cluster, pending)
 }
 
-async fn states(cluster: &Cluster, xid: concord_proto::Xid) -> Vec<TxnState> {
-    let mut out = Vec::new();
-    for p in &cluster.participants {
-        out.push(
-            client::branch_state(&p.addr, xid)
-                .await
-                .expect("branch state"),
-        );
-    }
-    out
-}
-
-fn assert_state_everywhere(states: &[TxnState], want: TxnState) {
-    for (p, state) in states.iter().enumerate() {
-        assert_eq!(*state, want, "p{p}");
-    }
-}
-
 /// The sub-coordinator dies after its READY record (its children READY
 /// too) and before its vote left: the coordinator times out and aborts.
 /// Restarted in doubt, p0 asks, hears ABORTED, and passes it down; its

@@ -59,24 +59,6 @@ async fn chain_member_dies(
     (cluster, pending)
 }
 
-fn assert_state_everywhere(states: &[TxnState], want: TxnState) {
-    for (p, state) in states.iter().enumerate() {
-        assert_eq!(*state, want, "p{p}");
-    }
-}
-
-async fn states(cluster: &Cluster, xid: concord_proto::Xid) -> Vec<TxnState> {
-    let mut out = Vec::new();
-    for p in &cluster.participants {
-        out.push(
-            client::branch_state(&p.addr, xid)
-                .await
-                .expect("branch state"),
-        );
-    }
-    out
-}
-
 /// The middle member dies after its READY record and before passing the
 /// chain on: the decider never hears of it. Asked by the coordinator, it
 /// aborts for good; the first member and the restarted middle one ask it

@@ -616,21 +616,7 @@ impl Coordinator {
         for &i in &roots {
             let below = crate::tree::subtree(&tree, i);
             let (participants, work) = (participants.clone(), tree[i].work.clone());
-            let deadline_ms = prepare_timeout_ms;
-            let body = if below.is_empty() {
-                Body::Prepare {
-                    participants,
-                    work,
-                    deadline_ms,
-                }
-            } else {
-                Body::TreePrepare {
-                    participants,
-                    work,
-                    tree: below,
-                    deadline_ms,
-                }
-            };
+            let body = Body::prepare_below(participants, work, below, prepare_timeout_ms);
             let message = self.message(xid, body);
             let to = tree[i].node.clone();
             self.actions.push(CoordinatorAction::Send { to, message });

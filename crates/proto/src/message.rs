@@ -140,6 +140,30 @@ impl Message {
 }
 
 impl Body {
+    /// The PREPARE for a branch with the subtree `below` it: a plain
+    /// PREPARE for a leaf, a TREE PREPARE for a sub-coordinator.
+    pub fn prepare_below(
+        participants: Vec<NodeId>,
+        work: Vec<u8>,
+        below: Vec<TreeEntry>,
+        deadline_ms: u64,
+    ) -> Body {
+        if below.is_empty() {
+            Body::Prepare {
+                participants,
+                work,
+                deadline_ms,
+            }
+        } else {
+            Body::TreePrepare {
+                participants,
+                work,
+                tree: below,
+                deadline_ms,
+            }
+        }
+    }
+
     /// The nodes a PREPARE (or TREE PREPARE) names: the participant list
     /// and the subtree, for the hints that go along.
     pub fn named_nodes(&self) -> Vec<NodeId> {

@@ -398,6 +398,26 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
 
 /// No money created or destroyed: the participants' totals add up to what
 /// was seeded.
+/// Every participant's state of `xid` (no side effects: BranchState,
+/// not INQUIRE).
+pub async fn states(cluster: &Cluster, xid: concord_proto::Xid) -> Vec<concord_proto::TxnState> {
+    let mut out = Vec::new();
+    for p in &cluster.participants {
+        out.push(
+            concord_client::branch_state(&p.addr, xid)
+                .await
+                .expect("branch state"),
+        );
+    }
+    out
+}
+
+pub fn assert_state_everywhere(states: &[concord_proto::TxnState], want: concord_proto::TxnState) {
+    for (p, state) in states.iter().enumerate() {
+        assert_eq!(*state, want, "p{p}");
+    }
+}
+
 pub fn assert_conserved(cluster: &Cluster, reports: &[AccountsReport]) {
     assert_eq!(
         reports.iter().map(|r| r.total()).sum::<i64>(),

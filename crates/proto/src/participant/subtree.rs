@@ -186,20 +186,7 @@ impl Participant {
             let deadline_ms = remaining.saturating_sub(margin).min(cap).max(1);
             let below = tree::subtree(&tree, i);
             let (participants, work) = (siblings.clone(), kid.work.clone());
-            let body = if below.is_empty() {
-                Body::Prepare {
-                    participants,
-                    work,
-                    deadline_ms,
-                }
-            } else {
-                Body::TreePrepare {
-                    participants,
-                    work,
-                    tree: below,
-                    deadline_ms,
-                }
-            };
+            let body = Body::prepare_below(participants, work, below, deadline_ms);
             let message = self.message(xid, epoch, body);
             self.actions.push(ParticipantAction::Send {
                 to: kid.node.clone(),
