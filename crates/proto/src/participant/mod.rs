@@ -406,7 +406,8 @@ pub struct Participant {
     /// come before the restart: see `may_abort_unknown`.
     life_began: Option<Time>,
     /// Hierarchical 2PC: the most a child may be given to vote (its
-    /// measured timeout, set by the driver).
+    /// measured timeout, set through `set_child_timeout_ms`; no node layer
+    /// sets it yet, so it is empty and only the margin shrinks deadlines).
     child_timeouts: HashMap<NodeId, u64>,
     actions: Vec<ParticipantAction>,
 }
