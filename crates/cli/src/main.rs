@@ -134,11 +134,17 @@ struct BenchArgs {
     /// Number of hot accounts.
     #[arg(long, default_value_t = 8, value_name = "N")]
     hot_accounts: usize,
-    /// Communication shape: centralized, or linear (each transaction a
-    /// chain over its branches, the last one deciding); hierarchical is
-    /// refused (not benchmarked yet).
+    /// Communication shape: centralized, linear (each transaction a
+    /// chain over its branches, the last one deciding) or hierarchical
+    /// (a tree of sub-coordinators: --tree, or a balanced binary tree over
+    /// each transaction's branches).
     #[arg(long, default_value = "centralized", value_parser = parse_shape)]
     shape: concord_proto::Shape,
+    /// The tree of every hierarchical transaction over the participants
+    /// p0..p{N-1} (or the --participant names), e.g. 'p0(p1(p3),p2)'.
+    /// Implies --shape hierarchical and one branch per node of the tree.
+    #[arg(long, value_name = "TREE", value_parser = parse_tree)]
+    tree: Option<client::Tree>,
     /// Keep the servers' logs here instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -1282,15 +1288,6 @@ fn accounts_json(report: &AccountsReport) -> serde_json::Value {
 }
 
 async fn bench(args: BenchArgs) -> ExitCode {
-    if args.shape == concord_proto::Shape::Hierarchical {
-        // Its trees are not in the benchmark's workload yet: refuse rather
-        // than measure flat trees (centralized 2PC) under its name.
-        eprintln!(
-            "concord bench: --shape hierarchical is not benchmarked yet; use centralized or \
-             linear"
-        );
-        return ExitCode::from(2);
-    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -1336,7 +1333,11 @@ async fn bench(args: BenchArgs) -> ExitCode {
         existing: args.coordinator.map(|c| (c, args.participant)),
         baselines: !args.no_baselines,
         optimizations: args.optimizations,
-        shape: args.shape,
+        shape: match args.tree {
+            Some(_) => concord_proto::Shape::Hierarchical,
+            None => args.shape,
+        },
+        tree: args.tree,
         seed: args.seed,
     };
     let report = match bench::run_bench(options).await {

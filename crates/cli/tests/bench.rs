@@ -197,9 +197,55 @@ fn bench_measures_each_optimization_off_and_on() {
     }
 }
 
+/// `--tree`: every transaction runs through the given tree. p0 is a
+/// sub-coordinator, so the coordinator talks to one participant, yet
+/// each edge of the tree still carries PREPARE, vote, COMMIT and ACK and
+/// each node forces READY and COMMITTED.
+#[test]
+fn bench_runs_hierarchical_transactions_over_the_given_tree() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = bench_json(
+        &[
+            "--tree",
+            "p0(p1,p2)",
+            "--concurrency",
+            "1,8",
+            "--no-baselines",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["settings"]["shape"], "hierarchical", "{report}");
+    assert_eq!(report["settings"]["tree"], "p0(p1,p2)", "{report}");
+    assert_eq!(f(&report["settings"], "branches"), 3.0);
+    for run in report["runs"].as_array().expect("runs") {
+        assert_eq!(run["durable"], Value::Bool(true), "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        let reasons = run["aborted_by_reason"].as_object().expect("reasons");
+        assert!(
+            reasons.keys().all(|r| r == "vote timeout"),
+            "aborts without contention: {reasons:?}"
+        );
+        assert!(
+            run["client_errors"]
+                .as_object()
+                .is_some_and(|e| e.is_empty()),
+            "{run}"
+        );
+        let forced = f(run, "forced_records_per_txn");
+        assert!((6.5..=7.5).contains(&forced), "forced records/txn {forced}");
+        let messages = f(run, "messages_per_txn");
+        assert!((14.0..=16.0).contains(&messages), "messages/txn {messages}");
+    }
+}
+
 #[test]
 fn bench_rejects_bad_settings_with_a_clear_message() {
     for (args, needle) in [
+        (vec!["--tree", "p0(p9)"], "unknown participant p9"),
+        (
+            vec!["--tree", "p0(p1)", "--branches", "3"],
+            "does not match the 2 participants of --tree",
+        ),
         (vec!["--branches", "4"], "--branches"),
         (vec!["--concurrency", "0"], "concurrency 0"),
         (vec!["--hot-share", "1.5"], "--hot-share"),

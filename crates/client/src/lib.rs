@@ -313,16 +313,29 @@ impl Client {
         let mut ordered = Vec::with_capacity(flat.len());
         let mut parents = Vec::with_capacity(flat.len());
         for (name, parent) in flat {
-            let mut ops = Vec::new();
-            for b in branches.iter().filter(|b| b.participant == name) {
-                let work = concord_participant::kv::decode_work(&b.work).map_err(|e| {
-                    ClientError::Invalid(format!("branch for {name}: not key-value work: {e}"))
-                })?;
-                ops.extend(work);
-            }
+            let mine: Vec<&BranchRequest> =
+                branches.iter().filter(|b| b.participant == name).collect();
+            // One branch keeps its bytes as they are (whatever the
+            // resource); several on one participant merge into one
+            // key-value branch, since a tree node has exactly one.
+            let work = match mine.as_slice() {
+                [one] => one.work.clone(),
+                _ => {
+                    let mut ops = Vec::new();
+                    for b in mine {
+                        let work = concord_participant::kv::decode_work(&b.work).map_err(|e| {
+                            ClientError::Invalid(format!(
+                                "branch for {name}: not key-value work: {e}"
+                            ))
+                        })?;
+                        ops.extend(work);
+                    }
+                    encode_work(&ops)
+                }
+            };
             ordered.push(BranchRequest {
                 participant: name,
-                work: encode_work(&ops),
+                work,
             });
             parents.push(parent);
         }

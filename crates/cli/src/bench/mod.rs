@@ -69,6 +69,10 @@ pub struct BenchOptions {
     pub baselines: bool,
     /// The shape of every transaction of the main runs.
     pub shape: concord_proto::Shape,
+    /// The tree of every hierarchical transaction, over the cluster's
+    /// participant names (`None`: a balanced binary tree over each
+    /// transaction's branches, in their rotated order).
+    pub tree: Option<concord_api::tree::Tree>,
     /// Measure each optimization off and on (one-phase commit on a
     /// single-branch workload, the READ-ONLY vote on one with a branch
     /// that only reads).
@@ -86,13 +90,35 @@ impl BenchOptions {
     }
 
     fn branches(&self) -> usize {
-        self.branches.unwrap_or_else(|| self.cluster_size())
+        match &self.tree {
+            Some(tree) => tree.names().len(),
+            None => self.branches.unwrap_or_else(|| self.cluster_size()),
+        }
+    }
+
+    /// Participant names in the cluster, as the coordinator knows them.
+    fn cluster_names(&self) -> Vec<String> {
+        match &self.existing {
+            Some((_, list)) => list.iter().map(|(n, _)| n.clone()).collect(),
+            None => (0..self.participants).map(|i| format!("p{i}")).collect(),
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         let participants = self.cluster_size();
         if participants == 0 || participants > BRANCHES_MAX {
             bail!("--participants must be 1..={BRANCHES_MAX}, got {participants}");
+        }
+        if let Some(tree) = &self.tree {
+            if self.shape != concord_proto::Shape::Hierarchical {
+                bail!("--tree is for --shape hierarchical, not {}", self.shape.name());
+            }
+            tree.check_known(&self.cluster_names())
+                .map_err(|e| anyhow::anyhow!("--tree: {e}"))?;
+            let nodes = tree.names().len();
+            if let Some(b) = self.branches.filter(|b| *b != nodes) {
+                bail!("--branches {b} does not match the {nodes} participants of --tree");
+            }
         }
         let branches = self.branches();
         if branches == 0 || branches > participants {
@@ -137,10 +163,11 @@ impl BenchOptions {
         Ok(())
     }
 
-    /// Accounts each participant needs: the hot ones first, then one per
-    /// task of the largest run.
+    /// Accounts each participant needs: the hot ones first, then
+    /// `OWN_ACCOUNTS` per task of the largest run.
     fn accounts(&self) -> usize {
-        self.hot_accounts + self.concurrency.iter().copied().max().unwrap_or(1)
+        self.hot_accounts
+            + workload::OWN_ACCOUNTS * self.concurrency.iter().copied().max().unwrap_or(1)
     }
 
     /// Servers to start under `root`, durable or not.
@@ -313,6 +340,14 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         machine: Machine::probe(),
         settings: Settings {
             shape: options.shape.name().into(),
+            tree: match (&options.tree, options.shape) {
+                (Some(tree), _) => Some(tree.to_string()),
+                (None, concord_proto::Shape::Hierarchical) => Some(
+                    "balanced binary over each transaction's branches (node k's children: 2k+1, 2k+2)"
+                        .into(),
+                ),
+                _ => None,
+            },
             participants: options.cluster_size(),
             branches: options.branches(),
             payload_bytes: options.payload_bytes,
@@ -386,6 +421,10 @@ async fn sweep(
             branches: branches.total,
             read_only_branches: branches.read_only,
             shape: branches.shape,
+            tree: match branches.shape {
+                concord_proto::Shape::Hierarchical => options.tree.clone(),
+                _ => None,
+            },
             participants: names.clone(),
             hot_accounts: options.hot_accounts,
             hot_share: options.hot_share,

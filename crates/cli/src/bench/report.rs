@@ -168,6 +168,9 @@ pub fn best_run(runs: &[RunResult]) -> Option<&RunResult> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
     pub shape: String,
+    /// The tree of a hierarchical run: the one given, or how it is built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
     pub participants: usize,
     pub branches: usize,
     pub payload_bytes: usize,
@@ -286,8 +289,9 @@ impl BenchReport {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "concord bench: {} 2PC, coordinator + {} participants {} on 127.0.0.1, {} branches per transaction, payload {} B, {:.0}% of transactions on {} hot accounts",
+            "concord bench: {} 2PC{}, coordinator + {} participants {} on 127.0.0.1, {} branches per transaction, payload {} B, {:.0}% of transactions on {} hot accounts",
             s.shape,
+            s.tree.as_ref().map(|t| format!(" (tree {t})")).unwrap_or_default(),
             s.participants,
             if s.started_servers { "as separate processes" } else { "(existing servers)" },
             s.branches,

@@ -5,7 +5,13 @@
 //! Every transaction has `branches` branches on distinct participants and
 //! moves money between key-value accounts so that the total never changes.
 //! Without contention each task uses accounts no other task touches, so
-//! there are no lock conflicts; with `hot_share` > 0 that share of the
+//! there are no lock conflicts. It cycles over [`OWN_ACCOUNTS`] of them
+//! because the outcome comes back once the decision is durable, before it
+//! has reached every branch: in a tree the decision reaches a leaf through
+//! its parent, and the task's next PREPARE (sent straight to that leaf
+//! when it is the next transaction's root) can overtake it and find the
+//! key still locked (the key-value resource does not wait for locks).
+//! With `hot_share` > 0 that share of the
 //! transactions uses one of `hot_accounts` accounts shared by all tasks
 //! instead (then lock conflicts, and VOTE ABORTs, are part of the result).
 //!
@@ -22,6 +28,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Accounts of its own each task cycles over.
+pub const OWN_ACCOUNTS: usize = 4;
+
 /// What one run of the workload does.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -33,6 +42,10 @@ pub struct Workload {
     /// check of amount 0, which votes READ-ONLY.
     pub read_only_branches: usize,
     pub shape: concord_proto::Shape,
+    /// The tree of a hierarchical transaction: branch `b` goes to its
+    /// `b`-th participant (parents first), with no rotation. Without one,
+    /// a balanced binary tree over the rotated branches.
+    pub tree: Option<concord_api::tree::Tree>,
     /// Participant names at the coordinator.
     pub participants: Vec<String>,
     pub hot_accounts: usize,
@@ -143,11 +156,18 @@ impl Workload {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed ^ (t as u64) << 20);
         let mut tally = Tally::new();
         let memo = vec![0x5a; self.payload_bytes];
-        let own_account = format!("acct-{}", self.hot_accounts + t);
+        let own_accounts: Vec<String> = (0..OWN_ACCOUNTS)
+            .map(|k| format!("acct-{}", self.hot_accounts + t * OWN_ACCOUNTS + k))
+            .collect();
+        let mut next_own = 0;
         let hot: Vec<String> = (0..self.hot_accounts)
             .map(|i| format!("acct-{i}"))
             .collect();
         let n = self.participants.len();
+        let tree_order: Option<Vec<String>> = self
+            .tree
+            .as_ref()
+            .map(|t| t.names().into_iter().map(String::from).collect());
         loop {
             let started_in = phase.load(Ordering::Relaxed);
             if started_in == STOP {
@@ -158,7 +178,8 @@ impl Workload {
             let account = if !hot.is_empty() && rng.gen_bool(self.hot_share) {
                 hot[rng.gen_range(0..hot.len())].as_str()
             } else {
-                own_account.as_str()
+                next_own = (next_own + 1) % OWN_ACCOUNTS;
+                own_accounts[next_own].as_str()
             };
             let branches: Vec<BranchRequest> = (0..self.branches)
                 .map(|b| {
@@ -182,14 +203,23 @@ impl Workload {
                     } else {
                         vec![op(delta)]
                     };
+                    let participant = match &tree_order {
+                        Some(order) => order[b].clone(),
+                        None => self.participants[(first + b) % n].clone(),
+                    };
                     BranchRequest {
-                        participant: self.participants[(first + b) % n].clone(),
+                        participant,
                         work: encode_work_with_memo(&ops, &memo),
                     }
                 })
                 .collect();
             let sent = Instant::now();
-            let result = client.transact_shaped(branches, None, self.shape).await;
+            let result = match self.shape {
+                concord_proto::Shape::Hierarchical => {
+                    client.transact_tree(branches, None, self.tree.as_ref()).await
+                }
+                shape => client.transact_shaped(branches, None, shape).await,
+            };
             let latency = sent.elapsed();
             // Count only what both started and finished in the window.
             if started_in != MEASURE || phase.load(Ordering::Relaxed) != MEASURE {
