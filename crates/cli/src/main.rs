@@ -357,9 +357,16 @@ struct ParticipantArgs {
     /// Smallest measured inquire delay.
     #[arg(long, default_value_t = 10, value_name = "MS")]
     inquire_ms_min: u64,
-    /// Samples needed before the inquire delay is measured.
+    /// Samples needed before the inquire delay (and a child's cap, below)
+    /// is measured.
     #[arg(long, default_value_t = 8, value_name = "N")]
     timeout_samples_min: u64,
+    /// As a sub-coordinator of hierarchical 2PC: each child gets at most
+    /// twice its measured PREPARE → VOTE rto to vote (doubling after each
+    /// time it was silent), and never less than this; never more than the
+    /// time left less a margin either way.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    child_prepare_timeout_ms_min: u64,
     /// Largest delay between INQUIREs.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     inquire_ms_max: u64,
@@ -911,6 +918,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.node.inquire_ms_min = args.inquire_ms_min;
     config.node.inquire_ms_max = args.inquire_ms_max;
     config.node.timeout_samples_min = args.timeout_samples_min;
+    config.node.child_prepare_timeout_ms_min = args.child_prepare_timeout_ms_min;
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
     config.node.branches_in_flight_max = args.branches_in_flight_max;

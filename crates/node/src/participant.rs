@@ -12,7 +12,7 @@
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{Addr, Directory, DirectoryEvent, Learnt, LEARNT_MAX};
 use crate::hello::{self, Greeting, Hellos, Welcomes};
-use crate::timeouts::{ParticipantTimeouts, PhaseSettings};
+use crate::timeouts::{ParticipantTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
 use concord_api::{
     AccountsReport, PeerBody, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport,
 };
@@ -41,6 +41,10 @@ pub struct ParticipantNodeConfig {
     pub inquire_ms_min: u64,
     pub inquire_ms_max: u64,
     pub timeout_samples_min: u64,
+    /// Hierarchical 2PC, as a sub-coordinator: the smallest measured cap
+    /// on the time a child is given to vote (twice its PREPARE → VOTE rto,
+    /// once `timeout_samples_min` samples exist).
+    pub child_prepare_timeout_ms_min: u64,
     /// Finished branches remembered for answering duplicates.
     pub finished_max: usize,
     /// Compact the log once this many records were appended since the last
@@ -68,6 +72,7 @@ impl ParticipantNodeConfig {
             inquire_ms_min: 10,
             inquire_ms_max: 5000,
             timeout_samples_min: 8,
+            child_prepare_timeout_ms_min: 100,
             finished_max: 100_000,
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             apply_retry_ms_initial: 10,
@@ -96,6 +101,9 @@ impl ParticipantNodeConfig {
                 "--inquire-ms-min ({}) must be at least 1 and at most --inquire-ms-max ({})",
                 self.inquire_ms_min, self.inquire_ms_max
             ));
+        }
+        if self.child_prepare_timeout_ms_min == 0 {
+            return Err("--child-prepare-timeout-ms-min must be at least 1 ms".into());
         }
         if self.branches_in_flight_max == 0 {
             return Err("--branches-in-flight-max must be at least 1".into());
@@ -173,6 +181,14 @@ pub enum ParticipantEvent {
         timeout_ms: u64,
         attempt: u32,
         /// The estimate that set the delay.
+        basis: String,
+    },
+    /// Hierarchical 2PC: children did not vote in time and the subtree
+    /// aborts; `basis` explains the caps they were given.
+    ChildrenSilent {
+        xid: Xid,
+        silent: Vec<NodeId>,
+        timeout_ms: u64,
         basis: String,
     },
     /// A compaction started: the log is rewritten with `records` records.
@@ -292,16 +308,30 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 _ => {}
             }
         }
-        let timeouts = ParticipantTimeouts::new(PhaseSettings {
-            min_ms: config.inquire_ms_min,
-            max_ms: config.inquire_ms_max,
-            default_ms: config.inquire_ms_initial,
-            samples_min: config.timeout_samples_min,
-            // An INQUIRE is cheap and idempotent: the RTO as it is.
-            factor: 1.0,
-            flag: "--inquire-ms",
-            default_flag: "--inquire-ms-initial",
-        });
+        let timeouts = ParticipantTimeouts::new(
+            PhaseSettings {
+                min_ms: config.inquire_ms_min,
+                max_ms: config.inquire_ms_max,
+                default_ms: config.inquire_ms_initial,
+                samples_min: config.timeout_samples_min,
+                // An INQUIRE is cheap and idempotent: the RTO as it is.
+                factor: 1.0,
+                flag: "--inquire-ms",
+                default_flag: "--inquire-ms-initial",
+            },
+            PhaseSettings {
+                min_ms: config.child_prepare_timeout_ms_min,
+                // Only ever lowers the deadline the child would get anyway.
+                max_ms: u64::MAX,
+                default_ms: u64::MAX,
+                samples_min: config.timeout_samples_min,
+                // As the coordinator's phase-1 timeout, and for the same
+                // reason: a child too slow once aborts the whole tree.
+                factor: PREPARE_SAFETY_FACTOR,
+                flag: "--child-prepare-timeout-ms",
+                default_flag: "--child-prepare-timeout-ms-min",
+            },
+        );
         // Moved since the last life: the coordinators this node has heard
         // from hear where it is now, until each welcomes it (and a
         // coordinator's welcome says where the participants are).
@@ -636,6 +666,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             if let Some(inquire_ms) = chosen {
                 // A new branch gets the measured delay.
                 self.node.set_inquire_ms_initial(inquire_ms);
+                // And, as a sub-coordinator, its children their caps.
+                if let Body::TreePrepare { tree, .. } = &message.body {
+                    let kids: Vec<NodeId> = tree
+                        .iter()
+                        .filter(|e| e.parent == 0)
+                        .map(|e| e.node.clone())
+                        .collect();
+                    for (kid, cap) in self.timeouts.on_children(message.xid, &kids) {
+                        self.node.set_child_timeout_ms(kid, cap);
+                    }
+                }
             }
         }
         self.node.on_message(now, message);
@@ -911,6 +952,27 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             } => {
                 self.timeouts.observe(&peer, phase, elapsed_us);
                 return;
+            }
+            ParticipantNotice::ChildAborted {
+                xid,
+                child,
+                elapsed_us,
+            } => {
+                self.timeouts.child_aborted(xid, &child, elapsed_us);
+                return;
+            }
+            ParticipantNotice::ChildrenSilent {
+                xid,
+                silent,
+                timeout_ms,
+            } => {
+                let basis = self.timeouts.children_silent(xid, &silent);
+                ParticipantEvent::ChildrenSilent {
+                    xid,
+                    silent,
+                    timeout_ms,
+                    basis,
+                }
             }
         };
         self.push_event(event);

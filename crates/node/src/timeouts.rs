@@ -489,24 +489,108 @@ struct ParticipantBranch {
     created_at: Time,
     /// The inquire timer fired at least once.
     fired: bool,
+    /// A sub-coordinator's branch: each child's cap when the branch
+    /// began (the choice, and the backoff level it was chosen at).
+    kids: Vec<(NodeId, TimeoutChoice, u32)>,
 }
 
 /// Participant side: turns vote → decision samples per coordinator into the
-/// READY inquire delay.
+/// READY inquire delay, and, at a sub-coordinator of hierarchical 2PC,
+/// PREPARE → VOTE samples per child into the most each child is given to
+/// vote (SPEC §1.7: min(its adaptive timeout, remaining − margin); the
+/// core applies the second bound).
 #[derive(Debug)]
 pub struct ParticipantTimeouts {
     inquire: PhaseSettings,
+    child_prepare: PhaseSettings,
     estimates: Estimates,
     branches: HashMap<Xid, ParticipantBranch>,
 }
 
 impl ParticipantTimeouts {
-    pub fn new(inquire: PhaseSettings) -> Self {
+    pub fn new(inquire: PhaseSettings, child_prepare: PhaseSettings) -> Self {
         ParticipantTimeouts {
             inquire,
+            child_prepare,
             estimates: Estimates::default(),
             branches: HashMap::new(),
         }
+    }
+
+    /// The most `child` may be given to vote now: `None` until measured
+    /// (then only the deadline bounds it). A default is no cap: the
+    /// parent's own deadline already came from a measured timeout above.
+    pub fn child_cap(&self, child: &NodeId) -> (Option<u64>, TimeoutChoice) {
+        let latency = self.estimates.get(child, PHASE_PREPARE);
+        let choice = self.child_prepare.choose(PHASE_PREPARE, child, latency);
+        let cap = matches!(choice.basis, Basis::Estimate { .. }).then_some(choice.timeout_ms);
+        (cap, choice)
+    }
+
+    /// A new sub-coordinator branch `xid` forwards PREPARE to `kids`: the
+    /// cap of each, remembered so that a timeout backs them off once.
+    pub fn on_children(&mut self, xid: Xid, kids: &[NodeId]) -> Vec<(NodeId, Option<u64>)> {
+        let mut caps = Vec::with_capacity(kids.len());
+        let mut chosen = Vec::with_capacity(kids.len());
+        for kid in kids {
+            let (cap, choice) = self.child_cap(kid);
+            caps.push((kid.clone(), cap));
+            chosen.push((
+                kid.clone(),
+                choice,
+                self.estimates.level(kid, PHASE_PREPARE),
+            ));
+        }
+        if let Some(branch) = self.branches.get_mut(&xid) {
+            branch.kids = chosen;
+        }
+        caps
+    }
+
+    /// `child` of `xid` voted ABORT `elapsed_us` after its PREPARE went
+    /// out. If that is at least the cap it was given, it ran out of time
+    /// (a timeout further down its subtree, which only it saw): back it
+    /// off as if it had been silent. An earlier ABORT (a lock conflict, a
+    /// refusal) says nothing about time. Returns whether it backed off.
+    pub fn child_aborted(&mut self, xid: Xid, child: &NodeId, elapsed_us: u64) -> bool {
+        let Some(branch) = self.branches.get(&xid) else {
+            return false;
+        };
+        let out_of_time =
+            branch
+                .kids
+                .iter()
+                .find(|(k, ..)| k == child)
+                .and_then(|(_, choice, level)| {
+                    let capped = matches!(choice.basis, Basis::Estimate { .. });
+                    (capped && elapsed_us >= choice.timeout_ms.saturating_mul(1000))
+                        .then_some(*level)
+                });
+        match out_of_time {
+            Some(level) => {
+                self.estimates.fired(child, PHASE_PREPARE, level);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The children's votes of `xid` did not all come in time: back the
+    /// silent ones off (once per round) and explain the caps that were in
+    /// force.
+    pub fn children_silent(&mut self, xid: Xid, silent: &[NodeId]) -> String {
+        let Some(branch) = self.branches.get(&xid) else {
+            return "caps not tracked (the branch table was full)".into();
+        };
+        let mut why = Vec::new();
+        for (kid, choice, level) in branch.kids.iter().filter(|(k, ..)| silent.contains(k)) {
+            self.estimates.fired(kid, PHASE_PREPARE, *level);
+            why.push(match choice.basis {
+                Basis::Estimate { .. } => choice.to_string(),
+                _ => format!("{kid} not measured yet: no cap below the deadline"),
+            });
+        }
+        why.join("; ")
     }
 
     /// The inquire delay for a branch of `coordinator` prepared now. It is
@@ -552,6 +636,7 @@ impl ParticipantTimeouts {
                     inquire: choice,
                     created_at: now,
                     fired: false,
+                    kids: Vec::new(),
                 },
             );
         }
@@ -861,9 +946,70 @@ mod tests {
         delay
     }
 
+    fn child_settings() -> PhaseSettings {
+        PhaseSettings {
+            min_ms: 20,
+            max_ms: 3_600_000,
+            default_ms: 3_600_000,
+            samples_min: 3,
+            factor: PREPARE_SAFETY_FACTOR,
+            flag: "--child-prepare-timeout-ms",
+            default_flag: "--child-prepare-timeout-ms",
+        }
+    }
+
+    fn participant_timeouts() -> ParticipantTimeouts {
+        ParticipantTimeouts::new(inquire_settings(), child_settings())
+    }
+
+    #[test]
+    fn a_child_is_capped_at_its_measured_timeout_and_backs_off_when_silent() {
+        let mut p = participant_timeouts();
+        let kid = B.to_string();
+        let kids = [kid.clone()];
+        // Not measured: no cap (the core gives the time left less a margin).
+        assert_eq!(p.on_prepare(ms(0), Xid(1), &C.to_string(), 1000), Some(200));
+        assert_eq!(p.on_children(Xid(1), &kids), vec![(kid.clone(), None)]);
+        for _ in 0..3 {
+            p.observe(&kid, LatencyPhase::Prepare, 30_000);
+        }
+        // 30 ms steady: 2 × (30 + 4·rttvar 15·(3/4)^2) ≈ 128 ms.
+        p.on_prepare(ms(10), Xid(2), &C.to_string(), 1000);
+        let caps = p.on_children(Xid(2), &kids);
+        let cap = caps[0].1.expect("measured");
+        assert!((110..=140).contains(&cap), "{cap}");
+        // Silent: the next cap doubles, once per round of timeouts.
+        p.on_prepare(ms(20), Xid(3), &C.to_string(), 1000);
+        p.on_children(Xid(3), &kids);
+        let why = p.children_silent(Xid(2), &kids);
+        assert!(
+            why.contains(&format!("prepare timeout {cap} ms for {kid}")),
+            "{why}"
+        );
+        p.children_silent(Xid(3), &kids);
+        let doubled = p.child_cap(&kid).0.expect("measured");
+        assert!(
+            (cap * 2 - 1..=cap * 2).contains(&doubled),
+            "{cap} → {doubled}"
+        );
+        // An ABORT before the cap ran out is no timeout; one after it is.
+        p.on_prepare(ms(30), Xid(4), &C.to_string(), 1000);
+        p.on_children(Xid(4), &kids);
+        assert!(!p.child_aborted(Xid(4), &kid, 1_000));
+        assert_eq!(p.child_cap(&kid).0, Some(doubled));
+        assert!(p.child_aborted(Xid(4), &kid, doubled * 1000));
+        let quadrupled = p.child_cap(&kid).0.expect("measured");
+        assert!(quadrupled >= doubled * 2 - 1, "{doubled} → {quadrupled}");
+        let doubled = quadrupled;
+        // A child that is not silent is not backed off.
+        let other = A.to_string();
+        p.children_silent(Xid(2), std::slice::from_ref(&other));
+        assert_eq!(p.child_cap(&kid).0, Some(doubled));
+    }
+
     #[test]
     fn participant_inquire_delay_follows_vote_to_decision() {
-        let mut p = ParticipantTimeouts::new(inquire_settings());
+        let mut p = participant_timeouts();
         for i in 0..3 {
             assert_eq!(participant_txn(&mut p, i, i as u64 * 100, 41), Some(200));
         }
@@ -881,7 +1027,7 @@ mod tests {
 
     #[test]
     fn participant_duplicate_prepare_keeps_the_first_choice_and_fired_explains_it() {
-        let mut p = ParticipantTimeouts::new(inquire_settings());
+        let mut p = participant_timeouts();
         assert_eq!(p.on_prepare(ms(0), Xid(1), &C.to_string(), 1000), Some(200));
         assert_eq!(p.on_prepare(ms(1), Xid(1), &C.to_string(), 1000), None);
         let why = p.inquire_fired(Xid(1)).expect("tracked");

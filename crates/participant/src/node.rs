@@ -90,6 +90,11 @@ impl<R: Resource> ParticipantNode<R> {
         self.core.set_inquire_ms_initial(inquire_ms);
     }
 
+    /// See [`Participant::set_child_timeout_ms`].
+    pub fn set_child_timeout_ms(&mut self, child: concord_proto::NodeId, timeout_ms: Option<u64>) {
+        self.core.set_child_timeout_ms(child, timeout_ms);
+    }
+
     /// Switch the read-only vote off (or on again): see
     /// `Resource::is_read_only`.
     pub fn set_read_only_votes(&mut self, on: bool) {

@@ -400,6 +400,18 @@ fn log_event(event: ParticipantEvent) {
             "timeout fired in {phase} after {timeout_ms} ms: sending INQUIRE \
              (attempt {attempt}); {basis}"
         ),
+        ParticipantEvent::ChildrenSilent {
+            xid,
+            silent,
+            timeout_ms,
+            basis,
+        } => tracing::info!(
+            %xid,
+            timeout_ms,
+            "timeout fired in GATHERING after {timeout_ms} ms: no vote from {}; the subtree \
+             aborts; {basis}",
+            silent.join(", ")
+        ),
         ParticipantEvent::Compacting { records } => {
             tracing::info!(
                 records,
@@ -426,7 +438,10 @@ fn log_notice(notice: ParticipantNotice) {
             tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
         }
         // The node turns these into InquireFired and timeout estimates.
-        ParticipantNotice::TimeoutFired { .. } | ParticipantNotice::LatencySample { .. } => {}
+        ParticipantNotice::TimeoutFired { .. }
+        | ParticipantNotice::LatencySample { .. }
+        | ParticipantNotice::ChildrenSilent { .. }
+        | ParticipantNotice::ChildAborted { .. } => {}
         ParticipantNotice::ApplyFailed {
             xid,
             decision,

@@ -183,6 +183,9 @@ pub struct SimConfig {
     /// Phase-1 timeout until measured, and the bounds of the measured one.
     pub prepare_timeout_ms: u64,
     pub prepare_timeout_ms_min: u64,
+    /// A sub-coordinator's floor on a child's measured cap
+    /// (`participant --child-prepare-timeout-ms-min`).
+    pub child_prepare_timeout_ms_min: u64,
     pub prepare_timeout_ms_max: u64,
     /// A client that hears nothing for this long gives up (outcome unknown).
     pub client_timeout_ms: u64,
@@ -431,6 +434,9 @@ impl SimConfig {
             safety_ms,
             prepare_timeout_ms,
             prepare_timeout_ms_min,
+            // The coordinator's floor (not a draw of its own, so that the
+            // seeds keep the rest of their configurations).
+            child_prepare_timeout_ms_min: prepare_timeout_ms_min,
             prepare_timeout_ms_max,
             client_timeout_ms,
             resend_ms_initial,
@@ -468,6 +474,7 @@ impl SimConfig {
             safety_ms: 0,
             prepare_timeout_ms: 50,
             prepare_timeout_ms_min: 50,
+            child_prepare_timeout_ms_min: 50,
             prepare_timeout_ms_max: 50,
             client_timeout_ms: 10_000,
             resend_ms_initial: 20,

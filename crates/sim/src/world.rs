@@ -852,6 +852,7 @@ impl World {
             inquire_ms_min: c.inquire_ms_min,
             inquire_ms_max: c.inquire_ms_max,
             timeout_samples_min: c.timeout_samples_min,
+            child_prepare_timeout_ms_min: c.child_prepare_timeout_ms_min,
             finished_max: c.finished_max,
             compact_after_records: c.compact_after_records,
             apply_retry_ms_initial: c.resource.apply_retry_ms_initial,

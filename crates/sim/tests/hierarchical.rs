@@ -216,3 +216,63 @@ fn message_loss_4_a_childs_ack_to_the_inner_node_is_lost() {
     assert_eq!(w.count_sent(P0, C, "ACK", x), 1);
     assert_committed(&w, x);
 }
+
+/// Deadlines shrink on the way down by measurement too (SPEC §1.7: a
+/// child gets min(its parent's adaptive timeout, remaining − margin)).
+/// Over the chain-shaped tree p0(p1(p2)), once p0 has measured p1's
+/// PREPARE → VOTE time, p1 is given twice its rto (at least the 20 ms
+/// floor), not the coordinator's 2 s: so when p2's vote to p1 is 100 ms
+/// late, p1 gives up on it and the tree aborts, where without the cap it
+/// would have waited and committed. p1's ABORT came only once its time
+/// was up, which p0 takes as a timeout below p1 (only p1 saw it) and
+/// backs p1's cap off (doubling), so a later 30 ms delay is waited out.
+#[test]
+fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
+    let mut config = SimConfig::scripted(3);
+    config.prepare_timeout_ms = 2_000;
+    config.prepare_timeout_ms_min = 2_000;
+    config.prepare_timeout_ms_max = 2_000;
+    config.child_prepare_timeout_ms_min = 20;
+    config.timeout_samples_min = 3;
+    let mut w = World::scripted(config);
+    let chain = |w: &mut World| {
+        w.submit_tree(
+            vec![
+                (0, vec![op("acct-0", -1), op("acct-3", 1)]),
+                (1, vec![op("acct-1", -10)]),
+                (2, vec![op("acct-2", 10)]),
+            ],
+            Shape::Hierarchical,
+            vec![0, 1, 2],
+        )
+    };
+    // Measure: p1's vote takes about 5 ms (its child's round trip, two
+    // forced records), so its cap becomes about 20 ms.
+    for _ in 0..4 {
+        let x = chain(&mut w);
+        settle(&mut w);
+        assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
+    }
+    w.add_rule(
+        MessageRule::new("VOTE READY", Fate::DelayMs(100))
+            .from(P2)
+            .to(P1)
+            .times(1),
+    );
+    let late = chain(&mut w);
+    settle(&mut w);
+    assert!(matches!(w.client_outcome(late), ClientOutcome::Aborted));
+    assert_eq!(w.count_sent(P1, P0, "VOTE ABORT", late), 1, "p1 gave up");
+    assert_no_locks(&w);
+    // Backed off: 40 ms or more now, so 30 ms late is in time.
+    w.add_rule(
+        MessageRule::new("VOTE READY", Fate::DelayMs(30))
+            .from(P2)
+            .to(P1)
+            .times(1),
+    );
+    let slow = chain(&mut w);
+    settle(&mut w);
+    assert_eq!(w.client_outcome(slow), ClientOutcome::Committed);
+    assert_no_locks(&w);
+}

@@ -111,7 +111,10 @@ impl BenchOptions {
         }
         if let Some(tree) = &self.tree {
             if self.shape != concord_proto::Shape::Hierarchical {
-                bail!("--tree is for --shape hierarchical, not {}", self.shape.name());
+                bail!(
+                    "--tree is for --shape hierarchical, not {}",
+                    self.shape.name()
+                );
             }
             tree.check_known(&self.cluster_names())
                 .map_err(|e| anyhow::anyhow!("--tree: {e}"))?;

@@ -216,7 +216,9 @@ impl Workload {
             let sent = Instant::now();
             let result = match self.shape {
                 concord_proto::Shape::Hierarchical => {
-                    client.transact_tree(branches, None, self.tree.as_ref()).await
+                    client
+                        .transact_tree(branches, None, self.tree.as_ref())
+                        .await
                 }
                 shape => client.transact_shaped(branches, None, shape).await,
             };

@@ -141,7 +141,24 @@ pub enum ParticipantNotice {
         error: String,
         retry_in_ms: u64,
     },
-    /// A measured exchange with the coordinator (for the timeout policy).
+    /// Hierarchical 2PC: the children's votes did not all come within the
+    /// branch's deadline, so the subtree aborts (for the timeout policy:
+    /// the silent children's next caps back off).
+    ChildrenSilent {
+        xid: Xid,
+        silent: Vec<NodeId>,
+        timeout_ms: u64,
+    },
+    /// Hierarchical 2PC: a child voted ABORT `elapsed_us` after its
+    /// PREPARE went out (for the timeout policy: one that took all the
+    /// time it was given ran out of it below, and is backed off).
+    ChildAborted {
+        xid: Xid,
+        child: NodeId,
+        elapsed_us: u64,
+    },
+    /// A measured exchange with the coordinator, or (phase `Prepare`)
+    /// with a child of a sub-coordinator (for the timeout policy).
     LatencySample {
         xid: Xid,
         peer: NodeId,
@@ -406,8 +423,9 @@ pub struct Participant {
     /// come before the restart: see `may_abort_unknown`.
     life_began: Option<Time>,
     /// Hierarchical 2PC: the most a child may be given to vote (its
-    /// measured timeout, set through `set_child_timeout_ms`; no node layer
-    /// sets it yet, so it is empty and only the margin shrinks deadlines).
+    /// measured timeout, set by the node layer through
+    /// `set_child_timeout_ms` before it feeds a TREE PREPARE); a child
+    /// without one gets the time left less the margin.
     child_timeouts: HashMap<NodeId, u64>,
     actions: Vec<ParticipantAction>,
 }

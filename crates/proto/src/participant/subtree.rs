@@ -199,11 +199,18 @@ impl Participant {
         });
     }
 
-    /// The timeout a sub-coordinator gives `child` at most (from its
-    /// measured PREPARE → VOTE time; without one, only the deadline less
-    /// the margin bounds it).
-    pub fn set_child_timeout_ms(&mut self, child: NodeId, timeout_ms: u64) {
-        self.child_timeouts.insert(child, timeout_ms.max(1));
+    /// The timeout a sub-coordinator gives `child` at most from now on
+    /// (from its measured PREPARE → VOTE time); `None`: not measured, only
+    /// the deadline less the margin bounds it.
+    pub fn set_child_timeout_ms(&mut self, child: NodeId, timeout_ms: Option<u64>) {
+        match timeout_ms {
+            Some(ms) => {
+                self.child_timeouts.insert(child, ms.max(1));
+            }
+            None => {
+                self.child_timeouts.remove(&child);
+            }
+        }
     }
 
     /// Whether `from` is a child of this participant's branch of `xid`.
@@ -293,6 +300,16 @@ impl Participant {
             // READY child learns ABORT from us now or by asking.
             Vote::Ready | Vote::ReadOnly => {}
             Vote::Abort { reason } if gathering => {
+                if let Some(sent) = subtree.sent_at {
+                    // For the timeout policy: a child that used up its
+                    // time (a timeout further down) is backed off.
+                    self.actions
+                        .push(ParticipantAction::Notice(ParticipantNotice::ChildAborted {
+                            xid,
+                            child: from.clone(),
+                            elapsed_us: now.us_since(sent),
+                        }));
+                }
                 let reason = format!("{from}: {reason}");
                 self.abort_unvoted(now, xid, reason, true);
             }
@@ -441,18 +458,18 @@ impl Participant {
             return; // our own prepare is late: on_prepared votes ABORT
         }
         let timeout_ms = branch.deadline.ms_since(branch.prepared_at.unwrap_or(now));
-        self.actions
-            .push(ParticipantAction::Notice(ParticipantNotice::TimeoutFired {
-                xid,
-                phase: "GATHERING (children's votes)",
-                timeout_ms,
-                attempt: 1,
-            }));
         let reason = format!(
             "{}: no vote from {} within {timeout_ms} ms",
             self.config.id,
             silent.join(", ")
         );
+        self.actions.push(ParticipantAction::Notice(
+            ParticipantNotice::ChildrenSilent {
+                xid,
+                silent,
+                timeout_ms,
+            },
+        ));
         self.abort_unvoted(now, xid, reason, true);
     }
 
