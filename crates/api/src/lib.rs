@@ -295,13 +295,61 @@ pub struct CoordinatorStatus {
     /// Human-readable details: age, resends, abort reason.
     pub detail: String,
     /// The transaction's branches; for [`CoordinatorState::NoRecord`],
-    /// every configured participant (any of them may have been one).
+    /// every configured participant (any of them may have been one). A
+    /// tree's nodes come parents first, a chain's members in chain order.
     pub branches: Vec<BranchView>,
+    /// How its messages flow; `None` when this coordinator's life did not
+    /// begin it (recovered from the log, or no record).
+    pub shape: Option<Shape>,
+}
+
+impl CoordinatorStatus {
+    /// How the transaction ran, in one line: the tree, or the chain and
+    /// its decider (`None` if the coordinator does not know).
+    pub fn layout(&self) -> Option<String> {
+        let names = || self.branches.iter().map(|b| b.id.as_str());
+        Some(match self.shape? {
+            Shape::Centralized => format!(
+                "centralized: the coordinator talks to {}",
+                names().collect::<Vec<_>>().join(", ")
+            ),
+            Shape::Linear => format!(
+                "linear: chain {} ({} decides)",
+                names().collect::<Vec<_>>().join(" → "),
+                names().next_back().unwrap_or("?")
+            ),
+            Shape::Hierarchical => {
+                let nodes: Vec<(String, Option<String>)> = self
+                    .branches
+                    .iter()
+                    .map(|b| (b.id.clone(), b.parent.clone()))
+                    .collect();
+                format!("hierarchical: tree {}", tree::Tree::from_parents(&nodes))
+            }
+        })
+    }
+
+    /// How far below the coordinator branch `i` sits (0: it talks to the
+    /// coordinator), for indenting; bounded by the branch count.
+    pub fn depth_of(&self, i: usize) -> usize {
+        let mut depth = 0;
+        let mut at = self.branches.get(i);
+        while let Some(parent) = at.and_then(|b| b.parent.as_deref()) {
+            if depth >= self.branches.len() {
+                break;
+            }
+            depth += 1;
+            at = self.branches.iter().find(|b| b.id == parent);
+        }
+        depth
+    }
 }
 
 /// One branch as the coordinator sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchView {
+    /// The participant's id (its configured name, or its address).
+    pub id: String,
     /// Configured name, or the address if it has none.
     pub name: String,
     pub addr: String,
@@ -309,6 +357,9 @@ pub struct BranchView {
     /// record).
     pub voted_ready: Option<bool>,
     pub acked: Option<bool>,
+    /// In a tree, the id of this branch's sub-coordinator (`None`: the
+    /// coordinator talks to it directly).
+    pub parent: Option<String>,
 }
 
 /// Latency estimates and the timeouts they set (`concord status

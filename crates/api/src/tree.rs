@@ -204,6 +204,39 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// The tree of `(name, parent name)` pairs, parents first (as
+    /// `concord status` gets it). A node whose parent is not earlier in
+    /// the list is taken as a root, and the depth is bounded by the list,
+    /// so no input can loop.
+    pub fn from_parents(nodes: &[(String, Option<String>)]) -> Tree {
+        fn build(
+            nodes: &[(String, Option<String>)],
+            parent: Option<&str>,
+            seen: usize,
+        ) -> Vec<TreeNode> {
+            nodes[..seen]
+                .iter()
+                .enumerate()
+                .filter(|(i, (_, p))| match (p.as_deref(), parent) {
+                    (Some(p), Some(parent)) => p == parent,
+                    // A root, or a parent not found before it.
+                    (p, None) => !matches!(p, Some(p) if nodes[..*i].iter().any(|(n, _)| n == p)),
+                    (None, Some(_)) => false,
+                })
+                .map(|(i, (name, _))| TreeNode {
+                    name: name.clone(),
+                    // Only nodes listed after this one can be its children.
+                    children: build(&nodes[i + 1..seen], Some(name), seen - i - 1),
+                })
+                .collect()
+        }
+        Tree {
+            roots: build(nodes, None, nodes.len()),
+        }
+    }
+}
+
 impl fmt::Display for Tree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn list(f: &mut fmt::Formatter<'_>, nodes: &[TreeNode]) -> fmt::Result {
@@ -304,6 +337,25 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_parents_rebuilds_what_flat_gave() {
+        for text in ["a", "a,b", "a(b,c),d", "a(b(c(d))),e(f)"] {
+            let tree = Tree::parse(text).expect("parses");
+            let flat = tree.flat();
+            let named: Vec<(String, Option<String>)> = flat
+                .iter()
+                .map(|(n, p)| (n.clone(), (*p > 0).then(|| flat[*p as usize - 1].0.clone())))
+                .collect();
+            assert_eq!(Tree::from_parents(&named).to_string(), text);
+        }
+        // A parent named but not listed before: a root, nothing lost.
+        let odd = [
+            ("b".to_string(), Some("z".to_string())),
+            ("a".to_string(), None),
+        ];
+        assert_eq!(Tree::from_parents(&odd).to_string(), "b,a");
+    }
 
     #[test]
     fn parses_the_issue_example_and_prints_it_back() {

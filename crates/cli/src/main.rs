@@ -1118,6 +1118,7 @@ async fn status(args: StatusArgs) -> ExitCode {
                 serde_json::json!({
                     "name": b.name,
                     "addr": b.addr,
+                    "parent": b.parent,
                     "voted_ready": b.voted_ready,
                     "acked": b.acked,
                     "participant_state": state,
@@ -1130,6 +1131,8 @@ async fn status(args: StatusArgs) -> ExitCode {
             "xid": status.xid.to_string(),
             "coordinator_state": status.state.to_string(),
             "detail": status.detail,
+            "shape": status.shape.map(|s| s.name()),
+            "layout": status.layout(),
             "branches": branches,
         });
         println!("{out:#}");
@@ -1137,8 +1140,12 @@ async fn status(args: StatusArgs) -> ExitCode {
     }
     println!("xid {}", status.xid);
     println!("coordinator: {} — {}", status.state, status.detail);
-    for (branch, state) in status.branches.iter().zip(&states) {
-        let mut line = format!("  {}: {}", branch.name, branch_line(state));
+    if let Some(layout) = status.layout() {
+        println!("shape: {layout}");
+    }
+    for (i, (branch, state)) in status.branches.iter().zip(&states).enumerate() {
+        let indent = "  ".repeat(status.depth_of(i) + 1);
+        let mut line = format!("{indent}{}: {}", branch.name, branch_line(state));
         if let (Some(ready), Some(acked)) = (branch.voted_ready, branch.acked) {
             line.push_str(&format!(
                 " [coordinator: voted READY {}, ACKed {}]",

@@ -559,27 +559,38 @@ fn server_stats() -> impl Strategy<Value = ServerStats> {
 fn reply() -> impl Strategy<Value = Reply> {
     let branch_view = (
         text(),
+        text(),
         addr(),
         prop::option::of(any::<bool>()),
         prop::option::of(any::<bool>()),
+        prop::option::of(text()),
     )
-        .prop_map(|(name, addr, voted_ready, acked)| BranchView {
+        .prop_map(|(id, name, addr, voted_ready, acked, parent)| BranchView {
+            id,
             name,
             addr,
             voted_ready,
             acked,
+            parent,
         });
+    let shape = prop::option::of(prop_oneof![
+        Just(concord_proto::Shape::Centralized),
+        Just(concord_proto::Shape::Linear),
+        Just(concord_proto::Shape::Hierarchical),
+    ]);
     let status = (
         xid(),
         coordinator_state(),
         text(),
         prop::collection::vec(branch_view, 0..4),
+        shape,
     )
-        .prop_map(|(xid, state, detail, branches)| CoordinatorStatus {
+        .prop_map(|(xid, state, detail, branches, shape)| CoordinatorStatus {
             xid,
             state,
             detail,
             branches,
+            shape,
         });
     let accounts = (
         prop::collection::vec((text(), any::<i64>()), 0..5),

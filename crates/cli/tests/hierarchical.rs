@@ -87,6 +87,25 @@ async fn hierarchical_sub_coordinator_killed_after_the_decision_commits_the_tree
         let (mut cluster, pending) =
             sub_coordinator_dies(failpoint::PARTICIPANT_AFTER_COMMIT_DURABLE).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // While p0 is down: `status` shows the tree, the coordinator's
+        // view of its root (READY, no ACK yet) and the children below it.
+        let xid = wait_in_flight_xid(&cluster).await;
+        let status = status_text(&cluster, xid).await;
+        assert!(
+            status.contains("shape: hierarchical: tree p0(p1,p2)"),
+            "{status}"
+        );
+        assert!(
+            status.contains("\n  p0 (") && status.contains("voted READY yes, ACKed no"),
+            "{status}"
+        );
+        for child in ["p1", "p2"] {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(&format!("    {child} (")))
+                .unwrap_or_else(|| panic!("{child} indented below p0: {status}"));
+            assert!(line.contains("): READY"), "{status}");
+        }
         cluster.start_participant(0, &[]);
         cluster.wait_all_listening().await;
         let reports = cluster.wait_settled(SETTLE).await;
@@ -98,6 +117,30 @@ async fn hierarchical_sub_coordinator_killed_after_the_decision_commits_the_tree
         let result = pending.await.expect("client task").expect("an outcome");
         assert_eq!(result.outcome, Outcome::Committed, "{result:?}");
         assert_state_everywhere(&states(&cluster, result.xid).await, TxnState::Committed);
+        let status = status_text(&cluster, result.xid).await;
+        assert!(
+            status.contains("shape: hierarchical: tree p0(p1,p2)"),
+            "{status}"
+        );
+        let p2 = status.lines().find(|l| l.starts_with("    p2 ("));
+        assert!(p2.is_some_and(|l| l.contains("): COMMITTED")), "{status}");
     })
     .await;
+}
+
+/// The one xid the coordinator has in flight (the test's transaction).
+async fn wait_in_flight_xid(cluster: &Cluster) -> concord_proto::Xid {
+    let client = cluster.client().await;
+    for _ in 0..200 {
+        if let Some(xid) = client
+            .in_flight()
+            .await
+            .ok()
+            .and_then(|x| x.first().copied())
+        {
+            return xid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no transaction in flight at the coordinator");
 }

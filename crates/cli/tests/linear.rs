@@ -76,6 +76,12 @@ async fn linear_middle_member_killed_after_ready_the_chain_aborts() {
         cluster.start_participant(1, &[]);
         cluster.wait_all_listening().await;
         let reports = cluster.wait_settled(SETTLE).await;
+        // `status` names the chain and its decider.
+        let status = status_text(&cluster, result.xid).await;
+        assert!(
+            status.contains("shape: linear: chain p0 → p1 → p2 (p2 decides)"),
+            "{status}"
+        );
         for r in &reports {
             assert_eq!(r.balance("acct-0"), Some(100));
             assert_eq!(r.balance("acct-1"), Some(100));

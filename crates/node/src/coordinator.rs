@@ -351,7 +351,12 @@ pub struct CoordinatorCounters {
 struct Waiter {
     client: ClientId,
     request_id: u64,
+    /// Every participant, in the order the client gave (a tree's parents
+    /// first, a chain's members in chain order).
     participants: Vec<NodeId>,
+    shape: Shape,
+    /// A tree's parents (`Request::Begin.parents`); empty otherwise.
+    parents: Vec<u32>,
 }
 
 pub struct CoordinatorNode {
@@ -751,6 +756,12 @@ impl CoordinatorNode {
             .timeout_ms
             .saturating_mul(levels.max(1) as u64);
         let resend_ms = timeouts.resend.timeout_ms;
+        // As the tree was given; a tree of one level runs as centralized.
+        let (ran_as, layout_parents) = match &tree {
+            Some(tree) if tree.iter().all(|e| e.parent == 0) => (Shape::Centralized, Vec::new()),
+            Some(tree) => (shape, tree.iter().map(|e| e.parent).collect()),
+            None => (shape, Vec::new()),
+        };
         let begun = match tree {
             Some(tree) => self.core.begin_tree(now, xid, tree, timeout_ms, resend_ms),
             None => self
@@ -777,6 +788,8 @@ impl CoordinatorNode {
                 client,
                 request_id,
                 participants,
+                shape: ran_as,
+                parents: layout_parents,
             },
         );
         self.pump();
@@ -858,10 +871,10 @@ impl CoordinatorNode {
             Outcome::Committed => (Decision::Commit, None),
             Outcome::Aborted { reason } => (Decision::Abort, Some(reason.clone())),
         };
-        let participants = waiter
-            .as_ref()
-            .map(|w| w.participants.clone())
-            .unwrap_or_default();
+        let (participants, shape, parents) = match &waiter {
+            Some(w) => (w.participants.clone(), Some(w.shape), w.parents.clone()),
+            None => (Vec::new(), None, Vec::new()),
+        };
         self.recent.insert(
             xid,
             RecentTxn {
@@ -869,6 +882,8 @@ impl CoordinatorNode {
                 reason,
                 participants,
                 ended: false,
+                shape,
+                parents,
             },
         );
         if let Some(waiter) = waiter {
@@ -1002,20 +1017,31 @@ impl CoordinatorNode {
                     read_only.join(", ")
                 ));
             }
+            // Every node of a tree begun in this life, the coordinator's
+            // view on the roots it tracks; otherwise what the core tracks.
+            let tracked = |id: &NodeId| status.branches.iter().find(|b| b.participant == *id);
+            let branches = match self.layout_of(xid) {
+                Some((participants, parents, _)) => {
+                    self.branch_views(participants, parents, |id| {
+                        tracked(id).map(|b| (b.voted_ready, b.acked))
+                    })
+                }
+                None => status
+                    .branches
+                    .iter()
+                    .map(|b| BranchView {
+                        voted_ready: Some(b.voted_ready),
+                        acked: Some(b.acked),
+                        ..self.branch_view(&b.participant)
+                    })
+                    .collect(),
+            };
             return CoordinatorStatus {
                 xid,
                 state,
                 detail,
-                branches: status
-                    .branches
-                    .iter()
-                    .map(|b| BranchView {
-                        name: self.directory.display_name(&b.participant),
-                        addr: self.addr_label(&b.participant),
-                        voted_ready: Some(b.voted_ready),
-                        acked: Some(b.acked),
-                    })
-                    .collect(),
+                branches,
+                shape: self.layout_of(xid).map(|(_, _, shape)| shape),
             };
         }
         if let Some(txn) = self.recent.get(xid) {
@@ -1037,11 +1063,8 @@ impl CoordinatorNode {
                 xid,
                 state,
                 detail,
-                branches: txn
-                    .participants
-                    .iter()
-                    .map(|a| self.branch_view(a))
-                    .collect(),
+                branches: self.branch_views(&txn.participants, &txn.parents, |_| None),
+                shape: txn.shape,
             };
         }
         CoordinatorStatus {
@@ -1058,16 +1081,58 @@ impl CoordinatorNode {
                 .iter()
                 .map(|id| self.branch_view(id))
                 .collect(),
+            shape: None,
         }
+    }
+
+    /// Every participant of `xid`, a tree's parents and the shape, if
+    /// this life began it: from its waiting client until decided, then
+    /// from the recent outcomes.
+    fn layout_of(&self, xid: Xid) -> Option<(&[NodeId], &[u32], Shape)> {
+        if let Some(w) = self.waiting.get(&xid) {
+            return Some((&w.participants, &w.parents, w.shape));
+        }
+        let txn = self.recent.get(xid)?;
+        Some((&txn.participants, &txn.parents, txn.shape?))
     }
 
     fn branch_view(&self, id: &NodeId) -> BranchView {
         BranchView {
+            id: id.clone(),
             name: self.directory.display_name(id),
             addr: self.addr_label(id),
             voted_ready: None,
             acked: None,
+            parent: None,
         }
+    }
+
+    /// Views of `participants` (with a tree's `parents`, as a begin
+    /// request gives them), `tracked` giving the coordinator's (voted
+    /// READY, ACKed) for the ones it talks to.
+    fn branch_views(
+        &self,
+        participants: &[NodeId],
+        parents: &[u32],
+        tracked: impl Fn(&NodeId) -> Option<(bool, bool)>,
+    ) -> Vec<BranchView> {
+        participants
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let parent = parents
+                    .get(i)
+                    .and_then(|&p| participants.get((p as usize).checked_sub(1)?))
+                    .cloned();
+                let seen = tracked(id);
+                BranchView {
+                    voted_ready: seen.map(|(ready, _)| ready),
+                    acked: seen.map(|(_, acked)| acked),
+                    parent,
+                    ..self.branch_view(id)
+                }
+            })
+            .collect()
     }
 
     /// The `Peer` record of this coordinator's own address.

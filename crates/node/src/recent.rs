@@ -3,7 +3,7 @@
 //! after a restart. Filled from what the core's recovery found, never by
 //! replaying the log a second time.
 
-use concord_proto::{Decision, NodeId, RecoveredOutcome, Xid};
+use concord_proto::{Decision, NodeId, RecoveredOutcome, Shape, Xid};
 use std::collections::{HashMap, VecDeque};
 
 /// Outcome of a finished (or deciding) transaction, kept for `status`.
@@ -13,6 +13,12 @@ pub struct RecentTxn {
     pub reason: Option<String>,
     pub participants: Vec<NodeId>,
     pub ended: bool,
+    /// How it ran, when this life began it (a recovered outcome's log
+    /// does not say): the shape, and for a tree each participant's
+    /// parent as `Request::Begin.parents` gives it (0: the coordinator,
+    /// `k`: `participants[k - 1]`).
+    pub shape: Option<Shape>,
+    pub parents: Vec<u32>,
 }
 
 /// A bounded memory of recent outcomes, oldest forgotten first. Filled
@@ -49,6 +55,8 @@ impl RecentOutcomes {
                     reason,
                     participants: outcome.participants,
                     ended: outcome.ended,
+                    shape: None,
+                    parents: Vec::new(),
                 },
             );
         }
@@ -137,6 +145,8 @@ mod tests {
                 reason: None,
                 participants: p,
                 ended: false,
+                shape: Some(Shape::Centralized),
+                parents: Vec::new(),
             },
         );
         assert!(!recent.contains(Xid(1)), "oldest forgotten past the bound");

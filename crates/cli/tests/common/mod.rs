@@ -472,3 +472,17 @@ pub fn output_text(output: &std::process::Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// `concord status XID` against the cluster's coordinator: its stdout
+/// (the command must succeed).
+pub async fn status_text(cluster: &Cluster, xid: concord_proto::Xid) -> String {
+    let (coordinator, xid) = (cluster.coordinator.addr.clone(), xid.to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        run_cli(&["status", "--coordinator", &coordinator, &xid])
+    })
+    .await
+    .expect("cli task");
+    let (stdout, stderr) = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    stdout
+}
