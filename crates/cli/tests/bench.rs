@@ -41,6 +41,24 @@ fn bench_json(args: &[&str], dir: &std::path::Path) -> Value {
     serde_json::from_str(&stdout).expect("bench --json prints JSON")
 }
 
+/// No contention: no lock conflict, no client error; at most a rare vote
+/// timeout if the shared machine stalls a process past the 100 ms phase-1
+/// floor.
+fn assert_uncontended(run: &Value) {
+    let reasons = run["aborted_by_reason"].as_object().expect("reasons");
+    assert!(
+        reasons.keys().all(|r| r == "vote timeout"),
+        "aborts without contention: {reasons:?}"
+    );
+    assert!(f(run, "aborted") <= f(run, "committed") / 100.0, "{run}");
+    assert!(
+        run["client_errors"]
+            .as_object()
+            .is_some_and(|e| e.is_empty()),
+        "{run}"
+    );
+}
+
 #[test]
 fn bench_reports_sane_fields_and_labels_durability() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -72,21 +90,7 @@ fn bench_reports_sane_fields_and_labels_durability() {
             f(latency, "p999_ms"),
         );
         assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{latency}");
-        // No contention: no lock conflict, no client error; at most a rare
-        // vote timeout if the shared machine stalls a process past the
-        // 100 ms phase-1 floor.
-        let reasons = run["aborted_by_reason"].as_object().expect("reasons");
-        assert!(
-            reasons.keys().all(|r| r == "vote timeout"),
-            "aborts without contention: {reasons:?}"
-        );
-        assert!(f(run, "aborted") <= f(run, "committed") / 100.0, "{run}");
-        assert!(
-            run["client_errors"]
-                .as_object()
-                .is_some_and(|e| e.is_empty()),
-            "{run}"
-        );
+        assert_uncontended(run);
         // Durable 2PC with 3 participants forces 7 records per commit
         // (COMMIT at the coordinator, READY and COMMITTED at each
         // participant); group commit may share fsyncs, but not skip them.
@@ -220,17 +224,7 @@ fn bench_runs_hierarchical_transactions_over_the_given_tree() {
     for run in report["runs"].as_array().expect("runs") {
         assert_eq!(run["durable"], Value::Bool(true), "{run}");
         assert!(f(run, "committed") > 0.0, "{run}");
-        let reasons = run["aborted_by_reason"].as_object().expect("reasons");
-        assert!(
-            reasons.keys().all(|r| r == "vote timeout"),
-            "aborts without contention: {reasons:?}"
-        );
-        assert!(
-            run["client_errors"]
-                .as_object()
-                .is_some_and(|e| e.is_empty()),
-            "{run}"
-        );
+        assert_uncontended(run);
         let forced = f(run, "forced_records_per_txn");
         assert!((6.5..=7.5).contains(&forced), "forced records/txn {forced}");
         let messages = f(run, "messages_per_txn");

@@ -72,15 +72,7 @@ async fn transfer_commits_and_balances_move() {
         cluster.wait_settled(Duration::from_secs(5)).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let stdout = loop {
-            let coordinator = cluster.coordinator.addr.clone();
-            let xid_arg = xid.clone();
-            let output = tokio::task::spawn_blocking(move || {
-                run_cli(&["status", "--coordinator", &coordinator, &xid_arg])
-            })
-            .await
-            .expect("cli task");
-            let (stdout, stderr) = output_text(&output);
-            assert_eq!(output.status.code(), Some(0), "{stderr}");
+            let stdout = status_text(&cluster, &xid).await;
             if stdout.matches(": COMMITTED").count() == 3 || std::time::Instant::now() > deadline {
                 break stdout;
             }

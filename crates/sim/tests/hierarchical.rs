@@ -14,6 +14,11 @@ use courses::*;
 /// 10 from p1's acct-1 to p2's acct-2, with p0 moving 1 between two of
 /// its accounts and back (so the sub-coordinator writes and locks too).
 fn tree(w: &mut World) -> Xid {
+    tree_of(w, vec![0, 1, 1])
+}
+
+/// The same branches over the tree `parents` gives.
+fn tree_of(w: &mut World, parents: Vec<u32>) -> Xid {
     w.submit_tree(
         vec![
             (0, vec![op("acct-0", -1), op("acct-3", 1)]),
@@ -21,7 +26,7 @@ fn tree(w: &mut World) -> Xid {
             (2, vec![op("acct-2", 10)]),
         ],
         Shape::Hierarchical,
-        vec![0, 1, 1],
+        parents,
     )
 }
 
@@ -235,17 +240,7 @@ fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
     config.child_prepare_timeout_ms_min = 20;
     config.timeout_samples_min = 3;
     let mut w = World::scripted(config);
-    let chain = |w: &mut World| {
-        w.submit_tree(
-            vec![
-                (0, vec![op("acct-0", -1), op("acct-3", 1)]),
-                (1, vec![op("acct-1", -10)]),
-                (2, vec![op("acct-2", 10)]),
-            ],
-            Shape::Hierarchical,
-            vec![0, 1, 2],
-        )
-    };
+    let chain = |w: &mut World| tree_of(w, vec![0, 1, 2]);
     // Measure: p1's vote takes about 5 ms (its child's round trip, two
     // forced records), so its cap becomes about 20 ms.
     for _ in 0..4 {

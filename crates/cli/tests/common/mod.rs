@@ -475,7 +475,7 @@ pub fn output_text(output: &std::process::Output) -> (String, String) {
 
 /// `concord status XID` against the cluster's coordinator: its stdout
 /// (the command must succeed).
-pub async fn status_text(cluster: &Cluster, xid: concord_proto::Xid) -> String {
+pub async fn status_text(cluster: &Cluster, xid: impl ToString) -> String {
     let (coordinator, xid) = (cluster.coordinator.addr.clone(), xid.to_string());
     let output = tokio::task::spawn_blocking(move || {
         run_cli(&["status", "--coordinator", &coordinator, &xid])
