@@ -16,6 +16,7 @@
 //!
 //! Nothing in this crate may panic on bytes that came from the network.
 
+pub mod http;
 pub mod tree;
 
 use concord_proto::codec::{decode, DecodeError};

@@ -204,6 +204,55 @@ impl Tree {
     }
 }
 
+/// A hierarchical transaction's `(participant, work)` in tree order and
+/// the parent of each (0: the coordinator, `k`: the `k`-th of the list).
+pub type Plan = (Vec<(String, Vec<u8>)>, Vec<u32>);
+
+/// The branches of a hierarchical transaction in tree order, with each
+/// one's parent as `Request::Begin.parents` carries it: over `tree`, or
+/// without one a balanced binary tree over the branches in the order
+/// given. `branches` has one work per participant; a node of the tree
+/// without a branch gets `empty_work` (it only passes messages on).
+pub fn plan(
+    branches: Vec<(String, Vec<u8>)>,
+    tree: Option<&Tree>,
+    empty_work: &[u8],
+) -> Result<Plan, String> {
+    let flat: Vec<(String, u32)> = match tree {
+        Some(tree) => tree.flat(),
+        None => {
+            let nodes = branches
+                .iter()
+                .map(|(n, _)| (n.clone(), Vec::new()))
+                .collect();
+            let entries = concord_proto::tree::balanced_binary(nodes);
+            concord_proto::tree::check(&entries, "the coordinator", 0)
+                .map_err(|e| format!("{e}; give the tree"))?;
+            entries.into_iter().map(|e| (e.node, e.parent)).collect()
+        }
+    };
+    if let Some((name, _)) = branches
+        .iter()
+        .find(|(b, _)| !flat.iter().any(|(n, _)| n == b))
+    {
+        return Err(format!(
+            "participant {name} has a branch but is not in the tree"
+        ));
+    }
+    let mut branches = branches;
+    let mut ordered = Vec::with_capacity(flat.len());
+    let mut parents = Vec::with_capacity(flat.len());
+    for (name, parent) in flat {
+        let work = match branches.iter().position(|(b, _)| *b == name) {
+            Some(i) => branches.swap_remove(i).1,
+            None => empty_work.to_vec(),
+        };
+        ordered.push((name, work));
+        parents.push(parent);
+    }
+    Ok((ordered, parents))
+}
+
 impl Tree {
     /// The tree of `(name, parent name)` pairs, parents first (as
     /// `concord status` gets it). A node whose parent is not earlier in

@@ -319,9 +319,38 @@ struct ServeArgs {
     #[arg(long)]
     no_one_phase: bool,
     #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
     process: ServerProcessArgs,
+}
+
+/// The HTTP/JSON API of `concord serve`.
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Serve the HTTP/JSON API (/v1/transactions, /healthz, /readyz) on
+    /// this address (host:port). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// A file whose first line is the API token: every route but /healthz
+    /// and /readyz then needs `Authorization: Bearer <token>`. Without it
+    /// the server warns if --http-listen is beyond loopback.
+    #[arg(long, value_name = "PATH", requires = "http_listen")]
+    api_token_file: Option<PathBuf>,
+    /// Largest HTTP request body (bigger: 413).
+    #[arg(long, default_value_t = concord_server::http::BODY_BYTES_MAX_DEFAULT, value_name = "BYTES")]
+    http_body_bytes_max: usize,
+    /// A client must send its request headers within this (a slow-headers
+    /// client is disconnected).
+    #[arg(long, default_value_t = concord_server::http::HEADER_READ_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    http_header_timeout_ms: u64,
+    /// And its request body within this.
+    #[arg(long, default_value_t = concord_server::http::BODY_READ_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    http_body_timeout_ms: u64,
+    /// Open HTTP connections at most; further ones are closed at once.
+    #[arg(long, default_value_t = concord_server::http::CONNECTIONS_MAX_DEFAULT, value_name = "N")]
+    http_connections_max: usize,
 }
 
 #[derive(Args, Debug)]
@@ -701,9 +730,10 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve(args) => {
-            server_exit(concord_server::run_coordinator(serve_config(args)).await)
-        }
+        Command::Serve(args) => match serve_config(args) {
+            Ok(config) => server_exit(concord_server::run_coordinator(config).await),
+            Err(e) => server_exit(Err(e)),
+        },
         Command::Participant(args) => {
             server_exit(concord_server::run_participant(participant_config(args)).await)
         }
@@ -888,7 +918,7 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
     Ok(())
 }
 
-fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
+fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
     config.node.id = args.name;
     if let Some(advertise) = args.advertise {
@@ -908,7 +938,18 @@ fn serve_config(args: ServeArgs) -> CoordinatorServerConfig {
     config.listen_backlog = args.net.listen_backlog;
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
-    config
+    if let Some(listen) = args.http.http_listen {
+        let mut http = concord_server::http::HttpConfig::new(listen);
+        if let Some(path) = &args.http.api_token_file {
+            http.token = Some(concord_server::http::HttpConfig::token_from_file(path)?);
+        }
+        http.body_bytes_max = args.http.http_body_bytes_max;
+        http.header_read_timeout = Duration::from_millis(args.http.http_header_timeout_ms);
+        http.body_read_timeout = Duration::from_millis(args.http.http_body_timeout_ms);
+        http.connections_max = args.http.http_connections_max;
+        config.http = Some(http);
+    }
+    Ok(config)
 }
 
 fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {

@@ -285,47 +285,27 @@ impl Client {
         prepare_timeout_ms: Option<u64>,
         tree: Option<&Tree>,
     ) -> Result<TxnResult, ClientError> {
-        let flat: Vec<(String, u32)> = match tree {
-            Some(tree) => tree.flat(),
-            None => {
-                let mut names: Vec<String> = Vec::new();
-                for b in &branches {
-                    if !names.contains(&b.participant) {
-                        names.push(b.participant.clone());
-                    }
-                }
-                let nodes = names.into_iter().map(|n| (n, Vec::new())).collect();
-                let entries = concord_proto::tree::balanced_binary(nodes);
-                concord_proto::tree::check(&entries, "the coordinator", 0)
-                    .map_err(|e| ClientError::Invalid(format!("{e}; give the tree (--tree)")))?;
-                entries.into_iter().map(|e| (e.node, e.parent)).collect()
+        // One branch per participant: a tree node has exactly one. A lone
+        // branch keeps its bytes as they are (whatever the resource);
+        // several on one participant merge into one key-value branch.
+        let mut merged: Vec<(String, Vec<u8>)> = Vec::new();
+        for b in &branches {
+            if merged.iter().any(|(n, _)| *n == b.participant) {
+                continue;
             }
-        };
-        if let Some(b) = branches
-            .iter()
-            .find(|b| !flat.iter().any(|(n, _)| *n == b.participant))
-        {
-            return Err(ClientError::Invalid(format!(
-                "participant {} has a branch but is not in the tree",
-                b.participant
-            )));
-        }
-        let mut ordered = Vec::with_capacity(flat.len());
-        let mut parents = Vec::with_capacity(flat.len());
-        for (name, parent) in flat {
-            let mine: Vec<&BranchRequest> =
-                branches.iter().filter(|b| b.participant == name).collect();
-            // One branch keeps its bytes as they are (whatever the
-            // resource); several on one participant merge into one
-            // key-value branch, since a tree node has exactly one.
+            let mine: Vec<&BranchRequest> = branches
+                .iter()
+                .filter(|o| o.participant == b.participant)
+                .collect();
             let work = match mine.as_slice() {
                 [one] => one.work.clone(),
                 _ => {
                     let mut ops = Vec::new();
-                    for b in mine {
-                        let work = concord_participant::kv::decode_work(&b.work).map_err(|e| {
+                    for o in mine {
+                        let work = concord_participant::kv::decode_work(&o.work).map_err(|e| {
                             ClientError::Invalid(format!(
-                                "branch for {name}: not key-value work: {e}"
+                                "branch for {}: not key-value work: {e}",
+                                b.participant
                             ))
                         })?;
                         ops.extend(work);
@@ -333,12 +313,14 @@ impl Client {
                     encode_work(&ops)
                 }
             };
-            ordered.push(BranchRequest {
-                participant: name,
-                work,
-            });
-            parents.push(parent);
+            merged.push((b.participant.clone(), work));
         }
+        let (planned, parents) = concord_api::tree::plan(merged, tree, &encode_work(&[]))
+            .map_err(|e| ClientError::Invalid(format!("{e} (--tree)")))?;
+        let ordered = planned
+            .into_iter()
+            .map(|(participant, work)| BranchRequest { participant, work })
+            .collect();
         let shape = Shape::Hierarchical;
         self.transact_planned(ordered, prepare_timeout_ms, shape, parents)
             .await

@@ -43,18 +43,37 @@ pub(crate) enum Inbound {
     Request { request: Request, reply: ReplyTx },
 }
 
-/// Where replies to one client connection go. Cheap to clone; sending after
-/// the connection closed is a no-op (logged at debug level).
+/// Where replies to one client request go: its connection, or (for the
+/// HTTP API, which turns each HTTP request into the same requests the
+/// binary protocol carries) the waiting handler. Cheap to clone; sending
+/// after the client is gone is a no-op (logged at debug level).
 #[derive(Clone, Debug)]
-pub(crate) struct ReplyTx {
-    network: Network,
-    peer: Peer,
+pub(crate) enum ReplyTx {
+    Net {
+        network: Network,
+        peer: Peer,
+    },
+    /// Unbounded: one request gets at most a few replies (Begun, then the
+    /// outcome), and the handler reads them as they come.
+    Local(mpsc::UnboundedSender<Reply>),
 }
 
 impl ReplyTx {
     pub fn send(&self, reply: &Reply) {
+        let (network, peer) = match self {
+            ReplyTx::Net { network, peer } => (network, *peer),
+            ReplyTx::Local(tx) => {
+                if tx.send(reply.clone()).is_err() {
+                    tracing::debug!(
+                        request_id = reply.request_id(),
+                        "HTTP request gone before its reply"
+                    );
+                }
+                return;
+            }
+        };
         let frame = wire::reply_frame(reply);
-        match self.network.try_send_to(self.peer, frame) {
+        match network.try_send_to(peer, frame) {
             Ok(()) => {}
             Err(SendError::QueueFull { .. }) => {
                 // The client pipelines faster than it reads, and its
@@ -65,16 +84,16 @@ impl ReplyTx {
                 // lost (with the xid, for a begun transaction) and can ask
                 // `status`; nothing is decided differently.
                 tracing::warn!(
-                    peer = %self.peer,
+                    %peer,
                     request_id = reply.request_id(),
                     "client is not reading its replies (its send queue is full); closing its \
                      connection"
                 );
-                self.network.close(self.peer);
+                network.close(peer);
             }
             Err(SendError::TooLong { len, max }) => {
                 tracing::warn!(
-                    peer = %self.peer,
+                    %peer,
                     request_id = reply.request_id(),
                     "reply of {len} bytes exceeds --frame-bytes-max {max}; sending an error instead"
                 );
@@ -84,7 +103,7 @@ impl ReplyTx {
                 );
             }
             Err(e) => tracing::debug!(
-                peer = %self.peer,
+                %peer,
                 request_id = reply.request_id(),
                 "client connection gone before its reply could be sent: {e}"
             ),
@@ -142,9 +161,12 @@ pub(crate) async fn serve(
     network
         .listen(addr, backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    // Nothing sends on it until `with_local` replaces it.
+    let (_, local) = mpsc::channel(1);
     let incoming = Incoming {
         network: network.clone(),
         frames,
+        local,
     };
     Ok((network, incoming))
 }
@@ -155,13 +177,27 @@ pub(crate) async fn serve(
 pub(crate) struct Incoming {
     network: Network,
     frames: mpsc::Receiver<(Peer, Frame)>,
+    /// Requests from inside the process (the HTTP API), already decoded.
+    /// Bounded: when the driver falls behind, the HTTP handlers answer 503.
+    local: mpsc::Receiver<Inbound>,
 }
 
 impl Incoming {
+    /// Take requests from inside the process (the HTTP API) too.
+    pub fn with_local(mut self, local: mpsc::Receiver<Inbound>) -> Incoming {
+        self.local = local;
+        self
+    }
+
     /// The next event; `None` once the network has shut down.
     pub async fn recv(&mut self) -> Option<Inbound> {
         loop {
-            let (peer, frame) = self.frames.recv().await?;
+            let (peer, frame) = tokio::select! {
+                got = self.frames.recv() => got?,
+                // A closed local channel (no HTTP API, or it stopped)
+                // leaves the network as the only source.
+                Some(event) = self.local.recv() => return Some(event),
+            };
             if let Some(event) = self.decode(peer, frame) {
                 return Some(event);
             }
@@ -170,6 +206,9 @@ impl Incoming {
 
     /// The next event if one is already queued.
     pub fn try_recv(&mut self) -> Option<Inbound> {
+        if let Ok(event) = self.local.try_recv() {
+            return Some(event);
+        }
         loop {
             let (peer, frame) = self.frames.try_recv().ok()?;
             if let Some(event) = self.decode(peer, frame) {
@@ -228,7 +267,7 @@ fn decode(network: &Network, peer: Peer, frame: Frame) -> Result<Inbound, String
         KIND_REQUEST => wire::decode_request(&frame.body)
             .map(|request| Inbound::Request {
                 request,
-                reply: ReplyTx {
+                reply: ReplyTx::Net {
                     network: network.clone(),
                     peer,
                 },

@@ -60,6 +60,8 @@ pub struct CoordinatorServerConfig {
     /// False only for benchmark baselines (`--unsafe-no-fsync`): the log
     /// is then NOT durable.
     pub fsync: bool,
+    /// The HTTP/JSON API (`--http-listen`); off when `None`.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 impl CoordinatorServerConfig {
@@ -85,6 +87,7 @@ impl CoordinatorServerConfig {
             listen_backlog: 1024,
             net: NetConfig::default(),
             fsync: true,
+            http: None,
         }
     }
 
@@ -140,8 +143,16 @@ pub async fn run_coordinator_until(
     );
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
-    let (network, incoming) =
+    let (network, mut incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
+    let http = match &config.http {
+        Some(http) => {
+            let (requests, task) = crate::http::start(http.clone()).await?;
+            incoming = incoming.with_local(requests);
+            Some(task)
+        }
+        None => None,
+    };
     tracing::info!(
         name = %config.node.id,
         listen = %config.listen,
@@ -177,6 +188,11 @@ pub async fn run_coordinator_until(
     // for an outcome see their connection close: OutcomeUnknown with the
     // xid, which `status` answers after the restart.
     let waiting = driver.node.clients_waiting();
+    if let Some(http) = http {
+        // Its waiting handlers see their replies' channel close: 503 with
+        // the xid, which the status URL answers after the restart.
+        http.abort();
+    }
     driver.log.shutdown();
     conn::shutdown(&network).await;
     if waiting > 0 {

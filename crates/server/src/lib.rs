@@ -14,6 +14,7 @@
 //! - [`outbox`]: outgoing peer messages over concord-net (one persistent,
 //!   heartbeating connection per peer, repaired on reset).
 //! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
+//! - [`http`]: the coordinator's HTTP/JSON API (`--http-listen`).
 //!
 //! The servers are library functions so that tests, `concord demo` and
 //! `concord bench` start them the same way the binary does (usually as separate
@@ -25,6 +26,7 @@ mod conn;
 pub mod coordinator;
 mod driver;
 pub mod failpoint;
+pub mod http;
 pub mod outbox;
 pub mod participant;
 pub mod relay;

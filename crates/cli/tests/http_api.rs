@@ -1,0 +1,320 @@
+//! The coordinator's HTTP/JSON API with real processes: one-shot
+//! transactions (commit, abort, a tree), the coordinator's view of one,
+//! the token, and bad input of every kind (malformed JSON, an unknown
+//! field, an oversized body, unknown routes and xids, a slow-headers
+//! client, 2,000 connections at once): each gets its problem+json and the
+//! server keeps serving the others.
+//!
+//! The client side is a few lines of raw HTTP/1.1 over TCP on purpose:
+//! the tests must be able to send what no well-behaved client would.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response: status, headers (lower-case names), body.
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// A problem+json with this status whose detail contains `needle`.
+    fn assert_problem(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.body
+        );
+        let problem = self.json();
+        assert_eq!(problem["status"], status, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(needle), "{needle:?} not in {problem}");
+    }
+}
+
+/// Send raw bytes, read the whole answer (the request says close).
+async fn raw(addr: &str, request: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
+    stream.write_all(request).await.expect("send");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes))
+        .await
+        .expect("an answer within 20 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> HttpResponse {
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(addr, request.as_bytes()).await
+}
+
+/// A cluster of 3 participants whose coordinator serves the API on a port
+/// of its own, with `flags` added.
+async fn api_cluster(flags: &[&str]) -> (Cluster, String) {
+    let mut cluster = Cluster::new(3, 4, 100);
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
+    cluster
+        .coordinator_flags
+        .extend(flags.iter().map(|f| f.to_string()));
+    for i in 0..3 {
+        cluster.start_participant(i, &[]);
+    }
+    cluster.start_coordinator(&[]);
+    cluster.wait_all_listening().await;
+    wait_listening(&http).await;
+    (cluster, http)
+}
+
+const TRANSFER: &str = r#"{"branches": [
+    {"participant": "p0", "ops": [{"account": "acct-0", "delta": -10}]},
+    {"participant": "p1", "ops": [{"account": "acct-1", "delta": 10}]}
+]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
+    bounded(async {
+        let (cluster, http) = api_cluster(&[]).await;
+        assert_eq!(call(&http, "GET", "/healthz", None, "").await.status, 200);
+        assert_eq!(call(&http, "GET", "/readyz", None, "").await.status, 200);
+
+        // Commit: the outcome, the xid, and where to ask.
+        let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = r.json();
+        assert_eq!(body["state"], "committed", "{body}");
+        let xid = body["xid"].as_str().expect("xid").to_string();
+        assert_eq!(xid.len(), 32, "{body}");
+        let url = format!("/v1/transactions/{xid}");
+        assert_eq!(body["status_url"], url.as_str());
+        assert_eq!(r.header("location"), Some(url.as_str()));
+        assert_eq!(cluster.accounts(0).await.balance("acct-0"), Some(90));
+        assert_eq!(cluster.accounts(1).await.balance("acct-1"), Some(110));
+
+        // Its state at the coordinator, with stable names.
+        let r = call(&http, "GET", &url, None, "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let view = r.json();
+        assert_eq!(view["xid"], xid.as_str());
+        assert!(
+            ["committed", "committed_waiting_for_acks"]
+                .contains(&view["state"].as_str().unwrap_or("")),
+            "{view}"
+        );
+        assert_eq!(view["shape"], "centralized", "{view}");
+        let names: Vec<&str> = view["branches"]
+            .as_array()
+            .expect("branches")
+            .iter()
+            .filter_map(|b| b["participant"].as_str())
+            .collect();
+        assert_eq!(names, vec!["p0", "p1"], "{view}");
+
+        // Abort: more than the account holds. 200 with the reason: the
+        // request was fine, the transaction aborted.
+        let overdraw = TRANSFER.replace("-10", "-1000").replace(": 10}", ": 1000}");
+        let r = call(&http, "POST", "/v1/transactions", None, &overdraw).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = r.json();
+        assert_eq!(body["state"], "aborted", "{body}");
+        assert!(
+            body["reason"].as_str().is_some_and(|s| !s.is_empty()),
+            "{body}"
+        );
+        assert_eq!(cluster.accounts(0).await.balance("acct-0"), Some(90));
+
+        // A tree: shown as one.
+        let tree = r#"{"tree": "p2(p0,p1)", "branches": [
+            {"participant": "p0", "ops": [{"account": "acct-2", "delta": -5}]},
+            {"participant": "p1", "ops": [{"account": "acct-2", "delta": 5}]}
+        ]}"#;
+        let r = call(&http, "POST", "/v1/transactions", None, tree).await;
+        assert_eq!(r.json()["state"], "committed", "{}", r.body);
+        let url = r.json()["status_url"].as_str().expect("url").to_string();
+        let view = call(&http, "GET", &url, None, "").await.json();
+        assert_eq!(view["shape"], "hierarchical", "{view}");
+        assert_eq!(view["layout"], "hierarchical: tree p2(p0,p1)", "{view}");
+        let parents: Vec<Value> = view["branches"]
+            .as_array()
+            .expect("branches")
+            .iter()
+            .map(|b| b["parent"].clone())
+            .collect();
+        assert_eq!(
+            parents,
+            vec![Value::Null, "p2".into(), "p2".into()],
+            "{view}"
+        );
+        assert_eq!(cluster.accounts(1).await.balance("acct-2"), Some(105));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bad_input_gets_a_specific_problem_and_the_server_keeps_serving() {
+    bounded(async {
+        let (_cluster, http) = api_cluster(&["--http-body-bytes-max", "2000"]).await;
+        let post = |body: String| {
+            let http = http.clone();
+            async move { call(&http, "POST", "/v1/transactions", None, &body).await }
+        };
+        post("{\"branches\": [".into())
+            .await
+            .assert_problem(400, "bad JSON body");
+        post(TRANSFER.replace("\"ops\"", "\"opz\""))
+            .await
+            .assert_problem(400, "unknown field `opz`");
+        post(r#"{"branches": []}"#.into())
+            .await
+            .assert_problem(400, "at least one branch");
+        post(r#"{"tree": "p0(p0)", "branches": [{"participant": "p0", "ops": []}]}"#.into())
+            .await
+            .assert_problem(400, "appears twice");
+        post(TRANSFER.replace("p1", "nobody"))
+            .await
+            .assert_problem(400, "nobody");
+        let huge = format!(
+            r#"{{"branches": [{{"participant": "p0", "ops": [{{"account": "{}", "delta": 1}}]}}]}}"#,
+            "x".repeat(5000)
+        );
+        post(huge).await.assert_problem(413, "--http-body-bytes-max");
+        call(&http, "GET", "/v2/anything", None, "")
+            .await
+            .assert_problem(404, "no such route");
+        call(&http, "DELETE", "/v1/transactions", None, "")
+            .await
+            .assert_problem(405, "method");
+        call(&http, "GET", "/v1/transactions/not-hex", None, "")
+            .await
+            .assert_problem(400, "xid");
+        let unknown = call(&http, "GET", "/v1/transactions/abc123", None, "").await;
+        unknown.assert_problem(404, "presumed abort");
+        assert_eq!(
+            unknown.json()["xid"],
+            "00000000000000000000000000abc123",
+            "{}",
+            unknown.body
+        );
+        // Still serving.
+        assert_eq!(post(TRANSFER.into()).await.json()["state"], "committed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_token_guards_every_route_but_health() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "s3cret-token\n").expect("write token");
+        let path = token_file.display().to_string();
+        let (_cluster, http) = api_cluster(&["--api-token-file", &path]).await;
+        assert_eq!(call(&http, "GET", "/healthz", None, "").await.status, 200);
+        assert_eq!(call(&http, "GET", "/readyz", None, "").await.status, 200);
+        let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
+        r.assert_problem(401, "Authorization: Bearer");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        call(
+            &http,
+            "POST",
+            "/v1/transactions",
+            Some("s3cret-tokeX"),
+            TRANSFER,
+        )
+        .await
+        .assert_problem(401, "Bearer");
+        call(&http, "GET", "/v1/transactions/abc", Some("s3cret"), "")
+            .await
+            .assert_problem(401, "Bearer");
+        let r = call(
+            &http,
+            "POST",
+            "/v1/transactions",
+            Some("s3cret-token"),
+            TRANSFER,
+        )
+        .await;
+        assert_eq!(r.json()["state"], "committed", "{}", r.body);
+    })
+    .await;
+}
+
+/// A client that sends half its headers and stalls is cut off after the
+/// header timeout; 2,000 idle connections at once do not stop a real
+/// request from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_slow_headers_and_many_connections_do_not_stop_the_server() {
+    bounded(async {
+        let (_cluster, http) = api_cluster(&["--http-header-timeout-ms", "300"]).await;
+        let mut slow = TcpStream::connect(&http).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("half the headers");
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            held.push(TcpStream::connect(&http).await.expect("connect"));
+        }
+        let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
+        assert_eq!(r.json()["state"], "committed", "{}", r.body);
+        // The slow one is closed by the server (EOF, or a 408 then EOF).
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the slow-headers connection is still open after 5 s"
+        );
+        drop(held);
+        assert_eq!(call(&http, "GET", "/healthz", None, "").await.status, 200);
+    })
+    .await;
+}

@@ -1,0 +1,342 @@
+//! The routes of the HTTP API and their translation to driver requests.
+//!
+//! Every handler builds one [`Request`], sends it to the driver with a
+//! reply channel of its own, and turns the replies into JSON. Bodies are
+//! read as bytes and parsed here, so that each kind of bad input gets its
+//! own problem: 413 for a body over the limit, 400 naming the field for
+//! malformed JSON or an unknown field.
+
+use super::problem::ApiError;
+use crate::conn::{Inbound, ReplyTx};
+use crate::wire::{Reply, Request};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use concord_api::http::{
+    BeginBody, OutcomeBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
+};
+use concord_api::tree::Tree;
+use concord_api::{BranchRequest, Outcome};
+use concord_participant::kv::{encode_work, KvOp};
+use concord_proto::{Shape, Xid};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+/// What the handlers share.
+pub struct Api {
+    to_driver: mpsc::Sender<Inbound>,
+    token: Option<String>,
+    next_request: AtomicU64,
+}
+
+impl Api {
+    pub fn new(to_driver: mpsc::Sender<Inbound>, token: Option<String>) -> Api {
+        Api {
+            to_driver,
+            token,
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hand `request` to the driver; its replies come out of the receiver.
+    fn submit(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Reply>, ApiError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbound = Inbound::Request {
+            request,
+            reply: ReplyTx::Local(tx),
+        };
+        match self.to_driver.try_send(inbound) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::unavailable(
+                "the coordinator has too many HTTP requests queued; retry later",
+                1,
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(ApiError::unavailable("the coordinator is shutting down", 5))
+            }
+        }
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let protected = Router::new()
+        .route("/v1/transactions", post(begin))
+        .route("/v1/transactions/{xid}", get(transaction))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(api)
+}
+
+/// `Authorization: Bearer <token>` when a token is configured, compared in
+/// constant time (no timing leak of how much of a guess was right).
+async fn authorize(State(api): State<Arc<Api>>, request: HttpRequest, next: Next) -> Response {
+    let Some(token) = &api.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "this route needs Authorization: Bearer <token> (the server's --api-token-file)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the driver answers a request within a second: the log is
+/// recovered and the event loop is turning.
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let request_id = api.request_id();
+    let answered = match api.submit(Request::ListInFlight { request_id }) {
+        Ok(mut rx) => tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_some(),
+        Err(_) => false,
+    };
+    if answered {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+    } else {
+        ApiError::unavailable("the coordinator's event loop did not answer within 1 s", 1)
+            .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route (the API is under /v1; see /openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method",
+    )
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+/// The body as bytes, or the problem: 413 over the limit, 400 otherwise.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than the server's --http-body-bytes-max",
+        ),
+        status => ApiError::new(status, format!("cannot read the request body: {e}")),
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+fn status_url(xid: Xid) -> String {
+    format!("/v1/transactions/{xid}")
+}
+
+/// `POST /v1/transactions`: run a one-shot transaction and wait for its
+/// outcome up to `wait_ms` (then 202 with where to ask).
+async fn begin(
+    State(api): State<Arc<Api>>,
+    _headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: BeginBody = parse(&body_bytes(body)?)?;
+    if body.branches.is_empty() {
+        return Err(ApiError::bad_request(
+            "branches: a transaction needs at least one branch (open-ended transactions, \
+             begun without branches, are not available yet)",
+        ));
+    }
+    let tree = match &body.tree {
+        Some(text) => {
+            Some(Tree::parse(text).map_err(|e| ApiError::bad_request(format!("tree: {e}")))?)
+        }
+        None => None,
+    };
+    let shape = match (&tree, body.shape) {
+        (Some(_), Some(s)) if Shape::from(s) != Shape::Hierarchical => {
+            return Err(ApiError::bad_request(
+                "tree: a tree is for shape hierarchical",
+            ))
+        }
+        (Some(_), _) => Shape::Hierarchical,
+        (None, s) => s.map(Shape::from).unwrap_or_default(),
+    };
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX));
+    // One branch per participant: ops for the same one are merged.
+    let mut merged: Vec<(String, Vec<KvOp>)> = Vec::new();
+    for branch in body.branches {
+        let ops = branch.ops.into_iter().map(|o| KvOp {
+            account: o.account,
+            delta: o.delta,
+        });
+        match merged.iter_mut().find(|(p, _)| *p == branch.participant) {
+            Some((_, existing)) => existing.extend(ops),
+            None => merged.push((branch.participant, ops.collect())),
+        }
+    }
+    let works: Vec<(String, Vec<u8>)> = merged
+        .into_iter()
+        .map(|(p, ops)| (p, encode_work(&ops)))
+        .collect();
+    let (works, parents) = match shape {
+        Shape::Hierarchical => concord_api::tree::plan(works, tree.as_ref(), &encode_work(&[]))
+            .map_err(|e| ApiError::bad_request(format!("tree: {e}")))?,
+        _ => (works, Vec::new()),
+    };
+    let request_id = api.request_id();
+    let mut replies = api.submit(Request::Begin {
+        request_id,
+        branches: works
+            .into_iter()
+            .map(|(participant, work)| BranchRequest { participant, work })
+            .collect(),
+        prepare_timeout_ms: body.prepare_timeout_ms,
+        shape,
+        parents,
+    })?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut begun = None;
+    loop {
+        let reply = match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let Some(xid) = begun else {
+                    return Err(ApiError::unavailable(
+                        "the coordinator did not start the transaction in time",
+                        1,
+                    ));
+                };
+                return Ok(outcome(
+                    StatusCode::ACCEPTED,
+                    xid,
+                    TxnStateName::Pending,
+                    None,
+                ));
+            }
+        };
+        match reply {
+            Some(Reply::Begun { xid, .. }) => begun = Some(xid),
+            Some(Reply::Outcome {
+                xid, outcome: o, ..
+            }) => {
+                return Ok(match o {
+                    Outcome::Committed => {
+                        outcome(StatusCode::OK, xid, TxnStateName::Committed, None)
+                    }
+                    Outcome::Aborted { reason } => {
+                        outcome(StatusCode::OK, xid, TxnStateName::Aborted, Some(reason))
+                    }
+                })
+            }
+            Some(Reply::Error { message, .. }) => {
+                return Err(if message.starts_with("busy") {
+                    ApiError::unavailable(message, 1)
+                } else {
+                    ApiError::bad_request(message)
+                });
+            }
+            Some(other) => {
+                tracing::warn!(?other, "unexpected reply to an HTTP begin");
+            }
+            None => {
+                // The driver dropped the request: it is stopping. The xid,
+                // if there is one, is what to ask about after the restart.
+                let error = ApiError::unavailable(
+                    "the coordinator stopped before the outcome; ask the status URL after it \
+                     restarts",
+                    5,
+                );
+                return Err(match begun {
+                    Some(xid) => error.with_xid(xid),
+                    None => error,
+                });
+            }
+        }
+    }
+}
+
+fn outcome(status: StatusCode, xid: Xid, state: TxnStateName, reason: Option<String>) -> Response {
+    let url = status_url(xid);
+    let mut response = json(
+        status,
+        &OutcomeBody {
+            xid: xid.to_string(),
+            state,
+            reason,
+            status_url: url.clone(),
+        },
+    );
+    if let Ok(value) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `GET /v1/transactions/{xid}`: the coordinator's view; 404 when it has
+/// no record (presumed abort says what that means).
+async fn transaction(
+    State(api): State<Arc<Api>>,
+    Path(xid): Path<String>,
+) -> Result<Response, ApiError> {
+    let xid: Xid = xid
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("xid: {e}")))?;
+    let request_id = api.request_id();
+    let mut replies = api.submit(Request::Status { request_id, xid })?;
+    match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
+        Ok(Some(Reply::Status { status, .. })) => {
+            let body = TransactionBody::from(&status);
+            if body.state == TxnStateName::NoRecord {
+                return Err(ApiError::not_found(status.detail).with_xid(xid));
+            }
+            Ok(json(StatusCode::OK, &body))
+        }
+        Ok(Some(Reply::Error { message, .. })) => Err(ApiError::bad_request(message)),
+        _ => Err(ApiError::unavailable("the coordinator did not answer", 1).with_xid(xid)),
+    }
+}
