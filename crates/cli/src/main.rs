@@ -53,8 +53,10 @@ enum Command {
     /// (named accounts with balances).
     Participant(ParticipantArgs),
     /// Move an amount between two accounts as one global transaction.
+    #[command(after_help = TXN_EXIT_HELP)]
     Transfer(TransferArgs),
     /// Run a global transaction of any number of key-value operations.
+    #[command(after_help = TXN_EXIT_HELP)]
     Txn(TxnArgs),
     /// Show a transaction's state at the coordinator and at each participant.
     Status(StatusArgs),
@@ -529,7 +531,7 @@ struct ClientArgs {
     #[arg(long, value_name = "ADDR")]
     coordinator: String,
     /// Give up waiting for the outcome after this long (the transaction
-    /// may still finish; the exit code is then 2).
+    /// may still finish; the exit code is then 3, and the xid was printed).
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     timeout_ms: u64,
     /// Phase-1 timeout for this transaction (the coordinator's default when
@@ -574,7 +576,9 @@ struct TxnArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// One operation as PARTICIPANT:ACCOUNT:DELTA (DELTA may be negative);
-    /// repeat for each. Operations on one participant form one branch.
+    /// repeat for each. Operations on one participant form one branch. The
+    /// deltas need not sum to zero (money may enter or leave); each
+    /// branch votes ABORT if an account would go below zero.
     #[arg(long = "op", value_name = "P:ACCT:DELTA", value_parser = parse_op, required = true, allow_hyphen_values = true)]
     ops: Vec<(String, String, i64)>,
 }
@@ -725,6 +729,16 @@ fn main() -> ExitCode {
         // goes on with the old limit.
         let _ = concord_net::raise_fd_limit();
     }
+    if !server {
+        // A client command writing into a closed pipe (`| head`) ends
+        // quietly, as Unix tools do, instead of panicking on the write.
+        // Servers keep Rust's default (ignored): they write to sockets.
+        // SAFETY: setting a signal disposition before any thread of ours
+        // writes to stdout; SIG_DFL is always a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     runtime.block_on(run(cli.command))
 }
 
@@ -759,7 +773,7 @@ async fn run(command: Command) -> ExitCode {
                     .await
             })
             .await;
-            print_txn_result(result)
+            print_txn_result(&args.client.coordinator, result)
         }
         Command::Txn(args) => {
             let branches = client::kv_branches(&args.ops);
@@ -772,7 +786,7 @@ async fn run(command: Command) -> ExitCode {
                 client.transact_shaped(branches, timeout, shape).await
             })
             .await;
-            print_txn_result(result)
+            print_txn_result(&args.client.coordinator, result)
         }
         Command::Status(args) => status(args).await,
         Command::Accounts(args) => accounts(args).await,
@@ -992,42 +1006,108 @@ fn server_exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 /// Connect, run `f`, and bound the whole thing by `--timeout-ms`.
-async fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<client::TxnResult, String>
+/// Exit codes of `transfer` and `txn` (also in their `--help`).
+const EXIT_COMMITTED: u8 = 0;
+const EXIT_ABORTED: u8 = 1;
+/// Nothing began: bad input, refused, or the coordinator unreachable.
+const EXIT_NOT_STARTED: u8 = 2;
+/// It began (the xid was printed) but its outcome was not heard: ask
+/// `concord status`.
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+const TXN_EXIT_HELP: &str = "\
+The xid is printed (`xid HEX`) as soon as the coordinator has begun the
+transaction, before its outcome, so a timeout or a lost connection always
+names the transaction to check with `concord status`.
+
+Exit codes: 0 committed; 1 aborted (the reason is printed); 2 not started
+(bad input, refused by the coordinator, or the coordinator unreachable);
+3 outcome unknown (begun, but the outcome was not heard: ask `concord
+status --coordinator ADDR XID`).";
+
+/// Why a transaction command did not report an outcome.
+enum TxnFailure {
+    NotStarted(String),
+    /// It began as `xid` (or may have, when `None`).
+    Unknown {
+        xid: Option<Xid>,
+        why: String,
+    },
+}
+
+/// Connect, run `f`, and bound the whole thing by `--timeout-ms`. The xid
+/// is printed the moment the transaction has begun.
+async fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<client::TxnResult, TxnFailure>
 where
     F: FnOnce(std::sync::Arc<Client>) -> Fut,
     Fut: std::future::Future<Output = Result<client::TxnResult, ClientError>>,
 {
+    let begun: std::sync::Arc<std::sync::Mutex<Option<Xid>>> = Default::default();
+    let seen = std::sync::Arc::clone(&begun);
+    let hook: client::BegunHook = std::sync::Arc::new(move |xid| {
+        println!("xid {xid}");
+        // Out before anything else can happen to this process.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        if let Ok(mut seen) = seen.lock() {
+            *seen = Some(xid);
+        }
+    });
     let work = async {
-        let client = std::sync::Arc::new(Client::connect(&args.coordinator).await?);
-        f(client).await
+        let client = Client::connect(&args.coordinator).await?.on_begun(hook);
+        f(std::sync::Arc::new(client)).await
     };
-    match tokio::time::timeout(Duration::from_millis(args.timeout_ms), work).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no outcome within {} ms (the transaction may still finish; check `concord status`)",
-            args.timeout_ms
-        )),
+    let result = tokio::time::timeout(Duration::from_millis(args.timeout_ms), work).await;
+    let begun = begun.lock().ok().and_then(|x| *x);
+    match result {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(ClientError::OutcomeUnknown { xid, why, .. })) => Err(TxnFailure::Unknown {
+            xid: Some(xid),
+            why,
+        }),
+        Ok(Err(ClientError::ConnectionLost { why, .. })) => Err(TxnFailure::Unknown {
+            xid: begun,
+            why: format!("the connection was lost before the coordinator answered ({why})"),
+        }),
+        Ok(Err(e)) => Err(TxnFailure::NotStarted(e.to_string())),
+        Err(_) => Err(TxnFailure::Unknown {
+            xid: begun,
+            why: format!("no outcome within --timeout-ms {} ms", args.timeout_ms),
+        }),
     }
 }
 
-fn print_txn_result(result: Result<client::TxnResult, String>) -> ExitCode {
+fn print_txn_result(coordinator: &str, result: Result<client::TxnResult, TxnFailure>) -> ExitCode {
     match result {
-        Ok(result) => {
-            println!("xid {}", result.xid);
-            match result.outcome {
-                Outcome::Committed => {
-                    println!("committed");
-                    ExitCode::SUCCESS
-                }
-                Outcome::Aborted { reason } => {
-                    println!("aborted: {reason}");
-                    ExitCode::from(1)
-                }
+        Ok(result) => match result.outcome {
+            Outcome::Committed => {
+                println!("committed");
+                ExitCode::from(EXIT_COMMITTED)
             }
+            Outcome::Aborted { reason } => {
+                println!("aborted: {reason}");
+                ExitCode::from(EXIT_ABORTED)
+            }
+        },
+        Err(TxnFailure::NotStarted(why)) => {
+            eprintln!("concord: error: {why}");
+            ExitCode::from(EXIT_NOT_STARTED)
         }
-        Err(e) => {
-            eprintln!("concord: error: {e}");
-            ExitCode::from(2)
+        Err(TxnFailure::Unknown {
+            xid: Some(xid),
+            why,
+        }) => {
+            eprintln!(
+                "concord: outcome of transaction {xid} unknown: {why}; it may still finish \
+                 and the coordinator knows it: `concord status --coordinator {coordinator} {xid}`"
+            );
+            ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+        }
+        Err(TxnFailure::Unknown { xid: None, why }) => {
+            eprintln!(
+                "concord: {why}; a transaction may have begun without this command hearing its \
+                 xid: the coordinator at {coordinator} lists what is in flight"
+            );
+            ExitCode::from(EXIT_OUTCOME_UNKNOWN)
         }
     }
 }
@@ -1149,15 +1229,18 @@ async fn status(args: StatusArgs) -> ExitCode {
     };
     let addrs: Vec<String> = status.branches.iter().map(|b| b.addr.clone()).collect();
     let states = branch_reports(&addrs, xid).await;
+    // With no record, the coordinator lists every participant it knows:
+    // asked, but not branches of anything.
+    let no_record = status.state == concord_api::CoordinatorState::NoRecord;
     if args.json {
-        let branches: Vec<serde_json::Value> = status
+        let views: Vec<serde_json::Value> = status
             .branches
             .iter()
             .zip(&states)
             .map(|(b, s)| {
                 let (state, detail, error) = branch_json(s);
                 serde_json::json!({
-                    "name": b.name,
+                    "participant": b.id,
                     "addr": b.addr,
                     "parent": b.parent,
                     "voted_ready": b.voted_ready,
@@ -1168,35 +1251,66 @@ async fn status(args: StatusArgs) -> ExitCode {
                 })
             })
             .collect();
+        let (branches, asked) = if no_record {
+            (Vec::new(), views)
+        } else {
+            (views, Vec::new())
+        };
         let out = serde_json::json!({
             "xid": status.xid.to_string(),
-            "coordinator_state": status.state.to_string(),
+            "coordinator_state": concord_api::http::TxnStateName::from(status.state),
             "detail": status.detail,
             "shape": status.shape.map(|s| s.name()),
             "layout": status.layout(),
             "branches": branches,
+            "participants_asked": asked,
         });
         println!("{out:#}");
+    } else {
+        println!("xid {}", status.xid);
+        println!("coordinator: {} — {}", status.state, status.detail);
+        if let Some(layout) = status.layout() {
+            println!("shape: {layout}");
+        }
+        if no_record {
+            println!("participants asked:");
+        }
+        for (i, (branch, state)) in status.branches.iter().zip(&states).enumerate() {
+            let indent = "  ".repeat(status.depth_of(i) + 1);
+            let mut line = format!("{indent}{}: {}", branch.name, branch_line(state));
+            if let (Some(ready), Some(acked)) = (branch.voted_ready, branch.acked) {
+                line.push_str(&format!(
+                    " [coordinator: voted READY {}, ACKed {}]",
+                    yes_no(ready),
+                    yes_no(acked)
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    unanswered_exit(&status.branches, &states)
+}
+
+/// Exit 0, or 2 (and say who) when a participant could not be asked: the
+/// picture printed is then incomplete.
+fn unanswered_exit(
+    branches: &[concord_api::BranchView],
+    states: &[Result<(TxnState, Option<String>), String>],
+) -> ExitCode {
+    let silent: Vec<&str> = branches
+        .iter()
+        .zip(states)
+        .filter(|(_, s)| s.is_err())
+        .map(|(b, _)| b.id.as_str())
+        .collect();
+    if silent.is_empty() {
         return ExitCode::SUCCESS;
     }
-    println!("xid {}", status.xid);
-    println!("coordinator: {} — {}", status.state, status.detail);
-    if let Some(layout) = status.layout() {
-        println!("shape: {layout}");
-    }
-    for (i, (branch, state)) in status.branches.iter().zip(&states).enumerate() {
-        let indent = "  ".repeat(status.depth_of(i) + 1);
-        let mut line = format!("{indent}{}: {}", branch.name, branch_line(state));
-        if let (Some(ready), Some(acked)) = (branch.voted_ready, branch.acked) {
-            line.push_str(&format!(
-                " [coordinator: voted READY {}, ACKed {}]",
-                yes_no(ready),
-                yes_no(acked)
-            ));
-        }
-        println!("{line}");
-    }
-    ExitCode::SUCCESS
+    eprintln!(
+        "concord: could not ask {}: the states above are incomplete",
+        silent.join(", ")
+    );
+    ExitCode::from(2)
 }
 
 /// `concord status --timeouts`: the estimates and the timeouts in force.

@@ -90,7 +90,9 @@ async fn hierarchical_sub_coordinator_killed_after_the_decision_commits_the_tree
         // While p0 is down: `status` shows the tree, the coordinator's
         // view of its root (READY, no ACK yet) and the children below it.
         let xid = wait_in_flight_xid(&cluster).await;
-        let status = status_text(&cluster, xid).await;
+        let (code, status, stderr) = status_output(&cluster, xid).await;
+        assert_eq!(code, Some(2), "p0 could not be asked: {status}\n{stderr}");
+        assert!(stderr.contains("could not ask p0"), "{stderr}");
         assert!(
             status.contains("shape: hierarchical: tree p0(p1,p2)"),
             "{status}"

@@ -116,6 +116,8 @@ async fn api_cluster(flags: &[&str]) -> (Cluster, String) {
     (cluster, http)
 }
 
+const SETTLE: Duration = Duration::from_secs(10);
+
 const TRANSFER: &str = r#"{"branches": [
     {"participant": "p0", "ops": [{"account": "acct-0", "delta": -10}]},
     {"participant": "p1", "ops": [{"account": "acct-1", "delta": 10}]}
@@ -138,8 +140,11 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
         let url = format!("/v1/transactions/{xid}");
         assert_eq!(body["status_url"], url.as_str());
         assert_eq!(r.header("location"), Some(url.as_str()));
-        assert_eq!(cluster.accounts(0).await.balance("acct-0"), Some(90));
-        assert_eq!(cluster.accounts(1).await.balance("acct-1"), Some(110));
+        // The outcome comes once the decision is durable; phase 2 may
+        // still be on its way.
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(reports[0].balance("acct-0"), Some(90));
+        assert_eq!(reports[1].balance("acct-1"), Some(110));
 
         // Its state at the coordinator, with stable names.
         let r = call(&http, "GET", &url, None, "").await;
@@ -171,7 +176,10 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
             body["reason"].as_str().is_some_and(|s| !s.is_empty()),
             "{body}"
         );
-        assert_eq!(cluster.accounts(0).await.balance("acct-0"), Some(90));
+        assert_eq!(
+            cluster.wait_settled(SETTLE).await[0].balance("acct-0"),
+            Some(90)
+        );
 
         // A tree: shown as one.
         let tree = r#"{"tree": "p2(p0,p1)", "branches": [
@@ -195,7 +203,10 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
             vec![Value::Null, "p2".into(), "p2".into()],
             "{view}"
         );
-        assert_eq!(cluster.accounts(1).await.balance("acct-2"), Some(105));
+        assert_eq!(
+            cluster.wait_settled(SETTLE).await[1].balance("acct-2"),
+            Some(105)
+        );
     })
     .await;
 }

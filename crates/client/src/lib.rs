@@ -151,8 +151,13 @@ pub enum ClientError {
     Rejected(String),
     /// The transaction began but the connection was lost before its
     /// outcome arrived: it may have committed or aborted.
-    #[error("outcome of transaction {xid} unknown: {why}; the coordinator knows it: `concord status --coordinator ADDR {xid}`")]
-    OutcomeUnknown { xid: Xid, why: String },
+    #[error("outcome of transaction {xid} unknown: {why}; the coordinator knows it: `concord status --coordinator {addr} {xid}`")]
+    OutcomeUnknown {
+        xid: Xid,
+        /// The coordinator's address, to ask.
+        addr: String,
+        why: String,
+    },
     #[error("connection to {addr} lost: {why}")]
     ConnectionLost { addr: String, why: String },
     #[error("protocol error from {addr}: {detail}")]
@@ -218,7 +223,13 @@ pub struct Client {
     /// callers share one reconnect) when it closed with nothing pending.
     conn: tokio::sync::Mutex<Arc<Connection>>,
     next_request_id: AtomicU64,
+    /// Called with each transaction's xid as soon as it has begun, before
+    /// its outcome (see [`Client::on_begun`]).
+    on_begun: Option<BegunHook>,
 }
+
+/// See [`Client::on_begun`].
+pub type BegunHook = Arc<dyn Fn(Xid) + Send + Sync>;
 
 impl Client {
     /// Connect to the server at `addr` ("127.0.0.1:7100") with the default
@@ -235,7 +246,17 @@ impl Client {
             options,
             conn: tokio::sync::Mutex::new(Arc::new(conn)),
             next_request_id: AtomicU64::new(1),
+            on_begun: None,
         })
+    }
+
+    /// Call `hook` with every transaction's xid the moment the coordinator
+    /// has begun it, before its outcome: whatever happens next (a timeout,
+    /// a lost connection), the caller knows which transaction to ask
+    /// about.
+    pub fn on_begun(mut self, hook: BegunHook) -> Client {
+        self.on_begun = Some(hook);
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -346,14 +367,23 @@ impl Client {
         let mut xid = None;
         loop {
             match replies.recv().await {
-                Some(Reply::Begun { xid: begun, .. }) => xid = Some(begun),
+                Some(Reply::Begun { xid: begun, .. }) => {
+                    if let Some(hook) = &self.on_begun {
+                        hook(begun);
+                    }
+                    xid = Some(begun);
+                }
                 Some(Reply::Outcome { xid, outcome, .. }) => return Ok(TxnResult { xid, outcome }),
                 Some(Reply::Error { message, .. }) => return Err(ClientError::Rejected(message)),
                 Some(other) => return Err(self.unexpected(&other)),
                 None => {
                     let why = conn.closed_why();
                     return Err(match xid {
-                        Some(xid) => ClientError::OutcomeUnknown { xid, why },
+                        Some(xid) => ClientError::OutcomeUnknown {
+                            xid,
+                            addr: self.addr.clone(),
+                            why,
+                        },
                         None => ClientError::ConnectionLost {
                             addr: self.addr.clone(),
                             why,

@@ -875,6 +875,18 @@ impl CoordinatorNode {
             Some(w) => (w.participants.clone(), Some(w.shape), w.parents.clone()),
             None => (Vec::new(), None, Vec::new()),
         };
+        // The votes so far, kept for `status` after the decision (the
+        // time only sets the age, which is not kept).
+        let votes = self
+            .core
+            .status(Time(0), xid)
+            .map(|s| {
+                s.branches
+                    .into_iter()
+                    .map(|b| (b.participant, b.voted_ready, b.acked))
+                    .collect()
+            })
+            .unwrap_or_default();
         self.recent.insert(
             xid,
             RecentTxn {
@@ -884,6 +896,7 @@ impl CoordinatorNode {
                 ended: false,
                 shape,
                 parents,
+                votes,
             },
         );
         if let Some(waiter) = waiter {
@@ -1063,7 +1076,12 @@ impl CoordinatorNode {
                 xid,
                 state,
                 detail,
-                branches: self.branch_views(&txn.participants, &txn.parents, |_| None),
+                branches: self.branch_views(&txn.participants, &txn.parents, |id| {
+                    txn.votes
+                        .iter()
+                        .find(|(p, ..)| p == id)
+                        .map(|(_, ready, acked)| (*ready, *acked))
+                }),
                 shape: txn.shape,
             };
         }

@@ -473,9 +473,9 @@ pub fn output_text(output: &std::process::Output) -> (String, String) {
     )
 }
 
-/// `concord status XID` against the cluster's coordinator: its stdout
-/// (the command must succeed).
-pub async fn status_text(cluster: &Cluster, xid: impl ToString) -> String {
+/// `concord status XID` against the cluster's coordinator: exit code,
+/// stdout and stderr.
+pub async fn status_output(cluster: &Cluster, xid: impl ToString) -> (Option<i32>, String, String) {
     let (coordinator, xid) = (cluster.coordinator.addr.clone(), xid.to_string());
     let output = tokio::task::spawn_blocking(move || {
         run_cli(&["status", "--coordinator", &coordinator, &xid])
@@ -483,6 +483,12 @@ pub async fn status_text(cluster: &Cluster, xid: impl ToString) -> String {
     .await
     .expect("cli task");
     let (stdout, stderr) = output_text(&output);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    (output.status.code(), stdout, stderr)
+}
+
+/// Its stdout, when every participant answered (exit 0).
+pub async fn status_text(cluster: &Cluster, xid: impl ToString) -> String {
+    let (code, stdout, stderr) = status_output(cluster, xid).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     stdout
 }
