@@ -7,9 +7,10 @@
 use crate::{BranchView, CoordinatorState, CoordinatorStatus};
 use concord_proto::Shape;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /v1/transactions`: a one-shot transaction with its branches.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BeginBody {
     pub branches: Vec<BranchBody>,
@@ -35,7 +36,7 @@ pub const WAIT_MS_DEFAULT: u64 = 10_000;
 pub const WAIT_MS_MAX: u64 = 60_000;
 
 /// One branch: key-value operations on one participant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchBody {
     pub participant: String,
@@ -44,7 +45,7 @@ pub struct BranchBody {
 
 /// Add `delta` to `account` (negative: take it out; the branch votes
 /// ABORT if the account would go below zero or does not exist).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KvOpBody {
     pub account: String,
@@ -52,7 +53,7 @@ pub struct KvOpBody {
 }
 
 /// The three shapes by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ShapeName {
     Centralized,
@@ -81,7 +82,7 @@ impl From<Shape> for ShapeName {
 }
 
 /// A transaction's state at the coordinator, as a stable name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TxnStateName {
     /// PREPARE sent, collecting votes.
@@ -118,7 +119,7 @@ impl From<CoordinatorState> for TxnStateName {
 }
 
 /// The answer to `POST /v1/transactions`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OutcomeBody {
     pub xid: String,
     /// `committed`, `aborted`, or `pending` (202: still running when the
@@ -132,7 +133,7 @@ pub struct OutcomeBody {
 }
 
 /// `GET /v1/transactions/{xid}`: the coordinator's view.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TransactionBody {
     pub xid: String,
     pub state: TxnStateName,
@@ -148,7 +149,7 @@ pub struct TransactionBody {
 }
 
 /// One branch of [`TransactionBody`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TxnBranchBody {
     pub participant: String,
     pub addr: String,
@@ -191,7 +192,7 @@ impl From<&CoordinatorStatus> for TransactionBody {
 }
 
 /// An error, as RFC 9457 `application/problem+json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem (`about:blank` for plain HTTP
     /// statuses).

@@ -77,6 +77,9 @@ enum Command {
     /// baselines (bare relay, raw fsync ceiling, durability off) in the
     /// same run.
     Bench(BenchArgs),
+    /// Print the OpenAPI 3.1 document of the coordinator's HTTP API (what
+    /// `serve --http-listen` serves at /openapi.json; docs/openapi.json).
+    Openapi,
     /// Benchmark baseline process (started by `concord bench`): the
     /// message pattern of centralized 2PC over the same transport, with no
     /// protocol, no log and no fsync. Never a real coordinator or
@@ -793,6 +796,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Demo(args) => demo(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Openapi => {
+            print!("{}", concord_server::http::openapi_document());
+            ExitCode::SUCCESS
+        }
         Command::Relay(args) => {
             let role = if args.participant.is_empty() {
                 concord_server::relay::RelayRole::Participant

@@ -262,6 +262,37 @@ async fn http_bad_input_gets_a_specific_problem_and_the_server_keeps_serving() {
     .await;
 }
 
+/// The document the server serves is the committed one, and an
+/// independent validator (openapi-spec-validator, from PyPI) accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_serves_the_committed_openapi_document_and_it_validates() {
+    bounded(async {
+        let (_cluster, http) = api_cluster(&[]).await;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let committed = std::fs::read_to_string(path).expect("docs/openapi.json");
+        let served = call(&http, "GET", "/openapi.json", None, "").await;
+        assert_eq!(served.status, 200);
+        assert!(
+            served.body == committed,
+            "the served document differs from {path}"
+        );
+        assert_eq!(served.json()["openapi"], "3.1.0");
+        let output = std::process::Command::new("python3")
+            .args(["-m", "openapi_spec_validator", path])
+            .output()
+            .expect("python3 (install: apt-get install python3)");
+        let (stdout, stderr) = output_text(&output);
+        assert!(
+            !stderr.contains("No module named"),
+            "openapi-spec-validator is missing: pip install openapi-spec-validator \
+             (scripts/test installs it)\n{stderr}"
+        );
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("OK"), "{stdout}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_token_guards_every_route_but_health() {
     bounded(async {

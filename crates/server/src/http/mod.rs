@@ -24,6 +24,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
+/// The API's OpenAPI 3.1 document as pretty JSON (what `/openapi.json`
+/// serves, `concord openapi` prints, and `docs/openapi.json` holds).
+pub fn openapi_document() -> String {
+    use utoipa::OpenApi;
+    let mut text = routes::ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}"));
+    text.push('\n');
+    text
+}
+
 /// Settings of the HTTP API.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
@@ -134,5 +145,19 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, config: HttpCo
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed document is the generated one: a route or JSON type
+    /// changed without `docs/openapi.json` fails here.
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let committed = include_str!("../../../../docs/openapi.json");
+        assert!(
+            super::openapi_document() == committed,
+            "docs/openapi.json is stale: run `cargo run --release -- openapi > docs/openapi.json`"
+        );
     }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
-    BeginBody, OutcomeBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
+    BeginBody, OutcomeBody, Problem, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
 use concord_api::{BranchRequest, Outcome};
@@ -74,6 +74,7 @@ pub fn router(api: Arc<Api>) -> Router {
     let protected = Router::new()
         .route("/v1/transactions", post(begin))
         .route("/v1/transactions/{xid}", get(transaction))
+        .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
     Router::new()
         .route("/healthz", get(healthz))
@@ -110,12 +111,21 @@ async fn authorize(State(api): State<Arc<Api>>, request: HttpRequest, next: Next
     response
 }
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs", body = serde_json::Value)))]
 async fn healthz() -> Response {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
 /// Ready when the driver answers a request within a second: the log is
 /// recovered and the event loop is turning.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The coordinator's event loop answers", body = serde_json::Value),
+        (status = 503, description = "It did not answer within 1 s", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     let request_id = api.request_id();
     let answered = match api.submit(Request::ListInFlight { request_id }) {
@@ -131,6 +141,52 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     } else {
         ApiError::unavailable("the coordinator's event loop did not answer within 1 s", 1)
             .into_response()
+    }
+}
+
+/// This API's OpenAPI 3.1 document (also `docs/openapi.json`).
+async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        super::openapi_document(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document, generated from the routes' annotations and the
+/// JSON types of `concord_api::http`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "concord coordinator HTTP API",
+        description = "Distributed transactions (two-phase commit) over HTTP/JSON. Errors are \
+            RFC 9457 application/problem+json. xids are 32 hex digits; states are stable \
+            snake_case names.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(healthz, readyz, begin, transaction),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "transactions", description = "Run transactions and look at them"),
+        (name = "operations", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `bearer` security scheme (`--api-token-file`).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -177,8 +233,25 @@ fn status_url(xid: Xid) -> String {
     format!("/v1/transactions/{xid}")
 }
 
-/// `POST /v1/transactions`: run a one-shot transaction and wait for its
-/// outcome up to `wait_ms` (then 202 with where to ask).
+/// Run a one-shot transaction and wait for its outcome up to `wait_ms`
+/// (then 202 with where to ask). An aborted transaction is a 200 with
+/// `state: aborted` and the reason: the request was carried out.
+#[utoipa::path(post, path = "/v1/transactions", tag = "transactions",
+    request_body = BeginBody,
+    responses(
+        (status = 200, description = "The outcome: committed or aborted", body = OutcomeBody),
+        (status = 202, description = "Still running when the wait ran out: ask `status_url`",
+            body = OutcomeBody),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad tree, an unknown \
+            participant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "The body is over --http-body-bytes-max", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "At the admission limit, or stopping; see Retry-After",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn begin(
     State(api): State<Arc<Api>>,
     _headers: HeaderMap,
@@ -317,8 +390,20 @@ fn outcome(status: StatusCode, xid: Xid, state: TxnStateName, reason: Option<Str
     response
 }
 
-/// `GET /v1/transactions/{xid}`: the coordinator's view; 404 when it has
-/// no record (presumed abort says what that means).
+/// The coordinator's view of one transaction; 404 when it has no record
+/// (with presumed abort: ABORTED if it ever began here).
+#[utoipa::path(get, path = "/v1/transactions/{xid}", tag = "transactions",
+    params(("xid" = String, Path, description = "The transaction id, 1 to 32 hex digits")),
+    responses(
+        (status = 200, description = "Its state", body = TransactionBody),
+        (status = 400, description = "Not an xid", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No record of it", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn transaction(
     State(api): State<Arc<Api>>,
     Path(xid): Path<String>,
