@@ -401,6 +401,10 @@ struct ParticipantArgs {
     /// time left less a margin either way.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     child_prepare_timeout_ms_min: u64,
+    /// Serve Prometheus metrics (/metrics) and /healthz over HTTP on this
+    /// address. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
     /// Largest delay between INQUIREs.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     inquire_ms_max: u64,
@@ -981,6 +985,7 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.node.inquire_ms_max = args.inquire_ms_max;
     config.node.timeout_samples_min = args.timeout_samples_min;
     config.node.child_prepare_timeout_ms_min = args.child_prepare_timeout_ms_min;
+    config.http = args.http_listen.map(concord_server::http::HttpConfig::new);
     config.advertise = args.advertise;
     config.outcome_sync_delay_us = args.outcome_sync_delay_us;
     config.node.branches_in_flight_max = args.branches_in_flight_max;

@@ -332,6 +332,12 @@ pub enum CoordinatorEvent {
         xid: Xid,
         participant: String,
     },
+    /// One measured exchange (PREPARE → vote, COMMIT → ACK), as the timeout
+    /// policy took it: for latency histograms.
+    Latency {
+        phase: &'static str,
+        elapsed_us: u64,
+    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -996,7 +1002,13 @@ impl CoordinatorNode {
                 phase,
                 elapsed_us,
                 ..
-            } => self.timeouts.observe(&peer, phase, elapsed_us),
+            } => {
+                self.timeouts.observe(&peer, phase, elapsed_us);
+                self.push_event(CoordinatorEvent::Latency {
+                    phase: crate::timeouts::phase_name(phase),
+                    elapsed_us,
+                });
+            }
             CoordinatorNotice::OutcomeUnknown { xid, participant } => {
                 self.timeouts.finish(xid);
                 let participant = self.directory.display_name(&participant);

@@ -317,7 +317,7 @@ pub struct CoordinatorTimeouts {
 }
 
 /// The timeout-policy phase name of a core's sample.
-fn phase_name(phase: LatencyPhase) -> &'static str {
+pub fn phase_name(phase: LatencyPhase) -> &'static str {
     match phase {
         LatencyPhase::Prepare => PHASE_PREPARE,
         LatencyPhase::Decision => PHASE_DECISION,

@@ -40,7 +40,12 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) enum Inbound {
     Peer(PeerEnvelope),
-    Request { request: Request, reply: ReplyTx },
+    Request {
+        request: Request,
+        reply: ReplyTx,
+    },
+    /// `GET /metrics`: the driver answers with the text format.
+    Scrape(tokio::sync::oneshot::Sender<String>),
 }
 
 /// Where replies to one client request go: its connection, or (for the

@@ -136,8 +136,9 @@ pub async fn run_coordinator_until(
     // the driver. It holds at most one event per submission, and those are
     // bounded by the node's admission limit (see `GroupCommit`).
     let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let metrics = crate::metrics::CoordinatorMetrics::new();
     let log = LogWriter::new(
-        GroupCommit::start(Box::new(log), "coordinator"),
+        GroupCommit::start_observed(Box::new(log), "coordinator", Some(metrics.log.observer())),
         log_tx,
         config.fsync,
     );
@@ -147,7 +148,8 @@ pub async fn run_coordinator_until(
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     let http = match &config.http {
         Some(http) => {
-            let (requests, task) = crate::http::start(http.clone()).await?;
+            let (requests, task) =
+                crate::http::start(http.clone(), crate::http::Role::Coordinator).await?;
             incoming = incoming.with_local(requests);
             Some(task)
         }
@@ -180,6 +182,7 @@ pub async fn run_coordinator_until(
         ),
         clients: HashMap::new(),
         next_client: 0,
+        metrics,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
@@ -219,6 +222,7 @@ struct CoordinatorDriver {
     /// removed with the request's final reply.
     clients: HashMap<ClientId, ReplyTx>,
     next_client: u64,
+    metrics: crate::metrics::CoordinatorMetrics,
 }
 
 impl DriverNode for CoordinatorDriver {
@@ -255,6 +259,15 @@ impl DriverNode for CoordinatorDriver {
                 self.next_client += 1;
                 self.clients.insert(client, reply);
                 self.node.on_request(now, client, request);
+            }
+            Inbound::Scrape(answer) => {
+                let snapshot = crate::metrics::CoordinatorSnapshot {
+                    counters: self.node.counters(),
+                    in_flight: self.node.in_flight(),
+                    clients_waiting: self.node.clients_waiting(),
+                    log: self.log.log_stats(),
+                };
+                let _ = answer.send(self.metrics.render(&snapshot));
             }
         }
         self.drain_actions();
@@ -336,7 +349,10 @@ impl CoordinatorDriver {
                 CoordinatorNodeAction::Compact { records } => self
                     .log
                     .compact(Box::new(move || records.iter().map(encode).collect())),
-                CoordinatorNodeAction::Event(event) => log_event(event),
+                CoordinatorNodeAction::Event(event) => {
+                    self.metrics.on_event(&event);
+                    log_event(event)
+                }
             }
         }
     }
@@ -428,6 +444,8 @@ fn log_event(event: CoordinatorEvent) {
                 "compacting the coordinator log to {records} records"
             )
         }
+        // For the metrics' histograms only.
+        CoordinatorEvent::Latency { .. } => {}
         CoordinatorEvent::OutcomeUnknown { xid, participant } => tracing::warn!(
             %xid,
             %participant,

@@ -204,6 +204,11 @@ impl LogWriter {
 
     /// The server's counters for `Request::Stats`: this log's and the
     /// network's.
+    /// The group commit's counters since start.
+    pub fn log_stats(&self) -> concord_store::GroupCommitStats {
+        self.group.stats()
+    }
+
     pub fn server_stats(&self, role: &str, net: concord_net::NetStats) -> crate::wire::ServerStats {
         crate::wire::server_stats(
             role,

@@ -27,6 +27,7 @@ pub mod coordinator;
 mod driver;
 pub mod failpoint;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod participant;
 pub mod relay;

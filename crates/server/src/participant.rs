@@ -68,6 +68,9 @@ pub struct ParticipantServerConfig {
     /// (`--coordinator NAME=ADDR`): for one that moved before it ever
     /// heard from them, and so would know no one to tell.
     pub coordinators: Vec<(String, String)>,
+    /// `/metrics` and `/healthz` over HTTP (`--http-listen`); off when
+    /// `None`.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// Default of [`ParticipantServerConfig::outcome_sync_delay_us`]: short
@@ -100,6 +103,7 @@ impl ParticipantServerConfig {
             fsync: true,
             outcome_sync_delay_us: OUTCOME_SYNC_DELAY_US_DEFAULT,
             coordinators: Vec::new(),
+            http: None,
         }
     }
 
@@ -190,8 +194,9 @@ pub async fn run_participant_until(
     // the driver. It holds at most one event per submission, and those are
     // bounded by the node's admission limit (see `GroupCommit`).
     let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let metrics = crate::metrics::ParticipantMetrics::new();
     let log = LogWriter::new(
-        GroupCommit::start(Box::new(log), "participant"),
+        GroupCommit::start_observed(Box::new(log), "participant", Some(metrics.log.observer())),
         log_tx,
         config.fsync,
     )
@@ -201,8 +206,17 @@ pub async fn run_participant_until(
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
-    let (network, incoming) =
+    let (network, mut incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
+    let http = match &config.http {
+        Some(http) => {
+            let (requests, task) =
+                crate::http::start(http.clone(), crate::http::Role::Participant).await?;
+            incoming = incoming.with_local(requests);
+            Some(task)
+        }
+        None => None,
+    };
     tracing::info!(
         name = %node_config.id,
         listen = %config.listen,
@@ -221,8 +235,12 @@ pub async fn run_participant_until(
             &node_config.addr,
             incarnation,
         ),
+        metrics,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
+    if let Some(http) = http {
+        http.abort();
+    }
     // Graceful stop: write out the log, then let the transport flush queued
     // votes, ACKs and replies and close. READY branches stay in the log and
     // inquire again after the restart.
@@ -241,6 +259,7 @@ struct ParticipantDriver {
     timers: Timers,
     log: LogWriter,
     outbox: Outbox,
+    metrics: crate::metrics::ParticipantMetrics,
 }
 
 impl DriverNode for ParticipantDriver {
@@ -279,6 +298,19 @@ impl DriverNode for ParticipantDriver {
                 // channel is only needed while the actions are drained.
                 self.node.on_request(ClientId(0), request);
                 self.drain_actions(Some(&reply));
+            }
+            Inbound::Scrape(answer) => {
+                let now = self.clock.now();
+                let core = self.node.inner().core();
+                let snapshot = crate::metrics::ParticipantSnapshot {
+                    counters: self.node.counters(),
+                    in_doubt: core.in_doubt().len(),
+                    oldest_in_doubt_seconds: core
+                        .oldest_in_doubt_since()
+                        .map_or(0.0, |at| now.ms_since(at) as f64 / 1000.0),
+                    log: self.log.log_stats(),
+                };
+                let _ = answer.send(self.metrics.render(&snapshot));
             }
         }
     }

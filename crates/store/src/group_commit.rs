@@ -120,12 +120,24 @@ impl GroupCommit {
     /// # Panics
     /// If the OS cannot create a thread, like `std::thread::spawn`.
     pub fn start(store: Box<dyn LogStore>, name: &str) -> GroupCommit {
+        GroupCommit::start_observed(store, name, None)
+    }
+
+    /// [`start`](Self::start), with `observer` told of every batch written
+    /// and every fsync (on the writer thread: it must be quick), for
+    /// metrics.
+    pub fn start_observed(
+        store: Box<dyn LogStore>,
+        name: &str,
+        observer: Option<LogObserver>,
+    ) -> GroupCommit {
         let (sender, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             name: name.to_string(),
             store,
             receiver,
+            observer,
             counters: Arc::clone(&counters),
             unsynced: false,
             failed: None,
@@ -269,6 +281,19 @@ impl Request {
     }
 }
 
+/// What the writer thread tells an observer (see
+/// [`GroupCommit::start_observed`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogObservation {
+    /// One batch of this many records was appended (one write).
+    Batch { records: usize },
+    /// One fsync, and how long it took.
+    Sync { elapsed: Duration },
+}
+
+/// Called by the writer thread with each [`LogObservation`].
+pub type LogObserver = Arc<dyn Fn(LogObservation) + Send + Sync>;
+
 #[derive(Default)]
 struct Counters {
     submissions: AtomicU64,
@@ -296,6 +321,7 @@ struct Writer {
     name: String,
     store: Box<dyn LogStore>,
     receiver: mpsc::Receiver<Request>,
+    observer: Option<LogObserver>,
     counters: Arc<Counters>,
     /// Records were appended since the last sync or rewrite.
     unsynced: bool,
@@ -501,6 +527,9 @@ impl Writer {
             bump(&self.counters.batches, 1);
             bump(&self.counters.records, records.len());
             bump(&self.counters.bytes, records.iter().map(|r| r.len()).sum());
+            self.observe(LogObservation::Batch {
+                records: records.len(),
+            });
         }
         Ok(())
     }
@@ -508,13 +537,23 @@ impl Writer {
     fn sync_store(&mut self) -> Result<(), StoreError> {
         self.check_usable()?;
         if self.unsynced {
+            let started = Instant::now();
             if let Err(e) = self.store.sync() {
                 return Err(self.fail(e));
             }
             self.unsynced = false;
             bump(&self.counters.syncs, 1);
+            self.observe(LogObservation::Sync {
+                elapsed: started.elapsed(),
+            });
         }
         Ok(())
+    }
+
+    fn observe(&self, observation: LogObservation) {
+        if let Some(observer) = &self.observer {
+            observer(observation);
+        }
     }
 
     /// Start a background rewrite; `Ok(Some(records))` hands them back when

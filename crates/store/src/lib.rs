@@ -24,7 +24,9 @@ pub mod group_commit;
 pub mod mem_log;
 
 pub use file_log::{FileLog, FileLogOptions, Recovered};
-pub use group_commit::{Done, GroupCommit, GroupCommitStats, SyncMode};
+pub use group_commit::{
+    Done, GroupCommit, GroupCommitStats, LogObservation, LogObserver, SyncMode,
+};
 pub use mem_log::MemLog;
 
 /// Produces the records of a rewrite when called: a compaction's snapshot,

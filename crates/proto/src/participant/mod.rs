@@ -676,6 +676,17 @@ impl Participant {
         xids
     }
 
+    /// When the oldest READY branch still without its outcome prepared, as
+    /// far as this life knows (a branch recovered in doubt after a restart
+    /// does not know when it prepared, and is not counted).
+    pub fn oldest_in_doubt_since(&self) -> Option<Time> {
+        self.branches
+            .values()
+            .filter(|b| matches!(b.state, BranchState::Ready))
+            .filter_map(|b| b.prepared_at)
+            .min()
+    }
+
     /// What the in-doubt branch `xid` has heard while waiting for its
     /// outcome; `None` unless it is READY without an outcome.
     pub fn in_doubt_report(&self, xid: Xid) -> Option<InDoubt> {

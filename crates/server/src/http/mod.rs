@@ -35,6 +35,14 @@ pub fn openapi_document() -> String {
     text
 }
 
+/// Which server the HTTP listener belongs to: the coordinator serves the
+/// whole API, a participant `/metrics` and `/healthz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+    Participant,
+}
+
 /// Settings of the HTTP API.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
@@ -89,12 +97,13 @@ impl HttpConfig {
 /// from, and the task that serves connections.
 pub(crate) async fn start(
     config: HttpConfig,
+    role: Role,
 ) -> anyhow::Result<(mpsc::Receiver<Inbound>, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on --http-listen {}", config.listen))?;
     let local = listener.local_addr()?;
-    if config.token.is_none() && !local.ip().is_loopback() {
+    if role == Role::Coordinator && config.token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(
             listen = %local,
             "the HTTP API listens beyond loopback without --api-token-file: anyone who can \
@@ -103,11 +112,15 @@ pub(crate) async fn start(
     }
     tracing::info!(listen = %local, auth = config.token.is_some(), "HTTP API serving");
     let (to_driver, from_http) = mpsc::channel(QUEUED_MAX);
-    let router = routes::router(Arc::new(routes::Api::new(to_driver, config.token.clone())))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            config.body_read_timeout,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(config.body_bytes_max));
+    let api = Arc::new(routes::Api::new(to_driver, config.token.clone()));
+    let router = match role {
+        Role::Coordinator => routes::router(api),
+        Role::Participant => routes::participant_router(api),
+    }
+    .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        config.body_read_timeout,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(config.body_bytes_max));
     let task = tokio::spawn(accept_loop(listener, router, config));
     Ok((from_http, task))
 }

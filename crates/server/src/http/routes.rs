@@ -79,10 +79,53 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
+}
+
+/// A participant's HTTP listener: metrics and liveness only.
+pub fn participant_router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(api)
+}
+
+/// Prometheus metrics in the OpenMetrics text format, rendered by the
+/// driver from the node's own counters (`crate::metrics`). No token.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "The metrics (OpenMetrics text format)", body = String,
+            content_type = "application/openmetrics-text"),
+        (status = 503, description = "The event loop did not answer", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
+async fn metrics(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    api.to_driver
+        .try_send(Inbound::Scrape(tx))
+        .map_err(|_| ApiError::unavailable("the server is busy or stopping; scrape again", 1))?;
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(text)) => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            text,
+        )
+            .into_response()),
+        _ => Err(ApiError::unavailable(
+            "the event loop did not answer within 5 s",
+            1,
+        )),
+    }
 }
 
 /// `Authorization: Bearer <token>` when a token is configured, compared in
@@ -167,7 +210,7 @@ async fn openapi_json() -> Response {
             snake_case names.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(healthz, readyz, begin, transaction),
+    paths(healthz, readyz, metrics, begin, transaction),
     modifiers(&BearerAuth),
     tags(
         (name = "transactions", description = "Run transactions and look at them"),

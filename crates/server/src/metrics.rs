@@ -1,0 +1,307 @@
+//! Prometheus metrics (`GET /metrics` on `--http-listen`), in the text
+//! format, through the `prometheus-client` crate.
+//!
+//! Counts the node layer already keeps (its counters, what is in flight
+//! or in doubt) are read at scrape time in the driver's task, so they are
+//! exactly the node's; distributions are accumulated as they happen: phase
+//! latencies and fired timeouts from the node's typed events, fsync
+//! latency and group-commit batch sizes from the log writer's observer.
+//! Names follow the Prometheus conventions: base units, `_total` on
+//! counters, `_seconds` on times.
+
+use concord_node::CoordinatorEvent;
+use concord_store::{GroupCommitStats, LogObservation, LogObserver};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+type Labels = Vec<(String, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// 100 µs .. about 13 s, doubling.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+/// The log writer's distributions, fed on its own thread.
+#[derive(Clone)]
+pub struct LogMetrics {
+    fsync_seconds: Histogram,
+    batch_records: Histogram,
+}
+
+impl LogMetrics {
+    pub fn new() -> LogMetrics {
+        LogMetrics {
+            fsync_seconds: seconds_histogram(),
+            // 1 .. 32,768 records, doubling.
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+        }
+    }
+
+    /// What the group commit writer calls (quick: two atomic updates).
+    pub fn observer(&self) -> LogObserver {
+        let me = self.clone();
+        Arc::new(move |observation| match observation {
+            LogObservation::Sync { elapsed } => me.fsync_seconds.observe(elapsed.as_secs_f64()),
+            LogObservation::Batch { records } => me.batch_records.observe(records as f64),
+        })
+    }
+
+    fn register(&self, registry: &mut Registry, stats: GroupCommitStats) {
+        registry.register(
+            "concord_log_fsync_seconds",
+            "Time of each fsync of the durable log",
+            self.fsync_seconds.clone(),
+        );
+        registry.register(
+            "concord_log_batch_records",
+            "Records per group-commit batch (one write each)",
+            self.batch_records.clone(),
+        );
+        counter(
+            registry,
+            "concord_log_records",
+            "Records appended to the log",
+            stats.records,
+        );
+        counter(
+            registry,
+            "concord_log_bytes",
+            "Payload bytes appended to the log",
+            stats.bytes,
+        );
+        counter(
+            registry,
+            "concord_log_fsyncs",
+            "fsyncs of the log",
+            stats.syncs,
+        );
+    }
+}
+
+impl Default for LogMetrics {
+    fn default() -> Self {
+        LogMetrics::new()
+    }
+}
+
+/// A counter whose value the node keeps (set at scrape time).
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, registry) {
+        // Writing into a String does not fail; say so if it ever did.
+        out = format!("# cannot encode the metrics: {e}\n");
+    }
+    out
+}
+
+/// What the coordinator's driver reads from its node at scrape time.
+pub struct CoordinatorSnapshot {
+    pub counters: concord_node::CoordinatorCounters,
+    pub in_flight: usize,
+    pub clients_waiting: usize,
+    pub log: GroupCommitStats,
+}
+
+/// The coordinator's metrics.
+pub struct CoordinatorMetrics {
+    pub log: LogMetrics,
+    phase_seconds: Histograms,
+    timeouts_fired: Family<Labels, Counter>,
+}
+
+impl CoordinatorMetrics {
+    pub fn new() -> CoordinatorMetrics {
+        CoordinatorMetrics {
+            log: LogMetrics::new(),
+            phase_seconds: Family::new_with_constructor(seconds_histogram),
+            timeouts_fired: Family::default(),
+        }
+    }
+
+    /// Every node event passes here on its way to the log lines.
+    pub fn on_event(&self, event: &CoordinatorEvent) {
+        match event {
+            CoordinatorEvent::Latency { phase, elapsed_us } => self
+                .phase_seconds
+                .get_or_create(&label("phase", phase))
+                .observe(*elapsed_us as f64 / 1e6),
+            CoordinatorEvent::TimeoutFired { phase, .. } => {
+                self.timeouts_fired
+                    .get_or_create(&label("phase", phase))
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn render(&self, s: &CoordinatorSnapshot) -> String {
+        let mut r = Registry::default();
+        counter(
+            &mut r,
+            "concord_transactions_begun",
+            "Global transactions begun",
+            s.counters.begun,
+        );
+        let outcomes: Family<Labels, Counter> = Family::default();
+        outcomes
+            .get_or_create(&label("outcome", "committed"))
+            .inc_by(s.counters.committed);
+        outcomes
+            .get_or_create(&label("outcome", "aborted"))
+            .inc_by(s.counters.aborted);
+        r.register(
+            "concord_transactions",
+            "Global transactions decided, by outcome",
+            outcomes,
+        );
+        counter(
+            &mut r,
+            "concord_transactions_ended",
+            "Committed transactions every participant acknowledged",
+            s.counters.ended,
+        );
+        let refused: Family<Labels, Counter> = Family::default();
+        refused
+            .get_or_create(&label("reason", "busy"))
+            .inc_by(s.counters.refused_busy);
+        refused
+            .get_or_create(&label("reason", "invalid"))
+            .inc_by(s.counters.refused.saturating_sub(s.counters.refused_busy));
+        r.register(
+            "concord_transactions_refused",
+            "Begin requests refused, by reason (busy: an admission limit)",
+            refused,
+        );
+        gauge(
+            &mut r,
+            "concord_transactions_in_flight",
+            "Transactions begun and not yet ended",
+            s.in_flight as i64,
+        );
+        gauge(
+            &mut r,
+            "concord_clients_waiting",
+            "Client requests waiting for an outcome",
+            s.clients_waiting as i64,
+        );
+        r.register(
+            "concord_phase_latency_seconds",
+            "Measured exchanges by phase (prepare: PREPARE to vote; decision: COMMIT to ACK)",
+            self.phase_seconds.clone(),
+        );
+        r.register(
+            "concord_timeouts_fired",
+            "Timeouts that fired, by phase",
+            self.timeouts_fired.clone(),
+        );
+        self.log.register(&mut r, s.log);
+        render(&r)
+    }
+}
+
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        CoordinatorMetrics::new()
+    }
+}
+
+/// What the participant's driver reads from its node at scrape time.
+pub struct ParticipantSnapshot {
+    pub counters: concord_node::ParticipantCounters,
+    pub in_doubt: usize,
+    /// Age of the oldest READY branch without its outcome (this life's).
+    pub oldest_in_doubt_seconds: f64,
+    pub log: GroupCommitStats,
+}
+
+/// The participant's metrics.
+pub struct ParticipantMetrics {
+    pub log: LogMetrics,
+}
+
+impl ParticipantMetrics {
+    pub fn new() -> ParticipantMetrics {
+        ParticipantMetrics {
+            log: LogMetrics::new(),
+        }
+    }
+
+    pub fn render(&self, s: &ParticipantSnapshot) -> String {
+        let mut r = Registry::default();
+        let outcomes: Family<Labels, Counter> = Family::default();
+        outcomes
+            .get_or_create(&label("outcome", "committed"))
+            .inc_by(s.counters.committed);
+        outcomes
+            .get_or_create(&label("outcome", "aborted"))
+            .inc_by(s.counters.aborted);
+        r.register(
+            "concord_branches",
+            "Branches finished here, by outcome",
+            outcomes,
+        );
+        gauge(
+            &mut r,
+            "concord_branches_in_doubt",
+            "Branches READY and waiting for their outcome",
+            s.in_doubt as i64,
+        );
+        let oldest: Gauge<f64, AtomicU64> = Gauge::default();
+        oldest.set(s.oldest_in_doubt_seconds);
+        r.register(
+            "concord_oldest_in_doubt_age_seconds",
+            "How long the oldest in-doubt branch has been READY (0: none; branches recovered \
+             after a restart are not counted)",
+            oldest,
+        );
+        counter(
+            &mut r,
+            "concord_inquiries",
+            "INQUIREs sent while in doubt",
+            s.counters.inquiries,
+        );
+        counter(
+            &mut r,
+            "concord_resource_apply_failures",
+            "Resource commits and aborts that failed and were retried",
+            s.counters.apply_failures,
+        );
+        counter(
+            &mut r,
+            "concord_protocol_violations",
+            "Messages from peers that broke the protocol (not acted upon)",
+            s.counters.violations,
+        );
+        self.log.register(&mut r, s.log);
+        render(&r)
+    }
+}
+
+impl Default for ParticipantMetrics {
+    fn default() -> Self {
+        ParticipantMetrics::new()
+    }
+}
