@@ -191,6 +191,14 @@ impl From<&CoordinatorStatus> for TransactionBody {
     }
 }
 
+/// `GET /v1/participants`: one participant, its latency estimates and the
+/// timeouts they set, per phase (`prepare`, `decision`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantBody {
+    pub participant: String,
+    pub phases: Vec<crate::PhaseEstimate>,
+}
+
 /// An error, as RFC 9457 `application/problem+json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {

@@ -438,10 +438,12 @@ pub struct ServerStats {
 }
 
 /// Estimates of one (peer, phase) for `status`, in microseconds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhaseEstimate {
     /// Configured name and address of the peer ("p0 (127.0.0.1:7101)").
     pub peer: String,
+    /// The peer's id alone ("p0").
+    pub peer_id: String,
     pub phase: String,
     pub samples: u64,
     pub srtt_us: Option<u64>,

@@ -518,6 +518,7 @@ fn phase_estimate() -> impl Strategy<Value = PhaseEstimate> {
                 [p50_us, p99_us, p999_us, max_us],
                 (backoff_level, timeout_ms, basis),
             )| PhaseEstimate {
+                peer_id: peer.clone(),
                 peer,
                 phase,
                 samples,

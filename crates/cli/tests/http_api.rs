@@ -165,6 +165,28 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
             .collect();
         assert_eq!(names, vec!["p0", "p1"], "{view}");
 
+        // The participants, with their estimates and timeouts per phase.
+        let r = call(&http, "GET", "/v1/participants", None, "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let list = r.json();
+        let names: Vec<&str> = list
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|p| p["participant"].as_str())
+            .collect();
+        assert_eq!(names, vec!["p0", "p1", "p2"], "{list}");
+        let p0_prepare = &list[0]["phases"][0];
+        assert_eq!(p0_prepare["phase"], "prepare", "{list}");
+        assert!(
+            p0_prepare["samples"].as_u64().is_some_and(|n| n >= 1),
+            "{list}"
+        );
+        assert!(
+            p0_prepare["timeout_ms"].as_u64().is_some_and(|t| t > 0),
+            "{list}"
+        );
+
         // Abort: more than the account holds. 200 with the reason: the
         // request was fine, the transaction aborted.
         let overdraw = TRANSFER.replace("-10", "-1000").replace(": 10}", ": 1000}");

@@ -236,12 +236,14 @@ fn us(d: Duration) -> u64 {
 
 fn estimate_of(
     peer: String,
+    peer_id: &NodeId,
     choice: &TimeoutChoice,
     latency: Option<&PhaseLatency>,
 ) -> PhaseEstimate {
     let summary = latency.map(|l| l.histogram.summary()).unwrap_or_default();
     PhaseEstimate {
         peer,
+        peer_id: peer_id.clone(),
         phase: choice.phase.to_string(),
         samples: latency.map_or(0, |l| l.rtt.samples()),
         srtt_us: latency.and_then(|l| l.rtt.srtt()).map(us),
@@ -471,6 +473,7 @@ impl CoordinatorTimeouts {
             ] {
                 out.push(estimate_of(
                     label.clone(),
+                    id,
                     &choice,
                     self.estimates.get(id, phase),
                 ));
@@ -689,7 +692,7 @@ impl ParticipantTimeouts {
             .map(|c| {
                 let latency = self.estimates.get(c, PHASE_VOTE_TO_DECISION);
                 let choice = self.inquire.choose(PHASE_VOTE_TO_DECISION, c, latency);
-                estimate_of(c.clone(), &choice, latency)
+                estimate_of(c.clone(), c, &choice, latency)
             })
             .collect()
     }

@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
-    BeginBody, OutcomeBody, Problem, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
+    BeginBody, OutcomeBody, ParticipantBody, Problem, TransactionBody, TxnStateName,
+    WAIT_MS_DEFAULT, WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
 use concord_api::{BranchRequest, Outcome};
@@ -74,6 +75,7 @@ pub fn router(api: Arc<Api>) -> Router {
     let protected = Router::new()
         .route("/v1/transactions", post(begin))
         .route("/v1/transactions/{xid}", get(transaction))
+        .route("/v1/participants", get(participants))
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
     Router::new()
@@ -187,6 +189,40 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
+/// Each configured participant with its latency estimates per phase and
+/// the timeout a transaction begun now would get from them (as `concord
+/// status --timeouts`).
+#[utoipa::path(get, path = "/v1/participants", tag = "participants",
+    responses(
+        (status = 200, description = "The participants, in configured order",
+            body = Vec<ParticipantBody>),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The coordinator did not answer", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn participants(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let request_id = api.request_id();
+    let mut replies = api.submit(Request::Timeouts { request_id })?;
+    match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
+        Ok(Some(Reply::Timeouts { report, .. })) => {
+            let mut out: Vec<ParticipantBody> = Vec::new();
+            for phase in report.phases {
+                match out.iter_mut().find(|p| p.participant == phase.peer_id) {
+                    Some(p) => p.phases.push(phase),
+                    None => out.push(ParticipantBody {
+                        participant: phase.peer_id.clone(),
+                        phases: vec![phase],
+                    }),
+                }
+            }
+            Ok(json(StatusCode::OK, &out))
+        }
+        _ => Err(ApiError::unavailable("the coordinator did not answer", 1)),
+    }
+}
+
 /// This API's OpenAPI 3.1 document (also `docs/openapi.json`).
 async fn openapi_json() -> Response {
     (
@@ -210,11 +246,12 @@ async fn openapi_json() -> Response {
             snake_case names.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(healthz, readyz, metrics, begin, transaction),
+    paths(healthz, readyz, metrics, begin, transaction, participants),
     modifiers(&BearerAuth),
     tags(
         (name = "transactions", description = "Run transactions and look at them"),
-        (name = "operations", description = "Liveness and readiness"),
+        (name = "participants", description = "The participants and their timeouts"),
+        (name = "operations", description = "Liveness, readiness and metrics"),
     )
 )]
 pub struct ApiDoc;
