@@ -123,8 +123,17 @@ async fn metrics_parse_and_move_with_the_transactions() {
         assert_eq!(value(&after, "concord_transactions_in_flight{}"), 0.0);
         assert!(moved(&before, &after, "concord_log_fsyncs_total{}") >= 5.0);
         // Histograms: a PREPARE → vote sample per branch, an fsync each.
-        let prepares = "concord_phase_latency_seconds_count{phase=prepare}";
-        assert_eq!(value(&after, prepares), 10.0, "2 branches × 5");
+        for p in ["p0", "p1"] {
+            let prepares =
+                format!("concord_phase_latency_seconds_count{{participant={p},phase=prepare}}");
+            assert_eq!(value(&after, &prepares), 5.0, "{prepares}");
+            let all = format!(
+                "concord_phase_latency_seconds_bucket{{le=+Inf,participant={p},phase=prepare}}"
+            );
+            assert_eq!(value(&after, &all), 5.0, "{all}");
+            let sum = format!("concord_phase_latency_seconds_sum{{participant={p},phase=prepare}}");
+            assert!(value(&after, &sum) > 0.0, "{sum}");
+        }
         assert!(value(&after, "concord_log_fsync_seconds_count{}") >= 5.0);
         assert!(value(&after, "concord_log_fsync_seconds_sum{}") > 0.0);
         assert!(value(&after, "concord_log_batch_records_count{}") >= 5.0);

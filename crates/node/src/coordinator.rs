@@ -332,12 +332,6 @@ pub enum CoordinatorEvent {
         xid: Xid,
         participant: String,
     },
-    /// One measured exchange (PREPARE → vote, COMMIT → ACK), as the timeout
-    /// policy took it: for latency histograms.
-    Latency {
-        phase: &'static str,
-        elapsed_us: u64,
-    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -511,6 +505,13 @@ impl CoordinatorNode {
     /// Clients waiting for an outcome.
     pub fn clients_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// The measured latency of every (participant, phase), for metrics.
+    pub fn latency_histograms(
+        &self,
+    ) -> Vec<(&NodeId, &'static str, &crate::latency::LatencyHistogram)> {
+        self.timeouts.histograms()
     }
 
     pub fn counters(&self) -> CoordinatorCounters {
@@ -881,18 +882,6 @@ impl CoordinatorNode {
             Some(w) => (w.participants.clone(), Some(w.shape), w.parents.clone()),
             None => (Vec::new(), None, Vec::new()),
         };
-        // The votes so far, kept for `status` after the decision (the
-        // time only sets the age, which is not kept).
-        let votes = self
-            .core
-            .status(Time(0), xid)
-            .map(|s| {
-                s.branches
-                    .into_iter()
-                    .map(|b| (b.participant, b.voted_ready, b.acked))
-                    .collect()
-            })
-            .unwrap_or_default();
         self.recent.insert(
             xid,
             RecentTxn {
@@ -902,7 +891,6 @@ impl CoordinatorNode {
                 ended: false,
                 shape,
                 parents,
-                votes,
             },
         );
         if let Some(waiter) = waiter {
@@ -1002,13 +990,7 @@ impl CoordinatorNode {
                 phase,
                 elapsed_us,
                 ..
-            } => {
-                self.timeouts.observe(&peer, phase, elapsed_us);
-                self.push_event(CoordinatorEvent::Latency {
-                    phase: crate::timeouts::phase_name(phase),
-                    elapsed_us,
-                });
-            }
+            } => self.timeouts.observe(&peer, phase, elapsed_us),
             CoordinatorNotice::OutcomeUnknown { xid, participant } => {
                 self.timeouts.finish(xid);
                 let participant = self.directory.display_name(&participant);
@@ -1088,11 +1070,11 @@ impl CoordinatorNode {
                 xid,
                 state,
                 detail,
-                branches: self.branch_views(&txn.participants, &txn.parents, |id| {
-                    txn.votes
-                        .iter()
-                        .find(|(p, ..)| p == id)
-                        .map(|(_, ready, acked)| (*ready, *acked))
+                // Ended means every branch voted READY (or READ-ONLY) and
+                // acknowledged; until then the core still tracks it (above).
+                // An abort's votes are not kept: its reason names who.
+                branches: self.branch_views(&txn.participants, &txn.parents, |_| {
+                    (txn.decision == Decision::Commit && txn.ended).then_some((true, true))
                 }),
                 shape: txn.shape,
             };

@@ -76,6 +76,23 @@ impl LatencyHistogram {
         }
     }
 
+    /// For a Prometheus histogram: how many samples fell at or below each
+    /// of `bounds_us` (ascending) and above the previous one, then above
+    /// the last; the sum and the count. At scrape time, not per sample:
+    /// the histogram is already kept for the timeouts' sake.
+    pub fn buckets(&self, bounds_us: &[u64]) -> (Vec<u64>, f64, u64) {
+        let mut counts = Vec::with_capacity(bounds_us.len() + 1);
+        let mut below = 0;
+        for &bound in bounds_us {
+            let upto = self.hist.count_between(0, bound);
+            counts.push(upto.saturating_sub(below));
+            below = upto;
+        }
+        counts.push(self.count().saturating_sub(below));
+        let sum_us = self.hist.mean() * self.count() as f64;
+        (counts, sum_us, self.count())
+    }
+
     pub fn reset(&mut self) {
         self.hist.reset();
     }
@@ -124,6 +141,19 @@ pub fn deadline_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_place_each_sample_at_its_first_bound() {
+        let mut h = LatencyHistogram::new();
+        for us in [50, 100, 101, 150, 250, 10_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let (counts, sum_us, count) = h.buckets(&[100, 200, 400]);
+        // ≤100: 50, 100; ≤200: 101, 150; ≤400: 250; above: 10,000.
+        assert_eq!(counts, vec![2, 2, 1, 1]);
+        assert_eq!(count, 6);
+        assert!((sum_us - 10_651.0).abs() < 20.0, "{sum_us}");
+    }
 
     #[test]
     fn histogram_quantiles() {

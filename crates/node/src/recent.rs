@@ -19,11 +19,6 @@ pub struct RecentTxn {
     /// `k`: `participants[k - 1]`).
     pub shape: Option<Shape>,
     pub parents: Vec<u32>,
-    /// What the coordinator had heard from each branch it talked to when
-    /// the outcome came: (participant, voted READY, ACKed); every one
-    /// ACKed once the transaction ended. Empty when the core had already
-    /// let go of it (an abort) or recovery found it.
-    pub votes: Vec<(NodeId, bool, bool)>,
 }
 
 /// A bounded memory of recent outcomes, oldest forgotten first. Filled
@@ -62,7 +57,6 @@ impl RecentOutcomes {
                     ended: outcome.ended,
                     shape: None,
                     parents: Vec::new(),
-                    votes: Vec::new(),
                 },
             );
         }
@@ -83,9 +77,6 @@ impl RecentOutcomes {
     pub fn mark_ended(&mut self, xid: Xid) {
         if let Some(txn) = self.txns.get_mut(&xid) {
             txn.ended = true;
-            for (_, _, acked) in &mut txn.votes {
-                *acked = true;
-            }
         }
     }
 
@@ -156,7 +147,6 @@ mod tests {
                 ended: false,
                 shape: Some(Shape::Centralized),
                 parents: Vec::new(),
-                votes: Vec::new(),
             },
         );
         assert!(!recent.contains(Xid(1)), "oldest forgotten past the bound");

@@ -266,6 +266,17 @@ struct Estimates {
 }
 
 impl Estimates {
+    /// Every (peer, phase) measured, sorted.
+    fn all(&self) -> Vec<(&NodeId, &'static str, &PhaseLatency)> {
+        let mut all: Vec<_> = self
+            .phases
+            .iter()
+            .map(|((peer, phase), latency)| (peer, *phase, latency))
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all
+    }
+
     fn get(&self, peer: &NodeId, phase: &'static str) -> Option<&PhaseLatency> {
         self.phases.get(&(peer.clone(), phase))
     }
@@ -319,7 +330,7 @@ pub struct CoordinatorTimeouts {
 }
 
 /// The timeout-policy phase name of a core's sample.
-pub fn phase_name(phase: LatencyPhase) -> &'static str {
+fn phase_name(phase: LatencyPhase) -> &'static str {
     match phase {
         LatencyPhase::Prepare => PHASE_PREPARE,
         LatencyPhase::Decision => PHASE_DECISION,
@@ -426,6 +437,16 @@ impl CoordinatorTimeouts {
     pub fn observe(&mut self, peer: &NodeId, phase: LatencyPhase, elapsed_us: u64) {
         self.estimates
             .observe(peer, phase_name(phase), Duration::from_micros(elapsed_us));
+    }
+
+    /// The latency histogram of every (participant, phase) measured, for
+    /// metrics.
+    pub fn histograms(&self) -> Vec<(&NodeId, &'static str, &crate::latency::LatencyHistogram)> {
+        self.estimates
+            .all()
+            .into_iter()
+            .map(|(peer, phase, latency)| (peer, phase, &latency.histogram))
+            .collect()
     }
 
     /// The phase-1 timer of `xid` fired while waiting for `waiting_for`:

@@ -166,12 +166,10 @@ pub(crate) async fn serve(
     network
         .listen(addr, backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    // Nothing sends on it until `with_local` replaces it.
-    let (_, local) = mpsc::channel(1);
     let incoming = Incoming {
         network: network.clone(),
         frames,
-        local,
+        local: None,
     };
     Ok((network, incoming))
 }
@@ -184,24 +182,30 @@ pub(crate) struct Incoming {
     frames: mpsc::Receiver<(Peer, Frame)>,
     /// Requests from inside the process (the HTTP API), already decoded.
     /// Bounded: when the driver falls behind, the HTTP handlers answer 503.
-    local: mpsc::Receiver<Inbound>,
+    /// `None` without an HTTP listener: the hot path then waits on the
+    /// network alone.
+    local: Option<mpsc::Receiver<Inbound>>,
 }
 
 impl Incoming {
     /// Take requests from inside the process (the HTTP API) too.
     pub fn with_local(mut self, local: mpsc::Receiver<Inbound>) -> Incoming {
-        self.local = local;
+        self.local = Some(local);
         self
     }
 
     /// The next event; `None` once the network has shut down.
     pub async fn recv(&mut self) -> Option<Inbound> {
         loop {
-            let (peer, frame) = tokio::select! {
-                got = self.frames.recv() => got?,
-                // A closed local channel (no HTTP API, or it stopped)
-                // leaves the network as the only source.
-                Some(event) = self.local.recv() => return Some(event),
+            let (peer, frame) = match &mut self.local {
+                None => self.frames.recv().await?,
+                Some(local) => tokio::select! {
+                    // The network first, and no random branch order.
+                    biased;
+                    got = self.frames.recv() => got?,
+                    // Once the HTTP side stopped, only the network is left.
+                    Some(event) = local.recv() => return Some(event),
+                },
             };
             if let Some(event) = self.decode(peer, frame) {
                 return Some(event);
@@ -211,7 +215,7 @@ impl Incoming {
 
     /// The next event if one is already queued.
     pub fn try_recv(&mut self) -> Option<Inbound> {
-        if let Ok(event) = self.local.try_recv() {
+        if let Some(event) = self.local.as_mut().and_then(|l| l.try_recv().ok()) {
             return Some(event);
         }
         loop {

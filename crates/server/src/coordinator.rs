@@ -262,6 +262,7 @@ impl DriverNode for CoordinatorDriver {
             }
             Inbound::Scrape(answer) => {
                 let snapshot = crate::metrics::CoordinatorSnapshot {
+                    latency: crate::metrics::PhaseHistograms::of(self.node.latency_histograms()),
                     counters: self.node.counters(),
                     in_flight: self.node.in_flight(),
                     clients_waiting: self.node.clients_waiting(),
@@ -444,8 +445,6 @@ fn log_event(event: CoordinatorEvent) {
                 "compacting the coordinator log to {records} records"
             )
         }
-        // For the metrics' histograms only.
-        CoordinatorEvent::Latency { .. } => {}
         CoordinatorEvent::OutcomeUnknown { xid, participant } => tracing::warn!(
             %xid,
             %participant,

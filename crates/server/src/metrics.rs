@@ -3,25 +3,28 @@
 //!
 //! Counts the node layer already keeps (its counters, what is in flight
 //! or in doubt) are read at scrape time in the driver's task, so they are
-//! exactly the node's; distributions are accumulated as they happen: phase
-//! latencies and fired timeouts from the node's typed events, fsync
-//! latency and group-commit batch sizes from the log writer's observer.
+//! exactly the node's, and so are the phase latencies (bucketed at scrape
+//! time from the histograms the timeout policy keeps anyway, so the hot
+//! path pays nothing for them); fired timeouts are counted from the node's
+//! typed events, fsync latency and group-commit batch sizes from the log
+//! writer's observer.
 //! Names follow the Prometheus conventions: base units, `_total` on
 //! counters, `_seconds` on times.
 
 use concord_node::CoordinatorEvent;
 use concord_store::{GroupCommitStats, LogObservation, LogObserver};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 type Labels = Vec<(String, String)>;
-type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// 100 µs .. about 13 s, doubling.
 fn seconds_histogram() -> Histogram {
@@ -117,8 +120,75 @@ fn render(registry: &Registry) -> String {
     out
 }
 
+/// Upper bounds of the latency buckets: 100 µs doubling to about 13 s.
+const LATENCY_BOUNDS_US: [u64; 18] = {
+    let mut bounds = [0u64; 18];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 100 << i;
+        i += 1;
+    }
+    bounds
+};
+
+/// The node's latency histograms (HDR, kept for the timeouts anyway) as
+/// Prometheus histograms labelled by participant and phase, bucketed at
+/// scrape time so the hot path pays nothing for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseHistograms {
+    /// (participant, phase, per-bucket counts incl. +Inf, sum s, count)
+    series: Vec<(String, &'static str, Vec<u64>, f64, u64)>,
+}
+
+impl PhaseHistograms {
+    pub fn of(
+        histograms: Vec<(
+            &concord_proto::NodeId,
+            &'static str,
+            &concord_node::latency::LatencyHistogram,
+        )>,
+    ) -> PhaseHistograms {
+        PhaseHistograms {
+            series: histograms
+                .into_iter()
+                .map(|(peer, phase, h)| {
+                    let (counts, sum_us, count) = h.buckets(&LATENCY_BOUNDS_US);
+                    (peer.clone(), phase, counts, sum_us / 1e6, count)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TypedMetric for PhaseHistograms {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for PhaseHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (peer, phase, counts, sum, count) in &self.series {
+            let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+                .iter()
+                .map(|us| *us as f64 / 1e6)
+                .chain(std::iter::once(f64::MAX))
+                .zip(counts.iter().copied())
+                .collect();
+            let labels = [("participant", peer.as_str()), ("phase", *phase)];
+            encoder
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(*sum, *count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// What the coordinator's driver reads from its node at scrape time.
 pub struct CoordinatorSnapshot {
+    pub latency: PhaseHistograms,
     pub counters: concord_node::CoordinatorCounters,
     pub in_flight: usize,
     pub clients_waiting: usize,
@@ -128,7 +198,6 @@ pub struct CoordinatorSnapshot {
 /// The coordinator's metrics.
 pub struct CoordinatorMetrics {
     pub log: LogMetrics,
-    phase_seconds: Histograms,
     timeouts_fired: Family<Labels, Counter>,
 }
 
@@ -136,24 +205,16 @@ impl CoordinatorMetrics {
     pub fn new() -> CoordinatorMetrics {
         CoordinatorMetrics {
             log: LogMetrics::new(),
-            phase_seconds: Family::new_with_constructor(seconds_histogram),
             timeouts_fired: Family::default(),
         }
     }
 
     /// Every node event passes here on its way to the log lines.
     pub fn on_event(&self, event: &CoordinatorEvent) {
-        match event {
-            CoordinatorEvent::Latency { phase, elapsed_us } => self
-                .phase_seconds
+        if let CoordinatorEvent::TimeoutFired { phase, .. } = event {
+            self.timeouts_fired
                 .get_or_create(&label("phase", phase))
-                .observe(*elapsed_us as f64 / 1e6),
-            CoordinatorEvent::TimeoutFired { phase, .. } => {
-                self.timeouts_fired
-                    .get_or_create(&label("phase", phase))
-                    .inc();
-            }
-            _ => {}
+                .inc();
         }
     }
 
@@ -209,8 +270,9 @@ impl CoordinatorMetrics {
         );
         r.register(
             "concord_phase_latency_seconds",
-            "Measured exchanges by phase (prepare: PREPARE to vote; decision: COMMIT to ACK)",
-            self.phase_seconds.clone(),
+            "Measured exchanges by participant and phase (prepare: PREPARE to vote; decision: \
+             COMMIT to ACK), the samples the timeouts are computed from",
+            s.latency.clone(),
         );
         r.register(
             "concord_timeouts_fired",
