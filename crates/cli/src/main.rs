@@ -169,6 +169,11 @@ struct BenchArgs {
     /// Each starts its own servers.
     #[arg(long)]
     optimizations: bool,
+    /// `http`: after the binary protocol's runs, run the same levels
+    /// through the coordinator's HTTP API (POST /v1/transactions) on the
+    /// same servers, and report both with their ratio.
+    #[arg(long, default_value = "binary", value_parser = ["binary", "http"])]
+    api: String,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
@@ -1515,6 +1520,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         existing: args.coordinator.map(|c| (c, args.participant)),
         baselines: !args.no_baselines,
         optimizations: args.optimizations,
+        http_api: args.api == "http",
         shape: match args.tree {
             Some(_) => concord_proto::Shape::Hierarchical,
             None => args.shape,

@@ -232,6 +232,35 @@ fn bench_runs_hierarchical_transactions_over_the_given_tree() {
     }
 }
 
+/// `--api http`: the same levels again through the HTTP API on the same
+/// servers, durable, with the ratio to the binary protocol.
+#[test]
+fn bench_measures_the_http_api_beside_the_binary_protocol() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = bench_json(
+        &["--api", "http", "--concurrency", "1,4", "--no-baselines"],
+        dir.path(),
+    );
+    let http = &report["http_api"];
+    let runs = http["runs"].as_array().expect("http runs");
+    assert_eq!(runs.len(), 2, "{http}");
+    for run in runs {
+        assert_eq!(run["durable"], Value::Bool(true), "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        assert_uncontended(run);
+        // Same protocol behind the API: 7 forced records per commit.
+        let forced = f(run, "forced_records_per_txn");
+        assert!((6.5..=7.5).contains(&forced), "forced records/txn {forced}");
+    }
+    assert_eq!(f(&runs[1], "connections"), 4.0, "one connection per task");
+    let ratios = http["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2, "{http}");
+    assert!(
+        ratios.iter().all(|r| f(r, "throughput_ratio") > 0.0),
+        "{http}"
+    );
+}
+
 #[test]
 fn bench_rejects_bad_settings_with_a_clear_message() {
     for (args, needle) in [

@@ -26,6 +26,8 @@ pub struct ClusterSpec {
     pub one_phase: bool,
     /// False: the participants run with `--no-read-only-vote`.
     pub read_only_votes: bool,
+    /// The coordinator also serves the HTTP API (`--http-listen`).
+    pub http: bool,
     /// Directory under which each server gets its data directory.
     pub root: PathBuf,
 }
@@ -33,6 +35,8 @@ pub struct ClusterSpec {
 /// A running set of servers.
 pub struct Cluster {
     pub coordinator: String,
+    /// The coordinator's HTTP API, when it serves one.
+    pub http: Option<String>,
     /// `(name, address)` of each participant, in order.
     pub participants: Vec<(String, String)>,
     /// Processes we started (empty for an existing cluster): the
@@ -58,8 +62,10 @@ impl Cluster {
     pub async fn start(spec: &ClusterSpec) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&spec.root)
             .with_context(|| format!("create {}", spec.root.display()))?;
-        let mut ports = free_ports(spec.participants + 1)?;
+        let mut ports = free_ports(spec.participants + 2)?;
         let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
+        let http_port = ports.pop().unwrap_or_default();
+        let http = spec.http.then(|| format!("127.0.0.1:{http_port}"));
         let mut extra: Vec<&str> = vec!["--log-level", "warn"];
         if !spec.fsync {
             extra.push("--unsafe-no-fsync");
@@ -92,6 +98,9 @@ impl Cluster {
             )?);
             participants.push((name, addr));
         }
+        if let Some(http) = &http {
+            extra.extend(["--http-listen", http.as_str()]);
+        }
         let args = coordinator_args(
             &coordinator,
             &spec.root.join("coordinator"),
@@ -111,7 +120,12 @@ impl Cluster {
             wait_listening(addr, name).await?;
         }
         wait_listening(&coordinator, "coordinator").await?;
-        Cluster::attach(coordinator, participants, procs).await
+        if let Some(http) = &http {
+            wait_listening(http, "the coordinator's HTTP API").await?;
+        }
+        let mut cluster = Cluster::attach(coordinator, participants, procs).await?;
+        cluster.http = http;
+        Ok(cluster)
     }
 
     /// Start the bare relay (`concord relay`) in the shape of
@@ -186,6 +200,7 @@ impl Cluster {
         }
         Ok(Cluster {
             coordinator,
+            http: None,
             participants,
             procs,
             stat_clients,

@@ -20,6 +20,7 @@
 
 pub mod baseline;
 pub mod cluster;
+pub mod http;
 pub mod plot;
 pub mod report;
 pub mod workload;
@@ -77,6 +78,9 @@ pub struct BenchOptions {
     /// single-branch workload, the READ-ONLY vote on one with a branch
     /// that only reads).
     pub optimizations: bool,
+    /// Also run the main levels through the coordinator's HTTP API, on the
+    /// same servers, after the binary protocol's runs (`--api http`).
+    pub http_api: bool,
     pub seed: u64,
 }
 
@@ -157,6 +161,9 @@ impl BenchOptions {
         if self.optimizations && self.cluster_size() < 2 {
             bail!("--optimizations needs at least 2 participants (a writer and a reader)");
         }
+        if self.existing.is_some() && self.http_api {
+            bail!("--api http starts its own servers (with --http-listen); drop --coordinator");
+        }
         if self.existing.is_some() && self.baselines {
             bail!(
                 "the durability-off baseline restarts the servers, which it cannot do with \
@@ -183,6 +190,7 @@ impl BenchOptions {
             fsync,
             one_phase: true,
             read_only_votes: true,
+            http: self.http_api,
             root,
         }
     }
@@ -241,10 +249,30 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         &options.concurrency,
         everything,
         "durable",
+        Via::Binary,
     )
     .await;
+    // The same levels through the HTTP API, on the same servers.
+    let http_runs = match (&runs, options.http_api) {
+        (Ok(_), true) => Some(
+            sweep(
+                options,
+                &cluster,
+                &options.concurrency,
+                everything,
+                "durable, through the HTTP API",
+                Via::Http,
+            )
+            .await,
+        ),
+        _ => None,
+    };
     cluster.stop().await;
     let runs = runs?;
+    let http_api = match http_runs {
+        Some(result) => Some(report::HttpComparison::new(result?, &runs)),
+        None => None,
+    };
 
     let mut fsync_baseline = None;
     let mut no_fsync_baseline = None;
@@ -258,6 +286,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
             &options.concurrency,
             everything,
             "bare relay (no protocol, no log)",
+            Via::Binary,
         )
         .await;
         relay.stop().await;
@@ -287,6 +316,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
             &[best],
             everything,
             "durability OFF (not durable)",
+            Via::Binary,
         )
         .await;
         off.stop().await;
@@ -322,7 +352,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
                 }
                 let cluster = Cluster::start(&spec).await?;
                 let label = format!("{name} {}", if on { "ON" } else { "OFF" });
-                let result = sweep(options, &cluster, &levels, branches, &label).await;
+                let result = sweep(options, &cluster, &levels, branches, &label, Via::Binary).await;
                 cluster.stop().await;
                 both.push(result?);
             }
@@ -374,6 +404,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         no_fsync_baseline,
         relay_baseline,
         optimizations,
+        http_api,
     })
 }
 
@@ -403,6 +434,13 @@ enum Switch {
     ReadOnly,
 }
 
+/// How the load generator talks to the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Binary,
+    Http,
+}
+
 /// One run per concurrency level against `cluster`.
 async fn sweep(
     options: &BenchOptions,
@@ -410,6 +448,7 @@ async fn sweep(
     levels: &[usize],
     branches: Branches,
     label: &str,
+    via: Via,
 ) -> anyhow::Result<Vec<RunResult>> {
     let names: Vec<String> = cluster
         .participants
@@ -420,7 +459,11 @@ async fn sweep(
     for &concurrency in levels {
         let workload = Workload {
             concurrency,
-            connections: options.connections_for(concurrency),
+            // Over HTTP/1.1 without pipelining: one connection per task.
+            connections: match via {
+                Via::Http => concurrency,
+                Via::Binary => options.connections_for(concurrency),
+            },
             branches: branches.total,
             read_only_branches: branches.read_only,
             shape: branches.shape,
@@ -433,6 +476,10 @@ async fn sweep(
             hot_share: options.hot_share,
             payload_bytes: options.payload_bytes,
             seed: options.seed,
+            http: match via {
+                Via::Http => cluster.http.clone(),
+                Via::Binary => None,
+            },
         };
         eprintln!(
             "{label}: concurrency {concurrency} over {} connections: {:.1} s warm-up, {:.1} s window",

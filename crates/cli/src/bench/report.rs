@@ -230,6 +230,43 @@ pub struct BenchReport {
     pub relay_baseline: Option<RelayBaseline>,
     /// Each optimization measured off, then on (`--optimizations`).
     pub optimizations: Vec<Optimization>,
+    /// The main levels again through the HTTP API (`--api http`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_api: Option<HttpComparison>,
+}
+
+/// The same workload through the HTTP API, on the same servers, after
+/// the binary protocol's runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpComparison {
+    pub runs: Vec<RunResult>,
+    /// Per level: HTTP throughput over the binary protocol's, and the p50
+    /// it adds (ms).
+    pub ratios: Vec<HttpRatio>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpRatio {
+    pub concurrency: usize,
+    pub throughput_ratio: f64,
+    pub extra_p50_ms: f64,
+}
+
+impl HttpComparison {
+    pub fn new(runs: Vec<RunResult>, binary: &[RunResult]) -> HttpComparison {
+        let ratios = runs
+            .iter()
+            .filter_map(|h| {
+                let b = binary.iter().find(|b| b.concurrency == h.concurrency)?;
+                (b.transactions_per_sec > 0.0).then(|| HttpRatio {
+                    concurrency: h.concurrency,
+                    throughput_ratio: h.transactions_per_sec / b.transactions_per_sec,
+                    extra_p50_ms: h.latency.p50_ms - b.latency.p50_ms,
+                })
+            })
+            .collect();
+        HttpComparison { runs, ratios }
+    }
 }
 
 /// One optimization off (`before`) and on (`after`), on the workload it
@@ -392,6 +429,25 @@ impl BenchReport {
         if !self.optimizations.is_empty() {
             let _ = writeln!(out);
             out.push_str(&optimization_table(&self.optimizations));
+        }
+        if let Some(http) = &self.http_api {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "through the HTTP API (POST /v1/transactions, one keep-alive connection per task, same servers, durable; no memo payload; msg counts the HTTP request and response as 2):"
+            );
+            for line in run_table(&http.runs).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            for r in &http.ratios {
+                let _ = writeln!(
+                    out,
+                    "  concurrency {}: {:.0}% of the binary protocol's throughput, p50 {:+.2} ms",
+                    r.concurrency,
+                    r.throughput_ratio * 100.0,
+                    r.extra_p50_ms
+                );
+            }
         }
         if let Some(best) = self.best() {
             let _ = writeln!(out);

@@ -52,6 +52,10 @@ pub struct Workload {
     pub hot_share: f64,
     pub payload_bytes: usize,
     pub seed: u64,
+    /// Run every transaction through the coordinator's HTTP API at this
+    /// address (one keep-alive connection per task) instead of the binary
+    /// protocol. The HTTP API carries no memo: `payload_bytes` is ignored.
+    pub http: Option<String>,
 }
 
 /// What the tasks saw in the measuring window.
@@ -126,7 +130,14 @@ impl Workload {
         FE: std::future::Future<Output = anyhow::Result<E>>,
     {
         let mut clients = Vec::new();
-        for _ in 0..self.connections.max(1) {
+        // Over HTTP each task has its own connection; one binary client is
+        // still made (the tasks' signature), and stays idle.
+        let binary = if self.http.is_some() {
+            1
+        } else {
+            self.connections.max(1)
+        };
+        for _ in 0..binary {
             clients.push(Arc::new(Client::connect(coordinator).await?));
         }
         let phase = Arc::new(AtomicU8::new(WARMUP));
@@ -135,7 +146,13 @@ impl Workload {
             let client = Arc::clone(&clients[t % clients.len()]);
             let phase = Arc::clone(&phase);
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.task(t, client, phase).await }));
+            let http = match &self.http {
+                Some(addr) => Some(super::http::Conn::open(addr).await?),
+                None => None,
+            };
+            tasks.push(tokio::spawn(async move {
+                me.task(t, client, http, phase).await
+            }));
         }
         tokio::time::sleep(warmup).await;
         let start_value = at_window_start.await?;
@@ -152,7 +169,13 @@ impl Workload {
         Ok((tally, elapsed, start_value, end_value))
     }
 
-    async fn task(self, t: usize, client: Arc<Client>, phase: Arc<AtomicU8>) -> Tally {
+    async fn task(
+        self,
+        t: usize,
+        client: Arc<Client>,
+        mut http: Option<super::http::Conn>,
+        phase: Arc<AtomicU8>,
+    ) -> Tally {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed ^ (t as u64) << 20);
         let mut tally = Tally::new();
         let memo = vec![0x5a; self.payload_bytes];
@@ -181,7 +204,7 @@ impl Workload {
                 next_own = (next_own + 1) % OWN_ACCOUNTS;
                 own_accounts[next_own].as_str()
             };
-            let branches: Vec<BranchRequest> = (0..self.branches)
+            let plan: Vec<(String, Vec<KvOp>)> = (0..self.branches)
                 .map(|b| {
                     // Branch 0 pays 1 to each other writing branch: the
                     // sum is 0. The read-only ones move 0.
@@ -207,20 +230,32 @@ impl Workload {
                         Some(order) => order[b].clone(),
                         None => self.participants[(first + b) % n].clone(),
                     };
-                    BranchRequest {
-                        participant,
-                        work: encode_work_with_memo(&ops, &memo),
-                    }
+                    (participant, ops)
                 })
                 .collect();
             let sent = Instant::now();
-            let result = match self.shape {
-                concord_proto::Shape::Hierarchical => {
-                    client
-                        .transact_tree(branches, None, self.tree.as_ref())
-                        .await
+            let result = match &mut http {
+                Some(conn) => {
+                    let body = super::http::begin_body(&plan, self.shape, self.tree.as_ref());
+                    conn.transact(&body).await
                 }
-                shape => client.transact_shaped(branches, None, shape).await,
+                None => {
+                    let branches = plan
+                        .into_iter()
+                        .map(|(participant, ops)| BranchRequest {
+                            participant,
+                            work: encode_work_with_memo(&ops, &memo),
+                        })
+                        .collect();
+                    match self.shape {
+                        concord_proto::Shape::Hierarchical => {
+                            client
+                                .transact_tree(branches, None, self.tree.as_ref())
+                                .await
+                        }
+                        shape => client.transact_shaped(branches, None, shape).await,
+                    }
+                }
             };
             let latency = sent.elapsed();
             // Count only what both started and finished in the window.
