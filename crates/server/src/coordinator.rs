@@ -144,17 +144,14 @@ pub async fn run_coordinator_until(
     );
 
     // Recovery is loaded: now it is safe to answer INQUIREs.
-    let (network, mut incoming) =
+    let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
-    let http = match &config.http {
-        Some(http) => {
-            let (requests, task) =
-                crate::http::start(http.clone(), crate::http::Role::Coordinator).await?;
-            incoming = incoming.with_local(requests);
-            Some(task)
-        }
-        None => None,
-    };
+    let (incoming, http) = crate::http::attach(
+        config.http.as_ref(),
+        crate::http::Role::Coordinator,
+        incoming,
+    )
+    .await?;
     tracing::info!(
         name = %config.node.id,
         listen = %config.listen,

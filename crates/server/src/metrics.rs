@@ -105,6 +105,15 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
+/// A counter family with one label, each value the node keeps.
+fn labelled(registry: &mut Registry, name: &str, help: &str, key: &str, values: &[(&str, u64)]) {
+    let family: Family<Labels, Counter> = Family::default();
+    for (value, n) in values {
+        family.get_or_create(&label(key, value)).inc_by(*n);
+    }
+    registry.register(name, help, family);
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
@@ -226,17 +235,15 @@ impl CoordinatorMetrics {
             "Global transactions begun",
             s.counters.begun,
         );
-        let outcomes: Family<Labels, Counter> = Family::default();
-        outcomes
-            .get_or_create(&label("outcome", "committed"))
-            .inc_by(s.counters.committed);
-        outcomes
-            .get_or_create(&label("outcome", "aborted"))
-            .inc_by(s.counters.aborted);
-        r.register(
+        labelled(
+            &mut r,
             "concord_transactions",
             "Global transactions decided, by outcome",
-            outcomes,
+            "outcome",
+            &[
+                ("committed", s.counters.committed),
+                ("aborted", s.counters.aborted),
+            ],
         );
         counter(
             &mut r,
@@ -244,17 +251,18 @@ impl CoordinatorMetrics {
             "Committed transactions every participant acknowledged",
             s.counters.ended,
         );
-        let refused: Family<Labels, Counter> = Family::default();
-        refused
-            .get_or_create(&label("reason", "busy"))
-            .inc_by(s.counters.refused_busy);
-        refused
-            .get_or_create(&label("reason", "invalid"))
-            .inc_by(s.counters.refused.saturating_sub(s.counters.refused_busy));
-        r.register(
+        labelled(
+            &mut r,
             "concord_transactions_refused",
             "Begin requests refused, by reason (busy: an admission limit)",
-            refused,
+            "reason",
+            &[
+                ("busy", s.counters.refused_busy),
+                (
+                    "invalid",
+                    s.counters.refused.saturating_sub(s.counters.refused_busy),
+                ),
+            ],
         );
         gauge(
             &mut r,
@@ -313,17 +321,15 @@ impl ParticipantMetrics {
 
     pub fn render(&self, s: &ParticipantSnapshot) -> String {
         let mut r = Registry::default();
-        let outcomes: Family<Labels, Counter> = Family::default();
-        outcomes
-            .get_or_create(&label("outcome", "committed"))
-            .inc_by(s.counters.committed);
-        outcomes
-            .get_or_create(&label("outcome", "aborted"))
-            .inc_by(s.counters.aborted);
-        r.register(
+        labelled(
+            &mut r,
             "concord_branches",
             "Branches finished here, by outcome",
-            outcomes,
+            "outcome",
+            &[
+                ("committed", s.counters.committed),
+                ("aborted", s.counters.aborted),
+            ],
         );
         gauge(
             &mut r,

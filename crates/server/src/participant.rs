@@ -206,17 +206,14 @@ pub async fn run_participant_until(
 
     // Recovery is loaded (locks of in-doubt branches are held again): now
     // it is safe to take PREPAREs and answer INQUIREs.
-    let (network, mut incoming) =
+    let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
-    let http = match &config.http {
-        Some(http) => {
-            let (requests, task) =
-                crate::http::start(http.clone(), crate::http::Role::Participant).await?;
-            incoming = incoming.with_local(requests);
-            Some(task)
-        }
-        None => None,
-    };
+    let (incoming, http) = crate::http::attach(
+        config.http.as_ref(),
+        crate::http::Role::Participant,
+        incoming,
+    )
+    .await?;
     tracing::info!(
         name = %node_config.id,
         listen = %config.listen,

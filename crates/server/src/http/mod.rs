@@ -92,6 +92,22 @@ impl HttpConfig {
     }
 }
 
+/// With `config`, start the HTTP listener of a server in `role` and make
+/// `incoming` take its requests too; the task to stop at shutdown.
+pub(crate) async fn attach(
+    config: Option<&HttpConfig>,
+    role: Role,
+    incoming: crate::conn::Incoming,
+) -> anyhow::Result<(crate::conn::Incoming, Option<tokio::task::JoinHandle<()>>)> {
+    match config {
+        Some(config) => {
+            let (requests, task) = start(config.clone(), role).await?;
+            Ok((incoming.with_local(requests), Some(task)))
+        }
+        None => Ok((incoming, None)),
+    }
+}
+
 /// Bind the API's listener (before the driver runs, so that a port in use
 /// fails start-up) and return the receiver the driver takes requests
 /// from, and the task that serves connections.
