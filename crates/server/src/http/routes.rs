@@ -12,7 +12,7 @@ use crate::wire::{Reply, Request};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -334,7 +334,6 @@ fn status_url(xid: Xid) -> String {
     security(("bearer" = [])))]
 async fn begin(
     State(api): State<Arc<Api>>,
-    _headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: BeginBody = parse(&body_bytes(body)?)?;
