@@ -117,6 +117,9 @@ pub enum Request {
         /// which comes earlier). Empty: every branch the coordinator's own
         /// (a flat tree). See `concord_proto::tree`.
         parents: Vec<u32>,
+        /// A retry with the same key (and the same request) joins the
+        /// transaction the first one began instead of starting another.
+        idempotency_key: Option<String>,
     },
     /// Coordinator: what it knows about `xid`.
     Status { request_id: u64, xid: Xid },

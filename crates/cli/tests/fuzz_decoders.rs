@@ -482,6 +482,7 @@ fn request() -> impl Strategy<Value = Request> {
                     _ => concord_proto::Shape::Hierarchical,
                 },
                 parents: (0..(request_id % 4) as u32).collect(),
+                idempotency_key: (request_id % 5 == 0).then(|| format!("key-{request_id}")),
             }
         ),
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Status { request_id, xid }),

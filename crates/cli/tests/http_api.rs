@@ -90,8 +90,19 @@ async fn call(
     let auth = auth
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    call_with(addr, method, path, &auth, body).await
+}
+
+/// `call` with extra header lines (each ending in CRLF).
+async fn call_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> HttpResponse {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -187,6 +198,25 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
             "{list}"
         );
 
+        // A retry with the same Idempotency-Key joins the first: the same
+        // xid, and the money moves once. The key with another body: 400.
+        let key = "Idempotency-Key: order-77\r\n";
+        let first = call_with(&http, "POST", "/v1/transactions", key, TRANSFER).await;
+        let again = call_with(&http, "POST", "/v1/transactions", key, TRANSFER).await;
+        assert_eq!(first.json()["state"], "committed", "{}", first.body);
+        assert_eq!(again.json()["xid"], first.json()["xid"], "{}", again.body);
+        assert_eq!(again.json()["state"], "committed", "{}", again.body);
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(
+            reports[0].balance("acct-0"),
+            Some(80),
+            "moved once, not twice"
+        );
+        let other = TRANSFER.replace("-10", "-3").replace(": 10}", ": 3}");
+        call_with(&http, "POST", "/v1/transactions", key, &other)
+            .await
+            .assert_problem(400, "different request");
+
         // Abort: more than the account holds. 200 with the reason: the
         // request was fine, the transaction aborted.
         let overdraw = TRANSFER.replace("-10", "-1000").replace(": 10}", ": 1000}");
@@ -200,7 +230,7 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
         );
         assert_eq!(
             cluster.wait_settled(SETTLE).await[0].balance("acct-0"),
-            Some(90)
+            Some(80)
         );
 
         // A tree: shown as one.

@@ -639,6 +639,7 @@ async fn client_waiting_for_an_outcome_answers_heartbeats_and_is_not_cut() {
             prepare_timeout_ms: Some(prepare_timeout_ms),
             shape: concord_proto::Shape::Centralized,
             parents: Vec::new(),
+            idempotency_key: None,
         };
         let frame = concord_server::wire::request_frame(&begin);
         let mut bytes = bytes::BytesMut::new();

@@ -362,6 +362,7 @@ impl Client {
                 prepare_timeout_ms,
                 shape,
                 parents,
+                idempotency_key: None,
             })
             .await?;
         let mut xid = None;

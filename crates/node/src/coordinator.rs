@@ -16,6 +16,7 @@
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Addr, Directory, DirectoryEvent, Learnt, Opened};
 use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
+use crate::idempotency;
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
@@ -357,6 +358,8 @@ struct Waiter {
     shape: Shape,
     /// A tree's parents (`Request::Begin.parents`); empty otherwise.
     parents: Vec<u32>,
+    /// Retries of the begin (same idempotency key) waiting too.
+    retries: Vec<(ClientId, u64)>,
 }
 
 pub struct CoordinatorNode {
@@ -374,6 +377,7 @@ pub struct CoordinatorNode {
     transactions_in_flight_max: usize,
     waiting: HashMap<Xid, Waiter>,
     recent: RecentOutcomes,
+    idempotency: idempotency::IdempotencyKeys,
     minter: XidMinter,
     counters: CoordinatorCounters,
     /// True while the actions of recovery are translated.
@@ -463,6 +467,7 @@ impl CoordinatorNode {
             timeouts: config.timeouts(),
             transactions_in_flight_max: config.transactions_in_flight_max,
             waiting: HashMap::new(),
+            idempotency: idempotency::IdempotencyKeys::new(config.recent_outcomes_max),
             recent,
             minter: XidMinter::new(config.xid_seed),
             counters: CoordinatorCounters::default(),
@@ -534,11 +539,41 @@ impl CoordinatorNode {
                 prepare_timeout_ms,
                 shape,
                 parents,
+                idempotency_key,
             } => {
+                let keyed = match idempotency_key {
+                    Some(key) if key.len() > idempotency::KEY_BYTES_MAX => {
+                        let why = format!(
+                            "the idempotency key is {} bytes; at most {} are allowed",
+                            key.len(),
+                            idempotency::KEY_BYTES_MAX
+                        );
+                        return self.reply_error(client, request_id, why);
+                    }
+                    Some(key) => {
+                        let fingerprint = idempotency::fingerprint(&branches, shape, &parents);
+                        match self.idempotency.check(&key, fingerprint) {
+                            idempotency::Seen::Same(xid) => {
+                                return self.rejoin(client, request_id, xid)
+                            }
+                            idempotency::Seen::Different(xid) => {
+                                let why = format!(
+                                    "idempotency key {key:?} already began transaction {xid} \
+                                     with a different request"
+                                );
+                                return self.reply_error(client, request_id, why);
+                            }
+                            idempotency::Seen::New => Some((key, fingerprint)),
+                        }
+                    }
+                    None => None,
+                };
                 let plan = (branches, shape, parents);
-                if let Err((reason, busy)) =
-                    self.begin(now, client, request_id, plan, prepare_timeout_ms)
-                {
+                let begun = self.begin(now, client, request_id, plan, prepare_timeout_ms);
+                if let (Ok(xid), Some((key, fingerprint))) = (&begun, keyed) {
+                    self.idempotency.remember(key, *xid, fingerprint);
+                }
+                if let Err((reason, busy)) = begun {
                     self.counters.refused += 1;
                     if busy {
                         self.counters.refused_busy += 1;
@@ -717,7 +752,7 @@ impl CoordinatorNode {
         request_id: u64,
         (branches, shape, parents): (Vec<BranchRequest>, Shape, Vec<u32>),
         prepare_timeout_ms: Option<u64>,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<Xid, (String, bool)> {
         if branches.is_empty() {
             return Err(("a transaction needs at least one branch".into(), false));
         }
@@ -797,10 +832,44 @@ impl CoordinatorNode {
                 participants,
                 shape: ran_as,
                 parents: layout_parents,
+                retries: Vec::new(),
             },
         );
         self.pump();
-        Ok(())
+        Ok(xid)
+    }
+
+    /// A begin retried with its idempotency key: the same xid, then the
+    /// outcome (now if it is known, else when it comes).
+    fn rejoin(&mut self, client: ClientId, request_id: u64, xid: Xid) {
+        self.reply(client, Reply::Begun { request_id, xid });
+        if let Some(waiter) = self.waiting.get_mut(&xid) {
+            waiter.retries.push((client, request_id));
+            return;
+        }
+        let outcome = match self.recent.get(xid) {
+            Some(txn) => match txn.decision {
+                Decision::Commit => Outcome::Committed,
+                Decision::Abort => Outcome::Aborted {
+                    reason: txn.reason.clone().unwrap_or_default(),
+                },
+            },
+            None => {
+                let why = format!(
+                    "transaction {xid} began under this idempotency key, but its outcome is no \
+                     longer remembered here: ask `status`"
+                );
+                return self.reply_error(client, request_id, why);
+            }
+        };
+        self.reply(
+            client,
+            Reply::Outcome {
+                request_id,
+                xid,
+                outcome,
+            },
+        );
     }
 
     /// The driver rewrote the log with the last `Compact`'s records.
@@ -894,6 +963,17 @@ impl CoordinatorNode {
             },
         );
         if let Some(waiter) = waiter {
+            for (client, request_id) in waiter.retries {
+                let outcome = outcome.clone();
+                self.reply(
+                    client,
+                    Reply::Outcome {
+                        request_id,
+                        xid,
+                        outcome,
+                    },
+                );
+            }
             self.reply(
                 waiter.client,
                 Reply::Outcome {
@@ -1266,6 +1346,7 @@ mod tests {
             prepare_timeout_ms: None,
             shape: Shape::Centralized,
             parents: Vec::new(),
+            idempotency_key: None,
         }
     }
 
@@ -1277,6 +1358,147 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// `begin_request(id)` carrying an idempotency key.
+    fn keyed(id: u64, key: &str) -> Request {
+        match begin_request(id) {
+            Request::Begin {
+                request_id,
+                branches,
+                prepare_timeout_ms,
+                shape,
+                parents,
+                ..
+            } => Request::Begin {
+                request_id,
+                branches,
+                prepare_timeout_ms,
+                shape,
+                parents,
+                idempotency_key: Some(key.into()),
+            },
+            other => other,
+        }
+    }
+
+    /// A begin retried with its key while the transaction runs and after it
+    /// ended gets the same xid and outcome, and no second transaction; the
+    /// key with another request is refused.
+    #[test]
+    fn a_begin_retried_with_its_idempotency_key_joins_the_first_transaction() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(0), ClientId(1), keyed(1, "k"));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let [(ClientId(1), Reply::Begun { xid, .. })] = replies(&actions)[..] else {
+            panic!("expected Begun: {actions:?}");
+        };
+        // The retry, while it runs: the same xid, nothing sent.
+        node.on_request(Time(1), ClientId(2), keyed(2, "k"));
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert_eq!(
+            replies(&actions),
+            vec![(ClientId(2), Reply::Begun { request_id: 2, xid })]
+        );
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, CoordinatorNodeAction::Send { .. })));
+        assert_eq!(node.counters().begun, 1);
+        // Both votes READY, the decision durable: both requests hear it.
+        let epoch = node.epoch();
+        for from in ["bank-a", "bank-b"] {
+            node.on_peer(
+                Time(10),
+                PeerEnvelope {
+                    from: from.into(),
+                    reply_to: if from == "bank-a" { A } else { B }.into(),
+                    incarnation: 1,
+                    peers: Vec::new(),
+                    body: PeerBody::Message(Message {
+                        xid,
+                        epoch,
+                        from: from.into(),
+                        body: Body::Vote(Vote::Ready),
+                    }),
+                },
+            );
+        }
+        let ticket = node
+            .drain_actions()
+            .find_map(|a| match a {
+                CoordinatorNodeAction::Persist {
+                    durability: Durability::Forced(t),
+                    ..
+                } => Some(t),
+                _ => None,
+            })
+            .expect("forced COMMIT record");
+        node.on_durable(Time(20), ticket);
+        let actions: Vec<_> = node.drain_actions().collect();
+        let mut heard: Vec<ClientId> = replies(&actions)
+            .into_iter()
+            .filter(|(_, r)| {
+                matches!(
+                    r,
+                    Reply::Outcome {
+                        outcome: Outcome::Committed,
+                        ..
+                    }
+                )
+            })
+            .map(|(c, _)| c)
+            .collect();
+        heard.sort();
+        assert_eq!(heard, vec![ClientId(1), ClientId(2)]);
+        // Retried after the outcome: the xid and the outcome at once.
+        node.on_request(Time(30), ClientId(3), keyed(3, "k"));
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert_eq!(
+            replies(&actions),
+            vec![
+                (ClientId(3), Reply::Begun { request_id: 3, xid }),
+                (
+                    ClientId(3),
+                    Reply::Outcome {
+                        request_id: 3,
+                        xid,
+                        outcome: Outcome::Committed
+                    }
+                ),
+            ]
+        );
+        assert_eq!(node.counters().begun, 1, "never a second transaction");
+        // The key with a different request: refused, naming the first.
+        let other = match keyed(4, "k") {
+            Request::Begin {
+                request_id,
+                mut branches,
+                prepare_timeout_ms,
+                shape,
+                parents,
+                idempotency_key,
+            } => {
+                branches.pop();
+                Request::Begin {
+                    request_id,
+                    branches,
+                    prepare_timeout_ms,
+                    shape,
+                    parents,
+                    idempotency_key,
+                }
+            }
+            other => other,
+        };
+        node.on_request(Time(40), ClientId(4), other);
+        let actions: Vec<_> = node.drain_actions().collect();
+        match &replies(&actions)[..] {
+            [(ClientId(4), Reply::Error { message, .. })] => {
+                assert!(message.contains(&xid.to_string()), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   [`hello`]: how a node that moved is found again.
 //! - [`timers`]: the timer table keyed by (xid, kind).
 //! - [`compaction`]: when a node's log is compacted.
+//! - [`idempotency`]: begin requests retried with the same key join the
+//!   transaction the first one started.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
 //!
 //! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
@@ -24,6 +26,7 @@ pub mod compaction;
 pub mod coordinator;
 pub mod directory;
 pub mod hello;
+pub mod idempotency;
 pub mod latency;
 pub mod participant;
 pub mod recent;

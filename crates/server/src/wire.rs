@@ -105,6 +105,7 @@ mod tests {
             prepare_timeout_ms: Some(5),
             shape: concord_proto::Shape::Linear,
             parents: Vec::new(),
+            idempotency_key: None,
         };
         assert_eq!(
             decode_request(&request_frame(&request).body).expect("decodes"),

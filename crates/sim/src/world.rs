@@ -716,6 +716,7 @@ impl World {
             prepare_timeout_ms: None,
             shape,
             parents,
+            idempotency_key: None,
         };
         let coordinator = self.coordinator.as_mut().expect("checked above");
         coordinator.on_request(now, ClientId(client as u64), request);

@@ -12,7 +12,7 @@ use crate::wire::{Reply, Request};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request as HttpRequest, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -315,9 +315,15 @@ fn status_url(xid: Xid) -> String {
 
 /// Run a one-shot transaction and wait for its outcome up to `wait_ms`
 /// (then 202 with where to ask). An aborted transaction is a 200 with
-/// `state: aborted` and the reason: the request was carried out.
+/// `state: aborted` and the reason: the request was carried out. With an
+/// `Idempotency-Key`, a retry of the same request (after a lost
+/// connection, say) joins the transaction the first one began and gets
+/// its xid and outcome; the same key with a different request is a 400.
 #[utoipa::path(post, path = "/v1/transactions", tag = "transactions",
     request_body = BeginBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "At most 255 bytes; remembered for the coordinator's recent outcomes, \
+            in memory (a restart forgets it)")),
     responses(
         (status = 200, description = "The outcome: committed or aborted", body = OutcomeBody),
         (status = 202, description = "Still running when the wait ran out: ask `status_url`",
@@ -334,9 +340,19 @@ fn status_url(xid: Xid) -> String {
     security(("bearer" = [])))]
 async fn begin(
     State(api): State<Arc<Api>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: BeginBody = parse(&body_bytes(body)?)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key: not visible ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
     if body.branches.is_empty() {
         return Err(ApiError::bad_request(
             "branches: a transaction needs at least one branch (open-ended transactions, \
@@ -390,6 +406,7 @@ async fn begin(
         prepare_timeout_ms: body.prepare_timeout_ms,
         shape,
         parents,
+        idempotency_key,
     })?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut begun = None;
