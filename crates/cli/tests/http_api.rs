@@ -217,6 +217,19 @@ async fn http_one_shot_transactions_commit_abort_and_show_their_state() {
             .await
             .assert_problem(400, "different request");
 
+        // wait_ms 0: no wait for the outcome, but the xid all the same.
+        let quick = r#"{"wait_ms": 0, "branches": [
+            {"participant": "p0", "ops": [{"account": "acct-3", "delta": -1}]},
+            {"participant": "p1", "ops": [{"account": "acct-3", "delta": 1}]}
+        ]}"#;
+        let r = call(&http, "POST", "/v1/transactions", None, quick).await;
+        assert!([200, 202].contains(&r.status), "{}", r.body);
+        let url = r.json()["status_url"]
+            .as_str()
+            .expect("a status URL")
+            .to_string();
+        assert_eq!(call(&http, "GET", &url, None, "").await.status, 200);
+
         // Abort: more than the account holds. 200 with the reason: the
         // request was fine, the transaction aborted.
         let overdraw = TRANSFER.replace("-10", "-1000").replace(": 10}", ": 1000}");

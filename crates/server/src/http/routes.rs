@@ -408,15 +408,23 @@ async fn begin(
         parents,
         idempotency_key,
     })?;
-    let deadline = tokio::time::Instant::now() + wait;
+    let started = tokio::time::Instant::now();
     let mut begun = None;
     loop {
+        // The xid is always waited for (the coordinator sends it at once,
+        // before anything can go wrong), so even `wait_ms: 0` names the
+        // transaction it started; only the outcome's wait is `wait_ms`.
+        let deadline = match begun {
+            None => started + BEGUN_WAIT,
+            Some(_) => started + wait,
+        };
         let reply = match tokio::time::timeout_at(deadline, replies.recv()).await {
             Ok(reply) => reply,
             Err(_) => {
                 let Some(xid) = begun else {
                     return Err(ApiError::unavailable(
-                        "the coordinator did not start the transaction in time",
+                        "the coordinator did not answer the begin within 5 s; it may still \
+                         start it (retry with the same Idempotency-Key to find out)",
                         1,
                     ));
                 };
@@ -468,6 +476,9 @@ async fn begin(
         }
     }
 }
+
+/// How long a begin waits for the coordinator to name the xid.
+const BEGUN_WAIT: Duration = Duration::from_secs(5);
 
 fn outcome(status: StatusCode, xid: Xid, state: TxnStateName, reason: Option<String>) -> Response {
     let url = status_url(xid);
