@@ -12,20 +12,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn transfer(cluster: &Cluster, extra: &[&str]) -> std::process::Output {
-    let coordinator = cluster.coordinator.addr.clone();
-    let mut args = vec![
-        "transfer",
-        "--coordinator",
-        &coordinator,
-        "--from",
+    transfer_cli(
+        &cluster.coordinator.addr,
         "p0:acct-0",
-        "--to",
         "p1:acct-1",
-        "--amount",
-        "5",
-    ];
-    args.extend_from_slice(extra);
-    run_cli(&args)
+        5,
+        extra,
+    )
 }
 
 fn json_status(cluster: &Cluster, xid: &str) -> (Option<i32>, serde_json::Value) {

@@ -18,17 +18,7 @@ async fn transfer_commits_and_balances_move() {
         let cluster = Cluster::start(2, 3, 100).await;
         let coordinator = cluster.coordinator.addr.clone();
         let output = tokio::task::spawn_blocking(move || {
-            run_cli(&[
-                "transfer",
-                "--coordinator",
-                &coordinator,
-                "--from",
-                "p0:acct-0",
-                "--to",
-                "p1:acct-2",
-                "--amount",
-                "40",
-            ])
+            transfer_cli(&coordinator, "p0:acct-0", "p1:acct-2", 40, &[])
         })
         .await
         .expect("cli task");
@@ -126,22 +116,10 @@ async fn run_transfer(
     amount: i64,
 ) -> std::process::Output {
     let coordinator = cluster.coordinator.addr.clone();
-    let (from, to, amount) = (from.to_string(), to.to_string(), amount.to_string());
-    tokio::task::spawn_blocking(move || {
-        run_cli(&[
-            "transfer",
-            "--coordinator",
-            &coordinator,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--amount",
-            &amount,
-        ])
-    })
-    .await
-    .expect("cli task")
+    let (from, to) = (from.to_string(), to.to_string());
+    tokio::task::spawn_blocking(move || transfer_cli(&coordinator, &from, &to, amount, &[]))
+        .await
+        .expect("cli task")
 }
 
 fn stdout_xid(stdout: &str) -> String {

@@ -1362,24 +1362,45 @@ mod tests {
 
     /// `begin_request(id)` carrying an idempotency key.
     fn keyed(id: u64, key: &str) -> Request {
-        match begin_request(id) {
-            Request::Begin {
-                request_id,
-                branches,
-                prepare_timeout_ms,
-                shape,
-                parents,
-                ..
-            } => Request::Begin {
-                request_id,
-                branches,
-                prepare_timeout_ms,
-                shape,
-                parents,
-                idempotency_key: Some(key.into()),
-            },
-            other => other,
+        let mut request = begin_request(id);
+        if let Request::Begin {
+            idempotency_key, ..
+        } = &mut request
+        {
+            *idempotency_key = Some(key.into());
         }
+        request
+    }
+
+    /// `from`, at `addr`, votes READY on `xid`.
+    fn vote_ready(node: &mut CoordinatorNode, now: Time, xid: Xid, from: &str, addr: &str) {
+        let epoch = node.epoch();
+        node.on_peer(
+            now,
+            PeerEnvelope {
+                from: from.into(),
+                reply_to: addr.into(),
+                incarnation: 1,
+                peers: Vec::new(),
+                body: PeerBody::Message(Message {
+                    xid,
+                    epoch,
+                    from: from.into(),
+                    body: Body::Vote(Vote::Ready),
+                }),
+            },
+        );
+    }
+
+    /// The ticket of the forced record among `actions` (the COMMIT).
+    fn forced_ticket(actions: &[CoordinatorNodeAction]) -> Option<PersistTicket> {
+        actions.iter().find_map(|a| match a {
+            CoordinatorNodeAction::Persist {
+                durability: Durability::Forced(t),
+                ..
+            } => Some(*t),
+            _ => None,
+        })
     }
 
     /// A begin retried with its key while the transaction runs and after it
@@ -1406,34 +1427,11 @@ mod tests {
             .any(|a| matches!(a, CoordinatorNodeAction::Send { .. })));
         assert_eq!(node.counters().begun, 1);
         // Both votes READY, the decision durable: both requests hear it.
-        let epoch = node.epoch();
-        for from in ["bank-a", "bank-b"] {
-            node.on_peer(
-                Time(10),
-                PeerEnvelope {
-                    from: from.into(),
-                    reply_to: if from == "bank-a" { A } else { B }.into(),
-                    incarnation: 1,
-                    peers: Vec::new(),
-                    body: PeerBody::Message(Message {
-                        xid,
-                        epoch,
-                        from: from.into(),
-                        body: Body::Vote(Vote::Ready),
-                    }),
-                },
-            );
+        for (from, addr) in [("bank-a", A), ("bank-b", B)] {
+            vote_ready(&mut node, Time(10), xid, from, addr);
         }
-        let ticket = node
-            .drain_actions()
-            .find_map(|a| match a {
-                CoordinatorNodeAction::Persist {
-                    durability: Durability::Forced(t),
-                    ..
-                } => Some(t),
-                _ => None,
-            })
-            .expect("forced COMMIT record");
+        let actions: Vec<_> = node.drain_actions().collect();
+        let ticket = forced_ticket(&actions).expect("forced COMMIT record");
         node.on_durable(Time(20), ticket);
         let actions: Vec<_> = node.drain_actions().collect();
         let mut heard: Vec<ClientId> = replies(&actions)
@@ -1470,27 +1468,10 @@ mod tests {
         );
         assert_eq!(node.counters().begun, 1, "never a second transaction");
         // The key with a different request: refused, naming the first.
-        let other = match keyed(4, "k") {
-            Request::Begin {
-                request_id,
-                mut branches,
-                prepare_timeout_ms,
-                shape,
-                parents,
-                idempotency_key,
-            } => {
-                branches.pop();
-                Request::Begin {
-                    request_id,
-                    branches,
-                    prepare_timeout_ms,
-                    shape,
-                    parents,
-                    idempotency_key,
-                }
-            }
-            other => other,
-        };
+        let mut other = keyed(4, "k");
+        if let Request::Begin { branches, .. } = &mut other {
+            branches.pop();
+        }
         node.on_request(Time(40), ClientId(4), other);
         let actions: Vec<_> = node.drain_actions().collect();
         match &replies(&actions)[..] {
@@ -1519,37 +1500,13 @@ mod tests {
             })
             .collect();
         assert_eq!(sends, vec![("bank-a", A), ("bank-b", B)]);
-        let epoch = node.epoch();
         // bank-b answers from another address: it moved.
         for (from, addr) in [("bank-a", A), ("bank-b", "127.0.0.1:9999")] {
-            node.on_peer(
-                Time(1000),
-                PeerEnvelope {
-                    from: from.into(),
-                    reply_to: addr.into(),
-                    incarnation: 1,
-                    peers: Vec::new(),
-                    body: PeerBody::Message(Message {
-                        xid,
-                        epoch,
-                        from: from.into(),
-                        body: Body::Vote(Vote::Ready),
-                    }),
-                },
-            );
+            vote_ready(&mut node, Time(1000), xid, from, addr);
         }
         let actions: Vec<_> = node.drain_actions().collect();
         assert!(replies(&actions).is_empty(), "no outcome before durable");
-        let ticket = actions
-            .iter()
-            .find_map(|a| match a {
-                CoordinatorNodeAction::Persist {
-                    durability: Durability::Forced(t),
-                    ..
-                } => Some(*t),
-                _ => None,
-            })
-            .expect("forced COMMIT record");
+        let ticket = forced_ticket(&actions).expect("forced COMMIT record");
         node.on_durable(Time(2000), ticket);
         let actions: Vec<_> = node.drain_actions().collect();
         // The COMMIT goes to where bank-b is now.

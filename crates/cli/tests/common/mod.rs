@@ -492,3 +492,28 @@ pub async fn status_text(cluster: &Cluster, xid: impl ToString) -> String {
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     stdout
 }
+
+/// `concord transfer` of `amount` from one `P:ACCT` to another through
+/// `coordinator`, with `extra` flags (blocking; bounded by `run_cli`).
+pub fn transfer_cli(
+    coordinator: &str,
+    from: &str,
+    to: &str,
+    amount: i64,
+    extra: &[&str],
+) -> std::process::Output {
+    let amount = amount.to_string();
+    let mut args = vec![
+        "transfer",
+        "--coordinator",
+        coordinator,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--amount",
+        &amount,
+    ];
+    args.extend_from_slice(extra);
+    run_cli(&args)
+}
