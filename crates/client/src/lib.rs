@@ -306,36 +306,11 @@ impl Client {
         prepare_timeout_ms: Option<u64>,
         tree: Option<&Tree>,
     ) -> Result<TxnResult, ClientError> {
-        // One branch per participant: a tree node has exactly one. A lone
-        // branch keeps its bytes as they are (whatever the resource);
-        // several on one participant merge into one key-value branch.
-        let mut merged: Vec<(String, Vec<u8>)> = Vec::new();
-        for b in &branches {
-            if merged.iter().any(|(n, _)| *n == b.participant) {
-                continue;
-            }
-            let mine: Vec<&BranchRequest> = branches
-                .iter()
-                .filter(|o| o.participant == b.participant)
-                .collect();
-            let work = match mine.as_slice() {
-                [one] => one.work.clone(),
-                _ => {
-                    let mut ops = Vec::new();
-                    for o in mine {
-                        let work = concord_participant::kv::decode_work(&o.work).map_err(|e| {
-                            ClientError::Invalid(format!(
-                                "branch for {}: not key-value work: {e}",
-                                b.participant
-                            ))
-                        })?;
-                        ops.extend(work);
-                    }
-                    encode_work(&ops)
-                }
-            };
-            merged.push((b.participant.clone(), work));
-        }
+        // One branch per participant: a tree node has exactly one.
+        let merged = concord_participant::kv::merge_per_participant(
+            branches.into_iter().map(|b| (b.participant, b.work)),
+        )
+        .map_err(ClientError::Invalid)?;
         let (planned, parents) = concord_api::tree::plan(merged, tree, &encode_work(&[]))
             .map_err(|e| ClientError::Invalid(format!("{e} (--tree)")))?;
         let ordered = planned

@@ -13,7 +13,7 @@
 //! left); within one life the latest heard wins.
 
 use concord_api::{BranchRequest, PeerBody, PeerEnvelope, PeerHint};
-use concord_participant::kv::{decode_kv_work, encode_work_with_memo, KvWork};
+use concord_participant::kv::merge_works;
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{Body, Message, NodeId, Xid};
 use std::collections::HashMap;
@@ -310,25 +310,15 @@ pub fn resolve_branches(
     }
     resolved
         .into_iter()
-        .map(|(addr, mut works)| {
-            if works.len() == 1 {
-                return Ok((addr, works.pop().unwrap_or_default()));
-            }
-            // Several branches for one participant: only key-value work
-            // has a known way to merge.
-            let mut merged = KvWork::default();
-            for work in &works {
-                let work = decode_kv_work(work).map_err(|e| {
-                    format!(
-                        "participant {} is named by several branches and their work cannot \
-                         be merged (not key-value work: {e}); send one branch per participant",
-                        directory.display_name(&addr)
-                    )
-                })?;
-                merged.ops.extend(work.ops);
-                merged.memo.extend(work.memo);
-            }
-            Ok((addr, encode_work_with_memo(&merged.ops, &merged.memo)))
+        .map(|(addr, works)| {
+            let merged = merge_works(works).map_err(|e| {
+                format!(
+                    "participant {} is named by several branches and their work cannot \
+                     be merged (not key-value work: {e}); send one branch per participant",
+                    directory.display_name(&addr)
+                )
+            })?;
+            Ok((addr, merged))
         })
         .collect()
 }

@@ -66,6 +66,46 @@ pub fn encode_work_with_memo(ops: &[KvOp], memo: &[u8]) -> Vec<u8> {
     encode(&(ops, memo))
 }
 
+/// Several branches' work for one participant as one branch: the
+/// operations in order and the memos joined. One work is returned as it
+/// is (whatever the resource); several must all be key-value work, the
+/// only kind with a known way to merge.
+pub fn merge_works(mut works: Vec<Vec<u8>>) -> Result<Vec<u8>, String> {
+    if works.len() == 1 {
+        return Ok(works.pop().unwrap_or_default());
+    }
+    let mut merged = KvWork::default();
+    for work in &works {
+        let work = decode_kv_work(work)?;
+        merged.ops.extend(work.ops);
+        merged.memo.extend(work.memo);
+    }
+    Ok(encode_work_with_memo(&merged.ops, &merged.memo))
+}
+
+/// One work per participant (`(participant, work)` pairs), in the order
+/// they first appear, merged with [`merge_works`] as the coordinator
+/// merges them: for a tree, whose nodes have one branch each.
+pub fn merge_per_participant(
+    branches: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut grouped: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for (participant, work) in branches {
+        match grouped.iter_mut().find(|(p, _)| *p == participant) {
+            Some((_, works)) => works.push(work),
+            None => grouped.push((participant, vec![work])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(participant, works)| {
+            let work = merge_works(works)
+                .map_err(|e| format!("branches for {participant} cannot be merged: {e}"))?;
+            Ok((participant, work))
+        })
+        .collect()
+}
+
 /// The whole work, memo included.
 pub fn decode_kv_work(work: &[u8]) -> Result<KvWork, String> {
     decode::<KvWork>("key-value work", work).map_err(|e| e.to_string())
@@ -349,6 +389,38 @@ impl Resource for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branches_of_one_participant_merge_with_their_memos() {
+        let op = |a: &str, d| KvOp {
+            account: a.into(),
+            delta: d,
+        };
+        let merged = merge_per_participant(vec![
+            (
+                "a".to_string(),
+                encode_work_with_memo(&[op("x", -1)], b"m1"),
+            ),
+            ("b".to_string(), b"not kv".to_vec()),
+            ("a".to_string(), encode_work_with_memo(&[op("y", 1)], b"m2")),
+        ])
+        .expect("mergeable");
+        assert_eq!(merged.len(), 2);
+        let a = decode_kv_work(&merged[0].1).expect("kv");
+        assert_eq!(a.ops, vec![op("x", -1), op("y", 1)]);
+        assert_eq!(a.memo, b"m1m2".to_vec());
+        assert_eq!(
+            merged[1],
+            ("b".to_string(), b"not kv".to_vec()),
+            "a lone work as is"
+        );
+        let err = merge_per_participant(vec![
+            ("b".to_string(), b"not kv".to_vec()),
+            ("b".to_string(), b"nor this".to_vec()),
+        ])
+        .expect_err("not key-value work");
+        assert!(err.contains("branches for b"), "{err}");
+    }
 
     /// The key-value store always answers at once.
     fn done(answer: Answer) -> Result<(), String> {

@@ -23,7 +23,7 @@ use concord_api::http::{
 };
 use concord_api::tree::Tree;
 use concord_api::{BranchRequest, Outcome};
-use concord_participant::kv::{encode_work, KvOp};
+use concord_participant::kv::{encode_work, merge_per_participant, KvOp};
 use concord_proto::{Shape, Xid};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -375,26 +375,26 @@ async fn begin(
         (None, s) => s.map(Shape::from).unwrap_or_default(),
     };
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX));
-    // One branch per participant: ops for the same one are merged.
-    let mut merged: Vec<(String, Vec<KvOp>)> = Vec::new();
-    for branch in body.branches {
-        let ops = branch.ops.into_iter().map(|o| KvOp {
-            account: o.account,
-            delta: o.delta,
-        });
-        match merged.iter_mut().find(|(p, _)| *p == branch.participant) {
-            Some((_, existing)) => existing.extend(ops),
-            None => merged.push((branch.participant, ops.collect())),
-        }
-    }
-    let works: Vec<(String, Vec<u8>)> = merged
-        .into_iter()
-        .map(|(p, ops)| (p, encode_work(&ops)))
-        .collect();
+    let works = body.branches.into_iter().map(|branch| {
+        let ops: Vec<KvOp> = branch
+            .ops
+            .into_iter()
+            .map(|o| KvOp {
+                account: o.account,
+                delta: o.delta,
+            })
+            .collect();
+        (branch.participant, encode_work(&ops))
+    });
+    // A tree has one branch per node: merge first, as the client does
+    // (otherwise the coordinator merges branches of one participant).
     let (works, parents) = match shape {
-        Shape::Hierarchical => concord_api::tree::plan(works, tree.as_ref(), &encode_work(&[]))
-            .map_err(|e| ApiError::bad_request(format!("tree: {e}")))?,
-        _ => (works, Vec::new()),
+        Shape::Hierarchical => {
+            let merged = merge_per_participant(works).map_err(ApiError::bad_request)?;
+            concord_api::tree::plan(merged, tree.as_ref(), &encode_work(&[]))
+                .map_err(|e| ApiError::bad_request(format!("tree: {e}")))?
+        }
+        _ => (works.collect(), Vec::new()),
     };
     let request_id = api.request_id();
     let mut replies = api.submit(Request::Begin {
