@@ -947,10 +947,17 @@ impl CoordinatorNode {
             Outcome::Committed => (Decision::Commit, None),
             Outcome::Aborted { reason } => (Decision::Abort, Some(reason.clone())),
         };
-        let (participants, shape, parents) = match &waiter {
-            Some(w) => (w.participants.clone(), Some(w.shape), w.parents.clone()),
-            None => (Vec::new(), None, Vec::new()),
+        // The layout moves from the waiter to the recent outcome; the
+        // requests waiting get the outcome (the first one's, and retries').
+        let (layout, waiting) = match waiter {
+            Some(w) => {
+                let mut waiting = w.retries;
+                waiting.push((w.client, w.request_id));
+                ((w.participants, Some(w.shape), w.parents), waiting)
+            }
+            None => ((Vec::new(), None, Vec::new()), Vec::new()),
         };
+        let (participants, shape, parents) = layout;
         self.recent.insert(
             xid,
             RecentTxn {
@@ -962,22 +969,12 @@ impl CoordinatorNode {
                 parents,
             },
         );
-        if let Some(waiter) = waiter {
-            for (client, request_id) in waiter.retries {
-                let outcome = outcome.clone();
-                self.reply(
-                    client,
-                    Reply::Outcome {
-                        request_id,
-                        xid,
-                        outcome,
-                    },
-                );
-            }
+        for (client, request_id) in waiting {
+            let outcome = outcome.clone();
             self.reply(
-                waiter.client,
+                client,
                 Reply::Outcome {
-                    request_id: waiter.request_id,
+                    request_id,
                     xid,
                     outcome,
                 },
