@@ -9,11 +9,18 @@ use concord_proto::Shape;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// `POST /v1/transactions`: a one-shot transaction with its branches.
+/// `POST /v1/transactions`: a one-shot transaction with its branches, or,
+/// without branches, an open-ended one (then `lifetime_ms` applies and
+/// the other fields must be left out).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BeginBody {
+    #[serde(default)]
     pub branches: Vec<BranchBody>,
+    /// Open-ended only: abort it unless committed or aborted within this
+    /// (default 60,000, at most 3,600,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_ms: Option<u64>,
     /// How the messages flow (default centralized).
     #[serde(default)]
     pub shape: Option<ShapeName>,
@@ -35,12 +42,18 @@ pub const WAIT_MS_DEFAULT: u64 = 10_000;
 /// The longest a request may wait for its outcome.
 pub const WAIT_MS_MAX: u64 = 60_000;
 
-/// One branch: key-value operations on one participant.
+/// One branch: key-value operations on a concord participant (`ops`), or
+/// the work an HTTP participant is sent in its `prepare` call (`work`,
+/// any JSON), never both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchBody {
     pub participant: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<KvOpBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub work: Option<serde_json::Value>,
 }
 
 /// Add `delta` to `account` (negative: take it out; the branch votes
@@ -102,6 +115,9 @@ pub enum TxnStateName {
     /// The request's wait ran out before the outcome (202): ask the
     /// status URL.
     Pending,
+    /// Open-ended: taking branches until committed or aborted (or its
+    /// lifetime runs out: then aborted).
+    Open,
 }
 
 impl From<CoordinatorState> for TxnStateName {
@@ -114,8 +130,45 @@ impl From<CoordinatorState> for TxnStateName {
             CoordinatorState::Aborted => TxnStateName::Aborted,
             CoordinatorState::OnePhase => TxnStateName::OnePhase,
             CoordinatorState::NoRecord => TxnStateName::NoRecord,
+            CoordinatorState::Open => TxnStateName::Open,
         }
     }
+}
+
+/// `POST /v1/transactions/{xid}/branches`: branches for an open
+/// transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    pub branches: Vec<BranchBody>,
+}
+
+/// The answer to a registration: how many branches the transaction has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredBody {
+    pub xid: String,
+    pub branches: usize,
+}
+
+/// `POST /v1/transactions/{xid}/commit` (the body may be left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitBody {
+    /// How long to wait for the outcome before answering 202 (default
+    /// [`WAIT_MS_DEFAULT`]).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to opening a transaction (201).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OpenedBody {
+    pub xid: String,
+    /// `open`.
+    pub state: TxnStateName,
+    /// Aborted unless committed or aborted within this.
+    pub lifetime_ms: u64,
+    pub status_url: String,
 }
 
 /// The answer to `POST /v1/transactions`.
@@ -159,16 +212,70 @@ pub struct TxnBranchBody {
     /// finished, or below a sub-coordinator).
     pub voted_ready: Option<bool>,
     pub acked: Option<bool>,
+    /// The branch's state as the coordinator sees it.
+    pub state: BranchStateName,
+    /// The COMMIT on its way to it, while it has not acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryBody>,
 }
 
-impl From<&BranchView> for TxnBranchBody {
-    fn from(b: &BranchView) -> TxnBranchBody {
+/// A branch's state, as a stable name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchStateName {
+    /// Asked to prepare; no vote yet.
+    Preparing,
+    /// Voted READY; the decision is not acknowledged yet.
+    Ready,
+    /// Voted READY, COMMIT not acknowledged for longer than
+    /// `--attention-after`: still re-sent, see `delivery`.
+    NeedsAttention,
+    /// Acknowledged COMMIT.
+    Committed,
+    /// The transaction aborted (its reason names who voted ABORT).
+    Aborted,
+    /// The coordinator does not track it (below a sub-coordinator, or a
+    /// recovered transaction's branch).
+    Unknown,
+}
+
+/// [`DeliveryView`](crate::DeliveryView) as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryBody {
+    /// COMMIT messages sent so far (in this coordinator's life).
+    pub attempts: u32,
+    /// Milliseconds since the first was sent.
+    pub pending_ms: u64,
+    /// What the transport last reported, if anything.
+    pub last_error: Option<String>,
+    pub needs_attention: bool,
+}
+
+impl TxnBranchBody {
+    fn of(b: &BranchView, txn: CoordinatorState) -> TxnBranchBody {
+        let state = match (txn, b.voted_ready, b.acked) {
+            (CoordinatorState::Aborted, _, _) => BranchStateName::Aborted,
+            (_, _, Some(true)) => BranchStateName::Committed,
+            _ if b.delivery.as_ref().is_some_and(|d| d.needs_attention) => {
+                BranchStateName::NeedsAttention
+            }
+            (_, Some(true), _) => BranchStateName::Ready,
+            (_, Some(false), _) => BranchStateName::Preparing,
+            (_, None, _) => BranchStateName::Unknown,
+        };
         TxnBranchBody {
             participant: b.id.clone(),
             addr: b.addr.clone(),
             parent: b.parent.clone(),
             voted_ready: b.voted_ready,
             acked: b.acked,
+            state,
+            delivery: b.delivery.as_ref().map(|d| DeliveryBody {
+                attempts: d.attempts,
+                pending_ms: d.pending_ms,
+                last_error: d.last_error.clone(),
+                needs_attention: d.needs_attention,
+            }),
         }
     }
 }
@@ -185,7 +292,10 @@ impl From<&CoordinatorStatus> for TransactionBody {
             branches: if no_record {
                 Vec::new()
             } else {
-                s.branches.iter().map(TxnBranchBody::from).collect()
+                s.branches
+                    .iter()
+                    .map(|b| TxnBranchBody::of(b, s.state))
+                    .collect()
             },
         }
     }
@@ -214,4 +324,58 @@ pub struct Problem {
     /// answer can always ask about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xid: Option<String>,
+}
+
+/// The HTTP participant contract: what the coordinator POSTs to a service
+/// registered with `--http-participant NAME=URL`, at `URL/prepare`. The
+/// xid and branch are the idempotency key: a duplicate must get the same
+/// answer as the first call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantPrepareCall {
+    pub xid: String,
+    /// The branch: the participant's NAME.
+    pub branch: String,
+    /// The coordinator's `--name`.
+    pub coordinator: String,
+    /// The branch's work as the application gave it (`work` of the
+    /// branch in `POST /v1/transactions`).
+    #[schema(value_type = Object)]
+    pub work: serde_json::Value,
+    /// Answer by then (RFC 3339): later, the coordinator has aborted.
+    pub deadline: String,
+    pub timeout_ms: u64,
+}
+
+/// What a service answers to `prepare` (200). `ready` promises that its
+/// part is durable and that it will apply it if COMMIT comes, whatever
+/// happens to it meanwhile (a restart included); it holds what the work
+/// needs until the decision. `abort` may carry the reason, which the
+/// application is shown. `read_only`: nothing to change, no phase 2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantVoteAnswer {
+    pub vote: ParticipantVote,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A service's vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantVote {
+    Ready,
+    Abort,
+    ReadOnly,
+}
+
+/// What the coordinator POSTs to `URL/commit` and `URL/abort`. A 2xx
+/// answer means done (COMMIT: applied and durable); anything else is
+/// retried with capped exponential backoff and jitter for as long as it
+/// takes. An xid the service does not know means nothing to do (finished
+/// and forgotten, or never prepared there): answer 2xx.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantDecisionCall {
+    pub xid: String,
+    pub branch: String,
+    pub coordinator: String,
 }

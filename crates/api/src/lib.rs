@@ -138,6 +138,29 @@ pub enum Request {
     /// it started (for `concord bench`: fsyncs and messages per
     /// transaction).
     Stats { request_id: u64 },
+    /// Coordinator: begin an open-ended transaction (no branches yet).
+    /// Answered with [`Reply::Opened`]. Not committed or aborted within
+    /// its lifetime (the server's default when `None`), it is aborted.
+    Open {
+        request_id: u64,
+        lifetime_ms: Option<u64>,
+        idempotency_key: Option<String>,
+    },
+    /// Coordinator: add branches to an open transaction. Answered with
+    /// [`Reply::Registered`], or [`Reply::NotOpen`].
+    Register {
+        request_id: u64,
+        xid: Xid,
+        branches: Vec<BranchRequest>,
+    },
+    /// Coordinator: run the two phases over an open transaction's
+    /// branches. Answered as a [`Request::Begin`] (Begun, then Outcome); a
+    /// repeat joins the first. [`Reply::NotOpen`] if it never was open
+    /// here (or is no longer remembered).
+    Commit { request_id: u64, xid: Xid },
+    /// Coordinator: abort an open transaction. Answered with the outcome
+    /// (a repeat too), or [`Reply::NotOpen`] once it is committing.
+    Abort { request_id: u64, xid: Xid },
 }
 
 impl Request {
@@ -149,7 +172,11 @@ impl Request {
             | Request::Accounts { request_id }
             | Request::BranchState { request_id, .. }
             | Request::Timeouts { request_id }
-            | Request::Stats { request_id } => *request_id,
+            | Request::Stats { request_id }
+            | Request::Open { request_id, .. }
+            | Request::Register { request_id, .. }
+            | Request::Commit { request_id, .. }
+            | Request::Abort { request_id, .. } => *request_id,
         }
     }
 
@@ -163,6 +190,10 @@ impl Request {
             Request::BranchState { .. } => "BranchState",
             Request::Timeouts { .. } => "Timeouts",
             Request::Stats { .. } => "Stats",
+            Request::Open { .. } => "Open",
+            Request::Register { .. } => "Register",
+            Request::Commit { .. } => "Commit",
+            Request::Abort { .. } => "Abort",
         }
     }
 }
@@ -217,6 +248,26 @@ pub enum Reply {
         request_id: u64,
         stats: ServerStats,
     },
+    /// An open-ended transaction began: its xid, and when it is aborted
+    /// unless committed or aborted before.
+    Opened {
+        request_id: u64,
+        xid: Xid,
+        lifetime_ms: u64,
+    },
+    /// Branches were added: how many the transaction has now.
+    Registered {
+        request_id: u64,
+        xid: Xid,
+        branches: usize,
+    },
+    /// `xid` is not open (any more): `state` says where it is.
+    NotOpen {
+        request_id: u64,
+        xid: Xid,
+        state: CoordinatorState,
+        message: String,
+    },
 }
 
 impl Reply {
@@ -230,7 +281,10 @@ impl Reply {
             | Reply::BranchState { request_id, .. }
             | Reply::Error { request_id, .. }
             | Reply::Timeouts { request_id, .. }
-            | Reply::Stats { request_id, .. } => *request_id,
+            | Reply::Stats { request_id, .. }
+            | Reply::Opened { request_id, .. }
+            | Reply::Registered { request_id, .. }
+            | Reply::NotOpen { request_id, .. } => *request_id,
         }
     }
 
@@ -275,6 +329,8 @@ pub enum CoordinatorState {
     /// One-phase commit: the single branch decides; waiting for its
     /// answer.
     OnePhase,
+    /// Open-ended: begun, taking branches, not yet committed or aborted.
+    Open,
 }
 
 impl std::fmt::Display for CoordinatorState {
@@ -287,6 +343,7 @@ impl std::fmt::Display for CoordinatorState {
             CoordinatorState::Aborted => "ABORTED",
             CoordinatorState::NoRecord => "NO RECORD (presumed aborted)",
             CoordinatorState::OnePhase => "ONE-PHASE (the single branch decides)",
+            CoordinatorState::Open => "OPEN (taking branches; not committed yet)",
         })
     }
 }
@@ -364,6 +421,23 @@ pub struct BranchView {
     /// In a tree, the id of this branch's sub-coordinator (`None`: the
     /// coordinator talks to it directly).
     pub parent: Option<String>,
+    /// The COMMIT being delivered to it, while it has not acknowledged.
+    #[serde(default)]
+    pub delivery: Option<DeliveryView>,
+}
+
+/// A decision on its way to one branch (SPEC §8: retried for as long as it
+/// takes; flagged *needs attention* after `--attention-after`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    /// COMMIT messages sent to it so far (in this coordinator's life).
+    pub attempts: u32,
+    /// Since the first was sent.
+    pub pending_ms: u64,
+    /// What the transport last reported (an HTTP status, a refused
+    /// connection), if anything.
+    pub last_error: Option<String>,
+    pub needs_attention: bool,
 }
 
 /// Latency estimates and the timeouts they set (`concord status

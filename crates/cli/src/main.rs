@@ -284,8 +284,21 @@ struct ServeArgs {
     /// participant's --name, ADDR where to find it (its --listen or
     /// --advertise); if it moves, it says so and is found at the new
     /// address. Clients name participants by NAME.
-    #[arg(long = "participant", value_name = "NAME=ADDR", value_parser = parse_participant, required = true)]
+    #[arg(long = "participant", value_name = "NAME=ADDR", value_parser = parse_participant,
+        required_unless_present = "http_participants")]
     participants: Vec<(String, String)>,
+    /// An HTTP participant as NAME=URL (repeat for each): a service that
+    /// answers POST URL/prepare, URL/commit and URL/abort as the README's
+    /// "Writing an HTTP participant" and docs/openapi.json's callbacks
+    /// say. It takes part in centralized transactions, in both phases.
+    #[arg(long = "http-participant", value_name = "NAME=URL", value_parser = parse_http_participant)]
+    http_participants: Vec<(String, String)>,
+    /// A branch that has not acknowledged COMMIT this long after it was
+    /// first sent is flagged "needs attention" (API, metrics, logs), with
+    /// the attempts and the last error. COMMIT is still re-sent; nothing
+    /// is given up or deleted. E.g. 300ms, 30s, 5m, 1h.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    attention_after: u64,
     /// Phase-1 timeout (a participant that has not voted within it makes
     /// the decision ABORT) until --timeout-samples-min PREPARE → vote
     /// samples of a participant exist; then it is measured: 2 × (srtt +
@@ -650,6 +663,45 @@ fn parse_participant(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_http_participant(s: &str) -> Result<(String, String), String> {
+    let (name, url) = parse_participant(s).map_err(|_| format!("expected NAME=URL, got {s:?}"))?;
+    if url.starts_with("https://") {
+        return Err(format!(
+            "{url}: https is not supported yet; put a TLS-terminating proxy on loopback and \
+             give its http:// URL"
+        ));
+    }
+    if !url.starts_with("http://") || url.len() <= "http://".len() {
+        return Err(format!(
+            "{url}: expected an http:// URL, e.g. http://127.0.0.1:8081"
+        ));
+    }
+    Ok((name, url))
+}
+
+/// A duration with its unit: `300ms`, `30s`, `5m`, `1h`; in milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a number and a unit (300ms, 30s, 5m, 1h), got {s:?}"))?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
 /// `P:ACCT`; split at the last ':' so a participant may be named by its
 /// address ("127.0.0.1:7101:acct-0").
 fn parse_account(s: &str) -> Result<(String, String), String> {
@@ -949,7 +1001,10 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
-    let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, args.participants);
+    let mut participants = args.participants;
+    participants.extend(args.http_participants);
+    let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, participants);
+    config.node.attention_after_ms = args.attention_after;
     config.node.id = args.name;
     if let Some(advertise) = args.advertise {
         config.node.addr = advertise.clone();

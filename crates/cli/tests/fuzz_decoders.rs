@@ -491,6 +491,24 @@ fn request() -> impl Strategy<Value = Request> {
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::BranchState { request_id, xid }),
         1 => int().prop_map(|request_id| Request::Timeouts { request_id }),
         1 => int().prop_map(|request_id| Request::Stats { request_id }),
+        1 => (int(), prop::option::of(int())).prop_map(|(request_id, lifetime_ms)| {
+            Request::Open {
+                request_id,
+                lifetime_ms,
+                idempotency_key: (request_id % 2 == 0).then(|| format!("k{request_id}")),
+            }
+        }),
+        1 => (int(), xid(), prop::collection::vec(
+            (text(), work()).prop_map(|(participant, work)| BranchRequest { participant, work }),
+            0..4,
+        ))
+            .prop_map(|(request_id, xid, branches)| Request::Register {
+                request_id,
+                xid,
+                branches,
+            }),
+        1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Commit { request_id, xid }),
+        1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Abort { request_id, xid }),
     ]
 }
 
@@ -502,6 +520,8 @@ fn coordinator_state() -> impl Strategy<Value = CoordinatorState> {
         CoordinatorState::Committed,
         CoordinatorState::Aborted,
         CoordinatorState::NoRecord,
+        CoordinatorState::OnePhase,
+        CoordinatorState::Open,
     ])
 }
 
@@ -566,15 +586,31 @@ fn reply() -> impl Strategy<Value = Reply> {
         prop::option::of(any::<bool>()),
         prop::option::of(any::<bool>()),
         prop::option::of(text()),
+        prop::option::of((
+            any::<u32>(),
+            any::<u64>(),
+            prop::option::of(text()),
+            any::<bool>(),
+        )),
     )
-        .prop_map(|(id, name, addr, voted_ready, acked, parent)| BranchView {
-            id,
-            name,
-            addr,
-            voted_ready,
-            acked,
-            parent,
-        });
+        .prop_map(
+            |(id, name, addr, voted_ready, acked, parent, delivery)| BranchView {
+                id,
+                name,
+                addr,
+                voted_ready,
+                acked,
+                parent,
+                delivery: delivery.map(|(attempts, pending_ms, last_error, needs_attention)| {
+                    concord_api::DeliveryView {
+                        attempts,
+                        pending_ms,
+                        last_error,
+                        needs_attention,
+                    }
+                }),
+            },
+        );
     let shape = prop::option::of(prop_oneof![
         Just(concord_proto::Shape::Centralized),
         Just(concord_proto::Shape::Linear),

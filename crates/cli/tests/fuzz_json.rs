@@ -20,8 +20,11 @@ fn op() -> impl Strategy<Value = KvOpBody> {
 }
 
 fn branch() -> impl Strategy<Value = BranchBody> {
-    (name(), prop::collection::vec(op(), 0..4))
-        .prop_map(|(participant, ops)| BranchBody { participant, ops })
+    (name(), prop::collection::vec(op(), 0..4)).prop_map(|(participant, ops)| BranchBody {
+        participant,
+        ops,
+        work: None,
+    })
 }
 
 fn shape() -> impl Strategy<Value = ShapeName> {
@@ -39,14 +42,16 @@ fn begin() -> impl Strategy<Value = BeginBody> {
         prop::option::of("[a-z(),]{0,20}"),
         prop::option::of(any::<u64>()),
         prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
     )
         .prop_map(
-            |(branches, shape, tree, prepare_timeout_ms, wait_ms)| BeginBody {
+            |(branches, shape, tree, prepare_timeout_ms, wait_ms, lifetime_ms)| BeginBody {
                 branches,
                 shape,
                 tree,
                 prepare_timeout_ms,
                 wait_ms,
+                lifetime_ms,
             },
         )
 }
@@ -61,6 +66,7 @@ fn state() -> impl Strategy<Value = TxnStateName> {
         Just(TxnStateName::OnePhase),
         Just(TxnStateName::NoRecord),
         Just(TxnStateName::Pending),
+        Just(TxnStateName::Open),
     ]
 }
 

@@ -10,104 +10,12 @@
 
 mod common;
 
+use common::http::*;
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A response: status, headers (lower-case names), body.
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    /// A problem+json with this status whose detail contains `needle`.
-    fn assert_problem(&self, status: u16, needle: &str) {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{}",
-            self.body
-        );
-        let problem = self.json();
-        assert_eq!(problem["status"], status, "{problem}");
-        let detail = problem["detail"].as_str().unwrap_or("");
-        assert!(detail.contains(needle), "{needle:?} not in {problem}");
-    }
-}
-
-/// Send raw bytes, read the whole answer (the request says close).
-async fn raw(addr: &str, request: &[u8]) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
-    stream.write_all(request).await.expect("send");
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes))
-        .await
-        .expect("an answer within 20 s")
-        .expect("read");
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-async fn call(
-    addr: &str,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: &str,
-) -> HttpResponse {
-    let auth = auth
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    call_with(addr, method, path, &auth, body).await
-}
-
-/// `call` with extra header lines (each ending in CRLF).
-async fn call_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> HttpResponse {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    raw(addr, request.as_bytes()).await
-}
 
 /// A cluster of 3 participants whose coordinator serves the API on a port
 /// of its own, with `flags` added.
@@ -422,6 +330,182 @@ async fn http_slow_headers_and_many_connections_do_not_stop_the_server() {
         );
         drop(held);
         assert_eq!(call(&http, "GET", "/healthz", None, "").await.status, 200);
+    })
+    .await;
+}
+
+/// A branch of the transfer, as `POST /v1/transactions/{xid}/branches`
+/// takes it.
+fn one_branch(participant: &str, account: &str, delta: i64) -> String {
+    format!(
+        r#"{{"branches": [{{"participant": "{participant}",
+            "ops": [{{"account": "{account}", "delta": {delta}}}]}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_ended_transactions_register_commit_abort_and_expire() {
+    bounded(async {
+        let (cluster, http) = api_cluster(&[]).await;
+
+        // Open, register two branches one by one, commit.
+        let r = call(&http, "POST", "/v1/transactions", None, "{}").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let opened = r.json();
+        assert_eq!(opened["state"], "open", "{opened}");
+        let xid = opened["xid"].as_str().expect("xid").to_string();
+        let url = format!("/v1/transactions/{xid}");
+        assert_eq!(
+            call(&http, "GET", &url, None, "").await.json()["state"],
+            "open"
+        );
+        for (p, a, d, n) in [("p0", "acct-0", -7, 1), ("p1", "acct-1", 7, 2)] {
+            let r = call(
+                &http,
+                "POST",
+                &format!("{url}/branches"),
+                None,
+                &one_branch(p, a, d),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.json()["branches"], n, "{}", r.body);
+        }
+        call(
+            &http,
+            "POST",
+            &format!("{url}/branches"),
+            None,
+            &one_branch("nobody", "a", 1),
+        )
+        .await
+        .assert_problem(400, "nobody");
+        let r = call(&http, "POST", &format!("{url}/commit"), None, "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["state"], "committed", "{}", r.body);
+        assert_eq!(r.json()["xid"], xid.as_str());
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(reports[0].balance("acct-0"), Some(93));
+        assert_eq!(reports[1].balance("acct-1"), Some(107));
+        // A retried commit joins the first: same outcome, nothing runs twice.
+        let again = call(
+            &http,
+            "POST",
+            &format!("{url}/commit"),
+            None,
+            r#"{"timeout_ms": 1000}"#,
+        )
+        .await;
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert_eq!(again.json()["state"], "committed");
+        let reports = cluster.wait_settled(SETTLE).await;
+        assert_eq!(reports[0].balance("acct-0"), Some(93), "committed twice");
+        // Too late to register or abort.
+        call(
+            &http,
+            "POST",
+            &format!("{url}/branches"),
+            None,
+            &one_branch("p2", "acct-2", 1),
+        )
+        .await
+        .assert_problem(409, "not open");
+        call(&http, "POST", &format!("{url}/abort"), None, "")
+            .await
+            .assert_problem(409, "not open");
+
+        // Abort: nothing changes, a repeat answers the same, a commit after
+        // it gets the outcome.
+        let opened = call(&http, "POST", "/v1/transactions", None, "{}")
+            .await
+            .json();
+        let url2 = format!("/v1/transactions/{}", opened["xid"].as_str().expect("xid"));
+        let r = call(
+            &http,
+            "POST",
+            &format!("{url2}/branches"),
+            None,
+            &one_branch("p0", "acct-0", -1),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        for _ in 0..2 {
+            let r = call(&http, "POST", &format!("{url2}/abort"), None, "").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.json()["state"], "aborted", "{}", r.body);
+        }
+        let r = call(&http, "POST", &format!("{url2}/commit"), None, "").await;
+        assert_eq!(r.json()["state"], "aborted", "{}", r.body);
+
+        // Its lifetime runs out: aborted, with the reason.
+        let body = r#"{"lifetime_ms": 300}"#;
+        let opened = call(&http, "POST", "/v1/transactions", None, body)
+            .await
+            .json();
+        assert_eq!(opened["lifetime_ms"], 300, "{opened}");
+        let url3 = format!("/v1/transactions/{}", opened["xid"].as_str().expect("xid"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let view = call(&http, "GET", &url3, None, "").await.json();
+        assert_eq!(view["state"], "aborted", "{view}");
+        assert!(
+            view["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("lifetime of 300 ms"),
+            "{view}"
+        );
+        call(
+            &http,
+            "POST",
+            &format!("{url3}/branches"),
+            None,
+            &one_branch("p0", "acct-0", -1),
+        )
+        .await
+        .assert_problem(409, "not open");
+
+        // The same Idempotency-Key opens one transaction, not two.
+        let keyed = "Idempotency-Key: open-1\r\n";
+        let a = call_with(&http, "POST", "/v1/transactions", keyed, "{}")
+            .await
+            .json();
+        let b = call_with(&http, "POST", "/v1/transactions", keyed, "{}")
+            .await
+            .json();
+        assert_eq!(a["xid"], b["xid"], "{a} {b}");
+
+        // Bad input.
+        let unknown = "/v1/transactions/0123456789abcdef0123456789abcdef/commit";
+        call(&http, "POST", unknown, None, "")
+            .await
+            .assert_problem(404, "no record");
+        call(
+            &http,
+            "POST",
+            "/v1/transactions",
+            None,
+            r#"{"shape": "linear"}"#,
+        )
+        .await
+        .assert_problem(400, "open-ended");
+        call(
+            &http,
+            "POST",
+            "/v1/transactions",
+            None,
+            &format!(r#"{{"lifetime_ms": 5, {}"#, &TRANSFER[1..]),
+        )
+        .await
+        .assert_problem(400, "lifetime_ms");
+        call(
+            &http,
+            "POST",
+            &format!("{url}/commit"),
+            None,
+            r#"{"wait": 1}"#,
+        )
+        .await
+        .assert_problem(400, "wait");
     })
     .await;
 }

@@ -13,24 +13,26 @@
 //! seed exercises the same timeout policy, minting and merging that ships.
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
+use crate::attention::{AttentionChange, Deliveries};
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Addr, Directory, DirectoryEvent, Learnt, Opened};
 use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::idempotency;
+use crate::open::{self, OpenTransactions};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
-    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, Outcome, PeerEnvelope,
-    PeerHint, Reply, Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, DeliveryView, Outcome,
+    PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
 };
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
     Body, Coordinator, CoordinatorAction, CoordinatorConfig, CoordinatorNotice, CoordinatorPhase,
     CoordinatorRecord, Decision, Durability, Epoch, Message, NodeId, PersistTicket, Shape, Time,
-    TimerKey, TreeEntry, TxnOutcome, Xid,
+    TimerKey, TimerKind, TreeEntry, TxnOutcome, Vote, Xid,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The tree of a hierarchical begin: each branch's participant resolved
 /// on its own (a tree names each participant once), with its parent.
@@ -68,6 +70,25 @@ fn tree_of(
 /// The node only echoes it back in [`CoordinatorNodeAction::Reply`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
+
+/// Mixed into the xid seed for the resend jitter's generator, so the two
+/// draw different sequences.
+const JITTER_SEED: u64 = 0x6a69_7474_6572_0001;
+
+/// Is `addr` an HTTP service's base URL (an HTTP participant) rather than
+/// a concord node's address?
+pub fn is_http_url(addr: &str) -> bool {
+    addr.starts_with("http://") || addr.starts_with("https://")
+}
+
+/// The configured participants that are HTTP services.
+fn http_participants(participants: &[(NodeId, String)]) -> Vec<NodeId> {
+    participants
+        .iter()
+        .filter(|(_, addr)| is_http_url(addr))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
 
 /// Settings of a coordinator node (the server's flags, or the simulator's
 /// drawn configuration).
@@ -107,6 +128,9 @@ pub struct CoordinatorNodeConfig {
     /// One-phase commit for single-branch transactions (`--no-one-phase`
     /// turns it off): see `CoordinatorConfig::one_phase`.
     pub one_phase: bool,
+    /// A branch whose COMMIT is not acknowledged this long after it was
+    /// first sent is flagged *needs attention* (`--attention-after`).
+    pub attention_after_ms: u64,
 }
 
 impl CoordinatorNodeConfig {
@@ -134,6 +158,7 @@ impl CoordinatorNodeConfig {
             xid_seed,
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             one_phase: true,
+            attention_after_ms: crate::attention::ATTENTION_AFTER_MS_DEFAULT,
         }
     }
 
@@ -141,7 +166,9 @@ impl CoordinatorNodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.participants.is_empty() {
             return Err(
-                "no participants configured: give at least one --participant NAME=ADDR".into(),
+                "no participants configured: give at least one --participant NAME=ADDR or \
+                 --http-participant NAME=URL"
+                    .into(),
             );
         }
         if self.id.is_empty() {
@@ -333,6 +360,26 @@ pub enum CoordinatorEvent {
         xid: Xid,
         participant: String,
     },
+    /// An open-ended transaction began.
+    Opened {
+        xid: Xid,
+        lifetime_ms: u64,
+    },
+    /// `participant` has not acknowledged `xid`'s COMMIT for `pending_ms`
+    /// (past `--attention-after`): it is still re-sent, never given up.
+    NeedsAttention {
+        xid: Xid,
+        participant: String,
+        attempts: u32,
+        last_error: Option<String>,
+        pending_ms: u64,
+    },
+    /// A branch that needed attention acknowledged at last.
+    AttentionCleared {
+        xid: Xid,
+        participant: String,
+        attempts: u32,
+    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -345,6 +392,8 @@ pub struct CoordinatorCounters {
     pub aborted: u64,
     pub ended: u64,
     pub timeouts_fired: u64,
+    /// COMMIT messages sent (first sends and resends).
+    pub decision_deliveries: u64,
 }
 
 /// A client waiting for the outcome of a transaction it began.
@@ -379,6 +428,16 @@ pub struct CoordinatorNode {
     recent: RecentOutcomes,
     idempotency: idempotency::IdempotencyKeys,
     minter: XidMinter,
+    /// Draws the jitter added to COMMIT resend timers (seeded, so the
+    /// simulator replays it).
+    jitter: XidMinter,
+    /// COMMITs being delivered, and the branches needing attention.
+    deliveries: Deliveries,
+    /// Open-ended transactions not yet committed or aborted.
+    open: OpenTransactions,
+    /// Participants that are HTTP services (configured with an http:// or
+    /// https:// URL): centralized, two-phase only.
+    http: HashSet<NodeId>,
     counters: CoordinatorCounters,
     /// True while the actions of recovery are translated.
     recovering: bool,
@@ -429,6 +488,7 @@ impl CoordinatorNode {
                 resend_ms_initial: config.resend_ms_initial,
                 resend_ms_max: config.resend_ms_max,
                 one_phase: config.one_phase,
+                two_phase_only: http_participants(&config.participants),
             },
             records,
             now,
@@ -444,6 +504,7 @@ impl CoordinatorNode {
             config
                 .participants
                 .iter()
+                .filter(|(_, addr)| !is_http_url(addr))
                 .map(|(id, _)| id.clone())
                 .collect()
         } else {
@@ -470,13 +531,19 @@ impl CoordinatorNode {
             idempotency: idempotency::IdempotencyKeys::new(config.recent_outcomes_max),
             recent,
             minter: XidMinter::new(config.xid_seed),
+            jitter: XidMinter::new(config.xid_seed ^ JITTER_SEED),
+            deliveries: Deliveries::new(config.attention_after_ms),
+            open: OpenTransactions::default(),
+            http: http_participants(&config.participants)
+                .into_iter()
+                .collect(),
             counters: CoordinatorCounters::default(),
             recovering: true,
             compaction: CompactionPolicy::new(config.compact_after_records),
             core_actions: Vec::new(),
             actions: Vec::new(),
         };
-        node.pump();
+        node.pump(now);
         node.recovering = false;
         if last_addr.as_deref() != Some(config.addr.as_str()) {
             node.compaction.appended(1);
@@ -569,7 +636,7 @@ impl CoordinatorNode {
                     None => None,
                 };
                 let plan = (branches, shape, parents);
-                let begun = self.begin(now, client, request_id, plan, prepare_timeout_ms);
+                let begun = self.begin(now, client, request_id, plan, prepare_timeout_ms, None);
                 if let (Ok(xid), Some((key, fingerprint))) = (&begun, keyed) {
                     self.idempotency.remember(key, *xid, fingerprint);
                 }
@@ -620,6 +687,18 @@ impl CoordinatorNode {
             Request::Stats { request_id } => self
                 .actions
                 .push(CoordinatorNodeAction::Stats { client, request_id }),
+            Request::Open {
+                request_id,
+                lifetime_ms,
+                idempotency_key,
+            } => self.on_open(now, client, request_id, lifetime_ms, idempotency_key),
+            Request::Register {
+                request_id,
+                xid,
+                branches,
+            } => self.on_register(now, client, request_id, xid, branches),
+            Request::Commit { request_id, xid } => self.on_commit(now, client, request_id, xid),
+            Request::Abort { request_id, xid } => self.on_abort(now, client, request_id, xid),
             other @ (Request::Accounts { .. } | Request::BranchState { .. }) => {
                 let message = format!(
                     "{} is a participant request, and this is the coordinator; ask a participant",
@@ -647,9 +726,290 @@ impl CoordinatorNode {
             self.push_event(CoordinatorEvent::Directory(event));
         }
         if let Some(message) = opened.message {
+            if message.body == Body::Ack {
+                let change = self.deliveries.acked(message.xid, &message.from);
+                self.on_attention(change);
+            }
             self.core.on_message(now, message);
-            self.pump();
+            self.pump(now);
         }
+    }
+
+    /// The transport could not deliver `xid`'s message of `kind` (its
+    /// [`Body::kind`]) to `to`: an HTTP participant's error answer or
+    /// timeout, a refused connection. A failed PREPARE is that branch's
+    /// VOTE ABORT (it may not have prepared; if it did, the ABORT that
+    /// follows undoes it), so the transaction does not wait for its
+    /// timeout. A failed COMMIT is kept as the branch's last error while
+    /// the core re-sends it; nothing else is decided here.
+    pub fn on_delivery_failed(
+        &mut self,
+        now: Time,
+        to: &NodeId,
+        xid: Xid,
+        kind: &str,
+        error: &str,
+    ) {
+        if kind == "PREPARE" {
+            let message = Message {
+                xid,
+                epoch: self.core.epoch(),
+                from: to.clone(),
+                body: Body::Vote(Vote::Abort {
+                    reason: format!(
+                        "{} could not prepare: {error}",
+                        self.directory.display_name(to)
+                    ),
+                }),
+            };
+            self.core.on_message(now, message);
+            return self.pump(now);
+        }
+        let change = self.deliveries.failed(now, xid, to, error);
+        self.on_attention(change);
+    }
+
+    /// Branches needing attention now (for metrics).
+    pub fn needs_attention(&self) -> usize {
+        self.deliveries.flagged()
+    }
+
+    fn on_attention(&mut self, change: Option<AttentionChange>) {
+        let Some(change) = change else { return };
+        self.push_event(match change {
+            AttentionChange::Flagged {
+                xid,
+                participant,
+                attempts,
+                last_error,
+                pending_ms,
+            } => CoordinatorEvent::NeedsAttention {
+                xid,
+                participant: self.directory.display_name(&participant),
+                attempts,
+                last_error,
+                pending_ms,
+            },
+            AttentionChange::Cleared {
+                xid,
+                participant,
+                attempts,
+            } => CoordinatorEvent::AttentionCleared {
+                xid,
+                participant: self.directory.display_name(&participant),
+                attempts,
+            },
+        });
+    }
+
+    /// A fresh xid, unused by anything this node remembers.
+    fn mint(&mut self) -> Xid {
+        let (core, waiting, recent, open) = (&self.core, &self.waiting, &self.recent, &self.open);
+        self.minter.mint(|x| {
+            waiting.contains_key(&x)
+                || recent.contains(x)
+                || core.is_in_flight(x)
+                || open.contains(x)
+        })
+    }
+
+    /// `Request::Open`: an open-ended transaction (SPEC §4).
+    fn on_open(
+        &mut self,
+        now: Time,
+        client: ClientId,
+        request_id: u64,
+        lifetime_ms: Option<u64>,
+        idempotency_key: Option<String>,
+    ) {
+        let fingerprint = idempotency::fingerprint(&[], Shape::Centralized, &[]);
+        if let Some(key) = &idempotency_key {
+            match self.idempotency.check(key, fingerprint) {
+                idempotency::Seen::New => {}
+                idempotency::Seen::Same(xid) => {
+                    let lifetime_ms = self.open.get(xid).map_or(0, |t| t.lifetime_ms);
+                    let reply = Reply::Opened {
+                        request_id,
+                        xid,
+                        lifetime_ms,
+                    };
+                    return self.reply(client, reply);
+                }
+                idempotency::Seen::Different(xid) => {
+                    let why = format!(
+                        "idempotency key {key:?} already began transaction {xid} with a \
+                         different request"
+                    );
+                    return self.reply_error(client, request_id, why);
+                }
+            }
+        }
+        if self.core.in_flight() + self.open.len() >= self.transactions_in_flight_max {
+            self.counters.refused += 1;
+            self.counters.refused_busy += 1;
+            let why = format!(
+                "busy: too many transactions in flight or open (limit {}); retry later",
+                self.transactions_in_flight_max
+            );
+            return self.reply_error(client, request_id, why);
+        }
+        let xid = self.mint();
+        let (lifetime_ms, key, at) = self.open.open(now, xid, lifetime_ms);
+        if let Some(key) = idempotency_key {
+            self.idempotency.remember(key, xid, fingerprint);
+        }
+        self.actions
+            .push(CoordinatorNodeAction::SetTimer { key, at });
+        self.push_event(CoordinatorEvent::Opened { xid, lifetime_ms });
+        self.reply(
+            client,
+            Reply::Opened {
+                request_id,
+                xid,
+                lifetime_ms,
+            },
+        );
+    }
+
+    /// `Request::Register`: branches for an open transaction; unknown
+    /// participants are refused here, not at commit.
+    fn on_register(
+        &mut self,
+        now: Time,
+        client: ClientId,
+        request_id: u64,
+        xid: Xid,
+        branches: Vec<BranchRequest>,
+    ) {
+        if let Err(why) = resolve_branches(&self.directory, branches.clone()) {
+            return self.reply_error(client, request_id, why);
+        }
+        match self.open.register(xid, branches) {
+            Ok(count) => self.reply(
+                client,
+                Reply::Registered {
+                    request_id,
+                    xid,
+                    branches: count,
+                },
+            ),
+            Err(open::RegisterError::TooManyBranches { max }) => {
+                let why = format!("transaction {xid} would have more than {max} branches");
+                self.reply_error(client, request_id, why)
+            }
+            Err(open::RegisterError::NotOpen) => self.not_open(now, client, request_id, xid),
+        }
+    }
+
+    /// `Request::Commit`: both phases over what was registered, under the
+    /// xid given at open. A repeat (a client retrying after a reset)
+    /// joins the first commit and gets its outcome.
+    fn on_commit(&mut self, now: Time, client: ClientId, request_id: u64, xid: Xid) {
+        let Some(txn) = self.open.take(xid) else {
+            if self.waiting.contains_key(&xid) || self.recent.get(xid).is_some() {
+                return self.rejoin(client, request_id, xid);
+            }
+            return self.not_open(now, client, request_id, xid);
+        };
+        if txn.branches.is_empty() {
+            let why = format!(
+                "transaction {xid} has no branches yet: register some, or abort it (it stays open)"
+            );
+            self.open.restore(xid, txn);
+            return self.reply_error(client, request_id, why);
+        }
+        let plan = (txn.branches.clone(), Shape::Centralized, Vec::new());
+        if let Err((reason, busy)) = self.begin(now, client, request_id, plan, None, Some(xid)) {
+            if busy {
+                // Still open: the client may retry the commit.
+                self.open.restore(xid, txn);
+                self.counters.refused += 1;
+                self.counters.refused_busy += 1;
+                return self.reply_error(client, request_id, reason);
+            }
+            self.abort_open(xid, txn, format!("the commit could not start: {reason}"));
+            self.reply_error(client, request_id, reason);
+        }
+    }
+
+    /// `Request::Abort` of an open transaction (a repeat gets the outcome).
+    fn on_abort(&mut self, now: Time, client: ClientId, request_id: u64, xid: Xid) {
+        if let Some(txn) = self.open.take(xid) {
+            self.abort_open(xid, txn, "aborted by the application".into());
+        }
+        match self.recent.get(xid) {
+            Some(txn) if txn.decision == Decision::Abort => {
+                let reply = Reply::Outcome {
+                    request_id,
+                    xid,
+                    outcome: Outcome::Aborted {
+                        reason: txn.reason.clone().unwrap_or_default(),
+                    },
+                };
+                self.reply(client, reply)
+            }
+            _ => self.not_open(now, client, request_id, xid),
+        }
+    }
+
+    /// End an open transaction as ABORTED. Nothing was prepared for it
+    /// under this coordinator, so there is nothing to send or log.
+    fn abort_open(&mut self, xid: Xid, txn: open::OpenTxn, reason: String) {
+        self.counters.aborted += 1;
+        let participants = txn.branches.into_iter().map(|b| b.participant).collect();
+        self.recent.insert(
+            xid,
+            RecentTxn {
+                decision: Decision::Abort,
+                reason: Some(reason.clone()),
+                participants,
+                ended: false,
+                shape: Some(Shape::Centralized),
+                parents: Vec::new(),
+            },
+        );
+        self.push_event(CoordinatorEvent::Decided {
+            xid,
+            decision: Decision::Abort,
+            reason: Some(reason),
+            in_recovery: false,
+        });
+    }
+
+    fn not_open(&mut self, now: Time, client: ClientId, request_id: u64, xid: Xid) {
+        let status = self.status(now, xid);
+        let message = match status.state {
+            CoordinatorState::NoRecord => format!(
+                "transaction {xid} is not open here: no record of it (never opened here, or \
+                 forgotten by a restart: presumed aborted)"
+            ),
+            state => format!("transaction {xid} is not open: it is {state}"),
+        };
+        self.reply(
+            client,
+            Reply::NotOpen {
+                request_id,
+                xid,
+                state: status.state,
+                message,
+            },
+        );
+    }
+
+    /// A COMMIT resend timer, moved later by up to a quarter of its delay
+    /// so that the resends to a participant that was down do not all
+    /// arrive together when it is back (capped exponential backoff plus
+    /// jitter; the core's doubling is the backoff).
+    fn jittered(&mut self, now: Time, key: TimerKey, at: Time) -> Time {
+        if key.kind != TimerKind::Resend {
+            return at;
+        }
+        let delay_us = at.0.saturating_sub(now.0);
+        let spread = delay_us / 4;
+        if spread == 0 {
+            return at;
+        }
+        Time(at.0 + self.jitter.draw_below(spread + 1))
     }
 
     /// Keep a configured participant's new address in the log (COMMITs
@@ -702,8 +1062,18 @@ impl CoordinatorNode {
             let (greet, timer) = self.hellos.on_timer(now);
             return self.greet(greet, Greeting::Hello, timer);
         }
+        if key.kind == TimerKind::Lifetime {
+            if let Some(txn) = self.open.expired(now, key.xid) {
+                let reason = format!(
+                    "open-ended transaction not committed within its lifetime of {} ms",
+                    txn.lifetime_ms
+                );
+                self.abort_open(key.xid, txn, reason);
+            }
+            return;
+        }
         self.core.on_timer(now, key);
-        self.pump();
+        self.pump(now);
     }
 
     fn greet(&mut self, peers: Vec<NodeId>, greeting: Greeting, timer: Option<(TimerKey, Time)>) {
@@ -742,7 +1112,7 @@ impl CoordinatorNode {
             return;
         }
         self.core.on_durable(now, ticket);
-        self.pump();
+        self.pump(now);
     }
 
     fn begin(
@@ -752,6 +1122,7 @@ impl CoordinatorNode {
         request_id: u64,
         (branches, shape, parents): (Vec<BranchRequest>, Shape, Vec<u32>),
         prepare_timeout_ms: Option<u64>,
+        opened: Option<Xid>,
     ) -> Result<Xid, (String, bool)> {
         if branches.is_empty() {
             return Err(("a transaction needs at least one branch".into(), false));
@@ -768,6 +1139,18 @@ impl CoordinatorNode {
             _ => None,
         };
         let branches = resolve_branches(&self.directory, branches).map_err(|e| (e, false))?;
+        if shape != Shape::Centralized {
+            if let Some((http, _)) = branches.iter().find(|(p, _)| self.http.contains(p)) {
+                let name = self.directory.display_name(http);
+                return Err((
+                    format!(
+                        "{name} is an HTTP participant: it takes part only in centralized \
+                         transactions (it cannot forward a chain or a subtree)"
+                    ),
+                    false,
+                ));
+            }
+        }
         if self.core.in_flight() >= self.transactions_in_flight_max {
             return Err((
                 format!(
@@ -777,10 +1160,9 @@ impl CoordinatorNode {
                 true,
             ));
         }
-        let xid = {
-            let (core, waiting, recent) = (&self.core, &self.waiting, &self.recent);
-            self.minter
-                .mint(|x| waiting.contains_key(&x) || recent.contains(x) || core.is_in_flight(x))
+        let xid = match opened {
+            Some(xid) => xid,
+            None => self.mint(),
         };
         let participants: Vec<NodeId> = branches.iter().map(|(p, _)| p.clone()).collect();
         // Largest measured timeout over the participants, or the client's.
@@ -835,7 +1217,7 @@ impl CoordinatorNode {
                 retries: Vec::new(),
             },
         );
-        self.pump();
+        self.pump(now);
         Ok(xid)
     }
 
@@ -914,7 +1296,7 @@ impl CoordinatorNode {
     }
 
     /// Translate the core's actions into the node's, in order.
-    fn pump(&mut self) {
+    fn pump(&mut self, now: Time) {
         // A buffer kept across events: this runs for every message.
         let mut actions = std::mem::take(&mut self.core_actions);
         actions.extend(self.core.drain_actions());
@@ -925,10 +1307,19 @@ impl CoordinatorNode {
                     self.actions
                         .push(CoordinatorNodeAction::Persist { record, durability })
                 }
-                CoordinatorAction::Send { to, message } => self.send(to, message),
-                CoordinatorAction::SetTimer { key, at } => self
-                    .actions
-                    .push(CoordinatorNodeAction::SetTimer { key, at }),
+                CoordinatorAction::Send { to, message } => {
+                    if matches!(message.body, Body::Decision(Decision::Commit)) {
+                        self.counters.decision_deliveries += 1;
+                        let change = self.deliveries.sent(now, message.xid, &to);
+                        self.on_attention(change);
+                    }
+                    self.send(to, message)
+                }
+                CoordinatorAction::SetTimer { key, at } => {
+                    let at = self.jittered(now, key, at);
+                    self.actions
+                        .push(CoordinatorNodeAction::SetTimer { key, at })
+                }
                 CoordinatorAction::Outcome { xid, outcome } => self.on_outcome(xid, outcome),
                 CoordinatorAction::Notice(notice) => self.on_notice(notice),
             }
@@ -1034,6 +1425,9 @@ impl CoordinatorNode {
                 });
             }
             CoordinatorNotice::Ended { xid } => {
+                for change in self.deliveries.finished(xid) {
+                    self.on_attention(Some(change));
+                }
                 self.counters.ended += 1;
                 self.timeouts.finish(xid);
                 self.recent.mark_ended(xid);
@@ -1078,6 +1472,24 @@ impl CoordinatorNode {
 
     /// What `concord status XID` shows.
     pub fn status(&self, now: Time, xid: Xid) -> CoordinatorStatus {
+        if let Some(txn) = self.open.get(xid) {
+            return CoordinatorStatus {
+                xid,
+                state: CoordinatorState::Open,
+                detail: format!(
+                    "open for {} ms of its lifetime of {} ms; {} branches registered",
+                    now.ms_since(txn.opened_at),
+                    txn.lifetime_ms,
+                    txn.branches.len()
+                ),
+                branches: txn
+                    .branches
+                    .iter()
+                    .map(|b| self.branch_view(&b.participant))
+                    .collect(),
+                shape: Some(Shape::Centralized),
+            };
+        }
         if let Some(status) = self.core.status(now, xid) {
             let state = match status.phase {
                 CoordinatorPhase::Wait => CoordinatorState::Wait,
@@ -1120,6 +1532,15 @@ impl CoordinatorNode {
                     })
                     .collect(),
             };
+            let mut branches = branches;
+            for branch in &mut branches {
+                branch.delivery = self.deliveries.get(xid, &branch.id).map(|d| DeliveryView {
+                    attempts: d.attempts,
+                    pending_ms: now.ms_since(d.first_sent),
+                    last_error: d.last_error.clone(),
+                    needs_attention: d.flagged_at.is_some(),
+                });
+            }
             return CoordinatorStatus {
                 xid,
                 state,
@@ -1193,6 +1614,7 @@ impl CoordinatorNode {
             voted_ready: None,
             acked: None,
             parent: None,
+            delivery: None,
         }
     }
 

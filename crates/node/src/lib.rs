@@ -12,8 +12,10 @@
 //!   [`hello`]: how a node that moved is found again.
 //! - [`timers`]: the timer table keyed by (xid, kind).
 //! - [`compaction`]: when a node's log is compacted.
+//! - [`attention`]: COMMIT delivery and branches that need attention.
 //! - [`idempotency`]: begin requests retried with the same key join the
 //!   transaction the first one started.
+//! - [`open`]: open-ended transactions and their lifetimes.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
 //!
 //! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
@@ -22,12 +24,14 @@
 //! must never touch tokio, sockets, files, the clock or unseeded
 //! randomness: the clock and the xid seed are inputs.
 
+pub mod attention;
 pub mod compaction;
 pub mod coordinator;
 pub mod directory;
 pub mod hello;
 pub mod idempotency;
 pub mod latency;
+pub mod open;
 pub mod participant;
 pub mod recent;
 pub mod rtt;

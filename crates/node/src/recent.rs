@@ -129,6 +129,7 @@ mod tests {
                 resend_ms_initial: 10,
                 resend_ms_max: 100,
                 one_phase: true,
+                two_phase_only: Vec::new(),
             },
             log,
             concord_proto::Time(0),

@@ -28,6 +28,12 @@ impl XidMinter {
         z ^ (z >> 31)
     }
 
+    /// A number in `0..bound` (`bound` > 0), for jitter; the slight
+    /// modulo bias does not matter there.
+    pub fn draw_below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+
     /// A fresh xid for which `taken` is false (never 0).
     pub fn mint(&mut self, taken: impl Fn(Xid) -> bool) -> Xid {
         loop {

@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     /// coordinator forces nothing and the transaction takes one round
     /// trip. Off, a single branch goes through both phases like any other.
     pub one_phase: bool,
+    /// Participants that cannot commit in one phase (HTTP services, whose
+    /// contract is prepare/commit/abort): a single branch on one of them
+    /// goes through both phases.
+    pub two_phase_only: Vec<NodeId>,
 }
 
 /// What the driver must do. Actions are returned in the order they must be
@@ -494,7 +498,9 @@ impl Coordinator {
                 .collect();
             return self.begin_tree(now, xid, tree, prepare_timeout_ms, resend_ms_initial);
         }
-        let one_phase = self.config.one_phase && branches.len() == 1;
+        let one_phase = self.config.one_phase
+            && branches.len() == 1
+            && !self.config.two_phase_only.contains(&branches[0].0);
         let linear = shape == Shape::Linear && branches.len() >= 2;
         if linear {
             // No begin record, as for one-phase commit: the chain decides.

@@ -88,6 +88,9 @@ pub enum TimerKind {
     /// Node layer, one per node (keyed with xid 0, which is never minted):
     /// say hello again to peers not heard from since this node started.
     Hello,
+    /// Coordinator node: an open-ended transaction's lifetime is over;
+    /// abort it unless it was committed or aborted meanwhile.
+    Lifetime,
 }
 
 /// What a latency sample measured, reported by the cores so that the

@@ -14,6 +14,7 @@ fn config() -> CoordinatorConfig {
         resend_ms_max: 40,
         // Single-branch tests here are about 2PC; one-phase commit has its own.
         one_phase: false,
+        two_phase_only: Vec::new(),
     }
 }
 
@@ -598,6 +599,7 @@ fn compaction_snapshot_keeps_the_epoch_undecided_and_unended_transactions_only()
             resend_ms_max: 40,
             // Single-branch tests here are about 2PC; one-phase commit has its own.
             one_phase: false,
+            two_phase_only: Vec::new(),
         },
         snapshot,
         ms(100),

@@ -30,6 +30,7 @@ fn coordinator() -> Coordinator {
             resend_ms_initial: 10,
             resend_ms_max: 40,
             one_phase: true,
+            two_phase_only: Vec::new(),
         },
         ms(0),
     );

@@ -46,6 +46,8 @@ pub(crate) enum Inbound {
     },
     /// `GET /metrics`: the driver answers with the text format.
     Scrape(tokio::sync::oneshot::Sender<String>),
+    /// An HTTP participant's call failed (coordinator only).
+    DeliveryFailed(crate::http_participant::DeliveryFailure),
 }
 
 /// Where replies to one client request go: its connection, or (for the

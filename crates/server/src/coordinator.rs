@@ -19,6 +19,7 @@
 use crate::conn::{self, Inbound, ReplyTx};
 use crate::driver::{run_event_loop, Clock, DriverNode, LogEvent, LogWriter};
 use crate::failpoint;
+use crate::http_participant::HttpParticipants;
 use crate::outbox::Outbox;
 use crate::wire::Reply;
 use anyhow::bail;
@@ -146,12 +147,21 @@ pub async fn run_coordinator_until(
     // Recovery is loaded: now it is safe to answer INQUIREs.
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
-    let (incoming, http) = crate::http::attach(
+    let has_http_participants = config
+        .node
+        .participants
+        .iter()
+        .any(|(_, addr)| concord_node::coordinator::is_http_url(addr));
+    let (incoming, http, to_driver) = crate::http::attach(
         config.http.as_ref(),
         crate::http::Role::Coordinator,
         incoming,
+        has_http_participants,
     )
     .await?;
+    let http_participants = to_driver
+        .filter(|_| has_http_participants)
+        .map(|tx| HttpParticipants::new(tx, &config.node.id));
     tracing::info!(
         name = %config.node.id,
         listen = %config.listen,
@@ -180,6 +190,7 @@ pub async fn run_coordinator_until(
         clients: HashMap::new(),
         next_client: 0,
         metrics,
+        http_participants,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
@@ -220,6 +231,8 @@ struct CoordinatorDriver {
     clients: HashMap<ClientId, ReplyTx>,
     next_client: u64,
     metrics: crate::metrics::CoordinatorMetrics,
+    /// The transport to HTTP participants, if any is configured.
+    http_participants: Option<HttpParticipants>,
 }
 
 impl DriverNode for CoordinatorDriver {
@@ -263,9 +276,26 @@ impl DriverNode for CoordinatorDriver {
                     counters: self.node.counters(),
                     in_flight: self.node.in_flight(),
                     clients_waiting: self.node.clients_waiting(),
+                    needs_attention: self.node.needs_attention(),
                     log: self.log.log_stats(),
                 };
                 let _ = answer.send(self.metrics.render(&snapshot));
+            }
+            Inbound::DeliveryFailed(failure) => {
+                tracing::debug!(
+                    xid = %failure.xid,
+                    participant = %failure.to,
+                    kind = failure.kind,
+                    "HTTP participant call failed: {}",
+                    failure.error
+                );
+                self.node.on_delivery_failed(
+                    now,
+                    &failure.to,
+                    failure.xid,
+                    failure.kind,
+                    &failure.error,
+                )
             }
         }
         self.drain_actions();
@@ -328,8 +358,16 @@ impl CoordinatorDriver {
                     if matches!(message.body, Body::Decision(Decision::Commit)) {
                         failpoint::hit(failpoint::COORDINATOR_AFTER_DECISION_DURABLE);
                     }
-                    self.outbox.send(&to, &addr, &message, &peers);
+                    match &self.http_participants {
+                        Some(http) if concord_node::coordinator::is_http_url(&addr) => {
+                            http.send(&to, &addr, &message)
+                        }
+                        _ => self.outbox.send(&to, &addr, &message, &peers),
+                    }
                 }
+                // An HTTP participant never moves and takes no greetings.
+                CoordinatorNodeAction::Greet { addr, .. }
+                    if concord_node::coordinator::is_http_url(&addr) => {}
                 CoordinatorNodeAction::Greet {
                     to,
                     addr,
@@ -442,6 +480,35 @@ fn log_event(event: CoordinatorEvent) {
                 "compacting the coordinator log to {records} records"
             )
         }
+        CoordinatorEvent::Opened { xid, lifetime_ms } => {
+            tracing::debug!(%xid, lifetime_ms, "open-ended transaction begun")
+        }
+        CoordinatorEvent::NeedsAttention {
+            xid,
+            participant,
+            attempts,
+            last_error,
+            pending_ms,
+        } => tracing::warn!(
+            %xid,
+            %participant,
+            attempts,
+            last_error = last_error.as_deref().unwrap_or("none reported"),
+            pending_ms,
+            "needs attention: {participant} has not acknowledged COMMIT of {xid} after \
+             {attempts} attempts over {pending_ms} ms; still re-sending (nothing is given up); \
+             `concord status {xid}` shows it"
+        ),
+        CoordinatorEvent::AttentionCleared {
+            xid,
+            participant,
+            attempts,
+        } => tracing::info!(
+            %xid,
+            %participant,
+            attempts,
+            "attention cleared: {participant} acknowledged COMMIT of {xid} after {attempts} attempts"
+        ),
         CoordinatorEvent::OutcomeUnknown { xid, participant } => tracing::warn!(
             %xid,
             %participant,

@@ -27,6 +27,7 @@ pub mod coordinator;
 mod driver;
 pub mod failpoint;
 pub mod http;
+mod http_participant;
 pub mod metrics;
 pub mod outbox;
 pub mod participant;

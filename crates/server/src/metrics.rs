@@ -201,6 +201,8 @@ pub struct CoordinatorSnapshot {
     pub counters: concord_node::CoordinatorCounters,
     pub in_flight: usize,
     pub clients_waiting: usize,
+    /// Branches flagged *needs attention* now.
+    pub needs_attention: usize,
     pub log: GroupCommitStats,
 }
 
@@ -250,6 +252,18 @@ impl CoordinatorMetrics {
             "concord_transactions_ended",
             "Committed transactions every participant acknowledged",
             s.counters.ended,
+        );
+        counter(
+            &mut r,
+            "concord_decision_delivery_attempts",
+            "COMMIT messages sent to participants (first sends and resends)",
+            s.counters.decision_deliveries,
+        );
+        gauge(
+            &mut r,
+            "concord_branches_needing_attention",
+            "Branches that have not acknowledged COMMIT for longer than --attention-after",
+            s.needs_attention as i64,
         );
         labelled(
             &mut r,

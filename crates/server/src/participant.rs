@@ -208,10 +208,11 @@ pub async fn run_participant_until(
     // it is safe to take PREPAREs and answer INQUIREs.
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
-    let (incoming, http) = crate::http::attach(
+    let (incoming, http, _) = crate::http::attach(
         config.http.as_ref(),
         crate::http::Role::Participant,
         incoming,
+        false,
     )
     .await?;
     tracing::info!(
@@ -309,6 +310,8 @@ impl DriverNode for ParticipantDriver {
                 };
                 let _ = answer.send(self.metrics.render(&snapshot));
             }
+            // Only a coordinator calls HTTP participants.
+            Inbound::DeliveryFailed(_) => {}
         }
     }
 

@@ -110,8 +110,8 @@ impl Relay {
         match event {
             Inbound::Request { request, reply } => self.on_request(request, reply),
             Inbound::Peer(envelope) => self.on_peer(envelope),
-            // A relay serves no HTTP.
-            Inbound::Scrape(_) => {}
+            // A relay serves no HTTP and has no HTTP participants.
+            Inbound::Scrape(_) | Inbound::DeliveryFailed(_) => {}
         }
     }
 

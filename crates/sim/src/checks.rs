@@ -614,6 +614,14 @@ impl World {
             let detail = format!("coordinator still has {xids:?} in flight");
             return self.fail("termination", xids.first().copied(), detail);
         }
+        // Needs attention (SPEC §8) is a flag on a delivery still going
+        // on: with nothing in flight, none may be left raised.
+        let flagged = self.coordinator_node().map_or(0, |n| n.needs_attention());
+        if flagged > 0 {
+            let detail =
+                format!("{flagged} branches still flagged needs attention with nothing in flight");
+            return self.fail("termination", None, detail);
+        }
         for node in std::iter::once(NodeId::Coordinator)
             .chain((0..self.config.participants).map(NodeId::Participant))
         {

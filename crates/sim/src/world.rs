@@ -841,6 +841,9 @@ impl World {
             // A new seed per incarnation, as a restarted server reseeds.
             xid_seed: c.seed ^ (u64::from(self.incarnations[0]) << 48),
             one_phase: c.one_phase,
+            // Short enough that the safety phase's outages flag branches,
+            // so the liveness phase checks that every flag is cleared.
+            attention_after_ms: c.resend_ms_max.saturating_mul(4),
         }
     }
 

@@ -139,11 +139,13 @@ pub fn begin_body(
                         delta: o.delta,
                     })
                     .collect(),
+                work: None,
             })
             .collect(),
         shape: Some(ShapeName::from(shape)),
         tree: tree.map(|t| t.to_string()),
         prepare_timeout_ms: None,
         wait_ms: None,
+        lifetime_ms: None,
     }
 }

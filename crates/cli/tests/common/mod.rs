@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use concord_client::{self as client, Client};
 use concord_proto::Xid;
 use concord_server::wire::{AccountsReport, CoordinatorState};

@@ -1216,7 +1216,7 @@ impl Participant {
             TimerKind::Votes => return self.votes_timer_fired(now, key.xid),
             TimerKind::Resend => return self.resend_timer_fired(now, key.xid),
             // Not a participant core's timer.
-            TimerKind::Hello => return,
+            TimerKind::Hello | TimerKind::Lifetime => return,
         }
         let xid = key.xid;
         let Some(branch) = self.branches.get_mut(&xid) else {

@@ -28,11 +28,75 @@ use tokio::sync::{mpsc, Semaphore};
 /// serves, `concord openapi` prints, and `docs/openapi.json` holds).
 pub fn openapi_document() -> String {
     use utoipa::OpenApi;
-    let mut text = routes::ApiDoc::openapi()
-        .to_pretty_json()
+    let document = serde_json::to_value(routes::ApiDoc::openapi()).map(|mut document| {
+        // utoipa 5 cannot express callbacks yet (its field is a TODO), so
+        // the HTTP participant contract is added to the generated JSON.
+        if let Some(begin) = document.pointer_mut("/paths/~1v1~1transactions/post") {
+            begin["callbacks"] = participant_callbacks();
+        }
+        document
+    });
+    let mut text = document
+        .and_then(|d| serde_json::to_string_pretty(&d))
         .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}"));
     text.push('\n');
     text
+}
+
+/// The calls the coordinator makes to an HTTP participant (one registered
+/// with `--http-participant NAME=URL`; `{URL}` below), as OpenAPI
+/// callbacks of `POST /v1/transactions`.
+fn participant_callbacks() -> serde_json::Value {
+    let schema = |name: &str| serde_json::json!({"$ref": format!("#/components/schemas/{name}")});
+    let traceparent = serde_json::json!({
+        "name": "traceparent", "in": "header", "required": true,
+        "description": "W3C trace context; the trace id is the xid",
+        "schema": {"type": "string"}
+    });
+    let call = |summary: &str, description: &str, body: &str, ok: serde_json::Value| {
+        serde_json::json!({"post": {
+            "summary": summary,
+            "description": description,
+            "parameters": [traceparent.clone()],
+            "requestBody": {"required": true,
+                "content": {"application/json": {"schema": schema(body)}}},
+            "responses": {
+                "200": ok,
+                "default": {"description": "Anything but a 2xx (or no answer in time) is a \
+                    failure: for prepare a VOTE ABORT; for commit and abort the call is \
+                    retried with capped exponential backoff and jitter for as long as it \
+                    takes, and after --attention-after the branch is flagged needs attention \
+                    with this answer as its last error."}
+            }
+        }})
+    };
+    serde_json::json!({
+        "participantPrepare": {"{URL}/prepare": call(
+            "Phase 1: prepare the branch's work and vote",
+            "A READY answer promises that the service's part is durable and that it will be \
+             applied if COMMIT comes, across restarts; what the work needs stays held until \
+             the decision. A duplicate (same xid and branch) gets the same answer. A READY \
+             service that hears no decision may ask GET /v1/transactions/{xid}: \
+             committed* means commit, aborted or 404 (no record: presumed abort) means abort.",
+            "ParticipantPrepareCall",
+            serde_json::json!({"description": "The vote", "content": {"application/json":
+                {"schema": schema("ParticipantVoteAnswer")}}}),
+        )},
+        "participantCommit": {"{URL}/commit": call(
+            "Phase 2: apply a READY branch",
+            "Answer 2xx once the branch is applied and durable. A duplicate, or an xid the \
+             service does not know (finished and forgotten), is answered 2xx too.",
+            "ParticipantDecisionCall",
+            serde_json::json!({"description": "Applied (or nothing to do)"}),
+        )},
+        "participantAbort": {"{URL}/abort": call(
+            "Phase 2: undo a prepared branch",
+            "Answer 2xx once what prepare held is released. An unknown xid (never prepared \
+             here, or its vote was ABORT) is answered 2xx.",
+            "ParticipantDecisionCall",
+            serde_json::json!({"description": "Undone (or nothing to do)"}),
+        )},
+    })
 }
 
 /// Which server the HTTP listener belongs to: the coordinator serves the
@@ -93,28 +157,38 @@ impl HttpConfig {
 }
 
 /// With `config`, start the HTTP listener of a server in `role` and make
-/// `incoming` take its requests too; the task to stop at shutdown.
+/// `incoming` take its requests too; the task to stop at shutdown. With
+/// `local` (or a listener), `incoming` also takes events from inside the
+/// process (the HTTP participants' answers) sent on the returned sender.
 pub(crate) async fn attach(
     config: Option<&HttpConfig>,
     role: Role,
     incoming: crate::conn::Incoming,
-) -> anyhow::Result<(crate::conn::Incoming, Option<tokio::task::JoinHandle<()>>)> {
-    match config {
-        Some(config) => {
-            let (requests, task) = start(config.clone(), role).await?;
-            Ok((incoming.with_local(requests), Some(task)))
-        }
-        None => Ok((incoming, None)),
+    local: bool,
+) -> anyhow::Result<(
+    crate::conn::Incoming,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<mpsc::Sender<Inbound>>,
+)> {
+    if config.is_none() && !local {
+        return Ok((incoming, None, None));
     }
+    let (to_driver, from_inside) = mpsc::channel(QUEUED_MAX);
+    let task = match config {
+        Some(config) => Some(start(config.clone(), role, to_driver.clone()).await?),
+        None => None,
+    };
+    Ok((incoming.with_local(from_inside), task, Some(to_driver)))
 }
 
 /// Bind the API's listener (before the driver runs, so that a port in use
-/// fails start-up) and return the receiver the driver takes requests
-/// from, and the task that serves connections.
+/// fails start-up); its handlers send the driver their requests on
+/// `to_driver`. Returns the task that serves connections.
 pub(crate) async fn start(
     config: HttpConfig,
     role: Role,
-) -> anyhow::Result<(mpsc::Receiver<Inbound>, tokio::task::JoinHandle<()>)> {
+    to_driver: mpsc::Sender<Inbound>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on --http-listen {}", config.listen))?;
@@ -127,7 +201,6 @@ pub(crate) async fn start(
         );
     }
     tracing::info!(listen = %local, auth = config.token.is_some(), "HTTP API serving");
-    let (to_driver, from_http) = mpsc::channel(QUEUED_MAX);
     let api = Arc::new(routes::Api::new(to_driver, config.token.clone()));
     let router = match role {
         Role::Coordinator => routes::router(api),
@@ -137,8 +210,7 @@ pub(crate) async fn start(
         config.body_read_timeout,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(config.body_bytes_max));
-    let task = tokio::spawn(accept_loop(listener, router, config));
-    Ok((from_http, task))
+    Ok(tokio::spawn(accept_loop(listener, router, config)))
 }
 
 async fn accept_loop(listener: TcpListener, router: axum::Router, config: HttpConfig) {

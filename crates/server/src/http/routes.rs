@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
-    BeginBody, OutcomeBody, ParticipantBody, Problem, TransactionBody, TxnStateName,
-    WAIT_MS_DEFAULT, WAIT_MS_MAX,
+    BeginBody, BranchBody, CommitBody, OpenedBody, OutcomeBody, ParticipantBody, Problem,
+    RegisterBody, RegisteredBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
-use concord_api::{BranchRequest, Outcome};
+use concord_api::{BranchRequest, CoordinatorState, Outcome};
 use concord_participant::kv::{encode_work, merge_per_participant, KvOp};
 use concord_proto::{Shape, Xid};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +75,9 @@ pub fn router(api: Arc<Api>) -> Router {
     let protected = Router::new()
         .route("/v1/transactions", post(begin))
         .route("/v1/transactions/{xid}", get(transaction))
+        .route("/v1/transactions/{xid}/branches", post(register))
+        .route("/v1/transactions/{xid}/commit", post(commit))
+        .route("/v1/transactions/{xid}/abort", post(abort))
         .route("/v1/participants", get(participants))
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
@@ -246,7 +249,13 @@ async fn openapi_json() -> Response {
             snake_case names.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(healthz, readyz, metrics, begin, transaction, participants),
+    paths(healthz, readyz, metrics, begin, transaction, register, commit, abort, participants),
+    components(schemas(
+        concord_api::http::ParticipantPrepareCall,
+        concord_api::http::ParticipantVoteAnswer,
+        concord_api::http::ParticipantVote,
+        concord_api::http::ParticipantDecisionCall,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "transactions", description = "Run transactions and look at them"),
@@ -326,6 +335,8 @@ fn status_url(xid: Xid) -> String {
             in memory (a restart forgets it)")),
     responses(
         (status = 200, description = "The outcome: committed or aborted", body = OutcomeBody),
+        (status = 201, description = "Open-ended (begun without branches): its xid; register \
+            branches, then commit or abort it", body = OpenedBody),
         (status = 202, description = "Still running when the wait ran out: ask `status_url`",
             body = OutcomeBody),
         (status = 400, description = "Malformed JSON, an unknown field, a bad tree, an unknown \
@@ -354,9 +365,17 @@ async fn begin(
         None => None,
     };
     if body.branches.is_empty() {
+        if body.shape.is_some() || body.tree.is_some() || body.prepare_timeout_ms.is_some() {
+            return Err(ApiError::bad_request(
+                "an open-ended transaction (no branches) takes only lifetime_ms: its branches \
+                 are registered later, and it runs centralized",
+            ));
+        }
+        return open(&api, body.lifetime_ms, idempotency_key).await;
+    }
+    if body.lifetime_ms.is_some() {
         return Err(ApiError::bad_request(
-            "branches: a transaction needs at least one branch (open-ended transactions, \
-             begun without branches, are not available yet)",
+            "lifetime_ms: only for an open-ended transaction (one begun without branches)",
         ));
     }
     let tree = match &body.tree {
@@ -375,17 +394,7 @@ async fn begin(
         (None, s) => s.map(Shape::from).unwrap_or_default(),
     };
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX));
-    let works = body.branches.into_iter().map(|branch| {
-        let ops: Vec<KvOp> = branch
-            .ops
-            .into_iter()
-            .map(|o| KvOp {
-                account: o.account,
-                delta: o.delta,
-            })
-            .collect();
-        (branch.participant, encode_work(&ops))
-    });
+    let works = branch_works(body.branches)?.into_iter();
     // A tree has one branch per node: merge first, as the client does
     // (otherwise the coordinator merges branches of one participant).
     let (works, parents) = match shape {
@@ -397,7 +406,7 @@ async fn begin(
         _ => (works.collect(), Vec::new()),
     };
     let request_id = api.request_id();
-    let mut replies = api.submit(Request::Begin {
+    let replies = api.submit(Request::Begin {
         request_id,
         branches: works
             .into_iter()
@@ -408,6 +417,16 @@ async fn begin(
         parents,
         idempotency_key,
     })?;
+    await_outcome(replies, wait).await
+}
+
+/// Wait for the replies of a begin or commit: the xid at once (within
+/// [`BEGUN_WAIT`]), then the outcome up to `wait` (else 202 with the status
+/// URL).
+async fn await_outcome(
+    mut replies: mpsc::UnboundedReceiver<Reply>,
+    wait: Duration,
+) -> Result<Response, ApiError> {
     let started = tokio::time::Instant::now();
     let mut begun = None;
     loop {
@@ -450,13 +469,13 @@ async fn begin(
                     }
                 })
             }
-            Some(Reply::Error { message, .. }) => {
-                return Err(if message.starts_with("busy") {
-                    ApiError::unavailable(message, 1)
-                } else {
-                    ApiError::bad_request(message)
-                });
-            }
+            Some(Reply::Error { message, .. }) => return Err(refused(message)),
+            Some(Reply::NotOpen {
+                xid,
+                state,
+                message,
+                ..
+            }) => return Err(not_open(xid, state, message)),
             Some(other) => {
                 tracing::warn!(?other, "unexpected reply to an HTTP begin");
             }
@@ -474,6 +493,254 @@ async fn begin(
                 });
             }
         }
+    }
+}
+
+/// The branches of a request as the node takes them: key-value `ops`
+/// encoded, an HTTP participant's `work` as its JSON bytes.
+fn branch_works(branches: Vec<BranchBody>) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    branches
+        .into_iter()
+        .map(|branch| {
+            let work = match branch.work {
+                Some(_) if !branch.ops.is_empty() => {
+                    return Err(ApiError::bad_request(format!(
+                        "branches: the branch of {} has both ops (key-value) and work (HTTP \
+                         participant); give one",
+                        branch.participant
+                    )))
+                }
+                Some(work) => serde_json::to_vec(&work).map_err(|e| {
+                    ApiError::bad_request(format!("branches: work of {}: {e}", branch.participant))
+                })?,
+                None => {
+                    let ops: Vec<KvOp> = branch
+                        .ops
+                        .into_iter()
+                        .map(|o| KvOp {
+                            account: o.account,
+                            delta: o.delta,
+                        })
+                        .collect();
+                    encode_work(&ops)
+                }
+            };
+            Ok((branch.participant, work))
+        })
+        .collect()
+}
+
+/// An error reply from the node: busy (an admission limit: 503 with
+/// Retry-After) or a request it cannot carry out (400).
+fn refused(message: String) -> ApiError {
+    if message.starts_with("busy") {
+        ApiError::unavailable(message, 1)
+    } else {
+        ApiError::bad_request(message)
+    }
+}
+
+/// Not open: 404 without a record, else 409 (a wrong state).
+fn not_open(xid: Xid, state: CoordinatorState, message: String) -> ApiError {
+    let status = match state {
+        CoordinatorState::NoRecord => StatusCode::NOT_FOUND,
+        _ => StatusCode::CONFLICT,
+    };
+    ApiError::new(status, message).with_xid(xid)
+}
+
+/// One reply to a request that gets exactly one.
+async fn one_reply(api: &Api, request: Request) -> Result<Reply, ApiError> {
+    let mut replies = api.submit(request)?;
+    match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(ApiError::unavailable("the coordinator is stopping", 5)),
+        Err(_) => Err(ApiError::unavailable(
+            "the coordinator did not answer within 5 s",
+            1,
+        )),
+    }
+}
+
+/// Open an open-ended transaction: 201 with its xid.
+async fn open(
+    api: &Api,
+    lifetime_ms: Option<u64>,
+    idempotency_key: Option<String>,
+) -> Result<Response, ApiError> {
+    let request = Request::Open {
+        request_id: api.request_id(),
+        lifetime_ms,
+        idempotency_key,
+    };
+    match one_reply(api, request).await? {
+        Reply::Opened {
+            xid, lifetime_ms, ..
+        } => {
+            let url = status_url(xid);
+            let mut response = json(
+                StatusCode::CREATED,
+                &OpenedBody {
+                    xid: xid.to_string(),
+                    state: TxnStateName::Open,
+                    lifetime_ms,
+                    status_url: url.clone(),
+                },
+            );
+            if let Ok(value) = HeaderValue::from_str(&url) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Ok(response)
+        }
+        Reply::Error { message, .. } => Err(refused(message)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    tracing::warn!(?reply, "unexpected reply to an HTTP request");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unexpected reply from the coordinator",
+    )
+}
+
+fn xid_of(text: &str) -> Result<Xid, ApiError> {
+    text.parse()
+        .map_err(|e: String| ApiError::bad_request(format!("xid: {e}")))
+}
+
+/// Add branches to an open transaction (the services that did the work
+/// register their part).
+#[utoipa::path(post, path = "/v1/transactions/{xid}/branches", tag = "transactions",
+    params(("xid" = String, Path, description = "An open transaction's xid")),
+    request_body = RegisterBody,
+    responses(
+        (status = 200, description = "Registered: how many branches it has now",
+            body = RegisteredBody),
+        (status = 400, description = "Malformed, an unknown participant or field", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No record of it", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "Not open any more (committing, committed, aborted)",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn register(
+    State(api): State<Arc<Api>>,
+    Path(xid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let xid = xid_of(&xid)?;
+    let body: RegisterBody = parse(&body_bytes(body)?)?;
+    let branches = branch_works(body.branches)?
+        .into_iter()
+        .map(|(participant, work)| BranchRequest { participant, work })
+        .collect();
+    let request = Request::Register {
+        request_id: api.request_id(),
+        xid,
+        branches,
+    };
+    match one_reply(&api, request).await? {
+        Reply::Registered { xid, branches, .. } => Ok(json(
+            StatusCode::OK,
+            &RegisteredBody {
+                xid: xid.to_string(),
+                branches,
+            },
+        )),
+        Reply::NotOpen {
+            xid,
+            state,
+            message,
+            ..
+        } => Err(not_open(xid, state, message)),
+        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Commit an open transaction: both phases over its branches. Waits for
+/// the outcome up to `timeout_ms`, else 202 with the status URL. A retry
+/// (after a reset, say) joins the first commit and gets its outcome: a
+/// commit never runs twice.
+#[utoipa::path(post, path = "/v1/transactions/{xid}/commit", tag = "transactions",
+    params(("xid" = String, Path, description = "An open transaction's xid")),
+    request_body(content = Option<CommitBody>, description = "May be left out"),
+    responses(
+        (status = 200, description = "The outcome", body = OutcomeBody),
+        (status = 202, description = "Still running when the wait ran out", body = OutcomeBody),
+        (status = 400, description = "Malformed, or no branches registered yet", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No record of it", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "At the admission limit (it stays open: retry)",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn commit(
+    State(api): State<Arc<Api>>,
+    Path(xid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let xid = xid_of(&xid)?;
+    let bytes = body_bytes(body)?;
+    let body: CommitBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CommitBody::default()
+    } else {
+        parse(&bytes)?
+    };
+    let wait = Duration::from_millis(body.timeout_ms.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX));
+    let replies = api.submit(Request::Commit {
+        request_id: api.request_id(),
+        xid,
+    })?;
+    await_outcome(replies, wait).await
+}
+
+/// Abort an open transaction (a repeat answers the same).
+#[utoipa::path(post, path = "/v1/transactions/{xid}/abort", tag = "transactions",
+    params(("xid" = String, Path, description = "An open transaction's xid")),
+    responses(
+        (status = 200, description = "Aborted", body = OutcomeBody),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No record of it", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "Committing or committed: too late to abort",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn abort(State(api): State<Arc<Api>>, Path(xid): Path<String>) -> Result<Response, ApiError> {
+    let xid = xid_of(&xid)?;
+    let request = Request::Abort {
+        request_id: api.request_id(),
+        xid,
+    };
+    match one_reply(&api, request).await? {
+        Reply::Outcome {
+            xid,
+            outcome: Outcome::Aborted { reason },
+            ..
+        } => Ok(outcome(
+            StatusCode::OK,
+            xid,
+            TxnStateName::Aborted,
+            Some(reason),
+        )),
+        Reply::NotOpen {
+            xid,
+            state,
+            message,
+            ..
+        } => Err(not_open(xid, state, message)),
+        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
+        other => Err(unexpected(other)),
     }
 }
 
