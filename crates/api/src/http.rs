@@ -7,6 +7,7 @@
 use crate::{BranchView, CoordinatorState, CoordinatorStatus};
 use concord_proto::Shape;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
 use utoipa::ToSchema;
 
 /// `POST /v1/transactions`: a one-shot transaction with its branches, or,
@@ -378,4 +379,115 @@ pub struct ParticipantDecisionCall {
     pub xid: String,
     pub branch: String,
     pub coordinator: String,
+}
+
+/// `GET /v1/transactions/{xid}/timeline`: what happened to one
+/// transaction at the coordinator, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TimelineBody {
+    pub xid: String,
+    /// When it began (RFC 3339), if this coordinator's life saw it begin.
+    pub began_at: Option<String>,
+    pub entries: Vec<TimelineEntryBody>,
+    /// Entries not kept (over the per-transaction bound of 128).
+    pub dropped: u64,
+    /// Nothing more will be added.
+    pub finished: bool,
+}
+
+/// One entry of a [`TimelineBody`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TimelineEntryBody {
+    /// RFC 3339, milliseconds.
+    pub at: String,
+    /// Milliseconds since the transaction began (or since the first
+    /// entry).
+    pub offset_ms: f64,
+    pub event: crate::TimelineEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl TimelineBody {
+    /// `view`, taken when the wall clock said `now`.
+    pub fn of(view: &crate::TimelineView, now: SystemTime) -> TimelineBody {
+        let wall =
+            |at_us: u64| rfc3339(now - Duration::from_micros(view.now_us.saturating_sub(at_us)));
+        let origin = view
+            .began_us
+            .or_else(|| view.entries.first().map(|e| e.at_us))
+            .unwrap_or(view.now_us);
+        TimelineBody {
+            xid: view.xid.to_string(),
+            began_at: view.began_us.map(wall),
+            entries: view
+                .entries
+                .iter()
+                .map(|e| TimelineEntryBody {
+                    at: wall(e.at_us),
+                    offset_ms: e.at_us.saturating_sub(origin) as f64 / 1000.0,
+                    event: e.event,
+                    peer: e.peer.clone(),
+                    message: e.message.clone(),
+                    attempt: e.attempt,
+                    detail: e.detail.clone(),
+                })
+                .collect(),
+            dropped: view.dropped,
+            finished: view.finished,
+        }
+    }
+}
+
+/// `at` in RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(at: SystemTime) -> String {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm): a few lines instead of a date crate for
+/// one timestamp format.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_788_000_000_123);
+        assert_eq!(rfc3339(at), "2026-08-29T10:40:00.123Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
 }

@@ -161,6 +161,9 @@ pub enum Request {
     /// Coordinator: abort an open transaction. Answered with the outcome
     /// (a repeat too), or [`Reply::NotOpen`] once it is committing.
     Abort { request_id: u64, xid: Xid },
+    /// Coordinator: the timeline of `xid`. Answered with
+    /// [`Reply::Timeline`].
+    Timeline { request_id: u64, xid: Xid },
 }
 
 impl Request {
@@ -176,7 +179,8 @@ impl Request {
             | Request::Open { request_id, .. }
             | Request::Register { request_id, .. }
             | Request::Commit { request_id, .. }
-            | Request::Abort { request_id, .. } => *request_id,
+            | Request::Abort { request_id, .. }
+            | Request::Timeline { request_id, .. } => *request_id,
         }
     }
 
@@ -194,6 +198,7 @@ impl Request {
             Request::Register { .. } => "Register",
             Request::Commit { .. } => "Commit",
             Request::Abort { .. } => "Abort",
+            Request::Timeline { .. } => "Timeline",
         }
     }
 }
@@ -261,6 +266,12 @@ pub enum Reply {
         xid: Xid,
         branches: usize,
     },
+    /// `None`: no timeline is kept for it (never seen in this life, or
+    /// dropped at the bound).
+    Timeline {
+        request_id: u64,
+        timeline: Option<TimelineView>,
+    },
     /// `xid` is not open (any more): `state` says where it is.
     NotOpen {
         request_id: u64,
@@ -284,7 +295,8 @@ impl Reply {
             | Reply::Stats { request_id, .. }
             | Reply::Opened { request_id, .. }
             | Reply::Registered { request_id, .. }
-            | Reply::NotOpen { request_id, .. } => *request_id,
+            | Reply::NotOpen { request_id, .. }
+            | Reply::Timeline { request_id, .. } => *request_id,
         }
     }
 
@@ -346,6 +358,58 @@ impl std::fmt::Display for CoordinatorState {
             CoordinatorState::Open => "OPEN (taking branches; not committed yet)",
         })
     }
+}
+
+/// One transaction's timeline at the coordinator (`concord timeline`,
+/// `GET /v1/transactions/{xid}/timeline`). Times are the coordinator's
+/// monotonic clock in µs; `now_us` is that clock when the view was taken,
+/// so `now - (now_us - at_us)` is an entry's wall-clock time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineView {
+    pub xid: Xid,
+    pub now_us: u64,
+    /// When it began (its first entry), if this life saw the begin.
+    pub began_us: Option<u64>,
+    pub entries: Vec<TimelineEntry>,
+    /// Entries not kept (over the per-transaction bound).
+    pub dropped: u64,
+    /// Ended or aborted: nothing more will be added.
+    pub finished: bool,
+}
+
+/// One entry of a [`TimelineView`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_us: u64,
+    pub event: TimelineEvent,
+    /// The participant sent to or heard from.
+    pub peer: Option<String>,
+    /// The message or log record (`PREPARE`, `VOTE READY`, `COMMIT
+    /// record`…).
+    pub message: Option<String>,
+    /// For a sent message: 1 for the first send, 2 for the first resend…
+    pub attempt: Option<u32>,
+    /// The timeout's estimate, the abort's reason, the error…
+    pub detail: String,
+}
+
+/// What a timeline entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineEvent {
+    Begun,
+    Sent,
+    Received,
+    Timeout,
+    Logged,
+    Durable,
+    DeliveryFailed,
+    Decided,
+    NeedsAttention,
+    AttentionCleared,
+    Ended,
+    /// An operator's action (retry now, a heuristic decision).
+    Operator,
 }
 
 /// The coordinator's view of one transaction (`concord status`).

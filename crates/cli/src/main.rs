@@ -13,7 +13,7 @@ mod procs;
 
 use clap::{Args, Parser, Subcommand};
 use concord_api::{AccountsReport, Outcome};
-use concord_client::{self as client, Client, ClientError};
+use concord_client::{self as client, Client, ClientError, TimelineEvent};
 use concord_proto::{TxnState, Xid};
 use concord_server::{CoordinatorServerConfig, ParticipantServerConfig};
 use std::path::PathBuf;
@@ -60,6 +60,12 @@ enum Command {
     Txn(TxnArgs),
     /// Show a transaction's state at the coordinator and at each participant.
     Status(StatusArgs),
+    /// Show what happened to one transaction at the coordinator: every
+    /// message sent (with its attempt) and received, each vote, timeout
+    /// (with the estimate behind it), log record and when it became
+    /// durable, and the decision. Kept for the coordinator's 10,000 most
+    /// recent transactions.
+    Timeline(TimelineArgs),
     /// Show a participant's committed balances, in-doubt transactions and
     /// locks.
     Accounts(AccountsArgs),
@@ -636,6 +642,19 @@ struct StatusArgs {
 }
 
 #[derive(Args, Debug)]
+struct TimelineArgs {
+    /// The coordinator's address.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: String,
+    /// The transaction id (hex, as printed by transfer/txn).
+    #[arg(value_name = "XID", value_parser = parse_xid)]
+    xid: Xid,
+    /// Print JSON (the HTTP API's timeline, with RFC 3339 times).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct AccountsArgs {
     /// The participant's address (its --listen).
     #[arg(long, value_name = "ADDR")]
@@ -854,6 +873,7 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Status(args) => status(args).await,
         Command::Accounts(args) => accounts(args).await,
+        Command::Timeline(args) => timeline(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Bench(args) => bench(args).await,
@@ -1461,6 +1481,96 @@ fn yes_no(b: bool) -> &'static str {
         "yes"
     } else {
         "no"
+    }
+}
+
+/// `concord timeline XID`: exit 0 with the timeline, 1 when the
+/// coordinator keeps none for it, 2 when it could not be asked.
+async fn timeline(args: TimelineArgs) -> ExitCode {
+    let who = format!("the coordinator at {}", args.coordinator);
+    let view = match query(&who, client::timeline(&args.coordinator, args.xid)).await {
+        Ok(Some(view)) => view,
+        Ok(None) => {
+            eprintln!(
+                "concord: no timeline of {} at {}: it did not begin in the coordinator's \
+                 current life, or was dropped for newer ones; `concord status --coordinator {} {}` \
+                 shows its state",
+                args.xid, args.coordinator, args.coordinator, args.xid
+            );
+            return ExitCode::from(1);
+        }
+        Err(code) => return code,
+    };
+    let body = concord_api::http::TimelineBody::of(&view, std::time::SystemTime::now());
+    if args.json {
+        match serde_json::to_string_pretty(&body) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("concord: error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "timeline of {} ({}{})",
+        body.xid,
+        body.began_at
+            .as_deref()
+            .map_or("begin not seen".into(), |b| format!("began {b}")),
+        if body.finished {
+            ", finished"
+        } else {
+            ", still running"
+        }
+    );
+    for e in &body.entries {
+        let mut line = format!("{:>10.3} ms  {}", e.offset_ms, timeline_event_name(e.event));
+        if let Some(message) = &e.message {
+            line.push(' ');
+            line.push_str(message);
+        }
+        if let Some(peer) = &e.peer {
+            let word = match e.event {
+                TimelineEvent::Sent => " to ",
+                TimelineEvent::Received => " from ",
+                _ => " ",
+            };
+            line.push_str(word);
+            line.push_str(peer);
+        }
+        if let Some(n) = e.attempt.filter(|n| *n > 1) {
+            line.push_str(&format!(" (attempt {n})"));
+        }
+        if !e.detail.is_empty() {
+            line.push_str(": ");
+            line.push_str(&e.detail);
+        }
+        println!("{line}");
+    }
+    if body.dropped > 0 {
+        println!(
+            "({} later entries not kept: at most 128 per transaction)",
+            body.dropped
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn timeline_event_name(event: TimelineEvent) -> &'static str {
+    match event {
+        TimelineEvent::Begun => "begun",
+        TimelineEvent::Sent => "sent",
+        TimelineEvent::Received => "received",
+        TimelineEvent::Timeout => "timeout",
+        TimelineEvent::Logged => "logged",
+        TimelineEvent::Durable => "durable",
+        TimelineEvent::DeliveryFailed => "delivery failed",
+        TimelineEvent::Decided => "decided",
+        TimelineEvent::NeedsAttention => "needs attention",
+        TimelineEvent::AttentionCleared => "attention cleared",
+        TimelineEvent::Ended => "ended",
+        TimelineEvent::Operator => "operator",
     }
 }
 

@@ -198,9 +198,10 @@ async fn http_bad_input_gets_a_specific_problem_and_the_server_keeps_serving() {
         post(TRANSFER.replace("\"ops\"", "\"opz\""))
             .await
             .assert_problem(400, "unknown field `opz`");
-        post(r#"{"branches": []}"#.into())
+        // No branches is an open-ended transaction, which takes no tree.
+        post(r#"{"branches": [], "tree": "p0"}"#.into())
             .await
-            .assert_problem(400, "at least one branch");
+            .assert_problem(400, "open-ended");
         post(r#"{"tree": "p0(p0)", "branches": [{"participant": "p0", "ops": []}]}"#.into())
             .await
             .assert_problem(400, "appears twice");
@@ -506,6 +507,103 @@ async fn open_ended_transactions_register_commit_abort_and_expire() {
         )
         .await
         .assert_problem(400, "wait");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_has_a_timeline_in_the_api_and_the_cli() {
+    bounded(async {
+        let (cluster, http) = api_cluster(&[]).await;
+        let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let xid = r.json()["xid"].as_str().expect("xid").to_string();
+        cluster.wait_settled(SETTLE).await;
+        wait_coordinator_state(
+            &cluster,
+            xid.parse().expect("xid"),
+            &[concord_server::wire::CoordinatorState::Committed],
+        )
+        .await;
+
+        let r = call(
+            &http,
+            "GET",
+            &format!("/v1/transactions/{xid}/timeline"),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let timeline = r.json();
+        assert_eq!(timeline["finished"], true, "{timeline}");
+        let entries = timeline["entries"].as_array().expect("entries");
+        let has = |event: &str, message: &str, peer: Option<&str>| {
+            entries.iter().any(|e| {
+                let peer_matches = match peer {
+                    None => true,
+                    Some(p) => e["peer"] == p,
+                };
+                e["event"] == event && e["message"] == message && peer_matches
+            })
+        };
+        for p in ["p0", "p1"] {
+            assert!(
+                has("sent", "PREPARE", Some(p)),
+                "no PREPARE to {p}: {timeline}"
+            );
+            assert!(
+                has("received", "VOTE READY", Some(p)),
+                "no vote of {p}: {timeline}"
+            );
+            assert!(has("sent", "COMMIT", Some(p)), "{timeline}");
+            assert!(has("received", "ACK", Some(p)), "{timeline}");
+        }
+        assert!(has("logged", "COMMIT record", None), "{timeline}");
+        assert!(has("durable", "COMMIT record", None), "{timeline}");
+        assert_eq!(entries[0]["event"], "begun", "{timeline}");
+        assert!(
+            entries[0]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("phase-1 timeout"),
+            "the estimate behind the timeout: {timeline}"
+        );
+        assert_eq!(
+            entries.last().map(|e| e["event"].clone()),
+            Some("ended".into())
+        );
+        // In order, with RFC 3339 times.
+        let offsets: Vec<f64> = entries
+            .iter()
+            .filter_map(|e| e["offset_ms"].as_f64())
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{timeline}");
+        let at = entries[0]["at"].as_str().unwrap_or("");
+        assert!(
+            at.len() == 24 && at.ends_with('Z') && &at[10..11] == "T",
+            "{at}"
+        );
+
+        let unknown = "/v1/transactions/0123456789abcdef0123456789abcdef/timeline";
+        call(&http, "GET", unknown, None, "")
+            .await
+            .assert_problem(404, "no timeline");
+
+        // The CLI shows the same.
+        let out = run_cli(&["timeline", "--coordinator", &cluster.coordinator.addr, &xid]);
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("sent PREPARE to p0"), "{stdout}");
+        assert!(stdout.contains("received VOTE READY from p1"), "{stdout}");
+        assert!(stdout.contains("durable COMMIT record"), "{stdout}");
+        let out = run_cli(&[
+            "timeline",
+            "--coordinator",
+            &cluster.coordinator.addr,
+            "0123456789abcdef0123456789abcdef",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{:?}", output_text(&out));
     })
     .await;
 }

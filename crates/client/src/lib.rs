@@ -47,7 +47,7 @@ pub use concord_api::tree::Tree;
 use concord_api::{decode_reply, KIND_REPLY, KIND_REQUEST, REPLY_BYTES_MAX};
 pub use concord_api::{
     AccountsReport, BranchRequest, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
-    ServerStats, TimeoutsReport,
+    ServerStats, TimelineEntry, TimelineEvent, TimelineView, TimeoutsReport,
 };
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
 use concord_participant::kv::{encode_work, KvOp};
@@ -431,6 +431,15 @@ impl Client {
         }
     }
 
+    /// The timeline of `xid` at the coordinator; `None` if it keeps none.
+    pub async fn timeline(&self, xid: Xid) -> Result<Option<TimelineView>, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Timeline { request_id, xid }).await? {
+            Reply::Timeline { timeline, .. } => Ok(timeline),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Xids of transactions in flight at the coordinator, oldest first.
     pub async fn in_flight(&self) -> Result<Vec<Xid>, ClientError> {
         let request_id = self.next_id();
@@ -775,6 +784,14 @@ pub fn kv_branches(ops: &[(String, String, i64)]) -> Vec<BranchRequest> {
 /// A participant's balances, in-doubt branches and locks.
 pub async fn accounts(participant_addr: &str) -> Result<AccountsReport, ClientError> {
     Client::connect(participant_addr).await?.accounts().await
+}
+
+/// [`Client::timeline`] over a fresh connection.
+pub async fn timeline(
+    coordinator_addr: &str,
+    xid: Xid,
+) -> Result<Option<TimelineView>, ClientError> {
+    Client::connect(coordinator_addr).await?.timeline(xid).await
 }
 
 /// A participant's state of one branch.

@@ -20,6 +20,7 @@ use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::idempotency;
 use crate::open::{self, OpenTransactions};
 use crate::recent::{RecentOutcomes, RecentTxn};
+use crate::timeline::Timelines;
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
@@ -131,6 +132,9 @@ pub struct CoordinatorNodeConfig {
     /// A branch whose COMMIT is not acknowledged this long after it was
     /// first sent is flagged *needs attention* (`--attention-after`).
     pub attention_after_ms: u64,
+    /// Transactions whose timeline is kept (the oldest finished are
+    /// dropped first); 0: no timelines.
+    pub timelines_max: usize,
 }
 
 impl CoordinatorNodeConfig {
@@ -159,6 +163,7 @@ impl CoordinatorNodeConfig {
             compact_after_records: COMPACT_AFTER_RECORDS_DEFAULT,
             one_phase: true,
             attention_after_ms: crate::attention::ATTENTION_AFTER_MS_DEFAULT,
+            timelines_max: crate::timeline::TIMELINES_MAX_DEFAULT,
         }
     }
 
@@ -435,6 +440,10 @@ pub struct CoordinatorNode {
     deliveries: Deliveries,
     /// Open-ended transactions not yet committed or aborted.
     open: OpenTransactions,
+    timelines: Timelines,
+    /// The time of the event being handled (the timelines stamp the
+    /// actions drained after it with it).
+    now: Time,
     /// Participants that are HTTP services (configured with an http:// or
     /// https:// URL): centralized, two-phase only.
     http: HashSet<NodeId>,
@@ -534,6 +543,8 @@ impl CoordinatorNode {
             jitter: XidMinter::new(config.xid_seed ^ JITTER_SEED),
             deliveries: Deliveries::new(config.attention_after_ms),
             open: OpenTransactions::default(),
+            timelines: Timelines::new(config.timelines_max),
+            now,
             http: http_participants(&config.participants)
                 .into_iter()
                 .collect(),
@@ -592,13 +603,20 @@ impl CoordinatorNode {
 
     /// Take the actions produced so far, in order.
     pub fn drain_actions(&mut self) -> std::vec::Drain<'_, CoordinatorNodeAction> {
+        self.timelines.observe(self.now, &self.actions);
         self.actions.drain(..)
+    }
+
+    /// Timelines kept, and transactions that got none (for metrics).
+    pub fn timeline_counts(&self) -> (usize, u64) {
+        self.timelines.counts()
     }
 
     /// A client request. Every request gets a reply (an error if it cannot
     /// be served here); a begin gets `Begun` with the xid at once and the
     /// outcome later.
     pub fn on_request(&mut self, now: Time, client: ClientId, request: Request) {
+        self.now = now;
         match request {
             Request::Begin {
                 request_id,
@@ -699,6 +717,16 @@ impl CoordinatorNode {
             } => self.on_register(now, client, request_id, xid, branches),
             Request::Commit { request_id, xid } => self.on_commit(now, client, request_id, xid),
             Request::Abort { request_id, xid } => self.on_abort(now, client, request_id, xid),
+            Request::Timeline { request_id, xid } => {
+                let timeline = self.timelines.view(now, xid);
+                self.reply(
+                    client,
+                    Reply::Timeline {
+                        request_id,
+                        timeline,
+                    },
+                );
+            }
             other @ (Request::Accounts { .. } | Request::BranchState { .. }) => {
                 let message = format!(
                     "{} is a participant request, and this is the coordinator; ask a participant",
@@ -713,6 +741,7 @@ impl CoordinatorNode {
     /// (a participant that moved is reached at its new address from now
     /// on), then its message, if any, to the core.
     pub fn on_peer(&mut self, now: Time, envelope: PeerEnvelope) {
+        self.now = now;
         // Anyone is learnt (within the directory's bound): an INQUIRE's
         // answer goes to whoever asked.
         let opened = self.directory.open(envelope);
@@ -726,6 +755,8 @@ impl CoordinatorNode {
             self.push_event(CoordinatorEvent::Directory(event));
         }
         if let Some(message) = opened.message {
+            self.timelines
+                .received(now, message.xid, &message.from, &message.body);
             if message.body == Body::Ack {
                 let change = self.deliveries.acked(message.xid, &message.from);
                 self.on_attention(change);
@@ -750,6 +781,8 @@ impl CoordinatorNode {
         kind: &str,
         error: &str,
     ) {
+        self.now = now;
+        self.timelines.delivery_failed(now, xid, to, kind, error);
         if kind == "PREPARE" {
             let message = Message {
                 xid,
@@ -1058,6 +1091,7 @@ impl CoordinatorNode {
 
     /// A timer set with `SetTimer` is due.
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
+        self.now = now;
         if key == hello::hello_timer() {
             let (greet, timer) = self.hellos.on_timer(now);
             return self.greet(greet, Greeting::Hello, timer);
@@ -1105,12 +1139,14 @@ impl CoordinatorNode {
 
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
+        self.now = now;
         if hello::is_node_ticket(ticket) {
             if let Some((to, addr)) = self.welcomes.release(ticket) {
                 self.welcome(to, addr);
             }
             return;
         }
+        self.timelines.durable(now, ticket);
         self.core.on_durable(now, ticket);
         self.pump(now);
     }

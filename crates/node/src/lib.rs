@@ -10,6 +10,7 @@
 //!   answer later), admission, its directory of coordinators.
 //! - [`directory`]: node ids ↔ addresses, learnt from every frame, and
 //!   [`hello`]: how a node that moved is found again.
+//! - [`timeline`]: per-transaction timelines, bounded.
 //! - [`timers`]: the timer table keyed by (xid, kind).
 //! - [`compaction`]: when a node's log is compacted.
 //! - [`attention`]: COMMIT delivery and branches that need attention.
@@ -35,6 +36,7 @@ pub mod open;
 pub mod participant;
 pub mod recent;
 pub mod rtt;
+pub mod timeline;
 pub mod timeouts;
 pub mod timers;
 pub mod xids;

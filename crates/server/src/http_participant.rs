@@ -20,6 +20,7 @@
 //! document's callbacks (`docs/openapi.json`) and the README.
 
 use crate::conn::Inbound;
+use concord_api::http::rfc3339;
 use concord_api::http::{
     ParticipantDecisionCall, ParticipantPrepareCall, ParticipantVote, ParticipantVoteAnswer,
 };
@@ -288,51 +289,9 @@ fn traceparent(xid: concord_proto::Xid) -> String {
     format!("00-{:032x}-{span:016x}-01", xid.0)
 }
 
-/// `at` in RFC 3339 (UTC, milliseconds).
-pub(crate) fn rfc3339(at: SystemTime) -> String {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm): a few lines instead of a date crate for
-/// one timestamp format.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_788_000_000_123);
-        assert_eq!(rfc3339(at), "2026-08-29T10:40:00.123Z");
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
-    }
 
     #[test]
     fn the_trace_id_is_the_xid() {

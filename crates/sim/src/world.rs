@@ -844,6 +844,8 @@ impl World {
             // Short enough that the safety phase's outages flag branches,
             // so the liveness phase checks that every flag is cleared.
             attention_after_ms: c.resend_ms_max.saturating_mul(4),
+            // Small, so that runs reach the bound and drop timelines.
+            timelines_max: 16,
         }
     }
 

@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
     BeginBody, BranchBody, CommitBody, OpenedBody, OutcomeBody, ParticipantBody, Problem,
-    RegisterBody, RegisteredBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT, WAIT_MS_MAX,
+    RegisterBody, RegisteredBody, TimelineBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT,
+    WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
 use concord_api::{BranchRequest, CoordinatorState, Outcome};
@@ -78,6 +79,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/transactions/{xid}/branches", post(register))
         .route("/v1/transactions/{xid}/commit", post(commit))
         .route("/v1/transactions/{xid}/abort", post(abort))
+        .route("/v1/transactions/{xid}/timeline", get(timeline))
         .route("/v1/participants", get(participants))
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
@@ -249,7 +251,8 @@ async fn openapi_json() -> Response {
             snake_case names.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(healthz, readyz, metrics, begin, transaction, register, commit, abort, participants),
+    paths(healthz, readyz, metrics, begin, transaction, register, commit, abort, timeline,
+        participants),
     components(schemas(
         concord_api::http::ParticipantPrepareCall,
         concord_api::http::ParticipantVoteAnswer,
@@ -739,6 +742,50 @@ async fn abort(State(api): State<Arc<Api>>, Path(xid): Path<String>) -> Result<R
             message,
             ..
         } => Err(not_open(xid, state, message)),
+        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// What happened to one transaction at the coordinator: each message
+/// sent (with its attempt) and received, each vote, timeout (with the
+/// estimate behind it), log record and when it became durable, delivery
+/// failures, the decision. Kept for the coordinator's most recent 10,000
+/// transactions (the oldest finished are dropped first), 128 entries each.
+#[utoipa::path(get, path = "/v1/transactions/{xid}/timeline", tag = "transactions",
+    params(("xid" = String, Path, description = "The transaction id")),
+    responses(
+        (status = 200, description = "Its timeline", body = TimelineBody),
+        (status = 400, description = "Not an xid", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No timeline kept for it", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn timeline(
+    State(api): State<Arc<Api>>,
+    Path(xid): Path<String>,
+) -> Result<Response, ApiError> {
+    let xid = xid_of(&xid)?;
+    let request = Request::Timeline {
+        request_id: api.request_id(),
+        xid,
+    };
+    match one_reply(&api, request).await? {
+        Reply::Timeline {
+            timeline: Some(view),
+            ..
+        } => Ok(json(
+            StatusCode::OK,
+            &TimelineBody::of(&view, std::time::SystemTime::now()),
+        )),
+        Reply::Timeline { timeline: None, .. } => Err(ApiError::not_found(
+            "no timeline kept for this xid: it did not begin in this coordinator's life, or \
+             its timeline was dropped for newer ones",
+        )
+        .with_xid(xid)),
         Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
         other => Err(unexpected(other)),
     }
