@@ -491,3 +491,107 @@ mod tests {
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
     }
 }
+
+/// `GET /v1/transactions` query parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// A state (`open`, `preparing`, `committing`, `committed_waiting_for_acks`,
+    /// `committed`, `aborted`, `one_phase`), or `in_doubt` (prepared somewhere,
+    /// outcome not yet acknowledged by all) or `needs_attention`.
+    pub state: Option<String>,
+    /// Only transactions with a branch on this participant.
+    pub participant: Option<String>,
+    /// Begun at least this long ago.
+    pub min_age_ms: Option<u64>,
+    /// Begun at most this long ago.
+    pub max_age_ms: Option<u64>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/transactions`: a page, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TxnListBody {
+    pub transactions: Vec<TxnSummaryBody>,
+    /// Ask again with `cursor=` this for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One transaction of a [`TxnListBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TxnSummaryBody {
+    pub xid: String,
+    pub state: TxnStateName,
+    pub age_ms: Option<u64>,
+    pub participants: Vec<String>,
+    pub shape: Option<ShapeName>,
+    pub needs_attention: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&crate::TxnSummary> for TxnSummaryBody {
+    fn from(s: &crate::TxnSummary) -> TxnSummaryBody {
+        TxnSummaryBody {
+            xid: s.xid.to_string(),
+            state: s.state.into(),
+            age_ms: s.age_ms,
+            participants: s.participants.clone(),
+            shape: s.shape.map(ShapeName::from),
+            needs_attention: s.needs_attention,
+            reason: s.reason.clone(),
+        }
+    }
+}
+
+impl ListQuery {
+    /// The node's filter; an unknown state is an error naming the known.
+    pub fn filter(&self) -> Result<crate::ListFilter, String> {
+        let mut filter = crate::ListFilter {
+            participant: self.participant.clone(),
+            min_age_ms: self.min_age_ms,
+            max_age_ms: self.max_age_ms,
+            ..crate::ListFilter::default()
+        };
+        match self.state.as_deref() {
+            None => {}
+            Some("in_doubt") => filter.in_doubt = true,
+            Some("needs_attention") => filter.needs_attention = true,
+            Some(name) => {
+                let state: TxnStateName = serde_json::from_value(serde_json::Value::String(
+                    name.to_string(),
+                ))
+                .map_err(|_| {
+                    format!(
+                        "state: unknown state {name:?}; one of open, preparing, \
+                                 committing, committed_waiting_for_acks, committed, aborted, \
+                                 one_phase, in_doubt, needs_attention"
+                    )
+                })?;
+                let state = match state {
+                    TxnStateName::Open => CoordinatorState::Open,
+                    TxnStateName::Preparing => CoordinatorState::Wait,
+                    TxnStateName::Committing => CoordinatorState::Committing,
+                    TxnStateName::CommittedWaitingForAcks => {
+                        CoordinatorState::CommittedWaitingForAcks
+                    }
+                    TxnStateName::Committed => CoordinatorState::Committed,
+                    TxnStateName::Aborted => CoordinatorState::Aborted,
+                    TxnStateName::OnePhase => CoordinatorState::OnePhase,
+                    TxnStateName::NoRecord | TxnStateName::Pending => {
+                        return Err(format!(
+                            "state: {name:?} is not a state a listed transaction has"
+                        ))
+                    }
+                };
+                filter.states.push(state);
+            }
+        }
+        Ok(filter)
+    }
+}

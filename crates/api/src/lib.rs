@@ -164,6 +164,46 @@ pub enum Request {
     /// Coordinator: the timeline of `xid`. Answered with
     /// [`Reply::Timeline`].
     Timeline { request_id: u64, xid: Xid },
+    /// Coordinator: the transactions it knows of, newest first, that
+    /// match `filter`; at most `limit`, after `cursor` (a previous page's
+    /// `next_cursor`). Answered with [`Reply::List`].
+    List {
+        request_id: u64,
+        filter: ListFilter,
+        cursor: Option<String>,
+        limit: usize,
+    },
+}
+
+/// What `Request::List` selects; every given condition must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListFilter {
+    /// Any of these states (empty: any state).
+    pub states: Vec<CoordinatorState>,
+    /// Prepared somewhere and not yet told the outcome: preparing,
+    /// committing, committed but not acknowledged by every branch.
+    pub in_doubt: bool,
+    /// A branch flagged needs attention.
+    pub needs_attention: bool,
+    /// One of its branches is this participant.
+    pub participant: Option<String>,
+    /// Begun at least / at most this long ago.
+    pub min_age_ms: Option<u64>,
+    pub max_age_ms: Option<u64>,
+}
+
+/// One transaction of a [`Reply::List`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnSummary {
+    pub xid: Xid,
+    pub state: CoordinatorState,
+    /// Since it began, if this coordinator's life saw it begin.
+    pub age_ms: Option<u64>,
+    pub participants: Vec<String>,
+    pub shape: Option<Shape>,
+    pub needs_attention: bool,
+    /// Why it aborted.
+    pub reason: Option<String>,
 }
 
 impl Request {
@@ -180,7 +220,8 @@ impl Request {
             | Request::Register { request_id, .. }
             | Request::Commit { request_id, .. }
             | Request::Abort { request_id, .. }
-            | Request::Timeline { request_id, .. } => *request_id,
+            | Request::Timeline { request_id, .. }
+            | Request::List { request_id, .. } => *request_id,
         }
     }
 
@@ -199,6 +240,7 @@ impl Request {
             Request::Commit { .. } => "Commit",
             Request::Abort { .. } => "Abort",
             Request::Timeline { .. } => "Timeline",
+            Request::List { .. } => "List",
         }
     }
 }
@@ -272,6 +314,12 @@ pub enum Reply {
         request_id: u64,
         timeline: Option<TimelineView>,
     },
+    /// A page of transactions; `next_cursor` asks for the next one.
+    List {
+        request_id: u64,
+        transactions: Vec<TxnSummary>,
+        next_cursor: Option<String>,
+    },
     /// `xid` is not open (any more): `state` says where it is.
     NotOpen {
         request_id: u64,
@@ -296,7 +344,8 @@ impl Reply {
             | Reply::Opened { request_id, .. }
             | Reply::Registered { request_id, .. }
             | Reply::NotOpen { request_id, .. }
-            | Reply::Timeline { request_id, .. } => *request_id,
+            | Reply::Timeline { request_id, .. }
+            | Reply::List { request_id, .. } => *request_id,
         }
     }
 

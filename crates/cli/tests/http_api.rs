@@ -607,3 +607,90 @@ async fn a_transaction_has_a_timeline_in_the_api_and_the_cli() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_listed_newest_first_filtered_and_paged() {
+    bounded(async {
+        let (_cluster, http) = api_cluster(&[]).await;
+        let overdraft = r#"{"branches": [
+            {"participant": "p2", "ops": [{"account": "acct-2", "delta": -100000}]},
+            {"participant": "p1", "ops": [{"account": "acct-1", "delta": 1}]}]}"#;
+        let mut begun = Vec::new();
+        for body in [TRANSFER, overdraft, TRANSFER, overdraft, TRANSFER] {
+            let r = call(&http, "POST", "/v1/transactions", None, body).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            begun.push(r.json()["xid"].as_str().expect("xid").to_string());
+        }
+        let open = call(&http, "POST", "/v1/transactions", None, "{}")
+            .await
+            .json();
+        begun.push(open["xid"].as_str().expect("xid").to_string());
+
+        // Every page in turn, newest first, nothing twice, nothing missed.
+        let mut listed = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10 {
+            let path = match &cursor {
+                None => "/v1/transactions?limit=4".to_string(),
+                Some(c) => format!("/v1/transactions?limit=4&cursor={c}"),
+            };
+            let r = call(&http, "GET", &path, None, "").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let page = r.json();
+            let items = page["transactions"]
+                .as_array()
+                .expect("transactions")
+                .clone();
+            assert!(items.len() <= 4, "{page}");
+            listed.extend(
+                items
+                    .iter()
+                    .filter_map(|t| t["xid"].as_str().map(str::to_string)),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        let mut newest_first = begun.clone();
+        newest_first.reverse();
+        assert_eq!(listed, newest_first);
+
+        let xids = |path: &str| {
+            let path = path.to_string();
+            let http = http.clone();
+            async move {
+                let r = call(&http, "GET", &path, None, "").await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let page = r.json();
+                page["transactions"]
+                    .as_array()
+                    .expect("transactions")
+                    .iter()
+                    .filter_map(|t| t["xid"].as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let aborted = xids("/v1/transactions?state=aborted").await;
+        assert_eq!(aborted, vec![begun[3].clone(), begun[1].clone()]);
+        assert_eq!(
+            xids("/v1/transactions?state=open").await,
+            vec![begun[5].clone()]
+        );
+        assert_eq!(xids("/v1/transactions?participant=p2").await, aborted);
+        assert!(xids("/v1/transactions?state=in_doubt").await.is_empty());
+        assert_eq!(xids("/v1/transactions?min_age_ms=600000").await.len(), 0);
+        assert_eq!(xids("/v1/transactions?max_age_ms=600000").await.len(), 6);
+
+        call(&http, "GET", "/v1/transactions?state=bogus", None, "")
+            .await
+            .assert_problem(400, "unknown state");
+        call(&http, "GET", "/v1/transactions?colour=red", None, "")
+            .await
+            .assert_problem(400, "colour");
+        call(&http, "GET", "/v1/transactions?cursor=zzz", None, "")
+            .await
+            .assert_problem(400, "cursor");
+    })
+    .await;
+}

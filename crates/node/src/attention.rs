@@ -138,6 +138,13 @@ impl Deliveries {
         self.pending.get(&xid)?.get(participant)
     }
 
+    /// Whether a branch of `xid` needs attention.
+    pub fn is_flagged(&self, xid: Xid) -> bool {
+        self.pending
+            .get(&xid)
+            .is_some_and(|b| b.values().any(|d| d.flagged_at.is_some()))
+    }
+
     /// Branches needing attention now.
     pub fn flagged(&self) -> usize {
         self.flagged

@@ -18,14 +18,16 @@ use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Addr, Directory, DirectoryEvent, Learnt, Opened};
 use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::idempotency;
+use crate::listing;
 use crate::open::{self, OpenTransactions};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeline::Timelines;
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
 use crate::xids::XidMinter;
 use concord_api::{
-    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, DeliveryView, Outcome,
-    PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport, IN_FLIGHT_LISTED_MAX,
+    BranchRequest, BranchView, CoordinatorState, CoordinatorStatus, DeliveryView, ListFilter,
+    Outcome, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport, TxnSummary,
+    IN_FLIGHT_LISTED_MAX,
 };
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::{
@@ -80,6 +82,16 @@ const JITTER_SEED: u64 = 0x6a69_7474_6572_0001;
 /// a concord node's address?
 pub fn is_http_url(addr: &str) -> bool {
     addr.starts_with("http://") || addr.starts_with("https://")
+}
+
+/// A core phase as the state clients see.
+fn state_of(phase: CoordinatorPhase) -> CoordinatorState {
+    match phase {
+        CoordinatorPhase::Wait => CoordinatorState::Wait,
+        CoordinatorPhase::Committing => CoordinatorState::Committing,
+        CoordinatorPhase::Committed => CoordinatorState::CommittedWaitingForAcks,
+        CoordinatorPhase::Delegated => CoordinatorState::OnePhase,
+    }
 }
 
 /// The configured participants that are HTTP services.
@@ -414,6 +426,7 @@ struct Waiter {
     parents: Vec<u32>,
     /// Retries of the begin (same idempotency key) waiting too.
     retries: Vec<(ClientId, u64)>,
+    began_at: Time,
 }
 
 pub struct CoordinatorNode {
@@ -717,6 +730,25 @@ impl CoordinatorNode {
             } => self.on_register(now, client, request_id, xid, branches),
             Request::Commit { request_id, xid } => self.on_commit(now, client, request_id, xid),
             Request::Abort { request_id, xid } => self.on_abort(now, client, request_id, xid),
+            Request::List {
+                request_id,
+                filter,
+                cursor,
+                limit,
+            } => {
+                let candidates = self.list_candidates(now, &filter);
+                match listing::page(candidates, cursor.as_deref(), limit) {
+                    Ok((transactions, next_cursor)) => self.reply(
+                        client,
+                        Reply::List {
+                            request_id,
+                            transactions,
+                            next_cursor,
+                        },
+                    ),
+                    Err(why) => self.reply_error(client, request_id, why),
+                }
+            }
             Request::Timeline { request_id, xid } => {
                 let timeline = self.timelines.view(now, xid);
                 self.reply(
@@ -999,6 +1031,7 @@ impl CoordinatorNode {
                 ended: false,
                 shape: Some(Shape::Centralized),
                 parents: Vec::new(),
+                began_at: Some(txn.opened_at),
             },
         );
         self.push_event(CoordinatorEvent::Decided {
@@ -1251,6 +1284,7 @@ impl CoordinatorNode {
                 shape: ran_as,
                 parents: layout_parents,
                 retries: Vec::new(),
+                began_at: now,
             },
         );
         self.pump(now);
@@ -1380,11 +1414,14 @@ impl CoordinatorNode {
             Some(w) => {
                 let mut waiting = w.retries;
                 waiting.push((w.client, w.request_id));
-                ((w.participants, Some(w.shape), w.parents), waiting)
+                (
+                    (w.participants, Some(w.shape), w.parents, Some(w.began_at)),
+                    waiting,
+                )
             }
-            None => ((Vec::new(), None, Vec::new()), Vec::new()),
+            None => ((Vec::new(), None, Vec::new(), None), Vec::new()),
         };
-        let (participants, shape, parents) = layout;
+        let (participants, shape, parents, began_at) = layout;
         self.recent.insert(
             xid,
             RecentTxn {
@@ -1394,6 +1431,7 @@ impl CoordinatorNode {
                 ended: false,
                 shape,
                 parents,
+                began_at,
             },
         );
         for (client, request_id) in waiting {
@@ -1506,6 +1544,90 @@ impl CoordinatorNode {
         }
     }
 
+    /// Every transaction this node knows of (open, in flight, recently
+    /// decided) that matches `filter`, with its sort key.
+    fn list_candidates(&self, now: Time, filter: &ListFilter) -> Vec<listing::Candidate> {
+        let mut out = Vec::new();
+        let mut push = |began: Option<Time>, summary: TxnSummary| {
+            if listing::matches(filter, &summary) {
+                out.push(listing::Candidate {
+                    began_us: began.map_or(0, |t| t.0),
+                    summary,
+                });
+            }
+        };
+        for xid in self.open.xids() {
+            let Some(txn) = self.open.get(xid) else {
+                continue;
+            };
+            push(
+                Some(txn.opened_at),
+                TxnSummary {
+                    xid,
+                    state: CoordinatorState::Open,
+                    age_ms: Some(now.ms_since(txn.opened_at)),
+                    participants: txn.branches.iter().map(|b| b.participant.clone()).collect(),
+                    shape: Some(Shape::Centralized),
+                    needs_attention: false,
+                    reason: None,
+                },
+            );
+        }
+        for xid in self.core.in_flight_xids() {
+            let Some(status) = self.core.status(now, xid) else {
+                continue;
+            };
+            let (participants, shape) = match self.layout_of(xid) {
+                Some((ps, _, shape)) => (ps.to_vec(), Some(shape)),
+                None => (
+                    status
+                        .branches
+                        .iter()
+                        .map(|b| b.participant.clone())
+                        .collect(),
+                    None,
+                ),
+            };
+            push(
+                Some(Time(
+                    now.0.saturating_sub(status.age_ms.saturating_mul(1000)),
+                )),
+                TxnSummary {
+                    xid,
+                    state: state_of(status.phase),
+                    age_ms: Some(status.age_ms),
+                    participants,
+                    shape,
+                    needs_attention: self.deliveries.is_flagged(xid),
+                    reason: None,
+                },
+            );
+        }
+        for (xid, txn) in self.recent.newest_first() {
+            if self.core.is_in_flight(xid) {
+                continue; // listed above
+            }
+            let state = match (txn.decision, txn.ended) {
+                (Decision::Commit, true) => CoordinatorState::Committed,
+                (Decision::Commit, false) => CoordinatorState::CommittedWaitingForAcks,
+                (Decision::Abort, _) => CoordinatorState::Aborted,
+            };
+            push(
+                txn.began_at,
+                TxnSummary {
+                    xid,
+                    state,
+                    age_ms: txn.began_at.map(|b| now.ms_since(b)),
+                    participants: txn.participants.clone(),
+                    shape: txn.shape,
+                    needs_attention: false,
+                    reason: txn.reason.clone(),
+                },
+            );
+        }
+        out
+    }
+
     /// What `concord status XID` shows.
     pub fn status(&self, now: Time, xid: Xid) -> CoordinatorStatus {
         if let Some(txn) = self.open.get(xid) {
@@ -1527,12 +1649,7 @@ impl CoordinatorNode {
             };
         }
         if let Some(status) = self.core.status(now, xid) {
-            let state = match status.phase {
-                CoordinatorPhase::Wait => CoordinatorState::Wait,
-                CoordinatorPhase::Committing => CoordinatorState::Committing,
-                CoordinatorPhase::Committed => CoordinatorState::CommittedWaitingForAcks,
-                CoordinatorPhase::Delegated => CoordinatorState::OnePhase,
-            };
+            let state = state_of(status.phase);
             let read_only: Vec<String> = status
                 .branches
                 .iter()

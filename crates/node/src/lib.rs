@@ -16,6 +16,7 @@
 //! - [`attention`]: COMMIT delivery and branches that need attention.
 //! - [`idempotency`]: begin requests retried with the same key join the
 //!   transaction the first one started.
+//! - [`listing`]: which transactions a list shows, in pages.
 //! - [`open`]: open-ended transactions and their lifetimes.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
 //!
@@ -32,6 +33,7 @@ pub mod directory;
 pub mod hello;
 pub mod idempotency;
 pub mod latency;
+pub mod listing;
 pub mod open;
 pub mod participant;
 pub mod recent;

@@ -99,6 +99,13 @@ impl OpenTransactions {
         self.txns.get(&xid)
     }
 
+    /// Every open xid, oldest first.
+    pub fn xids(&self) -> Vec<Xid> {
+        let mut xids: Vec<(Time, Xid)> = self.txns.iter().map(|(x, t)| (t.opened_at, *x)).collect();
+        xids.sort();
+        xids.into_iter().map(|(_, x)| x).collect()
+    }
+
     pub fn contains(&self, xid: Xid) -> bool {
         self.txns.contains_key(&xid)
     }

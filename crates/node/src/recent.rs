@@ -3,7 +3,7 @@
 //! after a restart. Filled from what the core's recovery found, never by
 //! replaying the log a second time.
 
-use concord_proto::{Decision, NodeId, RecoveredOutcome, Shape, Xid};
+use concord_proto::{Decision, NodeId, RecoveredOutcome, Shape, Time, Xid};
 use std::collections::{HashMap, VecDeque};
 
 /// Outcome of a finished (or deciding) transaction, kept for `status`.
@@ -19,6 +19,8 @@ pub struct RecentTxn {
     /// `k`: `participants[k - 1]`).
     pub shape: Option<Shape>,
     pub parents: Vec<u32>,
+    /// When it began, if this life saw it begin.
+    pub began_at: Option<Time>,
 }
 
 /// A bounded memory of recent outcomes, oldest forgotten first. Filled
@@ -57,10 +59,19 @@ impl RecentOutcomes {
                     ended: outcome.ended,
                     shape: None,
                     parents: Vec::new(),
+                    began_at: None,
                 },
             );
         }
         recent
+    }
+
+    /// Every outcome kept, the most recently decided first.
+    pub fn newest_first(&self) -> impl Iterator<Item = (Xid, &RecentTxn)> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|xid| self.txns.get(xid).map(|t| (*xid, t)))
     }
 
     pub fn insert(&mut self, xid: Xid, txn: RecentTxn) {
@@ -148,6 +159,7 @@ mod tests {
                 ended: false,
                 shape: Some(Shape::Centralized),
                 parents: Vec::new(),
+                began_at: None,
             },
         );
         assert!(!recent.contains(Xid(1)), "oldest forgotten past the bound");

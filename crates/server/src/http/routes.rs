@@ -10,17 +10,17 @@ use super::problem::ApiError;
 use crate::conn::{Inbound, ReplyTx};
 use crate::wire::{Reply, Request};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request as HttpRequest, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
-    BeginBody, BranchBody, CommitBody, OpenedBody, OutcomeBody, ParticipantBody, Problem,
-    RegisterBody, RegisteredBody, TimelineBody, TransactionBody, TxnStateName, WAIT_MS_DEFAULT,
-    WAIT_MS_MAX,
+    BeginBody, BranchBody, CommitBody, ListQuery, OpenedBody, OutcomeBody, ParticipantBody,
+    Problem, RegisterBody, RegisteredBody, TimelineBody, TransactionBody, TxnListBody,
+    TxnStateName, TxnSummaryBody, WAIT_MS_DEFAULT, WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
 use concord_api::{BranchRequest, CoordinatorState, Outcome};
@@ -74,7 +74,7 @@ impl Api {
 
 pub fn router(api: Arc<Api>) -> Router {
     let protected = Router::new()
-        .route("/v1/transactions", post(begin))
+        .route("/v1/transactions", post(begin).get(list))
         .route("/v1/transactions/{xid}", get(transaction))
         .route("/v1/transactions/{xid}/branches", post(register))
         .route("/v1/transactions/{xid}/commit", post(commit))
@@ -251,7 +251,7 @@ async fn openapi_json() -> Response {
             snake_case names.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(healthz, readyz, metrics, begin, transaction, register, commit, abort, timeline,
+    paths(healthz, readyz, metrics, begin, list, transaction, register, commit, abort, timeline,
         participants),
     components(schemas(
         concord_api::http::ParticipantPrepareCall,
@@ -787,6 +787,47 @@ async fn timeline(
         )
         .with_xid(xid)),
         Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The transactions the coordinator knows of (open, in flight, and its
+/// recent outcomes), newest first, filtered; in pages with a cursor.
+#[utoipa::path(get, path = "/v1/transactions", tag = "transactions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page", body = TxnListBody),
+        (status = 400, description = "An unknown parameter or state, a bad cursor", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list(
+    State(api): State<Arc<Api>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = query.filter().map_err(ApiError::bad_request)?;
+    let request = Request::List {
+        request_id: api.request_id(),
+        filter,
+        cursor: query.cursor,
+        limit: query.limit.unwrap_or(concord_node::listing::LIMIT_DEFAULT),
+    };
+    match one_reply(&api, request).await? {
+        Reply::List {
+            transactions,
+            next_cursor,
+            ..
+        } => Ok(json(
+            StatusCode::OK,
+            &TxnListBody {
+                transactions: transactions.iter().map(TxnSummaryBody::from).collect(),
+                next_cursor,
+            },
+        )),
+        Reply::Error { message, .. } => Err(refused(message)),
         other => Err(unexpected(other)),
     }
 }
