@@ -2054,6 +2054,257 @@ mod tests {
         }
     }
 
+    /// The branches of `begin_request`, for an open transaction.
+    fn registered(request_id: u64, xid: Xid) -> Request {
+        let Request::Begin { branches, .. } = begin_request(0) else {
+            unreachable!()
+        };
+        Request::Register {
+            request_id,
+            xid,
+            branches,
+        }
+    }
+
+    fn opened(node: &mut CoordinatorNode, now: Time, lifetime_ms: u64) -> (Xid, Time) {
+        let open = Request::Open {
+            request_id: 1,
+            lifetime_ms: Some(lifetime_ms),
+            idempotency_key: None,
+        };
+        node.on_request(now, ClientId(1), open);
+        let actions: Vec<_> = node.drain_actions().collect();
+        let xid = match &replies(&actions)[..] {
+            [(_, Reply::Opened { xid, .. })] => *xid,
+            other => panic!("expected Opened: {other:?}"),
+        };
+        let at = actions
+            .iter()
+            .find_map(|a| match a {
+                CoordinatorNodeAction::SetTimer { key, at } if key.kind == TimerKind::Lifetime => {
+                    Some(*at)
+                }
+                _ => None,
+            })
+            .expect("a lifetime timer");
+        (xid, at)
+    }
+
+    /// SPEC §4: an open transaction neither committed nor aborted within
+    /// its lifetime is aborted; nothing was sent for it, so nothing is.
+    #[test]
+    fn an_open_transaction_past_its_lifetime_is_aborted_and_cannot_be_committed() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.drain_actions().for_each(drop);
+        let (xid, at) = opened(&mut node, Time(0), 500);
+        assert_eq!(at, Time(0).plus_ms(500));
+        node.on_request(Time(1), ClientId(2), registered(2, xid));
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert_eq!(
+            replies(&actions),
+            vec![(
+                ClientId(2),
+                Reply::Registered {
+                    request_id: 2,
+                    xid,
+                    branches: 2
+                }
+            )]
+        );
+        assert_eq!(node.status(Time(2), xid).state, CoordinatorState::Open);
+        node.on_timer(at, TimerKey::new(xid, TimerKind::Lifetime));
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            !actions.iter().any(|a| matches!(
+                a,
+                CoordinatorNodeAction::Send { .. } | CoordinatorNodeAction::Persist { .. }
+            )),
+            "{actions:?}"
+        );
+        let status = node.status(at, xid);
+        assert_eq!(status.state, CoordinatorState::Aborted);
+        assert!(
+            status.detail.contains("lifetime of 500 ms"),
+            "{}",
+            status.detail
+        );
+        // A commit now gets the outcome, and runs nothing.
+        node.on_request(at, ClientId(3), Request::Commit { request_id: 3, xid });
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            matches!(
+                replies(&actions).last(),
+                Some((
+                    _,
+                    Reply::Outcome {
+                        outcome: Outcome::Aborted { .. },
+                        ..
+                    }
+                ))
+            ),
+            "{actions:?}"
+        );
+        assert_eq!(node.counters().begun, 0);
+    }
+
+    /// A commit within the lifetime runs both phases under the xid given
+    /// at open; the lifetime timer firing later changes nothing.
+    #[test]
+    fn an_open_transaction_committed_in_time_runs_under_its_xid() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.drain_actions().for_each(drop);
+        let (xid, at) = opened(&mut node, Time(0), 500);
+        node.on_request(Time(1), ClientId(2), registered(2, xid));
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(2), ClientId(3), Request::Commit { request_id: 3, xid });
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert_eq!(
+            replies(&actions),
+            vec![(ClientId(3), Reply::Begun { request_id: 3, xid })]
+        );
+        let prepares = actions
+            .iter()
+            .filter(|a| matches!(a, CoordinatorNodeAction::Send { message, .. } if message.xid == xid && message.kind() == "PREPARE"))
+            .count();
+        assert_eq!(prepares, 2);
+        node.on_timer(at, TimerKey::new(xid, TimerKind::Lifetime));
+        assert_eq!(node.status(at, xid).state, CoordinatorState::Wait);
+        // Registering more is too late now.
+        node.on_request(at, ClientId(4), registered(4, xid));
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            matches!(
+                &replies(&actions)[..],
+                [(
+                    _,
+                    Reply::NotOpen {
+                        state: CoordinatorState::Wait,
+                        ..
+                    }
+                )]
+            ),
+            "{actions:?}"
+        );
+    }
+
+    /// SPEC §8: a COMMIT not acknowledged within `attention_after_ms` is
+    /// flagged with its attempts and last error, still re-sent, and the
+    /// flag clears with the ACK.
+    #[test]
+    fn a_commit_unacknowledged_past_the_threshold_needs_attention_until_acked() {
+        let mut node = CoordinatorNode::recover(
+            CoordinatorNodeConfig {
+                attention_after_ms: 1000,
+                ..config()
+            },
+            vec![],
+            Time(0),
+        );
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(0), ClientId(1), begin_request(1));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let [(_, Reply::Begun { xid, .. })] = replies(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        for (from, addr) in [("bank-a", A), ("bank-b", B)] {
+            vote_ready(&mut node, Time(10), xid, from, addr);
+        }
+        let actions: Vec<_> = node.drain_actions().collect();
+        node.on_durable(Time(20), forced_ticket(&actions).expect("COMMIT record"));
+        node.drain_actions().for_each(drop);
+        // bank-a acknowledges; bank-b never does.
+        let epoch = node.epoch();
+        let ack = |from: &str, addr: &str| PeerEnvelope {
+            from: from.into(),
+            reply_to: addr.into(),
+            incarnation: 1,
+            peers: Vec::new(),
+            body: PeerBody::Message(Message {
+                xid,
+                epoch,
+                from: from.into(),
+                body: Body::Ack,
+            }),
+        };
+        node.on_peer(Time(30), ack("bank-a", A));
+        node.on_delivery_failed(Time(40), &"bank-b".to_string(), xid, "COMMIT", "refused");
+        let mut now = Time(0).plus_ms(20);
+        let mut flagged = None;
+        for _ in 0..40 {
+            now = now.plus_ms(200);
+            node.on_timer(now, TimerKey::new(xid, TimerKind::Resend));
+            for action in node.drain_actions() {
+                if let CoordinatorNodeAction::Event(CoordinatorEvent::NeedsAttention {
+                    participant,
+                    attempts,
+                    last_error,
+                    pending_ms,
+                    ..
+                }) = action
+                {
+                    flagged = Some((participant, attempts, last_error, pending_ms));
+                }
+            }
+            if flagged.is_some() {
+                break;
+            }
+        }
+        let (participant, attempts, last_error, pending_ms) = flagged.expect("flagged");
+        assert!(participant.starts_with("bank-b"), "{participant}");
+        assert!(
+            attempts >= 2 && pending_ms >= 1000,
+            "{attempts} {pending_ms}"
+        );
+        assert_eq!(last_error.as_deref(), Some("refused"));
+        assert_eq!(node.needs_attention(), 1);
+        let view = node.status(now, xid);
+        let b = view
+            .branches
+            .iter()
+            .find(|b| b.id == "bank-b")
+            .expect("bank-b");
+        assert!(
+            b.delivery.as_ref().is_some_and(|d| d.needs_attention),
+            "{b:?}"
+        );
+        node.on_peer(now, ack("bank-b", B));
+        let cleared = node.drain_actions().any(|a| {
+            matches!(
+                a,
+                CoordinatorNodeAction::Event(CoordinatorEvent::AttentionCleared { .. })
+            )
+        });
+        assert!(cleared);
+        assert_eq!(node.needs_attention(), 0);
+    }
+
+    /// A PREPARE the transport could not deliver (an HTTP participant's
+    /// error) is that branch's VOTE ABORT: the transaction aborts at once.
+    #[test]
+    fn a_prepare_that_could_not_be_delivered_aborts_the_transaction() {
+        let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(0), ClientId(1), begin_request(1));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let [(_, Reply::Begun { xid, .. })] = replies(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        node.on_delivery_failed(Time(5), &"bank-b".to_string(), xid, "PREPARE", "HTTP 500");
+        let actions: Vec<_> = node.drain_actions().collect();
+        match replies(&actions).last() {
+            Some((
+                _,
+                Reply::Outcome {
+                    outcome: Outcome::Aborted { reason },
+                    ..
+                },
+            )) => {
+                assert!(reason.contains("could not prepare: HTTP 500"), "{reason}")
+            }
+            other => panic!("expected an abort: {other:?}"),
+        }
+    }
+
     #[test]
     fn begin_replies_with_the_xid_first_then_the_outcome_once_commit_is_durable() {
         let mut node = CoordinatorNode::recover(config(), vec![], Time(0));
