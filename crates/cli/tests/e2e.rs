@@ -419,3 +419,65 @@ async fn restart_keeps_balances_and_ignores_the_seed() {
     })
     .await;
 }
+
+/// The SDK's open-ended transactions: open, register from two "services"
+/// (two connections), commit; a second commit joins the first; abort of a
+/// committed one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_open_ended_transaction_registered_from_two_connections_commits_once() {
+    bounded(async {
+        let cluster = Cluster::start(2, 3, 100).await;
+        let app = cluster.client().await;
+        let xid = app.open(None, Some("order-7".into())).await.expect("open");
+        assert_eq!(
+            app.open(None, Some("order-7".into()))
+                .await
+                .expect("reopen"),
+            xid,
+            "the same key opens the same transaction"
+        );
+        let work = |account: &str, delta| {
+            concord_participant::kv::encode_work(&[concord_participant::kv::KvOp {
+                account: account.into(),
+                delta,
+            }])
+        };
+        let service_a = cluster.client().await;
+        let n = service_a
+            .register(
+                xid,
+                vec![concord_client::BranchRequest {
+                    participant: "p0".into(),
+                    work: work("acct-0", -30),
+                }],
+            )
+            .await
+            .expect("register p0");
+        assert_eq!(n, 1);
+        let service_b = cluster.client().await;
+        let n = service_b
+            .register(
+                xid,
+                vec![concord_client::BranchRequest {
+                    participant: "p1".into(),
+                    work: work("acct-1", 30),
+                }],
+            )
+            .await
+            .expect("register p1");
+        assert_eq!(n, 2);
+        let result = app.commit(xid).await.expect("commit");
+        assert_eq!(result.xid, xid);
+        assert_eq!(result.outcome, Outcome::Committed);
+        let again = app.commit(xid).await.expect("commit again");
+        assert_eq!(again.outcome, Outcome::Committed);
+        let reports = cluster.wait_settled(Duration::from_secs(5)).await;
+        assert_eq!(reports[0].balance("acct-0"), Some(70));
+        assert_eq!(reports[1].balance("acct-1"), Some(130), "committed once");
+        match app.abort(xid).await {
+            Err(ClientError::Rejected(why)) => assert!(why.contains("not open"), "{why}"),
+            other => panic!("abort after commit must be refused: {other:?}"),
+        }
+    })
+    .await;
+}

@@ -330,17 +330,97 @@ impl Client {
         parents: Vec<u32>,
     ) -> Result<TxnResult, ClientError> {
         let request_id = self.next_id();
-        let (mut replies, conn) = self
-            .start(Request::Begin {
+        self.outcome_of(
+            Request::Begin {
                 request_id,
                 branches,
                 prepare_timeout_ms,
                 shape,
                 parents,
                 idempotency_key: None,
-            })
-            .await?;
-        let mut xid = None;
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Begin an open-ended transaction (SPEC §4): its xid, to hand to the
+    /// services that do the work and register their branches. It is
+    /// aborted unless committed or aborted within `lifetime_ms` (the
+    /// server's default, 60 s, when `None`). With `idempotency_key`, a
+    /// retry gets the same xid.
+    pub async fn open(
+        &self,
+        lifetime_ms: Option<u64>,
+        idempotency_key: Option<String>,
+    ) -> Result<Xid, ClientError> {
+        let request_id = self.next_id();
+        let request = Request::Open {
+            request_id,
+            lifetime_ms,
+            idempotency_key,
+        };
+        match self.call(request).await? {
+            Reply::Opened { xid, .. } => Ok(xid),
+            Reply::Error { message, .. } if message.starts_with("busy") => {
+                Err(ClientError::Busy(message))
+            }
+            Reply::Error { message, .. } => Err(ClientError::Rejected(message)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Add branches to the open transaction `xid`: how many it has now.
+    pub async fn register(
+        &self,
+        xid: Xid,
+        branches: Vec<BranchRequest>,
+    ) -> Result<usize, ClientError> {
+        let request_id = self.next_id();
+        let request = Request::Register {
+            request_id,
+            xid,
+            branches,
+        };
+        match self.call(request).await? {
+            Reply::Registered { branches, .. } => Ok(branches),
+            Reply::NotOpen { message, .. } | Reply::Error { message, .. } => {
+                Err(ClientError::Rejected(message))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Commit the open transaction `xid` (both phases over its branches)
+    /// and wait for the outcome. Calling it again (after a lost
+    /// connection, say) joins the first commit: it never runs twice.
+    pub async fn commit(&self, xid: Xid) -> Result<TxnResult, ClientError> {
+        let request_id = self.next_id();
+        self.outcome_of(Request::Commit { request_id, xid }, Some(xid))
+            .await
+    }
+
+    /// Abort the open transaction `xid` (a repeat answers the same).
+    pub async fn abort(&self, xid: Xid) -> Result<TxnResult, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Abort { request_id, xid }).await? {
+            Reply::Outcome { xid, outcome, .. } => Ok(TxnResult { xid, outcome }),
+            Reply::NotOpen { message, .. } | Reply::Error { message, .. } => {
+                Err(ClientError::Rejected(message))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Send `request` (a begin or a commit) and follow its replies to the
+    /// outcome; `known` is the xid when the caller already has it.
+    async fn outcome_of(
+        &self,
+        request: Request,
+        known: Option<Xid>,
+    ) -> Result<TxnResult, ClientError> {
+        let (mut replies, conn) = self.start(request).await?;
+        let mut xid = known;
         loop {
             match replies.recv().await {
                 Some(Reply::Begun { xid: begun, .. }) => {
@@ -350,7 +430,9 @@ impl Client {
                     xid = Some(begun);
                 }
                 Some(Reply::Outcome { xid, outcome, .. }) => return Ok(TxnResult { xid, outcome }),
-                Some(Reply::Error { message, .. }) => return Err(ClientError::Rejected(message)),
+                Some(Reply::Error { message, .. } | Reply::NotOpen { message, .. }) => {
+                    return Err(ClientError::Rejected(message))
+                }
                 Some(other) => return Err(self.unexpected(&other)),
                 None => {
                     let why = conn.closed_why();
