@@ -146,6 +146,15 @@ async fn metrics_parse_and_move_with_the_transactions() {
             0.0
         );
         assert!(moved(&p0_before, &p0_after, "concord_log_fsyncs_total{}") >= 5.0);
+        // Each branch held its locks from its READY vote to its outcome.
+        let held = "concord_lock_hold_seconds_count{participant=p0,phase=ready_to_outcome}";
+        assert_eq!(moved(&p0_before, &p0_after, held), 5.0, "{held}");
+        let held_sum = "concord_lock_hold_seconds_sum{participant=p0,phase=ready_to_outcome}";
+        assert!(moved(&p0_before, &p0_after, held_sum) > 0.0, "{held_sum}");
+        // COMMIT deliveries: one per branch, and nothing needs attention.
+        let deliveries = "concord_decision_delivery_attempts_total{}";
+        assert!(moved(&before, &after, deliveries) >= 10.0, "{deliveries}");
+        assert_eq!(value(&after, "concord_branches_needing_attention{}"), 0.0);
     })
     .await;
 }

@@ -12,6 +12,7 @@
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{Addr, Directory, DirectoryEvent, Learnt, LEARNT_MAX};
 use crate::hello::{self, Greeting, Hellos, Welcomes};
+use crate::latency::LatencyHistogram;
 use crate::timeouts::{ParticipantTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR};
 use concord_api::{
     AccountsReport, PeerBody, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport,
@@ -22,7 +23,7 @@ use concord_proto::{
     Body, Decision, Durability, Message, NodeId, ParticipantAction, ParticipantConfig,
     ParticipantNotice, ParticipantRecord, PersistTicket, Time, TimerKey, Vote, Xid,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 pub use crate::coordinator::ClientId;
 
@@ -257,6 +258,12 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
     welcomes: Welcomes,
     timeouts: ParticipantTimeouts,
     counters: ParticipantCounters,
+    /// Branches that voted READY in this life, and since when: their
+    /// locks are held until the outcome (`lock_hold`). Bounded by the
+    /// branches in flight (admission).
+    holding: HashMap<Xid, Time>,
+    /// READY vote → outcome, the time each branch held its locks.
+    lock_hold: LatencyHistogram,
     compaction: CompactionPolicy,
     /// Scratch space for the node's IO actions while they are translated.
     core_actions: Vec<ParticipantAction>,
@@ -378,14 +385,21 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             welcomes: Welcomes::default(),
             timeouts,
             counters: ParticipantCounters::default(),
+            holding: HashMap::new(),
+            lock_hold: LatencyHistogram::new(),
             compaction: CompactionPolicy::new(config.compact_after_records),
             core_actions: Vec::new(),
             actions: Vec::new(),
         };
         node.node.set_read_only_votes(config.read_only_votes);
         node.greet(greet, hello_timer);
-        node.pump();
+        node.pump(now);
         node
+    }
+
+    /// How long branches held their locks (READY vote → outcome).
+    pub fn lock_hold(&self) -> &LatencyHistogram {
+        &self.lock_hold
     }
 
     fn greet(&mut self, peers: Vec<NodeId>, timer: Option<(TimerKey, Time)>) {
@@ -680,7 +694,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             }
         }
         self.node.on_message(now, message);
-        self.pump();
+        self.pump(now);
     }
 
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
@@ -693,7 +707,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             return self.greet(greet, timer);
         }
         self.node.on_timer(now, key);
-        self.pump();
+        self.pump(now);
     }
 
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
@@ -708,7 +722,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             return;
         }
         self.node.on_durable(now, ticket);
-        self.pump();
+        self.pump(now);
     }
 
     /// A resource that answered later finished `op` for `xid`.
@@ -720,7 +734,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         result: Result<(), String>,
     ) {
         self.node.on_resource_done(now, xid, op, result);
-        self.pump();
+        self.pump(now);
     }
 
     pub fn on_request(&mut self, client: ClientId, request: Request) {
@@ -832,7 +846,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             .push(ParticipantNodeAction::Compact { records });
     }
 
-    fn pump(&mut self) {
+    fn pump(&mut self, now: Time) {
         // A buffer kept across events: this runs for every message.
         let mut actions = std::mem::take(&mut self.core_actions);
         actions.extend(self.node.drain_io());
@@ -864,6 +878,10 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                         // It voted ABORT: no decision will follow to wait for.
                         self.timeouts.finish(message.xid);
                     }
+                    if message.body == Body::Vote(Vote::Ready) {
+                        // Its locks are held from here to the outcome.
+                        self.holding.entry(message.xid).or_insert(now);
+                    }
                     match self.directory.route(&to, &message) {
                         Ok(addr) => {
                             let peers = match &message.body {
@@ -888,7 +906,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
                 ParticipantAction::SetTimer { key, at } => self
                     .actions
                     .push(ParticipantNodeAction::SetTimer { key, at }),
-                ParticipantAction::Notice(notice) => self.on_notice(notice),
+                ParticipantAction::Notice(notice) => self.on_notice(now, notice),
                 // ParticipantNode carries out resource actions itself.
                 ParticipantAction::Prepare { xid, .. }
                 | ParticipantAction::Commit { xid }
@@ -905,7 +923,7 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
         self.maybe_compact();
     }
 
-    fn on_notice(&mut self, notice: ParticipantNotice) {
+    fn on_notice(&mut self, now: Time, notice: ParticipantNotice) {
         let event = match notice {
             ParticipantNotice::TimeoutFired {
                 xid,
@@ -927,6 +945,10 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
             }
             ParticipantNotice::Outcome { xid, decision } => {
                 self.timeouts.finish(xid);
+                if let Some(since) = self.holding.remove(&xid) {
+                    self.lock_hold
+                        .record(std::time::Duration::from_micros(now.us_since(since)));
+                }
                 match decision {
                     Decision::Commit => self.counters.committed += 1,
                     Decision::Abort => self.counters.aborted += 1,

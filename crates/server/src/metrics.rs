@@ -318,6 +318,8 @@ pub struct ParticipantSnapshot {
     pub in_doubt: usize,
     /// Age of the oldest READY branch without its outcome (this life's).
     pub oldest_in_doubt_seconds: f64,
+    /// READY vote → outcome per branch: how long locks were held.
+    pub lock_hold: PhaseHistograms,
     pub log: GroupCommitStats,
 }
 
@@ -358,6 +360,12 @@ impl ParticipantMetrics {
             "How long the oldest in-doubt branch has been READY (0: none; branches recovered \
              after a restart are not counted)",
             oldest,
+        );
+        r.register(
+            "concord_lock_hold_seconds",
+            "How long each branch held its locks: from its READY vote to its outcome (branches \
+             prepared in this life)",
+            s.lock_hold.clone(),
         );
         counter(
             &mut r,

@@ -234,6 +234,7 @@ pub async fn run_participant_until(
             incarnation,
         ),
         metrics,
+        name: node_config.id.clone(),
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     if let Some(http) = http {
@@ -258,6 +259,8 @@ struct ParticipantDriver {
     log: LogWriter,
     outbox: Outbox,
     metrics: crate::metrics::ParticipantMetrics,
+    /// This participant's id (the label of its lock-hold metric).
+    name: String,
 }
 
 impl DriverNode for ParticipantDriver {
@@ -306,6 +309,11 @@ impl DriverNode for ParticipantDriver {
                     oldest_in_doubt_seconds: core
                         .oldest_in_doubt_since()
                         .map_or(0.0, |at| now.ms_since(at) as f64 / 1000.0),
+                    lock_hold: crate::metrics::PhaseHistograms::of(vec![(
+                        &self.name,
+                        "ready_to_outcome",
+                        self.node.lock_hold(),
+                    )]),
                     log: self.log.log_stats(),
                 };
                 let _ = answer.send(self.metrics.render(&snapshot));
