@@ -678,7 +678,15 @@ async fn transactions_are_listed_newest_first_filtered_and_paged() {
             vec![begun[5].clone()]
         );
         assert_eq!(xids("/v1/transactions?participant=p2").await, aborted);
-        assert!(xids("/v1/transactions?state=in_doubt").await.is_empty());
+        // In doubt until the last ACKs arrive, then never again.
+        let started = std::time::Instant::now();
+        while !xids("/v1/transactions?state=in_doubt").await.is_empty() {
+            assert!(
+                started.elapsed() < SETTLE,
+                "still in doubt after {SETTLE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(xids("/v1/transactions?min_age_ms=600000").await.len(), 0);
         assert_eq!(xids("/v1/transactions?max_age_ms=600000").await.len(), 6);
 
