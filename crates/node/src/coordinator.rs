@@ -1946,19 +1946,24 @@ mod tests {
 
     /// `from`, at `addr`, votes READY on `xid`.
     fn vote_ready(node: &mut CoordinatorNode, now: Time, xid: Xid, from: &str, addr: &str) {
+        from_peer(node, now, xid, (from, addr), Body::Vote(Vote::Ready));
+    }
+
+    /// `from` (at its address) sends `body` about `xid`.
+    fn from_peer(node: &mut CoordinatorNode, now: Time, xid: Xid, from: (&str, &str), body: Body) {
         let epoch = node.epoch();
         node.on_peer(
             now,
             PeerEnvelope {
-                from: from.into(),
-                reply_to: addr.into(),
+                from: from.0.into(),
+                reply_to: from.1.into(),
                 incarnation: 1,
                 peers: Vec::new(),
                 body: PeerBody::Message(Message {
                     xid,
                     epoch,
-                    from: from.into(),
-                    body: Body::Vote(Vote::Ready),
+                    from: from.0.into(),
+                    body,
                 }),
             },
         );
@@ -2213,20 +2218,7 @@ mod tests {
         node.on_durable(Time(20), forced_ticket(&actions).expect("COMMIT record"));
         node.drain_actions().for_each(drop);
         // bank-a acknowledges; bank-b never does.
-        let epoch = node.epoch();
-        let ack = |from: &str, addr: &str| PeerEnvelope {
-            from: from.into(),
-            reply_to: addr.into(),
-            incarnation: 1,
-            peers: Vec::new(),
-            body: PeerBody::Message(Message {
-                xid,
-                epoch,
-                from: from.into(),
-                body: Body::Ack,
-            }),
-        };
-        node.on_peer(Time(30), ack("bank-a", A));
+        from_peer(&mut node, Time(30), xid, ("bank-a", A), Body::Ack);
         node.on_delivery_failed(Time(40), &"bank-b".to_string(), xid, "COMMIT", "refused");
         let mut now = Time(0).plus_ms(20);
         let mut flagged = None;
@@ -2267,7 +2259,7 @@ mod tests {
             b.delivery.as_ref().is_some_and(|d| d.needs_attention),
             "{b:?}"
         );
-        node.on_peer(now, ack("bank-b", B));
+        from_peer(&mut node, now, xid, ("bank-b", B), Body::Ack);
         let cleared = node.drain_actions().any(|a| {
             matches!(
                 a,

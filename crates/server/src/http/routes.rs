@@ -595,17 +595,29 @@ async fn open(
             }
             Ok(response)
         }
-        Reply::Error { message, .. } => Err(refused(message)),
-        other => Err(unexpected(other)),
+        other => Err(refusal(other)),
     }
 }
 
-fn unexpected(reply: Reply) -> ApiError {
-    tracing::warn!(?reply, "unexpected reply to an HTTP request");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "unexpected reply from the coordinator",
-    )
+/// A reply that is not the one a handler hoped for, as its problem: a
+/// refusal (busy, invalid), not open, or a reply no request expects.
+fn refusal(reply: Reply) -> ApiError {
+    match reply {
+        Reply::Error { message, .. } => refused(message),
+        Reply::NotOpen {
+            xid,
+            state,
+            message,
+            ..
+        } => not_open(xid, state, message),
+        reply => {
+            tracing::warn!(?reply, "unexpected reply to an HTTP request");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unexpected reply from the coordinator",
+            )
+        }
+    }
 }
 
 fn xid_of(text: &str) -> Result<Xid, ApiError> {
@@ -655,14 +667,7 @@ async fn register(
                 branches,
             },
         )),
-        Reply::NotOpen {
-            xid,
-            state,
-            message,
-            ..
-        } => Err(not_open(xid, state, message)),
-        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
-        other => Err(unexpected(other)),
+        other => Err(refusal(other).with_xid(xid)),
     }
 }
 
@@ -736,14 +741,7 @@ async fn abort(State(api): State<Arc<Api>>, Path(xid): Path<String>) -> Result<R
             TxnStateName::Aborted,
             Some(reason),
         )),
-        Reply::NotOpen {
-            xid,
-            state,
-            message,
-            ..
-        } => Err(not_open(xid, state, message)),
-        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
-        other => Err(unexpected(other)),
+        other => Err(refusal(other).with_xid(xid)),
     }
 }
 
@@ -786,8 +784,7 @@ async fn timeline(
              its timeline was dropped for newer ones",
         )
         .with_xid(xid)),
-        Reply::Error { message, .. } => Err(refused(message).with_xid(xid)),
-        other => Err(unexpected(other)),
+        other => Err(refusal(other).with_xid(xid)),
     }
 }
 
@@ -827,8 +824,7 @@ async fn list(
                 next_cursor,
             },
         )),
-        Reply::Error { message, .. } => Err(refused(message)),
-        other => Err(unexpected(other)),
+        other => Err(refusal(other)),
     }
 }
 
