@@ -305,6 +305,11 @@ struct ServeArgs {
     /// is given up or deleted. E.g. 300ms, 30s, 5m, 1h.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration_ms)]
     attention_after: u64,
+    /// Keep the timelines (`concord timeline`) of at most this many
+    /// transactions, 128 entries each; the oldest finished are dropped
+    /// first. 0 turns timelines off.
+    #[arg(long, default_value_t = concord_node::timeline::TIMELINES_MAX_DEFAULT, value_name = "N")]
+    timelines_max: usize,
     /// Phase-1 timeout (a participant that has not voted within it makes
     /// the decision ABORT) until --timeout-samples-min PREPARE → vote
     /// samples of a participant exist; then it is measured: 2 × (srtt +
@@ -1025,6 +1030,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     participants.extend(args.http_participants);
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, participants);
     config.node.attention_after_ms = args.attention_after;
+    config.node.timelines_max = args.timelines_max;
     config.node.id = args.name;
     if let Some(advertise) = args.advertise {
         config.node.addr = advertise.clone();
