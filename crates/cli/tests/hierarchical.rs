@@ -118,7 +118,7 @@ async fn hierarchical_sub_coordinator_killed_after_the_decision_commits_the_tree
         assert_conserved(&cluster, &reports);
         let result = pending.await.expect("client task").expect("an outcome");
         assert_eq!(result.outcome, Outcome::Committed, "{result:?}");
-        assert_state_everywhere(&states(&cluster, result.xid).await, TxnState::Committed);
+        wait_state_everywhere(&cluster, result.xid, TxnState::Committed).await;
         let status = status_text(&cluster, result.xid).await;
         assert!(
             status.contains("shape: hierarchical: tree p0(p1,p2)"),

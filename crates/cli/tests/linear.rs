@@ -118,7 +118,7 @@ async fn linear_decider_killed_after_its_decision_the_chain_commits() {
             Err(ClientError::OutcomeUnknown { xid, .. }) => xid,
             Err(e) => panic!("expected committed or unknown, got {e}"),
         };
-        assert_state_everywhere(&states(&cluster, xid).await, TxnState::Committed);
+        wait_state_everywhere(&cluster, xid, TxnState::Committed).await;
     })
     .await;
 }

@@ -414,6 +414,24 @@ pub async fn states(cluster: &Cluster, xid: concord_proto::Xid) -> Vec<concord_p
     out
 }
 
+/// Poll until every participant's state of `xid` is `want` (a restarted
+/// sub-coordinator reports its branch READY until its parent's COMMIT,
+/// re-sent with backoff and jitter, reaches it again), then assert it.
+pub async fn wait_state_everywhere(
+    cluster: &Cluster,
+    xid: concord_proto::Xid,
+    want: concord_proto::TxnState,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = states(cluster, xid).await;
+        if now.iter().all(|s| *s == want) || Instant::now() > deadline {
+            return assert_state_everywhere(&now, want);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub fn assert_state_everywhere(states: &[concord_proto::TxnState], want: concord_proto::TxnState) {
     for (p, state) in states.iter().enumerate() {
         assert_eq!(*state, want, "p{p}");
