@@ -414,9 +414,10 @@ pub async fn states(cluster: &Cluster, xid: concord_proto::Xid) -> Vec<concord_p
     out
 }
 
-/// Poll until every participant's state of `xid` is `want` (a restarted
-/// sub-coordinator reports its branch READY until its parent's COMMIT,
-/// re-sent with backoff and jitter, reaches it again), then assert it.
+/// Poll until every participant's state of `xid` is `want`, then assert
+/// it: a restarted sub-coordinator was seen to report its branch READY
+/// (still applying, in the core's words) for a moment after its balances
+/// already showed the commit and its locks were free.
 pub async fn wait_state_everywhere(
     cluster: &Cluster,
     xid: concord_proto::Xid,
