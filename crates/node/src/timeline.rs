@@ -15,8 +15,11 @@
 //! first; with none finished, a new transaction gets no timeline).
 
 use crate::coordinator::{CoordinatorEvent, CoordinatorNodeAction};
+use crate::timeouts::TimeoutChoice;
 use concord_api::{TimelineEntry, TimelineEvent, TimelineView};
-use concord_proto::{Body, CoordinatorRecord, Decision, Durability, PersistTicket, Time, Xid};
+use concord_proto::{
+    Body, CoordinatorRecord, Decision, Durability, NodeId, PersistTicket, Time, Xid,
+};
 use std::collections::{HashMap, VecDeque};
 
 /// Entries kept per transaction; enough for a 3-participant transaction
@@ -25,15 +28,44 @@ pub const ENTRIES_PER_TXN_MAX: usize = 128;
 /// Transactions with a timeline, by default (`TIMELINES_MAX_DEFAULT` ×
 /// about 2.5 KB for a 3-participant transaction: ~25 MB at most).
 pub const TIMELINES_MAX_DEFAULT: usize = 10_000;
+/// Entries reserved up front: a 3-participant transaction's usual count.
+const ENTRIES_RESERVED: usize = 16;
+
+/// Most distinct peers named in timelines; beyond (a peer can put any id
+/// in a frame), entries name no peer rather than grow the table.
+const PEERS_MAX: usize = 4096;
+
+/// One entry as kept: compact, since this runs for every message. Text is
+/// made only when a timeline is asked for.
+#[derive(Debug)]
+struct Entry {
+    at: Time,
+    event: TimelineEvent,
+    /// Index into [`Timelines::peers`].
+    peer: Option<u16>,
+    message: Option<&'static str>,
+    /// 0: not a send.
+    attempt: u32,
+    detail: Detail,
+}
+
+#[derive(Debug)]
+enum Detail {
+    None,
+    Static(&'static str),
+    Text(String),
+    /// A begin's phase-1 timeout and the estimate that set it.
+    Prepare(Box<TimeoutChoice>),
+}
 
 #[derive(Debug, Default)]
 struct Timeline {
     began: Option<Time>,
-    entries: Vec<TimelineEntry>,
+    entries: Vec<Entry>,
     dropped: u64,
     finished: bool,
     /// Sends so far per (peer, message kind): the attempt numbers.
-    sends: Vec<(String, &'static str, u32)>,
+    sends: Vec<(Option<u16>, &'static str, u32)>,
 }
 
 #[derive(Debug)]
@@ -47,6 +79,9 @@ pub struct Timelines {
     /// Transactions that got no timeline (the bound was full of
     /// unfinished ones).
     untracked: u64,
+    /// The peers entries name (interned: a timeline entry holds an index).
+    peers: Vec<NodeId>,
+    peer_index: HashMap<NodeId, u16>,
 }
 
 impl Timelines {
@@ -57,6 +92,8 @@ impl Timelines {
             finished: VecDeque::new(),
             forcing: HashMap::new(),
             untracked: 0,
+            peers: Vec::new(),
+            peer_index: HashMap::new(),
         }
     }
 
@@ -68,16 +105,20 @@ impl Timelines {
         for action in actions {
             match action {
                 CoordinatorNodeAction::Send { to, message, .. } => {
+                    if !self.txns.contains_key(&message.xid) {
+                        continue;
+                    }
                     let kind = message.kind();
+                    let peer = self.peer(to);
                     if let Some(t) = self.timeline(message.xid, false) {
-                        let attempt = t.attempt(to, kind);
+                        let attempt = t.attempt(peer, kind);
                         t.push(
                             now,
                             TimelineEvent::Sent,
-                            Some(to.clone()),
+                            peer,
                             Some(kind),
-                            Some(attempt),
-                            String::new(),
+                            attempt,
+                            Detail::None,
                         );
                     }
                 }
@@ -85,6 +126,9 @@ impl Timelines {
                     let Some(xid) = record_xid(record) else {
                         continue;
                     };
+                    if !self.txns.contains_key(&xid) {
+                        continue;
+                    }
                     let name = record_name(record);
                     let forced = matches!(durability, Durability::Forced(_));
                     if let Durability::Forced(ticket) = durability {
@@ -92,14 +136,8 @@ impl Timelines {
                     }
                     if let Some(t) = self.timeline(xid, false) {
                         let detail = if forced { "forced (fsync)" } else { "lazy" };
-                        t.push(
-                            now,
-                            TimelineEvent::Logged,
-                            None,
-                            Some(name),
-                            None,
-                            detail.into(),
-                        );
+                        let detail = Detail::Static(detail);
+                        t.push(now, TimelineEvent::Logged, None, Some(name), 0, detail);
                     }
                 }
                 CoordinatorNodeAction::Event(event) => self.on_event(now, event),
@@ -110,20 +148,21 @@ impl Timelines {
 
     /// A message from `from` reached the core.
     pub fn received(&mut self, now: Time, xid: Xid, from: &str, body: &Body) {
-        if self.timelines_max == 0 {
+        if !self.txns.contains_key(&xid) {
             return;
         }
+        let peer = self.peer(from);
         if let Some(t) = self.timeline(xid, false) {
             let detail = match body {
-                Body::Vote(concord_proto::Vote::Abort { reason }) => reason.clone(),
-                _ => String::new(),
+                Body::Vote(concord_proto::Vote::Abort { reason }) => Detail::Text(reason.clone()),
+                _ => Detail::None,
             };
             t.push(
                 now,
                 TimelineEvent::Received,
-                Some(from.to_string()),
+                peer,
                 Some(body.kind()),
-                None,
+                0,
                 detail,
             );
         }
@@ -140,23 +179,27 @@ impl Timelines {
                 TimelineEvent::Durable,
                 None,
                 Some(name),
-                None,
-                String::new(),
+                0,
+                Detail::None,
             );
         }
     }
 
     /// The transport could not deliver a message (HTTP participants).
     pub fn delivery_failed(&mut self, now: Time, xid: Xid, to: &str, kind: &str, error: &str) {
+        if !self.txns.contains_key(&xid) {
+            return;
+        }
+        let peer = self.peer(to);
         if let Some(t) = self.timeline(xid, false) {
-            let kind = static_kind(kind);
+            let detail = Detail::Text(error.to_string());
             t.push(
                 now,
                 TimelineEvent::DeliveryFailed,
-                Some(to.to_string()),
-                kind,
-                None,
-                error.to_string(),
+                peer,
+                static_kind(kind),
+                0,
+                detail,
             );
         }
     }
@@ -164,11 +207,30 @@ impl Timelines {
     /// The timeline of `xid`, if one is kept.
     pub fn view(&self, now: Time, xid: Xid) -> Option<TimelineView> {
         let t = self.txns.get(&xid)?;
+        let entries = t
+            .entries
+            .iter()
+            .map(|e| TimelineEntry {
+                at_us: e.at.0,
+                event: e.event,
+                peer: e.peer.and_then(|i| self.peers.get(usize::from(i))).cloned(),
+                message: e.message.map(str::to_string),
+                attempt: (e.attempt > 0).then_some(e.attempt),
+                detail: match &e.detail {
+                    Detail::None => String::new(),
+                    Detail::Static(text) => text.to_string(),
+                    Detail::Text(text) => text.clone(),
+                    Detail::Prepare(choice) => {
+                        format!("phase-1 timeout {} ms: {choice}", choice.timeout_ms)
+                    }
+                },
+            })
+            .collect();
         Some(TimelineView {
             xid,
             now_us: now.0,
             began_us: t.began.map(|b| b.0),
-            entries: t.entries.clone(),
+            entries,
             dropped: t.dropped,
             finished: t.finished,
         })
@@ -188,14 +250,18 @@ impl Timelines {
                 prepare,
                 ..
             } => {
-                let detail = format!("phase-1 timeout {timeout_ms} ms: {prepare}");
+                // The timeout in force (a chain's or tree's is a multiple
+                // of the estimate's) and the estimate behind it.
+                let mut choice = prepare.clone();
+                choice.timeout_ms = *timeout_ms;
+                let detail = Detail::Prepare(Box::new(choice));
                 if let Some(t) = self.timeline(*xid, true) {
                     t.began = Some(now);
                 }
                 (*xid, TimelineEvent::Begun, None, detail, false)
             }
             E::Opened { xid, lifetime_ms } => {
-                let detail = format!("open-ended, lifetime {lifetime_ms} ms");
+                let detail = Detail::Text(format!("open-ended, lifetime {lifetime_ms} ms"));
                 if let Some(t) = self.timeline(*xid, true) {
                     t.began = Some(now);
                 }
@@ -211,10 +277,10 @@ impl Timelines {
                 *xid,
                 TimelineEvent::Timeout,
                 None,
-                format!(
+                Detail::Text(format!(
                     "{phase} after {timeout_ms} ms, waiting for {}: {basis}",
                     waiting_for.join(", ")
-                ),
+                )),
                 false,
             ),
             E::Decided {
@@ -224,8 +290,10 @@ impl Timelines {
                 ..
             } => {
                 let d = match decision {
-                    Decision::Commit => "COMMIT".to_string(),
-                    Decision::Abort => format!("ABORT: {}", reason.as_deref().unwrap_or("")),
+                    Decision::Commit => Detail::Static("COMMIT"),
+                    Decision::Abort => {
+                        Detail::Text(format!("ABORT: {}", reason.as_deref().unwrap_or("")))
+                    }
                 };
                 // An abort is final (presumed abort: nothing more is sent
                 // but the ABORTs in the same batch).
@@ -237,7 +305,7 @@ impl Timelines {
                     *decision == Decision::Abort,
                 )
             }
-            E::Ended { xid } => (*xid, TimelineEvent::Ended, None, String::new(), true),
+            E::Ended { xid } => (*xid, TimelineEvent::Ended, None, Detail::None, true),
             E::NeedsAttention {
                 xid,
                 participant,
@@ -248,10 +316,10 @@ impl Timelines {
                 *xid,
                 TimelineEvent::NeedsAttention,
                 Some(participant.clone()),
-                format!(
+                Detail::Text(format!(
                     "{attempts} attempts over {pending_ms} ms; last error: {}",
                     last_error.as_deref().unwrap_or("none reported")
-                ),
+                )),
                 false,
             ),
             E::AttentionCleared {
@@ -262,25 +330,41 @@ impl Timelines {
                 *xid,
                 TimelineEvent::AttentionCleared,
                 Some(participant.clone()),
-                format!("acknowledged after {attempts} attempts"),
+                Detail::Text(format!("acknowledged after {attempts} attempts")),
                 false,
             ),
             E::OutcomeUnknown { xid, participant } => (
                 *xid,
                 TimelineEvent::Ended,
                 Some(participant.clone()),
-                "one-phase branch asked too late: outcome unknown here".into(),
+                Detail::Static("one-phase branch asked too late: outcome unknown here"),
                 true,
             ),
             _ => return,
         };
+        // Attention events name the participant by its display name.
+        let peer = peer.and_then(|p: String| self.peer(&p));
         if let Some(t) = self.timeline(xid, false) {
-            t.push(now, what, peer, None, None, detail);
+            t.push(now, what, peer, None, 0, detail);
             if finishes && !t.finished {
                 t.finished = true;
                 self.finished.push_back(xid);
             }
         }
+    }
+
+    /// The interned index of `peer` (`None` once the table is full).
+    fn peer(&mut self, peer: &str) -> Option<u16> {
+        if let Some(i) = self.peer_index.get(peer) {
+            return Some(*i);
+        }
+        if self.peers.len() >= PEERS_MAX {
+            return None;
+        }
+        let i = self.peers.len() as u16;
+        self.peers.push(peer.to_string());
+        self.peer_index.insert(peer.to_string(), i);
+        Some(i)
     }
 
     /// The timeline of `xid`; a new one only at its begin (`create`).
@@ -297,23 +381,26 @@ impl Timelines {
             };
             self.txns.remove(&old);
         }
-        Some(self.txns.entry(xid).or_default())
+        Some(self.txns.entry(xid).or_insert_with(|| Timeline {
+            entries: Vec::with_capacity(ENTRIES_RESERVED),
+            ..Timeline::default()
+        }))
     }
 }
 
 impl Timeline {
-    fn attempt(&mut self, to: &str, kind: &'static str) -> u32 {
+    fn attempt(&mut self, to: Option<u16>, kind: &'static str) -> u32 {
         match self
             .sends
             .iter_mut()
-            .find(|(p, k, _)| p == to && *k == kind)
+            .find(|(p, k, _)| *p == to && *k == kind)
         {
             Some((_, _, n)) => {
                 *n += 1;
                 *n
             }
             None => {
-                self.sends.push((to.to_string(), kind, 1));
+                self.sends.push((to, kind, 1));
                 1
             }
         }
@@ -323,20 +410,20 @@ impl Timeline {
         &mut self,
         at: Time,
         event: TimelineEvent,
-        peer: Option<String>,
+        peer: Option<u16>,
         message: Option<&'static str>,
-        attempt: Option<u32>,
-        detail: String,
+        attempt: u32,
+        detail: Detail,
     ) {
         if self.entries.len() >= ENTRIES_PER_TXN_MAX {
             self.dropped += 1;
             return;
         }
-        self.entries.push(TimelineEntry {
-            at_us: at.0,
+        self.entries.push(Entry {
+            at,
             event,
             peer,
-            message: message.map(str::to_string),
+            message,
             attempt,
             detail,
         });
