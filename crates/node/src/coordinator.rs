@@ -1588,10 +1588,20 @@ impl CoordinatorNode {
                     None,
                 ),
             };
+            // The exact begin time where this life has it, so that the
+            // sort key (and a cursor) does not move between two pages.
+            let began = match (self.waiting.get(&xid), self.recent.get(xid)) {
+                (Some(w), _) => w.began_at,
+                (
+                    None,
+                    Some(RecentTxn {
+                        began_at: Some(at), ..
+                    }),
+                ) => *at,
+                _ => Time(now.0.saturating_sub(status.age_ms.saturating_mul(1000))),
+            };
             push(
-                Some(Time(
-                    now.0.saturating_sub(status.age_ms.saturating_mul(1000)),
-                )),
+                Some(began),
                 TxnSummary {
                     xid,
                     state: state_of(status.phase),
