@@ -76,8 +76,9 @@ fn participant_callbacks() -> serde_json::Value {
             "A READY answer promises that the service's part is durable and that it will be \
              applied if COMMIT comes, across restarts; what the work needs stays held until \
              the decision. A duplicate (same xid and branch) gets the same answer. A READY \
-             service that hears no decision may ask GET /v1/transactions/{xid}: \
-             committed* means commit, aborted or 404 (no record: presumed abort) means abort.",
+             service that hears no decision must ask GET /v1/transactions/{xid} now and then \
+             (ABORT is sent once, and can overtake a slow prepare): committed* means commit, \
+             aborted or 404 (no record: presumed abort) means abort.",
             "ParticipantPrepareCall",
             serde_json::json!({"description": "The vote", "content": {"application/json":
                 {"schema": schema("ParticipantVoteAnswer")}}}),
