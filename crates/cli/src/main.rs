@@ -703,27 +703,11 @@ fn parse_http_participant(s: &str) -> Result<(String, String), String> {
     Ok((name, url))
 }
 
-/// A duration with its unit: `300ms`, `30s`, `5m`, `1h`; in milliseconds.
+/// A duration with its unit (`300ms`, `30s`, `5m`, `1h`), in milliseconds.
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a number and a unit (300ms, 30s, 5m, 1h), got {s:?}"))?;
-    let scale = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e} (e.g. 300ms, 30s, 5m, 1h)"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
 }
 
 /// `P:ACCT`; split at the last ':' so a participant may be named by its

@@ -126,12 +126,14 @@ impl Deliveries {
         let Some(branches) = self.pending.remove(&xid) else {
             return Vec::new();
         };
-        let mut changes: Vec<AttentionChange> = branches
+        // In participant order, so the events (and a seed's trace) do
+        // not depend on the map's order.
+        let mut branches: Vec<(NodeId, Delivery)> = branches.into_iter().collect();
+        branches.sort_by(|a, b| a.0.cmp(&b.0));
+        branches
             .into_iter()
             .filter_map(|(participant, d)| self.cleared(xid, participant, d))
-            .collect();
-        changes.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-        changes
+            .collect()
     }
 
     pub fn get(&self, xid: Xid, participant: &NodeId) -> Option<&Delivery> {

@@ -866,9 +866,7 @@ async fn transaction(
     State(api): State<Arc<Api>>,
     Path(xid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let xid: Xid = xid
-        .parse()
-        .map_err(|e: String| ApiError::bad_request(format!("xid: {e}")))?;
+    let xid = xid_of(&xid)?;
     let request_id = api.request_id();
     let mut replies = api.submit(Request::Status { request_id, xid })?;
     match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
