@@ -314,7 +314,8 @@ pub fn resolve_branches(
             let merged = merge_works(works).map_err(|e| {
                 format!(
                     "participant {} is named by several branches and their work cannot \
-                     be merged (not key-value work: {e}); send one branch per participant",
+                     be merged (neither key-value nor PostgreSQL work: {e}); send one branch per \
+                     participant",
                     directory.display_name(&addr)
                 )
             })?;

@@ -17,7 +17,8 @@ use crate::timeouts::{ParticipantTimeouts, PhaseSettings, PREPARE_SAFETY_FACTOR}
 use concord_api::{
     AccountsReport, PeerBody, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport,
 };
-use concord_participant::kv::{KvStore, KvView};
+use concord_participant::kv::KvStore;
+use concord_participant::resource::Accounts;
 use concord_participant::{ParticipantNode, Resource, ResourceOp};
 use concord_proto::{
     Body, Decision, Durability, Message, NodeId, ParticipantAction, ParticipantConfig,
@@ -231,8 +232,9 @@ pub fn started_record(records: &[ParticipantRecord], addr: &str) -> ParticipantR
 }
 
 /// Generic over the resource so that tests and the simulator can run the
-/// same node over a resource that answers late ([`Resource`]); it must
-/// hold key-value accounts ([`KvView`]) for the `accounts` request.
+/// same node over a resource that answers late ([`Resource`]), and the
+/// PostgreSQL participant over its database; `accounts` answers from a
+/// key-value one ([`Accounts`]).
 pub struct ParticipantServerNode<R: Resource = KvStore> {
     node: ParticipantNode<R>,
     /// Coordinators (and peers) by id: learnt from frames, kept in the log
@@ -270,7 +272,7 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
     actions: Vec<ParticipantNodeAction>,
 }
 
-impl<R: Resource + KvView> ParticipantServerNode<R> {
+impl<R: Resource + Accounts> ParticipantServerNode<R> {
     /// Rebuild from the log: `resource` must already reflect the committed
     /// history (`KvStore::replay` of the same records). Every peer in the
     /// log's directory hears where this node is now.
@@ -740,7 +742,17 @@ impl<R: Resource + KvView> ParticipantServerNode<R> {
     pub fn on_request(&mut self, client: ClientId, request: Request) {
         let reply = match request {
             Request::Accounts { request_id } => {
-                let kv = self.node.resource().kv();
+                let Some(kv) = self.node.resource().accounts() else {
+                    let reply = Reply::Error {
+                        request_id,
+                        message: "this participant keeps no key-value accounts: its data is \
+                                  in its database; ask the database"
+                            .into(),
+                    };
+                    self.actions
+                        .push(ParticipantNodeAction::Reply { client, reply });
+                    return;
+                };
                 let mut locks: Vec<(String, Xid)> =
                     kv.locks().iter().map(|(a, x)| (a.clone(), *x)).collect();
                 locks.sort();

@@ -155,12 +155,22 @@ impl<R: Resource> Resource for Delayed<R> {
         self.inner.is_read_only(work)
     }
 
+    fn note_coordinator(&mut self, xid: Xid, coordinator: &concord_proto::NodeId) {
+        self.inner.note_coordinator(xid, coordinator);
+    }
+
     fn restore(&mut self, xid: Xid, work: &[u8]) {
         self.inner.restore(xid, work);
     }
 
     fn snapshot(&self) -> Vec<u8> {
         self.inner.snapshot()
+    }
+}
+
+impl<R: crate::resource::Accounts> crate::resource::Accounts for Delayed<R> {
+    fn accounts(&self) -> Option<&KvStore> {
+        self.inner.accounts()
     }
 }
 

@@ -68,15 +68,23 @@ pub fn encode_work_with_memo(ops: &[KvOp], memo: &[u8]) -> Vec<u8> {
 
 /// Several branches' work for one participant as one branch: the
 /// operations in order and the memos joined. One work is returned as it
-/// is (whatever the resource); several must all be key-value work, the
-/// only kind with a known way to merge.
+/// is (whatever the resource); several must all be key-value work, or all
+/// PostgreSQL work (gids and statements in order): the kinds with a known
+/// way to merge.
 pub fn merge_works(mut works: Vec<Vec<u8>>) -> Result<Vec<u8>, String> {
     if works.len() == 1 {
         return Ok(works.pop().unwrap_or_default());
     }
     let mut merged = KvWork::default();
     for work in &works {
-        let work = decode_kv_work(work)?;
+        let work = match decode_kv_work(work) {
+            Ok(work) => work,
+            // PostgreSQL work merges too (its own format, JSON).
+            Err(_) if works.iter().all(|w| crate::pg::PgWork::is_pg_work(w)) => {
+                return crate::pg::PgWork::merge(&works)
+            }
+            Err(e) => return Err(e),
+        };
         merged.ops.extend(work.ops);
         merged.memo.extend(work.memo);
     }

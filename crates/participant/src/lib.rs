@@ -14,6 +14,7 @@
 pub mod delayed;
 pub mod kv;
 pub mod node;
+pub mod pg;
 pub mod resource;
 
 pub use node::ParticipantNode;

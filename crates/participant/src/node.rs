@@ -134,6 +134,7 @@ impl<R: Resource> ParticipantNode<R> {
             for action in actions {
                 let (xid, op, answer) = match action {
                     ParticipantAction::Prepare { xid, work } => {
+                        self.note_coordinator(xid);
                         if self.read_only_votes && self.resource.is_read_only(&work) {
                             self.read_only.insert(xid);
                         } else {
@@ -148,6 +149,7 @@ impl<R: Resource> ParticipantNode<R> {
                         (xid, ResourceOp::Abort, self.resource.abort(xid))
                     }
                     ParticipantAction::Restore { xid, work } => {
+                        self.note_coordinator(xid);
                         self.resource.restore(xid, &work);
                         continue;
                     }
@@ -160,6 +162,12 @@ impl<R: Resource> ParticipantNode<R> {
                     self.answer(now, xid, op, result);
                 }
             }
+        }
+    }
+
+    fn note_coordinator(&mut self, xid: Xid) {
+        if let Some(coordinator) = self.core.coordinator_of(xid) {
+            self.resource.note_coordinator(xid, coordinator);
         }
     }
 

@@ -6,7 +6,8 @@
 //! with `ParticipantNode::on_resource_done` when it has one. Nothing in the
 //! node waits: other branches go on meanwhile.
 
-use concord_proto::Xid;
+use crate::kv::KvStore;
+use concord_proto::{NodeId, Xid};
 
 /// How a resource answers `prepare`, `commit` or `abort`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +50,12 @@ pub trait Resource {
         let _ = work;
         false
     }
+    /// Called just before `prepare` and `restore` with the branch's
+    /// coordinator, for a resource that names its work after it (the
+    /// PostgreSQL resource's gids). By default nothing.
+    fn note_coordinator(&mut self, xid: Xid, coordinator: &NodeId) {
+        let _ = (xid, coordinator);
+    }
     /// After a restart, `xid` is in doubt: take again what prepare took.
     fn restore(&mut self, xid: Xid, work: &[u8]);
     /// The body of a `ParticipantRecord::Resource` record that holds every
@@ -62,4 +69,17 @@ pub trait Resource {
     /// resource whose state lives elsewhere (a database) returns what it
     /// needs to find that state, not the state.
     fn snapshot(&self) -> Vec<u8>;
+}
+
+/// What `concord accounts` can show of a resource: the key-value store's
+/// accounts and locks, or nothing for a resource whose data lives
+/// elsewhere (a database: ask it).
+pub trait Accounts {
+    fn accounts(&self) -> Option<&KvStore>;
+}
+
+impl Accounts for KvStore {
+    fn accounts(&self) -> Option<&KvStore> {
+        Some(self)
+    }
 }

@@ -687,6 +687,12 @@ impl Participant {
             .min()
     }
 
+    /// The coordinator of the unfinished branch `xid` (the one whose
+    /// PREPARE it answers, or whose READY record it recovered).
+    pub fn coordinator_of(&self, xid: Xid) -> Option<&NodeId> {
+        self.branches.get(&xid).map(|b| &b.coordinator)
+    }
+
     /// What the in-doubt branch `xid` has heard while waiting for its
     /// outcome; `None` unless it is READY without an outcome.
     pub fn in_doubt_report(&self, xid: Xid) -> Option<InDoubt> {
