@@ -169,6 +169,9 @@ pub struct OpenedBody {
     pub state: TxnStateName,
     /// Aborted unless committed or aborted within this.
     pub lifetime_ms: u64,
+    /// The coordinator's `--name`: the second part of a PostgreSQL gid
+    /// (`cc1:<coordinator>:<participant>:<xid>:<branch>:<hold_s>`).
+    pub coordinator: String,
     pub status_url: String,
 }
 

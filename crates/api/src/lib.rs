@@ -301,6 +301,8 @@ pub enum Reply {
         request_id: u64,
         xid: Xid,
         lifetime_ms: u64,
+        /// The coordinator's `--name` (PostgreSQL gids carry it).
+        coordinator: String,
     },
     /// Branches were added: how many the transaction has now.
     Registered {

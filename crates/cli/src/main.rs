@@ -52,6 +52,12 @@ enum Command {
     /// Run a participant with the built-in durable key-value resource
     /// (named accounts with balances).
     Participant(ParticipantArgs),
+    /// Run a participant for one PostgreSQL database: branches are
+    /// PostgreSQL's own prepared transactions, prepared by the application
+    /// (gids from concord) or from the SQL a branch ships, and
+    /// pg_prepared_xacts is reconciled with the log so that no prepared
+    /// transaction of concord's is left dangling.
+    PgParticipant(PgParticipantArgs),
     /// Move an amount between two accounts as one global transaction.
     #[command(after_help = TXN_EXIT_HELP)]
     Transfer(TransferArgs),
@@ -473,6 +479,30 @@ struct ParticipantArgs {
     process: ServerProcessArgs,
 }
 
+#[derive(Args, Debug)]
+struct PgParticipantArgs {
+    /// The database: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (or
+    /// "host=… user=… dbname=…"). Its max_prepared_transactions must be
+    /// above 0.
+    #[arg(long, value_name = "DSN", env = "CONCORD_PG_DSN")]
+    dsn: String,
+    /// Connections to the database; branch commands run on them in
+    /// parallel.
+    #[arg(long, default_value_t = concord_server::pg_participant::CONNECTIONS_DEFAULT, value_name = "N")]
+    connections: usize,
+    /// How often pg_prepared_xacts is compared with the log (and at
+    /// start-up): own orphans past their hold are rolled back, others
+    /// reported.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    reconcile_interval: u64,
+    /// How long a shipped statement may wait for a row lock before its
+    /// branch votes ABORT.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    lock_timeout: u64,
+    #[command(flatten)]
+    participant: ParticipantArgs,
+}
+
 /// Process settings shared by `serve` and `participant`.
 #[derive(Args, Debug)]
 struct ServerProcessArgs {
@@ -755,11 +785,16 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let server = matches!(
         cli.command,
-        Command::Serve(_) | Command::Participant(_) | Command::Proxy(_) | Command::Relay(_)
+        Command::Serve(_)
+            | Command::Participant(_)
+            | Command::PgParticipant(_)
+            | Command::Proxy(_)
+            | Command::Relay(_)
     );
     let server_threads = match &cli.command {
         Command::Serve(args) => Some(args.process.worker_threads),
         Command::Participant(args) => Some(args.process.worker_threads),
+        Command::PgParticipant(args) => Some(args.participant.process.worker_threads),
         // As the servers run by default (one thread), to compare like with
         // like.
         Command::Relay(_) => Some(1),
@@ -823,6 +858,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Participant(args) => {
             server_exit(concord_server::run_participant(participant_config(args)).await)
         }
+        Command::PgParticipant(args) => server_exit(pg_participant(args).await),
         Command::Transfer(args) => {
             let from = (args.from.0.as_str(), args.from.1.as_str());
             let to = (args.to.0.as_str(), args.to.1.as_str());
@@ -1066,6 +1102,27 @@ fn participant_config(args: ParticipantArgs) -> ParticipantServerConfig {
     config.net = args.net.net_config();
     config.fsync = !args.process.unsafe_no_fsync;
     config
+}
+
+async fn pg_participant(args: PgParticipantArgs) -> anyhow::Result<()> {
+    if args.participant.seed_accounts.is_some() {
+        anyhow::bail!(
+            "--seed-accounts is for the key-value participant; a PostgreSQL participant's data \
+             is in its database"
+        );
+    }
+    let mut config = concord_server::pg_participant::PgParticipantConfig::new(
+        participant_config(args.participant),
+        args.dsn,
+    );
+    config.connections = args.connections;
+    config.reconcile_interval_ms = args.reconcile_interval;
+    config.lock_timeout_ms = args.lock_timeout;
+    concord_server::pg_participant::run_pg_participant_until(
+        config,
+        concord_server::shutdown_signal(),
+    )
+    .await
 }
 
 /// `--compact-after-records`: 0 means never.

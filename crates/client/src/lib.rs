@@ -42,6 +42,8 @@
 //! a connection that breaks fail, because only they may have had an
 //! effect.
 
+pub mod pg;
+
 use bytes::BytesMut;
 pub use concord_api::tree::Tree;
 use concord_api::{decode_reply, KIND_REPLY, KIND_REQUEST, REPLY_BYTES_MAX};
@@ -354,6 +356,18 @@ impl Client {
         lifetime_ms: Option<u64>,
         idempotency_key: Option<String>,
     ) -> Result<Xid, ClientError> {
+        self.open_txn(lifetime_ms, idempotency_key)
+            .await
+            .map(|txn| txn.xid)
+    }
+
+    /// [`Client::open`], with what a PostgreSQL branch's gid needs (see
+    /// [`pg`]).
+    pub async fn open_txn(
+        &self,
+        lifetime_ms: Option<u64>,
+        idempotency_key: Option<String>,
+    ) -> Result<OpenTxn, ClientError> {
         let request_id = self.next_id();
         let request = Request::Open {
             request_id,
@@ -361,7 +375,16 @@ impl Client {
             idempotency_key,
         };
         match self.call(request).await? {
-            Reply::Opened { xid, .. } => Ok(xid),
+            Reply::Opened {
+                xid,
+                lifetime_ms,
+                coordinator,
+                ..
+            } => Ok(OpenTxn {
+                xid,
+                lifetime_ms,
+                coordinator,
+            }),
             Reply::Error { message, .. } if message.starts_with("busy") => {
                 Err(ClientError::Busy(message))
             }
@@ -842,6 +865,16 @@ async fn tick_of(ticker: &mut Option<tokio::time::Interval>) {
 
 /// Key-value branches from `(participant, account, delta)` triples, one
 /// branch per participant (operations on the same participant merged).
+/// An open transaction ([`Client::open_txn`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenTxn {
+    pub xid: Xid,
+    /// Aborted unless committed or aborted within this.
+    pub lifetime_ms: u64,
+    /// The coordinator's `--name`.
+    pub coordinator: String,
+}
+
 pub fn kv_branches(ops: &[(String, String, i64)]) -> Vec<BranchRequest> {
     let mut grouped: Vec<(String, Vec<KvOp>)> = Vec::new();
     for (participant, account, delta) in ops {

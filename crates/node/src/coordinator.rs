@@ -897,6 +897,7 @@ impl CoordinatorNode {
                         request_id,
                         xid,
                         lifetime_ms,
+                        coordinator: self.id.clone(),
                     };
                     return self.reply(client, reply);
                 }
@@ -932,6 +933,7 @@ impl CoordinatorNode {
                 request_id,
                 xid,
                 lifetime_ms,
+                coordinator: self.id.clone(),
             },
         );
     }

@@ -18,11 +18,12 @@ use concord_api::{
     AccountsReport, PeerBody, PeerEnvelope, PeerHint, Reply, Request, TimeoutsReport,
 };
 use concord_participant::kv::KvStore;
+use concord_participant::pg::{PgReply, PgResource};
 use concord_participant::resource::Accounts;
 use concord_participant::{ParticipantNode, Resource, ResourceOp};
 use concord_proto::{
     Body, Decision, Durability, Message, NodeId, ParticipantAction, ParticipantConfig,
-    ParticipantNotice, ParticipantRecord, PersistTicket, Time, TimerKey, Vote, Xid,
+    ParticipantNotice, ParticipantRecord, PersistTicket, Time, TimerKey, TxnState, Vote, Xid,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -270,6 +271,26 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
     /// Scratch space for the node's IO actions while they are translated.
     core_actions: Vec<ParticipantAction>,
     actions: Vec<ParticipantNodeAction>,
+}
+
+impl ParticipantServerNode<PgResource> {
+    /// The database answered command `id` of the PostgreSQL resource: the
+    /// branch result it makes, if any, for [`Self::on_resource_done`].
+    /// Reconciliation reads what the protocol knows of finished xids.
+    pub fn finish_pg(
+        &mut self,
+        now: Time,
+        id: u64,
+        reply: PgReply,
+    ) -> Option<(Xid, ResourceOp, Result<(), String>)> {
+        let (core, resource) = self.node.core_and_resource_mut();
+        let outcome_of = |xid: Xid| match core.state_of(xid) {
+            TxnState::Committed => Some(Decision::Commit),
+            TxnState::Aborted => Some(Decision::Abort),
+            _ => None,
+        };
+        resource.finish(now, id, reply, &outcome_of)
+    }
 }
 
 impl<R: Resource + Accounts> ParticipantServerNode<R> {

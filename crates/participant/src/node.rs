@@ -101,6 +101,12 @@ impl<R: Resource> ParticipantNode<R> {
         self.read_only_votes = on;
     }
 
+    /// The core to read and the resource to change, at once (the
+    /// PostgreSQL resource's reconciliation reads finished outcomes).
+    pub fn core_and_resource_mut(&mut self) -> (&Participant, &mut R) {
+        (&self.core, &mut self.resource)
+    }
+
     pub fn resource(&self) -> &R {
         &self.resource
     }

@@ -48,6 +48,11 @@ pub(crate) enum Inbound {
     Scrape(tokio::sync::oneshot::Sender<String>),
     /// An HTTP participant's call failed (coordinator only).
     DeliveryFailed(crate::http_participant::DeliveryFailure),
+    /// The PostgreSQL participant's database answered command `id`.
+    PgDone {
+        id: u64,
+        reply: concord_participant::pg::PgReply,
+    },
 }
 
 /// Where replies to one client request go: its connection, or (for the

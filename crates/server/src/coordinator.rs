@@ -297,6 +297,8 @@ impl DriverNode for CoordinatorDriver {
                     &failure.error,
                 )
             }
+            // Only a PostgreSQL participant runs database commands.
+            Inbound::PgDone { .. } => {}
         }
         self.drain_actions();
     }

@@ -31,6 +31,7 @@ mod http_participant;
 pub mod metrics;
 pub mod outbox;
 pub mod participant;
+pub mod pg_participant;
 pub mod relay;
 pub mod wire;
 

@@ -114,6 +114,21 @@ fn labelled(registry: &mut Registry, name: &str, help: &str, key: &str, values: 
     registry.register(name, help, family);
 }
 
+/// A gauge family with one label.
+fn labelled_gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    key: &str,
+    values: &[(&str, i64)],
+) {
+    let family: Family<Labels, Gauge> = Family::default();
+    for (value, n) in values {
+        family.get_or_create(&label(key, value)).set(*n);
+    }
+    registry.register(name, help, family);
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
@@ -321,6 +336,8 @@ pub struct ParticipantSnapshot {
     /// READY vote → outcome per branch: how long locks were held.
     pub lock_hold: PhaseHistograms,
     pub log: GroupCommitStats,
+    /// A PostgreSQL participant's last reconciliation.
+    pub pg: Option<concord_participant::pg::PreparedReport>,
 }
 
 /// The participant's metrics.
@@ -386,8 +403,54 @@ impl ParticipantMetrics {
             s.counters.violations,
         );
         self.log.register(&mut r, s.log);
+        if let Some(pg) = &s.pg {
+            register_pg(&mut r, pg);
+        }
         render(&r)
     }
+}
+
+/// A PostgreSQL participant's view of `pg_prepared_xacts`.
+fn register_pg(r: &mut Registry, pg: &concord_participant::pg::PreparedReport) {
+    labelled_gauge(
+        r,
+        "concord_pg_prepared_transactions",
+        "Prepared transactions in the PostgreSQL cluster at the last reconciliation: held by \
+         this participant's branches, its own waiting for their PREPARE, and the ones it does \
+         not resolve (another participant's, a foreign tool's, another database's)",
+        "kind",
+        &[
+            ("held", pg.held as i64),
+            ("waiting", pg.waiting as i64),
+            ("unresolvable", pg.unresolvable as i64),
+        ],
+    );
+    let oldest: Gauge<f64, AtomicU64> = Gauge::default();
+    oldest.set(pg.oldest_unresolved_s);
+    r.register(
+        "concord_pg_unresolved_oldest_age_seconds",
+        "Age of the oldest prepared transaction this participant has not resolved (0: none)",
+        oldest,
+    );
+    gauge(
+        r,
+        "concord_pg_max_prepared_transactions",
+        "PostgreSQL's max_prepared_transactions (a warning is logged at 80 %)",
+        pg.max_prepared as i64,
+    );
+    labelled(
+        r,
+        "concord_pg_reconciled",
+        "Prepared transactions reconciliation resolved since start, by outcome",
+        "outcome",
+        &[("committed", pg.commits), ("rolled_back", pg.rollbacks)],
+    );
+    gauge(
+        r,
+        "concord_pg_reachable",
+        "Whether the last reconciliation could read pg_prepared_xacts (1) or not (0)",
+        i64::from(pg.last_error.is_none() && pg.reconciled_at.is_some()),
+    );
 }
 
 impl Default for ParticipantMetrics {

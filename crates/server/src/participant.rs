@@ -29,8 +29,10 @@ use concord_node::{
     ParticipantServerNode, Timers,
 };
 use concord_participant::kv::{seed_record, KvStore};
+use concord_participant::resource::Accounts;
+use concord_participant::Resource;
 use concord_proto::codec::encode;
-use concord_proto::{Body, Decision, ParticipantNotice, ParticipantRecord, Vote};
+use concord_proto::{Body, Decision, ParticipantNotice, ParticipantRecord, Time, Vote};
 use concord_store::{GroupCommit, LogStore};
 use std::future::Future;
 use std::path::PathBuf;
@@ -163,6 +165,81 @@ pub async fn run_participant_until(
             );
         }
     }
+    serve_participant(
+        &config,
+        clock,
+        log,
+        records,
+        kv,
+        |_| NoResourceIo,
+        false,
+        shutdown,
+    )
+    .await
+}
+
+/// The resource side of a participant's driver: it starts what its
+/// resource answers later and brings the answers back. The key-value
+/// store answers at once and needs none of it ([`NoResourceIo`]); the
+/// PostgreSQL resource runs its commands on a connection pool
+/// (`crate::pg_participant`). Like the rest of the driver it only moves
+/// data: what an answer means is the resource's business.
+pub(crate) trait ResourceIo<R: Resource + Accounts> {
+    /// After each event: start the resource's new work, log its notices.
+    fn after_event(&mut self, node: &mut ParticipantServerNode<R>, now: Time) {
+        let _ = (node, now);
+    }
+    /// The database answered command `id`.
+    fn on_pg_done(
+        &mut self,
+        node: &mut ParticipantServerNode<R>,
+        now: Time,
+        id: u64,
+        reply: concord_participant::pg::PgReply,
+    ) {
+        let _ = (node, now, id, reply);
+        tracing::error!("a PostgreSQL answer reached a participant without PostgreSQL; dropped");
+    }
+    /// When `after_event` wants to run again with no event.
+    fn next_due(&self, node: &ParticipantServerNode<R>) -> Option<Time> {
+        let _ = node;
+        None
+    }
+    /// The PostgreSQL findings for `/metrics`.
+    fn prepared_report(
+        &self,
+        node: &ParticipantServerNode<R>,
+    ) -> Option<concord_participant::pg::PreparedReport> {
+        let _ = node;
+        None
+    }
+}
+
+/// For a resource that answers at once.
+pub(crate) struct NoResourceIo;
+
+impl<R: Resource + Accounts> ResourceIo<R> for NoResourceIo {}
+
+/// Everything after the resource is rebuilt, for any resource: the start
+/// record, recovery, group commit, the listeners, and the driver loop.
+/// `local` also opens a channel into the driver (for the resource's IO
+/// answers), handed to `make_io`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_participant<R, X>(
+    config: &ParticipantServerConfig,
+    clock: Clock,
+    mut log: concord_store::FileLog,
+    mut records: Vec<ParticipantRecord>,
+    resource: R,
+    make_io: impl FnOnce(Option<mpsc::Sender<Inbound>>) -> X,
+    local: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    R: Resource + Accounts,
+    X: ResourceIo<R>,
+{
+    let dir = config.data_dir.display().to_string();
     // A new life: forced before anything is sent (see `started_record`).
     let addr = config
         .advertise
@@ -178,15 +255,14 @@ pub async fn run_participant_until(
         addr,
         ..config.node.clone()
     };
-    let mut node = ParticipantServerNode::recover(node_config.clone(), records, kv, clock.now());
+    let mut node =
+        ParticipantServerNode::recover(node_config.clone(), records, resource, clock.now());
     for (id, at) in &config.coordinators {
         node.introduce(clock.now(), id.clone(), at);
     }
     tracing::info!(
         data_dir = %dir,
         records = record_count,
-        accounts = node.resource().balances().len(),
-        total = node.resource().total(),
         in_doubt = node.inner().core().in_doubt().len(),
         "participant log recovered"
     );
@@ -208,13 +284,14 @@ pub async fn run_participant_until(
     // it is safe to take PREPAREs and answer INQUIREs.
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
-    let (incoming, http, _) = crate::http::attach(
+    let (incoming, http, local_tx) = crate::http::attach(
         config.http.as_ref(),
         crate::http::Role::Participant,
         incoming,
-        false,
+        local,
     )
     .await?;
+    let io = make_io(local_tx);
     tracing::info!(
         name = %node_config.id,
         listen = %config.listen,
@@ -235,6 +312,7 @@ pub async fn run_participant_until(
         ),
         metrics,
         name: node_config.id.clone(),
+        io,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     if let Some(http) = http {
@@ -252,8 +330,8 @@ pub async fn run_participant_until(
     result
 }
 
-struct ParticipantDriver {
-    node: ParticipantServerNode,
+struct ParticipantDriver<R: Resource + Accounts, X: ResourceIo<R>> {
+    node: ParticipantServerNode<R>,
     clock: Clock,
     timers: Timers,
     log: LogWriter,
@@ -261,9 +339,10 @@ struct ParticipantDriver {
     metrics: crate::metrics::ParticipantMetrics,
     /// This participant's id (the label of its lock-hold metric).
     name: String,
+    io: X,
 }
 
-impl DriverNode for ParticipantDriver {
+impl<R: Resource + Accounts, X: ResourceIo<R>> DriverNode for ParticipantDriver<R, X> {
     const ROLE: &'static str = "participant";
 
     fn on_durable(&mut self, tickets: Vec<concord_proto::PersistTicket>) {
@@ -278,6 +357,9 @@ impl DriverNode for ParticipantDriver {
         let now = self.clock.now();
         for key in self.timers.pop_due(now) {
             self.node.on_timer(now, key);
+            self.drain_actions(None);
+        }
+        if self.io.next_due(&self.node).is_some_and(|at| at <= now) {
             self.drain_actions(None);
         }
     }
@@ -315,16 +397,26 @@ impl DriverNode for ParticipantDriver {
                         self.node.lock_hold(),
                     )]),
                     log: self.log.log_stats(),
+                    pg: self.io.prepared_report(&self.node),
                 };
                 let _ = answer.send(self.metrics.render(&snapshot));
             }
             // Only a coordinator calls HTTP participants.
             Inbound::DeliveryFailed(_) => {}
+            Inbound::PgDone { id, reply } => {
+                self.io
+                    .on_pg_done(&mut self.node, self.clock.now(), id, reply);
+                self.drain_actions(None);
+            }
         }
     }
 
     fn next_timer(&self) -> Option<tokio::time::Instant> {
-        self.timers.next_due().map(|at| self.clock.instant(at))
+        let due = match (self.timers.next_due(), self.io.next_due(&self.node)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        due.map(|at| self.clock.instant(at))
     }
 
     fn log(&mut self) -> &mut LogWriter {
@@ -339,7 +431,7 @@ impl DriverNode for ParticipantDriver {
     }
 }
 
-impl ParticipantDriver {
+impl<R: Resource + Accounts, X: ResourceIo<R>> ParticipantDriver<R, X> {
     async fn run(
         &mut self,
         inbound: conn::Incoming,
@@ -419,6 +511,8 @@ impl ParticipantDriver {
                 ParticipantNodeAction::Event(event) => log_event(event),
             }
         }
+        let now = self.clock.now();
+        self.io.after_event(&mut self.node, now);
     }
 }
 

@@ -111,7 +111,7 @@ impl Relay {
             Inbound::Request { request, reply } => self.on_request(request, reply),
             Inbound::Peer(envelope) => self.on_peer(envelope),
             // A relay serves no HTTP and has no HTTP participants.
-            Inbound::Scrape(_) | Inbound::DeliveryFailed(_) => {}
+            Inbound::Scrape(_) | Inbound::DeliveryFailed(_) | Inbound::PgDone { .. } => {}
         }
     }
 

@@ -163,6 +163,9 @@ pub struct Node {
     pub bind: Option<String>,
     /// Extra flags for this process.
     pub extra_flags: Vec<String>,
+    /// A PostgreSQL participant (`concord pg-participant --dsn`) for this
+    /// database, instead of a key-value one.
+    pub pg_dsn: Option<String>,
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
 }
@@ -200,6 +203,7 @@ impl Cluster {
             addr: format!("127.0.0.1:{port}"),
             bind: None,
             extra_flags: Vec::new(),
+            pg_dsn: None,
             data_dir: dir.path().join(name),
             proc: None,
         };
@@ -258,20 +262,30 @@ impl Cluster {
     /// restart).
     pub fn start_participant(&mut self, i: usize, env: &[(&str, &str)]) {
         let p = &self.participants[i];
-        let mut args: Vec<String> = vec![
-            "--log-level".into(),
-            "debug".into(),
-            "participant".into(),
+        let mut args: Vec<String> = vec!["--log-level".into(), "debug".into()];
+        match &p.pg_dsn {
+            Some(dsn) => args.extend([
+                "pg-participant".into(),
+                "--dsn".into(),
+                dsn.clone(),
+                "--reconcile-interval".into(),
+                "1s".into(),
+            ]),
+            None => args.extend([
+                "participant".into(),
+                "--seed-accounts".into(),
+                self.accounts.to_string(),
+                "--balance".into(),
+                self.balance.to_string(),
+            ]),
+        }
+        args.extend([
             "--name".into(),
             p.name.clone(),
             "--listen".into(),
             p.bind.clone().unwrap_or_else(|| p.addr.clone()),
             "--data-dir".into(),
             p.data_dir.display().to_string(),
-            "--seed-accounts".into(),
-            self.accounts.to_string(),
-            "--balance".into(),
-            self.balance.to_string(),
             "--inquire-ms-initial".into(),
             "50".into(),
             "--inquire-ms-max".into(),
@@ -280,7 +294,7 @@ impl Cluster {
             "10".into(),
             "--reconnect-ms-max".into(),
             "100".into(),
-        ];
+        ]);
         if p.bind.is_some() {
             args.push("--advertise".into());
             args.push(p.addr.clone());

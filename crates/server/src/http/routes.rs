@@ -578,7 +578,10 @@ async fn open(
     };
     match one_reply(api, request).await? {
         Reply::Opened {
-            xid, lifetime_ms, ..
+            xid,
+            lifetime_ms,
+            coordinator,
+            ..
         } => {
             let url = status_url(xid);
             let mut response = json(
@@ -587,6 +590,7 @@ async fn open(
                     xid: xid.to_string(),
                     state: TxnStateName::Open,
                     lifetime_ms,
+                    coordinator,
                     status_url: url.clone(),
                 },
             );
