@@ -518,18 +518,9 @@ async fn max_prepared_transactions_zero_is_refused_with_the_setting_to_change() 
 async fn postgres_stopped_immediately_during_phase_2_then_restarted() {
     bounded(async {
         let mut bank = PgBank::start().await;
-        bank.cluster.start_coordinator(&[
-            ("CONCORD_FAILPOINT", "coordinator.after_decision_durable"),
-            ("CONCORD_FAILPOINT_SKIP", "20"),
-        ]);
-        wait_listening(&bank.cluster.coordinator.addr).await;
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let load = tokio::spawn(load(bank.cluster.coordinator.addr.clone(), 4, stop));
-        wait_killed(
-            bank.cluster.coordinator_proc(),
-            "coordinator.after_decision_durable",
-        )
-        .await;
+        let (stop_tx, load) = bank
+            .load_until_the_coordinator_dies_after_a_decision(20)
+            .await;
         for db in bank.dbs.iter_mut() {
             tokio::task::block_in_place(|| db.stop_immediate()).expect("stop PostgreSQL");
         }
@@ -555,6 +546,31 @@ async fn postgres_stopped_immediately_during_phase_2_then_restarted() {
     .await;
 }
 
+impl PgBank {
+    /// Arm the coordinator to die (kill -9) right after its COMMIT record
+    /// is durable, `skip` decisions in, start the load, and wait for it to
+    /// die. Returns the load's stop switch and task.
+    async fn load_until_the_coordinator_dies_after_a_decision(
+        &mut self,
+        skip: u32,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<usize>,
+    ) {
+        let failpoint = "coordinator.after_decision_durable";
+        let skip = skip.to_string();
+        self.cluster.start_coordinator(&[
+            ("CONCORD_FAILPOINT", failpoint),
+            ("CONCORD_FAILPOINT_SKIP", &skip),
+        ]);
+        wait_listening(&self.cluster.coordinator.addr).await;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let load = tokio::spawn(load(self.cluster.coordinator.addr.clone(), 4, stop));
+        wait_killed(self.cluster.coordinator_proc(), failpoint).await;
+        (stop_tx, load)
+    }
+}
+
 /// Wait for a process armed with a fail-point to kill itself.
 async fn wait_killed(proc: &mut Proc, failpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -571,18 +587,9 @@ async fn wait_killed(proc: &mut Proc, failpoint: &str) {
 async fn coordinator_killed_after_its_decision_leaves_nothing_prepared() {
     bounded(async {
         let mut bank = PgBank::start().await;
-        bank.cluster.start_coordinator(&[
-            ("CONCORD_FAILPOINT", "coordinator.after_decision_durable"),
-            ("CONCORD_FAILPOINT_SKIP", "10"),
-        ]);
-        wait_listening(&bank.cluster.coordinator.addr).await;
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let load = tokio::spawn(load(bank.cluster.coordinator.addr.clone(), 4, stop));
-        wait_killed(
-            bank.cluster.coordinator_proc(),
-            "coordinator.after_decision_durable",
-        )
-        .await;
+        let (stop_tx, load) = bank
+            .load_until_the_coordinator_dies_after_a_decision(10)
+            .await;
         // Its branches are prepared in the databases now, waiting.
         let mut prepared = 0;
         for i in 0..3 {
