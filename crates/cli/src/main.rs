@@ -127,9 +127,17 @@ struct BenchArgs {
     #[arg(long, value_name = "N")]
     branches: Option<usize>,
     /// Concurrency levels (transactions in flight), one run each, e.g.
-    /// 1,16,64,256.
-    #[arg(long, default_value = "1,8,32,128,256", value_name = "LIST", value_parser = bench::parse_levels)]
-    concurrency: std::vec::Vec<usize>,
+    /// 1,16,64,256 (default: 1,8,32,128,256; with --resource postgres
+    /// 1,4,8,16,32).
+    #[arg(long, value_name = "LIST", value_parser = bench::parse_levels)]
+    concurrency: Option<std::vec::Vec<usize>>,
+    /// What the participants run: `kv` (the key-value store) or
+    /// `postgres`: throwaway PostgreSQL clusters, one per participant,
+    /// with concord measured against bare PostgreSQL 2PC on the same
+    /// databases in the same run (instead of the other baselines). Needs
+    /// the PostgreSQL server binaries (apt-get install -y postgresql).
+    #[arg(long, default_value = "kv", value_parser = ["kv", "postgres"])]
+    resource: String,
     /// Client connections the tasks of one run share (default: one per 8
     /// tasks, at most 16).
     #[arg(long, value_name = "N")]
@@ -1713,11 +1721,20 @@ async fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let resource = match args.resource.as_str() {
+        "postgres" => bench::workload::WorkResource::Postgres,
+        _ => bench::workload::WorkResource::Kv,
+    };
+    let concurrency = args.concurrency.unwrap_or_else(|| match resource {
+        bench::workload::WorkResource::Postgres => vec![1, 4, 8, 16, 32],
+        bench::workload::WorkResource::Kv => vec![1, 8, 32, 128, 256],
+    });
     let options = bench::BenchOptions {
         exe,
         participants: args.participants,
         branches: args.branches,
-        concurrency: args.concurrency,
+        concurrency,
+        resource,
         connections: args.connections,
         warmup,
         window,

@@ -127,22 +127,35 @@ pub(crate) fn participant_args(
     balance: i64,
     extra: &[&str],
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "participant",
-        "--name",
-        name,
-        "--listen",
-        addr,
-        "--data-dir",
-        &dir.display().to_string(),
-        "--seed-accounts",
-        &accounts.to_string(),
-        "--balance",
-        &balance.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = server_args("participant", name, addr, dir, &[]);
+    args.extend([
+        "--seed-accounts".to_string(),
+        accounts.to_string(),
+        "--balance".into(),
+        balance.to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The command line of a PostgreSQL participant listening on `addr`, with
+/// its log in `dir`, then `extra` flags (`--dsn` among them).
+pub(crate) fn pg_participant_args(
+    name: &str,
+    addr: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    server_args("pg-participant", name, addr, dir, extra)
+}
+
+/// `COMMAND --name NAME --listen ADDR --data-dir DIR EXTRA…`.
+fn server_args(command: &str, name: &str, addr: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [command, "--name", name, "--listen", addr, "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(dir.display().to_string());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

@@ -261,6 +261,40 @@ fn bench_measures_the_http_api_beside_the_binary_protocol() {
     );
 }
 
+/// `--resource postgres`: throwaway clusters, the bare PostgreSQL 2PC
+/// client and concord on the same databases, both durable by the
+/// databases' own settings, with the ratio; the bench itself checks by
+/// SQL that money is conserved and nothing is left prepared (it fails
+/// otherwise).
+#[test]
+fn bench_measures_concord_against_bare_postgres_two_phase_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = bench_json(
+        &["--resource", "postgres", "--concurrency", "1,4"],
+        dir.path(),
+    );
+    assert_eq!(report["settings"]["resource"], "PostgreSQL", "{report}");
+    let pg = &report["postgres"];
+    let bare = pg["bare"].as_array().expect("bare runs");
+    let concord = report["runs"].as_array().expect("concord runs");
+    assert_eq!((bare.len(), concord.len()), (2, 2), "{pg}");
+    for run in bare.iter().chain(concord) {
+        assert_eq!(run["durable"], Value::Bool(true), "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        assert_uncontended(run);
+    }
+    // concord's side went through the servers: READY and COMMIT records.
+    for run in concord {
+        assert!(f(run, "forced_records_per_txn") >= 4.0, "{run}");
+    }
+    assert!(f(pg, "best_ratio") > 0.0, "{pg}");
+    assert_eq!(pg["ratios"].as_array().map(Vec::len), Some(2), "{pg}");
+    for i in 0..3 {
+        let log = dir.path().join("data").join(format!("postgres-{i}.log"));
+        assert!(log.exists(), "{} kept", log.display());
+    }
+}
+
 #[test]
 fn bench_rejects_bad_settings_with_a_clear_message() {
     for (args, needle) in [
@@ -272,6 +306,14 @@ fn bench_rejects_bad_settings_with_a_clear_message() {
         (vec!["--branches", "4"], "--branches"),
         (vec!["--concurrency", "0"], "concurrency 0"),
         (vec!["--hot-share", "1.5"], "--hot-share"),
+        (
+            vec!["--resource", "postgres", "--hot-share", "0.5"],
+            "--resource postgres does not take --hot-share",
+        ),
+        (
+            vec!["--resource", "postgres", "--api", "http"],
+            "--resource postgres does not take --api http",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_concord"))
             .arg("bench")

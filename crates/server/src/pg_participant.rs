@@ -469,51 +469,72 @@ impl Worker {
         result
     }
 
+    /// BEGIN, the statements and PREPARE TRANSACTION in one round trip:
+    /// tokio-postgres pipelines requests polled together, in the order
+    /// they are first polled, and PostgreSQL runs them in that order. A
+    /// failed statement aborts the transaction, the ones after it fail,
+    /// and PREPARE TRANSACTION of an aborted transaction is a ROLLBACK, so
+    /// nothing stays prepared. A wrong row count is only seen after the
+    /// PREPARE: that gid is rolled back here (or, if that fails, by
+    /// reconciliation: it is this participant's, with no READY record).
     async fn run_statements(
         &mut self,
         gid: &str,
         statements: &[PgStatement],
     ) -> Result<(), String> {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (i, statement) in statements.iter().enumerate() {
+            let cached = self.statement(&statement.sql).await;
+            prepared.push(cached.map_err(|e| format!("statement {}: {e}", i + 1))?);
+        }
+        let client = self.client.as_ref().ok_or("connection lost")?;
         // A shipped statement waits for a row lock at most this long (then
         // the branch votes ABORT): the coordinator has given up by then.
-        self.batch(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {}",
-            self.lock_timeout_ms
-        ))
-        .await?;
-        for (i, statement) in statements.iter().enumerate() {
-            let prepared = self
-                .statement(&statement.sql)
-                .await
-                .map_err(|e| format!("statement {}: {e}", i + 1))?;
-            let params: Vec<JsonParam> = statement.params.iter().map(JsonParam).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let client = self.client.as_ref().ok_or("connection lost")?;
-            let rows = client
-                .execute(&prepared, &refs)
-                .await
-                .map_err(|e| format!("statement {} failed: {}", i + 1, describe(&e)))?;
-            if let Some(expected) = statement.expect_rows {
-                if rows != expected {
-                    return Err(format!(
+        let begin_sql = format!("BEGIN; SET LOCAL lock_timeout = {}", self.lock_timeout_ms);
+        // The gid is a checked concord gid ([A-Za-z0-9._:-]): safe to quote.
+        let prepare_sql = format!("PREPARE TRANSACTION '{gid}'");
+        let runs = prepared
+            .iter()
+            .zip(statements)
+            .map(|(prepared, statement)| {
+                let params: Vec<JsonParam> = statement.params.iter().map(JsonParam).collect();
+                async move {
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                    client.execute(prepared, &refs).await
+                }
+            });
+        let (begun, ran, prepare) = tokio::join!(
+            client.batch_execute(&begin_sql),
+            futures::future::join_all(runs),
+            client.batch_execute(&prepare_sql)
+        );
+        begun.map_err(|e| format!("{begin_sql}: {}", describe(&e)))?;
+        let mut wrong_count = None;
+        for (i, (rows, statement)) in ran.into_iter().zip(statements).enumerate() {
+            let rows = rows.map_err(|e| format!("statement {} failed: {}", i + 1, describe(&e)))?;
+            match statement.expect_rows {
+                Some(expected) if rows != expected && wrong_count.is_none() => {
+                    wrong_count = Some(format!(
                         "statement {} touched {rows} rows, and the branch expects exactly \
                          {expected}",
                         i + 1
                     ));
                 }
+                _ => {}
             }
         }
-        // The gid is a checked concord gid ([A-Za-z0-9._:-]): safe to quote.
-        self.batch(&format!("PREPARE TRANSACTION '{gid}'")).await
-    }
-
-    async fn batch(&mut self, sql: &str) -> Result<(), String> {
-        let client = self.client().await?;
-        client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| format!("{sql}: {}", describe(&e)))
+        prepare.map_err(|e| format!("{prepare_sql}: {}", describe(&e)))?;
+        if let Some(wrong) = wrong_count {
+            if let Err(e) = client
+                .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                .await
+            {
+                tracing::warn!(%gid, "cannot roll back {gid} after a wrong row count ({}); reconciliation will", describe(&e));
+            }
+            return Err(wrong);
+        }
+        Ok(())
     }
 
     async fn statement(&mut self, sql: &str) -> Result<Statement, String> {

@@ -5,7 +5,9 @@
 //! (`Request::Stats`) and, for processes we started, their CPU time from
 //! `/proc`.
 
-use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
+use crate::procs::{
+    coordinator_args, free_ports, participant_args, pg_participant_args, wait_listening, Proc,
+};
 use anyhow::{bail, Context};
 use concord_api::ServerStats;
 use concord_client::Client;
@@ -30,6 +32,17 @@ pub struct ClusterSpec {
     pub http: bool,
     /// Directory under which each server gets its data directory.
     pub root: PathBuf,
+    /// PostgreSQL participants (`concord pg-participant`) instead of
+    /// key-value ones: participant `i` serves the database `dsns[i]`.
+    pub postgres: Option<PgParticipants>,
+}
+
+/// The databases of PostgreSQL participants, and their connection pools.
+#[derive(Clone, Debug)]
+pub struct PgParticipants {
+    pub dsns: Vec<String>,
+    /// `--connections` of each participant (its prepare lane).
+    pub connections: usize,
 }
 
 /// A running set of servers.
@@ -39,6 +52,8 @@ pub struct Cluster {
     pub http: Option<String>,
     /// `(name, address)` of each participant, in order.
     pub participants: Vec<(String, String)>,
+    /// Participant `i`'s PostgreSQL database, for PostgreSQL participants.
+    pub pg_dsns: Option<Vec<String>>,
     /// Processes we started (empty for an existing cluster): the
     /// coordinator first.
     procs: Vec<Proc>,
@@ -82,14 +97,24 @@ impl Cluster {
         for (i, port) in ports.into_iter().enumerate() {
             let name = format!("p{i}");
             let addr = format!("127.0.0.1:{port}");
-            let args = participant_args(
-                &name,
-                &addr,
-                &spec.root.join(&name),
-                spec.accounts,
-                spec.balance,
-                &participant_extra,
-            );
+            let dir = spec.root.join(&name);
+            let args = match &spec.postgres {
+                Some(pg) => {
+                    let dsn = pg.dsns.get(i).context("a database for every participant")?;
+                    let connections = pg.connections.to_string();
+                    let mut extra = participant_extra.clone();
+                    extra.extend(["--dsn", dsn.as_str(), "--connections", &connections]);
+                    pg_participant_args(&name, &addr, &dir, &extra)
+                }
+                None => participant_args(
+                    &name,
+                    &addr,
+                    &dir,
+                    spec.accounts,
+                    spec.balance,
+                    &participant_extra,
+                ),
+            };
             procs.push(Proc::start(
                 &spec.exe,
                 &name,
@@ -125,6 +150,7 @@ impl Cluster {
         }
         let mut cluster = Cluster::attach(coordinator, participants, procs).await?;
         cluster.http = http;
+        cluster.pg_dsns = spec.postgres.as_ref().map(|pg| pg.dsns.clone());
         Ok(cluster)
     }
 
@@ -201,10 +227,20 @@ impl Cluster {
         Ok(Cluster {
             coordinator,
             http: None,
+            pg_dsns: None,
             participants,
             procs,
             stat_clients,
         })
+    }
+
+    /// [`Cluster::snapshot`], or an empty one when `skip` (a run the
+    /// servers take no part in).
+    pub async fn snapshot_unless(&self, skip: bool) -> anyhow::Result<Snapshot> {
+        if skip {
+            return Ok(Snapshot::default());
+        }
+        self.snapshot().await
     }
 
     /// Every server's counters and the CPU time used so far.

@@ -22,6 +22,7 @@ pub mod baseline;
 pub mod cluster;
 pub mod http;
 pub mod plot;
+pub mod postgres;
 pub mod report;
 pub mod workload;
 
@@ -30,7 +31,7 @@ use cluster::{Cluster, ClusterSpec};
 use report::{BenchReport, Machine, RunInputs, RunResult, Settings};
 use std::path::PathBuf;
 use std::time::Duration;
-use workload::Workload;
+use workload::{WorkResource, Workload};
 
 /// Most branches (participants) one benchmark transaction may have.
 pub const BRANCHES_MAX: usize = 16;
@@ -81,6 +82,10 @@ pub struct BenchOptions {
     /// Also run the main levels through the coordinator's HTTP API, on the
     /// same servers, after the binary protocol's runs (`--api http`).
     pub http_api: bool,
+    /// What the participants run. PostgreSQL starts throwaway clusters and
+    /// measures bare PostgreSQL 2PC against concord instead of the other
+    /// baselines.
+    pub resource: WorkResource,
     pub seed: u64,
 }
 
@@ -164,6 +169,22 @@ impl BenchOptions {
         if self.existing.is_some() && self.http_api {
             bail!("--api http starts its own servers (with --http-listen); drop --coordinator");
         }
+        if self.resource == WorkResource::Postgres {
+            let refused = [
+                (self.existing.is_some(), "--coordinator/--participant (it starts its own databases)"),
+                (self.optimizations, "--optimizations"),
+                (self.http_api, "--api http"),
+                (
+                    self.hot_share > 0.0,
+                    "--hot-share (the bare client has no lock timeout across databases: contention could deadlock it)",
+                ),
+                (self.payload_bytes > 0, "--payload-bytes (shipped SQL carries no memo)"),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
+                bail!("--resource postgres does not take {what}");
+            }
+            return Ok(());
+        }
         if self.existing.is_some() && self.baselines {
             bail!(
                 "the durability-off baseline restarts the servers, which it cannot do with \
@@ -192,6 +213,36 @@ impl BenchOptions {
             read_only_votes: true,
             http: self.http_api,
             root,
+            postgres: None,
+        }
+    }
+
+    /// The report's record of these options.
+    fn settings(&self, root: &std::path::Path) -> Settings {
+        Settings {
+            resource: match self.resource {
+                WorkResource::Kv => "key-value",
+                WorkResource::Postgres => "PostgreSQL",
+            }
+            .into(),
+            shape: self.shape.name().into(),
+            tree: match (&self.tree, self.shape) {
+                (Some(tree), _) => Some(tree.to_string()),
+                (None, concord_proto::Shape::Hierarchical) => Some(
+                    "balanced binary over each transaction's branches (node k's children: 2k+1, 2k+2)"
+                        .into(),
+                ),
+                _ => None,
+            },
+            participants: self.cluster_size(),
+            branches: self.branches(),
+            payload_bytes: self.payload_bytes,
+            hot_share: self.hot_share,
+            hot_accounts: self.hot_accounts,
+            warmup_s: self.warmup.as_secs_f64(),
+            window_s: self.window.as_secs_f64(),
+            data_dir: root.display().to_string(),
+            started_servers: self.existing.is_none(),
         }
     }
 
@@ -232,6 +283,9 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Result<BenchReport> {
+    if options.resource == WorkResource::Postgres {
+        return postgres::measure(options, root).await;
+    }
     let cluster = match &options.existing {
         Some((coordinator, participants)) => {
             Cluster::existing(coordinator.clone(), participants.clone()).await?
@@ -371,26 +425,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
     let durable = runs.iter().all(|r| r.durable);
     Ok(BenchReport {
         machine: Machine::probe(),
-        settings: Settings {
-            shape: options.shape.name().into(),
-            tree: match (&options.tree, options.shape) {
-                (Some(tree), _) => Some(tree.to_string()),
-                (None, concord_proto::Shape::Hierarchical) => Some(
-                    "balanced binary over each transaction's branches (node k's children: 2k+1, 2k+2)"
-                        .into(),
-                ),
-                _ => None,
-            },
-            participants: options.cluster_size(),
-            branches: options.branches(),
-            payload_bytes: options.payload_bytes,
-            hot_share: options.hot_share,
-            hot_accounts: options.hot_accounts,
-            warmup_s: options.warmup.as_secs_f64(),
-            window_s: options.window.as_secs_f64(),
-            data_dir: root.display().to_string(),
-            started_servers: options.existing.is_none(),
-        },
+        settings: options.settings(root),
         durability: if durable {
             "every forced write (coordinator COMMIT records, participant READY and outcome records) \
              was fsynced before the message that depends on it left, with group commit; \
@@ -405,6 +440,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         relay_baseline,
         optimizations,
         http_api,
+        postgres: None,
     })
 }
 
@@ -439,6 +475,9 @@ enum Switch {
 enum Via {
     Binary,
     Http,
+    /// No coordinator: the bare client of `--resource postgres`, on the
+    /// cluster's databases.
+    BarePostgres,
 }
 
 /// One run per concurrency level against `cluster`.
@@ -459,9 +498,10 @@ async fn sweep(
     for &concurrency in levels {
         let workload = Workload {
             concurrency,
-            // Over HTTP/1.1 without pipelining: one connection per task.
             connections: match via {
-                Via::Http => concurrency,
+                // Over HTTP/1.1 without pipelining, and on the bare side's
+                // databases: one connection per task.
+                Via::Http | Via::BarePostgres => concurrency,
                 Via::Binary => options.connections_for(concurrency),
             },
             branches: branches.total,
@@ -478,7 +518,12 @@ async fn sweep(
             seed: options.seed,
             http: match via {
                 Via::Http => cluster.http.clone(),
-                Via::Binary => None,
+                Via::Binary | Via::BarePostgres => None,
+            },
+            resource: options.resource,
+            bare_pg: match via {
+                Via::BarePostgres => cluster.pg_dsns.clone(),
+                Via::Binary | Via::Http => None,
             },
         };
         eprintln!(
@@ -492,8 +537,8 @@ async fn sweep(
                 &cluster.coordinator,
                 options.warmup,
                 options.window,
-                cluster.snapshot(),
-                cluster.snapshot(),
+                cluster.snapshot_unless(via == Via::BarePostgres),
+                cluster.snapshot_unless(via == Via::BarePostgres),
             )
             .await?;
         let run = RunResult::new(RunInputs {

@@ -167,6 +167,8 @@ pub fn best_run(runs: &[RunResult]) -> Option<&RunResult> {
 /// The settings a report was made with.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
+    /// What the participants run: `key-value` or `PostgreSQL`.
+    pub resource: String,
     pub shape: String,
     /// The tree of a hierarchical run: the one given, or how it is built.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,6 +235,9 @@ pub struct BenchReport {
     /// The main levels again through the HTTP API (`--api http`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_api: Option<HttpComparison>,
+    /// `--resource postgres`: the bare PostgreSQL 2PC baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgComparison>,
 }
 
 /// The same workload through the HTTP API, on the same servers, after
@@ -242,30 +247,121 @@ pub struct HttpComparison {
     pub runs: Vec<RunResult>,
     /// Per level: HTTP throughput over the binary protocol's, and the p50
     /// it adds (ms).
-    pub ratios: Vec<HttpRatio>,
+    pub ratios: Vec<LevelRatio>,
 }
 
+/// One run against another at the same concurrency.
 #[derive(Clone, Debug, Serialize)]
-pub struct HttpRatio {
+pub struct LevelRatio {
     pub concurrency: usize,
+    /// Throughput of the run over the base's.
     pub throughput_ratio: f64,
+    /// The run's p50 minus the base's.
     pub extra_p50_ms: f64,
+}
+
+impl LevelRatio {
+    /// Each run of `runs` over the run of `base` at its concurrency.
+    pub fn per_level(runs: &[RunResult], base: &[RunResult]) -> Vec<LevelRatio> {
+        runs.iter()
+            .filter_map(|r| {
+                let b = base.iter().find(|b| b.concurrency == r.concurrency)?;
+                (b.transactions_per_sec > 0.0).then(|| LevelRatio {
+                    concurrency: r.concurrency,
+                    throughput_ratio: r.transactions_per_sec / b.transactions_per_sec,
+                    extra_p50_ms: r.latency.p50_ms - b.latency.p50_ms,
+                })
+            })
+            .collect()
+    }
 }
 
 impl HttpComparison {
     pub fn new(runs: Vec<RunResult>, binary: &[RunResult]) -> HttpComparison {
-        let ratios = runs
-            .iter()
-            .filter_map(|h| {
-                let b = binary.iter().find(|b| b.concurrency == h.concurrency)?;
-                (b.transactions_per_sec > 0.0).then(|| HttpRatio {
-                    concurrency: h.concurrency,
-                    throughput_ratio: h.transactions_per_sec / b.transactions_per_sec,
-                    extra_p50_ms: h.latency.p50_ms - b.latency.p50_ms,
-                })
-            })
-            .collect();
+        let ratios = LevelRatio::per_level(&runs, binary);
         HttpComparison { runs, ratios }
+    }
+}
+
+/// `--resource postgres`: concord with PostgreSQL participants (the
+/// report's `runs`) against bare PostgreSQL 2PC on the same databases.
+#[derive(Clone, Debug, Serialize)]
+pub struct PgComparison {
+    pub server_version: String,
+    /// The bare client's runs, one per level.
+    pub bare: Vec<RunResult>,
+    /// Per level: concord over bare.
+    pub ratios: Vec<LevelRatio>,
+    /// concord's best throughput over the bare client's best, each at its
+    /// own best concurrency: the figure the target (≥ 0.9) is about.
+    pub best_ratio: Option<f64>,
+}
+
+impl PgComparison {
+    pub fn new(bare: Vec<RunResult>, concord: &[RunResult], server_version: String) -> Self {
+        let ratios = LevelRatio::per_level(concord, &bare);
+        let best_ratio = match (best_run(concord), best_run(&bare)) {
+            (Some(c), Some(b)) if b.transactions_per_sec > 0.0 => {
+                Some(c.transactions_per_sec / b.transactions_per_sec)
+            }
+            _ => None,
+        };
+        PgComparison {
+            server_version,
+            bare,
+            ratios,
+            best_ratio,
+        }
+    }
+
+    fn text(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "bare PostgreSQL 2PC (PostgreSQL {}): the same databases, work and concurrency, no coordinator, no log of its own, no recovery; a transaction counts once every COMMIT PREPARED returned:",
+            self.server_version
+        );
+        let _ = writeln!(
+            out,
+            "  {:>5} {:>9} {:>8} {:>8} {:>7} {:>7}   concord: {:>9} {:>8} {:>7}",
+            "conc", "txn/s", "p50 ms", "p99 ms", "aborts", "errors", "txn/s", "p50 ms", "ratio"
+        );
+        for b in &self.bare {
+            let _ = write!(
+                out,
+                "  {:>5} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>7}",
+                b.concurrency,
+                b.transactions_per_sec,
+                b.latency.p50_ms,
+                b.latency.p99_ms,
+                b.aborted,
+                b.client_errors.values().sum::<u64>()
+            );
+            match self.ratios.iter().find(|r| r.concurrency == b.concurrency) {
+                Some(r) => {
+                    let _ = writeln!(
+                        out,
+                        "            {:>9.0} {:>8.2} {:>6.0}%",
+                        b.transactions_per_sec * r.throughput_ratio,
+                        b.latency.p50_ms + r.extra_p50_ms,
+                        r.throughput_ratio * 100.0
+                    );
+                }
+                None => {
+                    let _ = writeln!(out);
+                }
+            }
+        }
+        if let Some(ratio) = self.best_ratio {
+            let _ = writeln!(
+                out,
+                "  concord's best throughput = {:.0}% of the bare client's best (each at its own best concurrency; target 90%)",
+                ratio * 100.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  (concord's outcome returns once the decision is durable, before phase 2 reaches the databases: its p50 has one COMMIT PREPARED less in it than the bare client's)"
+        );
     }
 }
 
@@ -326,10 +422,11 @@ impl BenchReport {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "concord bench: {} 2PC{}, coordinator + {} participants {} on 127.0.0.1, {} branches per transaction, payload {} B, {:.0}% of transactions on {} hot accounts",
+            "concord bench: {} 2PC{}, coordinator + {} {} participants {} on 127.0.0.1, {} branches per transaction, payload {} B, {:.0}% of transactions on {} hot accounts",
             s.shape,
             s.tree.as_ref().map(|t| format!(" (tree {t})")).unwrap_or_default(),
             s.participants,
+            s.resource,
             if s.started_servers { "as separate processes" } else { "(existing servers)" },
             s.branches,
             s.payload_bytes,
@@ -345,85 +442,89 @@ impl BenchReport {
         let _ = writeln!(out);
         out.push_str(&run_table(&self.runs));
         let _ = writeln!(out);
-        let _ = writeln!(out, "baselines (same machine, same run)");
-        match &self.fsync_baseline {
-            Some(f) => {
-                let _ = writeln!(
-                    out,
-                    "  raw fsync ceiling of the data directory's disk, {} B records through the servers' log code:",
-                    f.record_bytes
-                );
-                let _ = writeln!(
-                    out,
-                    "    one record + fsync at a time: {:.0} fsyncs/s (p50 {:.0} µs, p99 {:.0} µs)",
-                    f.serial_fsyncs_per_sec, f.serial_fsync_us_p50, f.serial_fsync_us_p99
-                );
-                let _ = writeln!(
-                    out,
-                    "    group commit, {} writers: {:.0} durable records/s, {:.0} fsyncs/s, {:.1} records per fsync",
-                    f.group_writers,
-                    f.group_records_per_sec,
-                    f.group_fsyncs_per_sec,
-                    f.group_records_per_fsync
-                );
-            }
-            None => {
-                let _ = writeln!(out, "  raw fsync ceiling: not measured");
-            }
-        }
-        match (&self.no_fsync_baseline, self.best()) {
-            (Some(off), Some(best)) => {
-                let same = self
-                    .runs
-                    .iter()
-                    .find(|r| r.concurrency == off.concurrency)
-                    .unwrap_or(best);
-                let _ = writeln!(
-                    out,
-                    "  durability OFF (--unsafe-no-fsync: NOT durable, for comparison only) at concurrency {}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms",
-                    off.concurrency,
-                    off.transactions_per_sec,
-                    off.latency.p50_ms,
-                    off.latency.p99_ms
-                );
-                if off.transactions_per_sec > 0.0 {
+        if let Some(pg) = &self.postgres {
+            pg.text(&mut out);
+        } else {
+            let _ = writeln!(out, "baselines (same machine, same run)");
+            match &self.fsync_baseline {
+                Some(f) => {
                     let _ = writeln!(
                         out,
-                        "    durable at the same concurrency: {:.0} transactions/s = {:.0}% of it",
-                        same.transactions_per_sec,
-                        100.0 * same.transactions_per_sec / off.transactions_per_sec
+                        "  raw fsync ceiling of the data directory's disk, {} B records through the servers' log code:",
+                        f.record_bytes
                     );
-                }
-            }
-            _ => {
-                let _ = writeln!(out, "  durability off: not measured");
-            }
-        }
-        match &self.relay_baseline {
-            Some(relay) => {
-                let _ = writeln!(
-                    out,
-                    "  bare relay (the transport's ceiling for this pattern: same processes, connections and frames, no protocol, no log, NOT durable):"
-                );
-                for line in run_table(&relay.runs).lines() {
-                    let _ = writeln!(out, "    {line}");
-                }
-                if let Some(ratio) = relay.throughput_ratio_at_best {
                     let _ = writeln!(
                         out,
-                        "    concord's best throughput = {:.0}% of the relay's at the same concurrency (a ratio: it carries across machines, the absolute figures do not)",
-                        ratio * 100.0
+                        "    one record + fsync at a time: {:.0} fsyncs/s (p50 {:.0} µs, p99 {:.0} µs)",
+                        f.serial_fsyncs_per_sec, f.serial_fsync_us_p50, f.serial_fsync_us_p99
                     );
-                }
-                if let Some(extra) = relay.extra_p50_ms_at_concurrency_1 {
                     let _ = writeln!(
                         out,
-                        "    concord adds {extra:.2} ms to the p50 at concurrency 1 (protocol, forced writes, the participants' work)"
+                        "    group commit, {} writers: {:.0} durable records/s, {:.0} fsyncs/s, {:.1} records per fsync",
+                        f.group_writers,
+                        f.group_records_per_sec,
+                        f.group_fsyncs_per_sec,
+                        f.group_records_per_fsync
                     );
                 }
+                None => {
+                    let _ = writeln!(out, "  raw fsync ceiling: not measured");
+                }
             }
-            None => {
-                let _ = writeln!(out, "  bare relay: not measured");
+            match (&self.no_fsync_baseline, self.best()) {
+                (Some(off), Some(best)) => {
+                    let same = self
+                        .runs
+                        .iter()
+                        .find(|r| r.concurrency == off.concurrency)
+                        .unwrap_or(best);
+                    let _ = writeln!(
+                        out,
+                        "  durability OFF (--unsafe-no-fsync: NOT durable, for comparison only) at concurrency {}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms",
+                        off.concurrency,
+                        off.transactions_per_sec,
+                        off.latency.p50_ms,
+                        off.latency.p99_ms
+                    );
+                    if off.transactions_per_sec > 0.0 {
+                        let _ = writeln!(
+                            out,
+                            "    durable at the same concurrency: {:.0} transactions/s = {:.0}% of it",
+                            same.transactions_per_sec,
+                            100.0 * same.transactions_per_sec / off.transactions_per_sec
+                        );
+                    }
+                }
+                _ => {
+                    let _ = writeln!(out, "  durability off: not measured");
+                }
+            }
+            match &self.relay_baseline {
+                Some(relay) => {
+                    let _ = writeln!(
+                        out,
+                        "  bare relay (the transport's ceiling for this pattern: same processes, connections and frames, no protocol, no log, NOT durable):"
+                    );
+                    for line in run_table(&relay.runs).lines() {
+                        let _ = writeln!(out, "    {line}");
+                    }
+                    if let Some(ratio) = relay.throughput_ratio_at_best {
+                        let _ = writeln!(
+                            out,
+                            "    concord's best throughput = {:.0}% of the relay's at the same concurrency (a ratio: it carries across machines, the absolute figures do not)",
+                            ratio * 100.0
+                        );
+                    }
+                    if let Some(extra) = relay.extra_p50_ms_at_concurrency_1 {
+                        let _ = writeln!(
+                            out,
+                            "    concord adds {extra:.2} ms to the p50 at concurrency 1 (protocol, forced writes, the participants' work)"
+                        );
+                    }
+                }
+                None => {
+                    let _ = writeln!(out, "  bare relay: not measured");
+                }
             }
         }
         if !self.optimizations.is_empty() {

@@ -56,6 +56,44 @@ pub struct Workload {
     /// address (one keep-alive connection per task) instead of the binary
     /// protocol. The HTTP API carries no memo: `payload_bytes` is ignored.
     pub http: Option<String>,
+    /// What each branch's work is written for.
+    pub resource: WorkResource,
+    /// Run every transaction without concord, as a bare client doing
+    /// PostgreSQL's own two-phase commit on these databases (participant
+    /// `i`'s is `bare_pg[i]`): the baseline of `--resource postgres`.
+    pub bare_pg: Option<Vec<String>>,
+}
+
+/// The resource the participants run, and so how a branch's moves are
+/// written as its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkResource {
+    /// Key-value moves (`concord participant`).
+    Kv,
+    /// Shipped SQL, one UPDATE per move (`concord pg-participant`).
+    Postgres,
+}
+
+/// How one transaction ended, from the load generator's side.
+enum Attempt {
+    Finished(Outcome),
+    /// No outcome: the error's class, and whether the task must stop.
+    Failed {
+        class: String,
+        fatal: bool,
+    },
+}
+
+impl From<Result<concord_client::TxnResult, ClientError>> for Attempt {
+    fn from(result: Result<concord_client::TxnResult, ClientError>) -> Attempt {
+        match result {
+            Ok(r) => Attempt::Finished(r.outcome),
+            Err(e) => Attempt::Failed {
+                class: error_class(&e),
+                fatal: is_fatal(&e),
+            },
+        }
+    }
 }
 
 /// What the tasks saw in the measuring window.
@@ -137,22 +175,23 @@ impl Workload {
         } else {
             self.connections.max(1)
         };
-        for _ in 0..binary {
-            clients.push(Arc::new(Client::connect(coordinator).await?));
+        // A bare PostgreSQL run talks to no coordinator.
+        if self.bare_pg.is_none() {
+            for _ in 0..binary {
+                clients.push(Arc::new(Client::connect(coordinator).await?));
+            }
         }
         let phase = Arc::new(AtomicU8::new(WARMUP));
         let mut tasks = Vec::new();
         for t in 0..self.concurrency {
-            let client = Arc::clone(&clients[t % clients.len()]);
+            let target = match (&self.bare_pg, &self.http) {
+                (Some(dsns), _) => Target::BarePg(super::postgres::BarePg::connect(dsns, t).await?),
+                (None, Some(addr)) => Target::Http(super::http::Conn::open(addr).await?),
+                (None, None) => Target::Binary(Arc::clone(&clients[t % clients.len()])),
+            };
             let phase = Arc::clone(&phase);
             let me = self.clone();
-            let http = match &self.http {
-                Some(addr) => Some(super::http::Conn::open(addr).await?),
-                None => None,
-            };
-            tasks.push(tokio::spawn(async move {
-                me.task(t, client, http, phase).await
-            }));
+            tasks.push(tokio::spawn(async move { me.task(t, target, phase).await }));
         }
         tokio::time::sleep(warmup).await;
         let start_value = at_window_start.await?;
@@ -169,13 +208,7 @@ impl Workload {
         Ok((tally, elapsed, start_value, end_value))
     }
 
-    async fn task(
-        self,
-        t: usize,
-        client: Arc<Client>,
-        mut http: Option<super::http::Conn>,
-        phase: Arc<AtomicU8>,
-    ) -> Tally {
+    async fn task(self, t: usize, mut target: Target, phase: Arc<AtomicU8>) -> Tally {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed ^ (t as u64) << 20);
         let mut tally = Tally::new();
         let memo = vec![0x5a; self.payload_bytes];
@@ -234,45 +267,21 @@ impl Workload {
                 })
                 .collect();
             let sent = Instant::now();
-            let result = match &mut http {
-                Some(conn) => {
-                    let body = super::http::begin_body(&plan, self.shape, self.tree.as_ref());
-                    conn.transact(&body).await
-                }
-                None => {
-                    let branches = plan
-                        .into_iter()
-                        .map(|(participant, ops)| BranchRequest {
-                            participant,
-                            work: encode_work_with_memo(&ops, &memo),
-                        })
-                        .collect();
-                    match self.shape {
-                        concord_proto::Shape::Hierarchical => {
-                            client
-                                .transact_tree(branches, None, self.tree.as_ref())
-                                .await
-                        }
-                        shape => client.transact_shaped(branches, None, shape).await,
-                    }
-                }
-            };
+            let attempt = self.attempt(&mut target, plan, &memo).await;
             let latency = sent.elapsed();
             // Count only what both started and finished in the window.
             if started_in != MEASURE || phase.load(Ordering::Relaxed) != MEASURE {
-                if let Err(e) = &result {
-                    if is_fatal(e) {
-                        return tally;
-                    }
+                if let Attempt::Failed { fatal: true, .. } = attempt {
+                    return tally;
                 }
                 continue;
             }
-            match result {
-                Ok(r) => {
+            match attempt {
+                Attempt::Finished(outcome) => {
                     let _ = tally
                         .latency_us
                         .record(latency.as_micros().clamp(1, 100_000_000) as u64);
-                    match r.outcome {
+                    match outcome {
                         Outcome::Committed => tally.committed += 1,
                         Outcome::Aborted { reason } => {
                             *tally
@@ -282,9 +291,8 @@ impl Workload {
                         }
                     }
                 }
-                Err(e) => {
-                    let fatal = is_fatal(&e);
-                    *tally.errors.entry(error_class(&e)).or_insert(0) += 1;
+                Attempt::Failed { class, fatal } => {
+                    *tally.errors.entry(class).or_insert(0) += 1;
                     if fatal {
                         return tally;
                     }
@@ -292,6 +300,66 @@ impl Workload {
             }
         }
     }
+
+    /// Run one transaction of `plan` (participant, moves) through `target`.
+    async fn attempt(
+        &self,
+        target: &mut Target,
+        plan: Vec<(String, Vec<KvOp>)>,
+        memo: &[u8],
+    ) -> Attempt {
+        match target {
+            Target::Http(conn) => {
+                let body = super::http::begin_body(&plan, self.shape, self.tree.as_ref());
+                conn.transact(&body).await.into()
+            }
+            Target::BarePg(bare) => {
+                let plan: Vec<(usize, Vec<KvOp>)> = plan
+                    .into_iter()
+                    .map(|(name, ops)| {
+                        let i = self.participants.iter().position(|p| *p == name);
+                        (i.unwrap_or_default(), ops)
+                    })
+                    .collect();
+                match bare.transact(&plan).await {
+                    Ok(outcome) => Attempt::Finished(outcome),
+                    Err(e) => Attempt::Failed {
+                        class: e.class,
+                        fatal: e.fatal,
+                    },
+                }
+            }
+            Target::Binary(client) => {
+                let branches = plan
+                    .into_iter()
+                    .map(|(participant, ops)| BranchRequest {
+                        participant,
+                        work: match self.resource {
+                            WorkResource::Kv => encode_work_with_memo(&ops, memo),
+                            WorkResource::Postgres => super::postgres::shipped_work(&ops),
+                        },
+                    })
+                    .collect();
+                match self.shape {
+                    concord_proto::Shape::Hierarchical => client
+                        .transact_tree(branches, None, self.tree.as_ref())
+                        .await
+                        .into(),
+                    shape => client.transact_shaped(branches, None, shape).await.into(),
+                }
+            }
+        }
+    }
+}
+
+/// Where one task sends its transactions.
+enum Target {
+    /// The coordinator's binary protocol, over a shared client.
+    Binary(Arc<Client>),
+    /// The coordinator's HTTP API, on the task's own connection.
+    Http(super::http::Conn),
+    /// No coordinator: PostgreSQL's own two-phase commit.
+    BarePg(super::postgres::BarePg),
 }
 
 /// A request the coordinator refused as malformed, or a lost connection:
