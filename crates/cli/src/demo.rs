@@ -8,11 +8,21 @@
 //! atomicity, validity, durability, termination and conservation of money
 //! from the participants' own durable logs (not from what the processes
 //! say). It must never report a check as passed that it did not make.
+//!
+//! With `--postgres` the participants are `concord pg-participant`s, one
+//! per throwaway PostgreSQL cluster ([`crate::pgbank`]), and every
+//! transfer is shipped SQL. The same kills, the same checks from the
+//! participants' logs, and two more from the databases, by SQL: money is
+//! conserved, and no prepared transaction is left in `pg_prepared_xacts`.
 
-use crate::procs::{coordinator_args, free_ports, participant_args, wait_listening, Proc};
+use crate::pgbank::{shipped_work, PgBank};
+use crate::procs::{
+    coordinator_args, free_ports, participant_args, pg_participant_args, wait_listening, Proc,
+};
 use anyhow::{bail, Context};
-use concord_api::Outcome;
+use concord_api::{BranchRequest, Outcome};
 use concord_client::{Client, ClientError};
+use concord_participant::kv::KvOp;
 use concord_participant::kv::KvStore;
 use concord_proto::codec::decode;
 use concord_proto::{Decision, ParticipantRecord, Xid};
@@ -40,6 +50,9 @@ pub struct DemoOptions {
     pub seed: u64,
     /// The concord binary to start the processes from.
     pub exe: PathBuf,
+    /// PostgreSQL participants on throwaway clusters instead of key-value
+    /// ones.
+    pub postgres: bool,
 }
 
 /// Names of the participants the demo starts.
@@ -65,10 +78,14 @@ struct Tally {
 pub(crate) fn reason_class(reason: &str) -> String {
     for (needle, class) in [
         ("locked", "lock conflict"),
+        // PostgreSQL gave up waiting for a row lock (--lock-timeout).
+        ("lock timeout", "lock conflict"),
         ("insufficient funds", "insufficient funds"),
         ("no vote", "vote timeout"),
         ("restarted", "coordinator restarted"),
         ("deadline", "prepare past deadline"),
+        // PostgreSQL's CHECK (balance >= 0) refusing an overdraft.
+        ("check constraint", "insufficient funds"),
     ] {
         if reason.contains(needle) {
             return class.to_string();
@@ -98,10 +115,31 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
     let coordinator_addr = addrs.pop().unwrap_or_default();
     let participant_addrs = addrs;
 
-    println!("concord demo");
     println!(
-        "  coordinator + {} participants as separate processes on 127.0.0.1, data in {}",
+        "concord demo{}",
+        if options.postgres { " --postgres" } else { "" }
+    );
+    let bank = match options.postgres {
+        true => Some(
+            PgBank::start(
+                PARTICIPANTS.len(),
+                &concord_pgcluster::ClusterOptions::default(),
+                options.accounts,
+                options.balance,
+            )
+            .await
+            .context("concord demo --postgres runs on throwaway PostgreSQL clusters")?,
+        ),
+        false => None,
+    };
+    println!(
+        "  coordinator + {} {}participants as separate processes on 127.0.0.1, data in {}",
         PARTICIPANTS.len(),
+        if bank.is_some() {
+            "PostgreSQL (one throwaway cluster each, fsync on) "
+        } else {
+            ""
+        },
         root.display()
     );
     println!(
@@ -117,24 +155,36 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
         .zip(participant_addrs.iter().cloned())
         .collect();
     let mut participants = Vec::new();
-    for (name, addr) in &named {
-        let args = participant_args(
-            name,
-            addr,
-            &root.join(name),
-            options.accounts,
-            options.balance,
-            // The final audit reads every READY and outcome record the run
-            // wrote, so the logs keep their whole history.
-            &[
-                "--inquire-ms-initial",
-                "50",
-                "--inquire-ms-max",
-                "500",
-                "--compact-after-records",
-                "0",
-            ],
-        );
+    for (i, (name, addr)) in named.iter().enumerate() {
+        // The final audit reads every READY and outcome record the run
+        // wrote, so the logs keep their whole history.
+        let mut extra = vec![
+            "--inquire-ms-initial",
+            "50",
+            "--inquire-ms-max",
+            "500",
+            "--compact-after-records",
+            "0",
+        ];
+        let dir = root.join(name);
+        let args = match &bank {
+            Some(bank) => {
+                let dsn = bank.dsns.get(i).context("a database per participant")?;
+                // Row locks are waited for in PostgreSQL: give up well
+                // before the coordinator's 1 s prepare timeout (two
+                // transfers can wait for each other across databases).
+                extra.extend([
+                    "--dsn",
+                    dsn.as_str(),
+                    "--reconcile-interval",
+                    "1s",
+                    "--lock-timeout",
+                    "300ms",
+                ]);
+                pg_participant_args(name, addr, &dir, &extra)
+            }
+            None => participant_args(name, addr, &dir, options.accounts, options.balance, &extra),
+        };
         participants.push(Proc::start(
             exe,
             name,
@@ -183,8 +233,9 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
         let total = options.transfers;
         let accounts = options.accounts;
         let seed = options.seed.wrapping_add(c as u64);
+        let sql = bank.is_some();
         clients.push(tokio::spawn(async move {
-            client_loop(addr, issued, total, accounts, seed, tally).await
+            client_loop(addr, issued, total, accounts, seed, sql, tally).await
         }));
     }
 
@@ -224,16 +275,24 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
     let workload_time = started.elapsed();
 
     // Let every in-doubt branch resolve (INQUIRE / COMMIT re-sends).
-    let quiesced = quiesce(&participant_addrs, &coordinator_addr).await;
-    let live_totals: Vec<i64> = {
-        let mut totals = Vec::new();
-        for addr in &participant_addrs {
-            totals.push(match concord_client::accounts(addr).await {
-                Ok(report) => report.total(),
-                Err(_) => i64::MIN,
-            });
+    let quiesced = quiesce(&participant_addrs, &coordinator_addr, bank.as_ref()).await;
+    let live_totals: Vec<i64> = match &bank {
+        // The databases' own totals, by SQL.
+        Some(bank) => bank.totals().await?,
+        None => {
+            let mut totals = Vec::new();
+            for addr in &participant_addrs {
+                totals.push(match concord_client::accounts(addr).await {
+                    Ok(report) => report.total(),
+                    Err(_) => i64::MIN,
+                });
+            }
+            totals
         }
-        totals
+    };
+    let prepared_left = match &bank {
+        Some(bank) => Some(bank.prepared().await?),
+        None => None,
     };
 
     for p in participants.iter_mut() {
@@ -281,7 +340,15 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<bool> {
     println!();
     println!("checks (from the participants' durable logs, after the processes stopped)");
     let seeded_total = options.accounts as i64 * options.balance * PARTICIPANTS.len() as i64;
-    let checks = check_durable_state(&root, &tally, seeded_total, quiesced)?;
+    let database = prepared_left.map(|prepared| Database {
+        total: live_totals.iter().sum(),
+        prepared,
+    });
+    if let Some(bank) = bank {
+        bank.save_logs(&root);
+        bank.stop().await;
+    }
+    let checks = check_durable_state(&root, &tally, seeded_total, quiesced, database)?;
     let mut passed = true;
     for (name, result) in &checks {
         match result {
@@ -325,6 +392,7 @@ async fn client_loop(
     total: usize,
     accounts: usize,
     seed: u64,
+    sql: bool,
     tally: Arc<Mutex<Tally>>,
 ) -> anyhow::Result<()> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -348,13 +416,24 @@ async fn client_loop(
             lock(&tally).not_started += 1;
             continue;
         };
-        let result = c
-            .transfer(
+        let result = if sql {
+            let branch = |p: usize, account: String, delta: i64| BranchRequest {
+                participant: PARTICIPANTS[p].to_string(),
+                work: shipped_work(&[KvOp { account, delta }]),
+            };
+            c.transact(vec![
+                branch(from_p, from_a, -amount),
+                branch(to_p, to_a, amount),
+            ])
+            .await
+        } else {
+            c.transfer(
                 (PARTICIPANTS[from_p], &from_a),
                 (PARTICIPANTS[to_p], &to_a),
                 amount,
             )
-            .await;
+            .await
+        };
         let mut t = lock(&tally);
         match result {
             Ok(r) => match r.outcome {
@@ -396,16 +475,22 @@ async fn connect_with_retry(addr: &str) -> Option<Client> {
     }
 }
 
-/// Wait until no participant has a branch in doubt or a lock held and the
-/// coordinator has nothing in flight. Returns whether that happened.
-async fn quiesce(participants: &[String], coordinator: &str) -> bool {
+/// Wait until no participant has a branch in doubt or a lock held (with
+/// PostgreSQL: no database has a prepared transaction) and the coordinator
+/// has nothing in flight. Returns whether that happened.
+async fn quiesce(participants: &[String], coordinator: &str, bank: Option<&PgBank>) -> bool {
     let deadline = Instant::now() + Duration::from_secs(QUIESCE_TIMEOUT_S);
     loop {
         let mut quiet = true;
-        for addr in participants {
-            match concord_client::accounts(addr).await {
-                Ok(r) if r.in_doubt.is_empty() && r.locks.is_empty() => {}
-                _ => quiet = false,
+        match bank {
+            Some(bank) => quiet &= matches!(bank.prepared().await, Ok(0)),
+            None => {
+                for addr in participants {
+                    match concord_client::accounts(addr).await {
+                        Ok(r) if r.in_doubt.is_empty() && r.locks.is_empty() => {}
+                        _ => quiet = false,
+                    }
+                }
             }
         }
         match Client::connect(coordinator).await {
@@ -426,6 +511,12 @@ async fn quiesce(participants: &[String], coordinator: &str) -> bool {
 }
 
 type Check = (&'static str, Result<String, String>);
+
+/// What the databases said at the end, by SQL (`--postgres`).
+struct Database {
+    total: i64,
+    prepared: i64,
+}
 
 /// What one participant's durable log says about each xid.
 #[derive(Default)]
@@ -476,14 +567,22 @@ fn check_durable_state(
     tally: &Tally,
     seeded_total: i64,
     quiesced: bool,
+    database: Option<Database>,
 ) -> anyhow::Result<Vec<Check>> {
     let mut logs = Vec::new();
     let mut total = 0i64;
     for name in PARTICIPANTS {
         let (records, branches) = read_participant_log(&root.join(name))?;
-        let kv = KvStore::replay_decided(&records).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        total += kv.total();
+        // The balances are in the participants' logs, or in the databases.
+        if database.is_none() {
+            let kv =
+                KvStore::replay_decided(&records).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            total += kv.total();
+        }
         logs.push((name, branches));
+    }
+    if let Some(db) = &database {
+        total = db.total;
     }
     let mut all: HashSet<Xid> = HashSet::new();
     for (_, b) in &logs {
@@ -595,17 +694,35 @@ fn check_durable_state(
         Err(format!("READY without outcome in the logs: {in_doubt:?}"))
     };
 
+    let source = match database {
+        Some(_) => "in the databases, by SQL",
+        None => "replayed from the participants' logs",
+    };
     let conservation = if total == seeded_total {
-        Ok(format!("total balance {total} = seeded {seeded_total}"))
+        Ok(format!(
+            "total balance {total} {source} = seeded {seeded_total}"
+        ))
     } else {
-        Err(format!("total balance {total} != seeded {seeded_total}"))
+        Err(format!(
+            "total balance {total} {source} != seeded {seeded_total}"
+        ))
     };
 
-    Ok(vec![
+    let mut checks = vec![
         ("atomicity", atomicity),
         ("validity", validity),
         ("durability", durability),
         ("termination", termination),
         ("conservation", conservation),
-    ])
+    ];
+    if let Some(db) = database {
+        checks.push((
+            "nothing left prepared",
+            match db.prepared {
+                0 => Ok("pg_prepared_xacts is empty in every database".into()),
+                n => Err(format!("{n} rows left in pg_prepared_xacts")),
+            },
+        ));
+    }
+    Ok(checks)
 }

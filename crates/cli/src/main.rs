@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod pgbank;
 mod procs;
 
 use clap::{Args, Parser, Subcommand};
@@ -278,6 +279,13 @@ struct DemoArgs {
     /// Seed of the random workload.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// PostgreSQL participants: one throwaway cluster each (initdb in a
+    /// temp dir, 127.0.0.1, fsync on), transfers as shipped SQL, and two
+    /// more checks by SQL (money conserved, nothing left in
+    /// pg_prepared_xacts). Needs the PostgreSQL server binaries (Debian:
+    /// apt-get install -y postgresql).
+    #[arg(long)]
+    postgres: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1821,6 +1829,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
         data_dir: args.data_dir,
         seed: args.seed,
         exe,
+        postgres: args.postgres,
     };
     match demo::run_demo(options).await {
         Ok(true) => ExitCode::SUCCESS,

@@ -21,46 +21,22 @@
 use super::cluster::{Cluster, PgParticipants};
 use super::report::{BenchReport, Machine, PgComparison, RunResult};
 use super::{sweep, BenchOptions, Branches, Via, BALANCE};
+use crate::pgbank::{connect, describe, PgBank, UPDATE_SQL};
 use anyhow::{bail, Context};
 use concord_api::Outcome;
 use concord_participant::kv::KvOp;
-use concord_participant::pg::{PgStatement, PgWork};
-use concord_pgcluster::{Cluster as PgCluster, ClusterOptions};
+use concord_pgcluster::ClusterOptions;
 use futures::future::join_all;
 use std::path::Path;
-use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, Statement};
+use std::time::Duration;
+use tokio_postgres::{Client, Statement};
 
-/// The one statement of every move, on both sides.
-pub const UPDATE_SQL: &str = "UPDATE accounts SET balance = balance + $1 WHERE id = $2";
 /// What both sides set at the start of each branch (concord's participant
 /// sets its `--lock-timeout`, whose default this is).
 const BEGIN_SQL: &str = "BEGIN; SET LOCAL lock_timeout = 10000";
 /// Longest wait for the databases to hold no prepared transaction after a
 /// run (concord's phase 2 goes on after the client has its outcome).
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-
-/// A branch's moves as concord shipped SQL: one UPDATE each, exactly one
-/// row expected (else the branch votes ABORT).
-pub fn shipped_work(ops: &[KvOp]) -> Vec<u8> {
-    PgWork {
-        gids: Vec::new(),
-        statements: ops
-            .iter()
-            .map(|op| {
-                PgStatement::new(
-                    UPDATE_SQL,
-                    vec![
-                        serde_json::Value::from(op.delta),
-                        serde_json::Value::from(op.account.clone()),
-                    ],
-                )
-                .expect_rows(1)
-            })
-            .collect(),
-    }
-    .encode()
-}
 
 /// A load-generator task's error on the bare side.
 #[derive(Debug)]
@@ -192,164 +168,27 @@ impl BareConn {
     }
 }
 
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
-async fn connect(dsn: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
-        .await
-        .with_context(|| format!("connect to {dsn}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// The throwaway clusters, one database each, with the accounts table.
-struct Databases {
-    clusters: Vec<PgCluster>,
-    dsns: Vec<String>,
-    /// One connection to each, for setup and the checks.
-    admin: Vec<Client>,
-}
-
-impl Databases {
-    async fn start(count: usize, max_concurrency: usize, accounts: usize) -> anyhow::Result<Self> {
-        // Both sides' connections (concord's two lanes, the bare tasks')
-        // and prepared transactions in flight, with room to spare:
-        // concord's phase 2 trails the outcomes, so prepared ones pile up.
-        let options = ClusterOptions {
-            max_prepared_transactions: (4 * max_concurrency + 64) as u32,
-            max_connections: (2 * max_concurrency + 60).max(100) as u32,
-            extra_config: Vec::new(),
-        };
-        let mut clusters = Vec::new();
-        for i in 0..count {
-            eprintln!("postgres: starting throwaway cluster {} of {count}", i + 1);
-            let cluster = PgCluster::start(&options).map_err(|e| anyhow::anyhow!("{e}"))?;
-            clusters.push(cluster);
-        }
-        let dsns: Vec<String> = clusters.iter().map(|c| c.dsn()).collect();
-        let mut admin = Vec::new();
-        for dsn in &dsns {
-            let client = connect(dsn).await?;
-            client
-                .batch_execute(&format!(
-                    "CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL); \
-                     INSERT INTO accounts SELECT 'acct-' || g, {BALANCE} \
-                       FROM generate_series(0, {}) AS g",
-                    accounts.saturating_sub(1)
-                ))
-                .await
-                .with_context(|| format!("create the accounts table on {dsn}"))?;
-            client
-                .batch_execute("VACUUM ANALYZE accounts")
-                .await
-                .with_context(|| format!("vacuum the accounts table on {dsn}"))?;
-            admin.push(client);
-        }
-        Ok(Databases {
-            clusters,
-            dsns,
-            admin,
-        })
-    }
-
-    /// PostgreSQL's own answer to "is a commit durable when it returns".
-    async fn durable(&self) -> anyhow::Result<bool> {
-        let mut all = true;
-        for client in &self.admin {
-            for setting in ["fsync", "synchronous_commit"] {
-                let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
-                all &= row.try_get::<_, String>(0)? == "on";
-            }
-        }
-        Ok(all)
-    }
-
-    async fn version(&self) -> String {
-        match self.admin.first() {
-            Some(client) => match client.query_one("SHOW server_version", &[]).await {
-                Ok(row) => row.try_get::<_, String>(0).unwrap_or_default(),
-                Err(e) => format!("unknown ({})", describe(&e)),
-            },
-            None => "unknown".into(),
-        }
-    }
-
-    async fn prepared(&self) -> anyhow::Result<i64> {
-        let mut total = 0;
-        for client in &self.admin {
-            let row = client
-                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-                .await?;
-            total += row.try_get::<_, i64>(0)?;
-        }
-        Ok(total)
-    }
-
-    /// Wait until no database holds a prepared transaction.
-    async fn drain(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + DRAIN_LIMIT;
-        loop {
-            let left = self.prepared().await?;
-            if left == 0 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{left} prepared transactions still in pg_prepared_xacts {} s after the run",
-                    DRAIN_LIMIT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn total_balance(&self) -> anyhow::Result<i64> {
-        let mut total = 0;
-        for client in &self.admin {
-            let row = client
-                .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
-                .await?;
-            total += row.try_get::<_, i64>(0)?;
-        }
-        Ok(total)
-    }
-
-    /// Close the connections, then stop the clusters (closed first, they
-    /// are not told "terminating connection due to immediate shutdown").
-    async fn stop(self) {
-        drop(self.admin);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(self.clusters);
-    }
-
-    /// Keep each cluster's server log beside the servers' logs.
-    fn save_logs(&self, root: &Path) {
-        for (i, cluster) in self.clusters.iter().enumerate() {
-            let _ = std::fs::write(root.join(format!("postgres-{i}.log")), cluster.server_log());
-        }
-    }
-}
-
 /// The whole `--resource postgres` run.
 pub(super) async fn measure(options: &BenchOptions, root: &Path) -> anyhow::Result<BenchReport> {
     let max = options.concurrency.iter().copied().max().unwrap_or(1);
     let accounts = options.accounts();
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
-    let dbs = Databases::start(options.participants, max, accounts).await?;
+    // Both sides' connections (concord's two lanes, the bare tasks') and
+    // prepared transactions in flight, with room to spare: concord's phase
+    // 2 trails the outcomes, so prepared ones pile up.
+    let cluster_options = ClusterOptions {
+        max_prepared_transactions: (4 * max + 64) as u32,
+        max_connections: (2 * max + 60).max(100) as u32,
+        extra_config: Vec::new(),
+    };
+    let dbs = PgBank::start(options.participants, &cluster_options, accounts, BALANCE).await?;
     let result = compare(options, root, &dbs, max).await;
     dbs.save_logs(root);
     let (concord, bare) = result?;
     // The checks: by SQL, on the databases themselves.
     let prepared_left = dbs.prepared().await?;
-    let total = dbs.total_balance().await?;
-    let expected = BALANCE * (accounts * dbs.clusters.len()) as i64;
+    let total: i64 = dbs.totals().await?.iter().sum();
+    let expected = BALANCE * (accounts * dbs.len()) as i64;
     if prepared_left != 0 || total != expected {
         bail!(
             "after the runs: {prepared_left} prepared transactions left, total balance {total} \
@@ -396,7 +235,7 @@ pub(super) async fn measure(options: &BenchOptions, root: &Path) -> anyhow::Resu
 async fn compare(
     options: &BenchOptions,
     root: &Path,
-    dbs: &Databases,
+    dbs: &PgBank,
     max: usize,
 ) -> anyhow::Result<(Vec<RunResult>, Vec<RunResult>)> {
     let mut spec = options.cluster_spec(true, root.join("durable"));
@@ -433,7 +272,7 @@ async fn compare(
                 break;
             }
         }
-        if let Err(e) = dbs.drain().await {
+        if let Err(e) = dbs.drain(DRAIN_LIMIT).await {
             result = Err(e);
             break;
         }
@@ -445,7 +284,7 @@ async fn compare(
                 break;
             }
         }
-        if let Err(e) = dbs.drain().await {
+        if let Err(e) = dbs.drain(DRAIN_LIMIT).await {
             result = Err(e);
             break;
         }

@@ -336,7 +336,7 @@ impl Workload {
                         participant,
                         work: match self.resource {
                             WorkResource::Kv => encode_work_with_memo(&ops, memo),
-                            WorkResource::Postgres => super::postgres::shipped_work(&ops),
+                            WorkResource::Postgres => crate::pgbank::shipped_work(&ops),
                         },
                     })
                     .collect();
