@@ -607,3 +607,127 @@ async fn coordinator_killed_after_its_decision_leaves_nothing_prepared() {
     })
     .await;
 }
+
+/// Run the Python example (examples/pg-transfer/transfer.py: psycopg and
+/// the HTTP API) with `args`; its status and stdout.
+async fn python_transfer(args: Vec<String>) -> (Option<i32>, String) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/pg-transfer/transfer.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(&args)
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run python3 {}: {e} (install: apt-get install python3)",
+                script.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'psycopg'"),
+        "the example needs psycopg: python3 -m pip install 'psycopg[binary]>=3.1,<4' (scripts/test does)"
+    );
+    eprintln!(
+        "transfer.py {args:?}: {:?}\n{stdout}{stderr}",
+        output.status.code()
+    );
+    (output.status.code(), stdout)
+}
+
+/// The application-branch flow from another language: the Python example
+/// commits a transfer, aborts an overdraft (nothing changed), and when it
+/// crashes between PREPARE TRANSACTION and registering its branches the
+/// orphans are rolled back by reconciliation once their hold has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_psycopg_example_commits_aborts_and_its_crash_leaves_nothing_prepared() {
+    bounded(async {
+        let mut bank = PgBank::databases().await;
+        let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+        bank.cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
+        let bank = bank.start_processes().await;
+        wait_listening(&http).await;
+        let args = |from: usize, amount: i64, extra: &[&str]| -> Vec<String> {
+            let mut args: Vec<String> = vec![
+                "--concord".into(),
+                format!("http://{http}"),
+                "--from".into(),
+                format!("p0={}", bank.dbs[0].dsn()),
+                "--to".into(),
+                format!("p1={}", bank.dbs[1].dsn()),
+                "--from-account".into(),
+                format!("acct-{from}"),
+                "--to-account".into(),
+                "acct-0".into(),
+                "--amount".into(),
+                amount.to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        };
+        let balance = |db: usize, account: &'static str| {
+            let bank = &bank;
+            async move {
+                bank.db(db)
+                    .await
+                    .query_one("SELECT balance FROM accounts WHERE id = $1", &[&account])
+                    .await
+                    .expect("read a balance")
+                    .get::<_, i64>(0)
+            }
+        };
+
+        let (status, out) = python_transfer(args(0, 100, &[])).await;
+        assert_eq!(status, Some(0), "{out}");
+        let result: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(result["outcome"], "committed", "{result}");
+        bank.assert_settled(&[]).await;
+        assert_eq!(
+            (balance(0, "acct-0").await, balance(1, "acct-0").await),
+            (900, 1100)
+        );
+
+        let (status, out) = python_transfer(args(1, 5_000, &[])).await;
+        assert_eq!(status, Some(0), "{out}");
+        let result: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(result["outcome"], "aborted", "{result}");
+        assert!(
+            result["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("below zero")),
+            "{result}"
+        );
+        bank.assert_settled(&[]).await;
+        assert_eq!(
+            (balance(0, "acct-1").await, balance(1, "acct-0").await),
+            (1000, 1100)
+        );
+
+        let (status, out) = python_transfer(args(
+            2,
+            10,
+            &["--lifetime-ms", "1000", "--crash-after-prepare"],
+        ))
+        .await;
+        assert_eq!(status, Some(3), "{out}");
+        let orphans = [bank.prepared(0).await, bank.prepared(1).await].concat();
+        assert_eq!(
+            orphans.len(),
+            2,
+            "both branches prepared, none registered: {orphans:?}"
+        );
+        let hold = Duration::from_secs(1 + sdk::HOLD_MARGIN_S);
+        let started = Instant::now();
+        bank.assert_settled(&[]).await;
+        assert!(started.elapsed() < hold + Duration::from_secs(5));
+        assert_eq!(
+            (balance(0, "acct-2").await, balance(1, "acct-0").await),
+            (1000, 1100)
+        );
+        let log = bank.cluster.participant_proc_log(0);
+        assert!(log.contains("presumed abort"), "{log}");
+    })
+    .await;
+}
