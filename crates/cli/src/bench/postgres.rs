@@ -251,44 +251,25 @@ async fn compare(
         shape: options.shape,
     };
     let n = dbs.dsns.len();
-    let mut concord = Vec::new();
-    let mut bare = Vec::new();
-    let mut result = Ok(());
-    for &level in &options.concurrency {
-        let label = format!("bare PostgreSQL 2PC ({n} databases, no coordinator)");
-        match sweep(
-            options,
-            &cluster,
-            &[level],
-            everything,
-            &label,
+    let sides = [
+        (
             Via::BarePostgres,
-        )
-        .await
-        {
-            Ok(runs) => bare.extend(runs),
-            Err(e) => {
-                result = Err(e);
-                break;
+            format!("bare PostgreSQL 2PC ({n} databases, no coordinator)"),
+        ),
+        (Via::Binary, format!("concord, {n} PostgreSQL participants")),
+    ];
+    let mut runs: [Vec<RunResult>; 2] = Default::default();
+    let result = async {
+        for &level in &options.concurrency {
+            for ((via, label), runs) in sides.iter().zip(runs.iter_mut()) {
+                runs.extend(sweep(options, &cluster, &[level], everything, label, *via).await?);
+                dbs.drain(DRAIN_LIMIT).await?;
             }
         }
-        if let Err(e) = dbs.drain(DRAIN_LIMIT).await {
-            result = Err(e);
-            break;
-        }
-        let label = format!("concord, {n} PostgreSQL participants");
-        match sweep(options, &cluster, &[level], everything, &label, Via::Binary).await {
-            Ok(runs) => concord.extend(runs),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-        if let Err(e) = dbs.drain(DRAIN_LIMIT).await {
-            result = Err(e);
-            break;
-        }
+        anyhow::Ok(())
     }
+    .await;
     cluster.stop().await;
+    let [bare, concord] = runs;
     result.map(|()| (concord, bare))
 }
