@@ -127,6 +127,9 @@ pub enum Request {
     ListInFlight { request_id: u64 },
     /// Participant: committed balances, in-doubt xids and held locks.
     Accounts { request_id: u64 },
+    /// PostgreSQL participant: what its last reconciliation found in
+    /// `pg_prepared_xacts`, with the gids it cannot resolve.
+    Prepared { request_id: u64 },
     /// Participant: its state of one branch. Unlike a peer INQUIRE this
     /// has no side effect (an INQUIRE about an unknown xid makes the
     /// participant abort it unilaterally).
@@ -213,6 +216,7 @@ impl Request {
             | Request::Status { request_id, .. }
             | Request::ListInFlight { request_id }
             | Request::Accounts { request_id }
+            | Request::Prepared { request_id }
             | Request::BranchState { request_id, .. }
             | Request::Timeouts { request_id }
             | Request::Stats { request_id }
@@ -232,6 +236,7 @@ impl Request {
             Request::Status { .. } => "Status",
             Request::ListInFlight { .. } => "ListInFlight",
             Request::Accounts { .. } => "Accounts",
+            Request::Prepared { .. } => "Prepared",
             Request::BranchState { .. } => "BranchState",
             Request::Timeouts { .. } => "Timeouts",
             Request::Stats { .. } => "Stats",
@@ -273,6 +278,10 @@ pub enum Reply {
     Accounts {
         request_id: u64,
         accounts: AccountsReport,
+    },
+    Prepared {
+        request_id: u64,
+        report: PreparedStatus,
     },
     BranchState {
         request_id: u64,
@@ -339,6 +348,7 @@ impl Reply {
             | Reply::Status { request_id, .. }
             | Reply::InFlight { request_id, .. }
             | Reply::Accounts { request_id, .. }
+            | Reply::Prepared { request_id, .. }
             | Reply::BranchState { request_id, .. }
             | Reply::Error { request_id, .. }
             | Reply::Timeouts { request_id, .. }
@@ -577,6 +587,43 @@ impl TimeoutsReport {
                     || e.peer.ends_with(&format!("({peer})")))
         })
     }
+}
+
+/// A PostgreSQL participant's last reconciliation (`concord status
+/// --participant ADDR --prepared`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedStatus {
+    /// A listing has succeeded since start.
+    pub reconciled: bool,
+    /// Prepared transactions in the whole PostgreSQL cluster.
+    pub prepared: u64,
+    pub max_prepared_transactions: u64,
+    /// Held by this participant's branches (the protocol resolves them).
+    pub held: u64,
+    /// This participant's own, within their hold (their PREPARE may come).
+    pub waiting: u64,
+    /// Not this participant's to resolve.
+    pub unresolvable: u64,
+    /// Age of the oldest waiting or unresolvable one, by the database's
+    /// clock.
+    pub oldest_unresolved_ms: u64,
+    /// The waiting and unresolvable ones (at most 100), oldest first.
+    pub unresolved: Vec<UnresolvedGid>,
+    /// Resolved by reconciliation since start.
+    pub commits: u64,
+    pub rollbacks: u64,
+    /// Why the last listing failed, while it does.
+    pub last_error: Option<String>,
+}
+
+/// One prepared transaction a participant does not resolve (yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnresolvedGid {
+    pub gid: String,
+    pub age_ms: u64,
+    /// `waiting` (its own, within its hold), `participant NAME` (another
+    /// concord participant's) or `foreign` (not a concord gid).
+    pub owner: String,
 }
 
 /// A participant's resource state (`concord accounts`).

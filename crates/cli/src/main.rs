@@ -680,13 +680,19 @@ struct StatusArgs {
     )]
     participants: Vec<String>,
     /// The transaction id (hex, as printed by transfer/txn).
-    #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present = "timeouts")]
+    #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present_any = ["timeouts", "prepared"])]
     xid: Option<Xid>,
     /// Show the latency estimates per participant and phase and the
     /// timeouts they set, instead of a transaction (the address may also
     /// be a participant's: its estimates of the coordinator).
     #[arg(long, conflicts_with = "xid")]
     timeouts: bool,
+    /// Show each PostgreSQL participant's prepared transactions as its
+    /// last reconciliation found them: held by its branches, its own
+    /// still within their hold, and those it cannot resolve (another
+    /// participant's, a foreign tool's) with their ages.
+    #[arg(long, requires = "participants", conflicts_with = "xid")]
+    prepared: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -1364,6 +1370,9 @@ async fn participants_status(args: &StatusArgs, xid: Xid) -> ExitCode {
 }
 
 async fn status(args: StatusArgs) -> ExitCode {
+    if args.prepared {
+        return prepared_status(&args).await;
+    }
     let xid = match (args.timeouts, args.xid) {
         (false, Some(xid)) => xid,
         _ => return timeouts_status(&args).await,
@@ -1469,6 +1478,60 @@ fn unanswered_exit(
 }
 
 /// `concord status --timeouts`: the estimates and the timeouts in force.
+/// `concord status --participant ADDR… --prepared`.
+async fn prepared_status(args: &StatusArgs) -> ExitCode {
+    let mut reports = Vec::new();
+    for addr in &args.participants {
+        let report = query(addr, async {
+            let client = Client::connect(addr).await?;
+            client.prepared().await
+        })
+        .await;
+        match report {
+            Ok(report) => reports.push((addr, report)),
+            Err(code) => return code,
+        }
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(addr, r)| serde_json::json!({ "addr": addr, "prepared": r }))
+            .collect();
+        println!("{:#}", serde_json::Value::from(list));
+        return ExitCode::SUCCESS;
+    }
+    for (addr, r) in &reports {
+        if !r.reconciled {
+            println!("{addr}: no reconciliation has succeeded yet");
+        } else {
+            println!(
+                "{addr}: {} prepared in the cluster of max_prepared_transactions = {}; {} held by \
+                 its branches, {} its own within their hold, {} not its own to resolve; \
+                 reconciliation committed {} and rolled back {} since start",
+                r.prepared,
+                r.max_prepared_transactions,
+                r.held,
+                r.waiting,
+                r.unresolvable,
+                r.commits,
+                r.rollbacks
+            );
+        }
+        if let Some(error) = &r.last_error {
+            println!("  last listing failed: {error}");
+        }
+        for u in &r.unresolved {
+            println!(
+                "  {} ({}, {:.0} s old)",
+                u.gid,
+                u.owner,
+                u.age_ms as f64 / 1000.0
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 async fn timeouts_status(args: &StatusArgs) -> ExitCode {
     // clap requires --coordinator unless --participant, which --timeouts
     // excludes.

@@ -43,14 +43,18 @@ fn bench_json(args: &[&str], dir: &std::path::Path) -> Value {
 
 /// No contention: no lock conflict, no client error; at most a rare vote
 /// timeout if the shared machine stalls a process past the 100 ms phase-1
-/// floor.
+/// floor (1 %, or 2 in a short run: CI runs these tests side by side, and
+/// a run at concurrency 1 may finish only a few dozen transactions).
 fn assert_uncontended(run: &Value) {
     let reasons = run["aborted_by_reason"].as_object().expect("reasons");
     assert!(
         reasons.keys().all(|r| r == "vote timeout"),
         "aborts without contention: {reasons:?}"
     );
-    assert!(f(run, "aborted") <= f(run, "committed") / 100.0, "{run}");
+    assert!(
+        f(run, "aborted") <= (f(run, "committed") / 100.0).max(2.0),
+        "{run}"
+    );
     assert!(
         run["client_errors"]
             .as_object()

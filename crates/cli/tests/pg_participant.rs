@@ -462,6 +462,26 @@ async fn an_orphan_is_rolled_back_after_its_hold_and_a_foreign_gid_is_left_alone
         let log = bank.cluster.participant_proc_log(0);
         assert!(log.contains("presumed abort"), "{log}");
         assert!(log.contains("not this participant's to resolve"), "{log}");
+        // And in status, with its age (by the database's clock).
+        let output = std::process::Command::new(BIN)
+            .args(["status", "--participant", &bank.cluster.participants[0].addr, "--prepared", "--json"])
+            .output()
+            .expect("run concord status");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        let status: serde_json::Value = serde_json::from_str(&text).expect("status --json");
+        let report = &status[0]["prepared"];
+        assert_eq!(report["unresolvable"], 1, "{report}");
+        assert_eq!(report["rollbacks"], 1, "{report}");
+        assert_eq!(report["unresolved"][0]["gid"], "foreign-tool-1", "{report}");
+        assert_eq!(report["unresolved"][0]["owner"], "foreign", "{report}");
+        assert!(report["unresolved"][0]["age_ms"].as_u64().is_some_and(|ms| ms >= 1_000), "{report}");
+        // Asked of a server that is not a PostgreSQL participant: an error.
+        let output = std::process::Command::new(BIN)
+            .args(["status", "--participant", &bank.cluster.coordinator.addr, "--prepared"])
+            .output()
+            .expect("run concord status");
+        assert_eq!(output.status.code(), Some(2));
         db.batch_execute("ROLLBACK PREPARED 'foreign-tool-1'").await.unwrap();
         bank.assert_settled(&[]).await;
     })

@@ -564,6 +564,16 @@ impl Client {
         }
     }
 
+    /// A PostgreSQL participant's last reconciliation: prepared
+    /// transactions held, waiting and not its own to resolve, with ages.
+    pub async fn prepared(&self) -> Result<concord_api::PreparedStatus, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Prepared { request_id }).await? {
+            Reply::Prepared { report, .. } => Ok(report),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// The latency estimates and the timeouts they set (SPEC §3): at a
     /// coordinator per participant and phase, at a participant per
     /// coordinator.

@@ -759,7 +759,9 @@ impl CoordinatorNode {
                     },
                 );
             }
-            other @ (Request::Accounts { .. } | Request::BranchState { .. }) => {
+            other @ (Request::Accounts { .. }
+            | Request::Prepared { .. }
+            | Request::BranchState { .. }) => {
                 let message = format!(
                     "{} is a participant request, and this is the coordinator; ask a participant",
                     other.kind()

@@ -794,6 +794,18 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
                     accounts,
                 }
             }
+            Request::Prepared { request_id } => match self.node.resource().prepared() {
+                Some(report) => Reply::Prepared {
+                    request_id,
+                    report: prepared_status(report),
+                },
+                None => Reply::Error {
+                    request_id,
+                    message: "this participant has no PostgreSQL prepared transactions: it is \
+                              not a pg-participant"
+                        .into(),
+                },
+            },
             Request::BranchState { request_id, xid } => Reply::BranchState {
                 request_id,
                 xid,
@@ -1035,5 +1047,34 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
 
     fn push_event(&mut self, event: ParticipantEvent) {
         self.actions.push(ParticipantNodeAction::Event(event));
+    }
+}
+/// A PostgreSQL resource's report as the API carries it.
+fn prepared_status(r: &concord_participant::pg::PreparedReport) -> concord_api::PreparedStatus {
+    use concord_participant::pg::reconcile::GidOwner;
+    concord_api::PreparedStatus {
+        reconciled: r.reconciled_at.is_some(),
+        prepared: r.prepared as u64,
+        max_prepared_transactions: r.max_prepared,
+        held: r.held as u64,
+        waiting: r.waiting as u64,
+        unresolvable: r.unresolvable as u64,
+        oldest_unresolved_ms: (r.oldest_unresolved_s * 1000.0) as u64,
+        unresolved: r
+            .unresolved
+            .iter()
+            .map(|u| concord_api::UnresolvedGid {
+                gid: u.gid.clone(),
+                age_ms: (u.age_s * 1000.0) as u64,
+                owner: match &u.owner {
+                    GidOwner::Mine => "waiting".into(),
+                    GidOwner::OtherParticipant(name) => format!("participant {name}"),
+                    GidOwner::Foreign => "foreign".into(),
+                },
+            })
+            .collect(),
+        commits: r.commits,
+        rollbacks: r.rollbacks,
+        last_error: r.last_error.clone(),
     }
 }

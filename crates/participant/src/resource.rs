@@ -73,9 +73,14 @@ pub trait Resource {
 
 /// What `concord accounts` can show of a resource: the key-value store's
 /// accounts and locks, or nothing for a resource whose data lives
-/// elsewhere (a database: ask it).
+/// elsewhere (a database: ask it). And what `concord status --prepared`
+/// can: a PostgreSQL resource's last reconciliation.
 pub trait Accounts {
     fn accounts(&self) -> Option<&KvStore>;
+
+    fn prepared(&self) -> Option<&crate::pg::PreparedReport> {
+        None
+    }
 }
 
 impl Accounts for KvStore {

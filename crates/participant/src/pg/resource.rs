@@ -13,7 +13,7 @@
 //! back votes ABORT.
 
 use crate::kv::KvStore;
-use crate::pg::reconcile::{PreparedList, Reconciler};
+use crate::pg::reconcile::{PreparedList, PreparedReport, Reconciler};
 use crate::pg::work::{BranchGids, PgStatement, PgWork};
 use crate::resource::{Accounts, Answer, Resource, ResourceOp};
 use concord_proto::{Decision, NodeId, Time, Xid};
@@ -424,6 +424,10 @@ impl Resource for PgResource {
 impl Accounts for PgResource {
     fn accounts(&self) -> Option<&KvStore> {
         None
+    }
+
+    fn prepared(&self) -> Option<&PreparedReport> {
+        Some(self.reconciler.report())
     }
 }
 
