@@ -293,6 +293,41 @@ async fn shipped_sql_commits_everywhere_and_a_failed_expectation_aborts_everywhe
         bank.assert_settled(&[]).await;
         assert_eq!(balance(0, "acct-3").await, BALANCE);
         assert_eq!(balance(1, "acct-2").await, BALANCE + 300);
+        // A parameter that cannot be the placeholder's type fails in the
+        // client library, before it is sent: the statements around it are
+        // pipelined, so PREPARE TRANSACTION ran without it. The branch
+        // votes ABORT and rolls its own gid back at once (reconciliation
+        // must not be what cleans it up).
+        let mistyped = BranchRequest {
+            participant: "p2".into(),
+            work: PgWork {
+                gids: vec![],
+                statements: vec![
+                    PgStatement::new(
+                        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                        vec![json!(5), json!("acct-6")],
+                    ),
+                    PgStatement::new(
+                        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                        vec![json!("lots"), json!("acct-7")],
+                    ),
+                ],
+            }
+            .encode(),
+        };
+        let mut branches = transfer((0, 5), (1, 5), 1);
+        branches.push(mistyped);
+        let Outcome::Aborted { reason } = client.transact(branches).await.unwrap().outcome else {
+            panic!("a mistyped parameter must abort");
+        };
+        assert!(
+            reason.contains("statement 2 failed") && reason.contains("cannot be a int8"),
+            "{reason}"
+        );
+        bank.assert_settled(&[]).await;
+        assert_eq!(balance(2, "acct-6").await, BALANCE);
+        let log = bank.cluster.participant_proc_log(2);
+        assert!(!log.contains("reconciliation rolled back"), "{log}");
         bank.assert_settled(&[]).await;
     })
     .await;

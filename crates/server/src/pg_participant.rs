@@ -509,32 +509,49 @@ impl Worker {
             futures::future::join_all(runs),
             client.batch_execute(&prepare_sql)
         );
-        begun.map_err(|e| format!("{begin_sql}: {}", describe(&e)))?;
-        let mut wrong_count = None;
-        for (i, (rows, statement)) in ran.into_iter().zip(statements).enumerate() {
-            let rows = rows.map_err(|e| format!("statement {} failed: {}", i + 1, describe(&e)))?;
-            match statement.expect_rows {
-                Some(expected) if rows != expected && wrong_count.is_none() => {
-                    wrong_count = Some(format!(
-                        "statement {} touched {rows} rows, and the branch expects exactly \
-                         {expected}",
-                        i + 1
-                    ));
+        // PREPARE TRANSACTION may have run even though something before it
+        // failed: a parameter that cannot be encoded fails in the client
+        // library, unsent, so the transaction was prepared without it.
+        // Any failure with the gid prepared: roll it back at once.
+        let failure = begun
+            .map_err(|e| format!("{begin_sql}: {}", describe(&e)))
+            .and_then(|()| {
+                let mut wrong_count = None;
+                for (i, (rows, statement)) in ran.into_iter().zip(statements).enumerate() {
+                    let rows =
+                        rows.map_err(|e| format!("statement {} failed: {}", i + 1, describe(&e)))?;
+                    match statement.expect_rows {
+                        Some(expected) if rows != expected && wrong_count.is_none() => {
+                            wrong_count = Some(format!(
+                                "statement {} touched {rows} rows, and the branch expects \
+                                 exactly {expected}",
+                                i + 1
+                            ));
+                        }
+                        _ => {}
+                    }
                 }
-                _ => {}
+                wrong_count.map_or(Ok(()), Err)
+            })
+            .err();
+        let prepared = prepare.map_err(|e| format!("{prepare_sql}: {}", describe(&e)));
+        match (failure, prepared) {
+            (None, prepared) => prepared,
+            (Some(failure), Err(_)) => Err(failure),
+            (Some(failure), Ok(())) => {
+                if let Err(e) = client
+                    .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                    .await
+                {
+                    tracing::warn!(
+                        %gid,
+                        "cannot roll back {gid} after a failed statement ({}); reconciliation will",
+                        describe(&e)
+                    );
+                }
+                Err(failure)
             }
         }
-        prepare.map_err(|e| format!("{prepare_sql}: {}", describe(&e)))?;
-        if let Some(wrong) = wrong_count {
-            if let Err(e) = client
-                .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
-                .await
-            {
-                tracing::warn!(%gid, "cannot roll back {gid} after a wrong row count ({}); reconciliation will", describe(&e));
-            }
-            return Err(wrong);
-        }
-        Ok(())
     }
 
     async fn statement(&mut self, sql: &str) -> Result<Statement, String> {
@@ -599,7 +616,11 @@ impl Worker {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+        // "error serializing parameter 0" says little without its cause.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

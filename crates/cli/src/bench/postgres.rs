@@ -146,24 +146,28 @@ impl BareConn {
             join_all(updates),
             self.client.batch_execute(&prepare_sql)
         );
-        begun.map_err(|e| failed("BEGIN", e))?;
-        let mut wrong = None;
-        for rows in ran {
-            let rows = rows.map_err(|e| failed("UPDATE", e))?;
-            if rows != 1 {
-                wrong = Some(format!("UPDATE touched {rows} rows, expected 1"));
+        // As in concord's participant: with the gid prepared, any failure
+        // before it rolls the gid back at once.
+        let failure = begun.map_err(|e| failed("BEGIN", e)).and_then(|()| {
+            for rows in ran {
+                match rows.map_err(|e| failed("UPDATE", e))? {
+                    1 => {}
+                    rows => return Err(format!("UPDATE touched {rows} rows, expected 1")),
+                }
             }
-        }
-        prepared.map_err(|e| failed("PREPARE TRANSACTION", e))?;
-        match wrong {
-            Some(wrong) => {
+            Ok(())
+        });
+        let prepared = prepared.map_err(|e| failed("PREPARE TRANSACTION", e));
+        match (failure, prepared) {
+            (Ok(()), prepared) => prepared,
+            (Err(failure), Err(_)) => Err(failure),
+            (Err(failure), Ok(())) => {
                 let _ = self
                     .client
                     .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
                     .await;
-                Err(wrong)
+                Err(failure)
             }
-            None => Ok(()),
         }
     }
 }
