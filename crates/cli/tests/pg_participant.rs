@@ -326,8 +326,30 @@ async fn shipped_sql_commits_everywhere_and_a_failed_expectation_aborts_everywhe
         );
         bank.assert_settled(&[]).await;
         assert_eq!(balance(2, "acct-6").await, BALANCE);
+        // A statement failing in the database aborts its transaction, and
+        // the pipelined PREPARE TRANSACTION is then a ROLLBACK: nothing to
+        // roll back, and nothing to warn about.
+        let failing = BranchRequest {
+            participant: "p2".into(),
+            work: PgWork {
+                gids: vec![],
+                statements: vec![PgStatement::new(
+                    "UPDATE accounts SET balance = balance / $1 WHERE id = $2",
+                    vec![json!(0), json!("acct-8")],
+                )],
+            }
+            .encode(),
+        };
+        let mut branches = transfer((0, 8), (1, 8), 1);
+        branches.push(failing);
+        let Outcome::Aborted { reason } = client.transact(branches).await.unwrap().outcome else {
+            panic!("a statement failing in the database must abort");
+        };
+        assert!(reason.contains("division by zero"), "{reason}");
+        bank.assert_settled(&[]).await;
         let log = bank.cluster.participant_proc_log(2);
         assert!(!log.contains("reconciliation rolled back"), "{log}");
+        assert!(!log.contains("cannot roll back"), "{log}");
         bank.assert_settled(&[]).await;
     })
     .await;

@@ -539,9 +539,16 @@ impl Worker {
             (None, prepared) => prepared,
             (Some(failure), Err(_)) => Err(failure),
             (Some(failure), Ok(())) => {
-                if let Err(e) = client
+                // After a failed statement PREPARE TRANSACTION was a
+                // ROLLBACK: then the gid does not exist, which is fine.
+                let rolled_back = client
                     .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
-                    .await
+                    .await;
+                if let Err(e) =
+                    rolled_back.or_else(|e| match e.code() == Some(&SqlState::UNDEFINED_OBJECT) {
+                        true => Ok(()),
+                        false => Err(e),
+                    })
                 {
                     tracing::warn!(
                         %gid,
