@@ -23,6 +23,7 @@
 //! message saying why.
 
 mod conn;
+pub mod console;
 pub mod coordinator;
 mod driver;
 pub mod failpoint;

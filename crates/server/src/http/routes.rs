@@ -87,6 +87,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The console's assets: no data in them, so no token.
+        .route("/", get(crate::console::index))
+        .route("/console.js", get(crate::console::script))
+        .route("/console.css", get(crate::console::styles))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

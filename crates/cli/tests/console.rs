@@ -1,0 +1,440 @@
+//! The console in a real browser: Debian's headless Chromium driven over
+//! WebDriver (chromedriver), against a coordinator and participants as
+//! real processes. What it checks: the treegrid's ARIA structure, the
+//! keyboard model through a hierarchical transaction, lazy loading of
+//! branches (with a failed load and its retry), each filter, and a live
+//! update while a transaction is expanded (expand state and focus kept).
+//! Screenshots go to the target dir (`console-*.png`).
+//!
+//! Without chromium and chromedriver the tests fail with the command that
+//! installs them; they never skip.
+
+mod common;
+
+use common::*;
+use concord_api::BranchRequest;
+use concord_participant::kv::{encode_work, KvOp};
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "apt-get install -y chromium chromium-driver";
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_ports(1)[0];
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}); install it: {INSTALL}"));
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Browser {
+    wait_listening(&format!("127.0.0.1:{}", driver.port)).await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": std::env::var("CONCORD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900"],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start headless chromium ({e}); install it: {INSTALL}"))
+}
+
+/// A coordinator with its HTTP API and 4 key-value participants, with
+/// some committed transfers, an aborted one, and a hierarchical one
+/// (p0 above p1 and p2, p1 above p3). Returns the HTTP address and the
+/// tree's xid.
+async fn cluster() -> (Cluster, String, String) {
+    let mut cluster = Cluster::new(4, 10, 1_000);
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
+    for i in 0..4 {
+        cluster.start_participant(i, &[]);
+    }
+    cluster.start_coordinator(&[]);
+    cluster.wait_all_listening().await;
+    wait_listening(&http).await;
+    let client = cluster.client().await;
+    for i in 0..5 {
+        client
+            .transfer(("p0", &format!("acct-{i}")), ("p1", "acct-9"), 1)
+            .await
+            .expect("transfer");
+    }
+    // Overdraft: aborted.
+    client
+        .transfer(("p2", "acct-0"), ("p3", "acct-0"), 5_000)
+        .await
+        .expect("transfer");
+    // Money moves on every branch (none votes READ-ONLY): p0 pays 3.
+    let branch = |p: &str, delta: i64| BranchRequest {
+        participant: p.into(),
+        work: encode_work(&[KvOp {
+            account: "acct-5".into(),
+            delta,
+        }]),
+    };
+    let tree = concord_api::tree::Tree::parse("p0(p1(p3),p2)").expect("tree");
+    let result = client
+        .transact_tree(
+            vec![
+                branch("p0", -3),
+                branch("p1", 1),
+                branch("p3", 1),
+                branch("p2", 1),
+            ],
+            None,
+            Some(&tree),
+        )
+        .await
+        .expect("tree transaction");
+    (cluster, http, result.xid.to_string())
+}
+
+/// The rendered rows, as the page has them.
+async fn rows(b: &Browser) -> Vec<Value> {
+    let script = r#"return [...document.querySelectorAll('#rows [role=row]')].map(r => ({
+        id: r.dataset.id,
+        level: Number(r.getAttribute('aria-level')),
+        expanded: r.getAttribute('aria-expanded'),
+        setsize: Number(r.getAttribute('aria-setsize')),
+        posinset: Number(r.getAttribute('aria-posinset')),
+        rowindex: Number(r.getAttribute('aria-rowindex')),
+        text: r.textContent,
+        focused: document.activeElement === r,
+    }));"#;
+    match b.execute(script, vec![]).await.expect("read rows") {
+        Value::Array(list) => list,
+        other => panic!("rows: {other}"),
+    }
+}
+
+async fn wait_rows(b: &Browser, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = rows(b).await;
+        if ok(&list) {
+            return list;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: rows are {list:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Press and release one key where the focus is, as a user would
+/// (WebDriver actions, not a synthetic event).
+async fn key(b: &Browser, k: char) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let press = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: k })
+        .then(KeyAction::Up { value: k });
+    b.perform_actions(press).await.expect("press a key");
+    // Let the page handle it (and render) before the next step reads it.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+fn focused(list: &[Value]) -> Option<String> {
+    list.iter()
+        .find(|r| r["focused"] == true)
+        .and_then(|r| r["id"].as_str().map(String::from))
+}
+
+async fn screenshot(b: &Browser, name: &str) {
+    let png = b.screenshot().await.expect("screenshot");
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{name}.png"));
+    std::fs::write(&path, png).expect("save the screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn set_value(b: &Browser, id: &str, value: &str, event: &str) {
+    b.execute(
+        "const el = document.getElementById(arguments[0]); el.value = arguments[1]; \
+         el.dispatchEvent(new Event(arguments[2]));",
+        vec![json!(id), json!(value), json!(event)],
+    )
+    .await
+    .expect("set a filter");
+}
+
+const DOWN: char = '\u{E015}';
+const UP: char = '\u{E013}';
+const RIGHT: char = '\u{E014}';
+const LEFT: char = '\u{E012}';
+const HOME: char = '\u{E011}';
+const END: char = '\u{E010}';
+const ENTER: char = '\u{E007}';
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_failed_load() {
+    bounded(async {
+        let (_cluster, http, tree_xid) = cluster().await;
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        let list = wait_rows(&b, "7 transactions", |l| l.len() == 7).await;
+        // The treegrid: one level, collapsed parents, positions in the set.
+        let grid = b
+            .find(Locator::Css("[role=treegrid]"))
+            .await
+            .expect("treegrid");
+        assert_eq!(
+            grid.attr("aria-rowcount").await.unwrap().as_deref(),
+            Some("8")
+        );
+        for (i, r) in list.iter().enumerate() {
+            assert_eq!(r["level"], 1, "{r}");
+            assert_eq!(r["expanded"], "false", "{r}");
+            assert_eq!(
+                (r["setsize"].as_u64(), r["posinset"].as_u64()),
+                (Some(7), Some(i as u64 + 1)),
+                "{r}"
+            );
+            assert_eq!(r["rowindex"], i as u64 + 2, "{r}");
+        }
+        // Newest first: the tree transaction is on top.
+        assert_eq!(list[0]["id"], format!("t:{tree_xid}"));
+
+        // The first load of its branches fails once; the row says so and
+        // offers a retry.
+        b.execute(
+            "const real = window.fetch; window.fetch = (url, o) => { \
+               if (String(url).startsWith('/v1/transactions/')) { window.fetch = real; \
+                 return Promise.reject(new TypeError('injected failure')); } \
+               return real(url, o); };",
+            vec![],
+        )
+        .await
+        .unwrap();
+        b.find(Locator::Css("#rows [role=row]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let list = wait_rows(&b, "the load fails", |l| {
+            l.iter()
+                .any(|r| r["id"].as_str().is_some_and(|i| i.ends_with(":error")))
+        })
+        .await;
+        assert!(
+            list[1]["text"]
+                .as_str()
+                .unwrap()
+                .contains("injected failure"),
+            "{:?}",
+            list[1]
+        );
+        assert_eq!(list[0]["expanded"], "true");
+        screenshot(&b, "load-failed").await;
+        b.find(Locator::Css("button.retry"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // p0 at level 2 with p1 (expandable) and p2 below it once expanded.
+        let list = wait_rows(&b, "branches loaded", |l| {
+            l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p0"))
+        })
+        .await;
+        let p0 = &list[1];
+        assert_eq!(
+            (p0["level"].as_u64(), p0["expanded"].as_str()),
+            (Some(2), Some("false")),
+            "{p0}"
+        );
+
+        // Keyboard: focus the top row, then down into the tree.
+        b.find(Locator::Css("#rows [role=row]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // (The click toggled it closed; Right opens it again.)
+        key(&b, RIGHT).await;
+        let list = wait_rows(&b, "expanded again", |l| {
+            l[0]["expanded"] == "true" && l.len() > 7
+        })
+        .await;
+        assert_eq!(
+            focused(&list).as_deref(),
+            Some(format!("t:{tree_xid}").as_str())
+        );
+        key(&b, RIGHT).await; // expanded: Right moves to the first child
+        key(&b, RIGHT).await; // p0: expand
+        let list = wait_rows(&b, "p0 expanded", |l| {
+            l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p1"))
+        })
+        .await;
+        assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p0")));
+        key(&b, DOWN).await; // p1
+        key(&b, RIGHT).await; // expand p1: p3 below it
+        let list = wait_rows(&b, "p1 expanded", |l| {
+            l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p3"))
+        })
+        .await;
+        let p3 = list
+            .iter()
+            .find(|r| r["id"] == format!("b:{tree_xid}:p3"))
+            .unwrap();
+        assert_eq!(p3["level"], 4, "{p3}");
+        assert!(
+            p3["expanded"].is_null(),
+            "a leaf has no aria-expanded: {p3}"
+        );
+        let p1 = list
+            .iter()
+            .find(|r| r["id"] == format!("b:{tree_xid}:p1"))
+            .unwrap();
+        assert_eq!(
+            (p1["level"].as_u64(), p1["setsize"].as_u64()),
+            (Some(3), Some(2)),
+            "{p1}"
+        );
+        key(&b, DOWN).await; // p3
+        let list = rows(&b).await;
+        assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p3")));
+        key(&b, LEFT).await; // a leaf: to its parent p1
+        assert_eq!(focused(&rows(&b).await), Some(format!("b:{tree_xid}:p1")));
+        key(&b, LEFT).await; // expanded: collapse
+        let list = wait_rows(&b, "p1 collapsed", |l| {
+            !l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p3"))
+        })
+        .await;
+        assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p1")));
+        key(&b, LEFT).await; // to p0
+        key(&b, LEFT).await; // collapse p0
+        key(&b, LEFT).await; // to the transaction
+        let list = wait_rows(&b, "back on top", |l| {
+            focused(l) == Some(format!("t:{tree_xid}"))
+        })
+        .await;
+        assert_eq!(list[0]["expanded"], "true");
+        key(&b, END).await;
+        let list = rows(&b).await;
+        assert_eq!(
+            focused(&list),
+            list.last().and_then(|r| r["id"].as_str().map(String::from))
+        );
+        key(&b, HOME).await;
+        key(&b, UP).await; // stays on the first row
+        assert_eq!(focused(&rows(&b).await), Some(format!("t:{tree_xid}")));
+        key(&b, ENTER).await; // details
+        let details = b.find(Locator::Id("details")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = details.text().await.unwrap_or_default();
+            if text.contains("p3") && text.contains("committed") && text.contains("+ms") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "details: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        screenshot(&b, "keyboard").await;
+        b.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_filter_and_a_live_update_while_expanded() {
+    bounded(async {
+        let (cluster, http, tree_xid) = cluster().await;
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        wait_rows(&b, "7 transactions", |l| l.len() == 7).await;
+
+        set_value(&b, "f-state", "aborted", "change").await;
+        let list = wait_rows(&b, "aborted only", |l| l.len() == 1).await;
+        assert!(
+            list[0]["text"].as_str().unwrap().contains("aborted"),
+            "{list:?}"
+        );
+        set_value(&b, "f-state", "committed", "change").await;
+        let list = wait_rows(&b, "committed only", |l| l.len() == 6).await;
+        assert!(
+            list.iter()
+                .all(|r| r["text"].as_str().unwrap().contains("committed")),
+            "{list:?}"
+        );
+        set_value(&b, "f-state", "", "change").await;
+        wait_rows(&b, "all again", |l| l.len() == 7).await;
+        set_value(&b, "f-participant", "p3", "change").await;
+        wait_rows(&b, "p3's: the aborted one and the tree", |l| l.len() == 2).await;
+        set_value(&b, "f-participant", "", "change").await;
+        wait_rows(&b, "all again", |l| l.len() == 7).await;
+        set_value(&b, "f-age", "3600", "change").await;
+        wait_rows(&b, "none an hour old", |l| l.is_empty()).await;
+        set_value(&b, "f-age", "", "change").await;
+        wait_rows(&b, "all again", |l| l.len() == 7).await;
+        set_value(&b, "f-xid", &tree_xid[..6], "input").await;
+        let list = wait_rows(&b, "xid prefix", |l| l.len() == 1).await;
+        assert_eq!(list[0]["id"], format!("t:{tree_xid}"));
+        set_value(&b, "f-xid", "", "input").await;
+        wait_rows(&b, "all again", |l| l.len() == 7).await;
+
+        // Expand the tree transaction and keep focus on it; a new
+        // transaction arrives by itself (live) on top.
+        let top = b.find(Locator::Css("#rows [role=row]")).await.unwrap();
+        top.click().await.unwrap();
+        wait_rows(&b, "expanded", |l| l.iter().any(|r| r["level"] == 2)).await;
+        let client = cluster.client().await;
+        let fresh = client
+            .transfer(("p2", "acct-1"), ("p3", "acct-1"), 1)
+            .await
+            .expect("transfer")
+            .xid
+            .to_string();
+        let list = wait_rows(&b, "the new one on top", |l| {
+            l.first().is_some_and(|r| r["id"] == format!("t:{fresh}"))
+        })
+        .await;
+        let tree_row = list
+            .iter()
+            .find(|r| r["id"] == format!("t:{tree_xid}"))
+            .unwrap();
+        assert_eq!(tree_row["expanded"], "true", "expand state kept");
+        assert_eq!(tree_row["posinset"], 2, "{tree_row}");
+        assert_eq!(focused(&list), Some(format!("t:{tree_xid}")), "focus kept");
+        assert!(
+            list.iter().any(|r| r["id"] == format!("b:{tree_xid}:p0")),
+            "children kept"
+        );
+        screenshot(&b, "live").await;
+        b.close().await.unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,575 @@
+// concord console: the coordinator's transactions as a WAI-ARIA treegrid.
+//
+// Dependency-free on purpose (no build step, nothing fetched at run time):
+// a flat list of visible nodes is derived from the loaded pages and the
+// expand state, and only the rows inside the viewport are in the DOM
+// (fixed row height), with aria-rowindex / aria-rowcount saying where
+// they are. Everything comes from the public HTTP API:
+//   GET /v1/transactions              pages (server-side filters, cursor)
+//   GET /v1/transactions/{xid}         branches, on first expand
+//   GET /v1/transactions/{xid}/timeline  votes and timings (details,
+//                                       slowest branch)
+// Expand state and focus are keyed by node id, so they survive refresh
+// and live updates; a live update re-renders only when data changed.
+
+const ROW_PX = 28;
+const PAGE = 200;
+const LIVE_MS = 2000;
+const FINAL = new Set(["committed", "aborted", "one_phase", "no_record"]);
+
+const state = {
+  filters: { state: "", minAgeS: "", participant: "", xid: "" },
+  order: [], // xids, newest first, as the pages came
+  summaries: new Map(), // xid -> summary
+  nextCursor: null,
+  loadingPage: false,
+  expanded: new Set(), // node ids
+  children: new Map(), // xid -> {status, error, branches, timeline}
+  focusId: null,
+  visible: [], // the flattened visible nodes
+  token: sessionStorage.getItem("concord-token") || "",
+  generation: 0, // bumped when the filters change: stale pages are dropped
+};
+
+const $ = (id) => document.getElementById(id);
+
+// ---- the API ---------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path) {
+  const headers = { Accept: "application/json" };
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  let response;
+  try {
+    response = await fetch(path, { headers, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, "the coordinator cannot be reached (" + e.message + ")");
+  }
+  if (response.status === 401) {
+    $("token-form").hidden = false;
+    throw new ApiError(401, "the API needs a token: enter it above");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    throw new ApiError(response.status, "the coordinator answered " + response.status + " without JSON");
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, (body && (body.detail || body.title)) || "HTTP " + response.status);
+  }
+  return body;
+}
+
+function listQuery(cursor, limit) {
+  const q = new URLSearchParams();
+  const f = state.filters;
+  if (f.state) q.set("state", f.state);
+  if (f.participant) q.set("participant", f.participant);
+  if (f.minAgeS !== "" && Number(f.minAgeS) > 0) q.set("min_age_ms", String(Math.round(Number(f.minAgeS) * 1000)));
+  q.set("limit", String(limit || PAGE));
+  if (cursor) q.set("cursor", cursor);
+  return "/v1/transactions?" + q.toString();
+}
+
+// ---- loading ---------------------------------------------------------
+
+async function loadFirstPage() {
+  const generation = ++state.generation;
+  state.loadingPage = true;
+  setStatus("loading…");
+  try {
+    const page = await api(listQuery(null));
+    if (generation !== state.generation) return;
+    state.order = [];
+    state.summaries.clear();
+    addPage(page);
+    setStatus("");
+  } catch (e) {
+    if (generation === state.generation) setStatus(e.message, true);
+  } finally {
+    if (generation === state.generation) state.loadingPage = false;
+    render();
+  }
+}
+
+async function loadNextPage() {
+  if (state.loadingPage || !state.nextCursor) return;
+  const generation = state.generation;
+  state.loadingPage = true;
+  try {
+    const page = await api(listQuery(state.nextCursor));
+    if (generation !== state.generation) return;
+    addPage(page);
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    if (generation === state.generation) state.loadingPage = false;
+    render();
+  }
+}
+
+function addPage(page) {
+  for (const t of page.transactions || []) {
+    if (!state.summaries.has(t.xid)) state.order.push(t.xid);
+    state.summaries.set(t.xid, t);
+  }
+  state.nextCursor = page.next_cursor || null;
+}
+
+// Children of one transaction: its branches, and its timeline for the
+// votes' timings. `quiet` keeps what is shown while reloading (live).
+async function loadChildren(xid, quiet) {
+  const known = state.children.get(xid);
+  if (!quiet || !known) state.children.set(xid, { status: "loading" });
+  render();
+  try {
+    const [txn, timeline] = await Promise.all([
+      api("/v1/transactions/" + xid),
+      api("/v1/transactions/" + xid + "/timeline").catch(() => null),
+    ]);
+    state.children.set(xid, { status: "loaded", txn, timeline });
+  } catch (e) {
+    if (!quiet || !known || known.status !== "loaded") {
+      state.children.set(xid, { status: "error", error: e.message });
+    }
+  }
+  render();
+}
+
+// ---- the tree --------------------------------------------------------
+
+// Vote times per participant from a timeline: the offset of the vote it
+// sent (a received entry from that peer that names a vote).
+function voteTimes(timeline) {
+  const times = new Map();
+  if (!timeline) return times;
+  for (const e of timeline.entries || []) {
+    if (e.event === "received" && e.peer && /vote|ready|abort/i.test(e.message || e.detail || "")) {
+      if (!times.has(e.peer)) times.set(e.peer, e.offset_ms);
+    }
+  }
+  return times;
+}
+
+function slowest(times) {
+  let best = null;
+  for (const [peer, ms] of times) if (!best || ms > best[1]) best = [peer, ms];
+  return best;
+}
+
+function fmtMs(ms) {
+  if (ms == null) return "";
+  if (ms < 1000) return ms.toFixed(ms < 10 ? 1 : 0) + " ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+  return Math.round(ms / 60000) + " min";
+}
+
+// The visible nodes, in order: each transaction, and below the expanded
+// ones their branches (a tree's branches below their parent).
+function flatten() {
+  const out = [];
+  const prefix = state.filters.xid.trim().toLowerCase();
+  const tops = state.order.filter((x) => !prefix || x.startsWith(prefix));
+  tops.forEach((xid, i) => {
+    const id = "t:" + xid;
+    const t = state.summaries.get(xid);
+    const kids = state.children.get(xid);
+    out.push({ id, kind: "txn", xid, level: 1, setsize: tops.length, posinset: i + 1, parent: null, expandable: true, t, kids });
+    if (!state.expanded.has(id)) return;
+    if (!kids || kids.status === "loading") {
+      out.push({ id: id + ":loading", kind: "loading", xid, level: 2, setsize: 1, posinset: 1, parent: id });
+    } else if (kids.status === "error") {
+      out.push({ id: id + ":error", kind: "error", xid, level: 2, setsize: 1, posinset: 1, parent: id, error: kids.error });
+    } else {
+      const branches = kids.txn.branches || [];
+      const times = voteTimes(kids.timeline);
+      const under = (parent) => branches.filter((b) => (b.parent || null) === parent);
+      const walk = (parentName, parentId, level) => {
+        const list = under(parentName);
+        list.forEach((b, j) => {
+          const bid = "b:" + xid + ":" + b.participant;
+          const expandable = under(b.participant).length > 0;
+          out.push({ id: bid, kind: "branch", xid, level, setsize: list.length, posinset: j + 1, parent: parentId, expandable, b, ms: times.get(b.participant), txn: kids.txn });
+          if (expandable && state.expanded.has(bid)) walk(b.participant, bid, level + 1);
+        });
+      };
+      walk(null, id, 2);
+    }
+  });
+  return out;
+}
+
+function cellsOf(node) {
+  // One cell across the row: a message, with the retry button in reach.
+  if (node.kind === "loading") return [["loading", "loading branches…"]];
+  if (node.kind === "error") return [["error", "could not load: " + node.error]];
+  if (node.kind === "txn") {
+    const t = node.t;
+    const kids = node.kids && node.kids.status === "loaded" ? node.kids : null;
+    const slow = kids ? slowest(voteTimes(kids.timeline)) : null;
+    const stateText = t.state.replace(/_/g, " ") + (t.needs_attention ? " · needs attention" : "");
+    return [
+      ["mono", node.xid],
+      t.shape || "",
+      ["s-" + t.state + (t.needs_attention ? " attention" : ""), stateText],
+      fmtMs(t.age_ms),
+      t.participants.join(", "),
+      slow ? slow[0] + " (" + fmtMs(slow[1]) + ")" : "",
+    ];
+  }
+  const b = node.b;
+  const attention = b.state === "needs_attention" || (b.delivery && b.delivery.needs_attention);
+  return [
+    ["", b.participant],
+    "branch",
+    ["s-" + b.state + (attention ? " attention" : ""), b.state.replace(/_/g, " ") + (b.delivery ? " · COMMIT attempt " + b.delivery.attempts : "")],
+    "",
+    b.addr || "",
+    node.ms != null ? "voted at " + fmtMs(node.ms) : "",
+  ];
+}
+
+// ---- rendering -------------------------------------------------------
+
+// What the last render drew, to skip identical ones, and where focus was
+// (kept when its row disappears, e.g. a collapse or a filter).
+let lastSignature = "";
+let focusIndexHint = 0;
+
+function render() {
+  state.visible = flatten();
+  const grid = $("grid");
+  const viewport = $("viewport");
+  const rows = $("rows");
+  const total = state.visible.length;
+  // Header row + rows; unknown (-1) while more pages exist.
+  grid.setAttribute("aria-rowcount", state.nextCursor ? "-1" : String(total + 1));
+  $("spacer").style.height = total * ROW_PX + "px";
+  if (!state.focusId || !state.visible.some((n) => n.id === state.focusId)) {
+    state.focusId = total ? state.visible[Math.min(focusIndexHint, total - 1)].id : null;
+  }
+  const first = Math.max(0, Math.floor(viewport.scrollTop / ROW_PX) - 5);
+  const count = Math.ceil(viewport.clientHeight / ROW_PX) + 10;
+  const last = Math.min(total, first + count);
+  const focusIndex = state.visible.findIndex((n) => n.id === state.focusId);
+  const signature = JSON.stringify([first, last, state.focusId, state.visible.slice(first, last).map((n) => [n.id, cellsOf(n), state.expanded.has(n.id)])]);
+  if (signature === lastSignature) return; // nothing changed: no flicker
+  lastSignature = signature;
+  const hadFocus = grid.contains(document.activeElement);
+  const fragment = document.createDocumentFragment();
+  const indexes = new Set();
+  for (let i = first; i < last; i++) indexes.add(i);
+  // Keep the focused row in the DOM even when scrolled away, so that
+  // keyboard focus is never lost.
+  if (focusIndex >= 0) indexes.add(focusIndex);
+  for (const i of [...indexes].sort((a, b) => a - b)) fragment.appendChild(rowElement(state.visible[i], i));
+  rows.replaceChildren(fragment);
+  if (hadFocus) focusRow(false);
+}
+
+function rowElement(node, index) {
+  const row = document.createElement("div");
+  row.setAttribute("role", "row");
+  row.id = "row-" + index;
+  row.dataset.id = node.id;
+  row.setAttribute("aria-level", String(node.level));
+  row.setAttribute("aria-setsize", String(node.setsize));
+  row.setAttribute("aria-posinset", String(node.posinset));
+  row.setAttribute("aria-rowindex", String(index + 2));
+  if (node.expandable) row.setAttribute("aria-expanded", state.expanded.has(node.id) ? "true" : "false");
+  const focused = node.id === state.focusId;
+  row.tabIndex = focused ? 0 : -1;
+  row.setAttribute("aria-selected", focused ? "true" : "false");
+  row.style.top = index * ROW_PX + "px";
+  const cells = cellsOf(node);
+  cells.forEach((cell, c) => {
+    const span = document.createElement("span");
+    span.setAttribute("role", "gridcell");
+    const [cls, text] = Array.isArray(cell) ? cell : ["", cell];
+    if (cls) span.className = cls;
+    if (cells.length === 1) {
+      span.setAttribute("aria-colspan", "6");
+      span.classList.add("wide");
+    }
+    if (c === 0) {
+      span.style.paddingLeft = (node.level - 1) * 1.25 + "rem";
+      const toggle = document.createElement("span");
+      toggle.className = "toggle";
+      toggle.setAttribute("aria-hidden", "true");
+      toggle.textContent = node.expandable ? (state.expanded.has(node.id) ? "▾" : "▸") : "";
+      span.appendChild(toggle);
+      span.appendChild(document.createTextNode(text));
+      if (node.kind === "error") {
+        const retry = document.createElement("button");
+        retry.type = "button";
+        retry.className = "retry";
+        retry.textContent = "Retry";
+        retry.addEventListener("click", (e) => {
+          e.stopPropagation();
+          loadChildren(node.xid, false);
+        });
+        span.appendChild(document.createTextNode(" "));
+        span.appendChild(retry);
+      }
+    } else {
+      span.textContent = text;
+    }
+    row.appendChild(span);
+  });
+  row.addEventListener("click", () => {
+    state.focusId = node.id;
+    if (node.expandable) toggle(node);
+    else render();
+    focusRow(true);
+  });
+  row.addEventListener("dblclick", () => openDetails(node));
+  return row;
+}
+
+function focusRow(scroll) {
+  const index = state.visible.findIndex((n) => n.id === state.focusId);
+  if (index < 0) return;
+  focusIndexHint = index;
+  const viewport = $("viewport");
+  if (scroll) {
+    const top = index * ROW_PX;
+    if (top < viewport.scrollTop) viewport.scrollTop = top;
+    else if (top + ROW_PX > viewport.scrollTop + viewport.clientHeight) viewport.scrollTop = top + ROW_PX - viewport.clientHeight;
+    render();
+  }
+  const el = $("rows").querySelector('[data-id="' + CSS.escape(state.focusId) + '"]');
+  if (el && document.activeElement !== el) el.focus({ preventScroll: true });
+}
+
+function setStatus(text, bad) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = bad ? "error" : "";
+}
+
+// ---- actions ---------------------------------------------------------
+
+function expand(node) {
+  if (!node.expandable || state.expanded.has(node.id)) return;
+  state.expanded.add(node.id);
+  if (node.kind === "txn" && !state.children.has(node.xid)) loadChildren(node.xid, false);
+  else render();
+}
+
+function collapse(node) {
+  state.expanded.delete(node.id);
+  render();
+}
+
+function toggle(node) {
+  if (state.expanded.has(node.id)) collapse(node);
+  else expand(node);
+}
+
+function move(to) {
+  const total = state.visible.length;
+  if (!total) return;
+  const index = Math.max(0, Math.min(total - 1, to));
+  state.focusId = state.visible[index].id;
+  focusRow(true);
+  if (index >= total - 20) loadNextPage();
+}
+
+function onKey(event) {
+  const index = state.visible.findIndex((n) => n.id === state.focusId);
+  if (index < 0) return;
+  const node = state.visible[index];
+  const page = Math.max(1, Math.floor($("viewport").clientHeight / ROW_PX) - 1);
+  switch (event.key) {
+    case "ArrowDown": move(index + 1); break;
+    case "ArrowUp": move(index - 1); break;
+    case "Home": move(0); break;
+    case "End": move(state.visible.length - 1); break;
+    case "PageDown": move(index + page); break;
+    case "PageUp": move(index - page); break;
+    case "ArrowRight":
+      if (node.expandable && !state.expanded.has(node.id)) expand(node);
+      else if (node.expandable) move(index + 1);
+      break;
+    case "ArrowLeft":
+      if (node.expandable && state.expanded.has(node.id)) collapse(node);
+      else if (node.parent) {
+        state.focusId = node.parent;
+        focusRow(true);
+      }
+      break;
+    case "Enter": openDetails(node); break;
+    default: return;
+  }
+  event.preventDefault();
+}
+
+async function expandAll() {
+  const tops = state.visible.filter((n) => n.kind === "txn");
+  for (const n of tops) state.expanded.add(n.id);
+  render();
+  // A few loads at a time, not hundreds at once.
+  const todo = tops.filter((n) => !state.children.has(n.xid));
+  const worker = async () => {
+    while (todo.length) await loadChildren(todo.shift().xid, false);
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  // Branches with children of their own (trees) open too.
+  for (const n of flatten()) if (n.expandable) state.expanded.add(n.id);
+  render();
+}
+
+function collapseAll() {
+  state.expanded.clear();
+  render();
+}
+
+async function openDetails(node) {
+  if (node.kind === "loading" || node.kind === "error") return;
+  const xid = node.xid;
+  const section = $("details");
+  section.hidden = false;
+  $("details-title").textContent = (node.kind === "branch" ? node.b.participant + " in " : "") + xid;
+  const body = $("details-body");
+  body.textContent = "loading…";
+  try {
+    const [txn, timeline] = await Promise.all([api("/v1/transactions/" + xid), api("/v1/transactions/" + xid + "/timeline").catch((e) => ({ error: e.message }))]);
+    body.replaceChildren(detailsOf(txn, timeline, node.kind === "branch" ? node.b.participant : null));
+  } catch (e) {
+    body.textContent = "could not load: " + e.message;
+  }
+}
+
+function table(head, rows) {
+  const t = document.createElement("table");
+  const tr = document.createElement("tr");
+  for (const h of head) {
+    const th = document.createElement("th");
+    th.textContent = h;
+    tr.appendChild(th);
+  }
+  t.appendChild(tr);
+  for (const r of rows) {
+    const row = document.createElement("tr");
+    for (const v of r) {
+      const td = document.createElement("td");
+      td.textContent = v == null ? "" : String(v);
+      row.appendChild(td);
+    }
+    t.appendChild(row);
+  }
+  return t;
+}
+
+function detailsOf(txn, timeline, participant) {
+  const div = document.createElement("div");
+  const p = document.createElement("p");
+  p.textContent = txn.state.replace(/_/g, " ") + " — " + txn.detail + (txn.layout ? " — " + txn.layout : "");
+  div.appendChild(p);
+  const branches = (txn.branches || []).filter((b) => !participant || b.participant === participant);
+  div.appendChild(table(["branch", "address", "state", "voted READY", "acknowledged", "COMMIT attempts", "pending", "last error"],
+    branches.map((b) => [b.participant, b.addr, b.state, b.voted_ready, b.acked, b.delivery && b.delivery.attempts, b.delivery && fmtMs(b.delivery.pending_ms), b.delivery && b.delivery.last_error])));
+  if (timeline && timeline.entries) {
+    const entries = timeline.entries.filter((e) => !participant || !e.peer || e.peer === participant);
+    div.appendChild(table(["at", "+ms", "event", "peer", "message", "attempt", "detail"],
+      entries.map((e) => [e.at, e.offset_ms.toFixed(2), e.event, e.peer, e.message, e.attempt, e.detail])));
+  } else if (timeline && timeline.error) {
+    const q = document.createElement("p");
+    q.textContent = "timeline: " + timeline.error;
+    div.appendChild(q);
+  }
+  return div;
+}
+
+// ---- live ------------------------------------------------------------
+
+// Re-read what is loaded (the first pages, and the expanded transactions
+// that are not finished) and merge by xid: expand state and focus stay.
+async function refresh() {
+  if (!$("live").checked || state.loadingPage) return;
+  const generation = state.generation;
+  try {
+    const limit = Math.min(1000, Math.max(PAGE, state.order.length));
+    const page = await api(listQuery(null, limit));
+    if (generation !== state.generation) return;
+    const fresh = [];
+    for (const t of page.transactions || []) {
+      if (!state.summaries.has(t.xid)) fresh.push(t.xid);
+      state.summaries.set(t.xid, t);
+    }
+    state.order = fresh.concat(state.order);
+    if (state.order.length <= limit) state.nextCursor = page.next_cursor || null;
+    setStatus("");
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+  for (const id of state.expanded) {
+    if (!id.startsWith("t:")) continue;
+    const xid = id.slice(2);
+    const t = state.summaries.get(xid);
+    const kids = state.children.get(xid);
+    if (t && kids && kids.status === "loaded" && !(FINAL.has(t.state) && FINAL.has(kids.txn.state))) await loadChildren(xid, true);
+  }
+  render();
+}
+
+// ---- start -----------------------------------------------------------
+
+function readFilters() {
+  state.filters = {
+    state: $("f-state").value,
+    minAgeS: $("f-age").value,
+    participant: $("f-participant").value.trim(),
+    xid: $("f-xid").value,
+  };
+}
+
+function start() {
+  const params = new URLSearchParams(location.search);
+  for (const [key, id] of [["state", "f-state"], ["participant", "f-participant"], ["xid", "f-xid"], ["older_than_s", "f-age"]]) {
+    if (params.has(key)) $(id).value = params.get(key);
+  }
+  readFilters();
+  for (const id of ["f-state", "f-age", "f-participant"]) {
+    $(id).addEventListener("change", () => {
+      readFilters();
+      loadFirstPage();
+    });
+  }
+  $("f-xid").addEventListener("input", () => {
+    readFilters();
+    render();
+  });
+  $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("expand-all").addEventListener("click", expandAll);
+  $("collapse-all").addEventListener("click", collapseAll);
+  $("details-close").addEventListener("click", () => ($("details").hidden = true));
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("token").value.trim();
+    sessionStorage.setItem("concord-token", state.token);
+    $("token-form").hidden = true;
+    loadFirstPage();
+  });
+  $("grid").addEventListener("keydown", onKey);
+  $("grid").addEventListener("focus", () => focusRow(false));
+  $("viewport").addEventListener("scroll", () => {
+    render();
+    const viewport = $("viewport");
+    if (viewport.scrollTop + viewport.clientHeight > viewport.scrollHeight - 20 * ROW_PX) loadNextPage();
+  });
+  loadFirstPage();
+  setInterval(refresh, LIVE_MS);
+}
+
+// For the browser tests: the state, read-only in spirit.
+window.concordConsole = { state, render };
+
+start();
