@@ -3,7 +3,8 @@
 //! real processes. What it checks: the treegrid's ARIA structure, the
 //! keyboard model through a hierarchical transaction, lazy loading of
 //! branches (with a failed load and its retry), each filter, and a live
-//! update while a transaction is expanded (expand state and focus kept).
+//! update while a transaction is expanded (expand state and focus kept),
+//! and axe-core's accessibility rules (no serious or critical violation).
 //! Screenshots go to the target dir (`console-*.png`).
 //!
 //! Without chromium and chromedriver the tests fail with the command that
@@ -171,6 +172,32 @@ async fn screenshot(b: &Browser, name: &str) {
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{name}.png"));
     std::fs::write(&path, png).expect("save the screenshot");
     eprintln!("screenshot: {}", path.display());
+}
+
+/// axe-core (npm, installed by scripts/test) run in the page as it is:
+/// no serious or critical violation. Passed as the WebDriver script
+/// itself, which the page's Content-Security-Policy does not govern.
+async fn assert_accessible(b: &Browser) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser/node_modules/axe-core/axe.min.js");
+    let axe = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; install it: npm ci --prefix crates/cli/tests/browser (scripts/test does)",
+            path.display()
+        )
+    });
+    let script = format!(
+        "{axe}\nreturn axe.run(document).then(r => r.violations.map(v => \
+         ({{id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.html).slice(0, 3)}})));"
+    );
+    let violations = b.execute(&script, vec![]).await.expect("run axe-core");
+    let list = violations.as_array().expect("violations");
+    eprintln!("axe-core: {violations:#}");
+    let bad: Vec<&Value> = list
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .collect();
+    assert!(bad.is_empty(), "accessibility violations: {bad:#?}");
 }
 
 async fn set_value(b: &Browser, id: &str, value: &str, event: &str) {
@@ -361,6 +388,7 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         screenshot(&b, "keyboard").await;
+        assert_accessible(&b).await;
         b.close().await.unwrap();
     })
     .await;
