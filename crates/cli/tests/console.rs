@@ -466,3 +466,178 @@ async fn each_filter_and_a_live_update_while_expanded() {
     })
     .await;
 }
+
+/// Smooth with 100,000 transactions, measured in the browser against a
+/// coordinator holding that many: time to the first rows, the worst
+/// frame while scrolling the whole list (every page loaded on the way
+/// down), and expand latency (request to branch rows drawn). The timings
+/// are reported (stderr and `target/tmp/console-timings.json`), not
+/// asserted: the machines are shared and noisy. What is asserted is that
+/// the whole list was there and scrolled through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_transactions_render_scroll_and_expand() {
+    const TRANSACTIONS: usize = 100_000;
+    const TASKS: usize = 64;
+    let run = async {
+        let mut cluster = Cluster::new(2, 2 * TASKS, 1_000_000);
+        let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+        cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
+        for i in 0..2 {
+            cluster.start_participant(i, &[]);
+        }
+        cluster.start_coordinator(&[]);
+        cluster.wait_all_listening().await;
+        wait_listening(&http).await;
+        let started = Instant::now();
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(std::sync::Arc::new(cluster.client().await));
+        }
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let client = clients[t % clients.len()].clone();
+            let issued = issued.clone();
+            tasks.push(tokio::spawn(async move {
+                let (a, b) = (format!("acct-{}", 2 * t), format!("acct-{}", 2 * t + 1));
+                let mut forth = true;
+                while issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < TRANSACTIONS {
+                    // Back and forth: no balance runs out.
+                    let (from, to) = if forth { (&a, &b) } else { (&b, &a) };
+                    client
+                        .transfer(("p0", from), ("p1", to), 1)
+                        .await
+                        .expect("transfer");
+                    forth = !forth;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("load task");
+        }
+        eprintln!(
+            "{TRANSACTIONS} transactions in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        wait_rows(&b, "the first page", |l| !l.is_empty()).await;
+        let first_rows_ms = b
+            .execute("return window.concordConsole.metrics.firstRowsMs;", vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .expect("first render measured");
+        b.execute(
+            r#"const c = window.concordConsole; const vp = document.getElementById('viewport');
+            c.scroll = null; let last = null, worst = 0, frames = 0;
+            const step = (t) => {
+              if (last !== null) { worst = Math.max(worst, t - last); frames++; }
+              last = t;
+              const atEnd = vp.scrollTop + vp.clientHeight >= vp.scrollHeight - 1;
+              if (atEnd && !c.state.nextCursor && !c.state.loadingPage) {
+                c.scroll = { worst, frames, rows: c.state.visible.length, rendered: document.querySelectorAll('#rows [role=row]').length };
+                return;
+              }
+              if (atEnd) c.loadNextPage();
+              vp.scrollTop += vp.clientHeight * 2;
+              requestAnimationFrame(step);
+            };
+            requestAnimationFrame(step);"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let scroll = loop {
+            let v = b
+                .execute("return window.concordConsole.scroll;", vec![])
+                .await
+                .unwrap();
+            if !v.is_null() {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "scrolling did not reach the end");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            scroll["rows"].as_u64().unwrap_or(0) >= TRANSACTIONS as u64,
+            "the whole list: {scroll}"
+        );
+        // Windowed: only about a viewport of rows in the DOM.
+        assert!(
+            scroll["rendered"].as_u64().unwrap_or(u64::MAX) < 100,
+            "{scroll}"
+        );
+        let grid = b.find(Locator::Css("[role=treegrid]")).await.unwrap();
+        assert_eq!(
+            grid.attr("aria-rowcount").await.unwrap(),
+            Some((scroll["rows"].as_u64().unwrap() + 1).to_string())
+        );
+        // Expand a few rows near the end of the list.
+        for _ in 0..5 {
+            // A live update may redraw the row between finding and
+            // clicking it: find it again then.
+            for attempt in 0.. {
+                let row = b
+                    .find(Locator::Css("#rows [role=row][aria-expanded=false]"))
+                    .await
+                    .unwrap();
+                match row.click().await {
+                    Ok(_) => break,
+                    Err(e) if attempt < 10 => eprintln!("click again: {e}"),
+                    Err(e) => panic!("cannot click a row: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let expands = b
+            .execute("return window.concordConsole.metrics.expandMs;", vec![])
+            .await
+            .unwrap();
+        let expands: Vec<f64> = expands
+            .as_array()
+            .expect("expand timings")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert_eq!(expands.len(), 5, "{expands:?}");
+        let worst_expand = expands.iter().copied().fold(0.0, f64::max);
+        // What one full re-render of the loaded list costs, and what the
+        // API takes for one expand's two requests, to tell them apart.
+        let costs = b
+            .execute(
+                r#"const c = window.concordConsole; const t0 = performance.now(); c.render();
+                const render = performance.now() - t0;
+                const xid = c.state.nodes[c.state.nodes.length - 1].xid;
+                const t1 = performance.now();
+                await Promise.all([fetch('/v1/transactions/' + xid), fetch('/v1/transactions/' + xid + '/timeline')]);
+                return { render_all_ms: render, api_ms: performance.now() - t1 };"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let timings = json!({
+            "transactions": scroll["rows"],
+            "first_render_ms": first_rows_ms,
+            "worst_frame_ms_scrolling_everything": scroll["worst"],
+            "frames": scroll["frames"],
+            "expand_ms": expands,
+            "worst_expand_ms": worst_expand,
+            "full_render_ms": costs["render_all_ms"],
+            "expand_api_ms": costs["api_ms"],
+        });
+        eprintln!("console timings: {timings:#}");
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-timings.json");
+        std::fs::write(&path, format!("{timings:#}")).expect("save the timings");
+        screenshot(&b, "100k").await;
+        b.close().await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(420), run)
+        .await
+        .expect("the 100,000-transaction test took over 7 minutes");
+}

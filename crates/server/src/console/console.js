@@ -13,20 +13,25 @@
 // and live updates; a live update re-renders only when data changed.
 
 const ROW_PX = 28;
+// The first page small (a quick first render), the next ones large (few
+// round trips through a long list).
 const PAGE = 200;
+const NEXT_PAGE = 1000;
 const LIVE_MS = 2000;
 const FINAL = new Set(["committed", "aborted", "one_phase", "no_record"]);
 
 const state = {
   filters: { state: "", minAgeS: "", participant: "", xid: "" },
-  order: [], // xids, newest first, as the pages came
-  summaries: new Map(), // xid -> summary
+  nodes: [], // transaction rows, newest first, as the pages came
+  byXid: new Map(), // xid -> its row (with its summary as `t`)
   nextCursor: null,
   loadingPage: false,
   expanded: new Set(), // node ids
   children: new Map(), // xid -> {status, error, branches, timeline}
   focusId: null,
   visible: [], // the flattened visible nodes
+  flattened: false,
+  focusIndex: -1,
   token: sessionStorage.getItem("concord-token") || "",
   generation: 0, // bumped when the filters change: stale pages are dropped
 };
@@ -87,8 +92,8 @@ async function loadFirstPage() {
   try {
     const page = await api(listQuery(null));
     if (generation !== state.generation) return;
-    state.order = [];
-    state.summaries.clear();
+    state.nodes = [];
+    state.byXid.clear();
     addPage(page);
     setStatus("");
   } catch (e) {
@@ -104,7 +109,7 @@ async function loadNextPage() {
   const generation = state.generation;
   state.loadingPage = true;
   try {
-    const page = await api(listQuery(state.nextCursor));
+    const page = await api(listQuery(state.nextCursor, NEXT_PAGE));
     if (generation !== state.generation) return;
     addPage(page);
   } catch (e) {
@@ -115,10 +120,23 @@ async function loadNextPage() {
   }
 }
 
+// The row of a transaction, made once and reused: with 100,000 of them a
+// re-render must not allocate (or look up) 100,000 of anything.
+function upsert(t) {
+  let node = state.byXid.get(t.xid);
+  const fresh = !node;
+  if (fresh) {
+    node = { id: "t:" + t.xid, kind: "txn", xid: t.xid, level: 1, parent: null, expandable: true, setsize: 0, posinset: 0, t };
+    state.byXid.set(t.xid, node);
+  }
+  node.t = t;
+  return fresh ? node : null;
+}
+
 function addPage(page) {
   for (const t of page.transactions || []) {
-    if (!state.summaries.has(t.xid)) state.order.push(t.xid);
-    state.summaries.set(t.xid, t);
+    const fresh = upsert(t);
+    if (fresh) state.nodes.push(fresh);
   }
   state.nextCursor = page.next_cursor || null;
 }
@@ -126,6 +144,7 @@ function addPage(page) {
 // Children of one transaction: its branches, and its timeline for the
 // votes' timings. `quiet` keeps what is shown while reloading (live).
 async function loadChildren(xid, quiet) {
+  const started = performance.now();
   const known = state.children.get(xid);
   if (!quiet || !known) state.children.set(xid, { status: "loading" });
   render();
@@ -135,6 +154,10 @@ async function loadChildren(xid, quiet) {
       api("/v1/transactions/" + xid + "/timeline").catch(() => null),
     ]);
     state.children.set(xid, { status: "loaded", txn, timeline });
+    if (!quiet) {
+      render();
+      metrics.expandMs.push(performance.now() - started);
+    }
   } catch (e) {
     if (!quiet || !known || known.status !== "loaded") {
       state.children.set(xid, { status: "error", error: e.message });
@@ -174,15 +197,21 @@ function fmtMs(ms) {
 // The visible nodes, in order: each transaction, and below the expanded
 // ones their branches (a tree's branches below their parent).
 function flatten() {
-  const out = [];
   const prefix = state.filters.xid.trim().toLowerCase();
-  const tops = state.order.filter((x) => !prefix || x.startsWith(prefix));
-  tops.forEach((xid, i) => {
-    const id = "t:" + xid;
-    const t = state.summaries.get(xid);
+  const tops = prefix ? state.nodes.filter((n) => n.xid.startsWith(prefix)) : state.nodes;
+  const n = tops.length;
+  for (let i = 0; i < n; i++) {
+    tops[i].setsize = n;
+    tops[i].posinset = i + 1;
+  }
+  if (state.expanded.size === 0) return tops === state.nodes ? tops.slice() : tops;
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const node = tops[i];
+    const { id, xid } = node;
+    out.push(node);
+    if (!state.expanded.has(id)) continue;
     const kids = state.children.get(xid);
-    out.push({ id, kind: "txn", xid, level: 1, setsize: tops.length, posinset: i + 1, parent: null, expandable: true, t, kids });
-    if (!state.expanded.has(id)) return;
     if (!kids || kids.status === "loading") {
       out.push({ id: id + ":loading", kind: "loading", xid, level: 2, setsize: 1, posinset: 1, parent: id });
     } else if (kids.status === "error") {
@@ -202,8 +231,17 @@ function flatten() {
       };
       walk(null, id, 2);
     }
-  });
+  }
   return out;
+}
+
+// The focused node's index in the visible list (cached: a linear search
+// over 100,000 rows on every key press is what this avoids).
+function focusIndex() {
+  const cached = state.visible[state.focusIndex];
+  if (cached && cached.id === state.focusId) return state.focusIndex;
+  state.focusIndex = state.visible.findIndex((n) => n.id === state.focusId);
+  return state.focusIndex;
 }
 
 function cellsOf(node) {
@@ -212,7 +250,8 @@ function cellsOf(node) {
   if (node.kind === "error") return [["error", "could not load: " + node.error]];
   if (node.kind === "txn") {
     const t = node.t;
-    const kids = node.kids && node.kids.status === "loaded" ? node.kids : null;
+    const loaded = state.children.get(node.xid);
+    const kids = loaded && loaded.status === "loaded" ? loaded : null;
     const slow = kids ? slowest(voteTimes(kids.timeline)) : null;
     const stateText = t.state.replace(/_/g, " ") + (t.needs_attention ? " · needs attention" : "");
     return [
@@ -243,8 +282,18 @@ function cellsOf(node) {
 let lastSignature = "";
 let focusIndexHint = 0;
 
-function render() {
-  state.visible = flatten();
+// What the page measures of itself (read by the browser tests): when the
+// first rows were drawn (ms since navigation) and how long each expand
+// took from the request to its rows drawn.
+const metrics = { firstRowsMs: null, expandMs: [] };
+
+// `changed` false: only the scroll position moved, so the flattened list
+// (100,000 nodes, say) is reused; everything else re-derives it.
+function render(changed = true) {
+  if (changed || !state.flattened) {
+    state.visible = flatten();
+    state.flattened = true;
+  }
   const grid = $("grid");
   const viewport = $("viewport");
   const rows = $("rows");
@@ -252,13 +301,13 @@ function render() {
   // Header row + rows; unknown (-1) while more pages exist.
   grid.setAttribute("aria-rowcount", state.nextCursor ? "-1" : String(total + 1));
   $("spacer").style.height = total * ROW_PX + "px";
-  if (!state.focusId || !state.visible.some((n) => n.id === state.focusId)) {
+  if (!state.focusId || focusIndex() < 0) {
     state.focusId = total ? state.visible[Math.min(focusIndexHint, total - 1)].id : null;
   }
   const first = Math.max(0, Math.floor(viewport.scrollTop / ROW_PX) - 5);
   const count = Math.ceil(viewport.clientHeight / ROW_PX) + 10;
   const last = Math.min(total, first + count);
-  const focusIndex = state.visible.findIndex((n) => n.id === state.focusId);
+  const focused = focusIndex();
   const signature = JSON.stringify([first, last, state.focusId, state.visible.slice(first, last).map((n) => [n.id, cellsOf(n), state.expanded.has(n.id)])]);
   if (signature === lastSignature) return; // nothing changed: no flicker
   lastSignature = signature;
@@ -268,10 +317,11 @@ function render() {
   for (let i = first; i < last; i++) indexes.add(i);
   // Keep the focused row in the DOM even when scrolled away, so that
   // keyboard focus is never lost.
-  if (focusIndex >= 0) indexes.add(focusIndex);
+  if (focused >= 0) indexes.add(focused);
   for (const i of [...indexes].sort((a, b) => a - b)) fragment.appendChild(rowElement(state.visible[i], i));
   rows.replaceChildren(fragment);
   if (hadFocus) focusRow(false);
+  if (metrics.firstRowsMs === null && total > 0) metrics.firstRowsMs = performance.now();
 }
 
 function rowElement(node, index) {
@@ -334,7 +384,7 @@ function rowElement(node, index) {
 }
 
 function focusRow(scroll) {
-  const index = state.visible.findIndex((n) => n.id === state.focusId);
+  const index = focusIndex();
   if (index < 0) return;
   focusIndexHint = index;
   const viewport = $("viewport");
@@ -342,7 +392,7 @@ function focusRow(scroll) {
     const top = index * ROW_PX;
     if (top < viewport.scrollTop) viewport.scrollTop = top;
     else if (top + ROW_PX > viewport.scrollTop + viewport.clientHeight) viewport.scrollTop = top + ROW_PX - viewport.clientHeight;
-    render();
+    render(false);
   }
   const el = $("rows").querySelector('[data-id="' + CSS.escape(state.focusId) + '"]');
   if (el && document.activeElement !== el) el.focus({ preventScroll: true });
@@ -378,12 +428,13 @@ function move(to) {
   if (!total) return;
   const index = Math.max(0, Math.min(total - 1, to));
   state.focusId = state.visible[index].id;
+  state.focusIndex = index;
   focusRow(true);
   if (index >= total - 20) loadNextPage();
 }
 
 function onKey(event) {
-  const index = state.visible.findIndex((n) => n.id === state.focusId);
+  const index = focusIndex();
   if (index < 0) return;
   const node = state.visible[index];
   const page = Math.max(1, Math.floor($("viewport").clientHeight / ROW_PX) - 1);
@@ -496,16 +547,16 @@ async function refresh() {
   if (!$("live").checked || state.loadingPage) return;
   const generation = state.generation;
   try {
-    const limit = Math.min(1000, Math.max(PAGE, state.order.length));
+    const limit = Math.min(1000, Math.max(PAGE, state.nodes.length));
     const page = await api(listQuery(null, limit));
     if (generation !== state.generation) return;
     const fresh = [];
     for (const t of page.transactions || []) {
-      if (!state.summaries.has(t.xid)) fresh.push(t.xid);
-      state.summaries.set(t.xid, t);
+      const node = upsert(t);
+      if (node) fresh.push(node);
     }
-    state.order = fresh.concat(state.order);
-    if (state.order.length <= limit) state.nextCursor = page.next_cursor || null;
+    if (fresh.length) state.nodes = fresh.concat(state.nodes);
+    if (state.nodes.length <= limit) state.nextCursor = page.next_cursor || null;
     setStatus("");
   } catch (e) {
     setStatus(e.message, true);
@@ -513,7 +564,7 @@ async function refresh() {
   for (const id of state.expanded) {
     if (!id.startsWith("t:")) continue;
     const xid = id.slice(2);
-    const t = state.summaries.get(xid);
+    const t = state.byXid.has(xid) ? state.byXid.get(xid).t : null;
     const kids = state.children.get(xid);
     if (t && kids && kids.status === "loaded" && !(FINAL.has(t.state) && FINAL.has(kids.txn.state))) await loadChildren(xid, true);
   }
@@ -561,7 +612,7 @@ function start() {
   $("grid").addEventListener("keydown", onKey);
   $("grid").addEventListener("focus", () => focusRow(false));
   $("viewport").addEventListener("scroll", () => {
-    render();
+    render(false);
     const viewport = $("viewport");
     if (viewport.scrollTop + viewport.clientHeight > viewport.scrollHeight - 20 * ROW_PX) loadNextPage();
   });
@@ -570,6 +621,6 @@ function start() {
 }
 
 // For the browser tests: the state, read-only in spirit.
-window.concordConsole = { state, render };
+window.concordConsole = { state, render, metrics, loadNextPage };
 
 start();
