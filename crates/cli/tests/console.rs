@@ -148,6 +148,47 @@ async fn wait_rows(b: &Browser, what: &str, ok: impl Fn(&[Value]) -> bool) -> Ve
     }
 }
 
+/// Click the first element matching `css`, finding it again if a live
+/// update redrew it between finding and clicking.
+async fn click(b: &Browser, css: &str) {
+    for attempt in 0.. {
+        let element = b
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.click().await {
+            Ok(_) => return,
+            Err(e) if attempt < 10 => eprintln!("click {css} again: {e}"),
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+}
+
+/// The cluster of [`cluster`] and a browser showing its console, all 7
+/// transactions drawn.
+struct Console {
+    cluster: Cluster,
+    tree_xid: String,
+    b: Browser,
+    _driver: Driver,
+}
+
+async fn open_console() -> Console {
+    let (cluster, http, tree_xid) = cluster().await;
+    let driver = Driver::start();
+    let b = browser(&driver).await;
+    b.goto(&format!("http://{http}/"))
+        .await
+        .expect("open the console");
+    wait_rows(&b, "7 transactions", |l| l.len() == 7).await;
+    Console {
+        cluster,
+        tree_xid,
+        b,
+        _driver: driver,
+    }
+}
+
 /// Press and release one key where the focus is, as a user would
 /// (WebDriver actions, not a synthetic event).
 async fn key(b: &Browser, k: char) {
@@ -221,13 +262,9 @@ const ENTER: char = '\u{E007}';
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_failed_load() {
     bounded(async {
-        let (_cluster, http, tree_xid) = cluster().await;
-        let driver = Driver::start();
-        let b = browser(&driver).await;
-        b.goto(&format!("http://{http}/"))
-            .await
-            .expect("open the console");
-        let list = wait_rows(&b, "7 transactions", |l| l.len() == 7).await;
+        let console = open_console().await;
+        let (b, tree_xid) = (&console.b, console.tree_xid.clone());
+        let list = rows(b).await;
         // The treegrid: one level, collapsed parents, positions in the set.
         let grid = b
             .find(Locator::Css("[role=treegrid]"))
@@ -261,13 +298,8 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
         )
         .await
         .unwrap();
-        b.find(Locator::Css("#rows [role=row]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let list = wait_rows(&b, "the load fails", |l| {
+        click(b, "#rows [role=row]").await;
+        let list = wait_rows(b, "the load fails", |l| {
             l.iter()
                 .any(|r| r["id"].as_str().is_some_and(|i| i.ends_with(":error")))
         })
@@ -281,15 +313,10 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             list[1]
         );
         assert_eq!(list[0]["expanded"], "true");
-        screenshot(&b, "load-failed").await;
-        b.find(Locator::Css("button.retry"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        screenshot(b, "load-failed").await;
+        click(b, "button.retry").await;
         // p0 at level 2 with p1 (expandable) and p2 below it once expanded.
-        let list = wait_rows(&b, "branches loaded", |l| {
+        let list = wait_rows(b, "branches loaded", |l| {
             l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p0"))
         })
         .await;
@@ -301,15 +328,10 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
         );
 
         // Keyboard: focus the top row, then down into the tree.
-        b.find(Locator::Css("#rows [role=row]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(b, "#rows [role=row]").await;
         // (The click toggled it closed; Right opens it again.)
-        key(&b, RIGHT).await;
-        let list = wait_rows(&b, "expanded again", |l| {
+        key(b, RIGHT).await;
+        let list = wait_rows(b, "expanded again", |l| {
             l[0]["expanded"] == "true" && l.len() > 7
         })
         .await;
@@ -317,16 +339,16 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             focused(&list).as_deref(),
             Some(format!("t:{tree_xid}").as_str())
         );
-        key(&b, RIGHT).await; // expanded: Right moves to the first child
-        key(&b, RIGHT).await; // p0: expand
-        let list = wait_rows(&b, "p0 expanded", |l| {
+        key(b, RIGHT).await; // expanded: Right moves to the first child
+        key(b, RIGHT).await; // p0: expand
+        let list = wait_rows(b, "p0 expanded", |l| {
             l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p1"))
         })
         .await;
         assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p0")));
-        key(&b, DOWN).await; // p1
-        key(&b, RIGHT).await; // expand p1: p3 below it
-        let list = wait_rows(&b, "p1 expanded", |l| {
+        key(b, DOWN).await; // p1
+        key(b, RIGHT).await; // expand p1: p3 below it
+        let list = wait_rows(b, "p1 expanded", |l| {
             l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p3"))
         })
         .await;
@@ -348,35 +370,35 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             (Some(3), Some(2)),
             "{p1}"
         );
-        key(&b, DOWN).await; // p3
-        let list = rows(&b).await;
+        key(b, DOWN).await; // p3
+        let list = rows(b).await;
         assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p3")));
-        key(&b, LEFT).await; // a leaf: to its parent p1
-        assert_eq!(focused(&rows(&b).await), Some(format!("b:{tree_xid}:p1")));
-        key(&b, LEFT).await; // expanded: collapse
-        let list = wait_rows(&b, "p1 collapsed", |l| {
+        key(b, LEFT).await; // a leaf: to its parent p1
+        assert_eq!(focused(&rows(b).await), Some(format!("b:{tree_xid}:p1")));
+        key(b, LEFT).await; // expanded: collapse
+        let list = wait_rows(b, "p1 collapsed", |l| {
             !l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p3"))
         })
         .await;
         assert_eq!(focused(&list), Some(format!("b:{tree_xid}:p1")));
-        key(&b, LEFT).await; // to p0
-        key(&b, LEFT).await; // collapse p0
-        key(&b, LEFT).await; // to the transaction
-        let list = wait_rows(&b, "back on top", |l| {
+        key(b, LEFT).await; // to p0
+        key(b, LEFT).await; // collapse p0
+        key(b, LEFT).await; // to the transaction
+        let list = wait_rows(b, "back on top", |l| {
             focused(l) == Some(format!("t:{tree_xid}"))
         })
         .await;
         assert_eq!(list[0]["expanded"], "true");
-        key(&b, END).await;
-        let list = rows(&b).await;
+        key(b, END).await;
+        let list = rows(b).await;
         assert_eq!(
             focused(&list),
             list.last().and_then(|r| r["id"].as_str().map(String::from))
         );
-        key(&b, HOME).await;
-        key(&b, UP).await; // stays on the first row
-        assert_eq!(focused(&rows(&b).await), Some(format!("t:{tree_xid}")));
-        key(&b, ENTER).await; // details
+        key(b, HOME).await;
+        key(b, UP).await; // stays on the first row
+        assert_eq!(focused(&rows(b).await), Some(format!("t:{tree_xid}")));
+        key(b, ENTER).await; // details
         let details = b.find(Locator::Id("details")).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -387,9 +409,9 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             assert!(Instant::now() < deadline, "details: {text}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        screenshot(&b, "keyboard").await;
-        assert_accessible(&b).await;
-        b.close().await.unwrap();
+        screenshot(b, "keyboard").await;
+        assert_accessible(b).await;
+        b.clone().close().await.unwrap();
     })
     .await;
 }
@@ -397,48 +419,42 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_filter_and_a_live_update_while_expanded() {
     bounded(async {
-        let (cluster, http, tree_xid) = cluster().await;
-        let driver = Driver::start();
-        let b = browser(&driver).await;
-        b.goto(&format!("http://{http}/"))
-            .await
-            .expect("open the console");
-        wait_rows(&b, "7 transactions", |l| l.len() == 7).await;
+        let console = open_console().await;
+        let (b, tree_xid, cluster) = (&console.b, console.tree_xid.clone(), &console.cluster);
 
-        set_value(&b, "f-state", "aborted", "change").await;
-        let list = wait_rows(&b, "aborted only", |l| l.len() == 1).await;
+        set_value(b, "f-state", "aborted", "change").await;
+        let list = wait_rows(b, "aborted only", |l| l.len() == 1).await;
         assert!(
             list[0]["text"].as_str().unwrap().contains("aborted"),
             "{list:?}"
         );
-        set_value(&b, "f-state", "committed", "change").await;
-        let list = wait_rows(&b, "committed only", |l| l.len() == 6).await;
+        set_value(b, "f-state", "committed", "change").await;
+        let list = wait_rows(b, "committed only", |l| l.len() == 6).await;
         assert!(
             list.iter()
                 .all(|r| r["text"].as_str().unwrap().contains("committed")),
             "{list:?}"
         );
-        set_value(&b, "f-state", "", "change").await;
-        wait_rows(&b, "all again", |l| l.len() == 7).await;
-        set_value(&b, "f-participant", "p3", "change").await;
-        wait_rows(&b, "p3's: the aborted one and the tree", |l| l.len() == 2).await;
-        set_value(&b, "f-participant", "", "change").await;
-        wait_rows(&b, "all again", |l| l.len() == 7).await;
-        set_value(&b, "f-age", "3600", "change").await;
-        wait_rows(&b, "none an hour old", |l| l.is_empty()).await;
-        set_value(&b, "f-age", "", "change").await;
-        wait_rows(&b, "all again", |l| l.len() == 7).await;
-        set_value(&b, "f-xid", &tree_xid[..6], "input").await;
-        let list = wait_rows(&b, "xid prefix", |l| l.len() == 1).await;
+        set_value(b, "f-state", "", "change").await;
+        wait_rows(b, "all again", |l| l.len() == 7).await;
+        set_value(b, "f-participant", "p3", "change").await;
+        wait_rows(b, "p3's: the aborted one and the tree", |l| l.len() == 2).await;
+        set_value(b, "f-participant", "", "change").await;
+        wait_rows(b, "all again", |l| l.len() == 7).await;
+        set_value(b, "f-age", "3600", "change").await;
+        wait_rows(b, "none an hour old", |l| l.is_empty()).await;
+        set_value(b, "f-age", "", "change").await;
+        wait_rows(b, "all again", |l| l.len() == 7).await;
+        set_value(b, "f-xid", &tree_xid[..6], "input").await;
+        let list = wait_rows(b, "xid prefix", |l| l.len() == 1).await;
         assert_eq!(list[0]["id"], format!("t:{tree_xid}"));
-        set_value(&b, "f-xid", "", "input").await;
-        wait_rows(&b, "all again", |l| l.len() == 7).await;
+        set_value(b, "f-xid", "", "input").await;
+        wait_rows(b, "all again", |l| l.len() == 7).await;
 
         // Expand the tree transaction and keep focus on it; a new
         // transaction arrives by itself (live) on top.
-        let top = b.find(Locator::Css("#rows [role=row]")).await.unwrap();
-        top.click().await.unwrap();
-        wait_rows(&b, "expanded", |l| l.iter().any(|r| r["level"] == 2)).await;
+        click(b, "#rows [role=row]").await;
+        wait_rows(b, "expanded", |l| l.iter().any(|r| r["level"] == 2)).await;
         let client = cluster.client().await;
         let fresh = client
             .transfer(("p2", "acct-1"), ("p3", "acct-1"), 1)
@@ -446,7 +462,7 @@ async fn each_filter_and_a_live_update_while_expanded() {
             .expect("transfer")
             .xid
             .to_string();
-        let list = wait_rows(&b, "the new one on top", |l| {
+        let list = wait_rows(b, "the new one on top", |l| {
             l.first().is_some_and(|r| r["id"] == format!("t:{fresh}"))
         })
         .await;
@@ -461,7 +477,81 @@ async fn each_filter_and_a_live_update_while_expanded() {
             list.iter().any(|r| r["id"] == format!("b:{tree_xid}:p0")),
             "children kept"
         );
-        screenshot(&b, "live").await;
+        screenshot(b, "live").await;
+        b.clone().close().await.unwrap();
+    })
+    .await;
+}
+
+/// A branch whose COMMIT cannot be delivered past --attention-after is
+/// shown first, above the tree, with its attempts and last error, and
+/// leaves the list once delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_needing_attention_is_shown_first_until_delivered() {
+    bounded(async {
+        let mut cluster = Cluster::new(2, 4, 100);
+        let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+        cluster.coordinator_flags = vec![
+            "--http-listen".into(),
+            http.clone(),
+            "--attention-after".into(),
+            "1000ms".into(),
+        ];
+        cluster.start_participant(0, &[]);
+        // p1 votes READY, then dies when the COMMIT comes.
+        cluster.start_participant(
+            1,
+            &[("CONCORD_FAILPOINT", "participant.before_commit_write")],
+        );
+        cluster.start_coordinator(&[]);
+        cluster.wait_all_listening().await;
+        wait_listening(&http).await;
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        let attention = b.find(Locator::Id("attention")).await.unwrap();
+        assert_eq!(
+            attention.attr("hidden").await.unwrap().as_deref(),
+            Some("true"),
+            "nothing flagged yet"
+        );
+        let client = cluster.client().await;
+        let result = client
+            .transfer(("p0", "acct-0"), ("p1", "acct-0"), 1)
+            .await
+            .expect("transfer");
+        assert_eq!(result.outcome, concord_api::Outcome::Committed);
+        let xid = result.xid.to_string();
+        cluster
+            .participant_proc(1)
+            .wait_exit(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = attention.text().await.unwrap_or_default();
+            if text.contains(&xid) && text.contains("p1: COMMIT not delivered") {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not flagged in the console: {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Its attempts and how long (a last error shows when the
+        // transport reported one; for a peer that is simply down it may
+        // not have).
+        assert!(text.contains("attempts over"), "{text}");
+        assert!(attention.attr("hidden").await.unwrap().is_none(), "shown");
+        screenshot(&b, "attention").await;
+        // Back up: delivered, and the list empties.
+        cluster.start_participant(1, &[]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while attention.attr("hidden").await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "still flagged after delivery");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         b.close().await.unwrap();
     })
     .await;
@@ -580,19 +670,7 @@ async fn a_hundred_thousand_transactions_render_scroll_and_expand() {
         );
         // Expand a few rows near the end of the list.
         for _ in 0..5 {
-            // A live update may redraw the row between finding and
-            // clicking it: find it again then.
-            for attempt in 0.. {
-                let row = b
-                    .find(Locator::Css("#rows [role=row][aria-expanded=false]"))
-                    .await
-                    .unwrap();
-                match row.click().await {
-                    Ok(_) => break,
-                    Err(e) if attempt < 10 => eprintln!("click again: {e}"),
-                    Err(e) => panic!("cannot click a row: {e}"),
-                }
-            }
+            click(&b, "#rows [role=row][aria-expanded=false]").await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let expands = b

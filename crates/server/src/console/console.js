@@ -539,6 +539,60 @@ function detailsOf(txn, timeline, participant) {
   return div;
 }
 
+// ---- needs attention ---------------------------------------------------
+
+// Shown first, above the tree: every transaction the coordinator flags
+// (a decision it has not been able to deliver for longer than
+// --attention-after), with each flagged branch's attempts, pending time
+// and last error.
+const ATTENTION_MAX = 20;
+
+async function loadAttention() {
+  let flagged;
+  try {
+    const page = await api("/v1/transactions?state=needs_attention&limit=" + ATTENTION_MAX);
+    flagged = page.transactions || [];
+  } catch (e) {
+    return; // the status line already says why the API fails
+  }
+  const items = [];
+  for (const t of flagged) {
+    let branches = [];
+    try {
+      const txn = await api("/v1/transactions/" + t.xid);
+      branches = (txn.branches || []).filter((b) => b.state === "needs_attention" || (b.delivery && b.delivery.needs_attention));
+    } catch (e) {
+      // Listed but gone since: it was delivered.
+    }
+    items.push({ t, branches });
+  }
+  const list = $("attention-list");
+  const signature = JSON.stringify(items);
+  if (list.dataset.signature === signature) return;
+  list.dataset.signature = signature;
+  const fragment = document.createDocumentFragment();
+  for (const { t, branches } of items) {
+    const li = document.createElement("li");
+    const what = branches.length
+      ? branches.map((b) => {
+          const d = b.delivery || {};
+          const decision = /commit/.test(t.state) ? "COMMIT" : "the decision";
+          return b.participant + ": " + decision + " not delivered after " + (d.attempts || 0) + " attempts over " + fmtMs(d.pending_ms) + (d.last_error ? " (last error: " + d.last_error + ")" : "");
+        }).join("; ")
+      : (t.reason || "flagged");
+    li.textContent = t.xid + " — " + what;
+    li.dataset.xid = t.xid;
+    const show = document.createElement("button");
+    show.type = "button";
+    show.textContent = "Details";
+    show.addEventListener("click", () => openDetails({ kind: "txn", xid: t.xid }));
+    li.appendChild(show);
+    fragment.appendChild(li);
+  }
+  list.replaceChildren(fragment);
+  $("attention").hidden = items.length === 0;
+}
+
 // ---- live ------------------------------------------------------------
 
 // Re-read what is loaded (the first pages, and the expanded transactions
@@ -569,6 +623,7 @@ async function refresh() {
     if (t && kids && kids.status === "loaded" && !(FINAL.has(t.state) && FINAL.has(kids.txn.state))) await loadChildren(xid, true);
   }
   render();
+  await loadAttention();
 }
 
 // ---- start -----------------------------------------------------------
@@ -617,6 +672,7 @@ function start() {
     if (viewport.scrollTop + viewport.clientHeight > viewport.scrollHeight - 20 * ROW_PX) loadNextPage();
   });
   loadFirstPage();
+  loadAttention();
   setInterval(refresh, LIVE_MS);
 }
 
