@@ -403,7 +403,11 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = details.text().await.unwrap_or_default();
-            if text.contains("p3") && text.contains("committed") && text.contains("+ms") {
+            if text.contains("p3")
+                && text.contains("committed")
+                && text.contains("+ms")
+                && text.contains("timeout now")
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "details: {text}");

@@ -491,8 +491,12 @@ async function openDetails(node) {
   const body = $("details-body");
   body.textContent = "loading…";
   try {
-    const [txn, timeline] = await Promise.all([api("/v1/transactions/" + xid), api("/v1/transactions/" + xid + "/timeline").catch((e) => ({ error: e.message }))]);
-    body.replaceChildren(detailsOf(txn, timeline, node.kind === "branch" ? node.b.participant : null));
+    const [txn, timeline, peers] = await Promise.all([
+      api("/v1/transactions/" + xid),
+      api("/v1/transactions/" + xid + "/timeline").catch((e) => ({ error: e.message })),
+      api("/v1/participants").catch(() => []),
+    ]);
+    body.replaceChildren(detailsOf(txn, timeline, peers, node.kind === "branch" ? node.b.participant : null));
   } catch (e) {
     body.textContent = "could not load: " + e.message;
   }
@@ -519,7 +523,7 @@ function table(head, rows) {
   return t;
 }
 
-function detailsOf(txn, timeline, participant) {
+function detailsOf(txn, timeline, peers, participant) {
   const div = document.createElement("div");
   const p = document.createElement("p");
   p.textContent = txn.state.replace(/_/g, " ") + " — " + txn.detail + (txn.layout ? " — " + txn.layout : "");
@@ -527,6 +531,24 @@ function detailsOf(txn, timeline, participant) {
   const branches = (txn.branches || []).filter((b) => !participant || b.participant === participant);
   div.appendChild(table(["branch", "address", "state", "voted READY", "acknowledged", "COMMIT attempts", "pending", "last error"],
     branches.map((b) => [b.participant, b.addr, b.state, b.voted_ready, b.acked, b.delivery && b.delivery.attempts, b.delivery && fmtMs(b.delivery.pending_ms), b.delivery && b.delivery.last_error])));
+  // The timeouts in force now, per branch and phase, and the latency
+  // estimate behind each (what a transaction begun now would get; the
+  // timeline below shows the ones this transaction met, if any fired).
+  const names = new Set(branches.map((b) => b.participant));
+  const estimates = [];
+  for (const peer of peers || []) {
+    if (!names.has(peer.participant)) continue;
+    for (const e of peer.phases || []) {
+      const us = (v) => (v == null ? "" : fmtMs(v / 1000));
+      estimates.push([peer.participant, e.phase, e.timeout_ms + " ms", e.basis, us(e.srtt_us), us(e.rttvar_us), us(e.p99_us), e.samples]);
+    }
+  }
+  if (estimates.length) {
+    const h = document.createElement("h3");
+    h.textContent = "Timeouts in force now, and the latency behind them";
+    div.appendChild(h);
+    div.appendChild(table(["branch", "phase", "timeout now", "basis", "srtt", "rttvar", "p99", "samples"], estimates));
+  }
   if (timeline && timeline.entries) {
     const entries = timeline.entries.filter((e) => !participant || !e.peer || e.peer === participant);
     div.appendChild(table(["at", "+ms", "event", "peer", "message", "attempt", "detail"],
