@@ -65,20 +65,40 @@ async fn browser(driver: &Driver) -> Browser {
         .unwrap_or_else(|e| panic!("cannot start headless chromium ({e}); install it: {INSTALL}"))
 }
 
+/// Start `cluster`: every participant (participant `i` with the
+/// environment pairs `env` gives for it), then the coordinator with its
+/// HTTP API and `flags`. Returns the API's address.
+async fn start_with_api(
+    cluster: &mut Cluster,
+    flags: &[&str],
+    env: &[(usize, (&str, &str))],
+) -> String {
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
+    cluster
+        .coordinator_flags
+        .extend(flags.iter().map(|f| f.to_string()));
+    for i in 0..cluster.participants.len() {
+        let vars: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(p, _)| *p == i)
+            .map(|(_, kv)| *kv)
+            .collect();
+        cluster.start_participant(i, &vars);
+    }
+    cluster.start_coordinator(&[]);
+    cluster.wait_all_listening().await;
+    wait_listening(&http).await;
+    http
+}
+
 /// A coordinator with its HTTP API and 4 key-value participants, with
 /// some committed transfers, an aborted one, and a hierarchical one
 /// (p0 above p1 and p2, p1 above p3). Returns the HTTP address and the
 /// tree's xid.
 async fn cluster() -> (Cluster, String, String) {
     let mut cluster = Cluster::new(4, 10, 1_000);
-    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-    cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
-    for i in 0..4 {
-        cluster.start_participant(i, &[]);
-    }
-    cluster.start_coordinator(&[]);
-    cluster.wait_all_listening().await;
-    wait_listening(&http).await;
+    let http = start_with_api(&mut cluster, &[], &[]).await;
     let client = cluster.client().await;
     for i in 0..5 {
         client
@@ -494,22 +514,9 @@ async fn each_filter_and_a_live_update_while_expanded() {
 async fn a_branch_needing_attention_is_shown_first_until_delivered() {
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
-        let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-        cluster.coordinator_flags = vec![
-            "--http-listen".into(),
-            http.clone(),
-            "--attention-after".into(),
-            "1000ms".into(),
-        ];
-        cluster.start_participant(0, &[]);
         // p1 votes READY, then dies when the COMMIT comes.
-        cluster.start_participant(
-            1,
-            &[("CONCORD_FAILPOINT", "participant.before_commit_write")],
-        );
-        cluster.start_coordinator(&[]);
-        cluster.wait_all_listening().await;
-        wait_listening(&http).await;
+        let dies = (1, ("CONCORD_FAILPOINT", "participant.before_commit_write"));
+        let http = start_with_api(&mut cluster, &["--attention-after", "1000ms"], &[dies]).await;
         let driver = Driver::start();
         let b = browser(&driver).await;
         b.goto(&format!("http://{http}/"))
@@ -574,14 +581,7 @@ async fn a_hundred_thousand_transactions_render_scroll_and_expand() {
     const TASKS: usize = 64;
     let run = async {
         let mut cluster = Cluster::new(2, 2 * TASKS, 1_000_000);
-        let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-        cluster.coordinator_flags = vec!["--http-listen".into(), http.clone()];
-        for i in 0..2 {
-            cluster.start_participant(i, &[]);
-        }
-        cluster.start_coordinator(&[]);
-        cluster.wait_all_listening().await;
-        wait_listening(&http).await;
+        let http = start_with_api(&mut cluster, &[], &[]).await;
         let started = Instant::now();
         let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut clients = Vec::new();
