@@ -176,12 +176,7 @@ impl PgBank {
     }
 }
 
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
+pub use concord_server::pg_participant::describe;
 
 /// A connection, its driving task spawned.
 pub async fn connect(dsn: &str) -> anyhow::Result<Client> {

@@ -221,6 +221,13 @@ async fn key(b: &Browser, k: char) {
     tokio::time::sleep(Duration::from_millis(30)).await;
 }
 
+/// The row `id` of `list`.
+fn row<'a>(list: &'a [Value], id: &str) -> &'a Value {
+    list.iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no row {id} in {list:#?}"))
+}
+
 fn focused(list: &[Value]) -> Option<String> {
     list.iter()
         .find(|r| r["focused"] == true)
@@ -372,19 +379,13 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
             l.iter().any(|r| r["id"] == format!("b:{tree_xid}:p3"))
         })
         .await;
-        let p3 = list
-            .iter()
-            .find(|r| r["id"] == format!("b:{tree_xid}:p3"))
-            .unwrap();
+        let p3 = row(&list, &format!("b:{tree_xid}:p3"));
         assert_eq!(p3["level"], 4, "{p3}");
         assert!(
             p3["expanded"].is_null(),
             "a leaf has no aria-expanded: {p3}"
         );
-        let p1 = list
-            .iter()
-            .find(|r| r["id"] == format!("b:{tree_xid}:p1"))
-            .unwrap();
+        let p1 = row(&list, &format!("b:{tree_xid}:p1"));
         assert_eq!(
             (p1["level"].as_u64(), p1["setsize"].as_u64()),
             (Some(3), Some(2)),
@@ -490,10 +491,7 @@ async fn each_filter_and_a_live_update_while_expanded() {
             l.first().is_some_and(|r| r["id"] == format!("t:{fresh}"))
         })
         .await;
-        let tree_row = list
-            .iter()
-            .find(|r| r["id"] == format!("t:{tree_xid}"))
-            .unwrap();
+        let tree_row = row(&list, &format!("t:{tree_xid}"));
         assert_eq!(tree_row["expanded"], "true", "expand state kept");
         assert_eq!(tree_row["posinset"], 2, "{tree_row}");
         assert_eq!(focused(&list), Some(format!("t:{tree_xid}")), "focus kept");

@@ -619,8 +619,9 @@ impl Worker {
     }
 }
 
-/// An error with PostgreSQL's own message and code when there is one.
-fn describe(e: &tokio_postgres::Error) -> String {
+/// An error with PostgreSQL's own message and code when there is one
+/// (also what `concord bench` and `concord demo` print of theirs).
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         // "error serializing parameter 0" says little without its cause.
