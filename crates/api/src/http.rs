@@ -570,3 +570,141 @@ impl ListQuery {
         Ok(filter)
     }
 }
+
+/// `POST /v1/transactions/{xid}/retry` and the heuristic route: an
+/// operator action's confirmation, who and why. The operator token goes in
+/// the `X-Concord-Operator-Token` header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorBody {
+    /// The transaction's xid typed out in full (32 hex digits).
+    pub confirm: String,
+    /// Who asks (kept in the audit trail).
+    pub operator: String,
+    /// Why (kept in the audit trail).
+    pub reason: String,
+}
+
+/// `POST /v1/transactions/{xid}/branches/{participant}/heuristic`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeuristicBody {
+    /// What to do with the in-doubt branch: `commit` or `abort`.
+    pub decision: DecisionName,
+    pub confirm: String,
+    pub operator: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionName {
+    Commit,
+    Abort,
+}
+
+impl From<DecisionName> for concord_proto::Decision {
+    fn from(d: DecisionName) -> Self {
+        match d {
+            DecisionName::Commit => concord_proto::Decision::Commit,
+            DecisionName::Abort => concord_proto::Decision::Abort,
+        }
+    }
+}
+
+/// `GET /v1/audit`: whether operator actions are allowed here, and every
+/// action so far, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditBody {
+    /// False: the coordinator has no `--operator-token-file` (read-only).
+    pub writable: bool,
+    pub entries: Vec<AuditEntryBody>,
+}
+
+/// One operator action of the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntryBody {
+    pub seq: u64,
+    /// When it was asked (RFC 3339, by the coordinator's clock).
+    pub at: String,
+    pub operator: String,
+    pub reason: String,
+    pub xid: String,
+    /// `retry_now`, `heuristic_commit` or `heuristic_abort`.
+    pub action: String,
+    /// The branch, for a heuristic decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// `None`: the coordinator stopped before the action finished (what
+    /// it did is unknown; ask the participant).
+    pub ok: Option<bool>,
+    /// What it did, or why not.
+    pub result: Option<String>,
+}
+
+impl AuditEntryBody {
+    pub fn of(entry: &concord_proto::AuditRecord) -> AuditEntryBody {
+        use concord_proto::{AuditAction, Decision};
+        let (action, participant) = match &entry.action {
+            AuditAction::RetryNow => ("retry_now", None),
+            AuditAction::Heuristic {
+                participant,
+                decision: Decision::Commit,
+            } => ("heuristic_commit", Some(participant.clone())),
+            AuditAction::Heuristic {
+                participant,
+                decision: Decision::Abort,
+            } => ("heuristic_abort", Some(participant.clone())),
+        };
+        AuditEntryBody {
+            seq: entry.seq,
+            at: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(entry.at_unix_ms)),
+            operator: entry.operator.clone(),
+            reason: entry.reason.clone(),
+            xid: entry.xid.to_string(),
+            action: action.into(),
+            participant,
+            ok: entry.result.as_ref().map(|r| r.ok),
+            result: entry.result.as_ref().map(|r| r.detail.clone()),
+        }
+    }
+}
+
+/// `GET /v1/participants/{participant}/in-doubt`: the participant's
+/// branches in doubt, whichever coordinator they belong to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InDoubtBody {
+    pub participant: String,
+    pub branches: Vec<InDoubtBranchBody>,
+}
+
+/// One branch of an [`InDoubtBody`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InDoubtBranchBody {
+    pub xid: String,
+    /// The coordinator its READY record names.
+    pub coordinator: String,
+    /// It has had to ask for its decision (an operator's heuristic
+    /// decision is allowed only then).
+    pub overdue: bool,
+    pub inquiries: u32,
+    /// Why it still waits.
+    pub why: String,
+    /// How long it has held its locks, if it voted READY in the
+    /// participant's current life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+}
+
+impl InDoubtBranchBody {
+    pub fn of(branch: &crate::InDoubtBranch) -> InDoubtBranchBody {
+        InDoubtBranchBody {
+            xid: branch.xid.to_string(),
+            coordinator: branch.coordinator.clone(),
+            overdue: branch.inquiries > 0,
+            inquiries: branch.inquiries,
+            why: branch.why.clone(),
+            held_ms: branch.held_ms,
+        }
+    }
+}

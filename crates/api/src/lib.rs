@@ -20,7 +20,7 @@ pub mod http;
 pub mod tree;
 
 use concord_proto::codec::{decode, DecodeError};
-use concord_proto::{Message, NodeId, Shape, TxnState, Xid};
+use concord_proto::{AuditAction, AuditRecord, Decision, Message, NodeId, Shape, TxnState, Xid};
 use serde::{Deserialize, Serialize};
 
 /// Between nodes: a [`PeerEnvelope`].
@@ -176,6 +176,89 @@ pub enum Request {
         cursor: Option<String>,
         limit: usize,
     },
+    /// Coordinator: an operator action (SPEC §8). Answered with
+    /// [`Reply::Operator`] once both of its audit records are durable, or
+    /// [`Reply::Refused`] (and nothing done, nothing recorded).
+    Operator {
+        request_id: u64,
+        action: OperatorRequest,
+    },
+    /// Coordinator: its audit trail, oldest first. Answered with
+    /// [`Reply::Audit`].
+    Audit { request_id: u64 },
+    /// Participant, from a coordinator carrying out an operator's
+    /// heuristic decision: decide the in-doubt branch `xid` `decision`.
+    /// Answered with [`Reply::Heuristic`] once it is carried out, or
+    /// [`Reply::Refused`]. `audit` names the coordinator's audit record.
+    Heuristic {
+        request_id: u64,
+        xid: Xid,
+        decision: Decision,
+        audit: String,
+    },
+    /// Participant: its branches in doubt (READY, outcome unknown), with
+    /// their coordinator and why each still waits. Answered with
+    /// [`Reply::InDoubt`].
+    InDoubt { request_id: u64 },
+    /// Coordinator: ask participant `participant` for its branches in
+    /// doubt (`Request::InDoubt`), for the operator's view of what the
+    /// protocol may not finish by itself. Answered with [`Reply::InDoubt`].
+    InDoubtAt {
+        request_id: u64,
+        participant: String,
+    },
+}
+
+/// One branch in doubt at a participant ([`Reply::InDoubt`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InDoubtBranch {
+    pub xid: Xid,
+    /// The coordinator its READY record names.
+    pub coordinator: NodeId,
+    /// INQUIREs sent so far; 0: its decision is not overdue yet (an
+    /// operator's heuristic decision is refused until it is).
+    pub inquiries: u32,
+    /// Why it still waits (who it asked, what they answered).
+    pub why: String,
+    /// How long it has held its locks, if it voted READY in this life.
+    pub held_ms: Option<u64>,
+}
+
+/// An operator action as asked: what, on which transaction, by whom, why,
+/// with the confirmation and the operator token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRequest {
+    pub xid: Xid,
+    pub action: AuditAction,
+    /// Must be the xid, typed out (the full 32 hex digits).
+    pub confirm: String,
+    pub operator: String,
+    pub reason: String,
+    /// The coordinator's `--operator-token-file` token.
+    pub token: String,
+    /// Filled in by the server when the request arrives (its wall clock),
+    /// whatever the client sent: the node never reads a clock.
+    pub at_unix_ms: u64,
+}
+
+/// Why an operator action (or a heuristic decision at a participant) was
+/// refused; nothing was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The coordinator has no operator token: it is read-only.
+    ReadOnly,
+    /// The token given is not the coordinator's.
+    BadToken,
+    /// The confirmation is not the xid, or the operator or reason is
+    /// missing.
+    BadRequest,
+    /// No such transaction or participant.
+    NotFound,
+    /// The protocol can finish it (or it is finished): nothing for an
+    /// operator to do.
+    NotNeeded,
+    /// The participant could not be asked.
+    Unreachable,
 }
 
 /// What `Request::List` selects; every given condition must hold.
@@ -225,7 +308,12 @@ impl Request {
             | Request::Commit { request_id, .. }
             | Request::Abort { request_id, .. }
             | Request::Timeline { request_id, .. }
-            | Request::List { request_id, .. } => *request_id,
+            | Request::List { request_id, .. }
+            | Request::Operator { request_id, .. }
+            | Request::Audit { request_id }
+            | Request::Heuristic { request_id, .. }
+            | Request::InDoubt { request_id }
+            | Request::InDoubtAt { request_id, .. } => *request_id,
         }
     }
 
@@ -246,6 +334,11 @@ impl Request {
             Request::Abort { .. } => "Abort",
             Request::Timeline { .. } => "Timeline",
             Request::List { .. } => "List",
+            Request::Operator { .. } => "Operator",
+            Request::Audit { .. } => "Audit",
+            Request::Heuristic { .. } => "Heuristic",
+            Request::InDoubt { .. } => "InDoubt",
+            Request::InDoubtAt { .. } => "InDoubtAt",
         }
     }
 }
@@ -338,6 +431,38 @@ pub enum Reply {
         state: CoordinatorState,
         message: String,
     },
+    /// An operator action done: its audit record, with the result.
+    Operator {
+        request_id: u64,
+        entry: AuditRecord,
+    },
+    /// An operator action (or heuristic decision) refused, and why.
+    Refused {
+        request_id: u64,
+        refusal: Refusal,
+        message: String,
+    },
+    /// The audit trail, oldest first: one entry per action (its result
+    /// `None` if the coordinator stopped before the action finished).
+    Audit {
+        request_id: u64,
+        /// Whether operator actions are allowed (an operator token is
+        /// configured).
+        writable: bool,
+        entries: Vec<AuditRecord>,
+    },
+    /// A heuristic decision carried out at a participant.
+    Heuristic {
+        request_id: u64,
+        xid: Xid,
+        decision: Decision,
+    },
+    /// A participant's branches in doubt, oldest xid first.
+    InDoubt {
+        request_id: u64,
+        participant: String,
+        branches: Vec<InDoubtBranch>,
+    },
 }
 
 impl Reply {
@@ -357,7 +482,12 @@ impl Reply {
             | Reply::Registered { request_id, .. }
             | Reply::NotOpen { request_id, .. }
             | Reply::Timeline { request_id, .. }
-            | Reply::List { request_id, .. } => *request_id,
+            | Reply::List { request_id, .. }
+            | Reply::Operator { request_id, .. }
+            | Reply::Refused { request_id, .. }
+            | Reply::Audit { request_id, .. }
+            | Reply::Heuristic { request_id, .. }
+            | Reply::InDoubt { request_id, .. } => *request_id,
         }
     }
 

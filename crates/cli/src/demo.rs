@@ -552,7 +552,9 @@ fn read_participant_log(dir: &Path) -> anyhow::Result<(Vec<ParticipantRecord>, B
             ParticipantRecord::OnePhase { xid, .. } => {
                 branches.outcome.insert(*xid, Decision::Commit);
             }
-            ParticipantRecord::Resource { .. }
+            // The demo has no operator; an outcome record follows anyway.
+            ParticipantRecord::Heuristic { .. }
+            | ParticipantRecord::Resource { .. }
             | ParticipantRecord::Peer { .. }
             | ParticipantRecord::Started { .. }
             | ParticipantRecord::PeerHint { .. } => {}

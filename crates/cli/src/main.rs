@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod operate;
 mod pgbank;
 mod procs;
 
@@ -90,6 +91,11 @@ enum Command {
     /// baselines (bare relay, raw fsync ceiling, durability off) in the
     /// same run.
     Bench(BenchArgs),
+    /// Operator actions on a stuck transaction (retry now, a heuristic
+    /// decision of one branch), each confirmed by typing the xid, needing
+    /// the coordinator's operator token and recorded in its audit trail;
+    /// and that trail.
+    Operator(operate::OperatorArgs),
     /// Print the OpenAPI 3.1 document of the coordinator's HTTP API (what
     /// `serve --http-listen` serves at /openapi.json; docs/openapi.json).
     Openapi,
@@ -327,6 +333,13 @@ struct ServeArgs {
     /// is given up or deleted. E.g. 300ms, 30s, 5m, 1h.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration_ms)]
     attention_after: u64,
+    /// A file whose first line is the operator token. With it, operator
+    /// actions (retry now, a heuristic decision of one branch: `concord
+    /// operator`, the console, the HTTP API) are allowed to whoever gives
+    /// the token and types the xid; each is recorded in the log's audit
+    /// trail. Without it the coordinator is read-only.
+    #[arg(long, value_name = "PATH")]
+    operator_token_file: Option<PathBuf>,
     /// Keep the timelines (`concord timeline`) of at most this many
     /// transactions, 128 entries each; the oldest finished are dropped
     /// first. 0 turns timelines off.
@@ -921,6 +934,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Status(args) => status(args).await,
         Command::Accounts(args) => accounts(args).await,
         Command::Timeline(args) => timeline(args).await,
+        Command::Operator(args) => operate::operator(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Bench(args) => bench(args).await,
@@ -1073,6 +1087,11 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, participants);
     config.node.attention_after_ms = args.attention_after;
     config.node.timelines_max = args.timelines_max;
+    if let Some(path) = &args.operator_token_file {
+        let token =
+            concord_server::http::HttpConfig::token_from_file(path, "--operator-token-file")?;
+        config.node.operator_token = Some(token);
+    }
     config.node.id = args.name;
     if let Some(advertise) = args.advertise {
         config.node.addr = advertise.clone();
@@ -1094,7 +1113,10 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     if let Some(listen) = args.http.http_listen {
         let mut http = concord_server::http::HttpConfig::new(listen);
         if let Some(path) = &args.http.api_token_file {
-            http.token = Some(concord_server::http::HttpConfig::token_from_file(path)?);
+            http.token = Some(concord_server::http::HttpConfig::token_from_file(
+                path,
+                "--api-token-file",
+            )?);
         }
         http.body_bytes_max = args.http.http_body_bytes_max;
         http.header_read_timeout = Duration::from_millis(args.http.http_header_timeout_ms);

@@ -509,6 +509,25 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Commit { request_id, xid }),
         1 => (int(), xid()).prop_map(|(request_id, xid)| Request::Abort { request_id, xid }),
+        1 => (int(), audit_record()).prop_map(|(request_id, e)| Request::Operator {
+            request_id,
+            action: concord_api::OperatorRequest {
+                xid: e.xid,
+                action: e.action,
+                confirm: e.reason.clone(),
+                operator: e.operator,
+                reason: e.reason,
+                token: e.xid.to_string(),
+                at_unix_ms: e.at_unix_ms,
+            },
+        }),
+        1 => int().prop_map(|request_id| Request::Audit { request_id }),
+        1 => int().prop_map(|request_id| Request::InDoubt { request_id }),
+        1 => (int(), text())
+            .prop_map(|(request_id, participant)| Request::InDoubtAt { request_id, participant }),
+        1 => (int(), xid(), decision(), text()).prop_map(|(request_id, xid, decision, audit)| {
+            Request::Heuristic { request_id, xid, decision, audit }
+        }),
     ]
 }
 
@@ -681,6 +700,52 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         (int(), timeouts).prop_map(|(request_id, report)| Reply::Timeouts { request_id, report }),
         (int(), server_stats()).prop_map(|(request_id, stats)| Reply::Stats { request_id, stats }),
+        (int(), audit_record())
+            .prop_map(|(request_id, entry)| Reply::Operator { request_id, entry }),
+        (
+            int(),
+            any::<bool>(),
+            prop::collection::vec(audit_record(), 0..3)
+        )
+            .prop_map(|(request_id, writable, entries)| Reply::Audit {
+                request_id,
+                writable,
+                entries
+            }),
+        (int(), text()).prop_map(|(request_id, message)| Reply::Refused {
+            request_id,
+            refusal: concord_api::Refusal::NotNeeded,
+            message,
+        }),
+        (
+            int(),
+            text(),
+            prop::collection::vec(
+                (xid(), text(), any::<u32>(), text(), prop::option::of(int())),
+                0..3
+            )
+        )
+            .prop_map(|(request_id, participant, branches)| Reply::InDoubt {
+                request_id,
+                participant,
+                branches: branches
+                    .into_iter()
+                    .map(
+                        |(xid, coordinator, inquiries, why, held_ms)| concord_api::InDoubtBranch {
+                            xid,
+                            coordinator,
+                            inquiries,
+                            why,
+                            held_ms,
+                        }
+                    )
+                    .collect(),
+            }),
+        (int(), xid(), decision()).prop_map(|(request_id, xid, decision)| Reply::Heuristic {
+            request_id,
+            xid,
+            decision,
+        }),
     ]
 }
 
@@ -697,6 +762,7 @@ fn coordinator_record() -> impl Strategy<Value = CoordinatorRecord> {
             }
         }),
         xid().prop_map(|xid| CoordinatorRecord::End { xid }),
+        audit_record().prop_map(CoordinatorRecord::Audit),
         (text(), addr(), int(), addr()).prop_map(|(id, addr, incarnation, configured)| {
             CoordinatorRecord::Peer {
                 id,
@@ -706,6 +772,33 @@ fn coordinator_record() -> impl Strategy<Value = CoordinatorRecord> {
             }
         }),
     ]
+}
+
+/// An operator action's audit record, with or without its result.
+fn audit_record() -> impl Strategy<Value = concord_proto::AuditRecord> {
+    let action = prop_oneof![
+        Just(concord_proto::AuditAction::RetryNow),
+        (text(), decision()).prop_map(|(participant, decision)| {
+            concord_proto::AuditAction::Heuristic {
+                participant,
+                decision,
+            }
+        }),
+    ];
+    let result = prop::option::of(
+        (any::<bool>(), text()).prop_map(|(ok, detail)| concord_proto::AuditResult { ok, detail }),
+    );
+    (int(), int(), text(), text(), xid(), action, result).prop_map(
+        |(seq, at_unix_ms, operator, reason, xid, action, result)| concord_proto::AuditRecord {
+            seq,
+            at_unix_ms,
+            operator,
+            reason,
+            xid,
+            action,
+            result,
+        },
+    )
 }
 
 fn kv_record() -> impl Strategy<Value = KvRecord> {
@@ -758,6 +851,13 @@ fn participant_record() -> impl Strategy<Value = ParticipantRecord> {
                 chain,
             }
         ),
+        (xid(), decision(), text()).prop_map(|(xid, decision, audit)| {
+            ParticipantRecord::Heuristic {
+                xid,
+                decision,
+                audit,
+            }
+        }),
         (xid(), addr(), int(), addrs(), work(), addrs()).prop_map(
             |(xid, coordinator, epoch, participants, work, children)| {
                 ParticipantRecord::SubtreeReady {
@@ -1021,6 +1121,7 @@ proptest! {
                 decode_any(&kv_record_codec(), &mu.apply(body))?;
             }
             ParticipantRecord::Outcome { .. }
+            | ParticipantRecord::Heuristic { .. }
             | ParticipantRecord::Finished { .. }
             | ParticipantRecord::Peer { .. }
             | ParticipantRecord::Started { .. }

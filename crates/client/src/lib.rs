@@ -48,12 +48,14 @@ use bytes::BytesMut;
 pub use concord_api::tree::Tree;
 use concord_api::{decode_reply, KIND_REPLY, KIND_REQUEST, REPLY_BYTES_MAX};
 pub use concord_api::{
-    AccountsReport, BranchRequest, CoordinatorState, CoordinatorStatus, Outcome, Reply, Request,
-    ServerStats, TimelineEntry, TimelineEvent, TimelineView, TimeoutsReport,
+    AccountsReport, BranchRequest, CoordinatorState, CoordinatorStatus, OperatorRequest, Outcome,
+    Refusal, Reply, Request, ServerStats, TimelineEntry, TimelineEvent, TimelineView,
+    TimeoutsReport,
 };
 use concord_net::{encode_frame, ConnectErrorKind, Frame, FrameCodec, KIND_HEARTBEAT};
 use concord_participant::kv::{encode_work, KvOp};
 pub use concord_proto::Shape;
+pub use concord_proto::{AuditAction, AuditRecord, AuditResult};
 use concord_proto::{TxnState, Xid};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -607,6 +609,85 @@ impl Client {
         let request_id = self.next_id();
         match self.call(Request::BranchState { request_id, xid }).await? {
             Reply::BranchState { state, detail, .. } => Ok((state, detail)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// An operator action at the coordinator (SPEC §8): its audit record
+    /// with the result, or the refusal. A refusal is `Err(Refused)`, any
+    /// other failure the usual error.
+    pub async fn operator(&self, action: OperatorRequest) -> Result<AuditRecord, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Operator { request_id, action }).await? {
+            Reply::Operator { entry, .. } => Ok(entry),
+            Reply::Refused { message, .. } => Err(ClientError::Rejected(message)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The coordinator's audit trail of operator actions, oldest first,
+    /// and whether it takes operator actions at all.
+    pub async fn audit(&self) -> Result<(bool, Vec<AuditRecord>), ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::Audit { request_id }).await? {
+            Reply::Audit {
+                writable, entries, ..
+            } => Ok((writable, entries)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Ask a participant to carry out an operator's heuristic `decision`
+    /// on its in-doubt branch `xid` (what a coordinator does for
+    /// `Request::Operator`). The reply as it came: `Reply::Heuristic`
+    /// done, or `Reply::Refused` with why.
+    pub async fn heuristic(
+        &self,
+        xid: Xid,
+        decision: concord_proto::Decision,
+        audit: String,
+    ) -> Result<Reply, ClientError> {
+        let request_id = self.next_id();
+        let request = Request::Heuristic {
+            request_id,
+            xid,
+            decision,
+            audit,
+        };
+        match self.call(request).await? {
+            reply @ (Reply::Heuristic { .. } | Reply::Refused { .. }) => Ok(reply),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// A participant's branches in doubt, with their coordinators and why
+    /// each waits (this client must be connected to a participant).
+    pub async fn in_doubt(&self) -> Result<Reply, ClientError> {
+        let request_id = self.next_id();
+        match self.call(Request::InDoubt { request_id }).await? {
+            reply @ Reply::InDoubt { .. } => Ok(reply),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Through a coordinator: participant `participant`'s branches in
+    /// doubt (including those whose coordinator is gone).
+    pub async fn in_doubt_at(
+        &self,
+        participant: &str,
+    ) -> Result<(String, Vec<concord_api::InDoubtBranch>), ClientError> {
+        let request_id = self.next_id();
+        let request = Request::InDoubtAt {
+            request_id,
+            participant: participant.into(),
+        };
+        match self.call(request).await? {
+            Reply::InDoubt {
+                participant,
+                branches,
+                ..
+            } => Ok((participant, branches)),
+            Reply::Refused { message, .. } => Err(ClientError::Rejected(message)),
             other => Err(self.unexpected(&other)),
         }
     }

@@ -35,6 +35,7 @@ pub mod idempotency;
 pub mod latency;
 pub mod listing;
 pub mod open;
+pub mod operator;
 pub mod participant;
 pub mod recent;
 pub mod rtt;
@@ -45,7 +46,7 @@ pub mod xids;
 
 pub use coordinator::{
     ClientId, CoordinatorCounters, CoordinatorEvent, CoordinatorNode, CoordinatorNodeAction,
-    CoordinatorNodeConfig,
+    CoordinatorNodeConfig, ParticipantAsk,
 };
 pub use participant::{
     ParticipantCounters, ParticipantEvent, ParticipantNodeAction, ParticipantNodeConfig,

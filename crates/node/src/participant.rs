@@ -196,6 +196,13 @@ pub enum ParticipantEvent {
     },
     /// A compaction started: the log is rewritten with `records` records.
     Compacting { records: usize },
+    /// An operator's heuristic decision was accepted for `xid` (its record
+    /// is being forced, then the resource carries it out).
+    Heuristic {
+        xid: Xid,
+        decision: Decision,
+        audit: String,
+    },
     /// Peers that moved, messages with no address to go to.
     Directory(DirectoryEvent),
     /// Anything else the core noticed (an outcome, an ignored message, a
@@ -212,6 +219,9 @@ pub struct ParticipantCounters {
     pub violations: u64,
     /// Resource commits and aborts that failed (and were retried).
     pub apply_failures: u64,
+    /// Decisions contrary to an operator's heuristic decision (not
+    /// carried out: the branches of that transaction disagree).
+    pub heuristic_conflicts: u64,
 }
 
 /// The record a driver must make durable before it starts the node at
@@ -267,6 +277,9 @@ pub struct ParticipantServerNode<R: Resource = KvStore> {
     holding: HashMap<Xid, Time>,
     /// READY vote → outcome, the time each branch held its locks.
     lock_hold: LatencyHistogram,
+    /// Operators' heuristic decisions being carried out: the request to
+    /// answer once the branch's outcome is reached.
+    heuristic_waiting: HashMap<Xid, (ClientId, u64)>,
     compaction: CompactionPolicy,
     /// Scratch space for the node's IO actions while they are translated.
     core_actions: Vec<ParticipantAction>,
@@ -409,6 +422,7 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
             timeouts,
             counters: ParticipantCounters::default(),
             holding: HashMap::new(),
+            heuristic_waiting: HashMap::new(),
             lock_hold: LatencyHistogram::new(),
             compaction: CompactionPolicy::new(config.compact_after_records),
             core_actions: Vec::new(),
@@ -760,8 +774,33 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
         self.pump(now);
     }
 
-    pub fn on_request(&mut self, client: ClientId, request: Request) {
+    /// A client request. Answered at once, except `Heuristic`: that is
+    /// answered (to `client`) once the branch's outcome is reached.
+    pub fn on_request(&mut self, now: Time, client: ClientId, request: Request) {
         let reply = match request {
+            Request::Heuristic {
+                request_id,
+                xid,
+                decision,
+                audit,
+            } => match self.node.heuristic(now, xid, decision, audit.clone()) {
+                Ok(()) => {
+                    self.heuristic_waiting.insert(xid, (client, request_id));
+                    self.actions
+                        .push(ParticipantNodeAction::Event(ParticipantEvent::Heuristic {
+                            xid,
+                            decision,
+                            audit,
+                        }));
+                    self.pump(now);
+                    return;
+                }
+                Err(message) => Reply::Refused {
+                    request_id,
+                    refusal: concord_api::Refusal::NotNeeded,
+                    message,
+                },
+            },
             Request::Accounts { request_id } => {
                 let Some(kv) = self.node.resource().accounts() else {
                     let reply = Reply::Error {
@@ -806,6 +845,28 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
                         .into(),
                 },
             },
+            Request::InDoubt { request_id } => {
+                let core = self.node.core();
+                let branches = core
+                    .in_doubt()
+                    .into_iter()
+                    .filter_map(|xid| {
+                        let report = core.in_doubt_report(xid)?;
+                        Some(concord_api::InDoubtBranch {
+                            xid,
+                            coordinator: report.coordinator.clone(),
+                            inquiries: report.inquiries,
+                            why: report.why(),
+                            held_ms: self.holding.get(&xid).map(|since| now.ms_since(*since)),
+                        })
+                    })
+                    .collect();
+                Reply::InDoubt {
+                    request_id,
+                    participant: core.id().clone(),
+                    branches,
+                }
+            }
             Request::BranchState { request_id, xid } => Reply::BranchState {
                 request_id,
                 xid,
@@ -990,6 +1051,15 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
             }
             ParticipantNotice::Outcome { xid, decision } => {
                 self.timeouts.finish(xid);
+                if let Some((client, request_id)) = self.heuristic_waiting.remove(&xid) {
+                    let reply = Reply::Heuristic {
+                        request_id,
+                        xid,
+                        decision,
+                    };
+                    self.actions
+                        .push(ParticipantNodeAction::Reply { client, reply });
+                }
                 if let Some(since) = self.holding.remove(&xid) {
                     self.lock_hold
                         .record(std::time::Duration::from_micros(now.us_since(since)));
@@ -998,6 +1068,10 @@ impl<R: Resource + Accounts> ParticipantServerNode<R> {
                     Decision::Commit => self.counters.committed += 1,
                     Decision::Abort => self.counters.aborted += 1,
                 }
+                ParticipantEvent::Core(notice)
+            }
+            ParticipantNotice::HeuristicConflict { .. } => {
+                self.counters.heuristic_conflicts += 1;
                 ParticipantEvent::Core(notice)
             }
             ParticipantNotice::Violation { .. } => {

@@ -217,8 +217,11 @@ impl KvStore {
                     ready_work.insert(*xid, work);
                     one_phase.push(*xid);
                 }
-                // The directory's; nothing for the balances.
-                ParticipantRecord::Peer { .. }
+                // The directory's; nothing for the balances. (An
+                // operator's heuristic decision, like a READY record,
+                // counts from the outcome record it leads to.)
+                ParticipantRecord::Heuristic { .. }
+                | ParticipantRecord::Peer { .. }
                 | ParticipantRecord::Started { .. }
                 | ParticipantRecord::PeerHint { .. } => {}
                 ParticipantRecord::Outcome { xid, decision } => {

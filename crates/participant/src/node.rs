@@ -76,6 +76,20 @@ impl<R: Resource> ParticipantNode<R> {
         self.pump(now);
     }
 
+    /// See [`Participant::heuristic`]: an operator's decision for an
+    /// in-doubt branch.
+    pub fn heuristic(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        decision: concord_proto::Decision,
+        audit: String,
+    ) -> Result<(), String> {
+        let decided = self.core.heuristic(xid, decision, audit);
+        self.pump(now);
+        decided
+    }
+
     /// The IO actions produced so far, in order.
     pub fn drain_io(&mut self) -> std::vec::Drain<'_, ParticipantAction> {
         self.io.drain(..)

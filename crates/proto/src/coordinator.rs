@@ -314,7 +314,7 @@ impl Coordinator {
                     }
                 }
                 // The node layer's directory.
-                CoordinatorRecord::Peer { .. } => {}
+                CoordinatorRecord::Peer { .. } | CoordinatorRecord::Audit(_) => {}
             }
         }
         let epoch = last_epoch + 1;
@@ -862,6 +862,61 @@ impl Coordinator {
             }
             Phase::CommitPending | Phase::RecoveredCommit => {}
         }
+    }
+
+    /// Why "retry now" has nothing to do for `xid`, if so: it is not in
+    /// flight, still collecting votes, or its COMMIT record is still being
+    /// written. `None`: there is a COMMIT to deliver or a one-phase branch
+    /// to ask.
+    pub fn retry_refusal(&self, xid: Xid) -> Option<String> {
+        let Some(txn) = self.txns.get(&xid) else {
+            return Some(format!(
+                "{xid} is not in flight here: it finished (every branch acknowledged), or \
+                 this coordinator never had it"
+            ));
+        };
+        match txn.phase {
+            Phase::Committed | Phase::Delegated => None,
+            Phase::Wait if mutant::active(Mutant::RetryCommitsUndecided) => None,
+            Phase::Wait => Some(format!(
+                "{xid} is not decided yet: it is decided within its phase-1 timeout ({} ms), \
+                 and a missing vote aborts it",
+                txn.timeout_ms
+            )),
+            Phase::CommitPending | Phase::RecoveredCommit => Some(format!(
+                "{xid}'s COMMIT record is being written: COMMIT goes out as soon as it is \
+                 durable"
+            )),
+        }
+    }
+
+    /// Operator action "retry now" (SPEC §8): ask again at once what the
+    /// next timer would ask (COMMIT to the branches that have not ACKed,
+    /// or a one-phase branch what it did), as if that timer fired now. The
+    /// backoff goes on from where it was. Returns who was asked, or why
+    /// there is nothing to retry (see [`Coordinator::retry_refusal`]).
+    pub fn retry_now(&mut self, now: Time, xid: Xid) -> Result<Vec<NodeId>, String> {
+        if let Some(why) = self.retry_refusal(xid) {
+            return Err(why);
+        }
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            return Err(format!("{xid} is not in flight here"));
+        };
+        let (kind, waiting_for) = match txn.phase {
+            Phase::Delegated => (
+                TimerKind::Votes,
+                txn.participants.last().cloned().into_iter().collect(),
+            ),
+            Phase::Wait => {
+                // Only a broken rule gets here (see `retry_refusal`).
+                self.decide_commit(xid);
+                return Ok(Vec::new());
+            }
+            _ => (TimerKind::Resend, missing(&txn.participants, &txn.acked)),
+        };
+        txn.timer_at = Some(now);
+        self.on_timer(now, TimerKey::new(xid, kind));
+        Ok(waiting_for)
     }
 
     /// The forced write named by `ticket` is on stable storage.

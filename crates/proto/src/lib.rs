@@ -36,5 +36,5 @@ pub use ids::{
 };
 pub use message::{Body, Decision, Message, Shape, TxnState, Vote};
 pub use participant::{Participant, ParticipantAction, ParticipantConfig, ParticipantNotice};
-pub use record::{CoordinatorRecord, ParticipantRecord};
+pub use record::{AuditAction, AuditRecord, AuditResult, CoordinatorRecord, ParticipantRecord};
 pub use tree::{TreeEntry, TREE_DEPTH_MAX, TREE_FAN_OUT_MAX};

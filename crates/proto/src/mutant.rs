@@ -82,10 +82,13 @@ pub enum Mutant {
     /// Hierarchical 2PC: a sub-coordinator votes READY as soon as its own
     /// part is prepared, without waiting for its children's votes.
     SubtreeVotesBeforeChildren,
+    /// Operator actions: "retry now" on a transaction still collecting
+    /// votes decides COMMIT (as if retrying meant pushing it through).
+    RetryCommitsUndecided,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 23] = [
+    pub const ALL: [Mutant; 24] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -109,6 +112,7 @@ impl Mutant {
         Mutant::ReadOnlySkipsVotes,
         Mutant::OnePhaseAckBeforeDurable,
         Mutant::SubtreeVotesBeforeChildren,
+        Mutant::RetryCommitsUndecided,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -137,6 +141,7 @@ impl Mutant {
             Mutant::ReadOnlySkipsVotes => "read-only-skips-votes",
             Mutant::OnePhaseAckBeforeDurable => "one-phase-ack-before-durable",
             Mutant::SubtreeVotesBeforeChildren => "subtree-votes-before-children",
+            Mutant::RetryCommitsUndecided => "retry-commits-undecided",
         }
     }
 

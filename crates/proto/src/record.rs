@@ -37,6 +37,70 @@ pub enum CoordinatorRecord {
         incarnation: u64,
         configured: String,
     },
+    // Variants are only ever added at the end (the log holds their index).
+    /// An operator action (SPEC §8), forced: once with `result: None`
+    /// before anything is done, so that no action goes unrecorded, and
+    /// again with the same `seq` and its result. Kept across compactions;
+    /// the protocol core ignores it.
+    Audit(AuditRecord),
+}
+
+/// One operator action as the coordinator's log keeps it: who, when, why,
+/// on what, and (in the second record) what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Numbers the actions of one coordinator, from 1.
+    pub seq: u64,
+    /// Wall-clock time the request came (milliseconds since the Unix
+    /// epoch, by the coordinator's clock): for people, never for ordering.
+    pub at_unix_ms: u64,
+    /// Who asked, as they named themselves.
+    pub operator: String,
+    /// Why, in their words.
+    pub reason: String,
+    pub xid: Xid,
+    pub action: AuditAction,
+    /// `None` in the first record; the outcome in the second.
+    pub result: Option<AuditResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// Send the decision again now to every branch that has not
+    /// acknowledged it.
+    RetryNow,
+    /// Carry out `decision` on `participant`'s in-doubt branch without its
+    /// coordinator's decision.
+    Heuristic {
+        participant: NodeId,
+        decision: Decision,
+    },
+}
+
+impl AuditAction {
+    /// "retry now", "heuristic commit of bank-a".
+    pub fn describe(&self) -> String {
+        match self {
+            AuditAction::RetryNow => "retry now".into(),
+            AuditAction::Heuristic {
+                participant,
+                decision,
+            } => format!(
+                "heuristic {} of {participant}'s branch",
+                match decision {
+                    Decision::Commit => "commit",
+                    Decision::Abort => "abort",
+                }
+            ),
+        }
+    }
+}
+
+/// What an operator action did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditResult {
+    pub ok: bool,
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,5 +190,16 @@ pub enum ParticipantRecord {
         participants: Vec<NodeId>,
         work: Vec<u8>,
         children: Vec<NodeId>,
+    },
+    /// An operator's heuristic decision (SPEC §8) for an in-doubt branch,
+    /// forced before the resource is asked to carry it out: from here on
+    /// the branch is decided `decision` as if its coordinator had said so,
+    /// across restarts, and a later contrary decision is reported as a
+    /// heuristic conflict (not carried out). `audit` names the
+    /// coordinator's audit record ("coordinator-id#seq").
+    Heuristic {
+        xid: Xid,
+        decision: Decision,
+        audit: String,
     },
 }

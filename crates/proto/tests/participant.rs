@@ -1046,3 +1046,142 @@ fn cooperative_termination_a_state_from_a_stranger_is_ignored() {
         .answers
         .is_empty());
 }
+
+/// Operator action (SPEC §8): a heuristic decision is refused for a
+/// branch that is not overdue (it has not had to ask for its decision),
+/// and for one that is not in doubt at all.
+#[test]
+fn heuristic_refused_unless_the_branch_is_in_doubt_and_overdue() {
+    let mut p = Participant::new(config());
+    let refused = p
+        .heuristic(Xid(9), Decision::Abort, "c#1".into())
+        .unwrap_err();
+    assert!(refused.contains("no branch"), "{refused}");
+    ready(&mut p, Xid(5));
+    let refused = p
+        .heuristic(Xid(5), Decision::Abort, "c#1".into())
+        .unwrap_err();
+    assert!(refused.contains("not overdue"), "{refused}");
+    assert!(p.drain_actions().next().is_none(), "nothing done");
+    // Committed already: not in doubt.
+    let (t, _) = forced(&commit_now(&mut p, ms(3), Xid(5))).expect("COMMITTED forced");
+    p.on_durable(ms(3), t);
+    p.drain_actions().for_each(drop);
+    let refused = p
+        .heuristic(Xid(5), Decision::Abort, "c#1".into())
+        .unwrap_err();
+    assert!(refused.contains("committed already"), "{refused}");
+}
+
+/// A heuristic abort of an overdue in-doubt branch: its record is forced
+/// before the resource is asked, a later contrary COMMIT is reported as a
+/// conflict (never carried out, never ACKed), and a peer's INQUIRE is not
+/// told the operator's decision.
+#[test]
+fn heuristic_abort_is_forced_first_and_a_contrary_commit_is_a_conflict() {
+    let mut p = Participant::new(config());
+    ready(&mut p, Xid(5));
+    p.on_timer(ms(110), inquire(Xid(5)));
+    p.drain_actions().for_each(drop);
+    p.heuristic(Xid(5), Decision::Abort, "coord#7".into())
+        .expect("overdue and in doubt");
+    let actions: Vec<_> = p.drain_actions().collect();
+    let (ticket, record) = forced(&actions).expect("heuristic record forced");
+    assert_eq!(
+        record,
+        ParticipantRecord::Heuristic {
+            xid: Xid(5),
+            decision: Decision::Abort,
+            audit: "coord#7".into()
+        }
+    );
+    assert!(
+        !actions.contains(&ParticipantAction::Abort { xid: Xid(5) }),
+        "the resource waits for the record"
+    );
+    p.on_durable(ms(111), ticket);
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Abort { xid: Xid(5) }));
+    p.on_aborted(ms(112), Xid(5), Ok(()));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(
+        actions.contains(&ParticipantAction::Notice(ParticipantNotice::Outcome {
+            xid: Xid(5),
+            decision: Decision::Abort
+        }))
+    );
+    assert_eq!(p.heuristic_of(Xid(5)), Some(Decision::Abort));
+    // The coordinator comes back with COMMIT: reported, not acted on.
+    p.on_message(ms(200), decision(Xid(5), Decision::Commit));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(
+        actions,
+        vec![ParticipantAction::Notice(
+            ParticipantNotice::HeuristicConflict {
+                xid: Xid(5),
+                heuristic: Decision::Abort,
+                decided: Decision::Commit,
+                from: C.into(),
+            }
+        )]
+    );
+    // A peer asking is told UNKNOWN, not the operator's ABORT.
+    p.on_message(
+        ms(201),
+        Message {
+            xid: Xid(5),
+            epoch: 1,
+            from: P2.into(),
+            body: Body::Inquire {
+                prepared_ms_ago: Some(1),
+            },
+        },
+    );
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(P2.into(), Body::State(TxnState::Unknown))]
+    );
+}
+
+/// After a crash with the heuristic record durable but no outcome, the
+/// branch is not in doubt again: recovery carries the operator's decision
+/// out without asking anyone, and a compacted log keeps it.
+#[test]
+fn heuristic_decision_survives_a_restart_and_a_compaction() {
+    let records = vec![
+        ParticipantRecord::Ready {
+            xid: Xid(5),
+            coordinator: C.into(),
+            epoch: 1,
+            participants: vec![P1.into(), P2.into()],
+            work: vec![42],
+        },
+        ParticipantRecord::Heuristic {
+            xid: Xid(5),
+            decision: Decision::Commit,
+            audit: "coord#1".into(),
+        },
+    ];
+    let mut p = Participant::recover(config(), records, ms(0));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert!(actions.contains(&ParticipantAction::Commit { xid: Xid(5) }));
+    assert!(sent(&actions).is_empty(), "asks no one");
+    assert!(p.in_doubt().is_empty());
+    let snapshot = p.snapshot_records();
+    assert!(snapshot
+        .iter()
+        .any(|r| matches!(r, ParticipantRecord::Ready { xid: Xid(5), .. })));
+    assert!(snapshot.contains(&ParticipantRecord::Heuristic {
+        xid: Xid(5),
+        decision: Decision::Commit,
+        audit: "coord#1".into()
+    }));
+    // Committed and recorded: the coordinator's COMMIT is ACKed as usual.
+    p.on_committed(ms(1), Xid(5), Ok(()));
+    let (t, _) = forced(&p.drain_actions().collect::<Vec<_>>()).expect("COMMITTED forced");
+    p.on_durable(ms(2), t);
+    assert_eq!(
+        sent(&p.drain_actions().collect::<Vec<_>>()),
+        vec![(C.into(), Body::Ack)]
+    );
+}

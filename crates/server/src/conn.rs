@@ -48,6 +48,12 @@ pub(crate) enum Inbound {
     Scrape(tokio::sync::oneshot::Sender<String>),
     /// An HTTP participant's call failed (coordinator only).
     DeliveryFailed(crate::http_participant::DeliveryFailure),
+    /// A participant's answer to the coordinator node's question `id`
+    /// (`CoordinatorNodeAction::AskParticipant`; coordinator only).
+    ParticipantAnswer {
+        id: u64,
+        answer: Result<crate::wire::Reply, String>,
+    },
     /// The PostgreSQL participant's database answered command `id`.
     PgDone {
         id: u64,

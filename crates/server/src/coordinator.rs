@@ -26,7 +26,7 @@ use anyhow::bail;
 use concord_net::NetConfig;
 use concord_node::{
     ClientId, CoordinatorEvent, CoordinatorNode, CoordinatorNodeAction, CoordinatorNodeConfig,
-    Timers,
+    ParticipantAsk, Timers,
 };
 use concord_proto::codec::encode;
 use concord_proto::{Body, CoordinatorRecord, Decision, NodeId};
@@ -152,14 +152,17 @@ pub async fn run_coordinator_until(
         .participants
         .iter()
         .any(|(_, addr)| concord_node::coordinator::is_http_url(addr));
+    // Always a channel from inside: operator actions' answers come back
+    // on it, and HTTP participants' if there are any.
     let (incoming, http, to_driver) = crate::http::attach(
         config.http.as_ref(),
         crate::http::Role::Coordinator,
         incoming,
-        has_http_participants,
+        true,
     )
     .await?;
     let http_participants = to_driver
+        .clone()
         .filter(|_| has_http_participants)
         .map(|tx| HttpParticipants::new(tx, &config.node.id));
     tracing::info!(
@@ -191,6 +194,7 @@ pub async fn run_coordinator_until(
         next_client: 0,
         metrics,
         http_participants,
+        to_driver,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
@@ -233,6 +237,8 @@ struct CoordinatorDriver {
     metrics: crate::metrics::CoordinatorMetrics,
     /// The transport to HTTP participants, if any is configured.
     http_participants: Option<HttpParticipants>,
+    /// Events from inside the process (answers to operator actions).
+    to_driver: Option<mpsc::Sender<Inbound>>,
 }
 
 impl DriverNode for CoordinatorDriver {
@@ -264,11 +270,18 @@ impl DriverNode for CoordinatorDriver {
         let now = self.clock.now();
         match event {
             Inbound::Peer(envelope) => self.node.on_peer(now, envelope),
-            Inbound::Request { request, reply } => {
+            Inbound::Request { mut request, reply } => {
                 let client = ClientId(self.next_client);
                 self.next_client += 1;
                 self.clients.insert(client, reply);
+                if let concord_api::Request::Operator { action, .. } = &mut request {
+                    // When, by this server's clock, whatever the client said.
+                    action.at_unix_ms = unix_ms();
+                }
                 self.node.on_request(now, client, request);
+            }
+            Inbound::ParticipantAnswer { id, answer } => {
+                self.node.on_participant_answer(now, id, answer)
             }
             Inbound::Scrape(answer) => {
                 let snapshot = crate::metrics::CoordinatorSnapshot {
@@ -387,6 +400,18 @@ impl CoordinatorDriver {
                 CoordinatorNodeAction::Compact { records } => self
                     .log
                     .compact(Box::new(move || records.iter().map(encode).collect())),
+                CoordinatorNodeAction::AskParticipant { id, to, addr, ask } => {
+                    let Some(tx) = self.to_driver.clone() else {
+                        let answer = Err("this coordinator cannot ask participants".to_string());
+                        self.node
+                            .on_participant_answer(self.clock.now(), id, answer);
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let answer = ask_participant(&to, &addr, ask).await;
+                        let _ = tx.send(Inbound::ParticipantAnswer { id, answer }).await;
+                    });
+                }
                 CoordinatorNodeAction::Event(event) => {
                     self.metrics.on_event(&event);
                     log_event(event)
@@ -406,6 +431,53 @@ impl CoordinatorDriver {
             None => tracing::debug!(?client, "reply for a client request no longer tracked"),
         }
     }
+}
+
+/// How long a participant has to answer (a heuristic decision waits for
+/// a forced write and the resource).
+const PARTICIPANT_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ask participant `to` at `addr` over its request port: its reply, or
+/// why there is none.
+async fn ask_participant(to: &str, addr: &str, ask: ParticipantAsk) -> Result<Reply, String> {
+    let (question, xid) = match &ask {
+        ParticipantAsk::Heuristic { xid, .. } => ("a heuristic decision", Some(*xid)),
+        ParticipantAsk::InDoubt => ("its branches in doubt", None),
+    };
+    let call = async {
+        let client = concord_client::Client::connect(addr).await?;
+        match ask {
+            ParticipantAsk::Heuristic {
+                xid,
+                decision,
+                audit,
+            } => client.heuristic(xid, decision, audit).await,
+            ParticipantAsk::InDoubt => client.in_doubt().await,
+        }
+    };
+    match tokio::time::timeout(PARTICIPANT_ANSWER_WAIT, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(format!("{to} could not be asked for {question}: {e}")),
+        Err(_) => Err(format!(
+            "{to} did not answer within {} s about {question}{}",
+            PARTICIPANT_ANSWER_WAIT.as_secs(),
+            match xid {
+                Some(xid) => format!(
+                    ": whether it carried it out is unknown; ask it with `concord status \
+                     --participant {addr} {xid}`"
+                ),
+                None => String::new(),
+            }
+        )),
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 if the
+/// clock is before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The log line of each node event.
@@ -511,6 +583,28 @@ fn log_event(event: CoordinatorEvent) {
             attempts,
             "attention cleared: {participant} acknowledged COMMIT of {xid} after {attempts} attempts"
         ),
+        CoordinatorEvent::OperatorAction { entry } => {
+            let result = entry.result.as_ref();
+            tracing::warn!(
+                xid = %entry.xid,
+                seq = entry.seq,
+                operator = %entry.operator,
+                reason = %entry.reason,
+                ok = result.is_some_and(|r| r.ok),
+                "operator action #{} by {}: {} of {}: {}",
+                entry.seq,
+                entry.operator,
+                entry.action.describe(),
+                entry.xid,
+                result.map_or("no result", |r| r.detail.as_str())
+            )
+        }
+        CoordinatorEvent::OperatorRefused {
+            xid,
+            action,
+            operator,
+            why,
+        } => tracing::info!(%xid, %operator, "operator action refused ({action}): {why}"),
         CoordinatorEvent::OutcomeUnknown { xid, participant } => tracing::warn!(
             %xid,
             %participant,

@@ -313,6 +313,8 @@ where
         metrics,
         name: node_config.id.clone(),
         io,
+        later: std::collections::HashMap::new(),
+        next_client: 0,
     };
     let result = driver.run(incoming, log_rx, shutdown).await;
     if let Some(http) = http {
@@ -340,6 +342,11 @@ struct ParticipantDriver<R: Resource + Accounts, X: ResourceIo<R>> {
     /// This participant's id (the label of its lock-hold metric).
     name: String,
     io: X,
+    /// Requests answered later (a heuristic decision, once carried out),
+    /// by the client id the node was given; others use `ClientId(0)` and
+    /// are answered while their actions are drained.
+    later: std::collections::HashMap<ClientId, conn::ReplyTx>,
+    next_client: u64,
 }
 
 impl<R: Resource + Accounts, X: ResourceIo<R>> DriverNode for ParticipantDriver<R, X> {
@@ -376,10 +383,20 @@ impl<R: Resource + Accounts, X: ResourceIo<R>> DriverNode for ParticipantDriver<
                 self.node.on_peer(self.clock.now(), envelope);
                 self.drain_actions(None);
             }
+            Inbound::Request { request, reply }
+                if matches!(request, concord_api::Request::Heuristic { .. }) =>
+            {
+                self.next_client += 1;
+                let client = ClientId(self.next_client);
+                self.later.insert(client, reply);
+                self.node.on_request(self.clock.now(), client, request);
+                self.drain_actions(None);
+            }
             Inbound::Request { request, reply } => {
-                // Participant requests are answered at once: the reply
-                // channel is only needed while the actions are drained.
-                self.node.on_request(ClientId(0), request);
+                // Other participant requests are answered at once: the
+                // reply channel is only needed while the actions are
+                // drained.
+                self.node.on_request(self.clock.now(), ClientId(0), request);
                 self.drain_actions(Some(&reply));
             }
             Inbound::Scrape(answer) => {
@@ -401,8 +418,9 @@ impl<R: Resource + Accounts, X: ResourceIo<R>> DriverNode for ParticipantDriver<
                 };
                 let _ = answer.send(self.metrics.render(&snapshot));
             }
-            // Only a coordinator calls HTTP participants.
-            Inbound::DeliveryFailed(_) => {}
+            // Only a coordinator calls HTTP participants and asks for
+            // heuristic decisions.
+            Inbound::DeliveryFailed(_) | Inbound::ParticipantAnswer { .. } => {}
             Inbound::PgDone { id, reply } => {
                 self.io
                     .on_pg_done(&mut self.node, self.clock.now(), id, reply);
@@ -492,10 +510,12 @@ impl<R: Resource + Accounts, X: ResourceIo<R>> ParticipantDriver<R, X> {
                     self.outbox.greet(&to, &addr, greeting, &[])
                 }
                 ParticipantNodeAction::SetTimer { key, at } => self.timers.set(key, at),
-                ParticipantNodeAction::Reply { reply: r, .. } => match reply {
-                    Some(tx) => tx.send(&r),
-                    None => tracing::error!("a reply without a request; dropped"),
-                },
+                ParticipantNodeAction::Reply { reply: r, client } => {
+                    match self.later.remove(&client).as_ref().or(reply) {
+                        Some(tx) => tx.send(&r),
+                        None => tracing::error!("a reply without a request; dropped"),
+                    }
+                }
                 ParticipantNodeAction::Stats { request_id, .. } => {
                     let stats = self
                         .log
@@ -552,6 +572,17 @@ fn log_event(event: ParticipantEvent) {
                 "compacting the participant log to {records} records"
             )
         }
+        ParticipantEvent::Heuristic {
+            xid,
+            decision,
+            audit,
+        } => tracing::warn!(
+            %xid,
+            ?decision,
+            %audit,
+            "operator's heuristic decision accepted: {decision:?} for in-doubt {xid} (audit \
+             record {audit}); recording it, then carrying it out"
+        ),
         ParticipantEvent::Core(notice) => log_notice(notice),
     }
 }
@@ -568,6 +599,20 @@ fn log_notice(notice: ParticipantNotice) {
             from,
             why,
         } => tracing::debug!(%xid, kind, %from, "message ignored: {why}"),
+        ParticipantNotice::HeuristicConflict {
+            xid,
+            heuristic,
+            decided,
+            from,
+        } => tracing::error!(
+            %xid,
+            ?heuristic,
+            ?decided,
+            %from,
+            "heuristic conflict: {from} says {decided:?} for {xid}, but an operator decided \
+             {heuristic:?} here; the heuristic decision stands and the branches of {xid} now \
+             disagree: mend the data by hand"
+        ),
         ParticipantNotice::Violation { xid, detail } => {
             tracing::error!(%xid, "protocol violation by a peer (not acted upon): {detail}")
         }

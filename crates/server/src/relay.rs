@@ -111,7 +111,10 @@ impl Relay {
             Inbound::Request { request, reply } => self.on_request(request, reply),
             Inbound::Peer(envelope) => self.on_peer(envelope),
             // A relay serves no HTTP and has no HTTP participants.
-            Inbound::Scrape(_) | Inbound::DeliveryFailed(_) | Inbound::PgDone { .. } => {}
+            Inbound::Scrape(_)
+            | Inbound::DeliveryFailed(_)
+            | Inbound::PgDone { .. }
+            | Inbound::ParticipantAnswer { .. } => {}
         }
     }
 

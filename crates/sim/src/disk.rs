@@ -58,7 +58,7 @@ impl SimRecord for CoordinatorRecord {
                 vec![(*xid, decision_kind(*decision))]
             }
             CoordinatorRecord::End { xid } => vec![(*xid, RecordKind::End)],
-            CoordinatorRecord::Peer { .. } => vec![],
+            CoordinatorRecord::Peer { .. } | CoordinatorRecord::Audit(_) => vec![],
         }
     }
 }
@@ -81,7 +81,9 @@ impl SimRecord for ParticipantRecord {
                 .iter()
                 .map(|(xid, decision)| (*xid, decision_kind(*decision)))
                 .collect(),
-            ParticipantRecord::Resource { .. }
+            // The simulator's operators never decide heuristically.
+            ParticipantRecord::Heuristic { .. }
+            | ParticipantRecord::Resource { .. }
             | ParticipantRecord::Peer { .. }
             | ParticipantRecord::Started { .. }
             | ParticipantRecord::PeerHint { .. } => vec![],

@@ -162,9 +162,23 @@ enum Event {
         xid: Xid,
         op: ResourceOp,
     },
+    /// An operator asks the coordinator to "retry now" for `xid` (SPEC
+    /// §8): whatever state it is in, this must never change an outcome.
+    OperatorRetry {
+        xid: Xid,
+    },
     /// End of the safety phase.
     Heal,
 }
+
+/// The simulated coordinator's operator token.
+const SIM_OPERATOR_TOKEN: &str = "sim-operator";
+/// Operator requests' client ids, above every client's index.
+const OPERATOR_CLIENT: ClientId = ClientId(u64::MAX);
+/// Mixed into the seed of the operator's draws.
+const OPERATOR_SEED: u64 = 0x6f70_6572_6174_6f72;
+/// The share of transactions an operator asks to retry now at some point.
+const OPERATOR_RETRY_PROBABILITY: f64 = 0.1;
 
 /// Every participant's resource: the key-value store behind a wrapper that
 /// answers late and fails commits as the seed says.
@@ -185,6 +199,7 @@ impl Event {
             Event::PeerInquire { .. } => 10,
             Event::RewriteDone { .. } => 11,
             Event::ResourceDone { .. } => 12,
+            Event::OperatorRetry { .. } => 13,
         }
     }
 }
@@ -243,6 +258,9 @@ pub struct World {
     pub(crate) config: SimConfig,
     options: SimOptions,
     rng: ChaCha8Rng,
+    /// The operator's own draws (when to "retry now"), apart from `rng` so
+    /// that they do not move every other draw of a seed.
+    operator_rng: ChaCha8Rng,
     now: Time,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -334,6 +352,7 @@ impl World {
         World {
             trace: Trace::new(options.trace),
             options,
+            operator_rng: ChaCha8Rng::seed_from_u64(config.seed ^ OPERATOR_SEED),
             rng,
             now: Time(0),
             queue: BinaryHeap::new(),
@@ -530,6 +549,7 @@ impl World {
 
     fn handle(&mut self, event: Event) {
         match event {
+            Event::OperatorRetry { xid } => self.operator_retry(xid),
             Event::Submit { client } => self.submit_client(client),
             Event::ClientGiveUp { client } => {
                 let c = &mut self.clients[client];
@@ -738,8 +758,65 @@ impl World {
         self.schedule(give_up, Event::ClientGiveUp { client });
     }
 
+    /// An operator's "retry now" for `xid`, typed out and with the token:
+    /// carried out or refused, both fine; nothing else is.
+    fn operator_retry(&mut self, xid: Xid) {
+        if self.coordinator.is_none() {
+            return;
+        }
+        let now = self.node_now(NodeId::Coordinator);
+        let action = concord_api::OperatorRequest {
+            xid,
+            action: concord_proto::AuditAction::RetryNow,
+            confirm: xid.to_string(),
+            operator: "sim".into(),
+            reason: "simulated operator".into(),
+            token: SIM_OPERATOR_TOKEN.into(),
+            at_unix_ms: now.0 / 1000,
+        };
+        trace!(self, None, "operator: retry now {xid:?}");
+        let request = Request::Operator {
+            request_id: 0,
+            action,
+        };
+        let coordinator = self.coordinator.as_mut().expect("checked above");
+        coordinator.on_request(now, OPERATOR_CLIENT, request);
+        self.run_coordinator();
+    }
+
+    /// Maybe have an operator ask to retry `xid` now, at a random moment
+    /// of its life.
+    fn maybe_plan_operator_retry(&mut self, xid: Xid) {
+        // A script says what happens; it has no operator.
+        if self.phase == Phase::Scripted || !self.operator_rng.gen_bool(OPERATOR_RETRY_PROBABILITY)
+        {
+            return;
+        }
+        // While it is still preparing or delivering its COMMIT (most
+        // finish within a few phase-1 timeouts), or long after.
+        let window_ms = if self.operator_rng.gen_bool(0.5) {
+            self.config.prepare_timeout_ms.saturating_mul(3)
+        } else {
+            self.config.resend_ms_max.saturating_mul(8)
+        };
+        let window_us = window_ms.saturating_mul(1000).max(1);
+        let at = Time(self.now.0 + self.operator_rng.gen_range(0..=window_us));
+        self.schedule(at, Event::OperatorRetry { xid });
+    }
+
     /// A reply from the coordinator node to client `client`.
     fn on_reply(&mut self, client: ClientId, reply: Reply) {
+        if client == OPERATOR_CLIENT {
+            return match reply {
+                Reply::Operator { entry, .. } if entry.result.is_some() => {
+                    trace!(self, None, "operator: {:?}", entry.result)
+                }
+                Reply::Refused { message, .. } => {
+                    trace!(self, None, "operator refused: {message}")
+                }
+                other => self.fail("driver", None, format!("operator got {other:?}")),
+            };
+        }
         let Some(c) = usize::try_from(client.0)
             .ok()
             .filter(|c| *c < self.clients.len())
@@ -753,6 +830,7 @@ impl World {
                 self.clients[c].submitted = true;
                 self.client_of.insert(xid, c);
                 self.maybe_plan_peer_inquiry(c, xid);
+                self.maybe_plan_operator_retry(xid);
             }
             Reply::Outcome { xid, outcome, .. } => self.on_outcome(xid, outcome),
             Reply::Error { message, .. } => {
@@ -846,6 +924,7 @@ impl World {
             attention_after_ms: c.resend_ms_max.saturating_mul(4),
             // Small, so that runs reach the bound and drop timelines.
             timelines_max: 16,
+            operator_token: Some(SIM_OPERATOR_TOKEN.into()),
         }
     }
 
@@ -1079,6 +1158,11 @@ impl World {
                     self.coordinator_disk.rewrite_begin(records);
                     self.begin_rewrite(node);
                 }
+                CoordinatorNodeAction::AskParticipant { .. } => self.fail(
+                    "driver",
+                    None,
+                    "the simulator's operators never ask participants directly".into(),
+                ),
                 CoordinatorNodeAction::Event(event) => {
                     trace!(self, Some(node), "event {event:?}");
                 }
@@ -1972,6 +2056,13 @@ fn show_coordinator_record(record: &CoordinatorRecord) -> String {
         } => format!("DECISION {decision:?} {xid:?} {participants:?}"),
         CoordinatorRecord::End { xid } => format!("END {xid:?}"),
         CoordinatorRecord::Peer { id, addr, .. } => format!("PEER {id} at {addr}"),
+        CoordinatorRecord::Audit(entry) => format!(
+            "AUDIT #{} {} {:?} {:?}",
+            entry.seq,
+            entry.action.describe(),
+            entry.xid,
+            entry.result
+        ),
     }
 }
 
@@ -2002,6 +2093,9 @@ fn show_participant_record(record: &ParticipantRecord) -> String {
             incarnation,
         } => format!("PEER HINT {id} at {addr} (life {incarnation})"),
         ParticipantRecord::OnePhase { xid, epoch, .. } => format!("ONE-PHASE {xid:?} e{epoch}"),
+        ParticipantRecord::Heuristic { xid, decision, .. } => {
+            format!("HEURISTIC {decision:?} {xid:?}")
+        }
         ParticipantRecord::SubtreeReady {
             xid,
             epoch,

@@ -16,25 +16,30 @@ use concord_sim::{
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
-const CAUGHT: [(Mutant, u64, &str); 18] = [
+const CAUGHT: [(Mutant, u64, &str); 19] = [
     (Mutant::AnswerBeforePersist, 0, "answers_persist_first"),
     (Mutant::VoteBeforeReadyDurable, 0, "persist_then_send"),
     (Mutant::CommitOnFirstReady, 0, "validity"),
-    (Mutant::ForgetCommittedOnRecovery, 20, "termination_agrees"),
+    (Mutant::ForgetCommittedOnRecovery, 12, "termination_agrees"),
     (Mutant::SkipFundsCheck, 2, "no_overdraft"),
     (Mutant::SkipLockConflict, 0, "isolation"),
-    (Mutant::CompactionDropsInDoubt, 19, "log_recovery"),
+    (Mutant::CompactionDropsInDoubt, 42, "persist_then_send"),
     (Mutant::CompactionDropsUnended, 15, "persist_then_send"),
     (Mutant::AckBeforeApplied, 1, "termination"),
     (Mutant::AbandonFailedApply, 1, "durability"),
     (Mutant::DirectoryIgnoresMoves, 0, "termination"),
     (Mutant::ForgottenCommitNotAcked, 20423, "termination"),
     (Mutant::AdmitBeyondLimit, 7, "admission"),
-    (Mutant::WelcomeBeforeDurable, 17, "termination"),
-    (Mutant::WatchdogRevote, 5, "termination_agrees"),
-    (Mutant::PreparingPeerKeepsVoting, 50, "no_violation_notice"),
+    (Mutant::WelcomeBeforeDurable, 84, "termination"),
+    (Mutant::WatchdogRevote, 12, "atomicity"),
+    (
+        Mutant::PreparingPeerKeepsVoting,
+        213,
+        "answers_persist_first",
+    ),
     (Mutant::ReadOnlySkipsVotes, 0, "validity"),
     (Mutant::OnePhaseAckBeforeDurable, 0, "persist_then_send"),
+    (Mutant::RetryCommitsUndecided, 4, "validity"),
 ];
 
 /// Mutants no random seed can reach yet, each caught by a script that

@@ -157,6 +157,17 @@ pub enum ParticipantNotice {
         child: NodeId,
         elapsed_us: u64,
     },
+    /// A decision (or an answer saying one) contrary to the heuristic
+    /// decision an operator made for this branch: the heuristic stands,
+    /// the contrary one is not carried out, and the transaction's
+    /// branches now disagree (a heuristic mixed outcome) until people
+    /// mend it.
+    HeuristicConflict {
+        xid: Xid,
+        heuristic: Decision,
+        decided: Decision,
+        from: NodeId,
+    },
     /// A measured exchange with the coordinator, or (phase `Prepare`)
     /// with a child of a sub-coordinator (for the timeout policy).
     LatencySample {
@@ -370,6 +381,9 @@ enum Resume {
     VoteReady(Xid),
     /// The COMMITTED record is durable: the ACK may leave.
     Ack(Xid),
+    /// An operator's heuristic decision is durable: the resource may
+    /// carry it out.
+    Heuristic(Xid, Decision),
     /// A unilateral abort, made because someone asked about an xid this
     /// participant never prepared, is durable: the answers may leave.
     AnswerAborted(Xid),
@@ -427,6 +441,12 @@ pub struct Participant {
     /// `set_child_timeout_ms` before it feeds a TREE PREPARE); a child
     /// without one gets the time left less the margin.
     child_timeouts: HashMap<NodeId, u64>,
+    /// Operators' heuristic decisions (SPEC §8), with the audit record
+    /// each names: from the forced `Heuristic` record on, what the branch
+    /// does, whatever its coordinator says later. Rare, and kept for the
+    /// process's life (and across compactions) so that a contrary
+    /// decision is always reported.
+    heuristic: HashMap<Xid, (Decision, String)>,
     actions: Vec<ParticipantAction>,
 }
 
@@ -459,6 +479,7 @@ impl Participant {
             read_only_order: VecDeque::new(),
             life_began: None,
             child_timeouts: HashMap::new(),
+            heuristic: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -542,6 +563,13 @@ impl Participant {
                         participant.remember(now, xid, decision);
                     }
                 }
+                ParticipantRecord::Heuristic {
+                    xid,
+                    decision,
+                    audit,
+                } => {
+                    participant.heuristic.insert(xid, (decision, audit));
+                }
                 ParticipantRecord::Started { .. } => lives += 1,
                 ParticipantRecord::Resource { .. }
                 | ParticipantRecord::Peer { .. }
@@ -613,6 +641,22 @@ impl Participant {
                 work: work.clone(),
             });
             let inquire_ms = participant.config.inquire_ms_initial;
+            if let Some((decision, _)) = participant.heuristic.get(&xid).cloned() {
+                // Decided by an operator: carry it out, ask no one.
+                let state = BranchState::Applying { decision };
+                let branch = Branch::new(
+                    state,
+                    epoch,
+                    coordinator,
+                    participants,
+                    work,
+                    now,
+                    inquire_ms,
+                );
+                participant.branches.insert(xid, branch);
+                participant.start_apply(xid, decision);
+                continue;
+            }
             let branch = Branch::new(
                 BranchState::Ready,
                 epoch,
@@ -804,6 +848,34 @@ impl Participant {
                 branch.epoch = epoch;
             }
         }
+        if let Some((chosen, _)) = self.heuristic.get(&xid) {
+            let chosen = *chosen;
+            let decided = match &body {
+                Body::Decision(d) => Some(*d),
+                Body::State(TxnState::Committed) => Some(Decision::Commit),
+                Body::State(TxnState::Aborted) => Some(Decision::Abort),
+                // An operator's decision is not the transaction's: a peer
+                // must never follow it.
+                Body::Inquire { .. } => {
+                    let message = self.message(xid, epoch, Body::State(TxnState::Unknown));
+                    self.actions
+                        .push(ParticipantAction::Send { to: from, message });
+                    return;
+                }
+                _ => None,
+            };
+            if let Some(decided) = decided.filter(|d| *d != chosen) {
+                self.actions.push(ParticipantAction::Notice(
+                    ParticipantNotice::HeuristicConflict {
+                        xid,
+                        heuristic: chosen,
+                        decided,
+                        from,
+                    },
+                ));
+                return;
+            }
+        }
         match body {
             Body::Prepare {
                 participants,
@@ -894,6 +966,91 @@ impl Participant {
                 self.ignored(xid, kind, from, "not a message a participant handles")
             }
         }
+    }
+
+    /// Operator action (SPEC §8): decide the in-doubt branch `xid`
+    /// `decision` without its coordinator, where the protocol cannot
+    /// finish it by itself. Allowed only for a plain READY branch whose
+    /// decision is overdue (it has had to ask for it); a branch still
+    /// preparing, already decided, or with others depending on it (a
+    /// chain in flight, a sub-coordinator, a one-phase branch, which
+    /// decides itself) is refused with why. The `Heuristic` record is
+    /// forced first; once it is durable the resource carries the decision
+    /// out, and the `Outcome` notice says when it has.
+    pub fn heuristic(&mut self, xid: Xid, decision: Decision, audit: String) -> Result<(), String> {
+        if let Some(done) = self.finished.get(&xid) {
+            let done = match done {
+                Decision::Commit => "committed",
+                Decision::Abort => "aborted",
+            };
+            return Err(format!(
+                "{xid} is not in doubt here: this branch {done} already"
+            ));
+        }
+        let Some(branch) = self.branches.get_mut(&xid) else {
+            return Err(format!(
+                "{xid} is not in doubt here: this participant has no branch of it (it never \
+                 prepared it, or finished and forgot it)"
+            ));
+        };
+        let refusal = match branch.state {
+            BranchState::Ready if branch.one_phase => {
+                Some("a one-phase branch decides itself: it is never in doubt".to_string())
+            }
+            BranchState::Ready if branch.subtree.is_some() => Some(
+                "it is a sub-coordinator (its children wait for it): decide it at the \
+                 transaction's coordinator"
+                    .to_string(),
+            ),
+            BranchState::Ready if branch.chain.is_some() => Some(
+                "it is a member of a linear chain still in flight: its decider decides it"
+                    .to_string(),
+            ),
+            BranchState::Ready if branch.inquiries == 0 => Some(format!(
+                "its decision is not overdue: it has not yet had to ask {} for it",
+                branch.coordinator
+            )),
+            BranchState::Ready => None,
+            BranchState::Preparing { .. } | BranchState::Gathering => {
+                Some("it is still preparing: it has not voted".to_string())
+            }
+            BranchState::ReadyPending => {
+                Some("its READY record is being written: it has not voted yet".to_string())
+            }
+            BranchState::Applying { decision } => Some(format!(
+                "it is decided ({}) and being carried out",
+                match decision {
+                    Decision::Commit => "COMMIT",
+                    Decision::Abort => "ABORT",
+                }
+            )),
+            BranchState::Committing | BranchState::Decided | BranchState::Relaying => {
+                Some("it is decided (COMMIT) and being carried out".to_string())
+            }
+        };
+        if let Some(why) = refusal {
+            return Err(format!(
+                "{xid} cannot be decided by an operator here: {why}"
+            ));
+        }
+        branch.state = BranchState::Applying { decision };
+        branch.timer_at = None;
+        self.heuristic.insert(xid, (decision, audit.clone()));
+        let ticket = self.gate.park(Resume::Heuristic(xid, decision));
+        self.actions.push(ParticipantAction::Persist {
+            record: ParticipantRecord::Heuristic {
+                xid,
+                decision,
+                audit,
+            },
+            durability: Durability::Forced(ticket),
+        });
+        Ok(())
+    }
+
+    /// The operator's heuristic decision for `xid`, if one was made here.
+    pub fn heuristic_of(&self, xid: Xid) -> Option<Decision> {
+        self.heuristic.get(&xid).map(|(d, _)| *d)
     }
 
     /// The resource's answer to `ParticipantAction::Prepare`.
@@ -1162,6 +1319,7 @@ impl Participant {
                 self.answer_aborted(xid);
             }
             Some(Resume::AnswerAborted(xid)) => self.answer_aborted(xid),
+            Some(Resume::Heuristic(xid, decision)) => self.start_apply(xid, decision),
             Some(Resume::Ack(xid)) => {
                 let Some(branch) = self.branches.remove(&xid) else {
                     return;
@@ -1377,6 +1535,18 @@ impl Participant {
             });
         }
         records.extend(ready);
+        // After the READY records they decide (recovery reads them in
+        // order either way), in xid order: a snapshot must not depend on
+        // hashing.
+        let mut heuristic: Vec<_> = self.heuristic.iter().collect();
+        heuristic.sort_by_key(|(xid, _)| **xid);
+        records.extend(heuristic.into_iter().map(|(xid, (decision, audit))| {
+            ParticipantRecord::Heuristic {
+                xid: *xid,
+                decision: *decision,
+                audit: audit.clone(),
+            }
+        }));
         records
     }
 

@@ -11,6 +11,7 @@
 //! cap on open connections (beyond it new ones are closed at once, so
 //! memory stays bounded and the ones already open keep being served).
 
+mod operate;
 mod problem;
 mod routes;
 
@@ -144,14 +145,14 @@ impl HttpConfig {
         }
     }
 
-    /// Read the token from `path` (its first line, trimmed), refusing an
-    /// empty one.
-    pub fn token_from_file(path: &std::path::Path) -> anyhow::Result<String> {
+    /// Read a token (of the flag `flag`) from `path`: its first line,
+    /// trimmed, refusing an empty one.
+    pub fn token_from_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --api-token-file {}", path.display()))?;
+            .with_context(|| format!("cannot read {flag} {}", path.display()))?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
         if token.is_empty() {
-            anyhow::bail!("--api-token-file {} holds no token", path.display());
+            anyhow::bail!("{flag} {} holds no token", path.display());
         }
         Ok(token)
     }

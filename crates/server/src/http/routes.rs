@@ -48,12 +48,15 @@ impl Api {
         }
     }
 
-    fn request_id(&self) -> u64 {
+    pub(super) fn request_id(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Hand `request` to the driver; its replies come out of the receiver.
-    fn submit(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Reply>, ApiError> {
+    pub(super) fn submit(
+        &self,
+        request: Request,
+    ) -> Result<mpsc::UnboundedReceiver<Reply>, ApiError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inbound = Inbound::Request {
             request,
@@ -81,6 +84,16 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/transactions/{xid}/abort", post(abort))
         .route("/v1/transactions/{xid}/timeline", get(timeline))
         .route("/v1/participants", get(participants))
+        .route("/v1/transactions/{xid}/retry", post(super::operate::retry))
+        .route(
+            "/v1/transactions/{xid}/branches/{participant}/heuristic",
+            post(super::operate::heuristic),
+        )
+        .route("/v1/audit", get(super::operate::audit))
+        .route(
+            "/v1/participants/{participant}/in-doubt",
+            get(super::operate::in_doubt),
+        )
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), authorize));
     Router::new()
@@ -256,7 +269,8 @@ async fn openapi_json() -> Response {
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(healthz, readyz, metrics, begin, list, transaction, register, commit, abort, timeline,
-        participants),
+        participants, super::operate::retry, super::operate::heuristic, super::operate::audit,
+        super::operate::in_doubt),
     components(schemas(
         concord_api::http::ParticipantPrepareCall,
         concord_api::http::ParticipantVoteAnswer,
@@ -267,7 +281,8 @@ async fn openapi_json() -> Response {
     tags(
         (name = "transactions", description = "Run transactions and look at them"),
         (name = "participants", description = "The participants and their timeouts"),
-        (name = "operations", description = "Liveness, readiness and metrics"),
+        (name = "operations", description = "Liveness, readiness, metrics, and operator \
+            actions with their audit trail"),
     )
 )]
 pub struct ApiDoc;
@@ -297,7 +312,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+pub(super) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (
         status,
@@ -311,7 +326,7 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// The body as bytes, or the problem: 413 over the limit, 400 otherwise.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -321,7 +336,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
@@ -557,7 +572,7 @@ fn not_open(xid: Xid, state: CoordinatorState, message: String) -> ApiError {
 }
 
 /// One reply to a request that gets exactly one.
-async fn one_reply(api: &Api, request: Request) -> Result<Reply, ApiError> {
+pub(super) async fn one_reply(api: &Api, request: Request) -> Result<Reply, ApiError> {
     let mut replies = api.submit(request)?;
     match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
         Ok(Some(reply)) => Ok(reply),
@@ -628,7 +643,7 @@ fn refusal(reply: Reply) -> ApiError {
     }
 }
 
-fn xid_of(text: &str) -> Result<Xid, ApiError> {
+pub(super) fn xid_of(text: &str) -> Result<Xid, ApiError> {
     text.parse()
         .map_err(|e: String| ApiError::bad_request(format!("xid: {e}")))
 }

@@ -13,6 +13,8 @@
 //! seed exercises the same timeout policy, minting and merging that ships.
 //! It must never touch a socket, a file, the clock or an unseeded RNG.
 
+mod operate;
+
 use crate::attention::{AttentionChange, Deliveries};
 use crate::compaction::{CompactionPolicy, COMPACT_AFTER_RECORDS_DEFAULT};
 use crate::directory::{resolve_branches, Addr, Directory, DirectoryEvent, Learnt, Opened};
@@ -20,6 +22,7 @@ use crate::hello::{self, Greeting, Hellos, Welcomes, HELLO_ROUNDS_MAX};
 use crate::idempotency;
 use crate::listing;
 use crate::open::{self, OpenTransactions};
+use crate::operator::{self as operator_trail, Operators};
 use crate::recent::{RecentOutcomes, RecentTxn};
 use crate::timeline::Timelines;
 use crate::timeouts::{CoordinatorTimeouts, PhaseSettings, TimeoutChoice, PREPARE_SAFETY_FACTOR};
@@ -147,6 +150,9 @@ pub struct CoordinatorNodeConfig {
     /// Transactions whose timeline is kept (the oldest finished are
     /// dropped first); 0: no timelines.
     pub timelines_max: usize,
+    /// The operator token (`--operator-token-file`); `None`: no operator
+    /// actions (read-only).
+    pub operator_token: Option<String>,
 }
 
 impl CoordinatorNodeConfig {
@@ -176,6 +182,7 @@ impl CoordinatorNodeConfig {
             one_phase: true,
             attention_after_ms: crate::attention::ATTENTION_AFTER_MS_DEFAULT,
             timelines_max: crate::timeline::TIMELINES_MAX_DEFAULT,
+            operator_token: None,
         }
     }
 
@@ -311,8 +318,32 @@ pub enum CoordinatorNodeAction {
     /// asked for before this action is written), then call
     /// `on_compacted`. A crash during it must leave the old log or the new.
     Compact { records: Vec<CoordinatorRecord> },
+    /// Send participant `to` (at `addr`, a concord node) the client
+    /// request `ask` over its request port, then call
+    /// `on_participant_answer(id, ..)` with its reply, or why it could
+    /// not be asked (operator actions and views).
+    AskParticipant {
+        id: u64,
+        to: NodeId,
+        addr: String,
+        ask: ParticipantAsk,
+    },
     /// Something that happened, for logs, metrics and timelines.
     Event(CoordinatorEvent),
+}
+
+/// What the coordinator asks a participant directly (not a protocol
+/// message): for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantAsk {
+    /// Carry out an operator's heuristic decision (`Request::Heuristic`).
+    Heuristic {
+        xid: Xid,
+        decision: Decision,
+        audit: String,
+    },
+    /// Its branches in doubt (`Request::InDoubt`).
+    InDoubt,
 }
 
 /// Typed events of the coordinator node. Names are already resolved
@@ -397,6 +428,18 @@ pub enum CoordinatorEvent {
         participant: String,
         attempts: u32,
     },
+    /// An operator action was carried out (or failed); both of its audit
+    /// records are durable.
+    OperatorAction {
+        entry: concord_proto::AuditRecord,
+    },
+    /// An operator action was refused; nothing was done or recorded.
+    OperatorRefused {
+        xid: Xid,
+        action: String,
+        operator: String,
+        why: String,
+    },
 }
 
 /// Monotonic counters of the node (for metrics and tests).
@@ -464,6 +507,13 @@ pub struct CoordinatorNode {
     /// True while the actions of recovery are translated.
     recovering: bool,
     compaction: CompactionPolicy,
+    /// The audit trail and the operator token.
+    operators: Operators,
+    /// Operator actions under way: the request to answer, by action.
+    operator_clients: HashMap<u64, (ClientId, u64)>,
+    /// Questions to participants awaiting their answers, by id.
+    asks: HashMap<u64, operate::Asking>,
+    next_ask: u64,
     /// Scratch space for the core's actions while they are translated.
     core_actions: Vec<CoordinatorAction>,
     actions: Vec<CoordinatorNodeAction>,
@@ -504,6 +554,7 @@ impl CoordinatorNode {
                 }
             }
         }
+        let operators = Operators::recover(config.operator_token.clone(), &records);
         let mut core = Coordinator::recover(
             CoordinatorConfig {
                 id: config.id.clone(),
@@ -564,6 +615,10 @@ impl CoordinatorNode {
             counters: CoordinatorCounters::default(),
             recovering: true,
             compaction: CompactionPolicy::new(config.compact_after_records),
+            operators,
+            operator_clients: HashMap::new(),
+            asks: HashMap::new(),
+            next_ask: 1,
             core_actions: Vec::new(),
             actions: Vec::new(),
         };
@@ -759,9 +814,29 @@ impl CoordinatorNode {
                     },
                 );
             }
+            Request::Operator { request_id, action } => {
+                self.operator_request(now, client, request_id, action)
+            }
+            Request::InDoubtAt {
+                request_id,
+                participant,
+            } => self.in_doubt_at(client, request_id, &participant),
+            Request::Audit { request_id } => {
+                let entries = self.operators.entries();
+                self.reply(
+                    client,
+                    Reply::Audit {
+                        request_id,
+                        writable: self.operators.writable(),
+                        entries,
+                    },
+                );
+            }
             other @ (Request::Accounts { .. }
             | Request::Prepared { .. }
-            | Request::BranchState { .. }) => {
+            | Request::BranchState { .. }
+            | Request::Heuristic { .. }
+            | Request::InDoubt { .. }) => {
                 let message = format!(
                     "{} is a participant request, and this is the coordinator; ask a participant",
                     other.kind()
@@ -1177,6 +1252,9 @@ impl CoordinatorNode {
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         self.now = now;
+        if operator_trail::is_audit_ticket(ticket) {
+            return self.on_audit_durable(now, ticket);
+        }
         if hello::is_node_ticket(ticket) {
             if let Some((to, addr)) = self.welcomes.release(ticket) {
                 self.welcome(to, addr);
@@ -1346,6 +1424,7 @@ impl CoordinatorNode {
         }
         let mut records = self.core.snapshot_records();
         records.push(self.own_address_record());
+        records.extend(self.operators.snapshot_records());
         // In configured order: a snapshot must not depend on hashing.
         for id in self.directory.configured() {
             let Some(configured) = self.configured.get(id) else {
