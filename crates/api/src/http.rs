@@ -482,6 +482,8 @@ pub struct ListQuery {
     pub min_age_ms: Option<u64>,
     /// Begun at most this long ago.
     pub max_age_ms: Option<u64>,
+    /// Only transactions whose xid starts with these hex digits.
+    pub xid_prefix: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
@@ -533,6 +535,16 @@ impl ListQuery {
             max_age_ms: self.max_age_ms,
             ..crate::ListFilter::default()
         };
+        if let Some(prefix) = &self.xid_prefix {
+            let prefix = prefix.trim();
+            if prefix.is_empty()
+                || prefix.len() > 32
+                || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(format!("xid_prefix: 1 to 32 hex digits, got {prefix:?}"));
+            }
+            filter.xid_prefix = Some(prefix.to_ascii_lowercase());
+        }
         match self.state.as_deref() {
             None => {}
             Some("in_doubt") => filter.in_doubt = true,

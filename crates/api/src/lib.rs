@@ -276,6 +276,24 @@ pub struct ListFilter {
     /// Begun at least / at most this long ago.
     pub min_age_ms: Option<u64>,
     pub max_age_ms: Option<u64>,
+    /// Its xid (32 lower-case hex digits) starts with these hex digits.
+    pub xid_prefix: Option<String>,
+}
+
+/// Whether `xid`, written as 32 hex digits, starts with the hex digits
+/// `prefix` (any case); false for a prefix that is not 1 to 32 hex digits.
+pub fn xid_has_prefix(xid: Xid, prefix: &str) -> bool {
+    let len = prefix.len();
+    if len == 0 || len > 32 {
+        return false;
+    }
+    match u128::from_str_radix(prefix, 16) {
+        // The top 4·len bits of the 128 are the prefix's digits.
+        Ok(value) if prefix.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            xid.0.checked_shr(128 - 4 * len as u32).unwrap_or(0) == value
+        }
+        _ => false,
+    }
 }
 
 /// One transaction of a [`Reply::List`].
@@ -315,6 +333,25 @@ impl Request {
             | Request::InDoubt { request_id }
             | Request::InDoubtAt { request_id, .. } => *request_id,
         }
+    }
+
+    /// Whether answering it changes nothing (a query).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status { .. }
+                | Request::ListInFlight { .. }
+                | Request::Accounts { .. }
+                | Request::Prepared { .. }
+                | Request::BranchState { .. }
+                | Request::Timeouts { .. }
+                | Request::Stats { .. }
+                | Request::Timeline { .. }
+                | Request::List { .. }
+                | Request::Audit { .. }
+                | Request::InDoubt { .. }
+                | Request::InDoubtAt { .. }
+        )
     }
 
     /// Short name for logs.
@@ -423,6 +460,10 @@ pub enum Reply {
         request_id: u64,
         transactions: Vec<TxnSummary>,
         next_cursor: Option<String>,
+        /// Changes whenever anything the listing shows may have changed
+        /// (but ages, which grow by themselves): the same version and the
+        /// same query give the same page (HTTP's ETag).
+        version: String,
     },
     /// `xid` is not open (any more): `state` says where it is.
     NotOpen {
@@ -888,6 +929,37 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
 /// Decode a reply body (a [`KIND_REPLY`] frame).
 pub fn decode_reply(body: &[u8]) -> Result<Reply, DecodeError> {
     decode("client reply", body)
+}
+
+#[cfg(test)]
+mod xid_prefix_tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_of_the_32_digit_form() {
+        let xid = Xid(0x00ab_cdef_0000_0000_0000_0000_0000_0001);
+        assert_eq!(xid.to_string(), "00abcdef000000000000000000000001");
+        for yes in [
+            "0",
+            "00",
+            "00ab",
+            "00ABCD",
+            "00abcdef000000000000000000000001",
+        ] {
+            assert!(xid_has_prefix(xid, yes), "{yes}");
+        }
+        for no in [
+            "",
+            "ab",
+            "01",
+            "00abce",
+            "+0",
+            "00abcdef0000000000000000000000011",
+            "zz",
+        ] {
+            assert!(!xid_has_prefix(xid, no), "{no}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -446,6 +446,15 @@ async fn each_filter_and_a_live_update_while_expanded() {
     bounded(async {
         let console = open_console().await;
         let (b, tree_xid, cluster) = (&console.b, console.tree_xid.clone(), &console.cluster);
+        // No --operator-token-file: read-only, and no action is offered.
+        wait_text(b, "audit-mode", |t| t.contains("Read-only")).await;
+        assert!(
+            b.find_all(Locator::Css("button.op"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "no operator action offered"
+        );
 
         set_value(b, "f-state", "aborted", "change").await;
         let list = wait_rows(b, "aborted only", |l| l.len() == 1).await;
@@ -561,6 +570,240 @@ async fn a_branch_needing_attention_is_shown_first_until_delivered() {
             assert!(Instant::now() < deadline, "still flagged after delivery");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        b.close().await.unwrap();
+    })
+    .await;
+}
+
+const OPERATOR_TOKEN: &str = "console-op-token";
+
+fn operator_token_file(cluster: &Cluster) -> String {
+    let path = cluster.dir.path().join("operator.token");
+    std::fs::write(&path, format!("{OPERATOR_TOKEN}\n")).expect("write the token file");
+    path.display().to_string()
+}
+
+/// The text of element `id` once `ok` holds for it (15 s at most).
+async fn wait_text(b: &Browser, id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = match b.find(Locator::Id(id)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "#{id} is {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fill the operator dialog: token, who, why, the typed xid.
+async fn fill_dialog(b: &Browser, token: &str, confirm: &str) {
+    set_value(b, "op-token", token, "input").await;
+    set_value(b, "op-who", "dana", "input").await;
+    set_value(b, "op-reason", "p1 was replaced", "input").await;
+    set_value(b, "op-confirm-xid", confirm, "input").await;
+}
+
+async fn submit_enabled(b: &Browser) -> bool {
+    let button = b.find(Locator::Id("op-submit")).await.unwrap();
+    button.attr("disabled").await.unwrap().is_none()
+}
+
+/// "Retry now" from the console: the dialog will not confirm until the
+/// xid is typed out, a wrong operator token is refused with the
+/// coordinator's message (nothing recorded), and the right one does it;
+/// the audit view shows who, why and what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retries_now_with_confirmation_and_the_audit_record_shows() {
+    bounded(async {
+        let mut cluster = Cluster::new(2, 4, 100);
+        let token = operator_token_file(&cluster);
+        let dies = (1, ("CONCORD_FAILPOINT", "participant.before_commit_write"));
+        let flags = [
+            "--attention-after",
+            "1000ms",
+            "--operator-token-file",
+            &token,
+        ];
+        let http = start_with_api(&mut cluster, &flags, &[dies]).await;
+        let client = cluster.client().await;
+        let xid = client
+            .transfer(("p0", "acct-0"), ("p1", "acct-0"), 1)
+            .await
+            .expect("transfer")
+            .xid
+            .to_string();
+        cluster
+            .participant_proc(1)
+            .wait_exit(Duration::from_secs(10));
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        wait_text(&b, "audit-mode", |t| t.contains("allowed")).await;
+        wait_text(&b, "attention-list", |t| t.contains(&xid)).await;
+        click(
+            &b,
+            &format!("#attention-list li[data-xid='{xid}'] button.op"),
+        )
+        .await;
+        let title = wait_text(&b, "op-title", |t| t.contains("Retry now")).await;
+        assert!(title.contains(&xid), "{title}");
+        assert!(!submit_enabled(&b).await, "nothing typed yet");
+        fill_dialog(&b, OPERATOR_TOKEN, &xid[..16]).await;
+        assert!(!submit_enabled(&b).await, "half the xid does not confirm");
+        // The wrong token: refused by the coordinator, with its reason.
+        fill_dialog(&b, "not-the-token", &xid).await;
+        assert!(submit_enabled(&b).await);
+        click(&b, "#op-submit").await;
+        let refused = wait_text(&b, "op-result", |t| t.starts_with("Refused")).await;
+        assert!(refused.contains("operator token"), "{refused}");
+        assert_eq!(
+            b.find(Locator::Id("audit-count"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "0"
+        );
+        fill_dialog(&b, OPERATOR_TOKEN, &xid).await;
+        click(&b, "#op-submit").await;
+        let done = wait_text(&b, "op-result", |t| t.starts_with("Done")).await;
+        assert!(
+            done.contains("#1") && done.contains("sent again now to p1"),
+            "{done}"
+        );
+        screenshot(&b, "operator-dialog").await;
+        click(&b, "#op-cancel").await;
+        wait_text(&b, "audit-count", |t| t == "1").await;
+        click(&b, "#audit summary").await;
+        let trail = wait_text(&b, "audit-body", |t| t.contains("dana")).await;
+        assert!(
+            trail.contains("retry now") && trail.contains(&xid),
+            "{trail}"
+        );
+        assert!(
+            trail.contains("p1 was replaced") && trail.contains("done"),
+            "{trail}"
+        );
+        assert_accessible(&b).await;
+        screenshot(&b, "audit").await;
+        b.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The branches of a coordinator that died before deciding, seen from a
+/// second coordinator's console: shown once overdue, aborted by hand
+/// after the dialog explained the risk; the branch is aborted at the
+/// participant and the action is in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heuristic_abort_from_the_console_of_another_coordinator() {
+    bounded(async {
+        let mut cluster = Cluster::new(2, 4, 100);
+        cluster.start_participant(0, &[]);
+        cluster.start_participant(1, &[]);
+        cluster.start_coordinator(&[("CONCORD_FAILPOINT", "coordinator.after_begin")]);
+        cluster.wait_all_listening().await;
+        let client = cluster.client().await;
+        let work = |delta| {
+            encode_work(&[KvOp {
+                account: "acct-0".into(),
+                delta,
+            }])
+        };
+        let branches = vec![
+            BranchRequest {
+                participant: "p0".into(),
+                work: work(-5),
+            },
+            BranchRequest {
+                participant: "p1".into(),
+                work: work(5),
+            },
+        ];
+        let xid = match client.transact_with_timeout(branches, Some(1000)).await {
+            Err(concord_client::ClientError::OutcomeUnknown { xid, .. }) => xid,
+            other => panic!("the coordinator should die deciding: {other:?}"),
+        };
+        cluster
+            .coordinator_proc()
+            .wait_exit(Duration::from_secs(10));
+        // Another coordinator, with the console and the operator token.
+        let token = operator_token_file(&cluster);
+        cluster.coordinator.addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        cluster.coordinator.data_dir = cluster.dir.path().join("coordinator-2");
+        let flags = ["--name", "coordinator-2", "--operator-token-file", &token];
+        let http = start_with_api(&mut cluster, &flags, &[]).await;
+        let driver = Driver::start();
+        let b = browser(&driver).await;
+        b.goto(&format!("http://{http}/"))
+            .await
+            .expect("open the console");
+        let x = xid.to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = b
+                .find(Locator::Id("indoubt-list"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains(&format!("{x} at p0")) {
+                assert!(text.contains("coordinator coordinator"), "{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never shown: {text:?}");
+            click(&b, "#indoubt-refresh").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        click(
+            &b,
+            &format!("#indoubt-list li[data-xid='{x}'][data-participant='p0'] button.op"),
+        )
+        .await;
+        let title = wait_text(&b, "op-title", |t| t.contains("Heuristic abort")).await;
+        assert!(title.contains("p0") && title.contains(&x), "{title}");
+        let risk = b
+            .find(Locator::Id("op-risk"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            risk.contains("disagree") && risk.contains("mended by hand"),
+            "{risk}"
+        );
+        fill_dialog(&b, OPERATOR_TOKEN, &x).await;
+        click(&b, "#op-submit").await;
+        let done = wait_text(&b, "op-result", |t| {
+            t.starts_with("Done") || t.starts_with("Refused")
+        })
+        .await;
+        assert!(done.contains("carried out ABORT"), "{done}");
+        screenshot(&b, "heuristic").await;
+        assert_eq!(
+            concord_client::branch_state(&cluster.participants[0].addr, xid)
+                .await
+                .unwrap(),
+            concord_proto::TxnState::Aborted
+        );
+        assert_eq!(
+            concord_client::branch_state(&cluster.participants[1].addr, xid)
+                .await
+                .unwrap(),
+            concord_proto::TxnState::Ready,
+            "only the branch asked for"
+        );
+        click(&b, "#op-cancel").await;
+        wait_text(&b, "audit-count", |t| t == "1").await;
         b.close().await.unwrap();
     })
     .await;

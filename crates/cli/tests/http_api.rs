@@ -689,6 +689,48 @@ async fn transactions_are_listed_newest_first_filtered_and_paged() {
         }
         assert_eq!(xids("/v1/transactions?min_age_ms=600000").await.len(), 0);
         assert_eq!(xids("/v1/transactions?max_age_ms=600000").await.len(), 6);
+        // By xid prefix, on the server: every transaction, not a page.
+        let one = &begun[2];
+        assert_eq!(
+            xids(&format!("/v1/transactions?xid_prefix={}", &one[..10])).await,
+            vec![one.clone()]
+        );
+        let upper = one[..10].to_uppercase();
+        assert_eq!(
+            xids(&format!("/v1/transactions?xid_prefix={upper}")).await,
+            vec![one.clone()]
+        );
+        // Conditional polling: the same page again is a 304 until
+        // something changes; an age bound has no ETag.
+        let first = call(&http, "GET", "/v1/transactions", None, "").await;
+        let etag = first.header("etag").expect("an ETag").to_string();
+        let again = call_with(
+            &http,
+            "GET",
+            "/v1/transactions",
+            &format!("If-None-Match: {etag}\r\n"),
+            "",
+        )
+        .await;
+        assert_eq!(again.status, 304, "{}", again.body);
+        assert!(again.body.is_empty());
+        let aged = call(&http, "GET", "/v1/transactions?min_age_ms=1", None, "").await;
+        assert!(aged.header("etag").is_none());
+        let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let changed = call_with(
+            &http,
+            "GET",
+            "/v1/transactions",
+            &format!("If-None-Match: {etag}\r\n"),
+            "",
+        )
+        .await;
+        assert_eq!(changed.status, 200);
+        assert_ne!(changed.header("etag"), Some(etag.as_str()));
+        call(&http, "GET", "/v1/transactions?xid_prefix=xyz", None, "")
+            .await
+            .assert_problem(400, "xid_prefix");
 
         call(&http, "GET", "/v1/transactions?state=bogus", None, "")
             .await

@@ -43,7 +43,12 @@ pub fn matches(filter: &ListFilter, s: &TxnSummary) -> bool {
         None => true,
         Some(max) => s.age_ms.is_some_and(|age| age <= max),
     };
-    (filter.states.is_empty() || filter.states.contains(&s.state))
+    let xid_ok = match &filter.xid_prefix {
+        None => true,
+        Some(prefix) => concord_api::xid_has_prefix(s.xid, prefix),
+    };
+    xid_ok
+        && (filter.states.is_empty() || filter.states.contains(&s.state))
         && (!filter.in_doubt || in_doubt)
         && (!filter.needs_attention || s.needs_attention)
         && participant_ok

@@ -511,6 +511,10 @@ pub struct CoordinatorNode {
     operators: Operators,
     /// Operator actions under way: the request to answer, by action.
     operator_clients: HashMap<u64, (ClientId, u64)>,
+    /// Bumped by every event that may change what a listing shows (any
+    /// but a read-only request): with the epoch, the version of
+    /// `Request::List`'s answer, for conditional polling.
+    version: u64,
     /// Questions to participants awaiting their answers, by id.
     asks: HashMap<u64, operate::Asking>,
     next_ask: u64,
@@ -618,6 +622,7 @@ impl CoordinatorNode {
             operators,
             operator_clients: HashMap::new(),
             asks: HashMap::new(),
+            version: 0,
             next_ask: 1,
             core_actions: Vec::new(),
             actions: Vec::new(),
@@ -685,6 +690,9 @@ impl CoordinatorNode {
     /// outcome later.
     pub fn on_request(&mut self, now: Time, client: ClientId, request: Request) {
         self.now = now;
+        if !request.is_read_only() {
+            self.version += 1;
+        }
         match request {
             Request::Begin {
                 request_id,
@@ -799,6 +807,7 @@ impl CoordinatorNode {
                             request_id,
                             transactions,
                             next_cursor,
+                            version: format!("{}.{}", self.core.epoch(), self.version),
                         },
                     ),
                     Err(why) => self.reply_error(client, request_id, why),
@@ -851,6 +860,7 @@ impl CoordinatorNode {
     /// on), then its message, if any, to the core.
     pub fn on_peer(&mut self, now: Time, envelope: PeerEnvelope) {
         self.now = now;
+        self.version += 1;
         // Anyone is learnt (within the directory's bound): an INQUIRE's
         // answer goes to whoever asked.
         let opened = self.directory.open(envelope);
@@ -891,6 +901,7 @@ impl CoordinatorNode {
         error: &str,
     ) {
         self.now = now;
+        self.version += 1;
         self.timelines.delivery_failed(now, xid, to, kind, error);
         if kind == "PREPARE" {
             let message = Message {
@@ -1204,6 +1215,7 @@ impl CoordinatorNode {
     /// A timer set with `SetTimer` is due.
     pub fn on_timer(&mut self, now: Time, key: TimerKey) {
         self.now = now;
+        self.version += 1;
         if key == hello::hello_timer() {
             let (greet, timer) = self.hellos.on_timer(now);
             return self.greet(greet, Greeting::Hello, timer);
@@ -1252,6 +1264,7 @@ impl CoordinatorNode {
     /// The forced write named by `ticket` is durable.
     pub fn on_durable(&mut self, now: Time, ticket: PersistTicket) {
         self.now = now;
+        self.version += 1;
         if operator_trail::is_audit_ticket(ticket) {
             return self.on_audit_durable(now, ticket);
         }

@@ -11,6 +11,10 @@
 //                                       slowest branch)
 // Expand state and focus are keyed by node id, so they survive refresh
 // and live updates; a live update re-renders only when data changed.
+// Live polling is conditional (ETag, If-None-Match): an idle coordinator
+// answers 304 and nothing is parsed or merged. The operator's part (actions, audit trail) is in operator.js.
+
+import { actionButton, initOperator, isWritable } from "/operator.js";
 
 const ROW_PX = 28;
 // The first page small (a quick first render), the next ones large (few
@@ -19,6 +23,8 @@ const PAGE = 200;
 const NEXT_PAGE = 1000;
 const LIVE_MS = 2000;
 const FINAL = new Set(["committed", "aborted", "one_phase", "no_record"]);
+// States with a decision still being delivered: "retry now" applies.
+const RETRYABLE = new Set(["committed_waiting_for_acks"]);
 
 const state = {
   filters: { state: "", minAgeS: "", participant: "", xid: "" },
@@ -47,12 +53,29 @@ class ApiError extends Error {
   }
 }
 
-async function api(path) {
+// The last answer to each conditional GET, with its ETag.
+const conditional = new Map();
+
+// GET `path` (or, with `options.method`, send `options.body` as JSON,
+// with the operator token if given); the JSON answer, or an ApiError
+// with the problem's detail. With `options.conditional` the last
+// answer's ETag goes along, and a 304 gives that answer again, marked
+// `unchanged` (live polling of an idle coordinator moves no data).
+async function api(path, options = {}) {
   const headers = { Accept: "application/json" };
   if (state.token) headers.Authorization = "Bearer " + state.token;
+  const init = { headers, cache: "no-store" };
+  const cached = options.conditional ? conditional.get(path) : null;
+  if (cached) headers["If-None-Match"] = cached.etag;
+  if (options.method) {
+    init.method = options.method;
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(options.body || {});
+  }
+  if (options.operatorToken != null) headers["X-Concord-Operator-Token"] = options.operatorToken;
   let response;
   try {
-    response = await fetch(path, { headers, cache: "no-store" });
+    response = await fetch(path, init);
   } catch (e) {
     throw new ApiError(0, "the coordinator cannot be reached (" + e.message + ")");
   }
@@ -60,6 +83,7 @@ async function api(path) {
     $("token-form").hidden = false;
     throw new ApiError(401, "the API needs a token: enter it above");
   }
+  if (response.status === 304 && cached) return Object.assign({}, cached.body, { unchanged: true });
   let body = null;
   try {
     body = await response.json();
@@ -68,6 +92,11 @@ async function api(path) {
   }
   if (!response.ok) {
     throw new ApiError(response.status, (body && (body.detail || body.title)) || "HTTP " + response.status);
+  }
+  const etag = response.headers.get("ETag");
+  if (options.conditional && etag) {
+    if (conditional.size > 64) conditional.clear();
+    conditional.set(path, { etag, body });
   }
   return body;
 }
@@ -78,6 +107,10 @@ function listQuery(cursor, limit) {
   if (f.state) q.set("state", f.state);
   if (f.participant) q.set("participant", f.participant);
   if (f.minAgeS !== "" && Number(f.minAgeS) > 0) q.set("min_age_ms", String(Math.round(Number(f.minAgeS) * 1000)));
+  // The prefix goes to the server once it is hex (the rows loaded are
+  // filtered at once while the page comes).
+  const prefix = f.xid.trim().toLowerCase();
+  if (/^[0-9a-f]{1,32}$/.test(prefix)) q.set("xid_prefix", prefix);
   q.set("limit", String(limit || PAGE));
   if (cursor) q.set("cursor", cursor);
   return "/v1/transactions?" + q.toString();
@@ -130,6 +163,8 @@ function upsert(t) {
     state.byXid.set(t.xid, node);
   }
   node.t = t;
+  // Ages grow by themselves: shown as the age read plus the time since.
+  node.seenAt = Date.now();
   return fresh ? node : null;
 }
 
@@ -258,7 +293,7 @@ function cellsOf(node) {
       ["mono", node.xid],
       t.shape || "",
       ["s-" + t.state + (t.needs_attention ? " attention" : ""), stateText],
-      fmtMs(t.age_ms),
+      t.age_ms == null ? "" : fmtMs(t.age_ms + (Date.now() - node.seenAt)),
       t.participants.join(", "),
       slow ? slow[0] + " (" + fmtMs(slow[1]) + ")" : "",
     ];
@@ -528,6 +563,9 @@ function detailsOf(txn, timeline, peers, participant) {
   const p = document.createElement("p");
   p.textContent = txn.state.replace(/_/g, " ") + " — " + txn.detail + (txn.layout ? " — " + txn.layout : "");
   div.appendChild(p);
+  if (isWritable() && RETRYABLE.has(txn.state)) {
+    div.appendChild(actionButton("Retry now…", { kind: "retry", xid: txn.xid }));
+  }
   const branches = (txn.branches || []).filter((b) => !participant || b.participant === participant);
   div.appendChild(table(["branch", "address", "state", "voted READY", "acknowledged", "COMMIT attempts", "pending", "last error"],
     branches.map((b) => [b.participant, b.addr, b.state, b.voted_ready, b.acked, b.delivery && b.delivery.attempts, b.delivery && fmtMs(b.delivery.pending_ms), b.delivery && b.delivery.last_error])));
@@ -568,11 +606,17 @@ function detailsOf(txn, timeline, peers, participant) {
 // --attention-after), with each flagged branch's attempts, pending time
 // and last error.
 const ATTENTION_MAX = 20;
+// Whether the list was drawn, and for which mode (actions or read-only).
+let attentionRead = null;
 
 async function loadAttention() {
   let flagged;
   try {
-    const page = await api("/v1/transactions?state=needs_attention&limit=" + ATTENTION_MAX);
+    const page = await api("/v1/transactions?state=needs_attention&limit=" + ATTENTION_MAX, { conditional: true });
+    // Nothing happened at the coordinator since: the branches' attempts
+    // and errors are as last read.
+    if (page.unchanged && attentionRead === isWritable()) return;
+    attentionRead = isWritable();
     flagged = page.transactions || [];
   } catch (e) {
     return; // the status line already says why the API fails
@@ -589,7 +633,7 @@ async function loadAttention() {
     items.push({ t, branches });
   }
   const list = $("attention-list");
-  const signature = JSON.stringify(items);
+  const signature = JSON.stringify([items, isWritable()]);
   if (list.dataset.signature === signature) return;
   list.dataset.signature = signature;
   const fragment = document.createDocumentFragment();
@@ -609,6 +653,7 @@ async function loadAttention() {
     show.textContent = "Details";
     show.addEventListener("click", () => openDetails({ kind: "txn", xid: t.xid }));
     li.appendChild(show);
+    if (isWritable()) li.appendChild(actionButton("Retry now…", { kind: "retry", xid: t.xid }));
     fragment.appendChild(li);
   }
   list.replaceChildren(fragment);
@@ -624,10 +669,10 @@ async function refresh() {
   const generation = state.generation;
   try {
     const limit = Math.min(1000, Math.max(PAGE, state.nodes.length));
-    const page = await api(listQuery(null, limit));
+    const page = await api(listQuery(null, limit), { conditional: true });
     if (generation !== state.generation) return;
     const fresh = [];
-    for (const t of page.transactions || []) {
+    for (const t of page.unchanged ? [] : page.transactions || []) {
       const node = upsert(t);
       if (node) fresh.push(node);
     }
@@ -671,9 +716,14 @@ function start() {
       loadFirstPage();
     });
   }
+  // Typing filters what is loaded at once, then (after a pause) asks the
+  // server for every transaction with that prefix.
+  let typing = null;
   $("f-xid").addEventListener("input", () => {
     readFilters();
     render();
+    clearTimeout(typing);
+    typing = setTimeout(loadFirstPage, 250);
   });
   $("filters").addEventListener("submit", (e) => e.preventDefault());
   $("expand-all").addEventListener("click", expandAll);
@@ -694,6 +744,7 @@ function start() {
     if (viewport.scrollTop + viewport.clientHeight > viewport.scrollHeight - 20 * ROW_PX) loadNextPage();
   });
   loadFirstPage();
+  initOperator({ api, $, table, fmtMs });
   loadAttention();
   setInterval(refresh, LIVE_MS);
 }

@@ -7,13 +7,15 @@
 //! script is a dependency-free ES module (no npm build to reproduce) and
 //! uses only the public HTTP API, with the API token when one is set (the
 //! page asks for it on a 401). The assets hold no data, so they are served
-//! without the token.
+//! without the token. Operator actions (`operator.js`) need the operator
+//! token as well, which the page asks for in the action's dialog.
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 const INDEX_HTML: &str = include_str!("index.html");
 const CONSOLE_JS: &str = include_str!("console.js");
+const OPERATOR_JS: &str = include_str!("operator.js");
 const CONSOLE_CSS: &str = include_str!("console.css");
 
 /// Nothing but this origin: no CDN, no inline script, no remote fonts.
@@ -46,6 +48,10 @@ pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", CONSOLE_JS)
 }
 
+pub async fn operator_script() -> Response {
+    asset("text/javascript; charset=utf-8", OPERATOR_JS)
+}
+
 pub async fn styles() -> Response {
     asset("text/css; charset=utf-8", CONSOLE_CSS)
 }
@@ -60,6 +66,7 @@ mod tests {
         for (name, text) in [
             ("index.html", INDEX_HTML),
             ("console.js", CONSOLE_JS),
+            ("operator.js", OPERATOR_JS),
             ("console.css", CONSOLE_CSS),
         ] {
             for needle in ["http://", "https://", "//cdn", "@import"] {

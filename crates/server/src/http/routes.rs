@@ -103,6 +103,7 @@ pub fn router(api: Arc<Api>) -> Router {
         // The console's assets: no data in them, so no token.
         .route("/", get(crate::console::index))
         .route("/console.js", get(crate::console::script))
+        .route("/operator.js", get(crate::console::operator_script))
         .route("/console.css", get(crate::console::styles))
         .merge(protected)
         .fallback(not_found)
@@ -814,9 +815,12 @@ async fn timeline(
 /// The transactions the coordinator knows of (open, in flight, and its
 /// recent outcomes), newest first, filtered; in pages with a cursor.
 #[utoipa::path(get, path = "/v1/transactions", tag = "transactions",
-    params(ListQuery),
+    params(ListQuery, ("If-None-Match" = Option<String>, Header,
+        description = "The ETag of an earlier answer to the same query: 304 if nothing it \
+            shows changed since (ages aside). No ETag for queries with an age bound.")),
     responses(
-        (status = 200, description = "A page", body = TxnListBody),
+        (status = 200, description = "A page (with an ETag)", body = TxnListBody),
+        (status = 304, description = "Unchanged since the ETag given"),
         (status = 400, description = "An unknown parameter or state, a bad cursor", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "No or a wrong bearer token", body = Problem,
@@ -825,10 +829,13 @@ async fn timeline(
     security(("bearer" = [])))]
 async fn list(
     State(api): State<Arc<Api>>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = query.filter().map_err(ApiError::bad_request)?;
+    // An age bound can change the page with no event at all: no ETag.
+    let tagged = filter.min_age_ms.is_none() && filter.max_age_ms.is_none();
     let request = Request::List {
         request_id: api.request_id(),
         filter,
@@ -839,14 +846,35 @@ async fn list(
         Reply::List {
             transactions,
             next_cursor,
+            version,
             ..
-        } => Ok(json(
-            StatusCode::OK,
-            &TxnListBody {
-                transactions: transactions.iter().map(TxnSummaryBody::from).collect(),
-                next_cursor,
-            },
-        )),
+        } => {
+            // Conditional polling: the same version, the same page (its
+            // ages aside, which a client adds the time since to).
+            let etag = format!("W/\"{version}\"");
+            let unchanged = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+            if tagged && unchanged {
+                let mut response = StatusCode::NOT_MODIFIED.into_response();
+                if let Ok(value) = HeaderValue::from_str(&etag) {
+                    response.headers_mut().insert(header::ETAG, value);
+                }
+                return Ok(response);
+            }
+            let mut response = json(
+                StatusCode::OK,
+                &TxnListBody {
+                    transactions: transactions.iter().map(TxnSummaryBody::from).collect(),
+                    next_cursor,
+                },
+            );
+            if let (true, Ok(value)) = (tagged, HeaderValue::from_str(&etag)) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+            Ok(response)
+        }
         other => Err(refusal(other)),
     }
 }
