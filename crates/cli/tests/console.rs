@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 
 const INSTALL: &str = "apt-get install -y chromium chromium-driver";
 
+/// One browser test at a time: two Chromiums and their clusters on a
+/// 2-core machine make each other's frame times (and timeouts) noise.
+/// Taken before a test's time bound starts.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// chromedriver on a free port, killed on drop.
 struct Driver {
     child: std::process::Child,
@@ -288,6 +293,7 @@ const ENTER: char = '\u{E007}';
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_failed_load() {
+    let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let console = open_console().await;
         let (b, tree_xid) = (&console.b, console.tree_xid.clone());
@@ -443,6 +449,7 @@ async fn keyboard_through_a_hierarchical_transaction_with_lazy_loading_and_a_fai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_filter_and_a_live_update_while_expanded() {
+    let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let console = open_console().await;
         let (b, tree_xid, cluster) = (&console.b, console.tree_xid.clone(), &console.cluster);
@@ -519,6 +526,7 @@ async fn each_filter_and_a_live_update_while_expanded() {
 /// leaves the list once delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_needing_attention_is_shown_first_until_delivered() {
+    let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
         // p1 votes READY, then dies when the COMMIT comes.
@@ -618,6 +626,7 @@ async fn submit_enabled(b: &Browser) -> bool {
 /// the audit view shows who, why and what it did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_retries_now_with_confirmation_and_the_audit_record_shows() {
+    let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
         let token = operator_token_file(&cluster);
@@ -704,6 +713,7 @@ async fn an_operator_retries_now_with_confirmation_and_the_audit_record_shows() 
 /// participant and the action is in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heuristic_abort_from_the_console_of_another_coordinator() {
+    let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
         cluster.start_participant(0, &[]);
@@ -818,6 +828,7 @@ async fn a_heuristic_abort_from_the_console_of_another_coordinator() {
 /// the whole list was there and scrolled through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_transactions_render_scroll_and_expand() {
+    let _one = ONE_BROWSER.lock().await;
     const TRANSACTIONS: usize = 100_000;
     const TASKS: usize = 64;
     let run = async {
