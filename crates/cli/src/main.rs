@@ -312,8 +312,16 @@ struct ServeArgs {
     advertise: Option<String>,
     /// Directory of the coordinator's durable log (created if missing). A
     /// restart with the same directory recovers every transaction.
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    data_dir: Option<PathBuf>,
+    /// Keep the log in a PostgreSQL database instead of --data-dir:
+    /// postgres://USER@HOST:PORT/DB. The log is named by --name; opening it
+    /// takes it over (its epoch goes up), and every write is fenced by that
+    /// epoch, so an instance that another one took the log from can never
+    /// write to it again. Every append is durable when PostgreSQL answers
+    /// (synchronous_commit on).
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<String>,
     /// A participant as NAME=ADDR (repeat for each). NAME is the
     /// participant's --name, ADDR where to find it (its --listen or
     /// --advertise); if it moves, it says so and is found at the new
@@ -796,6 +804,19 @@ fn parse_op(s: &str) -> Result<(String, String, i64), String> {
     Ok((p, a, delta))
 }
 
+/// `--store`: a PostgreSQL URL (the file store is the default, in
+/// --data-dir).
+fn parse_store(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a PostgreSQL URL, postgres://USER@HOST:PORT/DB (without --store the log \
+             is a file in --data-dir)"
+        ))
+    }
+}
+
 fn parse_xid(s: &str) -> Result<Xid, String> {
     s.parse()
 }
@@ -1084,7 +1105,9 @@ fn apply_proxy_command(handle: &concord_net::proxy::ProxyHandle, line: &str) -> 
 fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     let mut participants = args.participants;
     participants.extend(args.http_participants);
-    let mut config = CoordinatorServerConfig::new(args.listen, args.data_dir, participants);
+    let data_dir = args.data_dir.unwrap_or_default();
+    let mut config = CoordinatorServerConfig::new(args.listen, data_dir, participants);
+    config.store = args.store;
     config.node.attention_after_ms = args.attention_after;
     config.node.timelines_max = args.timelines_max;
     if let Some(path) = &args.operator_token_file {
@@ -1299,6 +1322,20 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run one query against `who` under [`QUERY_TIMEOUT`]; on failure print
 /// why and give the exit code (2) for the caller to return.
+/// Print `body` as pretty JSON: exit 0, or 2 if it cannot be encoded.
+fn print_json<T: serde::Serialize>(body: &T) -> ExitCode {
+    match serde_json::to_string_pretty(body) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("concord: error: cannot encode the answer as JSON: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 async fn query<T>(
     who: &str,
     query: impl std::future::Future<Output = Result<T, ClientError>>,
@@ -1651,14 +1688,7 @@ async fn timeline(args: TimelineArgs) -> ExitCode {
     };
     let body = concord_api::http::TimelineBody::of(&view, std::time::SystemTime::now());
     if args.json {
-        match serde_json::to_string_pretty(&body) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("concord: error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-        return ExitCode::SUCCESS;
+        return print_json(&body);
     }
     println!(
         "timeline of {} ({}{})",
@@ -1885,16 +1915,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
         eprintln!("plot written to {}", path.display());
     }
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("concord bench: cannot encode the report as JSON: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        print!("{}", report.text());
+        return print_json(&report);
     }
+    print!("{}", report.text());
     ExitCode::SUCCESS
 }
 

@@ -2,7 +2,7 @@
 //! line (retry now, a heuristic decision of one branch) and the audit
 //! trail. The coordinator checks and records everything; this only asks.
 
-use crate::query;
+use crate::{print_json, query};
 use clap::{Args, Subcommand};
 use concord_api::http::AuditEntryBody;
 use concord_api::OperatorRequest;
@@ -164,16 +164,7 @@ async fn in_doubt(addr: &str, who: &str, participant: &str, json: bool) -> ExitC
             .collect(),
     };
     if json {
-        return match serde_json::to_string_pretty(&body) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("concord: error: {e}");
-                ExitCode::from(2)
-            }
-        };
+        return print_json(&body);
     }
     if body.branches.is_empty() {
         println!("{}: nothing in doubt", body.participant);
@@ -204,17 +195,7 @@ async fn audit(addr: &str, who: &str, json: bool) -> ExitCode {
     };
     let entries: Vec<AuditEntryBody> = entries.iter().map(AuditEntryBody::of).collect();
     if json {
-        let body = concord_api::http::AuditBody { writable, entries };
-        return match serde_json::to_string_pretty(&body) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("concord: error: {e}");
-                ExitCode::from(2)
-            }
-        };
+        return print_json(&concord_api::http::AuditBody { writable, entries });
     }
     if !writable {
         println!("(read-only: this coordinator has no --operator-token-file)");

@@ -716,34 +716,7 @@ async fn a_heuristic_abort_from_the_console_of_another_coordinator() {
     let _one = ONE_BROWSER.lock().await;
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
-        cluster.start_participant(0, &[]);
-        cluster.start_participant(1, &[]);
-        cluster.start_coordinator(&[("CONCORD_FAILPOINT", "coordinator.after_begin")]);
-        cluster.wait_all_listening().await;
-        let client = cluster.client().await;
-        let work = |delta| {
-            encode_work(&[KvOp {
-                account: "acct-0".into(),
-                delta,
-            }])
-        };
-        let branches = vec![
-            BranchRequest {
-                participant: "p0".into(),
-                work: work(-5),
-            },
-            BranchRequest {
-                participant: "p1".into(),
-                work: work(5),
-            },
-        ];
-        let xid = match client.transact_with_timeout(branches, Some(1000)).await {
-            Err(concord_client::ClientError::OutcomeUnknown { xid, .. }) => xid,
-            other => panic!("the coordinator should die deciding: {other:?}"),
-        };
-        cluster
-            .coordinator_proc()
-            .wait_exit(Duration::from_secs(10));
+        let xid = in_doubt_with_coordinator_dead(&mut cluster, 5, 1000).await;
         // Another coordinator, with the console and the operator token.
         let token = operator_token_file(&cluster);
         cluster.coordinator.addr = format!("127.0.0.1:{}", free_ports(1)[0]);

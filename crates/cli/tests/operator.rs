@@ -9,9 +9,7 @@ mod common;
 
 use common::http::{call_with, HttpResponse};
 use common::*;
-use concord_api::BranchRequest;
-use concord_participant::kv::{encode_work, KvOp};
-use concord_proto::{TxnState, Xid};
+use concord_proto::TxnState;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,13 +38,6 @@ async fn get(http: &str, path: &str) -> serde_json::Value {
     let response = call_with(http, "GET", path, "", "").await;
     assert_eq!(response.status, 200, "{}", response.body);
     response.json()
-}
-
-fn op(account: &str, delta: i64) -> KvOp {
-    KvOp {
-        account: account.into(),
-        delta,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,30 +149,8 @@ async fn retry_now_is_refused_without_token_or_confirmation_then_done_and_audite
 async fn heuristic_abort_of_branches_whose_coordinator_is_gone() {
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 100);
-        cluster.start_participant(0, &[]);
-        cluster.start_participant(1, &[]);
-        cluster.start_coordinator(&[("CONCORD_FAILPOINT", "coordinator.after_begin")]);
-        cluster.wait_all_listening().await;
-        let client = cluster.client().await;
         // A long phase-1 deadline: the branches are not overdue for 8 s.
-        let branches = vec![
-            BranchRequest {
-                participant: "p0".into(),
-                work: encode_work(&[op("acct-0", -10)]),
-            },
-            BranchRequest {
-                participant: "p1".into(),
-                work: encode_work(&[op("acct-0", 10)]),
-            },
-        ];
-        let xid: Xid = match client.transact_with_timeout(branches, Some(8000)).await {
-            Err(concord_client::ClientError::OutcomeUnknown { xid, .. }) => xid,
-            other => panic!("the coordinator should die deciding: {other:?}"),
-        };
-        let gone = cluster
-            .coordinator_proc()
-            .wait_exit(Duration::from_secs(10));
-        assert_killed(gone, "coordinator at its decision");
+        let xid = in_doubt_with_coordinator_dead(&mut cluster, 10, 8000).await;
         let (first_addr, first_dir) = (
             cluster.coordinator.addr.clone(),
             cluster.coordinator.data_dir.clone(),

@@ -405,6 +405,50 @@ pub async fn wait_coordinator_state(cluster: &Cluster, xid: Xid, want: &[Coordin
     }
 }
 
+/// Start `cluster`'s two participants and a coordinator armed to die at
+/// its decision, run a transfer of `amount` from p0's `acct-0` to p1's
+/// with a phase-1 deadline of `prepare_timeout_ms`, and wait for the
+/// coordinator to die: both branches are READY and in doubt, and every
+/// peer too, so cooperative termination cannot decide them either.
+/// Returns the xid.
+pub async fn in_doubt_with_coordinator_dead(
+    cluster: &mut Cluster,
+    amount: i64,
+    prepare_timeout_ms: u64,
+) -> Xid {
+    cluster.start_participant(0, &[]);
+    cluster.start_participant(1, &[]);
+    cluster.start_coordinator(&[("CONCORD_FAILPOINT", "coordinator.after_begin")]);
+    cluster.wait_all_listening().await;
+    let work = |delta| {
+        concord_participant::kv::encode_work(&[concord_participant::kv::KvOp {
+            account: "acct-0".into(),
+            delta,
+        }])
+    };
+    let branches = ["p0", "p1"]
+        .into_iter()
+        .zip([-amount, amount])
+        .map(|(participant, delta)| concord_api::BranchRequest {
+            participant: participant.into(),
+            work: work(delta),
+        })
+        .collect();
+    let client = cluster.client().await;
+    let xid = match client
+        .transact_with_timeout(branches, Some(prepare_timeout_ms))
+        .await
+    {
+        Err(client::ClientError::OutcomeUnknown { xid, .. }) => xid,
+        other => panic!("the coordinator should die deciding: {other:?}"),
+    };
+    let gone = cluster
+        .coordinator_proc()
+        .wait_exit(Duration::from_secs(10));
+    assert_killed(gone, "coordinator at its decision");
+    xid
+}
+
 /// Run one test body within [`TEST_TIMEOUT`].
 pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_TIMEOUT, test)

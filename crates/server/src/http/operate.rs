@@ -57,16 +57,8 @@ pub async fn retry(
 ) -> Result<Response, ApiError> {
     let xid = xid_of(&xid)?;
     let body: OperatorBody = parse(&body_bytes(body)?)?;
-    let action = OperatorRequest {
-        xid,
-        action: AuditAction::RetryNow,
-        confirm: body.confirm,
-        operator: body.operator,
-        reason: body.reason,
-        token: token_of(&headers),
-        at_unix_ms: 0,
-    };
-    act(&api, action).await
+    let asked = (body.confirm, body.operator, body.reason);
+    act(&api, request(xid, AuditAction::RetryNow, asked, &headers)).await
 }
 
 /// Decide one participant's in-doubt branch without its coordinator: only
@@ -104,19 +96,12 @@ pub async fn heuristic(
 ) -> Result<Response, ApiError> {
     let xid = xid_of(&xid)?;
     let body: HeuristicBody = parse(&body_bytes(body)?)?;
-    let action = OperatorRequest {
-        xid,
-        action: AuditAction::Heuristic {
-            participant,
-            decision: body.decision.into(),
-        },
-        confirm: body.confirm,
-        operator: body.operator,
-        reason: body.reason,
-        token: token_of(&headers),
-        at_unix_ms: 0,
+    let action = AuditAction::Heuristic {
+        participant,
+        decision: body.decision.into(),
     };
-    act(&api, action).await
+    let asked = (body.confirm, body.operator, body.reason);
+    act(&api, request(xid, action, asked, &headers)).await
 }
 
 /// The audit trail of operator actions, oldest first, and whether this
@@ -197,13 +182,30 @@ pub async fn in_doubt(
     }
 }
 
-fn token_of(headers: &HeaderMap) -> String {
-    headers
+/// The node's request for `action` on `xid`: the confirmation, who and
+/// why from the body, the token from its header (the time is the
+/// server's, filled in when it arrives).
+fn request(
+    xid: Xid,
+    action: AuditAction,
+    (confirm, operator, reason): (String, String, String),
+    headers: &HeaderMap,
+) -> OperatorRequest {
+    let token = headers
         .get(OPERATOR_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .trim()
-        .to_string()
+        .to_string();
+    OperatorRequest {
+        xid,
+        action,
+        confirm,
+        operator,
+        reason,
+        token,
+        at_unix_ms: 0,
+    }
 }
 
 async fn act(api: &Api, action: OperatorRequest) -> Result<Response, ApiError> {
