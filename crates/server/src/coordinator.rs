@@ -63,6 +63,9 @@ pub struct CoordinatorServerConfig {
     pub fsync: bool,
     /// The HTTP/JSON API (`--http-listen`); off when `None`.
     pub http: Option<crate::http::HttpConfig>,
+    /// `--store postgres://…`: the log in that database (log name: the
+    /// coordinator's `--name`) instead of a file in `data_dir`.
+    pub store: Option<String>,
 }
 
 impl CoordinatorServerConfig {
@@ -89,6 +92,7 @@ impl CoordinatorServerConfig {
             net: NetConfig::default(),
             fsync: true,
             http: None,
+            store: None,
         }
     }
 
@@ -119,16 +123,34 @@ pub async fn run_coordinator_until(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let clock = Clock::start();
-    let (log, records) = crate::driver::open_log::<CoordinatorRecord>(
-        "coordinator",
-        "coordinator log record",
-        &config.data_dir,
-        config.fsync,
-    )?;
+    let (log, records, place): (Box<dyn concord_store::LogStore>, _, _) = match &config.store {
+        None => {
+            let (log, records) = crate::driver::open_log::<CoordinatorRecord>(
+                "coordinator",
+                "coordinator log record",
+                &config.data_dir,
+                config.fsync,
+            )?;
+            (
+                Box::new(log),
+                records,
+                config.data_dir.display().to_string(),
+            )
+        }
+        Some(dsn) => {
+            let (log, records) = open_pg_log(dsn, &config.node.id).await?;
+            let place = format!(
+                "PostgreSQL, log {:?} (epoch {})",
+                config.node.id,
+                log.epoch()
+            );
+            (Box::new(log), records, place)
+        }
+    };
     let record_count = records.len();
     let node = CoordinatorNode::recover(config.node.clone(), records, clock.now());
     tracing::info!(
-        data_dir = %config.data_dir.display(),
+        store = %place,
         records = record_count,
         epoch = node.epoch(),
         "coordinator log recovered"
@@ -139,7 +161,7 @@ pub async fn run_coordinator_until(
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let metrics = crate::metrics::CoordinatorMetrics::new();
     let log = LogWriter::new(
-        GroupCommit::start_observed(Box::new(log), "coordinator", Some(metrics.log.observer())),
+        GroupCommit::start_observed(log, "coordinator", Some(metrics.log.observer())),
         log_tx,
         config.fsync,
     );
@@ -470,6 +492,37 @@ async fn ask_participant(to: &str, addr: &str, ask: ParticipantAsk) -> Result<Re
             }
         )),
     }
+}
+
+/// Open the coordinator's log `name` in the PostgreSQL database at `dsn`
+/// (taking it over: see `concord_store::PgLog`) and decode its records.
+/// The `postgres` client runs its own runtime, so it is opened on a
+/// thread of its own, outside this one.
+async fn open_pg_log(
+    dsn: &str,
+    name: &str,
+) -> anyhow::Result<(concord_store::PgLog, Vec<CoordinatorRecord>)> {
+    let (dsn, owned) = (dsn.to_string(), name.to_string());
+    let opened = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || concord_store::PgLog::open(&dsn, &owned))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
+    })
+    .await??;
+    let (log, raw) = opened.map_err(|e| anyhow::anyhow!("cannot open the coordinator log: {e}"))?;
+    let mut records = Vec::with_capacity(raw.len());
+    for (index, bytes) in raw.iter().enumerate() {
+        let record: CoordinatorRecord =
+            concord_proto::codec::decode("coordinator log record", bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "coordinator log {name:?} in PostgreSQL: record #{index} ({} bytes) does not \
+                     decode: {e}; refusing to start rather than lose it",
+                    bytes.len()
+                )
+            })?;
+        records.push(record);
+    }
+    Ok((log, records))
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the

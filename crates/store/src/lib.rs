@@ -8,6 +8,8 @@
 //!   seeded-crash hook that drops unsynced records.
 //! - [`GroupCommit`]: a writer thread that batches many submissions into one
 //!   write and one fsync.
+//! - [`PgLog`]: a log in a shared PostgreSQL database, every write fenced
+//!   by the owner's epoch (`serve --store postgres://…`).
 //! - [`conformance`]: the suite every implementation must pass.
 //!
 //! Records are opaque byte strings: this crate knows nothing of the protocol
@@ -22,12 +24,14 @@ pub mod conformance;
 pub mod file_log;
 pub mod group_commit;
 pub mod mem_log;
+pub mod pg_log;
 
 pub use file_log::{FileLog, FileLogOptions, Recovered};
 pub use group_commit::{
     Done, GroupCommit, GroupCommitStats, LogObservation, LogObserver, SyncMode,
 };
 pub use mem_log::MemLog;
+pub use pg_log::PgLog;
 
 /// Produces the records of a rewrite when called: a compaction's snapshot,
 /// encoded off the threads that cannot wait (the driver, the log writer).
@@ -163,6 +167,20 @@ pub enum StoreError {
     /// The group-commit writer thread is gone (it was shut down or panicked).
     #[error("group commit writer {name:?} has stopped")]
     WriterStopped { name: String },
+
+    /// A database store's statement failed (or its connection was lost:
+    /// whether the last write committed is then unknown).
+    #[error("{store}: {op} failed: {detail}")]
+    Database {
+        store: String,
+        op: &'static str,
+        detail: String,
+    },
+
+    /// Another instance took this log over (opened it with a higher
+    /// epoch): this one may never write to it again.
+    #[error("{store}: fenced off: another instance took the log over after this one opened it with epoch {epoch}; this instance must stop writing")]
+    Fenced { store: String, epoch: u64 },
 }
 
 impl StoreError {

@@ -1,0 +1,293 @@
+//! [`PgLog`]: a coordinator's log in a shared PostgreSQL database
+//! (`concord serve --store postgres://…`, SPEC §1.8), behind the same
+//! [`LogStore`] contract as the embedded file log, with one addition:
+//! every write is **fenced by the owner's epoch**.
+//!
+//! # Layout
+//!
+//! - `concord_log_owner (name, epoch)`: one row per log (a coordinator's
+//!   `--name`). Opening a log raises its epoch by one and holds that epoch
+//!   as this instance's fencing token.
+//! - `concord_log (name, seq, record)`: the records, in `seq` order.
+//!
+//! # Contract, beyond [`LogStore`]'s
+//!
+//! - **Durable when `append` returns.** Each append is one autocommitted
+//!   statement with `synchronous_commit = on`: PostgreSQL has flushed its
+//!   WAL when it answers, so `sync` has nothing left to do, and even a
+//!   machine crash of the database keeps every appended record. Group
+//!   commit still applies: a batch of many records is one statement, one
+//!   round trip and one WAL flush.
+//! - **Fenced.** An append or rewrite succeeds only while this instance's
+//!   epoch is the log's current one; the check and the write are one
+//!   statement, and the owner row is locked (`FOR SHARE`) until the write
+//!   commits, so an open by another instance waits for writes in flight
+//!   and then sees them. After another instance opened the log, every
+//!   write of this one fails with [`StoreError::Fenced`] and the store is
+//!   poisoned: a stale owner can never write again.
+//! - **Fail-stop** as every store: any failure poisons it (a lost
+//!   connection too: whether the last statement committed is unknown, so
+//!   the owner must reopen and recover).
+//!
+//! Written here rather than taken from a crate: no crate offers a fenced,
+//! ordered record log over PostgreSQL; the client is the `postgres` crate.
+
+use crate::{LogStore, StoreError};
+use std::path::PathBuf;
+
+/// Largest record accepted (PostgreSQL's `bytea` takes up to 1 GB; a
+/// coordinator's records are far smaller).
+pub const PG_RECORD_BYTES_MAX: usize = 64 << 20;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS concord_log_owner (
+    name text PRIMARY KEY,
+    epoch bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS concord_log (
+    name text NOT NULL,
+    seq bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (name, seq)
+);";
+
+/// The fence and the insert in one statement: no row of the owner with
+/// our epoch, nothing inserted.
+const APPEND: &str = "
+WITH owner AS (
+    SELECT epoch FROM concord_log_owner WHERE name = $1 AND epoch = $2 FOR SHARE
+)
+INSERT INTO concord_log (name, seq, record)
+SELECT $1, $3::bigint + t.i - 1, t.r
+FROM owner, unnest($4::bytea[]) WITH ORDINALITY AS t(r, i)";
+
+pub struct PgLog {
+    client: postgres::Client,
+    name: String,
+    /// This instance's fencing token.
+    epoch: i64,
+    next_seq: i64,
+    /// Where, for messages: the DSN without its password.
+    place: String,
+    poisoned: Option<StoreError>,
+}
+
+impl PgLog {
+    /// Open (creating the tables if need be) the log `name` in the
+    /// database at `dsn`, taking it over: its epoch goes up by one and
+    /// every earlier opener is fenced off. Returns the store and every
+    /// record in order.
+    pub fn open(dsn: &str, name: &str) -> Result<(PgLog, Vec<Vec<u8>>), StoreError> {
+        let place = format!("{} (log {name:?})", redact(dsn));
+        let fail = |op: &'static str, e: postgres::Error| StoreError::Database {
+            store: place.clone(),
+            op,
+            detail: describe(&e),
+        };
+        let mut client =
+            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
+        // Durable at commit, whatever the server's default says.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .map_err(|e| fail("set synchronous_commit", e))?;
+        client
+            .batch_execute(SCHEMA)
+            .map_err(|e| fail("create the tables", e))?;
+        let epoch: i64 = client
+            .query_one(
+                "INSERT INTO concord_log_owner (name, epoch) VALUES ($1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET epoch = concord_log_owner.epoch + 1 \
+                 RETURNING epoch",
+                &[&name],
+            )
+            .map_err(|e| fail("take the log over", e))?
+            .get(0);
+        let rows = client
+            .query(
+                "SELECT seq, record FROM concord_log WHERE name = $1 ORDER BY seq",
+                &[&name],
+            )
+            .map_err(|e| fail("read the log", e))?;
+        let mut next_seq = 0;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.get(0);
+            if seq != next_seq {
+                return Err(StoreError::Corrupt {
+                    path: PathBuf::from(&place),
+                    offset: next_seq as u64,
+                    detail: format!("record {next_seq} is missing (the next one is {seq})"),
+                });
+            }
+            next_seq = seq + 1;
+            records.push(row.get::<_, Vec<u8>>(1));
+        }
+        let log = PgLog {
+            client,
+            name: name.to_string(),
+            epoch,
+            next_seq,
+            place,
+            poisoned: None,
+        };
+        Ok((log, records))
+    }
+
+    /// This instance's fencing token (the log's epoch when it opened it).
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    fn check(&self, records: &[&[u8]]) -> Result<(), StoreError> {
+        if let Some(first) = &self.poisoned {
+            return Err(first.poisoned(&self.place));
+        }
+        match records.iter().map(|r| r.len()).max() {
+            Some(len) if len > PG_RECORD_BYTES_MAX => Err(StoreError::RecordTooLarge {
+                path: PathBuf::from(&self.place),
+                len,
+                max: PG_RECORD_BYTES_MAX,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, error: StoreError) -> StoreError {
+        self.poisoned = Some(error.clone());
+        error
+    }
+
+    fn fenced(&self) -> StoreError {
+        StoreError::Fenced {
+            store: self.place.clone(),
+            epoch: self.epoch as u64,
+        }
+    }
+
+    fn database(&self, op: &'static str, e: &postgres::Error) -> StoreError {
+        StoreError::Database {
+            store: self.place.clone(),
+            op,
+            detail: describe(e),
+        }
+    }
+}
+
+impl LogStore for PgLog {
+    fn append(&mut self, records: &[&[u8]]) -> Result<(), StoreError> {
+        self.check(records)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<&[u8]> = records.to_vec();
+        let inserted = self
+            .client
+            .execute(APPEND, &[&self.name, &self.epoch, &self.next_seq, &rows]);
+        match inserted {
+            Ok(n) if n == records.len() as u64 => {
+                self.next_seq += records.len() as i64;
+                Ok(())
+            }
+            Ok(_) => {
+                let error = self.fenced();
+                Err(self.poison(error))
+            }
+            Err(e) => {
+                let error = self.database("append", &e);
+                Err(self.poison(error))
+            }
+        }
+    }
+
+    /// Nothing to do: every append is durable when it returns.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.check(&[])
+    }
+
+    fn rewrite(&mut self, records: &[&[u8]]) -> Result<(), StoreError> {
+        self.check(records)?;
+        let rows: Vec<&[u8]> = records.to_vec();
+        let (name, epoch) = (self.name.clone(), self.epoch);
+        let result = (|| {
+            let mut tx = self.client.transaction()?;
+            let owner = tx.query_opt(
+                "SELECT epoch FROM concord_log_owner WHERE name = $1 AND epoch = $2 FOR SHARE",
+                &[&name, &epoch],
+            )?;
+            if owner.is_none() {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM concord_log WHERE name = $1", &[&name])?;
+            if !rows.is_empty() {
+                tx.execute(
+                    "INSERT INTO concord_log (name, seq, record) \
+                     SELECT $1, t.i - 1, t.r FROM unnest($2::bytea[]) WITH ORDINALITY AS t(r, i)",
+                    &[&name, &rows],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                self.next_seq = records.len() as i64;
+                Ok(())
+            }
+            Ok(false) => {
+                let error = self.fenced();
+                Err(self.poison(error))
+            }
+            Err(e) => {
+                let error = self.database("rewrite", &e);
+                Err(self.poison(error))
+            }
+        }
+    }
+}
+
+/// The DSN without a password (`password=…` or `user:pass@`).
+fn redact(dsn: &str) -> String {
+    if let Some((scheme, rest)) = dsn.split_once("://") {
+        if let Some((auth, host)) = rest.split_once('@') {
+            let user = auth.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}@{host}");
+        }
+        return dsn.to_string();
+    }
+    dsn.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=…"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The error with the server's message and SQLSTATE when there is one.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            redact("postgres://concord:s3cret@127.0.0.1:5432/db"),
+            "postgres://concord@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact("host=127.0.0.1 password=s3cret dbname=db"),
+            "host=127.0.0.1 password=… dbname=db"
+        );
+        assert_eq!(redact("postgres://127.0.0.1/db"), "postgres://127.0.0.1/db");
+    }
+}
