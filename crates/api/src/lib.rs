@@ -225,8 +225,8 @@ pub struct InDoubtBranch {
 }
 
 /// An operator action as asked: what, on which transaction, by whom, why,
-/// with the confirmation and the operator token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// with the confirmation and the operator token (never shown by `Debug`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorRequest {
     pub xid: Xid,
     pub action: AuditAction,
@@ -239,6 +239,20 @@ pub struct OperatorRequest {
     /// Filled in by the server when the request arrives (its wall clock),
     /// whatever the client sent: the node never reads a clock.
     pub at_unix_ms: u64,
+}
+
+impl std::fmt::Debug for OperatorRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorRequest")
+            .field("xid", &self.xid)
+            .field("action", &self.action)
+            .field("confirm", &self.confirm)
+            .field("operator", &self.operator)
+            .field("reason", &self.reason)
+            .field("token", &"…")
+            .field("at_unix_ms", &self.at_unix_ms)
+            .finish()
+    }
 }
 
 /// Why an operator action (or a heuristic decision at a participant) was

@@ -218,6 +218,8 @@ mod tests {
             Refusal::BadToken
         );
         assert!(ops.check(&request("secret", &xid)).is_ok());
+        // The token never reaches a log line through Debug.
+        assert!(!format!("{:?}", request("secret", &xid)).contains("secret"));
     }
 
     #[test]

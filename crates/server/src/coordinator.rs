@@ -138,6 +138,12 @@ pub async fn run_coordinator_until(
             )
         }
         Some(dsn) => {
+            if !config.data_dir.as_os_str().is_empty() {
+                tracing::info!(
+                    data_dir = %config.data_dir.display(),
+                    "--data-dir is not used: the log is in PostgreSQL (--store)"
+                );
+            }
             let (log, records) = open_pg_log(dsn, &config.node.id).await?;
             let place = format!(
                 "PostgreSQL, log {:?} (epoch {})",

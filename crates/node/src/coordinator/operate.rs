@@ -36,8 +36,15 @@ impl CoordinatorNode {
         now: Time,
         client: ClientId,
         request_id: u64,
-        request: OperatorRequest,
+        mut request: OperatorRequest,
     ) {
+        // A branch named by its participant's address is recorded (and
+        // asked) under the participant's id.
+        if let AuditAction::Heuristic { participant, .. } = &mut request.action {
+            if let Ok(id) = self.directory.resolve(participant) {
+                *participant = id;
+            }
+        }
         let checked = self
             .operators
             .check(&request)
