@@ -704,28 +704,15 @@ async fn transactions_are_listed_newest_first_filtered_and_paged() {
         // something changes; an age bound has no ETag.
         let first = call(&http, "GET", "/v1/transactions", None, "").await;
         let etag = first.header("etag").expect("an ETag").to_string();
-        let again = call_with(
-            &http,
-            "GET",
-            "/v1/transactions",
-            &format!("If-None-Match: {etag}\r\n"),
-            "",
-        )
-        .await;
+        let if_none_match = format!("If-None-Match: {etag}\r\n");
+        let again = call_with(&http, "GET", "/v1/transactions", &if_none_match, "").await;
         assert_eq!(again.status, 304, "{}", again.body);
         assert!(again.body.is_empty());
         let aged = call(&http, "GET", "/v1/transactions?min_age_ms=1", None, "").await;
         assert!(aged.header("etag").is_none());
         let r = call(&http, "POST", "/v1/transactions", None, TRANSFER).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let changed = call_with(
-            &http,
-            "GET",
-            "/v1/transactions",
-            &format!("If-None-Match: {etag}\r\n"),
-            "",
-        )
-        .await;
+        let changed = call_with(&http, "GET", "/v1/transactions", &if_none_match, "").await;
         assert_eq!(changed.status, 200);
         assert_ne!(changed.header("etag"), Some(etag.as_str()));
         call(&http, "GET", "/v1/transactions?xid_prefix=xyz", None, "")
