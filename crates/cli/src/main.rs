@@ -201,6 +201,12 @@ struct BenchArgs {
     /// same servers, and report both with their ratio.
     #[arg(long, default_value = "binary", value_parser = ["binary", "http"])]
     api: String,
+    /// `postgres`: after the runs with the coordinator's log in a file,
+    /// the same levels with it in a throwaway PostgreSQL cluster (fsync
+    /// on; `serve --store`), on new servers, and their ratio. Needs the
+    /// PostgreSQL server binaries (apt-get install -y postgresql).
+    #[arg(long, default_value = "file", value_parser = ["file", "postgres"])]
+    store: String,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
@@ -1873,6 +1879,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         baselines: !args.no_baselines,
         optimizations: args.optimizations,
         http_api: args.api == "http",
+        pg_store: args.store == "postgres",
         shape: match args.tree {
             Some(_) => concord_proto::Shape::Hierarchical,
             None => args.shape,

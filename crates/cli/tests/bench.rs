@@ -265,6 +265,39 @@ fn bench_measures_the_http_api_beside_the_binary_protocol() {
     );
 }
 
+/// `--store postgres`: the same levels again with the coordinator's log in
+/// a throwaway PostgreSQL cluster, durable, with their ratio.
+#[test]
+fn bench_measures_the_postgresql_store_beside_the_file_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = bench_json(
+        &[
+            "--store",
+            "postgres",
+            "--concurrency",
+            "1,4",
+            "--no-baselines",
+        ],
+        dir.path(),
+    );
+    let store = &report["pg_store"];
+    let runs = store["runs"]
+        .as_array()
+        .expect("runs with the PostgreSQL store");
+    assert_eq!(runs.len(), 2, "{store}");
+    for run in runs {
+        assert_eq!(run["durable"], Value::Bool(true), "{run}");
+        assert!(f(run, "committed") > 0.0, "{run}");
+        assert_uncontended(run);
+    }
+    let ratios = store["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2, "{store}");
+    assert!(
+        ratios.iter().all(|r| f(r, "throughput_ratio") > 0.0),
+        "{store}"
+    );
+}
+
 /// `--resource postgres`: throwaway clusters, the bare PostgreSQL 2PC
 /// client and concord on the same databases, both durable by the
 /// databases' own settings, with the ratio; the bench itself checks by

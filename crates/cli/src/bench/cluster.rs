@@ -35,6 +35,9 @@ pub struct ClusterSpec {
     /// PostgreSQL participants (`concord pg-participant`) instead of
     /// key-value ones: participant `i` serves the database `dsns[i]`.
     pub postgres: Option<PgParticipants>,
+    /// The coordinator's log in this PostgreSQL database (`--store`)
+    /// instead of a file.
+    pub coordinator_store: Option<String>,
 }
 
 /// The databases of PostgreSQL participants, and their connection pools.
@@ -125,6 +128,9 @@ impl Cluster {
         }
         if let Some(http) = &http {
             extra.extend(["--http-listen", http.as_str()]);
+        }
+        if let Some(dsn) = &spec.coordinator_store {
+            extra.extend(["--store", dsn.as_str()]);
         }
         let args = coordinator_args(
             &coordinator,

@@ -82,6 +82,9 @@ pub struct BenchOptions {
     /// Also run the main levels through the coordinator's HTTP API, on the
     /// same servers, after the binary protocol's runs (`--api http`).
     pub http_api: bool,
+    /// After the main runs, the same levels with the coordinator's log in
+    /// a throwaway PostgreSQL cluster (`--store postgres`).
+    pub pg_store: bool,
     /// What the participants run. PostgreSQL starts throwaway clusters and
     /// measures bare PostgreSQL 2PC against concord instead of the other
     /// baselines.
@@ -166,6 +169,12 @@ impl BenchOptions {
         if self.optimizations && self.cluster_size() < 2 {
             bail!("--optimizations needs at least 2 participants (a writer and a reader)");
         }
+        if self.pg_store && (self.existing.is_some() || self.resource == WorkResource::Postgres) {
+            bail!(
+                "--store postgres starts its own servers and database, with key-value \
+                 participants: drop --coordinator and --resource postgres"
+            );
+        }
         if self.existing.is_some() && self.http_api {
             bail!("--api http starts its own servers (with --http-listen); drop --coordinator");
         }
@@ -214,6 +223,7 @@ impl BenchOptions {
             http: self.http_api,
             root,
             postgres: None,
+            coordinator_store: None,
         }
     }
 
@@ -282,6 +292,37 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
+/// The main levels with the coordinator's log in a throwaway PostgreSQL
+/// cluster (fsync on), on servers of their own.
+async fn pg_store_runs(
+    options: &BenchOptions,
+    root: &std::path::Path,
+    everything: Branches,
+) -> anyhow::Result<Vec<RunResult>> {
+    eprintln!("starting a throwaway PostgreSQL cluster for the coordinator's log");
+    let db = tokio::task::spawn_blocking(|| {
+        concord_pgcluster::Cluster::start(&concord_pgcluster::ClusterOptions::default())
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("{e} (install the server: apt-get install -y postgresql)"))?;
+    let mut spec = options.cluster_spec(true, root.join("pg-store"));
+    spec.coordinator_store = Some(db.dsn());
+    let cluster = Cluster::start(&spec).await?;
+    let label = "durable, coordinator log in PostgreSQL";
+    let result = sweep(
+        options,
+        &cluster,
+        &options.concurrency,
+        everything,
+        label,
+        Via::Binary,
+    )
+    .await;
+    cluster.stop().await;
+    drop(db);
+    result
+}
+
 async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Result<BenchReport> {
     if options.resource == WorkResource::Postgres {
         return postgres::measure(options, root).await;
@@ -324,8 +365,16 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
     cluster.stop().await;
     let runs = runs?;
     let http_api = match http_runs {
-        Some(result) => Some(report::HttpComparison::new(result?, &runs)),
+        Some(result) => Some(report::Comparison::new(result?, &runs)),
         None => None,
+    };
+    let pg_store = if options.pg_store {
+        Some(report::Comparison::new(
+            pg_store_runs(options, root, everything).await?,
+            &runs,
+        ))
+    } else {
+        None
     };
 
     let mut fsync_baseline = None;
@@ -440,6 +489,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         relay_baseline,
         optimizations,
         http_api,
+        pg_store,
         postgres: None,
     })
 }

@@ -231,6 +231,7 @@ pub(super) async fn measure(options: &BenchOptions, root: &Path) -> anyhow::Resu
         relay_baseline: None,
         optimizations: Vec::new(),
         http_api: None,
+        pg_store: None,
         postgres: Some(comparison),
     })
 }

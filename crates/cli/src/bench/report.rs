@@ -234,19 +234,23 @@ pub struct BenchReport {
     pub optimizations: Vec<Optimization>,
     /// The main levels again through the HTTP API (`--api http`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_api: Option<HttpComparison>,
+    pub http_api: Option<Comparison>,
+    /// The main levels again with the coordinator's log in PostgreSQL
+    /// (`--store postgres`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_store: Option<Comparison>,
     /// `--resource postgres`: the bare PostgreSQL 2PC baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PgComparison>,
 }
 
-/// The same workload through the HTTP API, on the same servers, after
-/// the binary protocol's runs.
+/// The same levels run another way after the main runs (through the
+/// HTTP API, or with the coordinator's log in PostgreSQL), against them.
 #[derive(Clone, Debug, Serialize)]
-pub struct HttpComparison {
+pub struct Comparison {
     pub runs: Vec<RunResult>,
-    /// Per level: HTTP throughput over the binary protocol's, and the p50
-    /// it adds (ms).
+    /// Per level: this throughput over the main runs', and the p50 it
+    /// adds (ms).
     pub ratios: Vec<LevelRatio>,
 }
 
@@ -276,10 +280,27 @@ impl LevelRatio {
     }
 }
 
-impl HttpComparison {
-    pub fn new(runs: Vec<RunResult>, binary: &[RunResult]) -> HttpComparison {
-        let ratios = LevelRatio::per_level(&runs, binary);
-        HttpComparison { runs, ratios }
+impl Comparison {
+    pub fn new(runs: Vec<RunResult>, main: &[RunResult]) -> Comparison {
+        let ratios = LevelRatio::per_level(&runs, main);
+        Comparison { runs, ratios }
+    }
+
+    /// Its runs and each level's ratio, indented, `than` naming the main
+    /// runs.
+    fn text(&self, out: &mut String, than: &str) {
+        for line in run_table(&self.runs).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+        for r in &self.ratios {
+            let _ = writeln!(
+                out,
+                "  concurrency {}: {:.0}% of {than} throughput, p50 {:+.2} ms",
+                r.concurrency,
+                r.throughput_ratio * 100.0,
+                r.extra_p50_ms
+            );
+        }
     }
 }
 
@@ -537,18 +558,15 @@ impl BenchReport {
                 out,
                 "through the HTTP API (POST /v1/transactions, one keep-alive connection per task, same servers, durable; no memo payload; msg counts the HTTP request and response as 2):"
             );
-            for line in run_table(&http.runs).lines() {
-                let _ = writeln!(out, "  {line}");
-            }
-            for r in &http.ratios {
-                let _ = writeln!(
-                    out,
-                    "  concurrency {}: {:.0}% of the binary protocol's throughput, p50 {:+.2} ms",
-                    r.concurrency,
-                    r.throughput_ratio * 100.0,
-                    r.extra_p50_ms
-                );
-            }
+            http.text(&mut out, "the binary protocol's");
+        }
+        if let Some(store) = &self.pg_store {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "with the coordinator's log in PostgreSQL (--store postgres://…: a throwaway cluster on this machine, fsync on, synchronous_commit on; every append durable when it returns; new servers):"
+            );
+            store.text(&mut out, "the file store's");
         }
         if let Some(best) = self.best() {
             let _ = writeln!(out);
