@@ -5,7 +5,8 @@
 //! second instance of the same coordinator taking the log over fences
 //! the first, which stops (fail-stop) at its next write instead of
 //! deciding anything more, and whose half-begun transaction the new owner
-//! aborts.
+//! aborts; and the database stopped: the coordinator answers "store
+//! unavailable", decides nothing, and resumes by itself once it is back.
 
 mod common;
 
@@ -20,7 +21,7 @@ fn database() -> PgCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_log_in_postgresql_survives_kill_9_and_fences_a_stale_instance() {
-    let db = database();
+    let mut db = database();
     bounded(async {
         let mut cluster = Cluster::new(2, 4, 1_000);
         cluster.coordinator_flags = vec!["--store".into(), db.dsn()];
@@ -99,6 +100,48 @@ async fn the_coordinator_log_in_postgresql_survives_kill_9_and_fences_a_stale_in
         assert_eq!(r.outcome, concord_api::Outcome::Committed);
         let reports = cluster.wait_settled(Duration::from_secs(20)).await;
         assert_conserved(&cluster, &reports);
+
+        // The database down: the coordinator stops deciding but keeps
+        // answering, "store unavailable", and resumes by itself once the
+        // database is back; what was in flight is resolved.
+        db.stop_immediate().expect("stop the database");
+        let during = client.transfer(("p0", "acct-1"), ("p1", "acct-3"), 1).await;
+        assert!(during.is_err(), "decided without its store: {during:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer = match concord_client::Client::connect(&cluster.coordinator.addr).await {
+                Ok(c) => c.transfer(("p0", "acct-1"), ("p1", "acct-3"), 1).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Err(e) if e.to_string().contains("store unavailable") => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "never said store unavailable: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        db.restart().expect("start the database again");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = match concord_client::Client::connect(&cluster.coordinator.addr).await {
+                Ok(c) => c.transfer(("p0", "acct-2"), ("p1", "acct-3"), 1).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) if r.outcome == concord_api::Outcome::Committed => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "did not resume after the database came back: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let reports = cluster.wait_settled(Duration::from_secs(20)).await;
+        assert_conserved(&cluster, &reports);
+        let text = std::fs::read_to_string(cluster.log_path("coordinator")).unwrap_or_default();
+        assert!(text.contains("the store answers again"), "{text}");
     })
     .await;
 }

@@ -116,12 +116,127 @@ pub async fn run_coordinator(config: CoordinatorServerConfig) -> anyhow::Result<
 
 /// Run a coordinator until `shutdown` completes, then stop accepting,
 /// write out the log and return. Returns an error if start-up fails or the
-/// log fails (fail-stop: restart to recover).
+/// log fails (fail-stop: restart to recover), with one exception: with
+/// the log in PostgreSQL (`--store`), a database that cannot be reached
+/// stops the coordinator deciding, but not the process. It answers every
+/// request "store unavailable" meanwhile, tries the database again with
+/// backoff, and once it answers starts over from the log (recovery, as
+/// after a restart). A fenced instance (another one took the log over)
+/// stops for good.
 pub async fn run_coordinator_until(
     config: CoordinatorServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let mut shutdown = Box::pin(shutdown);
+    loop {
+        let error = match serve_once(&config, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(why) = store_unavailable(&config, &error) else {
+            return Err(error);
+        };
+        tracing::error!(
+            "the coordinator's store is unavailable: {why}; not deciding until it is back \
+             (answering every request \"store unavailable\")"
+        );
+        if !unavailable_until_store_returns(&config, &why, &mut shutdown).await? {
+            return Ok(()); // shut down meanwhile
+        }
+        tracing::info!("the store answers again: recovering from the log");
+    }
+}
+
+/// Why the store is unavailable, if `error` is that: a PostgreSQL store
+/// that could not be reached or failed a statement (a fenced one is not:
+/// that instance must stop).
+fn store_unavailable(config: &CoordinatorServerConfig, error: &anyhow::Error) -> Option<String> {
+    config.store.as_ref()?;
+    let store_error = match error.downcast_ref::<crate::driver::LogFailed>() {
+        Some(failed) => &failed.error,
+        None => error.downcast_ref::<concord_store::StoreError>()?,
+    };
+    let cause = match store_error {
+        concord_store::StoreError::Poisoned { first, .. } => first.as_ref(),
+        other => other,
+    };
+    match cause {
+        concord_store::StoreError::Database { .. } => Some(cause.to_string()),
+        _ => None,
+    }
+}
+
+/// While the store is away: serve the ports, answering every request with
+/// "store unavailable" (the HTTP API: 503), and try the database with
+/// backoff. True once it answers; false if `shutdown` came first.
+async fn unavailable_until_store_returns(
+    config: &CoordinatorServerConfig,
+    why: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<bool> {
+    let Some(dsn) = config.store.clone() else {
+        return Ok(false);
+    };
+    let (network, incoming) =
+        conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
+    let (mut incoming, http, _to_driver) = crate::http::attach(
+        config.http.as_ref(),
+        crate::http::Role::Coordinator,
+        incoming,
+        false,
+    )
+    .await?;
+    let message = format!(
+        "store unavailable: {why}; this coordinator is not deciding, and resumes by itself once \
+         the store is back: retry later"
+    );
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut next_try = tokio::time::Instant::now() + delay;
+    let back = loop {
+        tokio::select! {
+            event = incoming.recv() => match event {
+                Some(Inbound::Request { request, reply }) => reply.send(&Reply::Error {
+                    request_id: request.request_id(),
+                    message: message.clone(),
+                }),
+                Some(Inbound::Scrape(answer)) => {
+                    let _ = answer.send(format!("# {message}\n# EOF\n"));
+                }
+                Some(_) => {} // peers retry; nothing is decided meanwhile
+                None => break false,
+            },
+            _ = tokio::time::sleep_until(next_try) => {
+                let probe = dsn.clone();
+                let answered = tokio::task::spawn_blocking(move || {
+                    std::thread::spawn(move || concord_store::PgLog::probe(&probe).is_ok())
+                        .join()
+                        .unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                if answered {
+                    break true;
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                next_try = tokio::time::Instant::now() + delay;
+            }
+            _ = &mut *shutdown => break false,
+        }
+    };
+    if let Some(http) = http {
+        http.abort();
+    }
+    conn::shutdown(&network).await;
+    Ok(back)
+}
+
+/// One life of the coordinator: open the log, recover, serve until
+/// `shutdown` or a failure.
+async fn serve_once(
+    config: &CoordinatorServerConfig,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<()> {
     let clock = Clock::start();
     let (log, records, place): (Box<dyn concord_store::LogStore>, _, _) = match &config.store {
         None => {
@@ -224,7 +339,7 @@ pub async fn run_coordinator_until(
         http_participants,
         to_driver,
     };
-    let result = driver.run(incoming, log_rx, shutdown).await;
+    let result = driver.run(incoming, log_rx, &mut *shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
     // (every record pushed so far becomes durable), then let the transport
     // flush queued replies and messages and close. Clients still waiting
@@ -515,7 +630,8 @@ async fn open_pg_log(
             .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
     })
     .await??;
-    let (log, raw) = opened.map_err(|e| anyhow::anyhow!("cannot open the coordinator log: {e}"))?;
+    // Typed: a database that cannot be reached is waited for.
+    let (log, raw) = opened.map_err(anyhow::Error::new)?;
     let mut records = Vec::with_capacity(raw.len());
     for (index, bytes) in raw.iter().enumerate() {
         let record: CoordinatorRecord =

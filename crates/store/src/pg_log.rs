@@ -133,6 +133,22 @@ impl PgLog {
         Ok((log, records))
     }
 
+    /// Whether the database at `dsn` answers (a connection and a
+    /// `SELECT 1`), without touching any log: for waiting until it is back.
+    pub fn probe(dsn: &str) -> Result<(), StoreError> {
+        let fail = |op: &'static str, e: postgres::Error| StoreError::Database {
+            store: redact(dsn),
+            op,
+            detail: describe(&e),
+        };
+        let mut client =
+            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
+        client
+            .simple_query("SELECT 1")
+            .map_err(|e| fail("SELECT 1", e))?;
+        Ok(())
+    }
+
     /// This instance's fencing token (the log's epoch when it opened it).
     pub fn epoch(&self) -> i64 {
         self.epoch

@@ -556,7 +556,7 @@ fn branch_works(branches: Vec<BranchBody>) -> Result<Vec<(String, Vec<u8>)>, Api
 /// An error reply from the node: busy (an admission limit: 503 with
 /// Retry-After) or a request it cannot carry out (400).
 fn refused(message: String) -> ApiError {
-    if message.starts_with("busy") {
+    if message.starts_with("busy") || message.starts_with("store unavailable") {
         ApiError::unavailable(message, 1)
     } else {
         ApiError::bad_request(message)
