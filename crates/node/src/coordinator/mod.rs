@@ -2086,6 +2086,149 @@ mod tests {
         })
     }
 
+    fn operator(xid: Xid, action: concord_proto::AuditAction, token: &str) -> Request {
+        Request::Operator {
+            request_id: 9,
+            action: concord_api::OperatorRequest {
+                xid,
+                action,
+                confirm: xid.to_string(),
+                operator: "alice".into(),
+                reason: "test".into(),
+                token: token.into(),
+                at_unix_ms: 1,
+            },
+        }
+    }
+
+    fn refusal(actions: &[CoordinatorNodeAction]) -> Option<(concord_api::Refusal, String)> {
+        replies(actions).into_iter().find_map(|(_, r)| match r {
+            Reply::Refused {
+                refusal, message, ..
+            } => Some((refusal, message)),
+            _ => None,
+        })
+    }
+
+    /// Operator actions in the node: refused while the protocol will
+    /// finish the transaction by itself (nothing recorded); retry now on a
+    /// COMMIT being delivered sends it again only once its first audit
+    /// record is durable, and answers only once the second is; a heuristic
+    /// decision for a transaction this coordinator does not hold goes to
+    /// the participant, under its id even when named by its address.
+    #[test]
+    fn operator_actions_are_checked_recorded_then_carried_out() {
+        use concord_proto::AuditAction;
+        let mut node = CoordinatorNode::recover(
+            CoordinatorNodeConfig {
+                operator_token: Some("t".into()),
+                ..config()
+            },
+            vec![],
+            Time(0),
+        );
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(0), ClientId(1), begin_request(1));
+        let actions: Vec<_> = node.drain_actions().collect();
+        let [(_, Reply::Begun { xid, .. })] = replies(&actions)[..] else {
+            panic!("expected Begun: {actions:?}");
+        };
+        // Collecting votes: neither action is needed.
+        node.on_request(
+            Time(1),
+            ClientId(2),
+            operator(xid, AuditAction::RetryNow, "t"),
+        );
+        let actions: Vec<_> = node.drain_actions().collect();
+        let (why, message) = refusal(&actions).expect("refused");
+        assert_eq!(why, concord_api::Refusal::NotNeeded);
+        assert!(message.contains("not decided yet"), "{message}");
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, CoordinatorNodeAction::Persist { .. })));
+        let heuristic = AuditAction::Heuristic {
+            participant: "bank-a".into(),
+            decision: Decision::Abort,
+        };
+        node.on_request(Time(1), ClientId(2), operator(xid, heuristic.clone(), "t"));
+        let (_, message) = refusal(&node.drain_actions().collect::<Vec<_>>()).expect("refused");
+        assert!(message.contains("not decided yet"), "{message}");
+        // Decided COMMIT, bank-b's ACK outstanding: a heuristic is refused,
+        // retry now is done.
+        vote_ready(&mut node, Time(2), xid, "bank-a", A);
+        vote_ready(&mut node, Time(2), xid, "bank-b", B);
+        let ticket = forced_ticket(&node.drain_actions().collect::<Vec<_>>()).expect("COMMIT");
+        node.on_durable(Time(3), ticket);
+        node.drain_actions().for_each(drop);
+        from_peer(&mut node, Time(4), xid, ("bank-a", A), Body::Ack);
+        node.drain_actions().for_each(drop);
+        node.on_request(Time(5), ClientId(3), operator(xid, heuristic, "t"));
+        let (_, message) = refusal(&node.drain_actions().collect::<Vec<_>>()).expect("refused");
+        assert!(message.contains("decided COMMIT"), "{message}");
+        node.on_request(
+            Time(5),
+            ClientId(4),
+            operator(xid, AuditAction::RetryNow, "t"),
+        );
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, CoordinatorNodeAction::Send { .. })),
+            "nothing sent before the audit record is durable"
+        );
+        let first = forced_ticket(&actions).expect("first audit record forced");
+        node.on_durable(Time(6), first);
+        let actions: Vec<_> = node.drain_actions().collect();
+        let resent: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorNodeAction::Send { to, message, .. }
+                    if message.body == Body::Decision(Decision::Commit) =>
+                {
+                    Some(to.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resent, vec!["bank-b"], "only the branch that has not ACKed");
+        assert!(
+            replies(&actions).is_empty(),
+            "answered once the result is durable"
+        );
+        let second = forced_ticket(&actions).expect("second audit record forced");
+        node.on_durable(Time(7), second);
+        let actions: Vec<_> = node.drain_actions().collect();
+        match &replies(&actions)[..] {
+            [(ClientId(4), Reply::Operator { entry, .. })] => {
+                let result = entry.result.as_ref().expect("result");
+                assert!(result.ok && result.detail.contains("bank-b"), "{entry:?}");
+            }
+            other => panic!("expected the audit entry: {other:?}"),
+        }
+        // A transaction this coordinator never had: asked of the
+        // participant, named here by its address.
+        let other = Xid(0xfeed);
+        let by_address = AuditAction::Heuristic {
+            participant: A.into(),
+            decision: Decision::Abort,
+        };
+        node.on_request(Time(8), ClientId(5), operator(other, by_address, "t"));
+        let ticket = forced_ticket(&node.drain_actions().collect::<Vec<_>>()).expect("audit");
+        node.on_durable(Time(9), ticket);
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                CoordinatorNodeAction::AskParticipant { to, ask: ParticipantAsk::Heuristic { .. }, .. }
+                    if to == "bank-a"
+            )),
+            "{actions:?}"
+        );
+        let trail = node.operators.entries();
+        assert_eq!(trail.len(), 2, "refusals are not recorded");
+    }
+
     /// A begin retried with its key while the transaction runs and after it
     /// ended gets the same xid and outcome, and no second transaction; the
     /// key with another request is refused.
