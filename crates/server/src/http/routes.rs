@@ -191,24 +191,29 @@ async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The coordinator's event loop answers", body = serde_json::Value),
-        (status = 503, description = "It did not answer within 1 s", body = Problem,
+        (status = 503, description = "It did not answer within 1 s, or its store is unavailable", body = Problem,
             content_type = "application/problem+json"),
     ))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     let request_id = api.request_id();
+    // An error answer is not ready either: the coordinator's store is
+    // unavailable and it decides nothing (see `run_coordinator_until`).
     let answered = match api.submit(Request::ListInFlight { request_id }) {
-        Ok(mut rx) => tokio::time::timeout(Duration::from_secs(1), rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .is_some(),
+        Ok(mut rx) => matches!(
+            tokio::time::timeout(Duration::from_secs(1), rx.recv()).await,
+            Ok(Some(Reply::InFlight { .. }))
+        ),
         Err(_) => false,
     };
     if answered {
         json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
     } else {
-        ApiError::unavailable("the coordinator's event loop did not answer within 1 s", 1)
-            .into_response()
+        ApiError::unavailable(
+            "the coordinator's event loop did not answer within 1 s, or its store is \
+             unavailable (it decides nothing until the store is back)",
+            1,
+        )
+        .into_response()
     }
 }
 
