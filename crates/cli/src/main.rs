@@ -321,13 +321,21 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR", required_unless_present = "store")]
     data_dir: Option<PathBuf>,
     /// Keep the log in a PostgreSQL database instead of --data-dir:
-    /// postgres://USER@HOST:PORT/DB. The log is named by --name; opening it
-    /// takes it over (its epoch goes up), and every write is fenced by that
-    /// epoch, so an instance that another one took the log from can never
-    /// write to it again. Every append is durable when PostgreSQL answers
+    /// postgres://USER@HOST:PORT/DB. Any number of instances (each with
+    /// its own --name) may share one database: each holds its own log
+    /// under a lease (--lease) and takes over the log of an instance whose
+    /// lease ran out, with a higher epoch; every write is fenced by epoch
+    /// and lease, so an instance that lost its log can never write to it
+    /// again. Every append is durable when PostgreSQL answers
     /// (synchronous_commit on).
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     store: Option<String>,
+    /// With --store: how long a lease on a log lasts, by the database's
+    /// clock. Renewed every quarter of it; another instance takes the log
+    /// over once it ran out, so it bounds how long transactions of a dead
+    /// instance wait. E.g. 2s, 5s.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    lease: u64,
     /// A participant as NAME=ADDR (repeat for each). NAME is the
     /// participant's --name, ADDR where to find it (its --listen or
     /// --advertise); if it moves, it says so and is found at the new
@@ -1114,6 +1122,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<CoordinatorServerConfig> {
     let data_dir = args.data_dir.unwrap_or_default();
     let mut config = CoordinatorServerConfig::new(args.listen, data_dir, participants);
     config.store = args.store;
+    config.lease.lease_ms = args.lease;
     config.node.attention_after_ms = args.attention_after;
     config.node.timelines_max = args.timelines_max;
     if let Some(path) = &args.operator_token_file {

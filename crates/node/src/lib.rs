@@ -19,6 +19,8 @@
 //! - [`listing`]: which transactions a list shows, in pages.
 //! - [`open`]: open-ended transactions and their lifetimes.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
+//! - [`lease`]: which coordinator logs an instance runs when several share
+//!   one store: acquire, renew, adopt, hand back.
 //!
 //! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
 //! drive these same types: events in with `now`, actions out. So every
@@ -33,6 +35,7 @@ pub mod directory;
 pub mod hello;
 pub mod idempotency;
 pub mod latency;
+pub mod lease;
 pub mod listing;
 pub mod open;
 pub mod operator;

@@ -272,6 +272,20 @@ impl Coordinator {
         records: impl IntoIterator<Item = CoordinatorRecord>,
         now: Time,
     ) -> Coordinator {
+        Coordinator::recover_at_least(config, records, now, 0)
+    }
+
+    /// [`Coordinator::recover`] with an epoch of at least `epoch_floor`:
+    /// the fencing token a shared store granted this instance. Two
+    /// instances that took one log over one after the other then never
+    /// share an epoch, even when the first one's epoch record never became
+    /// durable (participants tell them apart only by it).
+    pub fn recover_at_least(
+        config: CoordinatorConfig,
+        records: impl IntoIterator<Item = CoordinatorRecord>,
+        now: Time,
+        epoch_floor: Epoch,
+    ) -> Coordinator {
         let mut last_epoch = 0;
         let mut begun: HashMap<Xid, Vec<NodeId>> = HashMap::new();
         let mut committed: HashMap<Xid, Vec<NodeId>> = HashMap::new();
@@ -317,7 +331,7 @@ impl Coordinator {
                 CoordinatorRecord::Peer { .. } | CoordinatorRecord::Audit(_) => {}
             }
         }
-        let epoch = last_epoch + 1;
+        let epoch = (last_epoch + 1).max(epoch_floor);
         let mut coordinator = Coordinator {
             recovered: Vec::new(),
             config,

@@ -612,3 +612,25 @@ fn compaction_snapshot_keeps_the_epoch_undecided_and_unended_transactions_only()
         "{actions:?}"
     );
 }
+
+/// §1.8: a life over a log taken from a shared store runs at least at the
+/// epoch the store granted, even when the log's own epoch records say
+/// less (the previous holder's epoch record may never have become
+/// durable); without a grant the epoch is one above the log's.
+#[test]
+fn recovery_runs_at_the_epoch_the_store_granted_or_above() {
+    let records = vec![CoordinatorRecord::Epoch { epoch: 3 }];
+    let granted = Coordinator::recover_at_least(config(), records.clone(), ms(0), 9);
+    assert_eq!(granted.epoch(), 9);
+    let below = Coordinator::recover_at_least(config(), records.clone(), ms(0), 2);
+    assert_eq!(below.epoch(), 4);
+    assert_eq!(Coordinator::recover(config(), records, ms(0)).epoch(), 4);
+    let mut granted = granted;
+    assert!(granted.drain_actions().any(|a| matches!(
+        a,
+        CoordinatorAction::Persist {
+            record: CoordinatorRecord::Epoch { epoch: 9 },
+            ..
+        }
+    )));
+}

@@ -173,10 +173,20 @@ pub(crate) async fn serve(
     backlog: u32,
     config: NetConfig,
 ) -> anyhow::Result<(Network, Incoming)> {
+    let (network, incoming, _) = serve_at(listen, backlog, config).await?;
+    Ok((network, incoming))
+}
+
+/// [`serve`], also returning the address bound (port 0 picks one).
+pub(crate) async fn serve_at(
+    listen: &str,
+    backlog: u32,
+    config: NetConfig,
+) -> anyhow::Result<(Network, Incoming, std::net::SocketAddr)> {
     validate_net_config(&config)?;
     let addr = resolve(listen).await?;
     let (network, frames) = Network::try_new(config)?;
-    network
+    let bound = network
         .listen(addr, backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let incoming = Incoming {
@@ -184,7 +194,7 @@ pub(crate) async fn serve(
         frames,
         local: None,
     };
-    Ok((network, incoming))
+    Ok((network, incoming, bound))
 }
 
 /// Decoded events from every incoming connection. The network's queue

@@ -64,8 +64,12 @@ pub struct CoordinatorServerConfig {
     /// The HTTP/JSON API (`--http-listen`); off when `None`.
     pub http: Option<crate::http::HttpConfig>,
     /// `--store postgres://…`: the log in that database (log name: the
-    /// coordinator's `--name`) instead of a file in `data_dir`.
+    /// coordinator's `--name`) instead of a file in `data_dir`, held
+    /// under a lease; several instances then share the work (see
+    /// [`crate::instance`]).
     pub store: Option<String>,
+    /// `--lease`: how long a lease on a log in the shared store lasts.
+    pub lease: concord_node::lease::LeaseConfig,
 }
 
 impl CoordinatorServerConfig {
@@ -93,6 +97,7 @@ impl CoordinatorServerConfig {
             fsync: true,
             http: None,
             store: None,
+            lease: concord_node::lease::LeaseConfig::default(),
         }
     }
 
@@ -105,6 +110,7 @@ impl CoordinatorServerConfig {
             );
         }
         self.node.validate().map_err(anyhow::Error::msg)?;
+        self.lease.validate().map_err(anyhow::Error::msg)?;
         crate::conn::validate_net_config(&self.net)
     }
 }
@@ -116,68 +122,30 @@ pub async fn run_coordinator(config: CoordinatorServerConfig) -> anyhow::Result<
 
 /// Run a coordinator until `shutdown` completes, then stop accepting,
 /// write out the log and return. Returns an error if start-up fails or the
-/// log fails (fail-stop: restart to recover), with one exception: with
-/// the log in PostgreSQL (`--store`), a database that cannot be reached
-/// stops the coordinator deciding, but not the process. It answers every
-/// request "store unavailable" meanwhile, tries the database again with
-/// backoff, and once it answers starts over from the log (recovery, as
-/// after a restart). A fenced instance (another one took the log over)
-/// stops for good.
+/// log fails (fail-stop: restart to recover). With the log in PostgreSQL
+/// (`--store`) the process is one instance of several that share the
+/// store ([`crate::instance`]): a database that cannot be reached stops it
+/// deciding but not the process, and it resumes by itself.
 pub async fn run_coordinator_until(
     config: CoordinatorServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    if config.store.is_some() {
+        return crate::instance::run_instance_until(config, shutdown).await;
+    }
     let mut shutdown = Box::pin(shutdown);
-    loop {
-        let error = match serve_once(&config, &mut shutdown).await {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        let Some(why) = store_unavailable(&config, &error) else {
-            return Err(error);
-        };
-        tracing::error!(
-            "the coordinator's store is unavailable: {why}; not deciding until it is back \
-             (answering every request \"store unavailable\")"
-        );
-        if !unavailable_until_store_returns(&config, &why, &mut shutdown).await? {
-            return Ok(()); // shut down meanwhile
-        }
-        tracing::info!("the store answers again: recovering from the log");
-    }
+    serve_once(&config, None, &mut shutdown).await
 }
 
-/// Why the store is unavailable, if `error` is that: a PostgreSQL store
-/// that could not be reached or failed a statement (a fenced one is not:
-/// that instance must stop).
-fn store_unavailable(config: &CoordinatorServerConfig, error: &anyhow::Error) -> Option<String> {
-    config.store.as_ref()?;
-    let store_error = match error.downcast_ref::<crate::driver::LogFailed>() {
-        Some(failed) => &failed.error,
-        None => error.downcast_ref::<concord_store::StoreError>()?,
-    };
-    let cause = match store_error {
-        concord_store::StoreError::Poisoned { first, .. } => first.as_ref(),
-        other => other,
-    };
-    match cause {
-        concord_store::StoreError::Database { .. } => Some(cause.to_string()),
-        _ => None,
-    }
-}
-
-/// While the store is away: serve the ports, answering every request with
-/// "store unavailable" (the HTTP API: 503), and try the database with
-/// backoff. True once it answers; false if `shutdown` came first.
-async fn unavailable_until_store_returns(
+/// While this instance runs no coordinator over its own log: serve its
+/// ports, answering every request with `message` (the HTTP API: 503),
+/// until `until` completes.
+pub(crate) async fn serve_unavailable(
     config: &CoordinatorServerConfig,
-    why: &str,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> anyhow::Result<bool> {
-    let Some(dsn) = config.store.clone() else {
-        return Ok(false);
-    };
+    message: String,
+    until: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (network, incoming) =
         conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     let (mut incoming, http, _to_driver) = crate::http::attach(
@@ -187,13 +155,8 @@ async fn unavailable_until_store_returns(
         false,
     )
     .await?;
-    let message = format!(
-        "store unavailable: {why}; this coordinator is not deciding, and resumes by itself once \
-         the store is back: retry later"
-    );
-    let mut delay = std::time::Duration::from_millis(200);
-    let mut next_try = tokio::time::Instant::now() + delay;
-    let back = loop {
+    tokio::pin!(until);
+    loop {
         tokio::select! {
             event = incoming.recv() => match event {
                 Some(Inbound::Request { request, reply }) => reply.send(&Reply::Error {
@@ -204,37 +167,32 @@ async fn unavailable_until_store_returns(
                     let _ = answer.send(format!("# {message}\n# EOF\n"));
                 }
                 Some(_) => {} // peers retry; nothing is decided meanwhile
-                None => break false,
+                None => break,
             },
-            _ = tokio::time::sleep_until(next_try) => {
-                let probe = dsn.clone();
-                let answered = tokio::task::spawn_blocking(move || {
-                    std::thread::spawn(move || concord_store::PgLog::probe(&probe).is_ok())
-                        .join()
-                        .unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false);
-                if answered {
-                    break true;
-                }
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                next_try = tokio::time::Instant::now() + delay;
-            }
-            _ = &mut *shutdown => break false,
+            _ = &mut until => break,
         }
-    };
+    }
     if let Some(http) = http {
         http.abort();
     }
     conn::shutdown(&network).await;
-    Ok(back)
+    Ok(())
+}
+
+/// A life over a log held under a lease in the shared store.
+pub(crate) struct Leased {
+    /// The fencing token the lease came with: the log opens at it, and
+    /// the protocol's epoch is at least it.
+    pub epoch: u64,
+    /// Transactions in flight, kept current for the lease keeper.
+    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One life of the coordinator: open the log, recover, serve until
 /// `shutdown` or a failure.
-async fn serve_once(
+pub(crate) async fn serve_once(
     config: &CoordinatorServerConfig,
+    leased: Option<Leased>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<()> {
     let clock = Clock::start();
@@ -259,7 +217,8 @@ async fn serve_once(
                     "--data-dir is not used: the log is in PostgreSQL (--store)"
                 );
             }
-            let (log, records) = open_pg_log(dsn, &config.node.id).await?;
+            let epoch = leased.as_ref().map(|l| l.epoch);
+            let (log, records) = open_pg_log(dsn, &config.node.id, epoch).await?;
             let place = format!(
                 "PostgreSQL, log {:?} (epoch {})",
                 config.node.id,
@@ -269,7 +228,19 @@ async fn serve_once(
         }
     };
     let record_count = records.len();
-    let node = CoordinatorNode::recover(config.node.clone(), records, clock.now());
+    // Bound before recovery so that an adopted log's coordinator (port 0)
+    // knows its address; nothing is read from the listener until the
+    // driver runs, after recovery, so no INQUIRE is answered before it.
+    let (network, incoming, bound) =
+        conn::serve_at(&config.listen, config.listen_backlog, config.net.clone()).await?;
+    let mut node_config = config.node.clone();
+    if config.advertise.is_none() && config.listen.ends_with(":0") {
+        node_config.addr = bound.to_string();
+    }
+    if let Some(leased) = &leased {
+        node_config.epoch_floor = leased.epoch;
+    }
+    let node = CoordinatorNode::recover(node_config, records, clock.now());
     tracing::info!(
         store = %place,
         records = record_count,
@@ -287,9 +258,6 @@ async fn serve_once(
         config.fsync,
     );
 
-    // Recovery is loaded: now it is safe to answer INQUIREs.
-    let (network, incoming) =
-        conn::serve(&config.listen, config.listen_backlog, config.net.clone()).await?;
     let has_http_participants = config
         .node
         .participants
@@ -311,7 +279,7 @@ async fn serve_once(
     tracing::info!(
         name = %config.node.id,
         listen = %config.listen,
-        advertise = %config.node.addr,
+        advertise = %node.addr(),
         participants = %config
             .node
             .participants
@@ -322,22 +290,19 @@ async fn serve_once(
         "coordinator serving"
     );
     let incarnation = node.incarnation();
+    let addr = node.addr().to_string();
     let mut driver = CoordinatorDriver {
         node,
         clock,
         timers: Timers::default(),
         log,
-        outbox: Outbox::new(
-            network.clone(),
-            &config.node.id,
-            &config.node.addr,
-            incarnation,
-        ),
+        outbox: Outbox::new(network.clone(), &config.node.id, &addr, incarnation),
         clients: HashMap::new(),
         next_client: 0,
         metrics,
         http_participants,
         to_driver,
+        in_flight: leased.map(|l| l.in_flight),
     };
     let result = driver.run(incoming, log_rx, &mut *shutdown).await;
     // Graceful stop: the driver takes no more events; write out the log
@@ -382,6 +347,8 @@ struct CoordinatorDriver {
     http_participants: Option<HttpParticipants>,
     /// Events from inside the process (answers to operator actions).
     to_driver: Option<mpsc::Sender<Inbound>>,
+    /// Transactions in flight, for the lease keeper (shared store only).
+    in_flight: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl DriverNode for CoordinatorDriver {
@@ -490,6 +457,12 @@ impl CoordinatorDriver {
 
     /// Carry out the node's actions, in order.
     fn drain_actions(&mut self) {
+        if let Some(gauge) = &self.in_flight {
+            gauge.store(
+                self.node.in_flight() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let actions: Vec<CoordinatorNodeAction> = self.node.drain_actions().collect();
         for action in actions {
             match action {
@@ -622,12 +595,16 @@ async fn ask_participant(to: &str, addr: &str, ask: ParticipantAsk) -> Result<Re
 async fn open_pg_log(
     dsn: &str,
     name: &str,
+    leased_at: Option<u64>,
 ) -> anyhow::Result<(concord_store::PgLog, Vec<CoordinatorRecord>)> {
     let (dsn, owned) = (dsn.to_string(), name.to_string());
     let opened = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || concord_store::PgLog::open(&dsn, &owned))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
+        std::thread::spawn(move || match leased_at {
+            Some(epoch) => concord_store::PgLog::open_leased(&dsn, &owned, epoch),
+            None => concord_store::PgLog::open(&dsn, &owned),
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
     })
     .await??;
     // Typed: a database that cannot be reached is waited for.

@@ -15,6 +15,8 @@
 //!   heartbeating connection per peer, repaired on reset).
 //! - [`failpoint`]: `CONCORD_FAILPOINT` crash points for kill -9 tests.
 //! - [`http`]: the coordinator's HTTP/JSON API (`--http-listen`).
+//! - `instance`: one coordinator instance of several over a shared
+//!   PostgreSQL store (leases, takeover, hand-back).
 //!
 //! The servers are library functions so that tests, `concord demo` and
 //! `concord bench` start them the same way the binary does (usually as separate
@@ -29,6 +31,7 @@ mod driver;
 pub mod failpoint;
 pub mod http;
 mod http_participant;
+mod instance;
 pub mod metrics;
 pub mod outbox;
 pub mod participant;

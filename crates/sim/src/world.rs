@@ -925,6 +925,8 @@ impl World {
             // Small, so that runs reach the bound and drop timelines.
             timelines_max: 16,
             operator_token: Some(SIM_OPERATOR_TOKEN.into()),
+            // The embedded log: the epoch comes from its own records.
+            epoch_floor: 0,
         }
     }
 

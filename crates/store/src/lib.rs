@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod file_log;
 pub mod group_commit;
 pub mod mem_log;
+pub mod pg_lease;
 pub mod pg_log;
 
 pub use file_log::{FileLog, FileLogOptions, Recovered};
@@ -31,6 +32,7 @@ pub use group_commit::{
     Done, GroupCommit, GroupCommitStats, LogObservation, LogObserver, SyncMode,
 };
 pub use mem_log::MemLog;
+pub use pg_lease::{Acquired, OwnerRow, PgLeases, Renewal};
 pub use pg_log::PgLog;
 
 /// Produces the records of a rewrite when called: a compaction's snapshot,

@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //!
-//! - `concord_log_owner (name, epoch)`: one row per log (a coordinator's
-//!   `--name`). Opening a log raises its epoch by one and holds that epoch
-//!   as this instance's fencing token.
+//! - `concord_log_owner (name, epoch, holder, lease_until, wanted_by,
+//!   in_flight)`: one row per log (a coordinator's `--name`). Taking a
+//!   log raises its epoch by one, and this instance holds that epoch as
+//!   its fencing token: [`PgLog::open`] takes it outright (no lease);
+//!   `serve --store` takes it under a lease ([`crate::pg_lease`]) and
+//!   opens it with [`PgLog::open_leased`].
 //! - `concord_log (name, seq, record)`: the records, in `seq` order.
 //!
 //! # Contract, beyond [`LogStore`]'s
@@ -19,7 +22,8 @@
 //!   commit still applies: a batch of many records is one statement, one
 //!   round trip and one WAL flush.
 //! - **Fenced.** An append or rewrite succeeds only while this instance's
-//!   epoch is the log's current one; the check and the write are one
+//!   epoch is the log's current one and, under a lease, the lease has not
+//!   run out by the database's clock; the check and the write are one
 //!   statement, and the owner row is locked (`FOR SHARE`) until the write
 //!   commits, so an open by another instance waits for writes in flight
 //!   and then sees them. After another instance opened the log, every
@@ -39,27 +43,43 @@ use std::path::PathBuf;
 /// coordinator's records are far smaller).
 pub const PG_RECORD_BYTES_MAX: usize = 64 << 20;
 
+/// Created under a transaction-scoped advisory lock: `CREATE TABLE IF NOT
+/// EXISTS` is not safe against itself, and several instances start at once.
 const SCHEMA: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(7035611420);
 CREATE TABLE IF NOT EXISTS concord_log_owner (
     name text PRIMARY KEY,
-    epoch bigint NOT NULL
+    epoch bigint NOT NULL,
+    holder text,
+    lease_until timestamptz,
+    wanted_by text,
+    in_flight bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS concord_log (
     name text NOT NULL,
     seq bigint NOT NULL,
     record bytea NOT NULL,
     PRIMARY KEY (name, seq)
-);";
+);
+COMMIT;";
+
+/// The owner row as a writer sees it: ours while it has our epoch and,
+/// when the log is leased ([`crate::pg_lease`]), the lease has not run out
+/// by the database's clock. No lease (`NULL`): a log opened with
+/// [`PgLog::open`], fenced by its epoch alone.
+const OWNED: &str = "name = $1 AND epoch = $2 AND (lease_until IS NULL OR lease_until > now())";
 
 /// The fence and the insert in one statement: no row of the owner with
-/// our epoch, nothing inserted.
-const APPEND: &str = "
-WITH owner AS (
-    SELECT epoch FROM concord_log_owner WHERE name = $1 AND epoch = $2 FOR SHARE
-)
-INSERT INTO concord_log (name, seq, record)
-SELECT $1, $3::bigint + t.i - 1, t.r
-FROM owner, unnest($4::bytea[]) WITH ORDINALITY AS t(r, i)";
+/// our epoch and a live lease, nothing inserted.
+fn append_statement() -> String {
+    format!(
+        "WITH owner AS (SELECT epoch FROM concord_log_owner WHERE {OWNED} FOR SHARE) \
+         INSERT INTO concord_log (name, seq, record) \
+         SELECT $1, $3::bigint + t.i - 1, t.r \
+         FROM owner, unnest($4::bytea[]) WITH ORDINALITY AS t(r, i)"
+    )
+}
 
 pub struct PgLog {
     client: postgres::Client,
@@ -70,6 +90,7 @@ pub struct PgLog {
     /// Where, for messages: the DSN without its password.
     place: String,
     poisoned: Option<StoreError>,
+    append: String,
 }
 
 impl PgLog {
@@ -78,36 +99,57 @@ impl PgLog {
     /// every earlier opener is fenced off. Returns the store and every
     /// record in order.
     pub fn open(dsn: &str, name: &str) -> Result<(PgLog, Vec<Vec<u8>>), StoreError> {
-        let place = format!("{} (log {name:?})", redact(dsn));
-        let fail = |op: &'static str, e: postgres::Error| StoreError::Database {
-            store: place.clone(),
-            op,
-            detail: describe(&e),
-        };
-        let mut client =
-            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
-        // Durable at commit, whatever the server's default says.
-        client
-            .batch_execute("SET synchronous_commit = on")
-            .map_err(|e| fail("set synchronous_commit", e))?;
-        client
-            .batch_execute(SCHEMA)
-            .map_err(|e| fail("create the tables", e))?;
-        let epoch: i64 = client
+        let mut db = Db::connect(dsn, Some(name))?;
+        let epoch: i64 = db
+            .client
             .query_one(
                 "INSERT INTO concord_log_owner (name, epoch) VALUES ($1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET epoch = concord_log_owner.epoch + 1 \
+                 ON CONFLICT (name) DO UPDATE SET epoch = concord_log_owner.epoch + 1, \
+                 holder = NULL, lease_until = NULL \
                  RETURNING epoch",
                 &[&name],
             )
-            .map_err(|e| fail("take the log over", e))?
+            .map_err(|e| db.fail("take the log over", &e))?
             .get(0);
-        let rows = client
+        PgLog::read(db, name, epoch)
+    }
+
+    /// Open the log `name` that this instance holds under a lease at
+    /// `epoch` (granted by [`crate::PgLeases::acquire`] or
+    /// [`crate::PgLeases::adopt`]), without raising the epoch: fenced
+    /// already if the lease ran out or another instance took it since.
+    pub fn open_leased(
+        dsn: &str,
+        name: &str,
+        epoch: u64,
+    ) -> Result<(PgLog, Vec<Vec<u8>>), StoreError> {
+        let mut db = Db::connect(dsn, Some(name))?;
+        let epoch = epoch as i64;
+        let owned = db
+            .client
+            .query_opt(
+                &format!("SELECT epoch FROM concord_log_owner WHERE {OWNED}"),
+                &[&name, &epoch],
+            )
+            .map_err(|e| db.fail("check the lease", &e))?;
+        if owned.is_none() {
+            return Err(StoreError::Fenced {
+                store: db.place,
+                epoch: epoch as u64,
+            });
+        }
+        PgLog::read(db, name, epoch)
+    }
+
+    fn read(mut db: Db, name: &str, epoch: i64) -> Result<(PgLog, Vec<Vec<u8>>), StoreError> {
+        let rows = db
+            .client
             .query(
                 "SELECT seq, record FROM concord_log WHERE name = $1 ORDER BY seq",
                 &[&name],
             )
-            .map_err(|e| fail("read the log", e))?;
+            .map_err(|e| db.fail("read the log", &e))?;
+        let place = db.place;
         let mut next_seq = 0;
         let mut records = Vec::with_capacity(rows.len());
         for row in rows {
@@ -123,12 +165,13 @@ impl PgLog {
             records.push(row.get::<_, Vec<u8>>(1));
         }
         let log = PgLog {
-            client,
+            client: db.client,
             name: name.to_string(),
             epoch,
             next_seq,
             place,
             poisoned: None,
+            append: append_statement(),
         };
         Ok((log, records))
     }
@@ -196,9 +239,10 @@ impl LogStore for PgLog {
             return Ok(());
         }
         let rows: Vec<&[u8]> = records.to_vec();
-        let inserted = self
-            .client
-            .execute(APPEND, &[&self.name, &self.epoch, &self.next_seq, &rows]);
+        let inserted = self.client.execute(
+            &self.append,
+            &[&self.name, &self.epoch, &self.next_seq, &rows],
+        );
         match inserted {
             Ok(n) if n == records.len() as u64 => {
                 self.next_seq += records.len() as i64;
@@ -227,7 +271,7 @@ impl LogStore for PgLog {
         let result = (|| {
             let mut tx = self.client.transaction()?;
             let owner = tx.query_opt(
-                "SELECT epoch FROM concord_log_owner WHERE name = $1 AND epoch = $2 FOR SHARE",
+                &format!("SELECT epoch FROM concord_log_owner WHERE {OWNED} FOR SHARE"),
                 &[&name, &epoch],
             )?;
             if owner.is_none() {
@@ -257,6 +301,46 @@ impl LogStore for PgLog {
                 let error = self.database("rewrite", &e);
                 Err(self.poison(error))
             }
+        }
+    }
+}
+
+/// A connection to the store's database, with the tables in place.
+pub(crate) struct Db {
+    pub(crate) client: postgres::Client,
+    /// Where, for messages: the DSN without its password (and the log).
+    pub(crate) place: String,
+}
+
+impl Db {
+    /// Connect, make commits durable whatever the server's default says
+    /// (`synchronous_commit = on`), and create the tables if need be.
+    pub(crate) fn connect(dsn: &str, log: Option<&str>) -> Result<Db, StoreError> {
+        let place = match log {
+            Some(name) => format!("{} (log {name:?})", redact(dsn)),
+            None => redact(dsn),
+        };
+        let fail = |op: &'static str, e: postgres::Error| StoreError::Database {
+            store: place.clone(),
+            op,
+            detail: describe(&e),
+        };
+        let mut client =
+            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .map_err(|e| fail("set synchronous_commit", e))?;
+        client
+            .batch_execute(SCHEMA)
+            .map_err(|e| fail("create the tables", e))?;
+        Ok(Db { client, place })
+    }
+
+    pub(crate) fn fail(&self, op: &'static str, e: &postgres::Error) -> StoreError {
+        StoreError::Database {
+            store: self.place.clone(),
+            op,
+            detail: describe(e),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use concord_pgcluster::{Cluster, ClusterOptions};
 use concord_store::conformance::{self, Harness};
-use concord_store::{LogStore, PgLog, StoreError};
+use concord_store::{Acquired, LogStore, PgLeases, PgLog, Renewal, StoreError};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -115,4 +115,110 @@ fn the_postgresql_store_passes_the_conformance_suite_and_fences_stale_owners() {
         other => panic!("append with the database down: {other:?}"),
     }
     assert!(matches!(log.sync(), Err(StoreError::Poisoned { .. })));
+}
+
+/// Leases (`PgLeases`, what `serve --store` runs on): granted, renewed and
+/// compared by the database's clock; a takeover raises the epoch and the
+/// old holder's writes fail even before anyone takes the log; hand-back.
+#[test]
+fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock() {
+    let cluster = cluster();
+    let dsn = cluster.borrow().dsn();
+    let mut a = PgLeases::connect(&dsn).expect("connect a");
+    let mut b = PgLeases::connect(&dsn).expect("connect b");
+    let lease = 500;
+    let Acquired::Took { epoch: e1 } = a.acquire("a", "a", lease, None).expect("acquire") else {
+        panic!("a new log is free");
+    };
+    let (mut log, records) = PgLog::open_leased(&dsn, "a", e1).expect("open leased");
+    assert!(records.is_empty());
+    log.append(&[b"one"]).expect("append under a live lease");
+
+    // While the lease runs nobody else takes it, and a namesake that
+    // started later (its last life at an older epoch) does not either.
+    assert_eq!(b.adopt("a", "b", e1, lease).expect("adopt"), None);
+    assert!(matches!(
+        a.acquire("a", "a", lease, Some(e1 - 1)).expect("acquire"),
+        Acquired::HeldBy { ref holder, .. } if holder == "a"
+    ));
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(lease / 4));
+        assert_eq!(
+            a.renew("a", "a", e1, lease, 3).expect("renew"),
+            Renewal::Held { wanted_by: None }
+        );
+    }
+    log.append(&[b"two"]).expect("renewed: still ours");
+    let rows = b.scan().expect("scan");
+    let row = rows.iter().find(|r| r.log == "a").expect("row");
+    assert!(!row.expired && row.in_flight == 3 && row.holder.as_deref() == Some("a"));
+
+    // No renewal for longer than the lease: the lease ran out by the
+    // database's clock. The holder's writes fail though nobody took the
+    // log yet, and its renewal says so.
+    std::thread::sleep(std::time::Duration::from_millis(lease + 200));
+    assert!(matches!(
+        log.append(&[b"late"]),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(
+        a.renew("a", "a", e1, lease, 0).expect("renew"),
+        Renewal::Lost {
+            holder: Some("a".into()),
+            epoch: e1
+        }
+    );
+    let row = b
+        .scan()
+        .expect("scan")
+        .into_iter()
+        .find(|r| r.log == "a")
+        .expect("row");
+    assert!(row.expired && row.lease_left_ms < 0, "{row:?}");
+
+    // Taken over at the epoch seen; a second adopter at that epoch loses.
+    let e2 = b
+        .adopt("a", "b", row.epoch, lease)
+        .expect("adopt")
+        .expect("taken");
+    assert!(e2 > e1);
+    assert_eq!(b.adopt("a", "c", row.epoch, lease).expect("adopt"), None);
+    let (mut adopted, records) = PgLog::open_leased(&dsn, "a", e2).expect("open adopted");
+    assert_eq!(records, vec![b"one".to_vec(), b"two".to_vec()]);
+    assert!(matches!(
+        PgLog::open_leased(&dsn, "a", e1),
+        Err(StoreError::Fenced { .. })
+    ));
+    adopted.append(&[b"three"]).expect("the adopter writes");
+
+    // The log's instance is back: held by b, so it asks; b sees the ask
+    // on its next renewal and hands the log back; a takes it (a higher
+    // epoch) and b's writes fail.
+    assert!(matches!(
+        a.acquire("a", "a", lease, Some(e1)).expect("acquire"),
+        Acquired::HeldBy { ref holder, .. } if holder == "b"
+    ));
+    a.want("a", "a").expect("want");
+    assert_eq!(
+        b.renew("a", "b", e2, lease, 1).expect("renew"),
+        Renewal::Held {
+            wanted_by: Some("a".into())
+        }
+    );
+    assert!(b.hand_back("a", e2, "a", lease).expect("hand back"));
+    let Acquired::Took { epoch: e3 } = a.acquire("a", "a", lease, Some(e1)).expect("acquire")
+    else {
+        panic!("handed back to a");
+    };
+    assert!(e3 > e2);
+    assert!(matches!(
+        adopted.append(&[b"stale"]),
+        Err(StoreError::Fenced { .. })
+    ));
+    let (_, records) = PgLog::open_leased(&dsn, "a", e3).expect("open again");
+    assert_eq!(records.len(), 3);
+    assert!(matches!(
+        b.renew("a", "b", e2, lease, 0).expect("renew"),
+        Renewal::Lost { holder: Some(ref h), epoch } if h == "a" && epoch == e3
+    ));
 }

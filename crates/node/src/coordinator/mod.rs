@@ -153,6 +153,10 @@ pub struct CoordinatorNodeConfig {
     /// The operator token (`--operator-token-file`); `None`: no operator
     /// actions (read-only).
     pub operator_token: Option<String>,
+    /// The lowest epoch this life may run at: with a shared store, the
+    /// fencing token it granted (see `Coordinator::recover_at_least`);
+    /// 0 with the embedded log.
+    pub epoch_floor: u64,
 }
 
 impl CoordinatorNodeConfig {
@@ -183,6 +187,7 @@ impl CoordinatorNodeConfig {
             attention_after_ms: crate::attention::ATTENTION_AFTER_MS_DEFAULT,
             timelines_max: crate::timeline::TIMELINES_MAX_DEFAULT,
             operator_token: None,
+            epoch_floor: 0,
         }
     }
 
@@ -559,7 +564,7 @@ impl CoordinatorNode {
             }
         }
         let operators = Operators::recover(config.operator_token.clone(), &records);
-        let mut core = Coordinator::recover(
+        let mut core = Coordinator::recover_at_least(
             CoordinatorConfig {
                 id: config.id.clone(),
                 resend_ms_initial: config.resend_ms_initial,
@@ -569,6 +574,7 @@ impl CoordinatorNode {
             },
             records,
             now,
+            config.epoch_floor,
         );
         let recent = RecentOutcomes::from_recovered(
             core.take_recovered_outcomes(),
@@ -646,6 +652,11 @@ impl CoordinatorNode {
 
     pub fn epoch(&self) -> Epoch {
         self.core.epoch()
+    }
+
+    /// Where participants reach this coordinator (sent with every frame).
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// What this node sends as its incarnation in every frame: its epoch,

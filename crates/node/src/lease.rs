@@ -1,0 +1,859 @@
+//! Leases: which coordinator logs this instance runs when several
+//! instances share one store (SPEC §1.8), as a pure state machine: events
+//! in (with `now`), [`LeaseAction`]s out. The server carries the actions
+//! out against PostgreSQL (`concord_store::PgLeases`); the simulator
+//! carries them out against its model of a shared store. Either way the
+//! same rules decide.
+//!
+//! Every log belongs to the instance whose `--name` it carries, and runs
+//! where its lease is held:
+//!
+//! - At start an instance **acquires** its own log (the store grants it if
+//!   free, run out, or held under its own name: a restart) and runs a
+//!   coordinator over it. Held by another instance (it adopted the log
+//!   while this one was away), it asks for it back ([`LeaseAction::Want`])
+//!   and tries again every scan.
+//! - It **renews** every lease it holds every quarter lease. It counts a
+//!   lease as its own only until three quarters of the lease after the
+//!   renewal that granted it was *sent*, by its own clock: the database
+//!   granted it from a later instant, so this stops deciding before the
+//!   database lets anyone else take the log over, as long as this
+//!   instance's clock does not run more than 25% slower than the
+//!   database's. Past that instant it stops deciding for the log
+//!   ([`StopWhy::Expired`]); a renewal that finds the log taken stops it
+//!   too ([`StopWhy::Lost`]). Epoch fencing in the store keeps even a
+//!   wrong clock safe: a stale instance's writes fail.
+//! - It **scans** the owner rows every quarter lease and **adopts** every
+//!   log whose lease ran out by the database's clock (another instance
+//!   crashed, paused, or lost the database): a coordinator over it
+//!   recovers with a higher epoch, re-sends its decisions and aborts what
+//!   it had not decided (§1.5 cases 3–4).
+//! - An adopted log whose own instance asks for it back is **handed back**
+//!   once nothing is in flight in it (or after two leases in any case):
+//!   the coordinator over it stops first, then the lease goes to the
+//!   asker, which acquires it with a higher epoch.
+
+use concord_proto::Time;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The lease length when none is configured (`serve --lease`).
+pub const LEASE_MS_DEFAULT: u64 = 5000;
+
+/// Shortest lease accepted: renewals every quarter of it must fit several
+/// database round trips.
+pub const LEASE_MS_MIN: u64 = 200;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How long a grant or renewal lasts, by the database's clock.
+    pub lease_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            lease_ms: LEASE_MS_DEFAULT,
+        }
+    }
+}
+
+impl LeaseConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_ms < LEASE_MS_MIN {
+            return Err(format!(
+                "--lease {} ms is too short: at least {LEASE_MS_MIN} ms",
+                self.lease_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Renewals and scans.
+    pub fn period_ms(&self) -> u64 {
+        (self.lease_ms / 4).max(1)
+    }
+
+    /// How long after a renewal was sent this instance still counts the
+    /// lease as its own.
+    pub fn valid_ms(&self) -> u64 {
+        self.lease_ms * 3 / 4
+    }
+
+    /// Longest an adopted log waits for its transactions to finish before
+    /// it is handed back to its instance anyway.
+    pub fn hand_back_after_ms(&self) -> u64 {
+        self.lease_ms * 2
+    }
+}
+
+/// What the store answered to an acquire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcquireAnswer {
+    Took { epoch: u64 },
+    HeldBy { holder: String },
+}
+
+/// What the store answered to a renewal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenewAnswer {
+    Held { wanted_by: Option<String> },
+    Lost { holder: Option<String>, epoch: u64 },
+}
+
+/// One log's owner row as a scan saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub log: String,
+    pub epoch: u64,
+    pub holder: Option<String>,
+    /// Run out by the database's clock.
+    pub expired: bool,
+}
+
+/// Why a coordinator over a log must stop deciding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopWhy {
+    /// Not renewed in time, by this instance's clock.
+    Expired,
+    /// A renewal found the log held by another instance (or at another
+    /// epoch).
+    Lost { holder: Option<String> },
+    /// Handed back to its own instance, which asked for it.
+    HandedBack { to: String },
+}
+
+impl std::fmt::Display for StopWhy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopWhy::Expired => write!(f, "its lease was not renewed in time"),
+            StopWhy::Lost { holder: Some(h) } => write!(f, "instance {h} took it over"),
+            StopWhy::Lost { holder: None } => write!(f, "its lease is gone"),
+            StopWhy::HandedBack { to } => write!(f, "handed back to instance {to}"),
+        }
+    }
+}
+
+/// What the driver must do, in order. Store calls answer with the
+/// matching `on_…` event; `Start` and `Stop` are carried out before the
+/// next action (a `HandBack` follows the `Stop` of its log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// Take this instance's own log (answer: [`Leases::on_acquired`]).
+    /// `after`: the epoch of this process's last life of it, if it had
+    /// one: held under this name at a later epoch, it belongs to another
+    /// process of the same name, which is not taken from it.
+    Acquire { log: String, after: Option<u64> },
+    /// Take over `log` if its lease is still out at `seen_epoch`
+    /// (answer: [`Leases::on_adopted`]).
+    Adopt { log: String, seen_epoch: u64 },
+    /// Extend the lease on `log` (answer: [`Leases::on_renewed`]).
+    Renew {
+        log: String,
+        epoch: u64,
+        in_flight: u64,
+    },
+    /// Ask the holder of this instance's own log for it back.
+    Want { log: String },
+    /// Lease `log` to `to`: after the `Stop` of its coordinator.
+    HandBack { log: String, epoch: u64, to: String },
+    /// Read every owner row (answer: [`Leases::on_scanned`]).
+    Scan,
+    /// Run a coordinator over `log` at `epoch`, recovering first.
+    Start { log: String, epoch: u64, own: bool },
+    /// Stop the coordinator over `log`: it decides nothing more.
+    Stop {
+        log: String,
+        epoch: u64,
+        why: StopWhy,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Held {
+    epoch: u64,
+    /// Counted as ours until then (this instance's clock).
+    valid_until: Time,
+    next_renew: Time,
+    renewing: bool,
+    /// Who asked for an adopted log back, and since when.
+    wanted: Option<(String, Time)>,
+}
+
+/// Where this instance's own log stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Own {
+    /// Not running it; an acquire is in flight or due at `next_try`.
+    Acquiring {
+        in_flight: bool,
+        next_try: Time,
+    },
+    Running,
+    /// Another process took it under this instance's own name: names must
+    /// be unique, so this one never takes it again (the server exits).
+    Replaced {
+        by: String,
+    },
+}
+
+/// The lease state machine of one instance.
+#[derive(Debug)]
+pub struct Leases {
+    me: String,
+    config: LeaseConfig,
+    held: BTreeMap<String, Held>,
+    own: Own,
+    /// The epoch of this process's last life of its own log.
+    own_epoch: Option<u64>,
+    adopting: BTreeSet<String>,
+    scanning: bool,
+    next_scan: Time,
+    actions: Vec<LeaseAction>,
+}
+
+impl Leases {
+    /// An instance named `me` starting at `now`: it acquires its own log
+    /// and scans for logs to adopt.
+    pub fn new(me: impl Into<String>, config: LeaseConfig, now: Time) -> Leases {
+        let me = me.into();
+        Leases {
+            actions: vec![
+                LeaseAction::Acquire {
+                    log: me.clone(),
+                    after: None,
+                },
+                LeaseAction::Scan,
+            ],
+            own_epoch: None,
+            me,
+            config,
+            held: BTreeMap::new(),
+            own: Own::Acquiring {
+                in_flight: true,
+                next_try: now,
+            },
+            adopting: BTreeSet::new(),
+            scanning: true,
+            next_scan: now,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// The actions decided so far, in order.
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, LeaseAction> {
+        self.actions.drain(..)
+    }
+
+    /// Logs running here, with their epochs.
+    pub fn held(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.held.iter().map(|(log, h)| (log.as_str(), h.epoch))
+    }
+
+    /// Whether this instance runs its own log now.
+    pub fn own_running(&self) -> bool {
+        self.own == Own::Running
+    }
+
+    /// The instance that took this one's log under its name, if one did.
+    pub fn replaced_by(&self) -> Option<&str> {
+        match &self.own {
+            Own::Replaced { by } => Some(by),
+            _ => None,
+        }
+    }
+
+    /// When [`Leases::on_tick`] has something to do next.
+    pub fn next_due(&self) -> Time {
+        let mut due = self.next_scan;
+        for held in self.held.values() {
+            due = due.min(held.valid_until);
+            if !held.renewing {
+                due = due.min(held.next_renew);
+            }
+            if let Some((_, since)) = &held.wanted {
+                due = due.min(since.plus_ms(self.config.hand_back_after_ms()));
+            }
+        }
+        if let Own::Acquiring {
+            in_flight: false,
+            next_try,
+        } = self.own
+        {
+            due = due.min(next_try);
+        }
+        due
+    }
+
+    /// Time passed: stop what ran out, renew, scan, retry, hand back.
+    /// `in_flight` says how many transactions a running log has in flight.
+    pub fn on_tick(&mut self, now: Time, in_flight: impl Fn(&str) -> u64) {
+        let logs: Vec<String> = self.held.keys().cloned().collect();
+        for log in logs {
+            let Some(held) = self.held.get_mut(&log) else {
+                continue;
+            };
+            if now >= held.valid_until {
+                self.stop(&log, StopWhy::Expired, now);
+                continue;
+            }
+            if let Some((to, since)) = held.wanted.clone() {
+                let idle = in_flight(&log) == 0;
+                if idle || now >= since.plus_ms(self.config.hand_back_after_ms()) {
+                    let epoch = held.epoch;
+                    self.stop(&log, StopWhy::HandedBack { to: to.clone() }, now);
+                    self.actions.push(LeaseAction::HandBack { log, epoch, to });
+                    continue;
+                }
+            }
+            if !held.renewing && now >= held.next_renew {
+                held.renewing = true;
+                self.actions.push(LeaseAction::Renew {
+                    log: log.clone(),
+                    epoch: held.epoch,
+                    in_flight: in_flight(&log),
+                });
+            }
+        }
+        if let Own::Acquiring {
+            in_flight: in_flight @ false,
+            next_try,
+        } = &mut self.own
+        {
+            if now >= *next_try {
+                *in_flight = true;
+                self.actions.push(LeaseAction::Acquire {
+                    log: self.me.clone(),
+                    after: self.own_epoch,
+                });
+            }
+        }
+        if !self.scanning && now >= self.next_scan {
+            self.scanning = true;
+            self.actions.push(LeaseAction::Scan);
+        }
+    }
+
+    /// The answer to an `Acquire` sent at `sent_at` (`Err`: the store
+    /// failed; tried again a period later).
+    pub fn on_acquired(&mut self, now: Time, sent_at: Time, answer: Result<AcquireAnswer, String>) {
+        if !matches!(self.own, Own::Acquiring { .. }) {
+            return;
+        }
+        let retry = Own::Acquiring {
+            in_flight: false,
+            next_try: now.plus_ms(self.config.period_ms()),
+        };
+        match answer {
+            Ok(AcquireAnswer::Took { epoch }) => {
+                self.own = Own::Running;
+                self.own_epoch = Some(epoch);
+                self.hold(self.me.clone(), epoch, sent_at);
+                self.actions.push(LeaseAction::Start {
+                    log: self.me.clone(),
+                    epoch,
+                    own: true,
+                });
+            }
+            Ok(AcquireAnswer::HeldBy { holder }) if holder == self.me => {
+                self.own = Own::Replaced { by: holder };
+            }
+            Ok(AcquireAnswer::HeldBy { .. }) => {
+                self.own = retry;
+                self.actions.push(LeaseAction::Want {
+                    log: self.me.clone(),
+                });
+            }
+            Err(_) => self.own = retry,
+        }
+    }
+
+    /// The answer to an `Adopt` of `log` sent at `sent_at`: `Some(epoch)`
+    /// if this instance took it over.
+    pub fn on_adopted(
+        &mut self,
+        _now: Time,
+        sent_at: Time,
+        log: &str,
+        answer: Result<Option<u64>, String>,
+    ) {
+        self.adopting.remove(log);
+        if let Ok(Some(epoch)) = answer {
+            if self.held.contains_key(log) {
+                return;
+            }
+            self.hold(log.to_string(), epoch, sent_at);
+            self.actions.push(LeaseAction::Start {
+                log: log.to_string(),
+                epoch,
+                own: false,
+            });
+        }
+    }
+
+    /// The answer to a `Renew` of `log` at `epoch` sent at `sent_at`.
+    pub fn on_renewed(
+        &mut self,
+        now: Time,
+        sent_at: Time,
+        log: &str,
+        epoch: u64,
+        answer: Result<RenewAnswer, String>,
+    ) {
+        let period = self.config.period_ms();
+        let valid = self.config.valid_ms();
+        let own = log == self.me;
+        let Some(held) = self.held.get_mut(log).filter(|h| h.epoch == epoch) else {
+            return; // stopped meanwhile, or a later life of the log
+        };
+        held.renewing = false;
+        match answer {
+            Ok(RenewAnswer::Held { wanted_by }) => {
+                held.valid_until = held.valid_until.max(sent_at.plus_ms(valid));
+                held.next_renew = sent_at.plus_ms(period);
+                match wanted_by {
+                    Some(who) if !own && who != self.me => {
+                        if held.wanted.is_none() {
+                            held.wanted = Some((who, now));
+                        }
+                    }
+                    _ => held.wanted = None,
+                }
+            }
+            Ok(RenewAnswer::Lost {
+                holder,
+                epoch: now_at,
+            }) => {
+                // Under our own name at a later epoch: another process.
+                // At ours: the lease ran out, nobody took it; this
+                // process takes it again with a new life.
+                let replaced = own && holder.as_deref() == Some(self.me.as_str()) && now_at > epoch;
+                self.stop(log, StopWhy::Lost { holder }, now);
+                if replaced {
+                    self.own = Own::Replaced {
+                        by: self.me.clone(),
+                    };
+                }
+            }
+            // The store failed: try again at the next tick past a period;
+            // the lease runs out meanwhile if it stays down.
+            Err(_) => held.next_renew = now.plus_ms(period / 2),
+        }
+    }
+
+    /// A scan's rows: adopt every log whose lease ran out.
+    pub fn on_scanned(&mut self, now: Time, rows: Result<Vec<LeaseRow>, String>) {
+        self.scanning = false;
+        self.next_scan = now.plus_ms(self.config.period_ms());
+        let Ok(rows) = rows else {
+            return;
+        };
+        for row in rows {
+            let mine = row.holder.as_deref() == Some(self.me.as_str());
+            if !row.expired
+                || row.log == self.me
+                || mine
+                || self.held.contains_key(&row.log)
+                || self.adopting.contains(&row.log)
+            {
+                continue;
+            }
+            self.adopting.insert(row.log.clone());
+            self.actions.push(LeaseAction::Adopt {
+                log: row.log,
+                seen_epoch: row.epoch,
+            });
+        }
+    }
+
+    /// The coordinator over `log` at `epoch` stopped by itself (its store
+    /// failed or fenced it). Its own log is acquired again at once.
+    pub fn on_stopped(&mut self, now: Time, log: &str, epoch: u64) {
+        if self.held.get(log).is_some_and(|h| h.epoch == epoch) {
+            self.held.remove(log);
+            if log == self.me && self.own == Own::Running {
+                self.own = Own::Acquiring {
+                    in_flight: false,
+                    next_try: now,
+                };
+            }
+        }
+    }
+
+    fn hold(&mut self, log: String, epoch: u64, sent_at: Time) {
+        self.held.insert(
+            log,
+            Held {
+                epoch,
+                valid_until: sent_at.plus_ms(self.config.valid_ms()),
+                next_renew: sent_at.plus_ms(self.config.period_ms()),
+                renewing: false,
+                wanted: None,
+            },
+        );
+    }
+
+    fn stop(&mut self, log: &str, why: StopWhy, now: Time) {
+        let Some(held) = self.held.remove(log) else {
+            return;
+        };
+        self.actions.push(LeaseAction::Stop {
+            log: log.to_string(),
+            epoch: held.epoch,
+            why,
+        });
+        if log == self.me {
+            self.own = Own::Acquiring {
+                in_flight: false,
+                next_try: now,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Time {
+        Time(0).plus_ms(n)
+    }
+
+    fn drain(leases: &mut Leases) -> Vec<LeaseAction> {
+        leases.drain_actions().collect()
+    }
+
+    fn idle(_: &str) -> u64 {
+        0
+    }
+
+    fn started(me: &str) -> Leases {
+        let mut leases = Leases::new(me, LeaseConfig { lease_ms: 1000 }, ms(0));
+        assert_eq!(
+            drain(&mut leases),
+            vec![
+                LeaseAction::Acquire {
+                    log: me.into(),
+                    after: None
+                },
+                LeaseAction::Scan
+            ]
+        );
+        leases.on_acquired(ms(5), ms(0), Ok(AcquireAnswer::Took { epoch: 3 }));
+        assert_eq!(
+            drain(&mut leases),
+            vec![LeaseAction::Start {
+                log: me.into(),
+                epoch: 3,
+                own: true
+            }]
+        );
+        leases.on_scanned(ms(5), Ok(vec![]));
+        leases
+    }
+
+    #[test]
+    fn renews_every_quarter_and_stops_deciding_once_renewals_stop_answering() {
+        let mut leases = started("a");
+        leases.on_tick(ms(249), idle);
+        assert!(drain(&mut leases).is_empty());
+        leases.on_tick(ms(250), |_| 7);
+        let renew = drain(&mut leases);
+        assert!(renew.contains(&LeaseAction::Renew {
+            log: "a".into(),
+            epoch: 3,
+            in_flight: 7
+        }));
+        leases.on_renewed(
+            ms(260),
+            ms(250),
+            "a",
+            3,
+            Ok(RenewAnswer::Held { wanted_by: None }),
+        );
+        // Valid until 250 + 750; the database is gone from now on.
+        leases.on_tick(ms(500), idle);
+        assert!(drain(&mut leases)
+            .iter()
+            .any(|a| matches!(a, LeaseAction::Renew { .. })));
+        leases.on_renewed(ms(510), ms(500), "a", 3, Err("down".into()));
+        leases.on_tick(ms(999), idle);
+        assert!(!drain(&mut leases)
+            .iter()
+            .any(|a| matches!(a, LeaseAction::Stop { .. })));
+        leases.on_tick(ms(1000), idle);
+        let stopped = drain(&mut leases);
+        assert!(stopped.contains(&LeaseAction::Stop {
+            log: "a".into(),
+            epoch: 3,
+            why: StopWhy::Expired
+        }));
+        assert!(!leases.own_running());
+        // And it tries to take its log again at once.
+        assert!(stopped.contains(&LeaseAction::Acquire {
+            log: "a".into(),
+            after: Some(3)
+        }));
+    }
+
+    #[test]
+    fn a_late_renewal_grants_only_from_when_it_was_sent() {
+        let mut leases = started("a");
+        leases.on_tick(ms(250), idle);
+        drain(&mut leases);
+        // Answered long after it was sent (the instance was paused): the
+        // grant counts from the sending, so it is already past.
+        leases.on_renewed(
+            ms(2000),
+            ms(250),
+            "a",
+            3,
+            Ok(RenewAnswer::Held { wanted_by: None }),
+        );
+        leases.on_tick(ms(2000), idle);
+        assert!(drain(&mut leases).iter().any(|a| matches!(
+            a,
+            LeaseAction::Stop {
+                why: StopWhy::Expired,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn adopts_what_ran_out_and_only_that() {
+        let mut leases = started("a");
+        leases.on_tick(ms(300), idle);
+        drain(&mut leases);
+        let row = |log: &str, holder: &str, expired| LeaseRow {
+            log: log.into(),
+            epoch: 4,
+            holder: Some(holder.into()),
+            expired,
+        };
+        leases.on_scanned(
+            ms(300),
+            Ok(vec![
+                row("a", "a", false),
+                row("b", "b", true),
+                row("c", "c", false),
+            ]),
+        );
+        assert_eq!(
+            drain(&mut leases),
+            vec![LeaseAction::Adopt {
+                log: "b".into(),
+                seen_epoch: 4
+            }]
+        );
+        // Lost the race to another adopter: nothing starts.
+        leases.on_adopted(ms(310), ms(300), "b", Ok(None));
+        assert!(drain(&mut leases).is_empty());
+        leases.on_tick(ms(560), idle);
+        assert!(drain(&mut leases).contains(&LeaseAction::Scan));
+        leases.on_scanned(ms(560), Ok(vec![row("b", "b", true)]));
+        drain(&mut leases);
+        leases.on_adopted(ms(570), ms(560), "b", Ok(Some(5)));
+        assert_eq!(
+            drain(&mut leases),
+            vec![LeaseAction::Start {
+                log: "b".into(),
+                epoch: 5,
+                own: false
+            }]
+        );
+        // Held now: a later scan does not adopt it again.
+        leases.on_scanned(ms(600), Ok(vec![row("b", "b", true)]));
+        assert!(drain(&mut leases).is_empty());
+    }
+
+    #[test]
+    fn hands_an_adopted_log_back_once_idle_and_stops_it_first() {
+        let mut leases = started("a");
+        leases.on_scanned(
+            ms(10),
+            Ok(vec![LeaseRow {
+                log: "b".into(),
+                epoch: 1,
+                holder: Some("b".into()),
+                expired: true,
+            }]),
+        );
+        drain(&mut leases);
+        leases.on_adopted(ms(20), ms(10), "b", Ok(Some(2)));
+        drain(&mut leases);
+        leases.on_tick(ms(260), |_| 3);
+        drain(&mut leases);
+        leases.on_renewed(
+            ms(270),
+            ms(260),
+            "b",
+            2,
+            Ok(RenewAnswer::Held {
+                wanted_by: Some("b".into()),
+            }),
+        );
+        // Busy: kept for now.
+        leases.on_tick(ms(280), |_| 3);
+        assert!(!drain(&mut leases)
+            .iter()
+            .any(|a| matches!(a, LeaseAction::HandBack { .. })));
+        let actions = {
+            leases.on_tick(ms(290), |log| u64::from(log == "a"));
+            drain(&mut leases)
+        };
+        let stop = actions
+            .iter()
+            .position(|a| matches!(a, LeaseAction::Stop { log, .. } if log == "b"))
+            .expect("stopped");
+        let back = actions
+            .iter()
+            .position(|a| {
+                *a == LeaseAction::HandBack {
+                    log: "b".into(),
+                    epoch: 2,
+                    to: "b".into(),
+                }
+            })
+            .expect("handed back");
+        assert!(stop < back, "{actions:?}");
+        assert_eq!(leases.held().collect::<Vec<_>>(), vec![("a", 3)]);
+    }
+
+    #[test]
+    fn a_busy_adopted_log_is_handed_back_after_two_leases_anyway() {
+        let mut leases = started("a");
+        leases.on_scanned(
+            ms(10),
+            Ok(vec![LeaseRow {
+                log: "b".into(),
+                epoch: 1,
+                holder: None,
+                expired: true,
+            }]),
+        );
+        drain(&mut leases);
+        leases.on_adopted(ms(20), ms(10), "b", Ok(Some(2)));
+        let mut t = 20;
+        let mut handed = false;
+        while t < 5000 && !handed {
+            t += 50;
+            leases.on_tick(ms(t), |_| 1);
+            for action in drain(&mut leases) {
+                match action {
+                    LeaseAction::Renew { log, epoch, .. } => leases.on_renewed(
+                        ms(t),
+                        ms(t),
+                        &log,
+                        epoch,
+                        Ok(RenewAnswer::Held {
+                            wanted_by: (log == "b").then(|| "b".to_string()),
+                        }),
+                    ),
+                    LeaseAction::HandBack { .. } => handed = true,
+                    LeaseAction::Stop { log, .. } => assert_eq!(log, "b"),
+                    _ => {}
+                }
+            }
+        }
+        // First asked at the renewal at ~260 ms; two leases later.
+        assert!(handed && (2260..=2400).contains(&t), "t = {t}");
+    }
+
+    #[test]
+    fn held_by_another_asks_for_it_and_tries_again() {
+        let mut leases = Leases::new("a", LeaseConfig { lease_ms: 1000 }, ms(0));
+        drain(&mut leases);
+        leases.on_acquired(
+            ms(5),
+            ms(0),
+            Ok(AcquireAnswer::HeldBy { holder: "b".into() }),
+        );
+        assert_eq!(
+            drain(&mut leases),
+            vec![LeaseAction::Want { log: "a".into() }]
+        );
+        leases.on_tick(ms(254), idle);
+        let acquire = LeaseAction::Acquire {
+            log: "a".into(),
+            after: None,
+        };
+        assert!(!drain(&mut leases).contains(&acquire));
+        leases.on_tick(ms(255), idle);
+        assert!(drain(&mut leases).contains(&acquire));
+    }
+
+    #[test]
+    fn a_renewal_that_finds_our_own_name_elsewhere_retires_the_instance() {
+        let mut leases = started("a");
+        leases.on_tick(ms(250), idle);
+        drain(&mut leases);
+        leases.on_renewed(
+            ms(260),
+            ms(250),
+            "a",
+            3,
+            Ok(RenewAnswer::Lost {
+                holder: Some("a".into()),
+                epoch: 4,
+            }),
+        );
+        assert_eq!(leases.replaced_by(), Some("a"));
+        leases.on_tick(ms(5000), idle);
+        assert!(!drain(&mut leases)
+            .iter()
+            .any(|a| matches!(a, LeaseAction::Acquire { .. })));
+    }
+
+    #[test]
+    fn an_answer_for_an_earlier_life_of_a_log_changes_nothing() {
+        let mut leases = started("a");
+        leases.on_renewed(
+            ms(10),
+            ms(0),
+            "a",
+            2,
+            Ok(RenewAnswer::Lost {
+                holder: Some("b".into()),
+                epoch: 5,
+            }),
+        );
+        assert!(leases.own_running());
+        assert!(drain(&mut leases).is_empty());
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_untaken_is_taken_again_not_mistaken_for_a_namesake() {
+        let mut leases = started("a");
+        leases.on_tick(ms(250), idle);
+        drain(&mut leases);
+        leases.on_renewed(
+            ms(260),
+            ms(250),
+            "a",
+            3,
+            Ok(RenewAnswer::Lost {
+                holder: Some("a".into()),
+                epoch: 3,
+            }),
+        );
+        assert_eq!(leases.replaced_by(), None);
+        leases.on_tick(ms(261), idle);
+        assert!(drain(&mut leases).contains(&LeaseAction::Acquire {
+            log: "a".into(),
+            after: Some(3)
+        }));
+        // The store says a namesake holds it at a later epoch: retire.
+        leases.on_acquired(
+            ms(270),
+            ms(261),
+            Ok(AcquireAnswer::HeldBy { holder: "a".into() }),
+        );
+        assert_eq!(leases.replaced_by(), Some("a"));
+    }
+}
