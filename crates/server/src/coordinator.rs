@@ -240,6 +240,11 @@ pub(crate) async fn serve_once(
     if let Some(leased) = &leased {
         node_config.epoch_floor = leased.epoch;
     }
+    // Every life mints from a seed of its own: a process that runs its
+    // log again (the store came back, a lease was renewed too late) would
+    // otherwise mint the xids of its earlier life again, and a branch of
+    // an xid that already finished would meet a new transaction under it.
+    node_config.xid_seed ^= rand::random::<u64>();
     let node = CoordinatorNode::recover(node_config, records, clock.now());
     tracing::info!(
         store = %place,
