@@ -836,9 +836,17 @@ fn parse_xid(s: &str) -> Result<Xid, String> {
 }
 
 fn init_logging(level: &str) {
+    // `--log-level debug` is about concord: the PostgreSQL client logs
+    // every statement at debug (a line per lease renewal and append), so
+    // it says only info and up unless a filter names it (or `trace`).
+    let spec = if level.contains('=') || level.trim() == "trace" {
+        level.to_string()
+    } else {
+        format!("{level},tokio_postgres=info,postgres=info")
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => tracing_subscriber::EnvFilter::new(env),
-        _ => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+        _ => tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
             eprintln!("concord: --log-level {level:?} is not a valid filter ({e}); using info");
             tracing_subscriber::EnvFilter::new("info")
         }),

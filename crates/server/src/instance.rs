@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// How long a stopping life may take to write out its log before it is
 /// cut off (its writes are fenced by then anyway).
@@ -260,17 +261,22 @@ fn start_life(
         in_flight: in_flight.clone(),
     };
     let log = log.to_string();
-    let task = tokio::spawn(async move {
-        let mut stop = Box::pin(async {
-            let _ = stop_rx.await;
-        });
-        let result = serve_once(&config, Some(leased), &mut stop).await;
-        let _ = events.send(Event::LifeEnded {
-            log,
-            epoch,
-            error: result.err().map(|e| format!("{e:#}")),
-        });
-    });
+    // Every line a life logs names its log: one process may run several.
+    let span = tracing::info_span!("log", name = %log, epoch);
+    let task = tokio::spawn(
+        async move {
+            let mut stop = Box::pin(async {
+                let _ = stop_rx.await;
+            });
+            let result = serve_once(&config, Some(leased), &mut stop).await;
+            let _ = events.send(Event::LifeEnded {
+                log,
+                epoch,
+                error: result.err().map(|e| format!("{e:#}")),
+            });
+        }
+        .instrument(span),
+    );
     Life {
         epoch,
         stop: Some(stop_tx),

@@ -327,8 +327,9 @@ impl Db {
         };
         let mut client =
             postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
+        // No "already exists, skipping" notices from the schema.
         client
-            .batch_execute("SET synchronous_commit = on")
+            .batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")
             .map_err(|e| fail("set synchronous_commit", e))?;
         client
             .batch_execute(SCHEMA)
