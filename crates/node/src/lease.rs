@@ -268,9 +268,15 @@ impl Leases {
         }
     }
 
-    /// When [`Leases::on_tick`] has something to do next.
+    /// When [`Leases::on_tick`] has something to do next. Nothing that
+    /// waits for an answer counts: a driver that slept until then would
+    /// otherwise wake at once, again and again, until the answer came.
     pub fn next_due(&self) -> Time {
-        let mut due = self.next_scan;
+        let mut due = if self.scanning {
+            Time(u64::MAX)
+        } else {
+            self.next_scan
+        };
         for held in self.held.values() {
             due = due.min(held.valid_until);
             if !held.renewing {
@@ -855,5 +861,20 @@ mod tests {
             Ok(AcquireAnswer::HeldBy { holder: "a".into() }),
         );
         assert_eq!(leases.replaced_by(), Some("a"));
+    }
+
+    #[test]
+    fn nothing_in_flight_makes_the_next_tick_due() {
+        let mut leases = started("a");
+        leases.on_tick(ms(255), idle);
+        let actions = drain(&mut leases);
+        assert!(actions.contains(&LeaseAction::Scan));
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, LeaseAction::Renew { .. })));
+        // The scan and the renewal are out; the lease runs until 750.
+        assert_eq!(leases.next_due(), ms(750));
+        leases.on_scanned(ms(260), Ok(vec![]));
+        assert_eq!(leases.next_due(), ms(510));
     }
 }

@@ -85,6 +85,14 @@ pub enum Mutant {
     /// Operator actions: "retry now" on a transaction still collecting
     /// votes decides COMMIT (as if retrying meant pushing it through).
     RetryCommitsUndecided,
+    /// HA (the simulator's shared store): a decision record is appended
+    /// whatever the writer's epoch and lease, so an instance that lost its
+    /// log still commits in it.
+    UnfencedAppend,
+    /// HA: a successor's recovery skips the log it took over (every
+    /// transaction of the old owner is then presumed aborted, COMMITs
+    /// included).
+    TakeoverSkipsRecovery,
 }
 
 impl Mutant {
@@ -115,6 +123,10 @@ impl Mutant {
         Mutant::RetryCommitsUndecided,
     ];
 
+    /// The mutants of the HA world (`concord-sim --ha`), which the main
+    /// world never reaches.
+    pub const HA: [Mutant; 2] = [Mutant::UnfencedAppend, Mutant::TakeoverSkipsRecovery];
+
     /// The name used by `concord-sim --mutant`.
     pub fn name(self) -> &'static str {
         match self {
@@ -142,11 +154,16 @@ impl Mutant {
             Mutant::OnePhaseAckBeforeDurable => "one-phase-ack-before-durable",
             Mutant::SubtreeVotesBeforeChildren => "subtree-votes-before-children",
             Mutant::RetryCommitsUndecided => "retry-commits-undecided",
+            Mutant::UnfencedAppend => "unfenced-append",
+            Mutant::TakeoverSkipsRecovery => "takeover-skips-recovery",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Mutant> {
-        Mutant::ALL.into_iter().find(|m| m.name() == name)
+        Mutant::ALL
+            .into_iter()
+            .chain(Mutant::HA)
+            .find(|m| m.name() == name)
     }
 }
 

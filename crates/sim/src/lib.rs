@@ -16,6 +16,11 @@
 //! Entry points: [`run_seed`] for a random run, [`World::scripted`] for the
 //! scripted scenario tests (SPEC §1.5), and the `concord-sim` binary.
 //!
+//! [`ha`] is a second world: several coordinator instances over one shared
+//! store, with the real lease state machine (`concord-node`'s `lease`),
+//! takeovers, zombies, clock rates that differ, partitions from the store
+//! and store outages ([`run_ha_seed`], `concord-sim --ha`).
+//!
 //! This crate must never use `std::time`, threads, unseeded randomness or
 //! the iteration order of a `HashMap` to decide anything: a seed must replay
 //! byte for byte.
@@ -23,6 +28,7 @@
 pub mod checks;
 pub mod config;
 pub mod disk;
+pub mod ha;
 pub mod ids;
 pub mod net;
 pub mod report;
@@ -34,6 +40,7 @@ pub use config::{
     ClockConfig, DiskConfig, FaultConfig, NetConfig, ShapeMode, SimConfig, SimOptions,
     WorkloadConfig,
 };
+pub use ha::{run_ha_seed, HaFailure, HaOptions, HaReport};
 pub use ids::NodeId;
 pub use net::{Fate, MessageRule, SentMessage};
 pub use report::{ClientOutcome, SimFailure, SimReport};

@@ -7,7 +7,8 @@
 
 use clap::Parser;
 use concord_sim::{
-    run_seed, Mutant, ShapeMode, SimFailure, SimOptions, SimReport, MUTANTS_AVAILABLE,
+    run_ha_seed, run_seed, HaFailure, HaOptions, HaReport, Mutant, ShapeMode, SimFailure,
+    SimOptions, SimReport, MUTANTS_AVAILABLE,
 };
 use std::io::Write;
 use std::process::ExitCode;
@@ -64,6 +65,13 @@ struct Args {
     /// a build with `--features mutants`; `--mutant list` names them.
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
+
+    /// Run the HA world instead: three coordinator instances over one
+    /// shared store, with leases, takeovers, crashes, pauses longer than
+    /// the lease, clock rates from 0.7 to 1.4, partitions from the store
+    /// and store outages; checks that no xid is decided two ways.
+    #[arg(long)]
+    ha: bool,
 }
 
 fn parse_shape(s: &str) -> Result<ShapeMode, String> {
@@ -87,6 +95,9 @@ fn main() -> ExitCode {
             for m in Mutant::ALL {
                 println!("{}", m.name());
             }
+            for m in Mutant::HA {
+                println!("{} (with --ha)", m.name());
+            }
             return ExitCode::SUCCESS;
         }
         Some(_) if !MUTANTS_AVAILABLE => {
@@ -96,6 +107,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
+        Some("all") if args.ha => Mutant::HA.into_iter().map(Some).collect(),
         Some("all") => Mutant::ALL.into_iter().map(Some).collect(),
         Some(name) => match Mutant::from_name(name) {
             Some(m) => vec![Some(m)],
@@ -107,12 +119,124 @@ fn main() -> ExitCode {
     };
     let mut code = ExitCode::SUCCESS;
     for mutant in mutants {
-        code = match args.seed {
-            Some(seed) => replay(seed, &options, mutant),
-            None => sweep(&args, &options, mutant),
+        code = match (args.ha, args.seed) {
+            (true, Some(seed)) => replay_ha(seed, args.trace, mutant),
+            (true, None) => sweep_ha(&args, mutant),
+            (false, Some(seed)) => replay(seed, &options, mutant),
+            (false, None) => sweep(&args, &options, mutant),
         };
     }
     code
+}
+
+fn replay_ha(seed: u64, trace: bool, mutant: Option<Mutant>) -> ExitCode {
+    arm(mutant);
+    let result = run_ha_seed(seed, &HaOptions::default(), trace);
+    let (lines, last, code) = match &result {
+        Ok(report) => (Vec::new(), report.to_string(), ExitCode::SUCCESS),
+        Err(failure) => (
+            failure.trace.clone(),
+            format!("FAILED: {failure}"),
+            ExitCode::FAILURE,
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    for line in lines.iter().chain(std::iter::once(&last)) {
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    code
+}
+
+#[derive(Default)]
+struct HaTotals {
+    seeds: u64,
+    report: HaReport,
+    failures: Vec<HaFailure>,
+}
+
+fn sweep_ha(args: &Args, mutant: Option<Mutant>) -> ExitCode {
+    let started = Instant::now();
+    let options = HaOptions::default();
+    let totals = Mutex::new(HaTotals::default());
+    let jobs = each_seed(
+        args,
+        mutant,
+        |seed| run_ha_seed(seed, &options, false),
+        |result| {
+            let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+            totals.seeds += 1;
+            match result {
+                Ok(r) => {
+                    if args.verbose {
+                        println!("{r}");
+                    }
+                    let t = &mut totals.report;
+                    t.xids += r.xids;
+                    t.committed += r.committed;
+                    t.aborted += r.aborted;
+                    t.takeovers += r.takeovers;
+                    t.fenced_writes += r.fenced_writes;
+                    t.crashes += r.crashes;
+                    t.pauses += r.pauses;
+                    t.events += r.events;
+                }
+                Err(failure) => {
+                    println!("FAILED: {failure}");
+                    totals.failures.push(failure);
+                }
+            }
+        },
+    );
+    let mut totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    totals.failures.sort_by_key(|f| f.seed);
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(mutant) = mutant {
+        return match totals.failures.first() {
+            Some(f) => {
+                println!(
+                    "mutant {} (HA): caught at seed {}: {}\n    replay: cargo run --release -p \
+                     concord-sim --features mutants -- --ha --mutant {} --seed {} --trace",
+                    mutant.name(),
+                    f.seed,
+                    f.what,
+                    mutant.name(),
+                    f.seed
+                );
+                ExitCode::SUCCESS
+            }
+            None => {
+                println!(
+                    "mutant {} (HA): NOT caught in {} seeds ({wall:.1} s)",
+                    mutant.name(),
+                    totals.seeds
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let t = &totals.report;
+    println!(
+        "HA seeds {}..{}: {} run, {} failed, in {wall:.1} s wall ({jobs} jobs)",
+        args.start,
+        args.start.saturating_add(args.seeds),
+        totals.seeds,
+        totals.failures.len()
+    );
+    println!(
+        "totals: {} xids ({} committed, {} aborted), {} takeovers, {} writes fenced off, \
+         {} crashes, {} pauses, {} events",
+        t.xids, t.committed, t.aborted, t.takeovers, t.fenced_writes, t.crashes, t.pauses, t.events
+    );
+    if totals.failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    println!("failing seeds:");
+    for f in &totals.failures {
+        println!("  {f}");
+    }
+    ExitCode::FAILURE
 }
 
 /// Switch `mutant` on for the current thread (no-op without the feature,
@@ -189,14 +313,19 @@ impl Totals {
     }
 }
 
-fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
-    let started = Instant::now();
+/// Run seeds `args.start..` on `args.jobs` threads, handing each result
+/// to `on`; with a mutant, stop at the first (lowest) seed that fails.
+/// Returns the number of jobs.
+fn each_seed<R, F>(
+    args: &Args,
+    mutant: Option<Mutant>,
+    run: impl Fn(u64) -> Result<R, F> + Sync,
+    on: impl Fn(Result<R, F>) + Sync,
+) -> usize {
     let end = args.start.saturating_add(args.seeds);
     let next = AtomicU64::new(args.start);
-    // With a mutant: stop at the first (lowest) seed that catches it. Seeds
-    // below a failing one still finish, so the lowest is exact.
+    // Seeds below a failing one still finish, so the lowest is exact.
     let stop_at = AtomicU64::new(u64::MAX);
-    let totals = Mutex::new(Totals::default());
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -209,27 +338,42 @@ fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode 
                 if seed >= end.min(stop_at.load(Ordering::Relaxed)) {
                     return;
                 }
-                let result = run_seed(seed, options);
+                let result = run(seed);
                 if result.is_err() && mutant.is_some() {
                     stop_at.fetch_min(seed, Ordering::Relaxed);
                 }
-                let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
-                match result {
-                    Ok(report) => {
-                        if args.verbose {
-                            println!("{report}");
-                        }
-                        totals.add(&report);
-                    }
-                    Err(failure) => {
-                        println!("FAILED: {failure}");
-                        totals.seeds += 1;
-                        totals.failures.push(failure);
-                    }
-                }
+                on(result);
             });
         }
     });
+    jobs
+}
+
+fn sweep(args: &Args, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
+    let started = Instant::now();
+    let end = args.start.saturating_add(args.seeds);
+    let totals = Mutex::new(Totals::default());
+    let jobs = each_seed(
+        args,
+        mutant,
+        |seed| run_seed(seed, options),
+        |result| {
+            let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(report) => {
+                    if args.verbose {
+                        println!("{report}");
+                    }
+                    totals.add(&report);
+                }
+                Err(failure) => {
+                    println!("FAILED: {failure}");
+                    totals.seeds += 1;
+                    totals.failures.push(failure);
+                }
+            }
+        },
+    );
     let mut totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
     totals.failures.sort_by_key(|f| f.seed);
     let wall = started.elapsed().as_secs_f64();
