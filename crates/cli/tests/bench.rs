@@ -280,22 +280,27 @@ fn bench_measures_the_postgresql_store_beside_the_file_store() {
         ],
         dir.path(),
     );
-    let store = &report["pg_store"];
-    let runs = store["runs"]
-        .as_array()
-        .expect("runs with the PostgreSQL store");
-    assert_eq!(runs.len(), 2, "{store}");
-    for run in runs {
-        assert_eq!(run["durable"], Value::Bool(true), "{run}");
-        assert!(f(run, "committed") > 0.0, "{run}");
-        assert_uncontended(run);
+    // One instance, then three sharing the database.
+    for (key, coordinators) in [("pg_store", 1), ("pg_store_instances", 3)] {
+        let store = &report[key];
+        let runs = store["runs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: runs with the PostgreSQL store"));
+        assert_eq!(runs.len(), 2, "{store}");
+        for run in runs {
+            assert_eq!(run["durable"], Value::Bool(true), "{run}");
+            assert!(f(run, "committed") > 0.0, "{run}");
+            assert_uncontended(run);
+            // Every instance's counters are in: the load went round them.
+            assert_eq!(f(run, "coordinators"), coordinators as f64, "{key}: {run}");
+        }
+        let ratios = store["ratios"].as_array().expect("ratios");
+        assert_eq!(ratios.len(), 2, "{store}");
+        assert!(
+            ratios.iter().all(|r| f(r, "throughput_ratio") > 0.0),
+            "{store}"
+        );
     }
-    let ratios = store["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.len(), 2, "{store}");
-    assert!(
-        ratios.iter().all(|r| f(r, "throughput_ratio") > 0.0),
-        "{store}"
-    );
 }
 
 /// `--resource postgres`: throwaway clusters, the bare PostgreSQL 2PC

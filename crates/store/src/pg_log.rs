@@ -90,7 +90,9 @@ pub struct PgLog {
     /// Where, for messages: the DSN without its password.
     place: String,
     poisoned: Option<StoreError>,
-    append: String,
+    /// Prepared once: a statement by text would be parsed again, one
+    /// more round trip, at every append.
+    append: postgres::Statement,
 }
 
 impl PgLog {
@@ -149,6 +151,10 @@ impl PgLog {
                 &[&name],
             )
             .map_err(|e| db.fail("read the log", &e))?;
+        let append = db
+            .client
+            .prepare(&append_statement())
+            .map_err(|e| db.fail("prepare the append", &e))?;
         let place = db.place;
         let mut next_seq = 0;
         let mut records = Vec::with_capacity(rows.len());
@@ -171,7 +177,7 @@ impl PgLog {
             next_seq,
             place,
             poisoned: None,
-            append: append_statement(),
+            append,
         };
         Ok((log, records))
     }

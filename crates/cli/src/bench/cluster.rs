@@ -38,6 +38,9 @@ pub struct ClusterSpec {
     /// The coordinator's log in this PostgreSQL database (`--store`)
     /// instead of a file.
     pub coordinator_store: Option<String>,
+    /// Coordinator instances sharing that store (1 without one); the
+    /// load goes round them.
+    pub coordinator_instances: usize,
 }
 
 /// The databases of PostgreSQL participants, and their connection pools.
@@ -50,7 +53,8 @@ pub struct PgParticipants {
 
 /// A running set of servers.
 pub struct Cluster {
-    pub coordinator: String,
+    /// Every coordinator instance (one but with a shared store).
+    pub coordinators: Vec<String>,
     /// The coordinator's HTTP API, when it serves one.
     pub http: Option<String>,
     /// `(name, address)` of each participant, in order.
@@ -80,8 +84,14 @@ impl Cluster {
     pub async fn start(spec: &ClusterSpec) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&spec.root)
             .with_context(|| format!("create {}", spec.root.display()))?;
-        let mut ports = free_ports(spec.participants + 2)?;
-        let coordinator = format!("127.0.0.1:{}", ports.pop().unwrap_or_default());
+        let instances = spec.coordinator_instances.max(1);
+        if instances > 1 && spec.coordinator_store.is_none() {
+            bail!("several coordinator instances need a shared store (--store postgres)");
+        }
+        let mut ports = free_ports(spec.participants + 1 + instances)?;
+        let coordinators: Vec<String> = (0..instances)
+            .map(|_| format!("127.0.0.1:{}", ports.pop().unwrap_or_default()))
+            .collect();
         let http_port = ports.pop().unwrap_or_default();
         let http = spec.http.then(|| format!("127.0.0.1:{http_port}"));
         let mut extra: Vec<&str> = vec!["--log-level", "warn"];
@@ -132,29 +142,38 @@ impl Cluster {
         if let Some(dsn) = &spec.coordinator_store {
             extra.extend(["--store", dsn.as_str()]);
         }
-        let args = coordinator_args(
-            &coordinator,
-            &spec.root.join("coordinator"),
-            &participants,
-            &extra,
-        );
-        procs.insert(
-            0,
-            Proc::start(
-                &spec.exe,
-                "coordinator",
-                args,
-                spec.root.join("coordinator.log"),
-            )?,
-        );
+        for (k, addr) in coordinators.iter().enumerate() {
+            // The first keeps the default name; every instance needs its own.
+            let name = match k {
+                0 => "coordinator".to_string(),
+                k => format!("coordinator-{k}"),
+            };
+            let mut extra = extra.clone();
+            if k > 0 {
+                extra.retain(|a| !a.starts_with("--http-listen") && Some(*a) != http.as_deref());
+                extra.extend(["--name", name.as_str()]);
+            }
+            let args = coordinator_args(addr, &spec.root.join(&name), &participants, &extra);
+            procs.insert(
+                k,
+                Proc::start(
+                    &spec.exe,
+                    &name,
+                    args,
+                    spec.root.join(format!("{name}.log")),
+                )?,
+            );
+        }
         for (name, addr) in &participants {
             wait_listening(addr, name).await?;
         }
-        wait_listening(&coordinator, "coordinator").await?;
+        for addr in &coordinators {
+            wait_listening(addr, "coordinator").await?;
+        }
         if let Some(http) = &http {
             wait_listening(http, "the coordinator's HTTP API").await?;
         }
-        let mut cluster = Cluster::attach(coordinator, participants, procs).await?;
+        let mut cluster = Cluster::attach(coordinators, participants, procs).await?;
         cluster.http = http;
         cluster.pg_dsns = spec.postgres.as_ref().map(|pg| pg.dsns.clone());
         Ok(cluster)
@@ -207,7 +226,7 @@ impl Cluster {
             wait_listening(addr, name).await?;
         }
         wait_listening(&coordinator, "relay coordinator").await?;
-        Cluster::attach(coordinator, participants, procs).await
+        Cluster::attach(vec![coordinator], participants, procs).await
     }
 
     /// Use servers that are already running.
@@ -215,23 +234,26 @@ impl Cluster {
         coordinator: String,
         participants: Vec<(String, String)>,
     ) -> anyhow::Result<Cluster> {
-        Cluster::attach(coordinator, participants, Vec::new()).await
+        Cluster::attach(vec![coordinator], participants, Vec::new()).await
     }
 
     async fn attach(
-        coordinator: String,
+        coordinators: Vec<String>,
         participants: Vec<(String, String)>,
         procs: Vec<Proc>,
     ) -> anyhow::Result<Cluster> {
         let mut stat_clients = Vec::new();
-        for addr in std::iter::once(&coordinator).chain(participants.iter().map(|(_, a)| a)) {
+        for addr in coordinators
+            .iter()
+            .chain(participants.iter().map(|(_, a)| a))
+        {
             let client = Client::connect(addr)
                 .await
                 .with_context(|| format!("connect to {addr} for its counters"))?;
             stat_clients.push(client);
         }
         Ok(Cluster {
-            coordinator,
+            coordinators,
             http: None,
             pg_dsns: None,
             participants,

@@ -224,6 +224,7 @@ impl BenchOptions {
             root,
             postgres: None,
             coordinator_store: None,
+            coordinator_instances: 1,
         }
     }
 
@@ -292,23 +293,38 @@ pub async fn run_bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
+/// Coordinator instances of `--store postgres`'s second run (the first
+/// has one).
+const PG_STORE_INSTANCES: usize = 3;
+
 /// The main levels with the coordinator's log in a throwaway PostgreSQL
-/// cluster (fsync on), on servers of their own.
+/// cluster (fsync on), on servers of their own, with `instances`
+/// coordinator instances sharing it and the load going round them.
 async fn pg_store_runs(
     options: &BenchOptions,
     root: &std::path::Path,
     everything: Branches,
+    instances: usize,
 ) -> anyhow::Result<Vec<RunResult>> {
-    eprintln!("starting a throwaway PostgreSQL cluster for the coordinator's log");
+    eprintln!(
+        "starting a throwaway PostgreSQL cluster for the coordinator's log ({instances} \
+         instance(s))"
+    );
     let db = tokio::task::spawn_blocking(|| {
         concord_pgcluster::Cluster::start(&concord_pgcluster::ClusterOptions::default())
     })
     .await?
     .map_err(|e| anyhow::anyhow!("{e} (install the server: apt-get install -y postgresql)"))?;
-    let mut spec = options.cluster_spec(true, root.join("pg-store"));
+    let mut spec = options.cluster_spec(true, root.join(format!("pg-store-{instances}")));
     spec.coordinator_store = Some(db.dsn());
+    spec.coordinator_instances = instances;
     let cluster = Cluster::start(&spec).await?;
-    let label = "durable, coordinator log in PostgreSQL";
+    let label = if instances == 1 {
+        "durable, coordinator log in PostgreSQL".to_string()
+    } else {
+        format!("durable, coordinator logs in PostgreSQL, {instances} instances")
+    };
+    let label = label.as_str();
     let result = sweep(
         options,
         &cluster,
@@ -368,13 +384,15 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         Some(result) => Some(report::Comparison::new(result?, &runs)),
         None => None,
     };
-    let pg_store = if options.pg_store {
-        Some(report::Comparison::new(
-            pg_store_runs(options, root, everything).await?,
-            &runs,
-        ))
+    let (pg_store, pg_store_instances) = if options.pg_store {
+        let one = pg_store_runs(options, root, everything, 1).await?;
+        let three = pg_store_runs(options, root, everything, PG_STORE_INSTANCES).await?;
+        (
+            Some(report::Comparison::new(one, &runs)),
+            Some(report::Comparison::new(three, &runs)),
+        )
     } else {
-        None
+        (None, None)
     };
 
     let mut fsync_baseline = None;
@@ -490,6 +508,7 @@ async fn measure(options: &BenchOptions, root: &std::path::Path) -> anyhow::Resu
         optimizations,
         http_api,
         pg_store,
+        pg_store_instances,
         postgres: None,
     })
 }
@@ -584,7 +603,7 @@ async fn sweep(
         );
         let (tally, window, before, after) = workload
             .run(
-                &cluster.coordinator,
+                &cluster.coordinators,
                 options.warmup,
                 options.window,
                 cluster.snapshot_unless(via == Via::BarePostgres),

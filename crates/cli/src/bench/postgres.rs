@@ -232,6 +232,7 @@ pub(super) async fn measure(options: &BenchOptions, root: &Path) -> anyhow::Resu
         optimizations: Vec::new(),
         http_api: None,
         pg_store: None,
+        pg_store_instances: None,
         postgres: Some(comparison),
     })
 }

@@ -37,6 +37,8 @@ pub struct RunResult {
     pub durable: bool,
     pub concurrency: usize,
     pub connections: usize,
+    /// Coordinator instances the load went to (their counters are in).
+    pub coordinators: usize,
     pub window_s: f64,
     pub transactions_per_sec: f64,
     pub committed_per_sec: f64,
@@ -123,6 +125,7 @@ impl RunResult {
         let secs = window.as_secs_f64().max(1e-9);
         RunResult {
             durable: !after.servers.is_empty() && deltas.iter().all(|d| d.fsync),
+            coordinators: coordinator.len(),
             concurrency,
             connections,
             window_s: secs,
@@ -239,6 +242,10 @@ pub struct BenchReport {
     /// (`--store postgres`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pg_store: Option<Comparison>,
+    /// The same with three coordinator instances sharing the database,
+    /// the load going round them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_store_instances: Option<Comparison>,
     /// `--resource postgres`: the bare PostgreSQL 2PC baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PgComparison>,
@@ -565,6 +572,14 @@ impl BenchReport {
             let _ = writeln!(
                 out,
                 "with the coordinator's log in PostgreSQL (--store postgres://…: a throwaway cluster on this machine, fsync on, synchronous_commit on; every append durable when it returns; new servers):"
+            );
+            store.text(&mut out, "the file store's");
+        }
+        if let Some(store) = &self.pg_store_instances {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "with three coordinator instances sharing that PostgreSQL store (each its own log under a lease; the client connections go round them; same durability):"
             );
             store.text(&mut out, "the file store's");
         }

@@ -157,7 +157,7 @@ impl Workload {
     /// counters) while the load keeps running.
     pub async fn run<S, E, FS, FE>(
         &self,
-        coordinator: &str,
+        coordinators: &[String],
         warmup: Duration,
         window: Duration,
         at_window_start: FS,
@@ -177,7 +177,9 @@ impl Workload {
         };
         // A bare PostgreSQL run talks to no coordinator.
         if self.bare_pg.is_none() {
-            for _ in 0..binary {
+            // Several instances: the connections go round them.
+            for c in 0..binary {
+                let coordinator = &coordinators[c % coordinators.len().max(1)];
                 clients.push(Arc::new(Client::connect(coordinator).await?));
             }
         }
