@@ -703,8 +703,18 @@ struct TxnArgs {
 #[derive(Args, Debug)]
 struct StatusArgs {
     /// The coordinator's address.
-    #[arg(long, value_name = "ADDR", required_unless_present = "participants")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["participants", "instances"])]
     coordinator: Option<String>,
+    /// Show the coordinator instances sharing the PostgreSQL store at
+    /// --store: every log, the instance that holds it (its own, or one
+    /// that took it over), its epoch, the lease left by the database's
+    /// clock, who asked for it back, and the transactions in flight in it.
+    /// Read from the database, so it works with every instance down.
+    #[arg(long, requires = "store", conflicts_with_all = ["xid", "timeouts", "prepared"])]
+    instances: bool,
+    /// With --instances: the shared store, postgres://USER@HOST:PORT/DB.
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<String>,
     /// Ask this participant directly (repeatable), instead of the
     /// participants the coordinator names: with the coordinator down this
     /// shows what an in-doubt branch waits for and whom it asked.
@@ -715,7 +725,7 @@ struct StatusArgs {
     )]
     participants: Vec<String>,
     /// The transaction id (hex, as printed by transfer/txn).
-    #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present_any = ["timeouts", "prepared"])]
+    #[arg(value_name = "XID", value_parser = parse_xid, required_unless_present_any = ["timeouts", "prepared", "instances"])]
     xid: Option<Xid>,
     /// Show the latency estimates per participant and phase and the
     /// timeouts they set, instead of a transaction (the address may also
@@ -1455,6 +1465,9 @@ async fn status(args: StatusArgs) -> ExitCode {
     if args.prepared {
         return prepared_status(&args).await;
     }
+    if args.instances {
+        return instances_status(&args).await;
+    }
     let xid = match (args.timeouts, args.xid) {
         (false, Some(xid)) => xid,
         _ => return timeouts_status(&args).await,
@@ -1561,6 +1574,115 @@ fn unanswered_exit(
 
 /// `concord status --timeouts`: the estimates and the timeouts in force.
 /// `concord status --participant ADDR… --prepared`.
+/// `status --instances`: the owner rows of the shared store, by instance.
+async fn instances_status(args: &StatusArgs) -> ExitCode {
+    let Some(dsn) = args.store.clone() else {
+        eprintln!("concord: --instances needs --store postgres://…");
+        return ExitCode::from(2);
+    };
+    let scanned = tokio::task::spawn_blocking(move || {
+        // The PostgreSQL client runs a runtime of its own: not on this one.
+        std::thread::spawn(move || concord_store::PgLeases::connect(&dsn)?.scan())
+            .join()
+            .map_err(|_| "the thread reading the store panicked".to_string())
+    })
+    .await;
+    let rows = match scanned {
+        Ok(Ok(Ok(rows))) => rows,
+        Ok(Ok(Err(e))) => {
+            eprintln!("concord: cannot read the instances from the store: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Err(e)) => {
+            eprintln!("concord: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("concord: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        let logs: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "log": r.log,
+                    "holder": r.holder,
+                    "epoch": r.epoch,
+                    "lease_left_ms": r.lease_left_ms,
+                    "expired": r.expired,
+                    "wanted_by": r.wanted_by,
+                    "in_flight": r.in_flight,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "logs": logs }));
+        return ExitCode::SUCCESS;
+    }
+    if rows.is_empty() {
+        println!("no coordinator log in this store yet (no instance has started on it)");
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", instances_text(&rows));
+    ExitCode::SUCCESS
+}
+
+/// One block per instance (every log's own instance, and any holder),
+/// listing the logs it holds.
+fn instances_text(rows: &[concord_store::OwnerRow]) -> String {
+    use std::fmt::Write as _;
+    let mut names: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.log.as_str()).chain(r.holder.as_deref()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = String::new();
+    for name in names {
+        let held: Vec<&concord_store::OwnerRow> = rows
+            .iter()
+            .filter(|r| r.holder.as_deref() == Some(name) && !r.expired)
+            .collect();
+        let in_flight: u64 = held.iter().map(|r| r.in_flight).sum();
+        let _ = writeln!(
+            out,
+            "instance {name}: {}",
+            match held.len() {
+                0 => "holds no live lease (down, starting, or waiting for its log)".to_string(),
+                n => format!("holds {n} log(s), {in_flight} transactions in flight"),
+            }
+        );
+        for r in rows
+            .iter()
+            .filter(|r| r.holder.as_deref() == Some(name) || r.log == name)
+        {
+            let whose = if r.log == name {
+                "its own"
+            } else {
+                "taken over"
+            };
+            let holder = r.holder.as_deref().unwrap_or("nobody");
+            let lease = if r.expired {
+                format!("lease ran out {} ms ago", -r.lease_left_ms)
+            } else {
+                format!("lease {} ms left", r.lease_left_ms)
+            };
+            let wanted = r
+                .wanted_by
+                .as_deref()
+                .map(|w| format!(", {w} asked for it back"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  log {} ({whose}): held by {holder}, epoch {}, {lease}, {} in flight{wanted}",
+                r.log, r.epoch, r.in_flight
+            );
+        }
+    }
+    out
+}
+
 async fn prepared_status(args: &StatusArgs) -> ExitCode {
     let mut reports = Vec::new();
     for addr in &args.participants {

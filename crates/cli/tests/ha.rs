@@ -340,6 +340,26 @@ async fn three_instances_survive_kills_a_zombie_and_a_database_restart_under_loa
         }
 
         let reports = cluster.wait_settled(Duration::from_secs(60)).await;
+        // `status --instances` from the store: each instance holds its
+        // own log again, under a live lease.
+        let output = run_cli(&["status", "--instances", "--store", &instances.dsn, "--json"]);
+        let (stdout, stderr) = output_text(&output);
+        assert!(output.status.success(), "{stdout}{stderr}");
+        let table: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        let logs = table["logs"].as_array().expect("logs");
+        assert_eq!(logs.len(), INSTANCES, "{table}");
+        for log in logs {
+            assert_eq!(log["holder"], log["log"], "{table}");
+            assert_eq!(log["expired"], serde_json::Value::Bool(false), "{table}");
+        }
+        let output = run_cli(&["status", "--instances", "--store", &instances.dsn]);
+        let (text, _) = output_text(&output);
+        for i in 0..INSTANCES {
+            assert!(
+                text.contains(&format!("log c{i} (its own): held by c{i}")),
+                "{text}"
+            );
+        }
         let seen = std::mem::take(&mut *seen.lock().expect("seen"));
         let committed = seen
             .outcomes

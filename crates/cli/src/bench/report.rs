@@ -37,7 +37,9 @@ pub struct RunResult {
     pub durable: bool,
     pub concurrency: usize,
     pub connections: usize,
-    /// Coordinator instances the load went to (their counters are in).
+    /// Coordinator instances in the run (their counters are in). The
+    /// client connections go round them, so with fewer connections than
+    /// instances some take no load.
     pub coordinators: usize,
     pub window_s: f64,
     pub transactions_per_sec: f64,
