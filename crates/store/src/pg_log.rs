@@ -182,22 +182,6 @@ impl PgLog {
         Ok((log, records))
     }
 
-    /// Whether the database at `dsn` answers (a connection and a
-    /// `SELECT 1`), without touching any log: for waiting until it is back.
-    pub fn probe(dsn: &str) -> Result<(), StoreError> {
-        let fail = |op: &'static str, e: postgres::Error| StoreError::Database {
-            store: redact(dsn),
-            op,
-            detail: describe(&e),
-        };
-        let mut client =
-            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
-        client
-            .simple_query("SELECT 1")
-            .map_err(|e| fail("SELECT 1", e))?;
-        Ok(())
-    }
-
     /// This instance's fencing token (the log's epoch when it opened it).
     pub fn epoch(&self) -> i64 {
         self.epoch
@@ -311,6 +295,14 @@ impl LogStore for PgLog {
     }
 }
 
+/// How long connecting to the store's database may take.
+const STORE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long data sent to the database may stay unacknowledged before the
+/// connection fails (Linux `TCP_USER_TIMEOUT`).
+const STORE_TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keep-alives on an idle connection (a lease connection between renewals).
+const STORE_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A connection to the store's database, with the tables in place.
 pub(crate) struct Db {
     pub(crate) client: postgres::Client,
@@ -331,8 +323,19 @@ impl Db {
             op,
             detail: describe(&e),
         };
-        let mut client =
-            postgres::Client::connect(dsn, postgres::NoTls).map_err(|e| fail("connect", e))?;
+        let mut config: postgres::Config = dsn.parse().map_err(|e| fail("parse the URL", e))?;
+        // A database that stops answering (a partition without a reset)
+        // must fail the call, not hang it: a hung append would hold the
+        // log's writer, a hung renewal the instance's leases. A connect
+        // timeout the URL gives wins.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(STORE_CONNECT_TIMEOUT);
+        }
+        config.tcp_user_timeout(STORE_TCP_USER_TIMEOUT);
+        config.keepalives_idle(STORE_KEEPALIVE_IDLE);
+        let mut client = config
+            .connect(postgres::NoTls)
+            .map_err(|e| fail("connect", e))?;
         // No "already exists, skipping" notices from the schema.
         client
             .batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")
