@@ -794,8 +794,9 @@ mod tests {
         assert!(drain(&mut leases).contains(&acquire));
     }
 
-    #[test]
-    fn a_renewal_that_finds_our_own_name_elsewhere_retires_the_instance() {
+    /// `started("a")`, whose first renewal finds the log held by
+    /// `holder` at `epoch`.
+    fn renewal_finds(holder: &str, epoch: u64) -> Leases {
         let mut leases = started("a");
         leases.on_tick(ms(250), idle);
         drain(&mut leases);
@@ -805,10 +806,16 @@ mod tests {
             "a",
             3,
             Ok(RenewAnswer::Lost {
-                holder: Some("a".into()),
-                epoch: 4,
+                holder: Some(holder.into()),
+                epoch,
             }),
         );
+        leases
+    }
+
+    #[test]
+    fn a_renewal_that_finds_our_own_name_elsewhere_retires_the_instance() {
+        let mut leases = renewal_finds("a", 4);
         assert_eq!(leases.replaced_by(), Some("a"));
         leases.on_tick(ms(5000), idle);
         assert!(!drain(&mut leases)
@@ -835,19 +842,7 @@ mod tests {
 
     #[test]
     fn a_lease_that_ran_out_untaken_is_taken_again_not_mistaken_for_a_namesake() {
-        let mut leases = started("a");
-        leases.on_tick(ms(250), idle);
-        drain(&mut leases);
-        leases.on_renewed(
-            ms(260),
-            ms(250),
-            "a",
-            3,
-            Ok(RenewAnswer::Lost {
-                holder: Some("a".into()),
-                epoch: 3,
-            }),
-        );
+        let mut leases = renewal_finds("a", 3);
         assert_eq!(leases.replaced_by(), None);
         leases.on_tick(ms(261), idle);
         assert!(drain(&mut leases).contains(&LeaseAction::Acquire {

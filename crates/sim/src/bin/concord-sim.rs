@@ -140,12 +140,7 @@ fn replay_ha(seed: u64, trace: bool, mutant: Option<Mutant>) -> ExitCode {
             ExitCode::FAILURE,
         ),
     };
-    let mut out = std::io::stdout().lock();
-    for line in lines.iter().chain(std::iter::once(&last)) {
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
-    }
+    print_lines(&lines, &last);
     code
 }
 
@@ -265,14 +260,23 @@ fn replay(seed: u64, options: &SimOptions, mutant: Option<Mutant>) -> ExitCode {
             ExitCode::FAILURE,
         ),
     };
-    // A closed pipe (`| head`) just ends the output.
+    print_lines(trace, &last);
+    code
+}
+
+/// A replay's trace, then its last line. A closed pipe (`| head`) just
+/// ends the output.
+fn print_lines(trace: &[String], last: &str) {
     let mut out = std::io::stdout().lock();
-    for line in trace.iter().chain(std::iter::once(&last)) {
+    for line in trace
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(last))
+    {
         if writeln!(out, "{line}").is_err() {
             break;
         }
     }
-    code
 }
 
 #[derive(Default)]
