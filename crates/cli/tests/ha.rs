@@ -420,6 +420,24 @@ async fn three_instances_survive_kills_a_zombie_and_a_database_restart_under_loa
                 "{xid}: the client heard {outcome:?}, participants say {states:?}"
             );
         }
+        // Asked about an xid another instance began, an instance says it
+        // has no record and that it answers only for its own log.
+        let (xid, _, _) = seen.outcomes.last().expect("an outcome");
+        let mut elsewhere = 0;
+        for addr in &instances.addrs {
+            let client = concord_client::Client::connect(addr)
+                .await
+                .expect("instance");
+            let status = client.status(*xid).await.expect("status");
+            if status.state == concord_api::CoordinatorState::NoRecord {
+                assert!(status.detail.contains("shares its store"), "{status:?}");
+                elsewhere += 1;
+            }
+        }
+        assert!(
+            elsewhere >= INSTANCES - 1,
+            "{xid}: {elsewhere} instances without a record"
+        );
         for i in 0..3 {
             let text = cluster.participant_proc_log(i);
             let violation = text.lines().find(|l| l.contains("protocol violation"));

@@ -239,6 +239,7 @@ pub(crate) async fn serve_once(
     }
     if let Some(leased) = &leased {
         node_config.epoch_floor = leased.epoch;
+        node_config.shared_store = true;
     }
     // Every life mints from a seed of its own: a process that runs its
     // log again (the store came back, a lease was renewed too late) would

@@ -927,6 +927,7 @@ impl World {
             operator_token: Some(SIM_OPERATOR_TOKEN.into()),
             // The embedded log: the epoch comes from its own records.
             epoch_floor: 0,
+            shared_store: false,
         }
     }
 

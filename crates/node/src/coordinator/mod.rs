@@ -157,6 +157,9 @@ pub struct CoordinatorNodeConfig {
     /// fencing token it granted (see `Coordinator::recover_at_least`);
     /// 0 with the embedded log.
     pub epoch_floor: u64,
+    /// Several instances share this coordinator's store: an xid with no
+    /// record here may be another instance's (status says so).
+    pub shared_store: bool,
 }
 
 impl CoordinatorNodeConfig {
@@ -188,6 +191,7 @@ impl CoordinatorNodeConfig {
             timelines_max: crate::timeline::TIMELINES_MAX_DEFAULT,
             operator_token: None,
             epoch_floor: 0,
+            shared_store: false,
         }
     }
 
@@ -520,6 +524,8 @@ pub struct CoordinatorNode {
     /// but a read-only request): with the epoch, the version of
     /// `Request::List`'s answer, for conditional polling.
     version: u64,
+    /// See `CoordinatorNodeConfig::shared_store`.
+    shared_store: bool,
     /// Questions to participants awaiting their answers, by id.
     asks: HashMap<u64, operate::Asking>,
     next_ask: u64,
@@ -629,6 +635,7 @@ impl CoordinatorNode {
             operator_clients: HashMap::new(),
             asks: HashMap::new(),
             version: 0,
+            shared_store: config.shared_store,
             next_ask: 1,
             core_actions: Vec::new(),
             actions: Vec::new(),
@@ -1847,14 +1854,22 @@ impl CoordinatorNode {
                 shape: txn.shape,
             };
         }
+        let mut detail = String::from(
+            "no record of this xid: if it ever began here it is ABORTED (presumed abort), \
+             unless it committed and ended before the coordinator last restarted (a compacted \
+             log keeps only what is in flight; the participants keep their outcome for a while)",
+        );
+        if self.shared_store {
+            detail.push_str(
+                "; this instance shares its store with others, and answers only for the \
+                 transactions of its own log: one another instance began is answered there \
+                 (`concord status --instances` lists them), and its participants know it",
+            );
+        }
         CoordinatorStatus {
             xid,
             state: CoordinatorState::NoRecord,
-            detail: "no record of this xid: if it ever began here it is ABORTED (presumed \
-                     abort), unless it committed and ended before the coordinator last \
-                     restarted (a compacted log keeps only what is in flight; the participants \
-                     keep their outcome for a while)"
-                .into(),
+            detail,
             branches: self
                 .directory
                 .configured()
