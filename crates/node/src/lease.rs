@@ -30,8 +30,9 @@
 //!   it had not decided (§1.5 cases 3–4).
 //! - An adopted log whose own instance asks for it back is **handed back**
 //!   once nothing is in flight in it (or after two leases in any case):
-//!   the coordinator over it stops first, then the lease goes to the
-//!   asker, which acquires it with a higher epoch.
+//!   the coordinator over it stops first, then the log is let go (kept
+//!   from adopters for one lease), and its instance acquires it with a
+//!   higher epoch.
 
 use concord_proto::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,7 +155,8 @@ pub enum LeaseAction {
     },
     /// Ask the holder of this instance's own log for it back.
     Want { log: String },
-    /// Lease `log` to `to`: after the `Stop` of its coordinator.
+    /// Let `log` go back to its own instance `to`: after the `Stop` of
+    /// its coordinator.
     HandBack { log: String, epoch: u64, to: String },
     /// Read every owner row (answer: [`Leases::on_scanned`]).
     Scan,
