@@ -540,6 +540,13 @@ mod tests {
         0
     }
 
+    /// The renewal of log "a" at epoch 3 sent at `sent` ms, answered
+    /// "held" at `now` ms.
+    fn renewed(leases: &mut Leases, now: u64, sent: u64) {
+        let held = Ok(RenewAnswer::Held { wanted_by: None });
+        leases.on_renewed(ms(now), ms(sent), "a", 3, held);
+    }
+
     fn started(me: &str) -> Leases {
         let mut leases = Leases::new(me, LeaseConfig { lease_ms: 1000 }, ms(0));
         assert_eq!(
@@ -577,13 +584,7 @@ mod tests {
             epoch: 3,
             in_flight: 7
         }));
-        leases.on_renewed(
-            ms(260),
-            ms(250),
-            "a",
-            3,
-            Ok(RenewAnswer::Held { wanted_by: None }),
-        );
+        renewed(&mut leases, 260, 250);
         // Valid until 250 + 750; the database is gone from now on.
         leases.on_tick(ms(500), idle);
         assert!(drain(&mut leases)
@@ -616,13 +617,7 @@ mod tests {
         drain(&mut leases);
         // Answered long after it was sent (the instance was paused): the
         // grant counts from the sending, so it is already past.
-        leases.on_renewed(
-            ms(2000),
-            ms(250),
-            "a",
-            3,
-            Ok(RenewAnswer::Held { wanted_by: None }),
-        );
+        renewed(&mut leases, 2000, 250);
         leases.on_tick(ms(2000), idle);
         assert!(drain(&mut leases).iter().any(|a| matches!(
             a,
