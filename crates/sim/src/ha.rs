@@ -700,6 +700,8 @@ impl HaWorld {
                 if !down {
                     if let Some(o) = self.owners.get_mut(&log) {
                         if o.epoch == epoch && o.wanted_by.as_deref() == Some(&to) {
+                            // Fenced at once: a write still on its way fails.
+                            o.epoch += 1;
                             o.holder = None;
                             o.wanted_by = None;
                             o.lease_until = now + lease;

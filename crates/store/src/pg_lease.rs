@@ -217,8 +217,11 @@ impl PgLeases {
     /// instance `to`: held by no one, but kept from adopters for
     /// `lease_ms`, in which only `to` takes it (acquire is for a log's own
     /// instance only); if `to` died meanwhile, it is adopted again after.
-    /// Call only once this instance has stopped writing to it. False if it
-    /// was not held at `epoch` any more.
+    /// Call only once this instance has stopped writing to it; the epoch
+    /// goes up all the same, so that a write of it still on its way (a
+    /// life cut off while writing out its log) is fenced off at once, not
+    /// only once `to` takes the log. False if it was not held at `epoch`
+    /// any more.
     pub fn hand_back(
         &mut self,
         log: &str,
@@ -231,7 +234,8 @@ impl PgLeases {
             .db
             .client
             .execute(
-                "UPDATE concord_log_owner SET holder = NULL, wanted_by = NULL, in_flight = 0, \
+                "UPDATE concord_log_owner SET epoch = epoch + 1, holder = NULL, wanted_by = NULL, \
+                 in_flight = 0, \
                  lease_until = now() + $4::float8 * interval '1 millisecond' \
                  WHERE name = $1 AND epoch = $2 AND wanted_by = $3",
                 &[&log, &(epoch as i64), &to, &lease],

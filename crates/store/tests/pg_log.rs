@@ -206,13 +206,18 @@ fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock()
         }
     );
     assert!(b.hand_back("a", e2, "a", lease).expect("hand back"));
+    // Let go means fenced off at once, before a takes it.
+    assert!(matches!(
+        adopted.append(&[b"stale"]),
+        Err(StoreError::Fenced { .. })
+    ));
     let Acquired::Took { epoch: e3 } = a.acquire("a", "a", lease, Some(e1)).expect("acquire")
     else {
         panic!("handed back to a");
     };
     assert!(e3 > e2);
     assert!(matches!(
-        adopted.append(&[b"stale"]),
+        PgLog::open_leased(&dsn, "a", e2),
         Err(StoreError::Fenced { .. })
     ));
     let (_, records) = PgLog::open_leased(&dsn, "a", e3).expect("open again");
