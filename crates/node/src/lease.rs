@@ -540,6 +540,22 @@ mod tests {
         0
     }
 
+    /// `started("a")`, which then adopts log "b" (its lease ran out under
+    /// `holder`) at epoch 2 (its `Start` not drained).
+    fn adopted_b(holder: Option<&str>) -> Leases {
+        let mut leases = started("a");
+        let row = LeaseRow {
+            log: "b".into(),
+            epoch: 1,
+            holder: holder.map(String::from),
+            expired: true,
+        };
+        leases.on_scanned(ms(10), Ok(vec![row]));
+        drain(&mut leases);
+        leases.on_adopted(ms(20), ms(10), "b", Ok(Some(2)));
+        leases
+    }
+
     /// The renewal of log "a" at epoch 3 sent at `sent` ms, answered
     /// "held" at `now` ms.
     fn renewed(leases: &mut Leases, now: u64, sent: u64) {
@@ -677,18 +693,7 @@ mod tests {
 
     #[test]
     fn hands_an_adopted_log_back_once_idle_and_stops_it_first() {
-        let mut leases = started("a");
-        leases.on_scanned(
-            ms(10),
-            Ok(vec![LeaseRow {
-                log: "b".into(),
-                epoch: 1,
-                holder: Some("b".into()),
-                expired: true,
-            }]),
-        );
-        drain(&mut leases);
-        leases.on_adopted(ms(20), ms(10), "b", Ok(Some(2)));
+        let mut leases = adopted_b(Some("b"));
         drain(&mut leases);
         leases.on_tick(ms(260), |_| 3);
         drain(&mut leases);
@@ -730,18 +735,7 @@ mod tests {
 
     #[test]
     fn a_busy_adopted_log_is_handed_back_after_two_leases_anyway() {
-        let mut leases = started("a");
-        leases.on_scanned(
-            ms(10),
-            Ok(vec![LeaseRow {
-                log: "b".into(),
-                epoch: 1,
-                holder: None,
-                expired: true,
-            }]),
-        );
-        drain(&mut leases);
-        leases.on_adopted(ms(20), ms(10), "b", Ok(Some(2)));
+        let mut leases = adopted_b(None);
         let mut t = 20;
         let mut handed = false;
         while t < 5000 && !handed {
