@@ -217,7 +217,10 @@ pub(crate) async fn serve_once(
                     "--data-dir is not used: the log is in PostgreSQL (--store)"
                 );
             }
-            let epoch = leased.as_ref().map(|l| l.epoch);
+            // The instance loop acquired the log: it opens at that epoch.
+            let Some(epoch) = leased.as_ref().map(|l| l.epoch) else {
+                bail!("a log in PostgreSQL is opened only under a lease (crate::instance)");
+            };
             let (log, records) = open_pg_log(dsn, &config.node.id, epoch).await?;
             let place = format!(
                 "PostgreSQL, log {:?} (epoch {})",
@@ -594,27 +597,24 @@ async fn ask_participant(to: &str, addr: &str, ask: ParticipantAsk) -> Result<Re
     }
 }
 
-/// Open the coordinator's log `name` in the PostgreSQL database at `dsn`
-/// (taking it over: see `concord_store::PgLog`) and decode its records.
+/// Open the coordinator's log `name` in the PostgreSQL database at `dsn`,
+/// held under a lease at `epoch` (see `concord_store::PgLog::open_leased`),
+/// and decode its records.
 /// The `postgres` client runs its own runtime, so it is opened on a
 /// thread of its own, outside this one.
 async fn open_pg_log(
     dsn: &str,
     name: &str,
-    leased_at: Option<u64>,
+    epoch: u64,
 ) -> anyhow::Result<(concord_store::PgLog, Vec<CoordinatorRecord>)> {
     let (dsn, owned) = (dsn.to_string(), name.to_string());
     let opened = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || match leased_at {
-            Some(epoch) => concord_store::PgLog::open_leased(&dsn, &owned, epoch),
-            None => concord_store::PgLog::open(&dsn, &owned),
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
+        std::thread::spawn(move || concord_store::PgLog::open_leased(&dsn, &owned, epoch))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread opening the PostgreSQL log panicked"))
     })
     .await??;
-    // Typed: a database that cannot be reached is waited for.
-    let (log, raw) = opened.map_err(anyhow::Error::new)?;
+    let (log, raw) = opened?;
     let mut records = Vec::with_capacity(raw.len());
     for (index, bytes) in raw.iter().enumerate() {
         let record: CoordinatorRecord =

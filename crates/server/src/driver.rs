@@ -66,7 +66,10 @@ pub(crate) async fn run_event_loop<N: DriverNode>(
                 Some(LogEvent::Durable(tickets)) => node.on_durable(tickets),
                 Some(LogEvent::Compacted) => node.on_compacted(),
                 Some(LogEvent::Failed(error)) => {
-                    return Err(LogFailed { role: N::ROLE, error }.into());
+                    return Err(anyhow!(
+                        "the {} log failed: {error}; stopping (restart to recover)",
+                        N::ROLE
+                    ));
                 }
                 None => return Err(anyhow!("the {} log writer stopped", N::ROLE)),
             },
@@ -89,26 +92,6 @@ pub(crate) async fn run_event_loop<N: DriverNode>(
         node.log().flush();
     }
 }
-
-/// The log failed (fail-stop): the driver stops. Typed, so that a caller
-/// can tell a store that went away (and may come back) from the rest.
-#[derive(Debug)]
-pub(crate) struct LogFailed {
-    pub role: &'static str,
-    pub error: StoreError,
-}
-
-impl std::fmt::Display for LogFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the {} log failed: {}; stopping (restart to recover)",
-            self.role, self.error
-        )
-    }
-}
-
-impl std::error::Error for LogFailed {}
 
 /// Turns tokio's monotonic clock into the core's microsecond [`Time`].
 #[derive(Clone, Copy, Debug)]
