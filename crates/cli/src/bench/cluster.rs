@@ -136,21 +136,22 @@ impl Cluster {
             )?);
             participants.push((name, addr));
         }
-        if let Some(http) = &http {
-            extra.extend(["--http-listen", http.as_str()]);
-        }
         if let Some(dsn) = &spec.coordinator_store {
             extra.extend(["--store", dsn.as_str()]);
         }
+        let base = extra.clone();
+        if let Some(http) = &http {
+            extra.extend(["--http-listen", http.as_str()]);
+        }
         for (k, addr) in coordinators.iter().enumerate() {
-            // The first keeps the default name; every instance needs its own.
+            // The first keeps the default name and the HTTP API; every
+            // other instance gets a name of its own and no HTTP API.
             let name = match k {
                 0 => "coordinator".to_string(),
                 k => format!("coordinator-{k}"),
             };
-            let mut extra = extra.clone();
+            let mut extra = if k == 0 { extra.clone() } else { base.clone() };
             if k > 0 {
-                extra.retain(|a| !a.starts_with("--http-listen") && Some(*a) != http.as_deref());
                 extra.extend(["--name", name.as_str()]);
             }
             let args = coordinator_args(addr, &spec.root.join(&name), &participants, &extra);
