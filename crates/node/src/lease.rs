@@ -34,6 +34,7 @@
 //!   from adopters for one lease), and its instance acquires it with a
 //!   higher epoch.
 
+use concord_proto::mutant::{self, Mutant};
 use concord_proto::Time;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -424,6 +425,7 @@ impl Leases {
             Ok(RenewAnswer::Held { wanted_by }) => {
                 held.valid_until = held.valid_until.max(sent_at.plus_ms(valid));
                 held.next_renew = sent_at.plus_ms(period);
+                let wanted_by = wanted_by.filter(|_| !mutant::active(Mutant::NeverHandBack));
                 match wanted_by {
                     Some(who) if !own && who != self.me => {
                         if held.wanted.is_none() {

@@ -93,6 +93,9 @@ pub enum Mutant {
     /// transaction of the old owner is then presumed aborted, COMMITs
     /// included).
     TakeoverSkipsRecovery,
+    /// HA (the lease state machine): an adopter never hands a log back to
+    /// its own instance, however long it asks.
+    NeverHandBack,
 }
 
 impl Mutant {
@@ -125,7 +128,11 @@ impl Mutant {
 
     /// The mutants of the HA world (`concord-sim --ha`), which the main
     /// world never reaches.
-    pub const HA: [Mutant; 2] = [Mutant::UnfencedAppend, Mutant::TakeoverSkipsRecovery];
+    pub const HA: [Mutant; 3] = [
+        Mutant::UnfencedAppend,
+        Mutant::TakeoverSkipsRecovery,
+        Mutant::NeverHandBack,
+    ];
 
     /// The name used by `concord-sim --mutant`.
     pub fn name(self) -> &'static str {
@@ -156,6 +163,7 @@ impl Mutant {
             Mutant::RetryCommitsUndecided => "retry-commits-undecided",
             Mutant::UnfencedAppend => "unfenced-append",
             Mutant::TakeoverSkipsRecovery => "takeover-skips-recovery",
+            Mutant::NeverHandBack => "never-hand-back",
         }
     }
 

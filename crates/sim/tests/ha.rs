@@ -41,10 +41,12 @@ fn an_ha_seed_replays_exactly() {
     }
 }
 
-/// (mutant, first seed that catches it).
-const CAUGHT: [(Mutant, u64); 2] = [
-    (Mutant::UnfencedAppend, 1),
-    (Mutant::TakeoverSkipsRecovery, 0),
+/// (mutant, first seed that catches it, what the failure says).
+const CAUGHT: [(Mutant, u64, &str); 3] = [
+    (Mutant::UnfencedAppend, 1, "decided"),
+    (Mutant::TakeoverSkipsRecovery, 0, "decided"),
+    // Liveness: the healed world must give every instance its log back.
+    (Mutant::NeverHandBack, 0, "does not run its own log"),
 ];
 
 #[test]
@@ -52,22 +54,18 @@ fn each_broken_ha_rule_is_caught() {
     let options = HaOptions::default();
     for m in Mutant::HA {
         assert!(
-            CAUGHT.iter().any(|(c, _)| *c == m),
+            CAUGHT.iter().any(|(c, ..)| *c == m),
             "{} has no seed",
             m.name()
         );
     }
-    for (mutant, seed) in CAUGHT {
+    for (mutant, seed, says) in CAUGHT {
         set_mutant(Some(mutant));
         let failure = run_ha_seed(seed, &options, false);
         let again = run_ha_seed(seed, &options, false);
         set_mutant(None);
         let failure = failure.expect_err(mutant.name());
-        assert!(
-            failure.what.contains("decided"),
-            "{}: {failure}",
-            mutant.name()
-        );
+        assert!(failure.what.contains(says), "{}: {failure}", mutant.name());
         assert_eq!(Err(failure), again, "{} did not replay", mutant.name());
         run_ha_seed(seed, &options, false)
             .unwrap_or_else(|f| panic!("seed {seed} fails without {}: {f}", mutant.name()));
