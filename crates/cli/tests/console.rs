@@ -684,7 +684,7 @@ async fn an_operator_retries_now_with_confirmation_and_the_audit_record_shows() 
         click(&b, "#op-submit").await;
         let done = wait_text(&b, "op-result", |t| t.starts_with("Done")).await;
         assert!(
-            done.contains("#1") && done.contains("sent again now to p1"),
+            done.contains("#1") && done.contains("sent again now to") && done.contains("p1 ("),
             "{done}"
         );
         screenshot(&b, "operator-dialog").await;

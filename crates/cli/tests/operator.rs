@@ -90,11 +90,11 @@ async fn retry_now_is_refused_without_token_or_confirmation_then_done_and_audite
         let entry = done.json();
         assert_eq!(entry["ok"], true, "{entry}");
         assert_eq!(entry["action"], "retry_now");
+        // p1 is among those asked again; p0 may be too, when its ACK
+        // had not come back yet (a slow fsync on a busy machine).
+        let sent = entry["result"].as_str().unwrap_or_default();
         assert!(
-            entry["result"]
-                .as_str()
-                .unwrap()
-                .contains("sent again now to p1"),
+            sent.starts_with("sent again now to ") && sent.contains("p1 ("),
             "{entry}"
         );
         cluster.start_participant(1, &[]);
