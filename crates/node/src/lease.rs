@@ -180,6 +180,8 @@ struct Held {
     renewing: bool,
     /// Who asked for an adopted log back, and since when.
     wanted: Option<(String, Time)>,
+    /// When this instance took the lease (its clock).
+    since: Time,
 }
 
 /// Where this instance's own log stands.
@@ -210,6 +212,11 @@ pub struct Leases {
     adopting: BTreeSet<String>,
     scanning: bool,
     next_scan: Time,
+    /// Lives of the own log in a row that ended by themselves within a
+    /// lease of starting: each waits longer before the log is taken again,
+    /// so a life that cannot run (a bad record, a port taken) does not
+    /// spin, raising the epoch on every turn.
+    quick_ends: u32,
     actions: Vec<LeaseAction>,
 }
 
@@ -237,6 +244,7 @@ impl Leases {
             adopting: BTreeSet::new(),
             scanning: true,
             next_scan: now,
+            quick_ends: 0,
         }
     }
 
@@ -482,16 +490,28 @@ impl Leases {
     }
 
     /// The coordinator over `log` at `epoch` stopped by itself (its store
-    /// failed or fenced it). Its own log is acquired again at once.
+    /// failed or fenced it). Its own log is acquired again at once, unless
+    /// its last lives ended soon after they started: then after a backoff
+    /// (a quarter lease, doubling, at most a lease).
     pub fn on_stopped(&mut self, now: Time, log: &str, epoch: u64) {
-        if self.held.get(log).is_some_and(|h| h.epoch == epoch) {
-            self.held.remove(log);
-            if log == self.me && self.own == Own::Running {
-                self.own = Own::Acquiring {
-                    in_flight: false,
-                    next_try: now,
-                };
-            }
+        let Some(held) = self.held.get(log).filter(|h| h.epoch == epoch) else {
+            return;
+        };
+        let quick = now.ms_since(held.since) < self.config.lease_ms;
+        self.held.remove(log);
+        if log == self.me && self.own == Own::Running {
+            let wait_ms = if quick {
+                let wait = self.config.period_ms() << self.quick_ends.min(2);
+                self.quick_ends = self.quick_ends.saturating_add(1);
+                wait.min(self.config.lease_ms)
+            } else {
+                self.quick_ends = 0;
+                0
+            };
+            self.own = Own::Acquiring {
+                in_flight: false,
+                next_try: now.plus_ms(wait_ms),
+            };
         }
     }
 
@@ -504,6 +524,7 @@ impl Leases {
                 next_renew: sent_at.plus_ms(self.config.period_ms()),
                 renewing: false,
                 wanted: None,
+                since: sent_at,
             },
         );
     }
@@ -864,5 +885,39 @@ mod tests {
         assert_eq!(leases.next_due(), ms(750));
         leases.on_scanned(ms(260), Ok(vec![]));
         assert_eq!(leases.next_due(), ms(510));
+    }
+
+    #[test]
+    fn a_life_that_keeps_ending_soon_after_it_started_is_retried_with_backoff() {
+        let mut leases = started("a");
+        let again = |leases: &mut Leases, at: u64| {
+            leases.on_tick(ms(at), idle);
+            drain(leases)
+                .iter()
+                .any(|a| matches!(a, LeaseAction::Acquire { .. }))
+        };
+        // Ends 100 ms after it started: taken again after a quarter lease.
+        leases.on_stopped(ms(100), "a", 3);
+        assert!(!leases.own_running());
+        assert!(!again(&mut leases, 349));
+        assert!(again(&mut leases, 350));
+        leases.on_acquired(ms(360), ms(350), Ok(AcquireAnswer::Took { epoch: 4 }));
+        drain(&mut leases);
+        // Again at once: half a lease now.
+        leases.on_stopped(ms(400), "a", 4);
+        assert!(!again(&mut leases, 899));
+        assert!(again(&mut leases, 900));
+        leases.on_acquired(ms(910), ms(900), Ok(AcquireAnswer::Took { epoch: 5 }));
+        drain(&mut leases);
+        // A life that ran longer than a lease ends: taken again at once.
+        for at in (1150..=2500).step_by(250) {
+            leases.on_tick(ms(at), idle);
+            drain(&mut leases);
+            let held = Ok(RenewAnswer::Held { wanted_by: None });
+            leases.on_renewed(ms(at + 5), ms(at), "a", 5, held);
+        }
+        assert!(leases.own_running());
+        leases.on_stopped(ms(2600), "a", 5);
+        assert!(again(&mut leases, 2600));
     }
 }

@@ -110,8 +110,13 @@ impl Clock {
         Time(self.origin.elapsed().as_micros().min(u64::MAX as u128) as u64)
     }
 
+    /// `at` on the tokio clock; a time past what the clock can hold
+    /// ("never", `Time(u64::MAX)`, on some platforms) becomes a year from
+    /// now rather than a panic.
     pub fn instant(&self, at: Time) -> Instant {
-        self.origin + std::time::Duration::from_micros(at.0)
+        self.origin
+            .checked_add(std::time::Duration::from_micros(at.0))
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600))
     }
 }
 
