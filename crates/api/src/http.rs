@@ -467,6 +467,18 @@ mod tests {
     }
 }
 
+/// `GET /v1/transactions/{xid}` query parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TxnQuery {
+    /// With several instances over a shared store: the coordinator (log)
+    /// that began it, the `coordinator` of every participant call. The
+    /// instance asked answers for that log only, asking its holder if
+    /// that is another instance. Without it every log is asked.
+    pub log: Option<String>,
+}
+
 /// `GET /v1/transactions` query parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1614,6 +1614,7 @@ async fn instances_status(args: &StatusArgs) -> ExitCode {
                     "expired": r.expired,
                     "wanted_by": r.wanted_by,
                     "in_flight": r.in_flight,
+                    "http": r.http,
                 })
             })
             .collect();
@@ -1645,9 +1646,14 @@ fn instances_text(rows: &[concord_store::OwnerRow]) -> String {
             .filter(|r| r.holder.as_deref() == Some(name) && !r.expired)
             .collect();
         let in_flight: u64 = held.iter().map(|r| r.in_flight).sum();
+        let http = held
+            .iter()
+            .find_map(|r| r.http.as_deref())
+            .map(|h| format!(", HTTP API at {h}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "instance {name}: {}",
+            "instance {name}: {}{http}",
             match held.len() {
                 0 => "holds no live lease (down, starting, or waiting for its log)".to_string(),
                 n => format!("holds {n} log(s), {in_flight} transactions in flight"),

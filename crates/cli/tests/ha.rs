@@ -15,7 +15,8 @@
 //! its own log once more), no xid has two decisions (its participants'
 //! states agree with each other and with the outcome its client heard,
 //! for every transaction a client began, and no participant ever saw a
-//! decision contradict its branch's), and the takeover times (kill → the successor's
+//! decision contradict its branch's), any instance's HTTP API answers for
+//! a transaction any other began, and the takeover times (kill → the successor's
 //! recovery of the dead instance's log, which decides what it left:
 //! COMMITs re-sent, undecided ones aborted) are printed against the lease.
 
@@ -35,6 +36,8 @@ const KILL_ROUNDS: usize = 5;
 
 struct Instances {
     addrs: Vec<String>,
+    /// Their HTTP APIs.
+    https: Vec<String>,
     procs: Vec<Option<Proc>>,
     dsn: String,
 }
@@ -53,6 +56,8 @@ impl Instances {
             &Self::name(i),
             "--listen",
             &self.addrs[i],
+            "--http-listen",
+            &self.https[i],
             "--store",
             &self.dsn,
             "--lease",
@@ -224,11 +229,13 @@ async fn three_instances_survive_kills_a_zombie_and_a_database_restart_under_loa
     for i in 0..3 {
         cluster.start_participant(i, &[]);
     }
+    let ports: Vec<String> = free_ports(2 * INSTANCES)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
     let mut instances = Instances {
-        addrs: free_ports(INSTANCES)
-            .into_iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect(),
+        addrs: ports[..INSTANCES].to_vec(),
+        https: ports[INSTANCES..].to_vec(),
         procs: (0..INSTANCES).map(|_| None).collect(),
         dsn: db.dsn(),
     };
@@ -438,6 +445,17 @@ async fn three_instances_survive_kills_a_zombie_and_a_database_restart_under_loa
             elsewhere >= INSTANCES - 1,
             "{xid}: {elsewhere} instances without a record"
         );
+        // Over HTTP, though, any instance answers for any of them: the
+        // last transfers, one begun at each instance after the faults,
+        // are committed at every instance's `GET /v1/transactions/{xid}`.
+        for (xid, _, _) in &seen.outcomes[seen.outcomes.len() - INSTANCES..] {
+            for http in &instances.https {
+                let path = format!("/v1/transactions/{xid}");
+                let response = common::http::call(http, "GET", &path, None, "").await;
+                assert_eq!(response.status, 200, "{http}{path}: {}", response.body);
+                assert_eq!(response.json()["state"], "committed", "{http}{path}");
+            }
+        }
         for i in 0..3 {
             let text = cluster.participant_proc_log(i);
             let violation = text.lines().find(|l| l.contains("protocol violation"));

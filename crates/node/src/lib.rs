@@ -20,7 +20,8 @@
 //! - [`open`]: open-ended transactions and their lifetimes.
 //! - [`latency`] and [`rtt`]: the measured latency behind the timeouts.
 //! - [`lease`]: which coordinator logs an instance runs when several share
-//!   one store: acquire, renew, adopt, hand back.
+//!   one store: acquire, renew, adopt, hand back; and [`locate`]: which
+//!   of them to ask about one xid, and when "no record" may be said.
 //!
 //! The tokio servers (crate `concord`) and the simulator (`concord-sim`)
 //! drive these same types: events in with `now`, actions out. So every
@@ -37,6 +38,7 @@ pub mod idempotency;
 pub mod latency;
 pub mod lease;
 pub mod listing;
+pub mod locate;
 pub mod open;
 pub mod operator;
 pub mod participant;

@@ -153,6 +153,7 @@ pub(crate) async fn serve_unavailable(
         crate::http::Role::Coordinator,
         incoming,
         false,
+        None,
     )
     .await?;
     tokio::pin!(until);
@@ -186,6 +187,9 @@ pub(crate) struct Leased {
     pub epoch: u64,
     /// Transactions in flight, kept current for the lease keeper.
     pub in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The instance's other logs and instances: this life registers with
+    /// it, and its HTTP API (the own log's) looks xids up through it.
+    pub peers: std::sync::Arc<crate::peers::Peers>,
 }
 
 /// One life of the coordinator: open the log, recover, serve until
@@ -274,13 +278,19 @@ pub(crate) async fn serve_once(
         .any(|(_, addr)| concord_node::coordinator::is_http_url(addr));
     // Always a channel from inside: operator actions' answers come back
     // on it, and HTTP participants' if there are any.
+    let peers = leased.as_ref().map(|l| l.peers.clone());
     let (incoming, http, to_driver) = crate::http::attach(
         config.http.as_ref(),
         crate::http::Role::Coordinator,
         incoming,
         true,
+        peers.clone(),
     )
     .await?;
+    // Until this life ends, other instances' lookups reach it.
+    let _registered = peers
+        .zip(to_driver.clone())
+        .map(|(peers, tx)| peers.register(&config.node.id, tx));
     let http_participants = to_driver
         .clone()
         .filter(|_| has_http_participants)

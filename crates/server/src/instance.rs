@@ -8,6 +8,11 @@
 //! of its own (participants learn it from its first frame, as from a
 //! coordinator that moved).
 //!
+//! Any instance answers `GET /v1/transactions/{xid}` for any log: its
+//! HTTP API asks the lives here and, through [`crate::peers::Peers`],
+//! the instances holding the others (each owner row names its holder's
+//! HTTP address).
+//!
 //! While its own log is not running here (the store is down, or another
 //! instance adopted it and has not handed it back yet) the instance
 //! still serves its ports, answering every request "store unavailable"
@@ -15,9 +20,11 @@
 
 use crate::coordinator::{serve_once, serve_unavailable, CoordinatorServerConfig, Leased};
 use crate::driver::Clock;
+use crate::peers::Peers;
 use concord_node::lease::{AcquireAnswer, LeaseAction, LeaseRow, Leases, RenewAnswer};
+use concord_node::locate::Served;
 use concord_proto::Time;
-use concord_store::{Acquired, PgLeases, Renewal, StoreError};
+use concord_store::{Acquired, OwnerRow, PgLeases, Renewal, StoreError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,7 +62,7 @@ enum Answer {
         epoch: u64,
         renewal: Result<RenewAnswer, String>,
     },
-    Scanned(Result<Vec<LeaseRow>, String>),
+    Scanned(Result<Vec<OwnerRow>, String>),
     /// A statement with nothing to answer (want, hand back) went through
     /// or failed; only logged.
     Done,
@@ -87,7 +94,15 @@ pub(crate) async fn run_instance_until(
     let clock = Clock::start();
     let mut leases = Leases::new(me.clone(), config.lease.clone(), clock.now());
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let statements = spawn_statements(dsn, me.clone(), config.lease.lease_ms, events_tx.clone());
+    let http = advertised_http(&config);
+    let statements = spawn_statements(
+        dsn,
+        me.clone(),
+        http,
+        config.lease.lease_ms,
+        events_tx.clone(),
+    );
+    let peers = Peers::new(&me);
     tracing::info!(
         instance = %me,
         lease_ms = config.lease.lease_ms,
@@ -120,7 +135,7 @@ pub(crate) async fn run_instance_until(
                              recovering its transactions"
                         );
                     }
-                    let life = start_life(&config, &log, epoch, own, events_tx.clone());
+                    let life = start_life(&config, &log, epoch, own, &peers, events_tx.clone());
                     lives.insert(log, life);
                 }
                 LeaseAction::Stop { log, epoch, why } => {
@@ -187,7 +202,14 @@ pub(crate) async fn run_instance_until(
                             }
                             leases.on_renewed(now, sent_at, &log, epoch, renewal)
                         }
-                        Answer::Scanned(rows) => leases.on_scanned(now, rows),
+                        Answer::Scanned(rows) => {
+                            if let Ok(rows) = &rows {
+                                let sent = clock.instant(sent_at);
+                                peers.scanned(sent, rows.iter().map(served).collect());
+                            }
+                            let rows = rows.map(|rows| rows.into_iter().map(lease_row).collect());
+                            leases.on_scanned(now, rows)
+                        }
                         Answer::Done => {}
                     },
                     Event::LifeEnded { log, epoch, error } => {
@@ -235,6 +257,7 @@ fn start_life(
     log: &str,
     epoch: u64,
     own: bool,
+    peers: &std::sync::Arc<Peers>,
     events: mpsc::UnboundedSender<Event>,
 ) -> Life {
     let mut config = config.clone();
@@ -259,6 +282,7 @@ fn start_life(
     let leased = Leased {
         epoch,
         in_flight: in_flight.clone(),
+        peers: peers.clone(),
     };
     let log = log.to_string();
     // Every line a life logs names its log: one process may run several.
@@ -326,14 +350,19 @@ async fn stop_standby(standby: Standby) {
 fn spawn_statements(
     dsn: String,
     me: String,
+    http: Option<String>,
     lease_ms: u64,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::sync::mpsc::Sender<(LeaseAction, Time)> {
     let (tx, rx) = std::sync::mpsc::channel::<(LeaseAction, Time)>();
     std::thread::spawn(move || {
         let mut db: Option<PgLeases> = None;
+        let store = Store {
+            dsn: &dsn,
+            http: http.as_deref(),
+        };
         for (action, sent_at) in rx {
-            let answer = run_statement(&mut db, &dsn, &me, lease_ms, action);
+            let answer = run_statement(&mut db, store, &me, lease_ms, action);
             if events.send(Event::Answer { sent_at, answer }).is_err() {
                 break;
             }
@@ -342,20 +371,29 @@ fn spawn_statements(
     tx
 }
 
+/// The database, and where this instance serves HTTP (written into every
+/// log it takes).
+#[derive(Clone, Copy)]
+struct Store<'a> {
+    dsn: &'a str,
+    http: Option<&'a str>,
+}
+
 fn run_statement(
     db: &mut Option<PgLeases>,
-    dsn: &str,
+    store: Store,
     me: &str,
     lease_ms: u64,
     action: LeaseAction,
 ) -> Answer {
     fn with<T>(
         db: &mut Option<PgLeases>,
-        dsn: &str,
+        store: Store,
         call: impl FnOnce(&mut PgLeases) -> Result<T, StoreError>,
     ) -> Result<T, String> {
         if db.is_none() {
-            *db = Some(PgLeases::connect(dsn).map_err(|e| e.to_string())?);
+            let leases = PgLeases::connect(store.dsn).map_err(|e| e.to_string())?;
+            *db = Some(leases.serving_http(store.http.map(str::to_string)));
         }
         let Some(leases) = db.as_mut() else {
             return Err("no connection".into());
@@ -368,13 +406,13 @@ fn run_statement(
     }
     match action {
         LeaseAction::Acquire { log, after } => Answer::Acquired(
-            with(db, dsn, |l| l.acquire(&log, me, lease_ms, after)).map(|a| match a {
+            with(db, store, |l| l.acquire(&log, me, lease_ms, after)).map(|a| match a {
                 Acquired::Took { epoch } => AcquireAnswer::Took { epoch },
                 Acquired::HeldBy { holder, .. } => AcquireAnswer::HeldBy { holder },
             }),
         ),
         LeaseAction::Adopt { log, seen_epoch } => {
-            let taken = with(db, dsn, |l| l.adopt(&log, me, seen_epoch, lease_ms));
+            let taken = with(db, store, |l| l.adopt(&log, me, seen_epoch, lease_ms));
             Answer::Adopted { log, taken }
         }
         LeaseAction::Renew {
@@ -382,11 +420,12 @@ fn run_statement(
             epoch,
             in_flight,
         } => {
-            let renewal =
-                with(db, dsn, |l| l.renew(&log, me, epoch, lease_ms, in_flight)).map(|r| match r {
+            let renewal = with(db, store, |l| l.renew(&log, me, epoch, lease_ms, in_flight)).map(
+                |r| match r {
                     Renewal::Held { wanted_by } => RenewAnswer::Held { wanted_by },
                     Renewal::Lost { holder, epoch } => RenewAnswer::Lost { holder, epoch },
-                });
+                },
+            );
             Answer::Renewed {
                 log,
                 epoch,
@@ -394,30 +433,62 @@ fn run_statement(
             }
         }
         LeaseAction::Want { log } => {
-            if let Err(e) = with(db, dsn, |l| l.want(&log, me)) {
+            if let Err(e) = with(db, store, |l| l.want(&log, me)) {
                 tracing::warn!("cannot ask for log {log} back: {e}");
             }
             Answer::Done
         }
         LeaseAction::HandBack { log, epoch, to } => {
-            match with(db, dsn, |l| l.hand_back(&log, epoch, &to, lease_ms)) {
+            match with(db, store, |l| l.hand_back(&log, epoch, &to, lease_ms)) {
                 Ok(true) => tracing::info!("handed log {log} back to instance {to}"),
                 Ok(false) => tracing::info!("log {log} was taken meanwhile; not handed back"),
                 Err(e) => tracing::warn!("cannot hand log {log} back to {to}: {e}"),
             }
             Answer::Done
         }
-        LeaseAction::Scan => Answer::Scanned(with(db, dsn, |l| l.scan()).map(|rows| {
-            rows.into_iter()
-                .map(|r| LeaseRow {
-                    log: r.log,
-                    epoch: r.epoch,
-                    holder: r.holder,
-                    expired: r.expired,
-                })
-                .collect()
-        })),
+        LeaseAction::Scan => Answer::Scanned(with(db, store, |l| l.scan())),
         // Carried out by the instance's loop, never sent here.
         LeaseAction::Start { .. } | LeaseAction::Stop { .. } => Answer::Done,
     }
+}
+
+fn lease_row(row: OwnerRow) -> LeaseRow {
+    LeaseRow {
+        log: row.log,
+        epoch: row.epoch,
+        holder: row.holder,
+        expired: row.expired,
+    }
+}
+
+fn served(row: &OwnerRow) -> Served {
+    Served {
+        log: row.log.clone(),
+        live: row.holder.is_some() && !row.expired,
+        holder: row.holder.clone(),
+        http: row.http.clone(),
+    }
+}
+
+/// Where other instances reach this one's HTTP API: `--http-listen`, with
+/// the host of `--advertise` (or `--listen`) when it listens on every
+/// address (0.0.0.0 is nobody's address to connect to).
+fn advertised_http(config: &CoordinatorServerConfig) -> Option<String> {
+    let listen = &config.http.as_ref()?.listen;
+    let (host, port) = listen.rsplit_once(':')?;
+    let everywhere = matches!(host, "0.0.0.0" | "[::]" | "");
+    if !everywhere {
+        return Some(listen.clone());
+    }
+    let public = config.advertise.as_deref().unwrap_or(&config.listen);
+    let host = public
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or("127.0.0.1");
+    let host = if matches!(host, "0.0.0.0" | "[::]" | "") {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    Some(format!("{host}:{port}"))
 }

@@ -35,6 +35,7 @@ mod instance;
 pub mod metrics;
 pub mod outbox;
 pub mod participant;
+mod peers;
 pub mod pg_participant;
 pub mod relay;
 pub mod wire;

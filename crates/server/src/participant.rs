@@ -289,6 +289,7 @@ where
         crate::http::Role::Participant,
         incoming,
         local,
+        None,
     )
     .await?;
     let io = make_io(local_tx);

@@ -45,6 +45,8 @@ pub struct OwnerRow {
     pub wanted_by: Option<String>,
     /// Transactions in flight in it, as its holder last reported.
     pub in_flight: u64,
+    /// Where its holder serves the HTTP API, if it does.
+    pub http: Option<String>,
 }
 
 /// The answer to [`PgLeases::acquire`].
@@ -69,6 +71,8 @@ pub enum Renewal {
 /// statement, durable when it returns (`synchronous_commit = on`).
 pub struct PgLeases {
     db: Db,
+    /// Written into every log this instance takes: see `serving_http`.
+    http: Option<String>,
 }
 
 impl PgLeases {
@@ -76,7 +80,16 @@ impl PgLeases {
     pub fn connect(dsn: &str) -> Result<PgLeases, StoreError> {
         Ok(PgLeases {
             db: Db::connect(dsn, None)?,
+            http: None,
         })
+    }
+
+    /// Every log this instance takes (acquires or adopts) names `addr` as
+    /// where its HTTP API is, so that another instance asked about one of
+    /// its transactions can ask it in turn.
+    pub fn serving_http(mut self, addr: Option<String>) -> PgLeases {
+        self.http = addr;
+        self
     }
 
     /// Take `log` for `me` for `lease_ms`: if it is new, free, expired, or
@@ -97,14 +110,14 @@ impl PgLeases {
             .db
             .client
             .query_opt(
-                "INSERT INTO concord_log_owner AS o (name, epoch, holder, lease_until) \
-                 VALUES ($1, 1, $2, now() + $3::float8 * interval '1 millisecond') \
+                "INSERT INTO concord_log_owner AS o (name, epoch, holder, lease_until, http) \
+                 VALUES ($1, 1, $2, now() + $3::float8 * interval '1 millisecond', $5) \
                  ON CONFLICT (name) DO UPDATE SET epoch = o.epoch + 1, holder = $2, \
-                 lease_until = EXCLUDED.lease_until, wanted_by = NULL \
+                 lease_until = EXCLUDED.lease_until, wanted_by = NULL, http = $5 \
                  WHERE o.holder IS NULL OR o.lease_until IS NULL OR o.lease_until < now() \
                  OR (o.holder = $2 AND ($4::bigint IS NULL OR o.epoch <= $4::bigint)) \
                  RETURNING epoch",
-                &[&log, &me, &lease, &after],
+                &[&log, &me, &lease, &after, &self.http],
             )
             .map_err(|e| self.db.fail("acquire the lease", &e))?;
         if let Some(row) = took {
@@ -142,12 +155,12 @@ impl PgLeases {
             .db
             .client
             .query_opt(
-                "UPDATE concord_log_owner SET epoch = epoch + 1, holder = $2, \
+                "UPDATE concord_log_owner SET epoch = epoch + 1, holder = $2, http = $5, \
                  lease_until = now() + $4::float8 * interval '1 millisecond' \
                  WHERE name = $1 AND epoch = $3 \
                  AND (lease_until IS NULL OR lease_until < now()) \
                  RETURNING epoch",
-                &[&log, &me, &(seen as i64), &lease],
+                &[&log, &me, &(seen as i64), &lease, &self.http],
             )
             .map_err(|e| self.db.fail("take the log over", &e))?;
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
@@ -235,7 +248,7 @@ impl PgLeases {
             .client
             .execute(
                 "UPDATE concord_log_owner SET epoch = epoch + 1, holder = NULL, wanted_by = NULL, \
-                 in_flight = 0, \
+                 in_flight = 0, http = NULL, \
                  lease_until = now() + $4::float8 * interval '1 millisecond' \
                  WHERE name = $1 AND epoch = $2 AND wanted_by = $3",
                 &[&log, &(epoch as i64), &to, &lease],
@@ -253,7 +266,7 @@ impl PgLeases {
                 "SELECT name, epoch, holder, \
                  (lease_until IS NULL OR lease_until < now()), \
                  coalesce((extract(epoch FROM lease_until - now()) * 1000)::bigint, 0), \
-                 wanted_by, in_flight \
+                 wanted_by, in_flight, http \
                  FROM concord_log_owner ORDER BY name",
                 &[],
             )
@@ -268,6 +281,7 @@ impl PgLeases {
                 lease_left_ms: row.get(4),
                 wanted_by: row.get(5),
                 in_flight: row.get::<_, i64>(6).max(0) as u64,
+                http: row.get(7),
             })
             .collect())
     }

@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! - `concord_log_owner (name, epoch, holder, lease_until, wanted_by,
-//!   in_flight)`: one row per log (a coordinator's `--name`). Taking a
+//!   in_flight, http)`: one row per log (a coordinator's `--name`). Taking a
 //!   log raises its epoch by one, and this instance holds that epoch as
 //!   its fencing token: [`PgLog::open`] takes it outright (no lease);
 //!   `serve --store` takes it under a lease ([`crate::pg_lease`]) and
@@ -54,8 +54,19 @@ CREATE TABLE IF NOT EXISTS concord_log_owner (
     holder text,
     lease_until timestamptz,
     wanted_by text,
-    in_flight bigint NOT NULL DEFAULT 0
+    in_flight bigint NOT NULL DEFAULT 0,
+    http text
 );
+-- `http` (where the holder serves its HTTP API) came after the table's
+-- first version. Checked first: ALTER TABLE locks the table out of every
+-- append even when it has nothing to add.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'concord_log_owner'::regclass
+                   AND attname = 'http' AND NOT attisdropped) THEN
+        ALTER TABLE concord_log_owner ADD COLUMN http text;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS concord_log (
     name text NOT NULL,
     seq bigint NOT NULL,

@@ -124,8 +124,13 @@ fn the_postgresql_store_passes_the_conformance_suite_and_fences_stale_owners() {
 fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock() {
     let cluster = cluster();
     let dsn = cluster.borrow().dsn();
-    let mut a = PgLeases::connect(&dsn).expect("connect a");
-    let mut b = PgLeases::connect(&dsn).expect("connect b");
+    let http = |addr: &str| Some(addr.to_string());
+    let mut a = PgLeases::connect(&dsn)
+        .expect("connect a")
+        .serving_http(http("127.0.0.1:7001"));
+    let mut b = PgLeases::connect(&dsn)
+        .expect("connect b")
+        .serving_http(http("127.0.0.1:7002"));
     let lease = 500;
     let Acquired::Took { epoch: e1 } = a.acquire("a", "a", lease, None).expect("acquire") else {
         panic!("a new log is free");
@@ -152,6 +157,11 @@ fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock()
     let rows = b.scan().expect("scan");
     let row = rows.iter().find(|r| r.log == "a").expect("row");
     assert!(!row.expired && row.in_flight == 3 && row.holder.as_deref() == Some("a"));
+    assert_eq!(
+        row.http,
+        http("127.0.0.1:7001"),
+        "where its holder serves HTTP"
+    );
 
     // No renewal for longer than the lease: the lease ran out by the
     // database's clock. The holder's writes fail though nobody took the
@@ -183,6 +193,15 @@ fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock()
         .expect("taken");
     assert!(e2 > e1);
     assert_eq!(b.adopt("a", "c", row.epoch, lease).expect("adopt"), None);
+    let http_of_a = |l: &mut PgLeases| {
+        let rows = l.scan().expect("scan");
+        rows.into_iter().find(|r| r.log == "a").and_then(|r| r.http)
+    };
+    assert_eq!(
+        http_of_a(&mut a),
+        http("127.0.0.1:7002"),
+        "served by its adopter now"
+    );
     let (mut adopted, records) = PgLog::open_leased(&dsn, "a", e2).expect("open adopted");
     assert_eq!(records, vec![b"one".to_vec(), b"two".to_vec()]);
     assert!(matches!(
@@ -206,6 +225,7 @@ fn leases_are_granted_renewed_taken_over_and_handed_back_by_the_database_clock()
         }
     );
     assert!(b.hand_back("a", e2, "a", lease).expect("hand back"));
+    assert_eq!(http_of_a(&mut a), None, "handed back: served nowhere");
     // Let go means fenced off at once, before a takes it.
     assert!(matches!(
         adopted.append(&[b"stale"]),

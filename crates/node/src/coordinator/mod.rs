@@ -1861,9 +1861,10 @@ impl CoordinatorNode {
         );
         if self.shared_store {
             detail.push_str(
-                "; this instance shares its store with others, and answers only for the \
+                "; this instance shares its store with others, and answers here only for the \
                  transactions of its own log: one another instance began is answered there \
-                 (`concord status --instances` lists them), and its participants know it",
+                 (`concord status --instances` lists them), by `GET /v1/transactions/{xid}` \
+                 at any instance (which asks every log's holder), and by its participants",
             );
         }
         CoordinatorStatus {

@@ -167,6 +167,7 @@ pub(crate) async fn attach(
     role: Role,
     incoming: crate::conn::Incoming,
     local: bool,
+    peers: Option<Arc<crate::peers::Peers>>,
 ) -> anyhow::Result<(
     crate::conn::Incoming,
     Option<tokio::task::JoinHandle<()>>,
@@ -177,7 +178,7 @@ pub(crate) async fn attach(
     }
     let (to_driver, from_inside) = mpsc::channel(QUEUED_MAX);
     let task = match config {
-        Some(config) => Some(start(config.clone(), role, to_driver.clone()).await?),
+        Some(config) => Some(start(config.clone(), role, to_driver.clone(), peers).await?),
         None => None,
     };
     Ok((incoming.with_local(from_inside), task, Some(to_driver)))
@@ -190,6 +191,7 @@ pub(crate) async fn start(
     config: HttpConfig,
     role: Role,
     to_driver: mpsc::Sender<Inbound>,
+    peers: Option<Arc<crate::peers::Peers>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -203,7 +205,7 @@ pub(crate) async fn start(
         );
     }
     tracing::info!(listen = %local, auth = config.token.is_some(), "HTTP API serving");
-    let api = Arc::new(routes::Api::new(to_driver, config.token.clone()));
+    let api = Arc::new(routes::Api::new(to_driver, config.token.clone(), peers));
     let router = match role {
         Role::Coordinator => routes::router(api),
         Role::Participant => routes::participant_router(api),

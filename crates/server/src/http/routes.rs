@@ -8,6 +8,7 @@
 
 use super::problem::ApiError;
 use crate::conn::{Inbound, ReplyTx};
+use crate::peers::{Asked, Peers};
 use crate::wire::{Reply, Request};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -19,7 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use concord_api::http::{
     BeginBody, BranchBody, CommitBody, ListQuery, OpenedBody, OutcomeBody, ParticipantBody,
-    Problem, RegisterBody, RegisteredBody, TimelineBody, TransactionBody, TxnListBody,
+    Problem, RegisterBody, RegisteredBody, TimelineBody, TransactionBody, TxnListBody, TxnQuery,
     TxnStateName, TxnSummaryBody, WAIT_MS_DEFAULT, WAIT_MS_MAX,
 };
 use concord_api::tree::Tree;
@@ -37,14 +38,21 @@ pub struct Api {
     to_driver: mpsc::Sender<Inbound>,
     token: Option<String>,
     next_request: AtomicU64,
+    /// With a shared store: the other logs, for lookups by xid.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Api {
-    pub fn new(to_driver: mpsc::Sender<Inbound>, token: Option<String>) -> Api {
+    pub fn new(
+        to_driver: mpsc::Sender<Inbound>,
+        token: Option<String>,
+        peers: Option<Arc<Peers>>,
+    ) -> Api {
         Api {
             to_driver,
             token,
             next_request: AtomicU64::new(1),
+            peers,
         }
     }
 
@@ -904,10 +912,113 @@ fn outcome(status: StatusCode, xid: Xid, state: TxnStateName, reason: Option<Str
     response
 }
 
+/// `GET /v1/transactions/{xid}` over a shared store: ask whom
+/// [`concord_node::locate::plan`] says, all at once, and answer what
+/// [`concord_node::locate::combine`] makes of the answers.
+async fn located(
+    api: &Api,
+    peers: &Peers,
+    xid: Xid,
+    log: Option<&str>,
+    forwarded: bool,
+) -> Result<Response, ApiError> {
+    use concord_node::locate::{self, Answer, Ask, Question, Scan, Verdict};
+    let question = Question { log, forwarded };
+    let arrived = tokio::time::Instant::now();
+    let mut scan = peers.last_scan();
+    let (lookup, asked, verdict) = loop {
+        let here = peers.here();
+        let lookup = locate::plan(
+            peers.me(),
+            &here,
+            scan.as_deref().map(|s| Scan {
+                rows: &s.rows,
+                after_question: s.sent >= arrived,
+            }),
+            question,
+        );
+        let asks = lookup.ask.iter().map(|ask| async move {
+            match ask {
+                Ask::Here(log) => peers.ask_here(log, xid, api.request_id()).await,
+                Ask::There { log, http } => {
+                    peers.ask_there(http, log, xid, api.token.as_deref()).await
+                }
+            }
+        });
+        let asked: Vec<Asked> = futures::future::join_all(asks).await;
+        let answers: Vec<Answer> = asked
+            .iter()
+            .map(|a| match a {
+                Asked::Here(_) | Asked::There(_) => Answer::Record,
+                Asked::NoRecord => Answer::NoRecord,
+                Asked::Unknown(why) => Answer::Unknown(why.clone()),
+            })
+            .collect();
+        match locate::combine(&lookup, &answers) {
+            Verdict::Rescan => match peers.scan_after(arrived).await {
+                Some(fresh) => scan = Some(fresh),
+                None => {
+                    let why = "the store's owner table was not read again in time".to_string();
+                    break (lookup, asked, Verdict::CannotTell(why));
+                }
+            },
+            verdict => break (lookup, asked, verdict),
+        }
+    };
+    let logs = lookup.ask.len();
+    match verdict {
+        Verdict::Found(i) => Ok(match asked.into_iter().nth(i) {
+            Some(Asked::Here(status)) => json(StatusCode::OK, &TransactionBody::from(&*status)),
+            Some(Asked::There(body)) => (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            _ => return Err(ApiError::unavailable("the lookup lost its answer", 1)),
+        }),
+        Verdict::NoRecord => Err(ApiError::not_found(format!(
+            "no record of this xid in {}: if it ever began it is ABORTED (presumed abort), \
+             unless it committed and ended before that log's coordinator last restarted or was \
+             taken over (a log keeps only what is in flight; the participants keep their \
+             outcome for a while)",
+            match log {
+                Some(log) => format!("log {log}"),
+                None if forwarded => "the logs of the instance asked".to_string(),
+                None => format!("any of the store's {logs} logs"),
+            }
+        ))
+        .with_xid(xid)),
+        // (Rescan never leaves the loop above.)
+        Verdict::CannotTell(_) | Verdict::Rescan => {
+            let why = match verdict {
+                Verdict::CannotTell(why) => why,
+                _ => "the store's owner table is being read again".to_string(),
+            };
+            Err(ApiError::unavailable(
+                format!(
+                    "cannot tell yet whether transaction {xid} has a record: {why}; retry (a \
+                     takeover takes about a lease)"
+                ),
+                1,
+            )
+            .with_xid(xid))
+        }
+    }
+}
+
 /// The coordinator's view of one transaction; 404 when it has no record
-/// (with presumed abort: ABORTED if it ever began here).
+/// (with presumed abort: ABORTED if it ever began here). With several
+/// instances over a shared store, any instance answers for any xid: it
+/// asks every log's current holder, and says 404 only when all of them
+/// were asked and none has a record; if some log cannot be asked now (its
+/// instance died and the takeover is under way) it says 503, retry.
 #[utoipa::path(get, path = "/v1/transactions/{xid}", tag = "transactions",
-    params(("xid" = String, Path, description = "The transaction id, 1 to 32 hex digits")),
+    params(("xid" = String, Path, description = "The transaction id, 1 to 32 hex digits"),
+        TxnQuery),
     responses(
         (status = 200, description = "Its state", body = TransactionBody),
         (status = 400, description = "Not an xid", body = Problem,
@@ -916,13 +1027,23 @@ fn outcome(status: StatusCode, xid: Xid, state: TxnStateName, reason: Option<Str
             content_type = "application/problem+json"),
         (status = 404, description = "No record of it", body = Problem,
             content_type = "application/problem+json"),
+        (status = 503, description = "Cannot tell now (a shared store's log is being taken \
+            over, or its instance did not answer): retry", body = Problem,
+            content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 async fn transaction(
     State(api): State<Arc<Api>>,
     Path(xid): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<TxnQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let xid = xid_of(&xid)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(peers) = &api.peers {
+        let forwarded = headers.contains_key(crate::peers::FORWARDED);
+        return located(&api, peers, xid, query.log.as_deref(), forwarded).await;
+    }
     let request_id = api.request_id();
     let mut replies = api.submit(Request::Status { request_id, xid })?;
     match tokio::time::timeout(Duration::from_secs(5), replies.recv()).await {
