@@ -79,7 +79,9 @@ fn participant_callbacks() -> serde_json::Value {
              the decision. A duplicate (same xid and branch) gets the same answer. A READY \
              service that hears no decision must ask GET /v1/transactions/{xid} now and then \
              (ABORT is sent once, and can overtake a slow prepare): committed* means commit, \
-             aborted or 404 (no record: presumed abort) means abort.",
+             aborted or 404 (no record: presumed abort) means abort; 503 means ask again \
+             (with several instances over a shared store, ask any, best with ?log= this \
+             call's coordinator).",
             "ParticipantPrepareCall",
             serde_json::json!({"description": "The vote", "content": {"application/json":
                 {"schema": schema("ParticipantVoteAnswer")}}}),
