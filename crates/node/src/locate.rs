@@ -21,6 +21,8 @@
 //! The tokio side (the server's HTTP routes) asks and forwards; this
 //! module decides whom, and what the answers mean.
 
+use concord_proto::mutant::{self, Mutant};
+
 /// One log as the last scan of the owner table saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
@@ -182,8 +184,11 @@ pub fn combine(lookup: &Lookup, answers: &[Answer]) -> Verdict {
         Answer::Unknown(why) => Some(why.as_str()),
         _ => None,
     }));
+    if mutant::active(Mutant::LookupIgnoresUnknown) {
+        unknown.clear();
+    }
     if unknown.is_empty() {
-        if lookup.scan_too_old {
+        if lookup.scan_too_old && !mutant::active(Mutant::LookupTrustsStaleScan) {
             Verdict::Rescan
         } else {
             Verdict::NoRecord

@@ -96,6 +96,14 @@ pub enum Mutant {
     /// HA (the lease state machine): an adopter never hands a log back to
     /// its own instance, however long it asks.
     NeverHandBack,
+    /// HA lookups at any instance: a log that could not be asked (its
+    /// lease ran out, its holder did not answer) counts as having no
+    /// record, so "no record" (presumed abort) is said without it.
+    LookupIgnoresUnknown,
+    /// HA lookups at any instance: "no record" is said from a scan of the
+    /// owner table older than the question, which may lack the log that
+    /// holds the xid.
+    LookupTrustsStaleScan,
 }
 
 impl Mutant {
@@ -128,10 +136,12 @@ impl Mutant {
 
     /// The mutants of the HA world (`concord-sim --ha`), which the main
     /// world never reaches.
-    pub const HA: [Mutant; 3] = [
+    pub const HA: [Mutant; 5] = [
         Mutant::UnfencedAppend,
         Mutant::TakeoverSkipsRecovery,
         Mutant::NeverHandBack,
+        Mutant::LookupIgnoresUnknown,
+        Mutant::LookupTrustsStaleScan,
     ];
 
     /// The name used by `concord-sim --mutant`.
@@ -164,6 +174,8 @@ impl Mutant {
             Mutant::UnfencedAppend => "unfenced-append",
             Mutant::TakeoverSkipsRecovery => "takeover-skips-recovery",
             Mutant::NeverHandBack => "never-hand-back",
+            Mutant::LookupIgnoresUnknown => "lookup-ignores-unknown",
+            Mutant::LookupTrustsStaleScan => "lookup-trusts-stale-scan",
         }
     }
 

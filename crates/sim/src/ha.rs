@@ -17,6 +17,16 @@
 //!   an xid it has no COMMIT record of, and no vote collection of, with
 //!   ABORTED, and gives up its own undecided xids as ABORT.
 //!
+//! Participants also look xids up the way an HTTP participant behind a
+//! load balancer does (`GET /v1/transactions/{xid}` at any instance): the
+//! instance asked plans and adds up the answers with the real
+//! [`concord_node::locate`], from its last scan of the owner table; a
+//! lookup that finds no record anywhere aborts the xid, one that finds it
+//! committed commits it. A lookup's questions are answered at the moment
+//! it is asked (an instance that is paused or down does not answer: as
+//! the server's 3 s timeout); one that needs a younger scan waits for the
+//! asked instance's next one.
+//!
 //! Faults: instance crashes and restarts, pauses longer than the lease
 //! (the zombie), clock rates from 0.7 to 1.4 of the store's, partitions
 //! between one instance and the store, store outages, and store latency.
@@ -25,6 +35,7 @@
 //! every instance runs its own log again.
 
 use concord_node::lease::{AcquireAnswer, LeaseAction, LeaseConfig, LeaseRow, Leases, RenewAnswer};
+use concord_node::locate::{self, Answer, Ask, Question, Scan, Served, Verdict};
 use concord_proto::mutant::{self, Mutant};
 use concord_proto::Time;
 use rand::{Rng, SeedableRng};
@@ -67,6 +78,9 @@ pub struct HaReport {
     pub crashes: u64,
     pub pauses: u64,
     pub events: u64,
+    /// Lookups at any instance, and how many of them decided their xid.
+    pub lookups: u64,
+    pub lookups_decided: u64,
 }
 
 impl std::fmt::Display for HaReport {
@@ -74,7 +88,7 @@ impl std::fmt::Display for HaReport {
         write!(
             f,
             "seed {}: {} xids ({} committed, {} aborted), {} takeovers, {} fenced writes, \
-             {} crashes, {} pauses, {} events",
+             {} crashes, {} pauses, {} events, {} lookups ({} decided)",
             self.seed,
             self.xids,
             self.committed,
@@ -83,7 +97,9 @@ impl std::fmt::Display for HaReport {
             self.fenced_writes,
             self.crashes,
             self.pauses,
-            self.events
+            self.events,
+            self.lookups,
+            self.lookups_decided
         )
     }
 }
@@ -209,6 +225,11 @@ struct Instance {
     last_answer: Us,
     /// The one tick planned.
     tick_at: Option<Us>,
+    /// Its last scan of the owner table: when it was sent, what it read.
+    scan: Option<(Time, Vec<Served>)>,
+    /// Lookups waiting for a scan sent after they came (xid, named log,
+    /// when they came).
+    lookups: Vec<(u64, bool, Time)>,
 }
 
 impl Instance {
@@ -226,6 +247,9 @@ pub struct HaWorld {
     seed: u64,
     options: HaOptions,
     rng: ChaCha8Rng,
+    /// Draws for lookups alone, so that they leave every other draw of a
+    /// seed as it was.
+    lookup_rng: ChaCha8Rng,
     now: Us,
     queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
     events: Vec<Option<Event>>,
@@ -260,6 +284,8 @@ impl HaWorld {
                 paused_until: 0,
                 last_answer: 0,
                 tick_at: None,
+                scan: None,
+                lookups: Vec::new(),
             })
             .collect();
         let faulty = options.faulty_ms * MS;
@@ -277,6 +303,7 @@ impl HaWorld {
         let mut world = HaWorld {
             seed,
             rng,
+            lookup_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x100c_0b5e),
             now: 0,
             queue: BinaryHeap::new(),
             events: Vec::new(),
@@ -518,6 +545,8 @@ impl HaWorld {
                 instance.lives.clear();
                 instance.paused_until = 0;
                 instance.tick_at = None;
+                instance.scan = None;
+                instance.lookups.clear();
                 let back = self.now + self.rng.gen_range(100..3000) * MS;
                 self.schedule(back, Event::Restart(i));
             }
@@ -836,7 +865,23 @@ impl HaWorld {
                     Reply::Renewed(log, epoch, answer) => {
                         leases.on_renewed(now, sent_local, &log, epoch, answer)
                     }
-                    Reply::Scanned(rows) => leases.on_scanned(now, rows),
+                    Reply::Scanned(rows) => {
+                        if let Ok(rows) = &rows {
+                            let served = rows.iter().map(served).collect();
+                            self.instances[i].scan = Some((sent_local, served));
+                        }
+                        if let Some(leases) = &mut self.instances[i].leases {
+                            leases.on_scanned(now, rows);
+                        }
+                        // Lookups that waited for a scan younger than them.
+                        let (ready, waiting) = std::mem::take(&mut self.instances[i].lookups)
+                            .into_iter()
+                            .partition(|&(_, _, came)| came <= sent_local);
+                        self.instances[i].lookups = waiting;
+                        for (xid, named, came) in ready {
+                            self.lookup(i, xid, named, came);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -905,6 +950,18 @@ impl HaWorld {
             .filter_map(|x| Some((*x, self.xid_log.get(x)?.clone())))
             .collect();
         for (xid, log) in undecided {
+            // Some ask any instance over HTTP instead.
+            if self.lookup_rng.gen_bool(0.1) {
+                let i = self.lookup_rng.gen_range(0..self.instances.len());
+                let named = self.lookup_rng.gen_bool(0.5);
+                let instance = &self.instances[i];
+                if instance.leases.is_some() && instance.paused_until <= self.now {
+                    let came = instance.local(self.now);
+                    self.report.lookups += 1;
+                    self.lookup(i, xid, named, came);
+                }
+                continue;
+            }
             let Some(holder) = self.owners.get(&log).and_then(|o| o.holder.clone()) else {
                 continue;
             };
@@ -926,6 +983,80 @@ impl HaWorld {
                     &format!("c{i} answering for {log} (presumed)"),
                 );
             }
+        }
+    }
+
+    /// `GET /v1/transactions/{xid}` (with `?log=` when `named`) at
+    /// instance `i`, which came at its local time `came`.
+    fn lookup(&mut self, i: usize, xid: u64, named: bool, came: Time) {
+        if !self.undecided.contains(&xid) || self.instances[i].leases.is_none() {
+            return;
+        }
+        let log = self.xid_log.get(&xid).cloned();
+        let instance = &self.instances[i];
+        let here: Vec<String> = instance.lives.keys().cloned().collect();
+        let scan = instance.scan.as_ref().map(|(sent, rows)| Scan {
+            rows,
+            after_question: *sent >= came,
+        });
+        let question = Question {
+            log: log.as_deref().filter(|_| named),
+            forwarded: false,
+        };
+        let lookup = locate::plan(&instance.name, &here, scan, question);
+        let answers: Vec<(Answer, bool)> = lookup
+            .ask
+            .iter()
+            .map(|ask| match ask {
+                Ask::Here(log) => self.answer_of(i, log, xid),
+                Ask::There { log, http } => {
+                    match self.instances.iter().position(|c| &c.name == http) {
+                        Some(j) => self.answer_of(j, log, xid),
+                        None => (Answer::Unknown(format!("no instance at {http}")), false),
+                    }
+                }
+            })
+            .collect();
+        let plain: Vec<Answer> = answers.iter().map(|(a, _)| a.clone()).collect();
+        match locate::combine(&lookup, &plain) {
+            Verdict::Found(k) => {
+                if answers[k].1 {
+                    self.report.lookups_decided += 1;
+                    self.decide(xid, Decision::Commit, &format!("a lookup at c{i}"));
+                }
+            }
+            Verdict::NoRecord => {
+                self.report.lookups_decided += 1;
+                self.decide(
+                    xid,
+                    Decision::Abort,
+                    &format!("a lookup at c{i}: no record in any log"),
+                );
+            }
+            Verdict::CannotTell(_) => {}
+            Verdict::Rescan => self.instances[i].lookups.push((xid, named, came)),
+        }
+    }
+
+    /// What the life over `log` at instance `j` answers about `xid`, and
+    /// whether its record is a COMMIT.
+    fn answer_of(&self, j: usize, log: &str, xid: u64) -> (Answer, bool) {
+        let instance = &self.instances[j];
+        if instance.leases.is_none() || instance.paused_until > self.now {
+            return (Answer::Unknown(format!("c{j} does not answer")), false);
+        }
+        let Some(life) = instance.lives.get(log) else {
+            return (Answer::Unknown(format!("c{j} does not run {log}")), false);
+        };
+        if !life.open {
+            return (Answer::Unknown(format!("c{j} is recovering {log}")), false);
+        }
+        if life.committed.contains(&xid) {
+            (Answer::Record, true)
+        } else if life.voting.contains(&xid) || life.committing.contains(&xid) {
+            (Answer::Record, false)
+        } else {
+            (Answer::NoRecord, false)
         }
     }
 
@@ -966,6 +1097,17 @@ impl HaWorld {
                 return;
             }
         }
+    }
+}
+
+/// An owner row as a lookup sees it: its holder's name stands for the
+/// holder's HTTP address.
+fn served(row: &LeaseRow) -> Served {
+    Served {
+        log: row.log.clone(),
+        holder: row.holder.clone(),
+        http: row.holder.clone(),
+        live: row.holder.is_some() && !row.expired,
     }
 }
 

@@ -19,7 +19,8 @@
 //! [`ha`] is a second world: several coordinator instances over one shared
 //! store, with the real lease state machine (`concord-node`'s `lease`),
 //! takeovers, zombies, clock rates that differ, partitions from the store
-//! and store outages ([`run_ha_seed`], `concord-sim --ha`).
+//! and store outages, and lookups at any instance with the real
+//! `locate` rule ([`run_ha_seed`], `concord-sim --ha`).
 //!
 //! This crate must never use `std::time`, threads, unseeded randomness or
 //! the iteration order of a `HashMap` to decide anything: a seed must replay

@@ -15,15 +15,23 @@ fn ha_seeds_decide_every_xid_once_and_heal() {
     let options = HaOptions::default();
     let mut takeovers = 0;
     let mut fenced = 0;
+    let mut lookups_decided = 0;
     for seed in 0..300 {
         let report = run_ha_seed(seed, &options, false).unwrap_or_else(|f| panic!("{f}"));
         assert!(report.xids > 0 && report.committed > 0, "{report}");
         takeovers += report.takeovers;
+        lookups_decided += report.lookups_decided;
         fenced += report.fenced_writes;
     }
     // The faults do bite: logs change hands, and stale writes are refused.
     assert!(takeovers > 100, "only {takeovers} takeovers");
     assert!(fenced > 0, "no write was ever fenced off");
+    // Lookups at any instance do decide xids (no record: abort; a
+    // COMMIT record: commit), so the rule that may say "no record" runs.
+    assert!(
+        lookups_decided > 100,
+        "only {lookups_decided} lookups decided"
+    );
 }
 
 #[test]
@@ -42,11 +50,23 @@ fn an_ha_seed_replays_exactly() {
 }
 
 /// (mutant, first seed that catches it, what the failure says).
-const CAUGHT: [(Mutant, u64, &str); 3] = [
+const CAUGHT: [(Mutant, u64, &str); 5] = [
     (Mutant::UnfencedAppend, 1, "decided"),
     (Mutant::TakeoverSkipsRecovery, 0, "decided"),
     // Liveness: the healed world must give every instance its log back.
     (Mutant::NeverHandBack, 0, "does not run its own log"),
+    // A lookup at any instance said "no record" (so the participant
+    // aborted) for an xid its log then committed.
+    (
+        Mutant::LookupIgnoresUnknown,
+        0,
+        "decided Abort and then Commit",
+    ),
+    (
+        Mutant::LookupTrustsStaleScan,
+        3,
+        "decided Abort and then Commit",
+    ),
 ];
 
 #[test]

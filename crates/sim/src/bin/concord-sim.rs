@@ -69,7 +69,8 @@ struct Args {
     /// Run the HA world instead: three coordinator instances over one
     /// shared store, with leases, takeovers, crashes, pauses longer than
     /// the lease, clock rates from 0.7 to 1.4, partitions from the store
-    /// and store outages; checks that no xid is decided two ways.
+    /// and store outages, and lookups at any instance; checks that no xid
+    /// is decided two ways.
     #[arg(long)]
     ha: bool,
 }
@@ -173,6 +174,8 @@ fn sweep_ha(args: &Args, mutant: Option<Mutant>) -> ExitCode {
                     t.aborted += r.aborted;
                     t.takeovers += r.takeovers;
                     t.fenced_writes += r.fenced_writes;
+                    t.lookups += r.lookups;
+                    t.lookups_decided += r.lookups_decided;
                     t.crashes += r.crashes;
                     t.pauses += r.pauses;
                     t.events += r.events;
@@ -221,8 +224,17 @@ fn sweep_ha(args: &Args, mutant: Option<Mutant>) -> ExitCode {
     );
     println!(
         "totals: {} xids ({} committed, {} aborted), {} takeovers, {} writes fenced off, \
-         {} crashes, {} pauses, {} events",
-        t.xids, t.committed, t.aborted, t.takeovers, t.fenced_writes, t.crashes, t.pauses, t.events
+         {} crashes, {} pauses, {} events, {} lookups at any instance ({} decided their xid)",
+        t.xids,
+        t.committed,
+        t.aborted,
+        t.takeovers,
+        t.fenced_writes,
+        t.crashes,
+        t.pauses,
+        t.events,
+        t.lookups,
+        t.lookups_decided
     );
     if totals.failures.is_empty() {
         return ExitCode::SUCCESS;
