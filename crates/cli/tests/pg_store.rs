@@ -143,8 +143,13 @@ async fn the_coordinator_log_in_postgresql_survives_kill_9_and_fences_a_stale_in
         let text = std::fs::read_to_string(cluster.log_path("coordinator")).unwrap_or_default();
         // It said why it stopped deciding, and took its log again after.
         let down = text
-            .rfind("cannot acquire this instance's log")
+            .rfind("the coordinator over log coordinator stopped")
             .unwrap_or_else(|| panic!("never said the store failed: {text}"));
+        assert!(
+            text[down..].contains("the coordinator log failed"),
+            "did not say why: {}",
+            &text[down..]
+        );
         assert!(
             text[down..].contains("took this instance's log"),
             "did not take its log again: {text}"

@@ -213,9 +213,11 @@ pub struct Leases {
     scanning: bool,
     next_scan: Time,
     /// Lives of the own log in a row that ended by themselves within a
-    /// lease of starting: each waits longer before the log is taken again,
-    /// so a life that cannot run (a bad record, a port taken) does not
-    /// spin, raising the epoch on every turn.
+    /// quarter lease of starting (before their first renewal): each waits
+    /// longer before the log is taken again, so a life that cannot run (a
+    /// bad record, a port taken) does not spin, raising the epoch on every
+    /// turn. One that ran longer (the store failed under it) is taken
+    /// again at once.
     quick_ends: u32,
     actions: Vec<LeaseAction>,
 }
@@ -491,13 +493,13 @@ impl Leases {
 
     /// The coordinator over `log` at `epoch` stopped by itself (its store
     /// failed or fenced it). Its own log is acquired again at once, unless
-    /// its last lives ended soon after they started: then after a backoff
-    /// (a quarter lease, doubling, at most a lease).
+    /// its last lives ended within a quarter lease of starting: then after
+    /// a backoff (a quarter lease, doubling, at most a lease).
     pub fn on_stopped(&mut self, now: Time, log: &str, epoch: u64) {
         let Some(held) = self.held.get(log).filter(|h| h.epoch == epoch) else {
             return;
         };
-        let quick = now.ms_since(held.since) < self.config.lease_ms;
+        let quick = now.ms_since(held.since) < self.config.period_ms();
         self.held.remove(log);
         if log == self.me && self.own == Own::Running {
             let wait_ms = if quick {
@@ -909,7 +911,7 @@ mod tests {
         assert!(again(&mut leases, 900));
         leases.on_acquired(ms(910), ms(900), Ok(AcquireAnswer::Took { epoch: 5 }));
         drain(&mut leases);
-        // A life that ran longer than a lease ends: taken again at once.
+        // A life that ran past its first renewal ends: taken again at once.
         for at in (1150..=2500).step_by(250) {
             leases.on_tick(ms(at), idle);
             drain(&mut leases);
