@@ -48,12 +48,10 @@ impl Instances {
     }
 
     fn start(&mut self, cluster: &Cluster, i: usize) {
-        let mut args: Vec<String> = [
-            "--log-level",
-            "debug",
-            "serve",
+        let (name, lease) = (Self::name(i), format!("{LEASE_MS}ms"));
+        let args = cluster.serve_args(&[
             "--name",
-            &Self::name(i),
+            &name,
             "--listen",
             &self.addrs[i],
             "--http-listen",
@@ -61,7 +59,7 @@ impl Instances {
             "--store",
             &self.dsn,
             "--lease",
-            &format!("{LEASE_MS}ms"),
+            &lease,
             // Longer than the zombie's pause, measured or not: votes
             // that reach it while it is stopped are still counted when it
             // resumes, so it would decide COMMIT if nothing stopped it.
@@ -77,15 +75,8 @@ impl Instances {
             "10",
             "--reconnect-ms-max",
             "100",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for p in &cluster.participants {
-            args.push("--participant".into());
-            args.push(format!("{}={}", p.name, p.addr));
-        }
-        let log = cluster.log_path(&Self::name(i));
+        ]);
+        let log = cluster.log_path(&name);
         if let Some(mut old) = self.procs[i].take() {
             old.kill();
         }

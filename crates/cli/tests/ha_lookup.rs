@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 const LEASE_MS: u64 = 1000;
 
 fn start_instance(cluster: &Cluster, name: &str, listen: &str, http: &str, dsn: &str) -> Proc {
-    let mut args: Vec<String> = [
-        "--log-level",
-        "debug",
-        "serve",
+    let lease = format!("{LEASE_MS}ms");
+    let args = cluster.serve_args(&[
         "--name",
         name,
         "--listen",
@@ -30,19 +28,12 @@ fn start_instance(cluster: &Cluster, name: &str, listen: &str, http: &str, dsn: 
         "--store",
         dsn,
         "--lease",
-        &format!("{LEASE_MS}ms"),
+        &lease,
         "--resend-ms-initial",
         "50",
         "--resend-ms-max",
         "200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for p in &cluster.participants {
-        args.push("--participant".into());
-        args.push(format!("{}={}", p.name, p.addr));
-    }
+    ]);
     Proc::spawn(name, &args, &[], &cluster.log_path(name))
 }
 

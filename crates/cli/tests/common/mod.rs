@@ -225,31 +225,40 @@ impl Cluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
-    /// (Re)start the coordinator from its data dir.
-    pub fn start_coordinator(&mut self, env: &[(&str, &str)]) {
-        let mut args: Vec<String> = vec![
-            "--log-level".into(),
-            "debug".into(),
-            "serve".into(),
-            "--listen".into(),
-            self.coordinator.addr.clone(),
-            "--data-dir".into(),
-            self.coordinator.data_dir.display().to_string(),
-            "--prepare-timeout-ms".into(),
-            "3000".into(),
-            "--resend-ms-initial".into(),
-            "50".into(),
-            "--resend-ms-max".into(),
-            "200".into(),
-            "--reconnect-ms-initial".into(),
-            "10".into(),
-            "--reconnect-ms-max".into(),
-            "100".into(),
-        ];
+    /// `concord --log-level debug serve FLAGS`, with a `--participant`
+    /// for each of this cluster's participants.
+    pub fn serve_args(&self, flags: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["--log-level", "debug", "serve"]
+            .iter()
+            .chain(flags)
+            .map(|s| s.to_string())
+            .collect();
         for p in &self.participants {
             args.push("--participant".into());
             args.push(format!("{}={}", p.name, p.addr));
         }
+        args
+    }
+
+    /// (Re)start the coordinator from its data dir.
+    pub fn start_coordinator(&mut self, env: &[(&str, &str)]) {
+        let data_dir = self.coordinator.data_dir.display().to_string();
+        let mut args = self.serve_args(&[
+            "--listen",
+            &self.coordinator.addr,
+            "--data-dir",
+            &data_dir,
+            "--prepare-timeout-ms",
+            "3000",
+            "--resend-ms-initial",
+            "50",
+            "--resend-ms-max",
+            "200",
+            "--reconnect-ms-initial",
+            "10",
+            "--reconnect-ms-max",
+            "100",
+        ]);
         args.extend(self.coordinator_flags.iter().cloned());
         let log = self.log_path("coordinator");
         if let Some(mut old) = self.coordinator.proc.take() {
