@@ -67,14 +67,6 @@ impl Instances {
             "10000",
             "--prepare-timeout-ms-min",
             "10000",
-            "--resend-ms-initial",
-            "50",
-            "--resend-ms-max",
-            "200",
-            "--reconnect-ms-initial",
-            "10",
-            "--reconnect-ms-max",
-            "100",
         ]);
         let log = cluster.log_path(&name);
         if let Some(mut old) = self.procs[i].take() {

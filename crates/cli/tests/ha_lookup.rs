@@ -29,10 +29,6 @@ fn start_instance(cluster: &Cluster, name: &str, listen: &str, http: &str, dsn: 
         dsn,
         "--lease",
         &lease,
-        "--resend-ms-initial",
-        "50",
-        "--resend-ms-max",
-        "200",
     ]);
     Proc::spawn(name, &args, &[], &cluster.log_path(name))
 }

@@ -225,12 +225,24 @@ impl Cluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
-    /// `concord --log-level debug serve FLAGS`, with a `--participant`
-    /// for each of this cluster's participants.
+    /// `concord --log-level debug serve FLAGS`, with quick re-sends and
+    /// reconnects (tests kill peers and want them found again soon) and a
+    /// `--participant` for each of this cluster's participants.
     pub fn serve_args(&self, flags: &[&str]) -> Vec<String> {
+        let quick = [
+            "--resend-ms-initial",
+            "50",
+            "--resend-ms-max",
+            "200",
+            "--reconnect-ms-initial",
+            "10",
+            "--reconnect-ms-max",
+            "100",
+        ];
         let mut args: Vec<String> = ["--log-level", "debug", "serve"]
             .iter()
             .chain(flags)
+            .chain(&quick)
             .map(|s| s.to_string())
             .collect();
         for p in &self.participants {
@@ -250,14 +262,6 @@ impl Cluster {
             &data_dir,
             "--prepare-timeout-ms",
             "3000",
-            "--resend-ms-initial",
-            "50",
-            "--resend-ms-max",
-            "200",
-            "--reconnect-ms-initial",
-            "10",
-            "--reconnect-ms-max",
-            "100",
         ]);
         args.extend(self.coordinator_flags.iter().cloned());
         let log = self.log_path("coordinator");
