@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::http::call;
+use common::http::{call, call_with};
 use common::*;
 use concord_pgcluster::{Cluster as PgCluster, ClusterOptions};
 use std::time::{Duration, Instant};
@@ -97,6 +97,9 @@ async fn any_instance_answers_for_any_xid_and_never_a_false_no_record() {
         let named = call(&c1_http, "GET", &format!("{path}?log=c0"), None, "").await;
         assert_eq!(named.status, 200, "{}", named.body);
         assert_eq!(named.json()["xid"], xid);
+        // The forwarding mark without a log is ignored: still every log.
+        let marked = call_with(&c1_http, "GET", &path, "concord-forwarded: 1\r\n", "").await;
+        assert_eq!(marked.status, 200, "{}", marked.body);
         // Nobody began this one: 404 at either, once every log was asked.
         let nobody = "/v1/transactions/0123456789abcdef0123456789abcdef";
         for http in [&c0_http, &c1_http] {

@@ -987,7 +987,6 @@ async fn located(
              outcome for a while)",
             match log {
                 Some(log) => format!("log {log}"),
-                None if forwarded => "the logs of the instance asked".to_string(),
                 None => format!("any of the store's {logs} logs"),
             }
         ))
@@ -1041,7 +1040,9 @@ async fn transaction(
     let xid = xid_of(&xid)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(peers) = &api.peers {
-        let forwarded = headers.contains_key(crate::peers::FORWARDED);
+        // A forward always names its log: without one the header would
+        // only narrow the answer to this instance's logs, so it is ignored.
+        let forwarded = headers.contains_key(crate::peers::FORWARDED) && query.log.is_some();
         return located(&api, peers, xid, query.log.as_deref(), forwarded).await;
     }
     let request_id = api.request_id();
