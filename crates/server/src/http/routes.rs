@@ -991,22 +991,25 @@ async fn located(
             }
         ))
         .with_xid(xid)),
-        // (Rescan never leaves the loop above.)
-        Verdict::CannotTell(_) | Verdict::Rescan => {
-            let why = match verdict {
-                Verdict::CannotTell(why) => why,
-                _ => "the store's owner table is being read again".to_string(),
-            };
-            Err(ApiError::unavailable(
-                format!(
-                    "cannot tell yet whether transaction {xid} has a record: {why}; retry (a \
-                     takeover takes about a lease)"
-                ),
-                1,
-            )
-            .with_xid(xid))
-        }
+        Verdict::CannotTell(why) => Err(cannot_tell(xid, &why)),
+        // The loop above asks again after a fresh scan; not reached.
+        Verdict::Rescan => Err(cannot_tell(
+            xid,
+            "the store's owner table is being read again",
+        )),
     }
+}
+
+/// 503: some log could not be asked; the caller asks again.
+fn cannot_tell(xid: Xid, why: &str) -> ApiError {
+    ApiError::unavailable(
+        format!(
+            "cannot tell yet whether transaction {xid} has a record: {why}; retry (a takeover \
+             takes about a lease)"
+        ),
+        1,
+    )
+    .with_xid(xid)
 }
 
 /// The coordinator's view of one transaction; 404 when it has no record
