@@ -271,3 +271,38 @@ fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
     assert_eq!(w.client_outcome(slow), ClientOutcome::Committed);
     assert_no_locks(&w);
 }
+
+/// A READY child that asks its sub-coordinator while the sub-coordinator
+/// is still gathering votes gets "not decided yet", as it would from the
+/// coordinator in WAIT (SPEC §1.4): asking is not a reason to abort.
+/// With a 1 s prepare timeout p0 gathers until about 2 s and gives its
+/// children 7/8 of that; they ask 30 ms after their own deadline, at about
+/// 1.78 s. p1's vote is 1.9 s late: within p0's deadline, after both
+/// children asked. p0 keeps gathering, and the tree commits.
+/// (Before the fix p0 aborted on p2's question: a spurious abort that a
+/// loaded machine hit in `concord bench --tree`.)
+#[test]
+fn a_child_asking_while_its_sub_coordinator_gathers_votes_does_not_abort_it() {
+    let mut config = SimConfig::scripted(3);
+    config.prepare_timeout_ms = 1_000;
+    config.prepare_timeout_ms_min = 1_000;
+    config.prepare_timeout_ms_max = 1_000;
+    config.child_prepare_timeout_ms_min = 1_000;
+    let mut w = World::scripted(config);
+    w.add_rule(
+        MessageRule::new("VOTE READY", Fate::DelayMs(1_900))
+            .from(P1)
+            .to(P0)
+            .times(1),
+    );
+    let x = tree(&mut w);
+    settle(&mut w);
+    assert!(
+        w.count_sent(P2, P0, "CHAIN INQUIRE", x) >= 1,
+        "p2 asked while p0 gathered"
+    );
+    assert!(w.count_sent(P0, P2, "STATE", x) >= 1, "and was answered");
+    assert_eq!(w.count_sent(P0, C, "VOTE ABORT", x), 0);
+    assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
+    assert_committed(&w, x);
+}

@@ -2258,12 +2258,26 @@ impl Participant {
             Body::Vote(Vote::ReadOnly)
         } else if let Some(branch) = self.branches.get(&xid) {
             match branch.state {
+                // A sub-coordinator still gathering votes, asked by one of
+                // its own children: it is their coordinator in WAIT, and a
+                // coordinator in WAIT answers "not decided yet" (SPEC
+                // §1.4). Aborting here would turn a child's question into
+                // a vote: a READY child asks once its own deadline and
+                // inquire delay have passed, which can be before the
+                // sibling's vote arrives within this branch's (later)
+                // deadline. This branch's votes timer still bounds the
+                // wait.
+                BranchState::Preparing { .. } | BranchState::Gathering
+                    if self.is_child(xid, &from) =>
+                {
+                    Body::State(TxnState::Unknown)
+                }
                 BranchState::Preparing { .. } | BranchState::Gathering => {
                     // Not decided yet: abort, and say so once durable (the
                     // resource's prepare is released when it returns). A
-                    // sub-coordinator's child asks: tell its coordinator.
-                    // (Only there: a chain's member learns it by asking,
-                    // once the abort is durable.)
+                    // sub-coordinator asked by anyone but its coordinator
+                    // tells its coordinator. (A chain's member learns it
+                    // by asking, once the abort is durable.)
                     let tell = branch.subtree.is_some() && from != branch.coordinator;
                     let reason = format!("aborted: {from} asked before this branch voted");
                     self.abort_unvoted(now, xid, reason, tell);
