@@ -8,7 +8,7 @@
 mod courses;
 
 use concord_proto::{ParticipantRecord, Shape, TxnState, Xid};
-use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, SimConfig, World};
+use concord_sim::{ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, World};
 use courses::*;
 
 /// 10 from p1's acct-1 to p2's acct-2, with p0 moving 1 between two of
@@ -28,6 +28,26 @@ fn tree_of(w: &mut World, parents: Vec<u32>) -> Xid {
         Shape::Hierarchical,
         parents,
     )
+}
+
+/// The scripted world with the coordinator's prepare timeout fixed at
+/// `ms` (no adaptation).
+fn fixed_prepare_timeout(ms: u64) -> SimConfig {
+    let mut config = SimConfig::scripted(3);
+    config.prepare_timeout_ms = ms;
+    config.prepare_timeout_ms_min = ms;
+    config.prepare_timeout_ms_max = ms;
+    config
+}
+
+/// The next VOTE READY from `from` to `to` arrives `ms` late.
+fn delay_next_vote(w: &mut World, from: NodeId, to: NodeId, ms: u64) {
+    w.add_rule(
+        MessageRule::new("VOTE READY", Fate::DelayMs(ms))
+            .from(from)
+            .to(to)
+            .times(1),
+    );
 }
 
 fn everywhere(w: &World, x: Xid, s: TxnState) -> bool {
@@ -233,10 +253,7 @@ fn message_loss_4_a_childs_ack_to_the_inner_node_is_lost() {
 /// backs p1's cap off (doubling), so a later 30 ms delay is waited out.
 #[test]
 fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
-    let mut config = SimConfig::scripted(3);
-    config.prepare_timeout_ms = 2_000;
-    config.prepare_timeout_ms_min = 2_000;
-    config.prepare_timeout_ms_max = 2_000;
+    let mut config = fixed_prepare_timeout(2_000);
     config.child_prepare_timeout_ms_min = 20;
     config.timeout_samples_min = 3;
     let mut w = World::scripted(config);
@@ -248,24 +265,14 @@ fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
         settle(&mut w);
         assert_eq!(w.client_outcome(x), ClientOutcome::Committed);
     }
-    w.add_rule(
-        MessageRule::new("VOTE READY", Fate::DelayMs(100))
-            .from(P2)
-            .to(P1)
-            .times(1),
-    );
+    delay_next_vote(&mut w, P2, P1, 100);
     let late = chain(&mut w);
     settle(&mut w);
     assert!(matches!(w.client_outcome(late), ClientOutcome::Aborted));
     assert_eq!(w.count_sent(P1, P0, "VOTE ABORT", late), 1, "p1 gave up");
     assert_no_locks(&w);
     // Backed off: 40 ms or more now, so 30 ms late is in time.
-    w.add_rule(
-        MessageRule::new("VOTE READY", Fate::DelayMs(30))
-            .from(P2)
-            .to(P1)
-            .times(1),
-    );
+    delay_next_vote(&mut w, P2, P1, 30);
     let slow = chain(&mut w);
     settle(&mut w);
     assert_eq!(w.client_outcome(slow), ClientOutcome::Committed);
@@ -283,18 +290,10 @@ fn a_child_gets_at_most_its_measured_timeout_and_a_silent_one_is_backed_off() {
 /// loaded machine hit in `concord bench --tree`.)
 #[test]
 fn a_child_asking_while_its_sub_coordinator_gathers_votes_does_not_abort_it() {
-    let mut config = SimConfig::scripted(3);
-    config.prepare_timeout_ms = 1_000;
-    config.prepare_timeout_ms_min = 1_000;
-    config.prepare_timeout_ms_max = 1_000;
+    let mut config = fixed_prepare_timeout(1_000);
     config.child_prepare_timeout_ms_min = 1_000;
     let mut w = World::scripted(config);
-    w.add_rule(
-        MessageRule::new("VOTE READY", Fate::DelayMs(1_900))
-            .from(P1)
-            .to(P0)
-            .times(1),
-    );
+    delay_next_vote(&mut w, P1, P0, 1_900);
     let x = tree(&mut w);
     settle(&mut w);
     assert!(
