@@ -76,6 +76,35 @@ pub(crate) enum ReplyTx {
     Local(mpsc::UnboundedSender<Reply>),
 }
 
+/// Why a request handed to a driver from inside this process (the HTTP
+/// API, a lookup) was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotTaken {
+    /// Its queue is full: too many requests waiting already.
+    Busy,
+    /// The driver is gone or stopping.
+    Closed,
+}
+
+/// Hand `request` to the driver behind `to`, with the replies coming out of
+/// the returned receiver. Never waits: a full queue is `Busy` at once, so
+/// a slow driver pushes back instead of piling up callers.
+pub(crate) fn submit_local(
+    to: &mpsc::Sender<Inbound>,
+    request: Request,
+) -> Result<mpsc::UnboundedReceiver<Reply>, NotTaken> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let inbound = Inbound::Request {
+        request,
+        reply: ReplyTx::Local(tx),
+    };
+    match to.try_send(inbound) {
+        Ok(()) => Ok(rx),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(NotTaken::Busy),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(NotTaken::Closed),
+    }
+}
+
 impl ReplyTx {
     pub fn send(&self, reply: &Reply) {
         let (network, peer) = match self {
@@ -307,5 +336,45 @@ fn decode(network: &Network, peer: Peer, frame: Frame) -> Result<Inbound, String
             .map_err(|e| e.to_string()),
         KIND_REPLY => Err("a reply frame, which only clients receive".into()),
         other => Err(format!("unknown frame kind {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_proto::Xid;
+
+    fn status(request_id: u64) -> Request {
+        Request::Status {
+            request_id,
+            xid: Xid(7),
+        }
+    }
+
+    /// Taken: the driver gets the request with a reply path that reaches
+    /// the caller. Full: `Busy` at once, without waiting. Gone: `Closed`.
+    #[test]
+    fn a_local_request_is_taken_refused_when_full_and_when_the_driver_is_gone() {
+        let (to, mut driver) = mpsc::channel(1);
+        let mut replies = submit_local(&to, status(1)).expect("room for one");
+        assert_eq!(
+            submit_local(&to, status(2)).err(),
+            Some(NotTaken::Busy),
+            "the queue holds one"
+        );
+        let Some(Inbound::Request { request, reply }) = driver.try_recv().ok() else {
+            panic!("the driver got the request");
+        };
+        assert!(matches!(request, Request::Status { request_id: 1, .. }));
+        reply.send(&Reply::Error {
+            request_id: 1,
+            message: "no such thing".into(),
+        });
+        assert!(matches!(
+            replies.try_recv(),
+            Ok(Reply::Error { request_id: 1, .. })
+        ));
+        drop(driver);
+        assert_eq!(submit_local(&to, status(3)).err(), Some(NotTaken::Closed));
     }
 }

@@ -6,7 +6,7 @@
 //! answers mean, is decided by [`concord_node::locate`]; this carries it
 //! out: a status request to a driver here, a forwarded GET there.
 
-use crate::conn::{Inbound, ReplyTx};
+use crate::conn::{self, Inbound, NotTaken};
 use crate::wire::{Reply, Request};
 use concord_api::CoordinatorStatus;
 use concord_node::locate::Served;
@@ -130,16 +130,16 @@ impl Peers {
         let Some(sender) = sender else {
             return Asked::Unknown(format!("log {log} stopped here meanwhile"));
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let inbound = Inbound::Request {
-            request: Request::Status { request_id, xid },
-            reply: ReplyTx::Local(tx),
+        let request = Request::Status { request_id, xid };
+        let mut rx = match conn::submit_local(&sender, request) {
+            Ok(rx) => rx,
+            Err(NotTaken::Busy) => {
+                return Asked::Unknown(format!("the coordinator over log {log} is busy"))
+            }
+            Err(NotTaken::Closed) => {
+                return Asked::Unknown(format!("the coordinator over log {log} is stopping"))
+            }
         };
-        if sender.try_send(inbound).is_err() {
-            return Asked::Unknown(format!(
-                "the coordinator over log {log} is busy or stopping"
-            ));
-        }
         match tokio::time::timeout(ASK_TIMEOUT, rx.recv()).await {
             Ok(Some(Reply::Status { status, .. })) => {
                 if status.state == concord_api::CoordinatorState::NoRecord {

@@ -7,7 +7,7 @@
 //! malformed JSON or an unknown field.
 
 use super::problem::ApiError;
-use crate::conn::{Inbound, ReplyTx};
+use crate::conn::{self, Inbound, NotTaken};
 use crate::peers::{Asked, Peers};
 use crate::wire::{Reply, Request};
 use axum::body::Bytes;
@@ -65,21 +65,13 @@ impl Api {
         &self,
         request: Request,
     ) -> Result<mpsc::UnboundedReceiver<Reply>, ApiError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let inbound = Inbound::Request {
-            request,
-            reply: ReplyTx::Local(tx),
-        };
-        match self.to_driver.try_send(inbound) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::unavailable(
+        conn::submit_local(&self.to_driver, request).map_err(|why| match why {
+            NotTaken::Busy => ApiError::unavailable(
                 "the coordinator has too many HTTP requests queued; retry later",
                 1,
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(ApiError::unavailable("the coordinator is shutting down", 5))
-            }
-        }
+            ),
+            NotTaken::Closed => ApiError::unavailable("the coordinator is shutting down", 5),
+        })
     }
 }
 
