@@ -731,6 +731,11 @@ fn answers_persist_first_a_vote_abort_kept_only_in_memory_is_forced_before_a_pee
         "no answer before the abort is durable"
     );
     let (ticket, record) = forced(&actions).expect("the abort is forced");
+    let forced_count = actions
+        .iter()
+        .filter(|a| matches!(a, ParticipantAction::Persist { .. }))
+        .count();
+    assert_eq!(forced_count, 1, "one record for the abort: {actions:?}");
     assert_eq!(
         record,
         ParticipantRecord::Outcome {
@@ -1183,5 +1188,86 @@ fn heuristic_decision_survives_a_restart_and_a_compaction() {
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
         vec![(C.into(), Body::Ack)]
+    );
+}
+
+/// Hierarchical 2PC (SPEC §1.7): a sub-coordinator is its children's
+/// coordinator. Asked by a child while it still gathers votes within its
+/// deadline, it answers "not decided yet" (UNKNOWN), as a coordinator in
+/// WAIT does, and keeps gathering: the question is not a vote. Asked
+/// again past its deadline, with its own prepare still running, it
+/// aborts (durably, before anyone hears it) and tells its coordinator.
+#[test]
+fn a_sub_coordinator_answers_its_childs_question_undecided_until_its_deadline() {
+    const K1: &str = "k1:1";
+    const K2: &str = "k2:1";
+    let mut p = Participant::new(config());
+    let x = Xid(9);
+    let kid = |node: &str| TreeEntry {
+        node: node.into(),
+        parent: 0,
+        work: vec![1],
+    };
+    p.on_message(
+        ms(0),
+        from_coordinator(
+            x,
+            1,
+            Body::TreePrepare {
+                participants: vec![P1.into()],
+                work: vec![42],
+                tree: vec![kid(K1), kid(K2)],
+                deadline_ms: 100,
+            },
+        ),
+    );
+    p.drain_actions().for_each(drop);
+    let from_kid = |body: Body| Message {
+        xid: x,
+        epoch: 1,
+        from: K1.into(),
+        body,
+    };
+    p.on_message(ms(5), from_kid(Body::Vote(Vote::Ready)));
+    p.drain_actions().for_each(drop);
+    p.on_message(ms(60), from_kid(Body::ChainInquire));
+    let actions: Vec<_> = p.drain_actions().collect();
+    assert_eq!(
+        sent(&actions),
+        vec![(K1.to_string(), Body::State(TxnState::Unknown))],
+        "{actions:?}"
+    );
+    assert_eq!(forced(&actions), None, "nothing aborted");
+    assert_ne!(p.state_of(x), TxnState::Aborted);
+    // Past the deadline (the own prepare still has not returned).
+    p.on_message(ms(101), from_kid(Body::ChainInquire));
+    let actions: Vec<_> = p.drain_actions().collect();
+    let (ticket, record) = forced(&actions).expect("the abort is forced");
+    let forced_count = actions
+        .iter()
+        .filter(|a| matches!(a, ParticipantAction::Persist { .. }))
+        .count();
+    assert_eq!(forced_count, 1, "one record for the abort: {actions:?}");
+    assert_eq!(
+        record,
+        ParticipantRecord::Outcome {
+            xid: x,
+            decision: Decision::Abort
+        }
+    );
+    assert!(
+        sent(&actions).is_empty(),
+        "nobody hears it before it is durable"
+    );
+    p.on_durable(ms(102), ticket);
+    let told: Vec<_> = sent(&p.drain_actions().collect::<Vec<_>>());
+    assert!(
+        told.iter()
+            .any(|(to, b)| to == C && matches!(b, Body::Vote(Vote::Abort { .. }))),
+        "{told:?}"
+    );
+    assert!(
+        told.contains(&(K1.to_string(), Body::State(TxnState::Aborted))),
+        "{told:?}"
     );
 }

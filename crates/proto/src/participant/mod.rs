@@ -2018,10 +2018,7 @@ impl Participant {
                 "aborted unilaterally: peer {from} asked for its state before this branch was \
                  prepared"
             );
-            self.abort_unvoted(now, xid, reason, true);
-            // Forced now, before the answer.
-            self.undurable_aborts.remove(&xid);
-            self.abort_then_answer(now, xid, from, epoch);
+            self.abort_unvoted_and_answer(now, xid, from, epoch, reason, true);
             return;
         }
         // No record of it: never prepared, or finished and forgotten. Only
@@ -2258,17 +2255,18 @@ impl Participant {
             Body::Vote(Vote::ReadOnly)
         } else if let Some(branch) = self.branches.get(&xid) {
             match branch.state {
-                // A sub-coordinator still gathering votes, asked by one of
-                // its own children: it is their coordinator in WAIT, and a
-                // coordinator in WAIT answers "not decided yet" (SPEC
-                // §1.4). Aborting here would turn a child's question into
-                // a vote: a READY child asks once its own deadline and
-                // inquire delay have passed, which can be before the
-                // sibling's vote arrives within this branch's (later)
-                // deadline. This branch's votes timer still bounds the
-                // wait.
+                // A sub-coordinator still gathering votes within its
+                // deadline, asked by one of its own children: it is their
+                // coordinator in WAIT, and a coordinator in WAIT answers
+                // "not decided yet" (SPEC §1.4). Aborting here would turn
+                // a child's question into a vote: a READY child asks once
+                // its own (shorter) deadline and inquire delay have
+                // passed, which can be before a sibling's vote arrives in
+                // time for this branch. Past the deadline it can only
+                // vote ABORT anyway, so it aborts below and the child
+                // hears it (even if its own prepare never returns).
                 BranchState::Preparing { .. } | BranchState::Gathering
-                    if self.is_child(xid, &from) =>
+                    if self.is_child(xid, &from) && now < branch.deadline =>
                 {
                     Body::State(TxnState::Unknown)
                 }
@@ -2280,9 +2278,7 @@ impl Participant {
                     // by asking, once the abort is durable.)
                     let tell = branch.subtree.is_some() && from != branch.coordinator;
                     let reason = format!("aborted: {from} asked before this branch voted");
-                    self.abort_unvoted(now, xid, reason, tell);
-                    self.undurable_aborts.remove(&xid);
-                    return self.abort_then_answer(now, xid, from, epoch);
+                    return self.abort_unvoted_and_answer(now, xid, from, epoch, reason, tell);
                 }
                 // Its record is being forced: ask again.
                 BranchState::ReadyPending => Body::State(TxnState::Ready),
@@ -2317,6 +2313,27 @@ impl Participant {
         for (to, epoch) in self.answers_waiting.remove(&xid).unwrap_or_default() {
             let message = self.message(xid, epoch, Body::State(TxnState::Aborted));
             self.actions.push(ParticipantAction::Send { to, message });
+        }
+    }
+
+    /// Abort the unvoted branch `xid` because `from` asked, and answer it
+    /// ABORTED once that abort is durable (forced now, before the answer).
+    /// One forced record either way: a sub-coordinator's own abort is
+    /// already being forced for its children, and `from` waits for it.
+    fn abort_unvoted_and_answer(
+        &mut self,
+        now: Time,
+        xid: Xid,
+        from: NodeId,
+        epoch: Epoch,
+        reason: String,
+        tell_coordinator: bool,
+    ) {
+        self.abort_unvoted(now, xid, reason, tell_coordinator);
+        self.undurable_aborts.remove(&xid);
+        match self.answers_waiting.get_mut(&xid) {
+            Some(waiting) => waiting.push((from, epoch)),
+            None => self.abort_then_answer(now, xid, from, epoch),
         }
     }
 
