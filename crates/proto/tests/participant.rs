@@ -100,6 +100,24 @@ fn forced(actions: &[ParticipantAction]) -> Option<(PersistTicket, ParticipantRe
     })
 }
 
+/// The one record `actions` persist: the forced abort of `xid`.
+fn one_forced_abort(actions: &[ParticipantAction], xid: Xid) -> PersistTicket {
+    let persisted = actions
+        .iter()
+        .filter(|a| matches!(a, ParticipantAction::Persist { .. }))
+        .count();
+    assert_eq!(persisted, 1, "one record for the abort: {actions:?}");
+    let (ticket, record) = forced(actions).expect("the abort is forced");
+    assert_eq!(
+        record,
+        ParticipantRecord::Outcome {
+            xid,
+            decision: Decision::Abort
+        }
+    );
+    ticket
+}
+
 /// Prepare xid and make its READY record durable; returns the actions of
 /// the durable step.
 fn ready(p: &mut Participant, xid: Xid) -> Vec<ParticipantAction> {
@@ -730,19 +748,7 @@ fn answers_persist_first_a_vote_abort_kept_only_in_memory_is_forced_before_a_pee
         sent(&actions).is_empty(),
         "no answer before the abort is durable"
     );
-    let (ticket, record) = forced(&actions).expect("the abort is forced");
-    let forced_count = actions
-        .iter()
-        .filter(|a| matches!(a, ParticipantAction::Persist { .. }))
-        .count();
-    assert_eq!(forced_count, 1, "one record for the abort: {actions:?}");
-    assert_eq!(
-        record,
-        ParticipantRecord::Outcome {
-            xid: Xid(6),
-            decision: Decision::Abort
-        }
-    );
+    let ticket = one_forced_abort(&actions, Xid(6));
     p.on_durable(ms(3), ticket);
     assert_eq!(
         sent(&p.drain_actions().collect::<Vec<_>>()),
@@ -1242,19 +1248,7 @@ fn a_sub_coordinator_answers_its_childs_question_undecided_until_its_deadline() 
     // Past the deadline (the own prepare still has not returned).
     p.on_message(ms(101), from_kid(Body::ChainInquire));
     let actions: Vec<_> = p.drain_actions().collect();
-    let (ticket, record) = forced(&actions).expect("the abort is forced");
-    let forced_count = actions
-        .iter()
-        .filter(|a| matches!(a, ParticipantAction::Persist { .. }))
-        .count();
-    assert_eq!(forced_count, 1, "one record for the abort: {actions:?}");
-    assert_eq!(
-        record,
-        ParticipantRecord::Outcome {
-            xid: x,
-            decision: Decision::Abort
-        }
-    );
+    let ticket = one_forced_abort(&actions, x);
     assert!(
         sent(&actions).is_empty(),
         "nobody hears it before it is durable"
