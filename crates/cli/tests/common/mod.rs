@@ -173,13 +173,15 @@ pub struct Node {
 /// A coordinator and participants `p0`, `p1`, … each seeded with
 /// `accounts` accounts of `balance`.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub coordinator: Node,
     pub participants: Vec<Node>,
     pub accounts: usize,
     pub balance: i64,
     /// Extra flags for the coordinator.
     pub coordinator_flags: Vec<String>,
+    /// Last: fields drop in order, and the processes print their logs
+    /// when a test panics, so the files must still be there.
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
