@@ -82,6 +82,10 @@ pub enum Mutant {
     /// Hierarchical 2PC: a sub-coordinator votes READY as soon as its own
     /// part is prepared, without waiting for its children's votes.
     SubtreeVotesBeforeChildren,
+    /// Hierarchical 2PC: a sub-coordinator still gathering votes within
+    /// its deadline aborts when one of its own children asks (as if the
+    /// question were a vote) instead of answering "not decided yet".
+    ChildQuestionAbortsGathering,
     /// Operator actions: "retry now" on a transaction still collecting
     /// votes decides COMMIT (as if retrying meant pushing it through).
     RetryCommitsUndecided,
@@ -107,7 +111,7 @@ pub enum Mutant {
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 24] = [
+    pub const ALL: [Mutant; 25] = [
         Mutant::AnswerBeforePersist,
         Mutant::VoteBeforeReadyDurable,
         Mutant::CommitOnFirstReady,
@@ -131,6 +135,7 @@ impl Mutant {
         Mutant::ReadOnlySkipsVotes,
         Mutant::OnePhaseAckBeforeDurable,
         Mutant::SubtreeVotesBeforeChildren,
+        Mutant::ChildQuestionAbortsGathering,
         Mutant::RetryCommitsUndecided,
     ];
 
@@ -170,6 +175,7 @@ impl Mutant {
             Mutant::ReadOnlySkipsVotes => "read-only-skips-votes",
             Mutant::OnePhaseAckBeforeDurable => "one-phase-ack-before-durable",
             Mutant::SubtreeVotesBeforeChildren => "subtree-votes-before-children",
+            Mutant::ChildQuestionAbortsGathering => "child-question-aborts-gathering",
             Mutant::RetryCommitsUndecided => "retry-commits-undecided",
             Mutant::UnfencedAppend => "unfenced-append",
             Mutant::TakeoverSkipsRecovery => "takeover-skips-recovery",

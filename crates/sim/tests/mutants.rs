@@ -11,8 +11,8 @@ use concord_participant::kv::KvOp;
 use concord_proto::mutant::set as set_mutant;
 use concord_proto::{Body, Decision, Message, TxnState, Vote, Xid};
 use concord_sim::{
-    run_seed, Fate, KeepUnsynced, MessageRule, Mutant, NodeId, ShapeMode, SimConfig, SimFailure,
-    SimOptions, World,
+    run_seed, ClientOutcome, Fate, KeepUnsynced, MessageRule, Mutant, NodeId, ShapeMode, SimConfig,
+    SimFailure, SimOptions, World,
 };
 
 /// (mutant, first seed that catches it, the invariant that does).
@@ -237,14 +237,50 @@ fn shape_rules_are_caught_by_their_checks_and_the_seed_passes_without_them() {
     }
 }
 
+/// Rules whose breaking is safe but costly: no invariant is broken (an
+/// abort is always allowed), so the course's outcome is what shows it.
+const CAUGHT_BY_OUTCOME: [Mutant; 1] = [Mutant::ChildQuestionAbortsGathering];
+
+/// A sub-coordinator that takes its child's question for a vote aborts a
+/// tree that would commit: with the mutant the course ends ABORTED (p0
+/// voted ABORT, citing the question), without it COMMITTED, and every
+/// invariant holds either way.
+#[test]
+fn a_childs_question_taken_for_a_vote_aborts_the_tree_and_the_course_commits_without_it() {
+    let run = |mutant: Option<Mutant>| {
+        set_mutant(mutant);
+        let (mut w, x) = courses::child_asks_while_its_parent_gathers();
+        w.run_until_quiet(60_000);
+        set_mutant(None);
+        (w, x)
+    };
+    let (mut broken, x) = run(Some(Mutant::ChildQuestionAbortsGathering));
+    assert_eq!(broken.client_outcome(x), ClientOutcome::Aborted);
+    assert_eq!(
+        broken.count_sent(courses::P0, courses::C, "VOTE ABORT", x),
+        1,
+        "p0 voted ABORT on the question"
+    );
+    if let Err(f) = broken.check_invariants() {
+        panic!("an abort is allowed, so no invariant breaks: {f}");
+    }
+    let (mut intact, x) = run(None);
+    assert_eq!(intact.client_outcome(x), ClientOutcome::Committed);
+    if let Err(f) = intact.check_invariants() {
+        panic!("the course fails without the mutant: {f}");
+    }
+}
+
 #[test]
 fn every_mutant_is_listed_here() {
     for m in Mutant::ALL {
         assert!(
             CAUGHT.iter().any(|(c, _, _)| *c == m)
                 || CAUGHT_BY_SCRIPT.iter().any(|(c, _, _)| *c == m)
-                || CAUGHT_SHAPED.iter().any(|(c, ..)| *c == m),
-            "mutant {} has no entry in CAUGHT, CAUGHT_BY_SCRIPT or CAUGHT_SHAPED",
+                || CAUGHT_SHAPED.iter().any(|(c, ..)| *c == m)
+                || CAUGHT_BY_OUTCOME.contains(&m),
+            "mutant {} has no entry in CAUGHT, CAUGHT_BY_SCRIPT, CAUGHT_SHAPED or \
+             CAUGHT_BY_OUTCOME",
             m.name()
         );
     }

@@ -2266,7 +2266,9 @@ impl Participant {
                 // vote ABORT anyway, so it aborts below and the child
                 // hears it (even if its own prepare never returns).
                 BranchState::Preparing { .. } | BranchState::Gathering
-                    if self.is_child(xid, &from) && now < branch.deadline =>
+                    if self.is_child(xid, &from)
+                        && now < branch.deadline
+                        && !mutant::active(Mutant::ChildQuestionAbortsGathering) =>
                 {
                     Body::State(TxnState::Unknown)
                 }

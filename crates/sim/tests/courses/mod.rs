@@ -1,8 +1,10 @@
 //! What the scripted tests share: the helpers every scenario uses (a
 //! transfer, a participant's state and locks, settling a world and
-//! checking every invariant), and the courses of cooperative termination
-//! (SPEC §1.6) that both the scenario tests (which assert what happens)
-//! and the mutant tests (which show that breaking a rule is caught) run.
+//! checking every invariant), the trees of hierarchical 2PC, and the
+//! courses of cooperative termination (SPEC §1.6) and of a child's
+//! question to its sub-coordinator (SPEC §1.7) that both the scenario
+//! tests (which assert what happens) and the mutant tests (which show
+//! that breaking a rule is caught) run.
 //! Each course returns the world when the interesting part is over,
 //! before it settles.
 
@@ -10,7 +12,7 @@
 #![allow(dead_code)]
 
 use concord_participant::kv::KvOp;
-use concord_proto::{TxnState, Xid};
+use concord_proto::{Shape, TxnState, Xid};
 use concord_sim::{
     ClientOutcome, Fate, KeepUnsynced, MessageRule, NodeId, SimConfig, SimFailure, World,
 };
@@ -139,5 +141,60 @@ pub fn read_only_voter_restarted() -> (World, Xid) {
     w.crash(P2, KeepUnsynced::All);
     w.restart(P2);
     w.run_for(5_000);
+    (w, x)
+}
+
+/// 10 from p1's acct-1 to p2's acct-2, with p0 moving 1 between two of
+/// its accounts and back (so the sub-coordinator writes and locks too).
+pub fn tree(w: &mut World) -> Xid {
+    tree_of(w, vec![0, 1, 1])
+}
+
+/// The same branches over the tree `parents` gives.
+pub fn tree_of(w: &mut World, parents: Vec<u32>) -> Xid {
+    w.submit_tree(
+        vec![
+            (0, vec![op("acct-0", -1), op("acct-3", 1)]),
+            (1, vec![op("acct-1", -10)]),
+            (2, vec![op("acct-2", 10)]),
+        ],
+        Shape::Hierarchical,
+        parents,
+    )
+}
+
+/// The scripted world with the coordinator's prepare timeout fixed at
+/// `ms` (no adaptation).
+pub fn fixed_prepare_timeout(ms: u64) -> SimConfig {
+    let mut config = SimConfig::scripted(3);
+    config.prepare_timeout_ms = ms;
+    config.prepare_timeout_ms_min = ms;
+    config.prepare_timeout_ms_max = ms;
+    config
+}
+
+/// The next VOTE READY from `from` to `to` arrives `ms` late.
+pub fn delay_next_vote(w: &mut World, from: NodeId, to: NodeId, ms: u64) {
+    w.add_rule(
+        MessageRule::new("VOTE READY", Fate::DelayMs(ms))
+            .from(from)
+            .to(to)
+            .times(1),
+    );
+}
+
+/// Hierarchical 2PC over `p0(p1,p2)`: a READY child asks its
+/// sub-coordinator while the sub-coordinator still gathers votes within
+/// its deadline. With a 1 s prepare timeout the coordinator gives p0 the
+/// tree's height (2) times it, about 2 s, and p0 gives its children 7/8
+/// of that; they ask 30 ms (the inquire delay) after their own deadline,
+/// at about 1.78 s. p1's vote is 1.9 s late: within p0's deadline, after
+/// both children asked. Returned before it settles.
+pub fn child_asks_while_its_parent_gathers() -> (World, Xid) {
+    let mut config = fixed_prepare_timeout(1_000);
+    config.child_prepare_timeout_ms_min = 1_000;
+    let mut w = World::scripted(config);
+    delay_next_vote(&mut w, P1, P0, 1_900);
+    let x = tree(&mut w);
     (w, x)
 }
