@@ -21,15 +21,34 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_concord");
 /// Every test body runs under this bound.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Free ports on 127.0.0.1 (held together while choosing, so they differ).
+/// Free ports on 127.0.0.1, each one different from every other this test
+/// binary was given.
+///
+/// The ports lie below the kernel's ephemeral range (32768–60999 by
+/// default). A port from `bind(0)` is an ephemeral one, and any outgoing
+/// connection on the machine may be given it as its local port between
+/// the pick and the child's own bind: CI saw "--http-listen …: Address
+/// already in use" that way. Below the range only listeners compete. A
+/// counter shared by the whole test binary keeps its picks apart; the
+/// start is drawn from the process id so that test binaries run one after
+/// another do not reuse the ports of one that just ended (TIME_WAIT).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(k < SPAN, "no free port left in {LOW}..{}", LOW + SPAN);
+        let port = u16::try_from(LOW + (start + k) % SPAN).expect("below 32,000");
+        // Taken by something else right now: skip it.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 /// One child process; killed (SIGKILL) on drop.
